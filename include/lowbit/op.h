@@ -1,0 +1,103 @@
+// The op registry: every op is declared once, as an OpDef, with
+//   - its inputs (count) and attributes,
+//   - a shape/dtype rule (`infer`), which also validates and throws ShapeError/DTypeError,
+//   - a gradient rule (`grad`) written with other ops, so gradients are graphs too,
+//   - a reference kernel (plain loops: the definition of the op, rounding included),
+//   - optional fast kernels, each checked against the reference by the tests.
+// Tests and benchmarks iterate all_ops(). docs/adding-an-op.md walks through one.
+#pragma once
+
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "lowbit/attrs.h"
+#include "lowbit/shape.h"
+#include "lowbit/tensor.h"
+
+namespace lowbit {
+
+class Value;
+class Graph;
+
+// Static type of a value in a graph: dtype and a shape whose dims may be kUnknown.
+struct ValueType {
+  DType dtype = DType::kF32;
+  Shape shape;
+};
+
+struct InferCtx {
+  const std::string& op;
+  std::span<const ValueType> in;
+  const Attrs& attrs;
+};
+
+// Inputs and preallocated outputs (shapes from `infer`, concrete). Kernels must not allocate
+// in the hot path, throw, or look at the graph.
+struct KernelCtx {
+  std::span<const Tensor> in;
+  std::span<Tensor> out;
+  const Attrs& attrs;
+};
+
+// What a gradient rule sees: the node's inputs and outputs as graph values, and the incoming
+// gradients of its outputs (dy(i) is a zero tensor when no gradient flows into output i).
+struct GradCtx {
+  Graph& graph;
+  std::span<const Value> in;
+  std::span<const Value> out;
+  std::span<const Value> dys;  // undefined entries: no gradient reaches that output
+  const Attrs& attrs;
+  Value dy(int i = 0) const;   // the incoming gradient, zeros if none
+  bool has_dy(int i) const;
+};
+
+using InferFn = std::function<std::vector<ValueType>(const InferCtx&)>;
+// Returns one gradient per input; an undefined Value means "no gradient" for that input.
+using GradFn = std::function<std::vector<Value>(const GradCtx&)>;
+using KernelFn = std::function<void(const KernelCtx&)>;
+
+struct FastKernel {
+  std::string name;                               // e.g. "matmul_f32__dnnl"
+  std::function<bool(const KernelCtx&)> supports;  // empty: supports everything
+  KernelFn run;
+};
+
+struct OpDef {
+  std::string name;
+  int num_inputs = 1;  // -1: variadic (at least one)
+  InferFn infer;
+  GradFn grad;         // empty: not differentiable (integer/bool outputs, comparisons, argmax)
+  KernelFn reference;  // empty only for graph sources (placeholder, constant, variable)
+  std::vector<FastKernel> fast;
+  int view_of_input = -1;  // >= 0: output 0 is a reshape view of that input; no kernel runs
+  std::string doc;         // one line, for listings and the DOT graph
+};
+
+// Registers an op; throws ValueError if the name is taken. Built-in ops register themselves
+// the first time the registry is used.
+void register_op(OpDef def);
+// Throws ValueError "unknown op 'x'" (with close names) when missing.
+const OpDef& find_op(const std::string& name);
+// Every registered op, sorted by name.
+std::vector<const OpDef*> all_ops();
+
+enum class KernelChoice { kFastest, kReference };
+// Which kernels run (eagerly and in executors created afterwards). Default kFastest.
+void set_kernel_choice(KernelChoice c);
+KernelChoice kernel_choice();
+
+// Runs `def` on ctx with the first fast kernel that supports it (or the reference).
+void run_kernel(const OpDef& def, const KernelCtx& ctx, KernelChoice choice);
+
+// Validates inputs (count, defined, dtype, known shapes) and infers output types.
+std::vector<ValueType> infer_op(const OpDef& def, std::span<const ValueType> in, const Attrs& attrs);
+
+// Eager execution: infer, allocate the outputs, run the kernel.
+std::vector<Tensor> run_op(const std::string& name, const std::vector<Tensor>& inputs,
+                           const Attrs& attrs = {});
+std::vector<Tensor> run_op(const OpDef& def, const std::vector<Tensor>& inputs, const Attrs& attrs,
+                           KernelChoice choice);
+
+}  // namespace lowbit

@@ -1,0 +1,10 @@
+// All op functions. Each works on Tensors (eager) and on graph Values (symbolic).
+#pragma once
+
+#include "lowbit/ops/base.h"
+#include "lowbit/ops/elementwise.h"
+#include "lowbit/ops/reduce.h"
+#include "lowbit/ops/shape_ops.h"
+#include "lowbit/ops/linalg.h"
+#include "lowbit/ops/conv.h"
+#include "lowbit/ops/nn.h"

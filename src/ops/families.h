@@ -1,0 +1,12 @@
+// Registration entry points, one per op family; registry.cc calls each once.
+#pragma once
+
+namespace lowbit::detail {
+void register_graph_ops();        // placeholder, constant, variable (graph sources)
+void register_elementwise_ops();  // src/ops/elementwise.cc
+void register_reduce_ops();       // src/ops/reduce.cc
+void register_shape_ops();        // src/ops/shape_ops.cc
+void register_linalg_ops();       // src/ops/linalg.cc
+void register_conv_ops();         // src/ops/conv.cc
+void register_nn_ops();           // src/ops/nn.cc
+}  // namespace lowbit::detail

@@ -1,0 +1,154 @@
+#include "testing/op_testing.h"
+
+#include <cmath>
+#include <cstdlib>
+
+namespace lowbit::testing {
+
+std::string shared_dir() {
+  if (const char* e = std::getenv("LOWBIT_SHARED_DIR")) return e;
+  return LOWBIT_SHARED_DIR_DEFAULT;
+}
+
+std::set<std::string>& gradchecked_ops() {
+  static std::set<std::string> s;
+  return s;
+}
+std::set<std::string>& reference_tested_ops() {
+  static std::set<std::string> s;
+  return s;
+}
+void note_reference_tested(const std::string& op) { reference_tested_ops().insert(op); }
+
+Tensor random_tensor(const Shape& shape, Rng& rng, float lo, float hi) {
+  Tensor t(shape, DType::kF32);
+  for (float& v : t.span<float>()) v = rng.uniform(lo, hi);
+  return t;
+}
+
+Tensor random_int_tensor(const Shape& shape, Rng& rng, int64_t lo, int64_t hi, DType dtype) {
+  Tensor t(shape, dtype);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    t.set_from_double(i, static_cast<double>(lo + static_cast<int64_t>(rng.next_u32() % (hi - lo + 1))));
+  return t;
+}
+
+::testing::AssertionResult tensors_near(const Tensor& got, const Tensor& want, double atol,
+                                        double rtol) {
+  if (got.dtype() != want.dtype() || got.shape() != want.shape())
+    return ::testing::AssertionFailure()
+           << "type differs: got " << dtype_name(got.dtype()) << got.shape().str() << ", want "
+           << dtype_name(want.dtype()) << want.shape().str();
+  double worst = 0;
+  int64_t worst_i = -1;
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    double g = got.get_as_double(i), w = want.get_as_double(i);
+    double excess = std::abs(g - w) - (atol + rtol * std::abs(w));
+    if (std::isnan(g) != std::isnan(w)) excess = INFINITY;
+    if (excess > worst || (std::isnan(excess) && worst_i < 0)) {
+      worst = std::isnan(excess) ? 0 : excess;
+      worst_i = i;
+    }
+  }
+  if (worst_i < 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << "element " << worst_i << " of " << got.shape().str() << ": got "
+         << got.get_as_double(worst_i) << ", want " << want.get_as_double(worst_i)
+         << " (atol " << atol << ", rtol " << rtol << ")";
+}
+
+::testing::AssertionResult tensors_equal(const Tensor& got, const Tensor& want) {
+  return tensors_near(got, want, 0, 0);
+}
+
+namespace {
+double objective(const std::string& op, const std::vector<Tensor>& inputs, const Attrs& attrs,
+                 const std::vector<Tensor>& cot) {
+  std::vector<Tensor> outs = run_op(find_op(op), inputs, attrs, KernelChoice::kReference);
+  double l = 0;
+  for (size_t k = 0; k < outs.size(); ++k) {
+    if (!cot[k].defined()) continue;
+    for (int64_t i = 0; i < outs[k].numel(); ++i)
+      l += static_cast<double>(outs[k].data<float>()[i]) * cot[k].data<float>()[i];
+  }
+  return l;
+}
+}  // namespace
+
+void expect_gradients_match(const std::string& op, const std::vector<Tensor>& inputs,
+                            const Attrs& attrs, GradCheckOptions opt) {
+  SCOPED_TRACE("gradient check of op '" + op + "' attrs {" + attrs.str() + "}");
+  gradchecked_ops().insert(op);
+  Graph g;
+  std::vector<Value> in;
+  for (size_t i = 0; i < inputs.size(); ++i)
+    in.push_back(g.placeholder("in" + std::to_string(i), inputs[i].dtype(), inputs[i].shape()));
+  std::vector<Value> outs = g.add_node(op, in, attrs);
+  Rng rng(opt.seed);
+  std::vector<Value> ys, cots;
+  std::vector<Tensor> cot_t(outs.size());
+  for (size_t k = 0; k < outs.size(); ++k) {
+    if (outs[k].dtype() != DType::kF32) continue;
+    std::vector<ValueType> in_t;
+    for (const auto& t : inputs) in_t.push_back({t.dtype(), t.shape()});
+    Shape s = infer_op(find_op(op), in_t, attrs)[k].shape;
+    cot_t[k] = random_tensor(s, rng, 0.5f, 1.5f);
+    ys.push_back(outs[k]);
+    cots.push_back(g.constant(cot_t[k]));
+  }
+  ASSERT_FALSE(ys.empty()) << "op has no f32 output";
+  std::vector<int> wrt = opt.wrt;
+  if (wrt.empty())
+    for (size_t i = 0; i < inputs.size(); ++i)
+      if (inputs[i].dtype() == DType::kF32) wrt.push_back(static_cast<int>(i));
+  std::vector<Value> wrt_v;
+  for (int i : wrt) wrt_v.push_back(in[i]);
+  std::vector<Value> grads = gradients(ys, wrt_v, cots);
+  g.verify();
+  Executor ex(g, grads);
+  std::vector<std::pair<Value, Tensor>> feeds;
+  for (size_t i = 0; i < inputs.size(); ++i) feeds.emplace_back(in[i], inputs[i]);
+  std::vector<Tensor> analytic = ex.run(feeds);
+
+  for (size_t j = 0; j < wrt.size(); ++j) {
+    int i = wrt[j];
+    std::vector<Tensor> x = inputs;
+    x[i] = inputs[i].clone();
+    Tensor numeric(inputs[i].shape(), DType::kF32);
+    float* px = x[i].data<float>();
+    for (int64_t e = 0; e < x[i].numel(); ++e) {
+      float orig = px[e];
+      px[e] = orig + static_cast<float>(opt.eps);
+      double lp = objective(op, x, attrs, cot_t);
+      px[e] = orig - static_cast<float>(opt.eps);
+      double lm = objective(op, x, attrs, cot_t);
+      px[e] = orig;
+      numeric.data<float>()[e] = static_cast<float>((lp - lm) / (2 * opt.eps));
+    }
+    EXPECT_TRUE(tensors_near(analytic[j], numeric, opt.atol, opt.rtol))
+        << "gradient w.r.t. input " << i << "\nanalytic: " << analytic[j].str(8)
+        << "\nnumeric:  " << numeric.str(8);
+  }
+}
+
+int expect_fast_matches_reference(const std::string& op, const std::vector<Tensor>& inputs,
+                                  const Attrs& attrs, double atol, double rtol) {
+  SCOPED_TRACE("fast vs reference of op '" + op + "' attrs {" + attrs.str() + "}");
+  const OpDef& def = find_op(op);
+  std::vector<Tensor> ref = run_op(def, inputs, attrs, KernelChoice::kReference);
+  int ran = 0;
+  for (const FastKernel& fk : def.fast) {
+    std::vector<Tensor> outs;
+    for (const Tensor& r : ref) outs.emplace_back(r.shape(), r.dtype());
+    KernelCtx ctx{inputs, outs, attrs};
+    if (fk.supports && !fk.supports(ctx)) continue;
+    fk.run(ctx);
+    ++ran;
+    for (size_t k = 0; k < outs.size(); ++k)
+      EXPECT_TRUE(tensors_near(outs[k], ref[k], atol, rtol))
+          << "fast kernel " << fk.name << ", output " << k;
+  }
+  return ran;
+}
+
+}  // namespace lowbit::testing

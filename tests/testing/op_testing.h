@@ -1,0 +1,71 @@
+// Test helpers shared by every op test: random inputs, tensor comparison, finite-difference
+// gradient checks, fast-vs-reference checks, and a record of which ops each check covered (the
+// coverage test in tests/ops/registry_test.cc asserts every registered op was covered).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "lowbit/graph.h"
+#include "lowbit/ops.h"
+#include "lowbit/rng.h"
+
+namespace lowbit::testing {
+
+// Where ../shared is (golden vectors, MNIST split): $LOWBIT_SHARED_DIR or the build default.
+std::string shared_dir();
+
+Tensor random_tensor(const Shape& shape, Rng& rng, float lo = -1.0f, float hi = 1.0f);
+Tensor random_int_tensor(const Shape& shape, Rng& rng, int64_t lo, int64_t hi,
+                         DType dtype = DType::kS64);
+
+// |got - want| <= atol + rtol * |want| everywhere; same dtype and shape. Reports the worst index.
+::testing::AssertionResult tensors_near(const Tensor& got, const Tensor& want, double atol,
+                                        double rtol);
+::testing::AssertionResult tensors_equal(const Tensor& got, const Tensor& want);
+
+// Finite differences in f32 with central differences. Defaults: eps = 1e-2 on inputs of order 1
+// keeps the roundoff of the f32 objective (~6e-8 * |L| / eps) and the truncation error
+// (~eps^2/6 * f''') both near 1e-4, well inside the tolerance; a wrong gradient rule shows up
+// as an O(1) difference. Choose inputs away from kinks (relu at 0, max ties).
+struct GradCheckOptions {
+  double eps = 1e-2;
+  double atol = 2e-3;
+  double rtol = 2e-2;
+  std::vector<int> wrt;  // input indices to check; empty: every f32 input
+  uint64_t seed = 1234;  // for the random cotangents
+};
+
+// Builds a graph running `op` on placeholders, appends its gradient with autodiff for the
+// objective L = sum_k sum(out_k * c_k) (random c_k), runs it, and compares with central
+// differences of L computed eagerly with the reference kernels.
+void expect_gradients_match(const std::string& op, const std::vector<Tensor>& inputs,
+                            const Attrs& attrs = {}, GradCheckOptions opt = {});
+
+// Runs every fast kernel of `op` that supports these inputs and compares it with the reference
+// kernel. Returns how many fast kernels ran.
+int expect_fast_matches_reference(const std::string& op, const std::vector<Tensor>& inputs,
+                                  const Attrs& attrs = {}, double atol = 1e-5, double rtol = 1e-5);
+
+// Calls f and expects exception E whose message contains `needle`.
+template <class E, class F>
+void expect_throws_with(F&& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "expected an exception containing '" << needle << "'";
+  } catch (const E& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
+        << "message was: " << e.what();
+  }
+}
+
+// Ops exercised by expect_gradients_match / expect_fast_matches_reference / reference golden
+// tests (note_reference_tested) in this process.
+std::set<std::string>& gradchecked_ops();
+std::set<std::string>& reference_tested_ops();
+void note_reference_tested(const std::string& op);
+
+}  // namespace lowbit::testing
