@@ -78,6 +78,9 @@ struct OpDef {
 // Registers an op; throws ValueError if the name is taken. Built-in ops register themselves
 // the first time the registry is used.
 void register_op(OpDef def);
+// Adds a fast kernel to an already registered op (kernel libraries such as oneDNN register
+// theirs after the ops are defined). Kernels are tried in the order they were added.
+void add_fast_kernel(const std::string& op, FastKernel kernel);
 // Throws ValueError "unknown op 'x'" (with close names) when missing.
 const OpDef& find_op(const std::string& name);
 // Every registered op, sorted by name.

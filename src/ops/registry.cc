@@ -28,6 +28,7 @@ Registry& registry() {
     detail::register_linalg_ops();
     detail::register_conv_ops();
     detail::register_nn_ops();
+    detail::register_dnnl_kernels();
   });
   return raw_registry();
 }
@@ -55,6 +56,14 @@ void register_op(OpDef def) {
     LOWBIT_THROW(ValueError, "register_op: op '", def.name, "' is already registered");
   std::string name = def.name;
   r.ops.emplace(name, std::move(def));
+}
+
+void add_fast_kernel(const std::string& op, FastKernel kernel) {
+  auto& r = raw_registry();
+  auto it = r.ops.find(op);
+  if (it == r.ops.end())
+    LOWBIT_THROW(ValueError, "add_fast_kernel: unknown op '", op, "' (register the op first)");
+  it->second.fast.push_back(std::move(kernel));
 }
 
 const OpDef& find_op(const std::string& name) {
