@@ -62,6 +62,8 @@ TEST(Autodiff, GradcheckArithmetic) {
   testing::expect_gradients_match("sum_like", {r({2, 3}), r({1, 3})}, {}, {.wrt = {0}});
   testing::expect_gradients_match("broadcast_like", {r({3}), r({2, 3})}, {}, {.wrt = {0}});
   testing::expect_gradients_match("reshape_like", {r({2, 3}), r({3, 2})}, {}, {.wrt = {0}});
+  // fill_like ignores its input's values: its gradient is zero.
+  testing::expect_gradients_match("fill_like", {r({2, 2})}, {{"value", 3.0}});
 }
 
 TEST(Executor, StateUpdatesAreWrittenAfterTheStep) {
