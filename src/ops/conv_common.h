@@ -30,6 +30,11 @@ struct WindowAttrs {
   int64_t groups = 1;
 };
 
+// An int attribute given as one int (used for every dim) or a list of 1 or `n` ints, each >=
+// `min`; `dflt` when absent. ValueError naming `op` and `name` otherwise.
+std::vector<int64_t> window_ints(const std::string& op, const Attrs& attrs, const char* name,
+                                 size_t n, int64_t min, std::vector<int64_t> dflt);
+
 // Parses and validates the attributes of a convolution (ValueError naming `op` and the
 // attribute on a bad value).
 WindowAttrs conv2d_attrs(const std::string& op, const Attrs& attrs);

@@ -18,10 +18,10 @@ std::string list_str(const std::vector<int64_t>& v) {
   return s;
 }
 
-// An int attribute given as one int (used for every dim) or a list of 1 or `n` ints, each >=
-// `min`; `dflt` when absent.
-std::vector<int64_t> int_list(const std::string& op, const Attrs& a, const char* name, size_t n,
-                              int64_t min, std::vector<int64_t> dflt) {
+}  // namespace
+
+std::vector<int64_t> window_ints(const std::string& op, const Attrs& a, const char* name, size_t n,
+                                 int64_t min, std::vector<int64_t> dflt) {
   if (!a.has(name)) return dflt;
   const Attr::Variant& v = a.items().at(name).get();
   std::vector<int64_t> r;
@@ -41,6 +41,8 @@ std::vector<int64_t> int_list(const std::string& op, const Attrs& a, const char*
   return r;
 }
 
+namespace {
+
 Padding parse_padding(const std::string& op, const Attrs& a, bool allow_explicit) {
   const std::string p = a.s("padding", "valid");
   if (p == "valid") return Padding::kValid;
@@ -55,8 +57,8 @@ Padding parse_padding(const std::string& op, const Attrs& a, bool allow_explicit
 
 WindowAttrs conv2d_attrs(const std::string& op, const Attrs& attrs) {
   WindowAttrs w;
-  auto s = int_list(op, attrs, "strides", 2, 1, {1, 1});
-  auto d = int_list(op, attrs, "dilations", 2, 1, {1, 1});
+  auto s = window_ints(op, attrs, "strides", 2, 1, {1, 1});
+  auto d = window_ints(op, attrs, "dilations", 2, 1, {1, 1});
   w.stride_h = s[0], w.stride_w = s[1], w.dil_h = d[0], w.dil_w = d[1];
   w.padding = parse_padding(op, attrs, true);
   if (w.padding == Padding::kExplicit) {
@@ -64,7 +66,7 @@ WindowAttrs conv2d_attrs(const std::string& op, const Attrs& attrs) {
       LOWBIT_THROW(ValueError, op,
                    ": attribute 'pads': expected [top,bottom,left,right] with "
                    "padding='explicit' but found none");
-    auto p = int_list(op, attrs, "pads", 4, 0, {});
+    auto p = window_ints(op, attrs, "pads", 4, 0, {});
     for (int i = 0; i < 4; ++i) w.pads[i] = p[i];
   } else if (attrs.has("pads")) {
     LOWBIT_THROW(ValueError, op,
@@ -82,8 +84,8 @@ WindowAttrs pool2d_attrs(const std::string& op, const Attrs& attrs) {
   WindowAttrs w;
   if (!attrs.has("ksize"))
     LOWBIT_THROW(ValueError, op, ": attribute 'ksize': expected [kh,kw] but found none");
-  auto k = int_list(op, attrs, "ksize", 2, 1, {});
-  auto s = int_list(op, attrs, "strides", 2, 1, k);
+  auto k = window_ints(op, attrs, "ksize", 2, 1, {});
+  auto s = window_ints(op, attrs, "strides", 2, 1, k);
   w.k_h = k[0], w.k_w = k[1], w.stride_h = s[0], w.stride_w = s[1];
   w.padding = parse_padding(op, attrs, false);
   return w;
