@@ -15,7 +15,7 @@ namespace lowbit {
 namespace {
 
 constexpr size_t kChunk = size_t{1} << 16;
-constexpr int kMaxRank = 32;  // IDX allows 255; anything this deep is a corrupt header
+constexpr int kMaxRank = 32;  // IDX allows 255; a deeper header is taken as corrupt
 
 struct IdxType {
   uint8_t code;
@@ -80,9 +80,9 @@ std::vector<uint8_t> read_file(const std::string& path) {
     bytes.resize(old + n);
     if (n < kChunk) break;
   }
-  bool failed = std::ferror(f) != 0;
+  const int err = std::ferror(f) ? errno : 0;
   std::fclose(f);
-  if (failed) LOWBIT_THROW(IoError, "read_idx: '", path, "': read error");
+  if (err) LOWBIT_THROW(IoError, "read_idx: '", path, "': read error: ", std::strerror(err));
   return bytes;
 }
 
@@ -186,9 +186,9 @@ void write_idx(const std::string& path, const Tensor& t) {
     LOWBIT_THROW(UnsupportedError, "write_idx: '", path,
                  "': expected a tensor of dtype u8, s8, s32 or f32 but found ",
                  t.defined() ? dtype_name(t.dtype()) : "an undefined tensor");
-  if (t.rank() > 255)
-    LOWBIT_THROW(UnsupportedError, "write_idx: '", path, "': expected rank <= 255 but found ",
-                 t.rank());
+  if (t.rank() > kMaxRank)
+    LOWBIT_THROW(UnsupportedError, "write_idx: '", path, "': expected rank <= ", kMaxRank,
+                 " but found ", t.rank());
   std::vector<uint8_t> bytes(4 + 4 * static_cast<size_t>(t.rank()) + t.nbytes());
   store_be32(uint32_t{it->code} << 8 | static_cast<uint32_t>(t.rank()), bytes.data());
   for (int i = 0; i < t.rank(); ++i) {

@@ -183,6 +183,7 @@ TEST_F(IdxTest, MissingFile) {
   expect_throws_with<IoError>([&] { read_idx(p); }, "'" + p + "': cannot open");
   expect_throws_with<IoError>([&] { read_idx(p + ".gz"); }, p + ".gz");
   expect_throws_with<IoError>([&] { load_mnist(path("no-such-dir"), true); }, "no-such-dir");
+  expect_throws_with<IoError>([&] { read_idx(dir_.string()); }, "read error: Is a directory");
 }
 
 TEST_F(IdxTest, TruncatedData) {

@@ -29,8 +29,8 @@ namespace lowbit {
 // gzip stream. Throws UnsupportedError for IDX element types without a DType (int16, float64).
 Tensor read_idx(const std::string& path);
 
-// Writes `t` as an uncompressed IDX file (dtype u8, s8, s32 or f32; any rank up to 255, every
-// dim < 2^32). Throws UnsupportedError for other dtypes, IoError if the file cannot be written.
+// Writes `t` as an uncompressed IDX file (dtype u8, s8, s32 or f32; rank <= 32, every dim
+// < 2^32). Throws UnsupportedError for other dtypes, IoError if the file cannot be written.
 void write_idx(const std::string& path, const Tensor& t);
 
 // One split of MNIST.
