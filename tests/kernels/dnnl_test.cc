@@ -12,8 +12,10 @@
 #include "kernels/dnnl/dnnl_kernels.h"
 #include "kernels/reference/conv.h"
 #include "kernels/reference/matmul.h"
+#include "lowbit/graph.h"
 #include "lowbit/ops.h"
 #include "lowbit/threads.h"
+#include "ops/conv_common.h"
 #include "testing/op_testing.h"
 
 namespace lowbit {
@@ -302,6 +304,80 @@ TEST_F(DnnlTest, ConvSizeThreshold) {
   Conv2DParams bad = conv_params({1, 8, 8, 4, 3, 3, 4, 1, 1, 1, 1, 1, 1});
   bad.groups = 3;  // does not divide the channels
   EXPECT_FALSE(kernels::conv2d_forward_f32__dnnl_supported(bad));
+}
+
+// Through the registry: the op's attrs (padding modes, strides, dilations, groups, explicit
+// asymmetric pads) reach the oneDNN kernels via conv2d_params, for all three conv ops, and
+// the fast path really runs (thresholds on, as in production).
+TEST_F(DnnlTest, ConvThroughRegistry) {
+  struct Case {
+    Shape x, w;
+    Attrs attrs;
+  };
+  const Case cases[] = {
+      {{4, 28, 28, 1}, {3, 3, 1, 32}, {{"padding", "same"}}},
+      {{4, 28, 28, 32}, {3, 3, 32, 64}, {{"padding", "same"}, {"strides", {2, 2}}}},
+      {{1, 14, 14, 64}, {3, 3, 64, 64}, {{"padding", "same"}, {"strides", 2}}},
+      {{2, 9, 10, 5}, {4, 4, 5, 3}, {{"padding", "same"}}},  // even kernel: pads (1, 2)
+      {{3, 13, 11, 6}, {3, 3, 2, 9}, {{"groups", 3}, {"strides", {2, 1}}}},
+      {{2, 10, 10, 8}, {3, 3, 1, 8}, {{"groups", 8}, {"padding", "same"}}},  // depthwise
+      {{2, 15, 15, 3}, {3, 3, 3, 4}, {{"dilations", 2}, {"padding", "same"}}},
+      {{2, 9, 8, 3},
+       {3, 3, 3, 6},
+       {{"padding", "explicit"}, {"pads", {1, 2, 0, 3}}}},  // asymmetric
+      {{1, 17, 19, 37}, {5, 5, 37, 29}, {{"padding", "valid"}}},
+  };
+  tuning::set_size_thresholds(true);
+  uint64_t seed = 100;
+  for (const Case& c : cases) {
+    SCOPED_TRACE("x " + c.x.str() + " w " + c.w.str() + " " + c.attrs.str());
+    Tensor x = random(c.x, seed++), w = random(c.w, seed++);
+    const Conv2DParams p = detail::conv2d_params(c.x, c.w, c.attrs);
+    Tensor dy = random({p.n, p.out_h, p.out_w, p.out_c}, seed++);
+    const int64_t cig = p.in_c / p.groups, cog = p.out_c / p.groups;
+    EXPECT_GE(testing::expect_fast_matches_reference("conv2d", {x, w}, c.attrs,
+                                                     atol_for(p.k_h * p.k_w * cig), kRtol),
+              1);
+    EXPECT_GE(testing::expect_fast_matches_reference("conv2d_backward_input", {dy, w, x}, c.attrs,
+                                                     atol_for(p.k_h * p.k_w * cog), kRtol),
+              1);
+    EXPECT_GE(testing::expect_fast_matches_reference("conv2d_backward_filter", {x, dy, w}, c.attrs,
+                                                     atol_for(p.n * p.out_h * p.out_w), kRtol),
+              1);
+  }
+}
+
+// A training-style graph (conv -> dense, with gradients for both weights) run by an Executor
+// gives the same outputs and gradients with the oneDNN kernels as with the references.
+TEST_F(DnnlTest, ExecutorGraphMatchesReference) {
+  tuning::set_size_thresholds(true);
+  Graph g;
+  Value x = g.placeholder("x", DType::kF32, {kUnknown, 12, 12, 3});
+  Value dy = g.placeholder("dy", DType::kF32, {kUnknown, 6, 6, 10});
+  Value w1 = g.variable("w1", random({3, 3, 3, 16}, 1));
+  Value w2 = g.variable("w2", random({16, 10}, 2));
+  Value h = ops::conv2d(x, w1, {{"padding", "same"}, {"strides", 2}});
+  Value y = ops::matmul(h, w2);  // [N,6,6,16] x [16,10]: batch folded into M
+  auto grads = gradients({y}, {w1, w2}, {dy});
+  const std::vector<std::pair<Value, Tensor>> feeds = {{x, random({8, 12, 12, 3}, 3)},
+                                                       {dy, random({8, 6, 6, 10}, 4)}};
+  std::vector<Tensor> got, want;
+  tuning::clear_cache();
+  {
+    Executor ex(g, {y, grads[0], grads[1]});
+    got = ex.run(feeds);
+  }
+  EXPECT_GE(tuning::cache_size(), 4u) << "the oneDNN kernels did not run";
+  set_kernel_choice(KernelChoice::kReference);
+  {
+    Executor ex(g, {y, grads[0], grads[1]});
+    want = ex.run(feeds);
+  }
+  set_kernel_choice(KernelChoice::kFastest);
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_TRUE(tensors_near(got[0], want[0], atol_for(3 * 3 * 3 * 16), kRtol));
+  EXPECT_TRUE(tensors_near(got[1], want[1], atol_for(8 * 36 * 10 * 16), kRtol));
+  EXPECT_TRUE(tensors_near(got[2], want[2], atol_for(8 * 36), kRtol));
 }
 
 }  // namespace
