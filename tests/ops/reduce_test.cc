@@ -213,6 +213,12 @@ TEST(Reduce, HelperOps) {
   Tensor a = f32({1, 2, 3, 2}, {2, 2});
   EXPECT_TRUE(
       tensors_equal(ops::equal_indicator(a, f32({2, 2}, {2, 1})), f32({0, 1, 0, 1}, {2, 2})));
+  // Both are piecewise constant in x: their gradient is zero (checked against differences at
+  // points away from ties).
+  Rng rng(5);
+  expect_gradients_match("reduce_count", {testing::random_tensor({2, 3}, rng)},
+                         {{"axes", std::vector<int64_t>{1}}});
+  expect_gradients_match("equal_indicator", {f32({1, 2, 3, 4}, {2, 2}), f32({1.5f, 3.5f}, {2, 1})});
   Tensor ai = Tensor::from_vector<int32_t>({4, 5}, {2});
   EXPECT_TRUE(tensors_equal(ops::equal_indicator(ai, Tensor::from_vector<int32_t>({5}, {1})),
                             f32({0, 1}, {2})));
