@@ -152,16 +152,15 @@ Conv2DParams cnn_layer(int64_t layer, int64_t batch = 64) {
 enum class Dir { kForward, kBackwardInput, kBackwardFilter };
 
 template <Dir kDir, Impl kImpl>
-void BM_Conv(benchmark::State& state) {
-  const Conv2DParams p = cnn_layer(state.range(0));
-  set_num_threads(static_cast<int>(state.range(1)));
+void run_conv(benchmark::State& state, const Conv2DParams& p, int threads, bool blocked) {
+  set_num_threads(threads);
   auto x = random_vector(p.n * p.in_h * p.in_w * p.in_c, 1);
   auto w = random_vector(p.k_h * p.k_w * p.in_c / p.groups * p.out_c, 2);
   auto y = random_vector(p.n * p.out_h * p.out_w * p.out_c, 3);
   if constexpr (kImpl == Impl::kDnnl) {
     const auto old_layout = tuning::conv_filter_layout();
-    tuning::set_conv_filter_layout(state.range(2) ? tuning::ConvFilterLayout::kBlocked
-                                                  : tuning::ConvFilterLayout::kPlain);
+    tuning::set_conv_filter_layout(blocked ? tuning::ConvFilterLayout::kBlocked
+                                           : tuning::ConvFilterLayout::kPlain);
     const bool ok = kDir == Dir::kForward ? kernels::conv2d_forward_f32__dnnl_supported(p)
                     : kDir == Dir::kBackwardInput
                         ? kernels::conv2d_backward_input_f32__dnnl_supported(p)
@@ -202,6 +201,12 @@ void BM_Conv(benchmark::State& state) {
   set_flops(state, 2.0 * macs);
 }
 
+template <Dir kDir, Impl kImpl>
+void BM_Conv(benchmark::State& state) {
+  run_conv<kDir, kImpl>(state, cnn_layer(state.range(0)), static_cast<int>(state.range(1)),
+                        kImpl == Impl::kDnnl && state.range(2) != 0);
+}
+
 void conv_ref_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"layer", "threads"});
   for (int t : {1, 2})
@@ -222,6 +227,30 @@ BENCHMARK(BM_Conv<Dir::kBackwardInput, Impl::kReference>)->Apply(conv_ref_args);
 BENCHMARK(BM_Conv<Dir::kBackwardInput, Impl::kDnnl>)->Apply(conv_dnnl_args);
 BENCHMARK(BM_Conv<Dir::kBackwardFilter, Impl::kReference>)->Apply(conv_ref_args);
 BENCHMARK(BM_Conv<Dir::kBackwardFilter, Impl::kDnnl>)->Apply(conv_dnnl_args);
+
+// Small convolutions (batch 1, size x size x 4 -> 4, 3x3 same: 144 * size^2 multiply-adds),
+// forward, 1 thread, oneDNN with its size threshold off: where it meets the reference.
+Conv2DParams small_conv(int64_t size) {
+  Conv2DParams p;
+  p.in_h = p.in_w = size, p.in_c = p.out_c = 4, p.k_h = p.k_w = 3;
+  kernels::window_geometry(size, 3, 1, 1, true, &p.out_h, &p.pad_top, &p.pad_bottom);
+  kernels::window_geometry(size, 3, 1, 1, true, &p.out_w, &p.pad_left, &p.pad_right);
+  return p;
+}
+template <Impl kImpl>
+void BM_ConvSmall(benchmark::State& state) {
+  tuning::set_size_thresholds(false);
+  run_conv<Dir::kForward, kImpl>(state, small_conv(state.range(0)),
+                                 static_cast<int>(state.range(1)), true);
+  tuning::set_size_thresholds(true);
+}
+void small_conv_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"size", "threads"});
+  for (int t : {1, 2})
+    for (int s : {1, 2, 3, 4, 6, 8, 16}) b->Args({s, t});
+}
+BENCHMARK(BM_ConvSmall<Impl::kReference>)->Apply(small_conv_args);
+BENCHMARK(BM_ConvSmall<Impl::kDnnl>)->Apply(small_conv_args);
 
 }  // namespace
 }  // namespace lowbit

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -22,19 +23,24 @@ using Dims = memory::dims;
 using Tag = memory::format_tag;
 constexpr auto kF32 = memory::data_type::f32;
 
-// ---- size thresholds (bench/matmul_conv_bench.cc, 1 thread, Zen 4/5 AVX-512) ----
-// Below these many multiply-adds the per-call cost of oneDNN (argument binding, stream,
-// primitive dispatch: ~2-4 us) exceeds the plain-loop reference's time.
-constexpr int64_t kMatMulMinMacs = 2048;
+// ---- size thresholds (bench/matmul_conv_bench.cc BM_*Small, AVX-512 Zen) ----
+// Below these many multiply-adds the per-call cost of oneDNN (0.2-0.4 us: cache lookup,
+// argument binding, filter reorder, dispatch) exceeds the plain-loop reference's time.
+// Measured crossovers at 1 thread: matmul between 4^3 and 8^3, conv2d near 1300.
+constexpr int64_t kMatMulMinMacs = 256;
 constexpr int64_t kConvMinMacs = 2048;
+// Below this many multiply-adds a call runs on one thread whatever set_num_threads says: the
+// fork/join of a parallel region (~1-2 us on an idle machine, milliseconds when another process
+// holds the second core) costs more than the split saves.
+constexpr int64_t kParallelMinMacs = int64_t{1} << 17;
 // Primitives kept before the least recently used one is dropped (a training graph has a few
 // dozen geometries; batch size changes add a few more).
 constexpr size_t kMaxCacheEntries = 512;
 
 enum class Kind : int64_t { kMatMul, kConvFwd, kConvBwdData, kConvBwdWeights };
 
-bool g_thresholds = true;
-dnnl_tuning::ConvFilterLayout g_filter_layout = dnnl_tuning::ConvFilterLayout::kBlocked;
+std::atomic<bool> g_thresholds{true};
+std::atomic<dnnl_tuning::ConvFilterLayout> g_filter_layout{dnnl_tuning::ConvFilterLayout::kBlocked};
 
 // A 64-byte aligned buffer that only grows (its old contents are not kept).
 class GrowBuffer {
@@ -69,6 +75,7 @@ struct Arg {
 
 struct Entry {
   bool ok = false;
+  int threads = 1;  // OpenMP threads it was created for and runs with
   std::string impl;
   dnnl::primitive prim;
   std::vector<Arg> args;
@@ -78,6 +85,7 @@ struct Entry {
   uint64_t last_use = 0;
 };
 
+// v[0] = Kind, v[1] = threads, then the geometry.
 struct Key {
   std::array<int64_t, 22> v{};
   bool operator==(const Key& o) const { return v == o.v; }
@@ -105,10 +113,37 @@ Context& context() {
   return *c;
 }
 
+int64_t matmul_macs(const MatMulParams& p) { return p.batch * p.m * p.n * p.k; }
+int64_t conv_macs(const Conv2DParams& p) {
+  return p.n * p.out_h * p.out_w * p.out_c * p.k_h * p.k_w * (p.in_c / p.groups);
+}
+
+// Threads a call of this size runs with (oneDNN fixes its work split at creation, so this is
+// part of the cache key).
+int threads_for(int64_t macs) { return macs < kParallelMinMacs ? 1 : omp_get_max_threads(); }
+
+// Sets the calling thread's OpenMP thread count (what oneDNN reads) for a scope.
+class ThreadScope {
+ public:
+  explicit ThreadScope(int threads) : saved_(omp_get_max_threads()) {
+    if (threads != saved_) omp_set_num_threads(threads);
+    changed_ = threads != saved_;
+  }
+  ~ThreadScope() {
+    if (changed_) omp_set_num_threads(saved_);
+  }
+  ThreadScope(const ThreadScope&) = delete;
+  ThreadScope& operator=(const ThreadScope&) = delete;
+
+ private:
+  int saved_;
+  bool changed_ = false;
+};
+
 Key matmul_key(const MatMulParams& p) {
   Key k;
   k.v = {static_cast<int64_t>(Kind::kMatMul),
-         omp_get_max_threads(),
+         threads_for(matmul_macs(p)),
          p.batch,
          p.m,
          p.n,
@@ -123,8 +158,8 @@ Key matmul_key(const MatMulParams& p) {
 Key conv_key(Kind kind, const Conv2DParams& p) {
   Key k;
   k.v = {static_cast<int64_t>(kind),
-         omp_get_max_threads(),
-         static_cast<int64_t>(g_filter_layout),
+         threads_for(conv_macs(p)),
+         static_cast<int64_t>(g_filter_layout.load()),
          p.n,
          p.in_h,
          p.in_w,
@@ -290,10 +325,10 @@ void build_conv_with(Context& ctx, Entry& e, Kind kind, const Conv2DParams& p,
 // reference implementation; throws dnnl::error when neither has a fast implementation.
 void build_conv(Context& ctx, Entry& e, Kind kind, const Conv2DParams& p) {
   using dnnl_tuning::ConvFilterLayout;
-  const ConvFilterLayout other = g_filter_layout == ConvFilterLayout::kPlain
-                                     ? ConvFilterLayout::kBlocked
-                                     : ConvFilterLayout::kPlain;
-  for (ConvFilterLayout layout : {g_filter_layout, other}) {
+  const ConvFilterLayout preferred = g_filter_layout;
+  const ConvFilterLayout other =
+      preferred == ConvFilterLayout::kPlain ? ConvFilterLayout::kBlocked : ConvFilterLayout::kPlain;
+  for (ConvFilterLayout layout : {preferred, other}) {
     Entry trial;
     build_conv_with(ctx, trial, kind, p, layout);
     if (is_slow_impl(trial.impl)) continue;
@@ -319,11 +354,14 @@ Entry& lookup(Context& ctx, const Key& key, Build&& build) {
       ctx.cache.erase(oldest);
     }
     auto e = std::make_unique<Entry>();
+    const int threads = static_cast<int>(key.v[1]);
     try {
+      ThreadScope scope(threads);
       build(*e);
     } catch (const dnnl::error&) {
       *e = Entry();  // unsupported by this oneDNN build/ISA: the reference kernel runs instead
     }
+    e->threads = threads;
     it = ctx.cache.emplace(key, std::move(e)).first;
   }
   it->second->last_use = ++ctx.clock;
@@ -332,6 +370,7 @@ Entry& lookup(Context& ctx, const Key& key, Build&& build) {
 
 void execute(Context& ctx, Entry& e, const std::array<const void*, 3>& ptrs, const char* who) {
   LOWBIT_CHECK(e.ok, who, ": geometry not supported by oneDNN (check *_supported first)");
+  ThreadScope scope(e.threads);
   int inner_slot = 0;
   for (Arg& a : e.args) {
     a.user.set_data_handle(const_cast<void*>(ptrs[a.user_index]));
@@ -350,7 +389,7 @@ void execute(Context& ctx, Entry& e, const std::array<const void*, 3>& ptrs, con
 bool matmul_shape_ok(const MatMulParams& p) {
   if (p.batch < 1 || p.m < 1 || p.n < 1 || p.k < 1) return false;
   if (p.a_batch_stride < 0 || p.b_batch_stride < 0) return false;
-  return !g_thresholds || p.batch * p.m * p.n * p.k >= kMatMulMinMacs;
+  return !g_thresholds || matmul_macs(p) >= kMatMulMinMacs;
 }
 
 bool conv_shape_ok(const Conv2DParams& p) {
@@ -360,8 +399,7 @@ bool conv_shape_ok(const Conv2DParams& p) {
   for (int64_t v : {p.pad_top, p.pad_bottom, p.pad_left, p.pad_right})
     if (v < 0) return false;
   if (p.in_c % p.groups != 0 || p.out_c % p.groups != 0) return false;
-  const int64_t macs = p.n * p.out_h * p.out_w * p.out_c * p.k_h * p.k_w * (p.in_c / p.groups);
-  return !g_thresholds || macs >= kConvMinMacs;
+  return !g_thresholds || conv_macs(p) >= kConvMinMacs;
 }
 
 Entry& matmul_entry(Context& ctx, const MatMulParams& p) {
