@@ -116,7 +116,7 @@ BENCHMARK(BM_MatMul<Impl::kDnnl>)->Apply(matmul_args);
 void small_matmul_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"m", "k", "n", "threads"});
   for (int t : {1, 2})
-    for (int s : {2, 4, 8, 12, 16, 24, 32}) b->Args({s, s, s, t});
+    for (int s : {2, 4, 8, 12, 16, 24, 32, 48, 64, 96}) b->Args({s, s, s, t});
 }
 BENCHMARK(BM_MatMul<Impl::kReference>)->Name("BM_MatMulSmall<Reference>")->Apply(small_matmul_args);
 // With the size threshold off, so that oneDNN runs even below it.
@@ -247,7 +247,7 @@ void BM_ConvSmall(benchmark::State& state) {
 void small_conv_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"size", "threads"});
   for (int t : {1, 2})
-    for (int s : {1, 2, 3, 4, 6, 8, 16}) b->Args({s, t});
+    for (int s : {1, 2, 3, 4, 6, 8, 16, 24, 32}) b->Args({s, t});
 }
 BENCHMARK(BM_ConvSmall<Impl::kReference>)->Apply(small_conv_args);
 BENCHMARK(BM_ConvSmall<Impl::kDnnl>)->Apply(small_conv_args);

@@ -29,10 +29,12 @@ constexpr auto kF32 = memory::data_type::f32;
 // Measured crossovers at 1 thread: matmul between 4^3 and 8^3, conv2d near 1300.
 constexpr int64_t kMatMulMinMacs = 256;
 constexpr int64_t kConvMinMacs = 2048;
-// Below this many multiply-adds a call runs on one thread whatever set_num_threads says: the
+// Below these many multiply-adds a call runs on one thread whatever set_num_threads says: the
 // fork/join of a parallel region (~1-2 us on an idle machine, milliseconds when another process
-// holds the second core) costs more than the split saves.
-constexpr int64_t kParallelMinMacs = int64_t{1} << 17;
+// holds the second core) costs more than the split saves. Measured 2-thread break-even on an
+// idle machine (BM_*Small with the split forced): matmul ~48^3 = 110k, conv2d ~25k.
+constexpr int64_t kMatMulParallelMinMacs = int64_t{1} << 17;
+constexpr int64_t kConvParallelMinMacs = int64_t{1} << 15;
 // Primitives kept before the least recently used one is dropped (a training graph has a few
 // dozen geometries; batch size changes add a few more).
 constexpr size_t kMaxCacheEntries = 512;
@@ -120,7 +122,9 @@ int64_t conv_macs(const Conv2DParams& p) {
 
 // Threads a call of this size runs with (oneDNN fixes its work split at creation, so this is
 // part of the cache key).
-int threads_for(int64_t macs) { return macs < kParallelMinMacs ? 1 : omp_get_max_threads(); }
+int threads_for(int64_t macs, int64_t parallel_min_macs) {
+  return macs < parallel_min_macs ? 1 : omp_get_max_threads();
+}
 
 // Sets the calling thread's OpenMP thread count (what oneDNN reads) for a scope.
 class ThreadScope {
@@ -143,7 +147,7 @@ class ThreadScope {
 Key matmul_key(const MatMulParams& p) {
   Key k;
   k.v = {static_cast<int64_t>(Kind::kMatMul),
-         threads_for(matmul_macs(p)),
+         threads_for(matmul_macs(p), kMatMulParallelMinMacs),
          p.batch,
          p.m,
          p.n,
@@ -158,7 +162,7 @@ Key matmul_key(const MatMulParams& p) {
 Key conv_key(Kind kind, const Conv2DParams& p) {
   Key k;
   k.v = {static_cast<int64_t>(kind),
-         threads_for(conv_macs(p)),
+         threads_for(conv_macs(p), kConvParallelMinMacs),
          static_cast<int64_t>(g_filter_layout.load()),
          p.n,
          p.in_h,
