@@ -118,7 +118,12 @@ std::vector<Value> gradients(const Value& loss, const std::vector<Value>& wrt) {
   if (loss.shape().rank() != 0 && loss.shape().numel() != 1)
     LOWBIT_THROW(ShapeError, "gradients: expected a scalar loss but found shape ",
                  loss.shape().str(), "; reduce it first (ops::sum or ops::mean) or pass grad_ys");
-  return gradients(std::vector<Value>{loss}, wrt, {ops::ones_like(loss)});
+  Value seed;
+  {
+    Graph::Scope scope(loss.graph(), "gradients");
+    seed = ops::ones_like(loss);
+  }
+  return gradients(std::vector<Value>{loss}, wrt, {seed});
 }
 
 }  // namespace lowbit

@@ -1,0 +1,89 @@
+#include <gtest/gtest.h>
+
+#include "lowbit/graph.h"
+#include "lowbit/ops.h"
+#include "testing/op_testing.h"
+
+namespace lowbit {
+namespace {
+
+using testing::random_tensor;
+using testing::tensors_equal;
+
+// A 10-layer MLP (forward, backward and SGD updates) on a symbolic batch.
+struct Mlp {
+  Graph g;
+  Value x, loss;
+  std::vector<Value> params;
+  std::vector<std::pair<Value, Value>> updates;
+  explicit Mlp(int layers = 10, int64_t width = 64) {
+    Rng rng(5);
+    x = g.placeholder("x", DType::kF32, {kUnknown, width});
+    Value h = x;
+    for (int i = 0; i < layers; ++i) {
+      Graph::Scope s(g, "dense" + std::to_string(i));
+      Value w = g.variable("kernel", random_tensor({width, width}, rng, -0.2f, 0.2f));
+      Value b = g.variable("bias", random_tensor({width}, rng, -0.1f, 0.1f));
+      params.push_back(w);
+      params.push_back(b);
+      h = ops::matmul(h, w) + b;
+      if (i + 1 < layers) h = ops::relu(h);
+    }
+    loss = ops::mean(ops::square(h));
+    auto grads = gradients(loss, params);
+    for (size_t i = 0; i < params.size(); ++i)
+      updates.emplace_back(params[i], params[i] - 0.01 * grads[i]);
+  }
+};
+
+TEST(Executor, PeakMemoryOfMlpIsBelowTheSumOfIntermediates) {
+  Mlp m;
+  Executor ex(m.g, {m.loss}, m.updates);
+  Rng rng(1);
+  ex.run({{m.x, random_tensor({32, 64}, rng)}});
+  EXPECT_GT(ex.total_intermediate_bytes(), 0u);
+  EXPECT_LT(ex.peak_bytes(), ex.total_intermediate_bytes() / 2)
+      << "peak " << ex.peak_bytes() << " of " << ex.total_intermediate_bytes();
+}
+
+TEST(Executor, BufferReuseDoesNotChangeResults) {
+  Mlp a, b;  // same seeds: identical initial weights
+  Executor reuse(a.g, {a.loss}, a.updates, {.reuse_memory = true});
+  Executor no_reuse(b.g, {b.loss}, b.updates, {.reuse_memory = false});
+  Rng rng(2);
+  for (int step = 0; step < 5; ++step) {
+    // Varying batch sizes exercise several plans sharing one arena.
+    Tensor xb = random_tensor({step % 2 ? 7 : 16, 64}, rng);
+    Tensor la = reuse.run({{a.x, xb}})[0];
+    Tensor lb = no_reuse.run({{b.x, xb}})[0];
+    EXPECT_TRUE(tensors_equal(la, lb)) << "step " << step;
+  }
+  for (size_t i = 0; i < a.params.size(); ++i)
+    EXPECT_TRUE(tensors_equal(a.g.variable_tensor(a.params[i]), b.g.variable_tensor(b.params[i])));
+  EXPECT_LT(reuse.peak_bytes(), no_reuse.peak_bytes());
+}
+
+TEST(Executor, TrainingStepLowersTheLoss) {
+  Mlp m(3, 16);
+  Executor ex(m.g, {m.loss}, m.updates);
+  Rng rng(3);
+  Tensor xb = random_tensor({8, 16}, rng);
+  float first = ex.run({{m.x, xb}})[0].item<float>();
+  float last = first;
+  for (int i = 0; i < 50; ++i) last = ex.run({{m.x, xb}})[0].item<float>();
+  EXPECT_LT(last, first * 0.9f);
+}
+
+TEST(Executor, DotExportNamesNodesAndShapes) {
+  Mlp m(2, 8);
+  std::string dot = m.g.to_dot({m.loss});
+  EXPECT_NE(dot.find("digraph"), std::string::npos);
+  EXPECT_NE(dot.find("dense0/kernel"), std::string::npos);
+  EXPECT_NE(dot.find("matmul"), std::string::npos);
+  EXPECT_NE(dot.find("f32[?,8]"), std::string::npos);
+  EXPECT_EQ(dot.find("gradients/"), std::string::npos) << "only the loss's dependencies are drawn";
+  m.g.verify();
+}
+
+}  // namespace
+}  // namespace lowbit
