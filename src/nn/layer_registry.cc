@@ -1,0 +1,13 @@
+#include "nn/layer_registry.h"
+
+#include "lowbit/nn/model.h"
+
+namespace lowbit::nn::detail {
+void register_builtin_layers() {
+  register_core_layers();
+  register_layer("InputLayer", [](const Json& c) {
+    return InputSpec(Shape(c.at("shape").get<std::vector<int64_t>>()), dtype_from_name(c.value("dtype", "f32")),
+                     c.value("name", ""));
+  });
+}
+}  // namespace lowbit::nn::detail
