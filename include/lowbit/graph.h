@@ -14,6 +14,7 @@
 // Layers (a later layer of the house) emit ops into a Graph; `to_dot()` shows the result.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -165,6 +166,10 @@ class Executor {
   // Feeds every placeholder the fetches need (dtype and known dims must match: ShapeError,
   // DTypeError otherwise). Returned tensors are owned by the caller.
   std::vector<Tensor> run(const std::vector<std::pair<Value, Tensor>>& feeds = {});
+  // Same, but the state updates are written only if `commit(fetches)` returns true: a training
+  // loop uses it to refuse a step whose loss is NaN, so the weights stay at their last good values.
+  std::vector<Tensor> run(const std::vector<std::pair<Value, Tensor>>& feeds,
+                          const std::function<bool(const std::vector<Tensor>&)>& commit);
 
   // Arena bytes of the current plan (the peak of live intermediates).
   size_t peak_bytes() const;

@@ -206,7 +206,8 @@ struct Executor::Impl {
           p.slots[vid] = Tensor::wrap(base + p.offset[vid], p.shapes[vid], g.value_info(vid).type.dtype);
   }
 
-  std::vector<Tensor> run(const std::vector<std::pair<Value, Tensor>>& feed_list) {
+  std::vector<Tensor> run(const std::vector<std::pair<Value, Tensor>>& feed_list,
+                          const std::function<bool(const std::vector<Tensor>&)>* commit) {
     std::map<int, const Tensor*> feeds;
     for (const auto& [v, t] : feed_list) {
       g.check_owns(v, "Executor::run(feeds)");
@@ -280,6 +281,10 @@ struct Executor::Impl {
     std::vector<Tensor> result;
     result.reserve(fetches.size());
     for (const Value& v : fetches) result.push_back(s[v.id()].clone());
+    if (commit && *commit && !(*commit)(result)) {
+      for (int vid : placeholders) s[vid] = Tensor();
+      return result;
+    }
     // Sources of updates that alias other variables must be read before any write.
     std::vector<Tensor> sources;
     for (const auto& [var, val] : updates) {
@@ -307,7 +312,11 @@ Executor::Executor(Graph& g, std::vector<Value> fetches, std::vector<std::pair<V
 Executor::~Executor() = default;
 
 std::vector<Tensor> Executor::run(const std::vector<std::pair<Value, Tensor>>& feeds) {
-  return impl_->run(feeds);
+  return impl_->run(feeds, nullptr);
+}
+std::vector<Tensor> Executor::run(const std::vector<std::pair<Value, Tensor>>& feeds,
+                                  const std::function<bool(const std::vector<Tensor>&)>& commit) {
+  return impl_->run(feeds, &commit);
 }
 size_t Executor::peak_bytes() const { return impl_->current ? impl_->current->arena_bytes : 0; }
 size_t Executor::total_intermediate_bytes() const {

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "lowbit/graph.h"
 #include "lowbit/ops.h"
 #include "testing/op_testing.h"
@@ -78,6 +80,18 @@ TEST(Executor, StateUpdatesAreWrittenAfterTheStep) {
   EXPECT_EQ(g.variable_tensor(w).to_vector<float>(), (std::vector<float>{3, 3}));
   auto o2 = ex.run({{x, tx}});
   EXPECT_EQ(o2[0].to_vector<float>(), (std::vector<float>{6, 6}));
+}
+
+TEST(Executor, CommitGuardSkipsUpdates) {
+  Graph g;
+  Value w = g.variable("w", Tensor::full({1}, 1.0));
+  Value x = g.placeholder("x", DType::kF32, {1});
+  Executor ex(g, {x + w}, {{w, w + x}});
+  auto finite = [](const std::vector<Tensor>& f) { return std::isfinite(f[0].data<float>()[0]); };
+  ex.run({{x, Tensor::full({1}, 2.0)}}, finite);
+  EXPECT_EQ(g.variable_tensor(w).data<float>()[0], 3.0f);
+  ex.run({{x, Tensor::full({1}, NAN)}}, finite);  // refused: w keeps its last good value
+  EXPECT_EQ(g.variable_tensor(w).data<float>()[0], 3.0f);
 }
 
 TEST(Executor, FeedErrorsAreClear) {
