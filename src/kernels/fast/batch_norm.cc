@@ -1,0 +1,157 @@
+// Fast batch-norm kernels for the common channels-last case (axis = last dim, f32): the
+// statistics are reduced by fixed blocks of rows (partial sums in double, combined in block
+// order, so results do not depend on the thread count) with the inner loop over channels
+// vectorised; the per-element work runs in f32 with per-channel coefficients.
+// Checked against the reference kernels (src/ops/nn.cc) in tests/ops/nn_fast_test.cc.
+#include <omp.h>
+
+#include <cmath>
+#include <vector>
+
+#include "lowbit/op.h"
+#include "ops/families.h"
+
+namespace lowbit::detail {
+
+namespace {
+
+constexpr int64_t kBlockRows = 256;
+constexpr int64_t kParallelElements = 1 << 15;
+
+bool channels_last_f32(const KernelCtx& k) {
+  const Tensor& x = k.in[0];
+  if (x.dtype() != DType::kF32 || x.rank() < 1) return false;
+  const int64_t axis = k.attrs.i("axis", -1);
+  return axis == -1 || axis == x.rank() - 1;
+}
+
+// Per-block partial sums, reused across calls (grows only).
+std::vector<double>& scratch(size_t n) {
+  thread_local std::vector<double> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf;
+}
+
+// sums[j][c] = sum over rows of f_j(row, c), for J statistics, reduced by blocks.
+template <int J, class F>
+void channel_sums(int64_t rows, int64_t ch, double* out, F f) {
+  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
+  std::vector<double>& part = scratch(static_cast<size_t>(blocks * J * ch));
+  double* p = part.data();
+  const bool par = rows * ch > kParallelElements && blocks > 1;
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t b = 0; b < blocks; ++b) {
+    double* acc = p + b * J * ch;
+    for (int64_t i = 0; i < J * ch; ++i) acc[i] = 0;
+    const int64_t r1 = std::min(rows, (b + 1) * kBlockRows);
+    for (int64_t r = b * kBlockRows; r < r1; ++r) f(r, acc);
+  }
+  for (int64_t i = 0; i < J * ch; ++i) out[i] = 0;
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t i = 0; i < J * ch; ++i) out[i] += p[b * J * ch + i];
+}
+
+void batch_norm_training_fast(const KernelCtx& k) {
+  const Tensor& xt = k.in[0];
+  const int64_t ch = xt.dim(-1);
+  const int64_t rows = ch ? xt.numel() / ch : 0;
+  const float* x = xt.data<float>();
+  const float* gamma = k.in[1].data<float>();
+  const float* beta = k.in[2].data<float>();
+  float* y = k.out[0].data<float>();
+  const double eps = k.attrs.f("epsilon", 1e-3);
+  std::vector<double> sum(ch), sq(ch);
+  channel_sums<1>(rows, ch, sum.data(), [&](int64_t r, double* acc) {
+    const float* xr = x + r * ch;
+#pragma omp simd
+    for (int64_t c = 0; c < ch; ++c) acc[c] += xr[c];
+  });
+  const double n = static_cast<double>(rows);
+  std::vector<double> mean(ch);
+  for (int64_t c = 0; c < ch; ++c) mean[c] = rows ? sum[c] / n : NAN;
+  const double* m = mean.data();
+  channel_sums<1>(rows, ch, sq.data(), [&](int64_t r, double* acc) {
+    const float* xr = x + r * ch;
+#pragma omp simd
+    for (int64_t c = 0; c < ch; ++c) {
+      const double d = xr[c] - m[c];
+      acc[c] += d * d;
+    }
+  });
+  std::vector<float> a(ch), b(ch);
+  float* mean_out = k.out[1].data<float>();
+  float* var_out = k.out[2].data<float>();
+  for (int64_t c = 0; c < ch; ++c) {
+    const double var = rows ? sq[c] / n : NAN;
+    const double ac = gamma[c] / std::sqrt(var + eps);
+    a[c] = static_cast<float>(ac);
+    b[c] = static_cast<float>(beta[c] - mean[c] * ac);
+    mean_out[c] = static_cast<float>(mean[c]);
+    var_out[c] = static_cast<float>(var);
+  }
+  const float* pa = a.data();
+  const float* pb = b.data();
+#pragma omp parallel for schedule(static) if (rows * ch > kParallelElements)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * ch;
+    float* yr = y + r * ch;
+#pragma omp simd
+    for (int64_t c = 0; c < ch; ++c) yr[c] = xr[c] * pa[c] + pb[c];
+  }
+}
+
+void batch_norm_training_backward_fast(const KernelCtx& k) {
+  const Tensor& xt = k.in[0];
+  const int64_t ch = xt.dim(-1);
+  const int64_t rows = ch ? xt.numel() / ch : 0;
+  const float* x = xt.data<float>();
+  const float* gamma = k.in[1].data<float>();
+  const float* mean = k.in[2].data<float>();
+  const float* var = k.in[3].data<float>();
+  const float* dy = k.in[4].data<float>();
+  const double eps = k.attrs.f("epsilon", 1e-3);
+  std::vector<double> sums(2 * ch);
+  channel_sums<2>(rows, ch, sums.data(), [&](int64_t r, double* acc) {
+    const float* xr = x + r * ch;
+    const float* dr = dy + r * ch;
+#pragma omp simd
+    for (int64_t c = 0; c < ch; ++c) {
+      acc[c] += dr[c];
+      acc[ch + c] += static_cast<double>(dr[c]) * (xr[c] - mean[c]);
+    }
+  });
+  const double n = static_cast<double>(rows);
+  std::vector<float> scale(ch), shift(ch), slope(ch);
+  float* dgamma = k.out[1].data<float>();
+  float* dbeta = k.out[2].data<float>();
+  for (int64_t c = 0; c < ch; ++c) {
+    const double r = 1 / std::sqrt(var[c] + eps);
+    scale[c] = static_cast<float>(gamma[c] * r);
+    shift[c] = static_cast<float>(rows ? sums[c] / n : 0);
+    slope[c] = static_cast<float>(rows ? r * r * sums[ch + c] / n : 0);
+    dgamma[c] = static_cast<float>(rows ? sums[ch + c] * r : 0);
+    dbeta[c] = static_cast<float>(sums[c]);
+  }
+  float* dx = k.out[0].data<float>();
+  const float *ps = scale.data(), *psh = shift.data(), *psl = slope.data();
+#pragma omp parallel for schedule(static) if (rows * ch > kParallelElements)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * ch;
+    const float* dr = dy + r * ch;
+    float* out = dx + r * ch;
+#pragma omp simd
+    for (int64_t c = 0; c < ch; ++c) out[c] = ps[c] * (dr[c] - psh[c] - (xr[c] - mean[c]) * psl[c]);
+  }
+}
+
+}  // namespace
+
+void register_fast_kernels() {
+  add_fast_kernel("batch_norm_training",
+                  {.name = "batch_norm_training_f32__channels_last", .supports = channels_last_f32, .run = batch_norm_training_fast});
+  add_fast_kernel("batch_norm_training_backward", {.name = "batch_norm_training_backward_f32__channels_last",
+                                                   .supports = channels_last_f32,
+                                                   .run = batch_norm_training_backward_fast});
+}
+
+}  // namespace lowbit::detail
