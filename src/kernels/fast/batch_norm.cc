@@ -78,25 +78,27 @@ void batch_norm_training_fast(const KernelCtx& k) {
       acc[c] += d * d;
     }
   });
-  std::vector<float> a(ch), b(ch);
+  // y = (x - mean) * a + beta: no cancellation between x*a and mean*a (a batch of one gives beta
+  // exactly, as the reference does).
+  std::vector<float> a(ch), mf(ch);
   float* mean_out = k.out[1].data<float>();
   float* var_out = k.out[2].data<float>();
   for (int64_t c = 0; c < ch; ++c) {
     const double var = rows ? sq[c] / n : NAN;
     const double ac = gamma[c] / std::sqrt(var + eps);
     a[c] = static_cast<float>(ac);
-    b[c] = static_cast<float>(beta[c] - mean[c] * ac);
+    mf[c] = static_cast<float>(mean[c]);
     mean_out[c] = static_cast<float>(mean[c]);
     var_out[c] = static_cast<float>(var);
   }
   const float* pa = a.data();
-  const float* pb = b.data();
+  const float* pm = mf.data();
 #pragma omp parallel for schedule(static) if (rows * ch > kParallelElements)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * ch;
     float* yr = y + r * ch;
 #pragma omp simd
-    for (int64_t c = 0; c < ch; ++c) yr[c] = xr[c] * pa[c] + pb[c];
+    for (int64_t c = 0; c < ch; ++c) yr[c] = (xr[c] - pm[c]) * pa[c] + beta[c];
   }
 }
 
