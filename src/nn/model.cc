@@ -250,8 +250,12 @@ Json Model::get_config() const {
 
 namespace {
 std::string fmt_int(int64_t v) {
-  std::string s = std::to_string(v);
-  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(i, ",");
+  const std::string digits = std::to_string(v);
+  std::string s;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0 && digits[i - 1] != '-') s.push_back(',');
+    s.push_back(digits[i]);
+  }
   return s;
 }
 std::string shape_str(const Shape& s) {
@@ -283,10 +287,15 @@ std::string Model::summary(int width) const {
       conn += k.node->layer->name() + "[" + std::to_string(k.index) + "]";
     }
     std::string shapes;
-    for (const auto& t : n->outputs) shapes += (shapes.empty() ? "" : " ") + shape_str(t.shape);
+    for (const auto& t : n->outputs) {
+      if (!shapes.empty()) shapes.push_back(' ');
+      shapes.append(shape_str(t.shape));
+    }
     int64_t params = n->layer->count_params(true) + n->layer->count_params(false);
     if (auto m = std::dynamic_pointer_cast<Model>(n->layer)) params = m->count_params_total(true) + m->count_params_total(false);
-    os << pad(n->layer->name() + " (" + n->layer->class_name() + ")", c1) << pad(shapes, c2)
+    std::string title = n->layer->name();
+    title.append(" (").append(n->layer->class_name()).append(")");
+    os << pad(title, c1) << pad(shapes, c2)
        << pad(fmt_int(params), c3) << conn << "\n";
     std::string note = n->layer->summary_note();
     if (!note.empty()) os << "    " << note << "\n";
