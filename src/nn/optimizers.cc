@@ -414,6 +414,15 @@ Optimizer::Optimizer(std::string name, OptimizerOptions o, double default_lr)
 
 Optimizer::~Optimizer() = default;
 
+void Optimizer::set_learning_rate(double lr) {
+  if (o_.schedule)
+    LOWBIT_THROW(ValueError, name_, ".set_learning_rate: the optimizer follows a learning-rate schedule; "
+                 "a LearningRateScheduler cannot also set it (use one or the other)");
+  if (!(lr >= 0) || !std::isfinite(lr))
+    LOWBIT_THROW(ValueError, name_, ".set_learning_rate: expected a finite lr >= 0 but found ", lr);
+  lr_ = lr;
+}
+
 double Optimizer::learning_rate_at(int64_t step) const {
   return o_.schedule ? (*o_.schedule)(step) : lr_;
 }

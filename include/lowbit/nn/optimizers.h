@@ -142,6 +142,9 @@ class Optimizer {
   // The schedule's value at `step`, or the constant learning rate.
   double learning_rate_at(int64_t step) const;
   double learning_rate() const { return lr_; }  // the constant (ignored with a schedule)
+  // Sets a constant learning rate (what Keras' LearningRateScheduler callback does). Throws
+  // ValueError when the optimizer follows a schedule (as Keras) or lr is negative / not finite.
+  void set_learning_rate(double lr);
   const SchedulePtr& schedule() const { return o_.schedule; }
   // Updates applied so far; the training loop adds one after each committed step.
   int64_t iterations() const { return iterations_; }
