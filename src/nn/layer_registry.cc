@@ -5,9 +5,14 @@
 namespace lowbit::nn::detail {
 void register_builtin_layers() {
   register_core_layers();
+  register_conv_layers();
+  register_pool_layers();
+  register_reshape_layers();
+  register_merge_layers();
+  register_embedding_layers();
   register_layer("InputLayer", [](const Json& c) {
-    return InputSpec(Shape(c.at("shape").get<std::vector<int64_t>>()), dtype_from_name(c.value("dtype", "f32")),
-                     c.value("name", ""));
+    return InputSpec(Shape(c.at("shape").get<std::vector<int64_t>>()),
+                     dtype_from_name(c.value("dtype", "f32")), c.value("name", ""));
   });
 }
 }  // namespace lowbit::nn::detail

@@ -2,6 +2,11 @@
 #pragma once
 
 namespace lowbit::nn::detail {
-void register_core_layers();  // src/nn/layers_core.cc
+void register_core_layers();       // src/nn/layers_core.cc
+void register_conv_layers();       // src/nn/layers_conv.cc
+void register_pool_layers();       // src/nn/layers_pool.cc
+void register_reshape_layers();    // src/nn/layers_reshape.cc
+void register_merge_layers();      // src/nn/layers_merge.cc
+void register_embedding_layers();  // src/nn/layers_embedding.cc
 void register_builtin_layers();
 }  // namespace lowbit::nn::detail

@@ -164,6 +164,19 @@ std::string Model::mode_signature(bool training) const {
   return s;
 }
 
+void Model::validate_input(int index, const Tensor& value) const {
+  if (index < 0 || index >= static_cast<int>(inputs_.size())) return;
+  const LayerNode* in = inputs_[index].node.get();
+  for (const auto& n : nodes_)
+    for (size_t k = 0; k < n->inputs.size(); ++k)
+      if (n->inputs[k].node.get() == in) n->layer->validate_input(static_cast<int>(k), value);
+}
+
+void Model::validate_inputs(const std::vector<Tensor>& xs) const {
+  for (size_t i = 0; i < xs.size() && i < inputs_.size(); ++i)
+    if (xs[i].defined()) validate_input(static_cast<int>(i), xs[i]);
+}
+
 std::vector<Tensor> Model::predict_on_batch(const std::vector<Tensor>& xs, CallOptions opt) {
   bool training = opt.training.value_or(false);
   std::string sig = mode_signature(training);
@@ -193,6 +206,7 @@ std::vector<Tensor> Model::predict_on_batch(const std::vector<Tensor>& xs, CallO
                    " but found ", dtype_name(xs[i].dtype()));
     feeds.emplace_back(c.inputs[i], xs[i]);
   }
+  validate_inputs(xs);
   return c.executor->run(feeds);
 }
 

@@ -128,6 +128,11 @@ class Layer : public std::enable_shared_from_this<Layer> {
   virtual Json get_config() const;
   // Extra text for summary() (e.g. quantizer settings); empty by default.
   virtual std::string summary_note() const { return ""; }
+  // Checks the data of a tensor about to be fed to input `index` of this layer, on the host,
+  // before any graph runs; throws (ValueError) for values the graph could not handle, e.g.
+  // Embedding ids out of range. Models call it for the layers their inputs feed directly
+  // (Model::validate_inputs). The default accepts everything.
+  virtual void validate_input(int /*index*/, const Tensor& /*value*/) const {}
 
   std::vector<Weight>& weights() { return weights_; }
   const std::vector<Weight>& weights() const { return weights_; }

@@ -68,6 +68,11 @@ class Model : public Layer {
   // Keras-style table: layer (type), output shape, params, connected to; then totals.
   std::string summary(int width = 90) const;
 
+  // Host-side checks of input data (Layer::validate_input of every layer a model input feeds
+  // directly, nested models included); predict_on_batch runs it, training loops should too.
+  void validate_inputs(const std::vector<Tensor>& xs) const;
+  void validate_input(int index, const Tensor& value) const override;
+
   // Runs the model now. training unset = inference.
   std::vector<Tensor> predict_on_batch(const std::vector<Tensor>& xs, CallOptions opt = {});
   Tensor operator()(const Tensor& x, CallOptions opt = {});
