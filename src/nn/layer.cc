@@ -109,9 +109,15 @@ CallContext::CallContext(Graph& g, bool training, Tensor rng_state)
 Value CallContext::var(const Layer& layer, const Weight& w) {
   auto it = vars_.find(w.value.raw());
   if (it != vars_.end()) return it->second;
-  Value v = g_.variable(layer.name() + "/" + w.name, w.value, w.trainable && layer.trainable());
+  // Created inside the layer's name scope: the node is named "<layer>/<weight>".
+  Value v = g_.variable(w.name, w.value, w.trainable && layer.trainable());
   vars_[w.value.raw()] = v;
   return v;
+}
+
+Value CallContext::bound(const Weight& w) const {
+  auto it = vars_.find(w.value.raw());
+  return it == vars_.end() ? Value() : it->second;
 }
 
 void CallContext::add_update(const Value& variable, const Value& new_value) {

@@ -5,15 +5,10 @@
 #include <sstream>
 
 #include "lowbit/ops.h"
+#include "nn/model_internal.h"
 
 namespace lowbit::nn {
 
-// One traced mode of a model, compiled once and reused by eager calls.
-struct CompiledCall {
-  Graph graph;
-  std::vector<Value> inputs, outputs;
-  std::unique_ptr<Executor> executor;
-};
 
 // ---- Input ----
 InputLayer::InputLayer(Shape shape, DType dtype, std::string name)
@@ -247,18 +242,28 @@ int64_t Model::count_params_total(bool trainable) const {
 }
 
 Json Model::get_config() const {
+  // Nodes are referenced Keras-style as [layer name, node index (k-th call of that layer in this
+  // model), output index], so shared layers called several times are unambiguous.
+  std::map<const LayerNode*, std::pair<std::string, int>> ref;
+  std::map<const Layer*, int> calls;
+  for (const auto& n : nodes_) ref[n.get()] = {n->layer->name(), calls[n->layer.get()]++};
+  auto ktensor_ref = [&](const KTensor& k) {
+    const auto& [name, idx] = ref.at(k.node.get());
+    return Json::array({name, idx, k.index});
+  };
   Json layers_json = Json::array();
+  std::map<const Layer*, bool> emitted;
   for (const auto& n : nodes_) {
     Json inbound = Json::array();
-    for (const KTensor& k : n->inputs) inbound.push_back({k.node->layer->name(), k.index});
+    for (const KTensor& k : n->inputs) inbound.push_back(ktensor_ref(k));
     Json lj = layer_to_config(*n->layer);
     lj["inbound"] = inbound;
     if (n->training) lj["training"] = *n->training;
     layers_json.push_back(lj);
   }
   Json in = Json::array(), out = Json::array();
-  for (const KTensor& k : inputs_) in.push_back({k.node->layer->name(), k.index});
-  for (const KTensor& k : outputs_) out.push_back({k.node->layer->name(), k.index});
+  for (const KTensor& k : inputs_) in.push_back(ktensor_ref(k));
+  for (const KTensor& k : outputs_) out.push_back(ktensor_ref(k));
   return {{"name", name_}, {"trainable", trainable_}, {"layers", layers_json}, {"input_layers", in}, {"output_layers", out}};
 }
 
@@ -281,12 +286,13 @@ std::string shape_str(const Shape& s) {
   if (s.rank() == 1) o += ",";
   return o + ")";
 }
-std::string pad(const std::string& s, size_t w) { return s.size() >= w ? s.substr(0, w) : s + std::string(w - s.size(), ' '); }
+// Left-aligned in a column of width w, always followed by at least one space.
+std::string pad(const std::string& s, size_t w) { return s.size() + 1 >= w ? s + " " : s + std::string(w - s.size(), ' '); }
 }  // namespace
 
 std::string Model::summary(int width) const {
   std::ostringstream os;
-  const size_t c1 = width * 36 / 100, c2 = width * 22 / 100, c3 = width * 12 / 100, c4 = width - c1 - c2 - c3;
+  const size_t c1 = width * 42 / 100, c2 = width * 22 / 100, c3 = width * 12 / 100, c4 = width - c1 - c2 - c3;
   std::string rule(width, '-'), heavy(width, '=');
   os << "Model: \"" << name_ << "\"\n" << rule << "\n"
      << pad("Layer (type)", c1) << pad("Output Shape", c2) << pad("Param #", c3) << pad("Connected to", c4) << "\n"

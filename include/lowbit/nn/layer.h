@@ -59,6 +59,8 @@ class CallContext {
 
   // The graph variable bound to a layer weight (created once per graph and weight).
   Value var(const Layer& layer, const Weight& w);
+  // The variable already bound to `w` in this trace (undefined if the trace did not use it).
+  Value bound(const Weight& w) const;
   // Records a state update (e.g. moving statistics); the caller's executor writes it.
   void add_update(const Value& variable, const Value& new_value);
   const std::vector<std::pair<Value, Value>>& updates() const { return updates_; }

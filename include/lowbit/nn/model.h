@@ -12,10 +12,17 @@
 #pragma once
 
 #include <memory>
+#include <optional>
+#include <ostream>
 #include <string>
 #include <vector>
 
+#include "lowbit/data/dataset.h"
+#include "lowbit/nn/callbacks.h"
 #include "lowbit/nn/layer.h"
+#include "lowbit/nn/losses.h"
+#include "lowbit/nn/metrics.h"
+#include "lowbit/nn/optimizers.h"
 
 namespace lowbit::nn {
 
@@ -40,6 +47,34 @@ class InputLayer : public Layer {
 LayerPtr InputSpec(const Shape& shape, DType dtype = DType::kF32, const std::string& name = "");
 
 struct CompiledCall;
+struct TrainState;
+
+struct CompileOptions {
+  OptimizerPtr optimizer;            // null: RMSprop with Keras defaults (Keras' compile default)
+  LossPtr loss;                      // required for fit/evaluate
+  std::vector<std::string> metrics;  // "accuracy", "mse", "mae", "auc", ...
+  std::vector<MetricPtr> metric_objects;
+};
+
+struct FitOptions {
+  int epochs = 1;                  // index of the last epoch + 1, as Keras: with initial_epoch = k,
+                                   // epochs k .. epochs-1 run (resuming continues the count)
+  int64_t batch_size = 32;
+  bool shuffle = true;
+  uint64_t seed = 0;               // shuffling order: the same seed gives the same batches
+  double validation_split = 0;     // the LAST fraction of the data, taken before shuffling (Keras)
+  std::optional<data::Dataset> validation_data;
+  int verbose = 1;                 // 0 silent, 1 progress bar, 2 one line per epoch
+  int initial_epoch = 0;
+  std::vector<CallbackPtr> callbacks;
+  std::ostream* out = nullptr;     // default std::cout
+};
+
+struct EvaluateOptions {
+  int64_t batch_size = 32;
+  int verbose = 0;
+  std::ostream* out = nullptr;
+};
 
 class Model : public Layer {
  public:
@@ -66,7 +101,7 @@ class Model : public Layer {
   int64_t count_params_total(bool trainable) const;
 
   // Keras-style table: layer (type), output shape, params, connected to; then totals.
-  std::string summary(int width = 90) const;
+  std::string summary(int width = 100) const;
 
   // Host-side checks of input data (Layer::validate_input of every layer a model input feeds
   // directly, nested models included); predict_on_batch runs it, training loops should too.
@@ -89,6 +124,32 @@ class Model : public Layer {
   // State that travels with the model: the random-stream step of Dropout & co.
   Tensor& rng_state() { return rng_state_; }
 
+  // ---- training (Keras compile / fit / evaluate / predict) ----
+  void compile(CompileOptions o);
+  bool compiled() const { return loss_ != nullptr; }
+  // Trains on (x, y) in training mode; validation and metrics in inference mode. Throws
+  // ValueError for empty data, ShapeError/DTypeError for inputs or targets that do not fit the
+  // model, ValueError for labels out of range. A step whose loss is not finite is not applied;
+  // training stops and History::stop_reason says why.
+  History fit(const Tensor& x, const Tensor& y, FitOptions o = {});
+  History fit(const data::Dataset& train, FitOptions o = {});
+  Logs evaluate(const Tensor& x, const Tensor& y, EvaluateOptions o = {});
+  Logs evaluate(const data::Dataset& d, EvaluateOptions o = {});
+  // Inference-mode outputs for all of x, in batches.
+  Tensor predict(const Tensor& x, int64_t batch_size = 32);
+  OptimizerPtr optimizer() const { return optimizer_; }
+
+  // ---- saving ----
+  // Writes the model to one safetensors file: weights and state (moving statistics, RNG step)
+  // as tensors; the model config, the compile config and the optimizer state (slots,
+  // iterations) in the JSON metadata. Written to a temporary file and renamed into place.
+  void save(const std::string& path);
+  // Copies the weights (and state) stored in `path` into this model; IoError when a tensor is
+  // missing or has another shape.
+  void load_weights(const std::string& path);
+  LossPtr loss() const { return loss_; }
+  bool stop_training = false;  // callbacks set it to end fit after the current epoch
+
  protected:
   Model(const std::string& default_name, const std::string& name);
   void set_graph(std::vector<KTensor> inputs, std::vector<KTensor> outputs);
@@ -98,8 +159,22 @@ class Model : public Layer {
   std::vector<std::shared_ptr<LayerNode>> nodes_;  // topological order, inputs first
   Tensor rng_state_ = Tensor::zeros({}, DType::kS64);
   std::map<std::string, std::unique_ptr<CompiledCall>> compiled_;
+  OptimizerPtr optimizer_;
+  LossPtr loss_;
+  CompileOptions compile_options_;
+  std::map<std::string, std::unique_ptr<TrainState>> train_states_;
+  TrainState& train_state();
+  Logs run_evaluation(const data::Dataset& d, int64_t batch_size, int verbose, std::ostream& out,
+                      const std::string& prefix);
 };
 using ModelPtr = std::shared_ptr<Model>;
+
+// Rebuilds a model saved with Model::save, compiled and with its optimizer state if it was
+// compiled when saved, so fit(initial_epoch = k) continues exactly where training stopped.
+// Throws IoError naming the file and the problem (missing, truncated, corrupted, mismatched).
+ModelPtr load_model(const std::string& path);
+// Rebuilds a model (uncompiled, fresh weights) from Model::get_config().
+ModelPtr model_from_config(const Json& config, const std::string& class_name = "Functional");
 
 // A linear stack of layers. Start with InputSpec(shape), or call build(shape) before use.
 class Sequential : public Model {

@@ -1,0 +1,108 @@
+// Training throughput of the two fixed benchmark models, the same work as the PyTorch peer
+// (../shared/peers/torch_mnist.py): batch 64, Adam(1e-3), sparse softmax cross-entropy from
+// logits, on the 8,000-image MNIST split, images/s per epoch, median over the timed epochs after
+// a warm-up. Prints one JSON line per (model, threads).
+//
+//   train_bench [--model cnn|mlp|all] [--threads 1,2] [--epochs 5] [--warmup 20]
+//               [--data ../shared/data]
+//
+// (a) CNN: Conv2D(32,3,same)-BN-ReLU, Conv2D(64,3,s2,same)-BN-ReLU, Conv2D(64,3,s2,same)-BN-ReLU,
+//     GlobalAveragePooling2D, Dense(10) on 28x28x1 (convs without bias, as the peer: BN follows)
+// (b) MLP: 784-256-256-10 with ReLU
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "lowbit/data/idx.h"
+#include "lowbit/nn/layers.h"
+#include "lowbit/nn/model.h"
+#include "lowbit/threads.h"
+
+using namespace lowbit;
+
+namespace {
+
+nn::ModelPtr build(const std::string& which, uint64_t seed) {
+  nn::set_random_seed(seed);
+  if (which == "cnn") {
+    auto conv_bn_relu = [](int64_t filters, int64_t stride) -> std::vector<nn::LayerPtr> {
+      return {nn::Conv2D(filters, 3, {.strides = stride, .padding = "same", .use_bias = false}),
+              nn::BatchNormalization(), nn::ReLU()};
+    };
+    std::vector<nn::LayerPtr> layers{nn::InputSpec({28, 28, 1})};
+    for (auto [f, s] : {std::pair<int64_t, int64_t>{32, 1}, {64, 2}, {64, 2}})
+      for (auto& l : conv_bn_relu(f, s)) layers.push_back(l);
+    layers.push_back(nn::GlobalAveragePooling2D());
+    layers.push_back(nn::Dense(10));
+    return nn::Sequential::create(layers, "bench_cnn");
+  }
+  return nn::Sequential::create({nn::InputSpec({28, 28, 1}), nn::Flatten(), nn::Dense(256, {.activation = "relu"}),
+                                 nn::Dense(256, {.activation = "relu"}), nn::Dense(10)},
+                                "bench_mlp");
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  std::string model = "all", data = "../shared/data";
+  std::vector<int> threads{1, 2};
+  int epochs = 5, warmup = 20;
+  for (int i = 1; i < argc; ++i) {
+    std::string k = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw ValueError("missing value after " + k);
+      return argv[++i];
+    };
+    if (k == "--model") model = next();
+    else if (k == "--data") data = next();
+    else if (k == "--epochs") epochs = std::stoi(next());
+    else if (k == "--warmup") warmup = std::stoi(next());
+    else if (k == "--threads") {
+      threads.clear();
+      std::stringstream ss(next());
+      for (std::string t; std::getline(ss, t, ',');) threads.push_back(std::stoi(t));
+    } else throw ValueError("unknown argument '" + k + "'");
+  }
+  MnistSplit train = load_mnist(data, true);
+  const int64_t batch = 64;
+  std::vector<std::string> models = model == "all" ? std::vector<std::string>{"cnn", "mlp"} : std::vector<std::string>{model};
+  for (const auto& m : models) {
+    for (int t : threads) {
+      set_num_threads(t);
+      // Warm-up on a throw-away model (primitive caches, memory plans).
+      {
+        auto w = build(m, 2);
+        w->compile({.optimizer = nn::Adam({.learning_rate = 1e-3}), .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
+        int64_t n = std::min<int64_t>(warmup * batch, train.images.dim(0));
+        Tensor xs = Tensor::wrap(train.images.raw(), {n, 28, 28, 1}, DType::kF32);
+        Tensor ys = Tensor::wrap(train.labels.raw(), {n}, DType::kS64);
+        w->fit(xs, ys, {.epochs = 1, .batch_size = batch, .verbose = 0});
+      }
+      auto net = build(m, 1);
+      net->compile({.optimizer = nn::Adam({.learning_rate = 1e-3}), .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
+      std::vector<double> ips;
+      for (int e = 0; e < epochs; ++e) {
+        auto t0 = std::chrono::steady_clock::now();
+        net->fit(train.images, train.labels, {.epochs = e + 1, .batch_size = batch, .seed = 1, .verbose = 0, .initial_epoch = e});
+        double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        ips.push_back(static_cast<double>(train.images.dim(0)) / s);
+      }
+      std::printf("{\"bench\": \"train\", \"model\": \"%s\", \"variant\": \"float\", \"threads\": %d, \"batch\": %lld, "
+                  "\"timed_epochs\": %d, \"images_per_s\": {\"median\": %.1f, \"min\": %.1f, \"max\": %.1f}}\n",
+                  m.c_str(), t, static_cast<long long>(batch), epochs, median(ips),
+                  *std::min_element(ips.begin(), ips.end()), *std::max_element(ips.begin(), ips.end()));
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "train_bench: error: %s\n", e.what());
+  return 1;
+}
