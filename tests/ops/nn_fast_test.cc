@@ -1,6 +1,8 @@
 // Fast batch-norm kernels (src/kernels/fast/batch_norm.cc) against the reference kernels.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "lowbit/ops.h"
 #include "lowbit/threads.h"
 #include "testing/op_testing.h"
@@ -49,6 +51,37 @@ TEST(FastBatchNorm, OtherAxesUseTheReference) {
   Rng rng(13);
   Tensor x = random_tensor({4, 3, 5}, rng), g = random_tensor({3}, rng), b = random_tensor({3}, rng);
   EXPECT_EQ(testing::expect_fast_matches_reference("batch_norm_training", {x, g, b}, {{"axis", 1}}), 0);
+}
+
+}  // namespace
+}  // namespace lowbit
+
+namespace lowbit {
+namespace {
+
+TEST(FastMaxPool, BitIdenticalToReference) {
+  Rng rng(21);
+  struct Case {
+    Shape x;
+    Attrs a;
+  };
+  std::vector<Case> cases = {
+      {{2, 4, 4, 3}, {{"ksize", std::vector<int64_t>{2, 2}}}},
+      {{1, 5, 7, 1}, {{"ksize", std::vector<int64_t>{2, 2}}, {"padding", "same"}}},
+      {{3, 7, 5, 17}, {{"ksize", std::vector<int64_t>{3, 3}}, {"strides", std::vector<int64_t>{1, 1}}, {"padding", "same"}}},
+      {{2, 9, 9, 8}, {{"ksize", std::vector<int64_t>{3, 2}}, {"strides", std::vector<int64_t>{2, 1}}}},
+      {{64, 28, 28, 32}, {{"ksize", std::vector<int64_t>{2, 2}}}},
+  };
+  for (const auto& cs : cases) {
+    SCOPED_TRACE(cs.x.str() + " " + cs.a.str());
+    Tensor x = testing::random_tensor(cs.x, rng);
+    // Ties: quantise some inputs so windows hold equal maxima.
+    for (int64_t i = 0; i < x.numel(); i += 3) x.data<float>()[i] = std::round(x.data<float>()[i] * 2) / 2;
+    EXPECT_EQ(testing::expect_fast_matches_reference("max_pool2d", {x}, cs.a, 0, 0), 1);
+    Tensor y = run_op(find_op("max_pool2d"), {x}, cs.a, KernelChoice::kReference)[0];
+    Tensor dy = testing::random_tensor(y.shape(), rng);
+    EXPECT_EQ(testing::expect_fast_matches_reference("max_pool2d_backward", {x, dy}, cs.a, 0, 0), 1);
+  }
 }
 
 }  // namespace

@@ -1,0 +1,103 @@
+// Fast max pooling, NHWC f32: the channel loop is innermost and vectorised. The backward kernel
+// picks, per channel, the first maximum of each window in row-major order (strict >), exactly as
+// the reference, and accumulates into dx in the same (window-by-window) order, so results are
+// bit-identical to the reference. Work is split by image only.
+#include <omp.h>
+
+#include <limits>
+#include <vector>
+
+#include "lowbit/op.h"
+#include "ops/conv_common.h"
+#include "ops/families.h"
+
+namespace lowbit::detail {
+
+namespace {
+
+constexpr int64_t kParallelElements = 1 << 15;
+
+void window(int64_t start, int64_t k, int64_t in, int64_t* lo, int64_t* hi) {
+  *lo = std::max<int64_t>(start, 0);
+  *hi = std::min<int64_t>(start + k, in);
+}
+
+void max_pool2d_fast(const KernelCtx& k) {
+  const kernels::Conv2DParams p = pool2d_params(k.in[0].shape(), k.attrs);
+  const float* x = k.in[0].data<float>();
+  float* y = k.out[0].data<float>();
+  const int64_t C = p.in_c;
+#pragma omp parallel for schedule(static) if (k.out[0].numel() * p.k_h * p.k_w > kParallelElements && p.n > 1)
+  for (int64_t n = 0; n < p.n; ++n) {
+    for (int64_t oh = 0; oh < p.out_h; ++oh) {
+      int64_t h0, h1;
+      window(oh * p.stride_h - p.pad_top, p.k_h, p.in_h, &h0, &h1);
+      for (int64_t ow = 0; ow < p.out_w; ++ow) {
+        int64_t w0, w1;
+        window(ow * p.stride_w - p.pad_left, p.k_w, p.in_w, &w0, &w1);
+        float* yo = y + ((n * p.out_h + oh) * p.out_w + ow) * C;
+        for (int64_t c = 0; c < C; ++c) yo[c] = -std::numeric_limits<float>::infinity();
+        for (int64_t ih = h0; ih < h1; ++ih)
+          for (int64_t iw = w0; iw < w1; ++iw) {
+            const float* xi = x + ((n * p.in_h + ih) * p.in_w + iw) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) yo[c] = xi[c] > yo[c] ? xi[c] : yo[c];
+          }
+      }
+    }
+  }
+}
+
+void max_pool2d_backward_fast(const KernelCtx& k) {
+  const kernels::Conv2DParams p = pool2d_params(k.in[0].shape(), k.attrs);
+  const float* x = k.in[0].data<float>();
+  const float* dy = k.in[1].data<float>();
+  float* dx = k.out[0].data<float>();
+  const int64_t C = p.in_c;
+  const int64_t image = p.in_h * p.in_w * C;
+#pragma omp parallel if (k.in[0].numel() > kParallelElements && p.n > 1)
+  {
+    std::vector<float> best(C);
+    std::vector<int64_t> where(C);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < p.n; ++n) {
+      float* dxn = dx + n * image;
+      const float* xn = x + n * image;
+      std::fill(dxn, dxn + image, 0.0f);
+      for (int64_t oh = 0; oh < p.out_h; ++oh) {
+        int64_t h0, h1;
+        window(oh * p.stride_h - p.pad_top, p.k_h, p.in_h, &h0, &h1);
+        for (int64_t ow = 0; ow < p.out_w; ++ow) {
+          int64_t w0, w1;
+          window(ow * p.stride_w - p.pad_left, p.k_w, p.in_w, &w0, &w1);
+          if (h0 >= h1 || w0 >= w1) continue;
+          const int64_t first = (h0 * p.in_w + w0) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            best[c] = xn[first + c];
+            where[c] = first + c;
+          }
+          for (int64_t ih = h0; ih < h1; ++ih)
+            for (int64_t iw = w0; iw < w1; ++iw) {
+              const int64_t base = (ih * p.in_w + iw) * C;
+              for (int64_t c = 0; c < C; ++c)
+                if (xn[base + c] > best[c]) {
+                  best[c] = xn[base + c];
+                  where[c] = base + c;
+                }
+            }
+          const float* dyo = dy + ((n * p.out_h + oh) * p.out_w + ow) * C;
+          for (int64_t c = 0; c < C; ++c) dxn[where[c]] += dyo[c];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void register_fast_pool_kernels() {
+  add_fast_kernel("max_pool2d", {.name = "max_pool2d_f32__nhwc", .run = max_pool2d_fast});
+  add_fast_kernel("max_pool2d_backward", {.name = "max_pool2d_backward_f32__nhwc", .run = max_pool2d_backward_fast});
+}
+
+}  // namespace lowbit::detail
