@@ -2,11 +2,12 @@
 // validation), evaluated, saved, reloaded. Prints the summary and a final JSON line with the
 // test accuracy and the training throughput.
 //
-//   mnist_cnn --data data/mnist [--epochs 8] [--batch 64] [--threads 2] [--save mnist_cnn.lbm]
+//   mnist_cnn --data data/mnist [--epochs 10] [--batch 64] [--threads 1] [--save mnist_cnn.lbm]
 //             [--min-accuracy 0.975]
 //
 // Architecture (docs/layers.md): two blocks of Conv2D(3x3, same)-BatchNorm-ReLU-MaxPool, then
-// Dropout and a Dense classifier; Adam(1e-3) with a cosine learning-rate decay.
+// Dropout and a Dense classifier; Adam with a cosine learning-rate decay from 2e-3. BatchNorm
+// momentum 0.9 (Keras default 0.99) so the moving statistics settle within 8,000 images.
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -20,7 +21,7 @@ using namespace lowbit;
 
 int main(int argc, char** argv) try {
   std::string data = "data/mnist", save = "mnist_cnn.lbm";
-  int epochs = 8, threads = 2;
+  int epochs = 10, threads = 1;
   int64_t batch = 64;
   double min_accuracy = 0;
   for (int i = 1; i < argc; ++i) {
@@ -49,9 +50,9 @@ int main(int argc, char** argv) try {
   nn::set_random_seed(42);
   auto model = nn::Sequential::create(
       {nn::InputSpec({28, 28, 1}),
-       nn::Conv2D(32, 3, {.padding = "same", .use_bias = false}), nn::BatchNormalization(), nn::ReLU(),
+       nn::Conv2D(32, 3, {.padding = "same", .use_bias = false}), nn::BatchNormalization({.momentum = 0.9}), nn::ReLU(),
        nn::MaxPooling2D(2),
-       nn::Conv2D(64, 3, {.padding = "same", .use_bias = false}), nn::BatchNormalization(), nn::ReLU(),
+       nn::Conv2D(64, 3, {.padding = "same", .use_bias = false}), nn::BatchNormalization({.momentum = 0.9}), nn::ReLU(),
        nn::MaxPooling2D(2),
        nn::Flatten(), nn::Dropout(0.3), nn::Dense(128, {.activation = "relu"}), nn::Dense(10)},
       "mnist_cnn");
