@@ -215,10 +215,10 @@ class SparseCCE : public Loss {
                      ", which is not an integer class label");
       if (known(c) && (v < 0 || v >= static_cast<double>(c))) {
         std::ostringstream extra;
-        if (o_.ignore_class) extra << " or the ignore_class " << *o_.ignore_class;
+        if (o_.ignore_class) extra << " and is not the ignore_class " << *o_.ignore_class;
         LOWBIT_THROW(ValueError, who, ": y_true holds label ", static_cast<int64_t>(v),
                      " at index ", index_str(i, y_true.shape()), " of ", y_true.shape().str(),
-                     ", but y_pred has ", c, " classes: labels must be in [0, ", c, ")",
+                     ", which is out of range [0, ", c, ") for y_pred's ", c, " classes",
                      extra.str());
       }
     }

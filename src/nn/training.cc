@@ -249,8 +249,8 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
         feeds.emplace_back(st.x[i], batch.x[i]);
       }
       validate_inputs(batch.x);
-      loss_->check_targets(batch.y[0], st.outputs[0].shape());
-      feeds.emplace_back(st.y, batch.y[0]);
+      // Validated and converted to the placeholder's type (s32 or [B, 1] labels, int one-hot).
+      feeds.emplace_back(st.y, loss_->prepare_targets(batch.y[0], st.outputs[0].shape()));
       Tensor sw = batch.sample_weight;
       if (!sw.defined()) {
         if (!ones.defined() || ones.dim(0) != n) ones = Tensor::full({n}, 1.0);
@@ -345,8 +345,7 @@ Logs Model::run_evaluation(const data::Dataset& d, int64_t batch_size, int verbo
       feeds.emplace_back(c.inputs[i], b.x[i]);
     }
     validate_inputs(b.x);
-    loss_->check_targets(b.y.at(0), c.outputs[1].shape());
-    feeds.emplace_back(c.inputs[nx], b.y[0]);
+    feeds.emplace_back(c.inputs[nx], loss_->prepare_targets(b.y.at(0), c.outputs[1].shape()));
     Tensor sw = b.sample_weight;
     if (!sw.defined()) {
       if (!ones.defined() || ones.dim(0) != b.size()) ones = Tensor::full({b.size()}, 1.0);

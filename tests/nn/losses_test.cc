@@ -594,7 +594,7 @@ TEST(Losses, CheckTargetsErrors) {
       [&] {
         scce->check_targets(s64({0, 10, 3}, {3}), p);
       },
-      "labels must be in [0, 10)");
+      "which is out of range [0, 10) for y_pred's 10 classes");
   expect_throws_with<ValueError>(
       [&] {
         scce->check_targets(s64({0, -1}, {2}), p);

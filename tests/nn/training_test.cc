@@ -135,7 +135,10 @@ TEST(Training, BadInputsGiveClearErrors) {
   Tensor bad = d.y.clone();
   bad.data<int64_t>()[5] = 3;
   expect_throws_with<ValueError>([&] { m->fit(d.x, bad, {.verbose = 0}); }, "is out of range [0, 3)");
-  expect_throws_with<DTypeError>([&] { m->fit(d.x, d.y.to(DType::kF32), {.verbose = 0}); }, "labels.to(DType::kS64)");
+  // Integral f32 labels are converted as Keras casts them; fractional ones are refused.
+  Tensor frac = d.y.to(DType::kF32);
+  frac.data<float>()[0] = 0.5f;
+  expect_throws_with<ValueError>([&] { m->fit(d.x, frac, {.verbose = 0}); }, "not an integer");
   expect_throws_with<ValueError>([&] { m->fit(Tensor::zeros({0, 4}), Tensor::zeros({0}, DType::kS64), {.verbose = 0}); },
                                  "empty");
   expect_throws_with<ShapeError>([&] { m->fit(d.x, Tensor::zeros({31}, DType::kS64), {.verbose = 0}); }, "32 samples");
