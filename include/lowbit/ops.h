@@ -8,3 +8,4 @@
 #include "lowbit/ops/linalg.h"
 #include "lowbit/ops/conv.h"
 #include "lowbit/ops/nn.h"
+#include "lowbit/ops/optim.h"

@@ -609,10 +609,11 @@ class SGDOptimizer : public Optimizer {
                     const std::string& name) override {
     if (s_.momentum == 0) return w - g * c.lr;
     Value m = slot(c, "momentum", name, var);
-    Value m_new = m * s_.momentum - g * c.lr;
-    c.updates.emplace_back(m, m_new);
-    if (s_.nesterov) return w + (m_new * s_.momentum - g * c.lr);
-    return w + m_new;
+    // One fused pass: m' = m * momentum - g * lr; w' = w + m' (nesterov: w + (m' * momentum -
+    // g * lr)).
+    std::vector<Value> r = ops::sgd_momentum_update(w, g, m, c.lr, s_.momentum, s_.nesterov);
+    c.updates.emplace_back(m, r[1]);
+    return r[0];
   }
   void add_config(Json& j) const override {
     j["momentum"] = s_.momentum;
@@ -641,18 +642,17 @@ class AdamOptimizer : public Optimizer {
     }
     Value m = slot(c, "momentum", name, var);
     Value v = slot(c, "velocity", name, var);
-    Value m_new = m + (g - m) * (1.0 - a_.beta_1);
-    Value v_new = v + (ops::square(g) - v) * (1.0 - a_.beta_2);
-    c.updates.emplace_back(m, m_new);
-    c.updates.emplace_back(v, v_new);
-    Value denom_v = v_new;
-    if (a_.amsgrad) {
-      Value vh = slot(c, "velocity_hat", name, var);
-      Value vh_new = ops::maximum(vh, v_new);
-      c.updates.emplace_back(vh, vh_new);
-      denom_v = vh_new;
-    }
-    return w - (m_new * alpha) / (ops::sqrt(denom_v) + a_.epsilon);
+    // One fused pass (bit-identical to the composed formulas):
+    //   m' = m + (g - m)(1 - beta_1), v' = v + (g^2 - v)(1 - beta_2),
+    //   [vhat' = max(vhat, v')], w' = w - m' alpha / (sqrt(v' or vhat') + epsilon).
+    Value vh = a_.amsgrad ? slot(c, "velocity_hat", name, var) : Value();
+    std::vector<Value> r =
+        a_.amsgrad ? ops::adam_update(w, g, m, v, vh, alpha, a_.beta_1, a_.beta_2, a_.epsilon)
+                   : ops::adam_update(w, g, m, v, alpha, a_.beta_1, a_.beta_2, a_.epsilon);
+    c.updates.emplace_back(m, r[1]);
+    c.updates.emplace_back(v, r[2]);
+    if (a_.amsgrad) c.updates.emplace_back(vh, r[3]);
+    return r[0];
   }
   void add_config(Json& j) const override {
     j["beta_1"] = a_.beta_1;

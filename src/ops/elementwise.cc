@@ -453,16 +453,42 @@ void register_activation_ops() {
   register_unary_float<ReluOp>(
       "relu",
       [](const GradCtx& g) -> std::vector<Value> {
-        return {masked(gt(g.out[0], 0), g.dy())};  // y > 0 exactly where x > 0
+        return {ops::relu_backward(g.out[0], g.dy())};  // y > 0 exactly where x > 0
       },
       "max(x, 0)");
   register_unary_float<Relu6Op>(
       "relu6",
       [](const GradCtx& g) -> std::vector<Value> {
-        const Value& y = g.out[0];  // 0 < y < 6 exactly where 0 < x < 6
-        return {masked(ops::logical_and(gt(y, 0), lt(y, 6)), g.dy())};
+        return {ops::relu6_backward(g.out[0], g.dy())};  // 0 < y < 6 exactly where 0 < x < 6
       },
       "min(max(x, 0), 6)");
+  // Fused gradients of relu / relu6 (one pass, no bool temporary). Linear in dy.
+  register_op({.name = "relu_backward",
+               .num_inputs = 2,
+               .infer = [](const InferCtx& c) { return infer_binary(c, DTypes::kFloat); },
+               .grad = [](const GradCtx& g) -> std::vector<Value> {
+                 return {Value(), ops::sum_like(ops::relu_backward(g.in[0], g.dy()), g.in[1])};
+               },
+               .reference =
+                   [](const KernelCtx& k) {
+                     binary_loop<float, float>(k.in[0], k.in[1], k.out[0], [](float y, float dy) {
+                       return select_value(y > 0.0f, dy, 0.0f);
+                     });
+                   },
+               .doc = "relu gradient: dy where y > 0, else 0"});
+  register_op({.name = "relu6_backward",
+               .num_inputs = 2,
+               .infer = [](const InferCtx& c) { return infer_binary(c, DTypes::kFloat); },
+               .grad = [](const GradCtx& g) -> std::vector<Value> {
+                 return {Value(), ops::sum_like(ops::relu6_backward(g.in[0], g.dy()), g.in[1])};
+               },
+               .reference =
+                   [](const KernelCtx& k) {
+                     binary_loop<float, float>(k.in[0], k.in[1], k.out[0], [](float y, float dy) {
+                       return select_value(y > 0.0f && y < 6.0f, dy, 0.0f);
+                     });
+                   },
+               .doc = "relu6 gradient: dy where 0 < y < 6, else 0"});
   register_op({.name = "gelu",
                .num_inputs = 1,
                .infer =

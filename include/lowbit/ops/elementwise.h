@@ -144,6 +144,18 @@ template <Operand T>
 T relu6(const T& x) {
   return apply1("relu6", {x});
 }
+// The gradient of relu from its output y = relu(x) and the incoming gradient dy (one pass):
+// dy where y > 0, else 0. y, dy: f32, broadcast together. Gradient: w.r.t. dy,
+// relu_backward(y, ddx); none w.r.t. y.
+template <Operand T>
+T relu_backward(const T& y, const T& dy) {
+  return apply1("relu_backward", {y, dy});
+}
+// The gradient of relu6 from its output y: dy where 0 < y < 6, else 0. As relu_backward.
+template <Operand T>
+T relu6_backward(const T& y, const T& dy) {
+  return apply1("relu6_backward", {y, dy});
+}
 // GELU. approximate = false (default, attr "approximate"): 0.5 x (1 + erf(x / sqrt 2)), computed
 // as 0.5 x erfc(-x / sqrt 2) (as TF). approximate = true: the tanh form
 // 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as x sigmoid(2u) (the same
