@@ -79,6 +79,20 @@ inline T select_value(bool c, T a, T b) {
 // Elements above which a loop is split across threads (below, a thread costs more than it saves).
 inline constexpr int64_t kParallelGrain = 1 << 15;
 
+// Runs body(i) for i in [0, n): split across threads above kParallelGrain, otherwise a plain
+// vectorizable loop (an `omp parallel ... if (false)` still enters the OpenMP runtime, which
+// costs more than a small elementwise op). Each element is computed the same way either way.
+template <class F>
+inline void for_each_index(int64_t n, F body) {
+  if (n > kParallelGrain) {
+#pragma omp parallel for simd schedule(static) firstprivate(body)
+    for (int64_t i = 0; i < n; ++i) body(i);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) body(i);
+  }
+}
+
 // out[i] = f(a[i], b[i]) with broadcasting; T = input type, U = output type.
 template <class T, class U, class F>
 void binary_loop(const Tensor& a, const Tensor& b, Tensor& out, F f) {
@@ -87,20 +101,17 @@ void binary_loop(const Tensor& a, const Tensor& b, Tensor& out, F f) {
   U* po = static_cast<U*>(out.raw());
   const int64_t n = out.numel();
   if (a.shape() == out.shape() && b.shape() == out.shape()) {
-#pragma omp parallel for simd if (n > kParallelGrain) schedule(static) firstprivate(f)
-    for (int64_t i = 0; i < n; ++i) po[i] = f(pa[i], pb[i]);
+    for_each_index(n, [=](int64_t i) { po[i] = f(pa[i], pb[i]); });
     return;
   }
   if (b.numel() == 1 && a.shape() == out.shape()) {
     const T vb = pb[0];
-#pragma omp parallel for simd if (n > kParallelGrain) schedule(static) firstprivate(f)
-    for (int64_t i = 0; i < n; ++i) po[i] = f(pa[i], vb);
+    for_each_index(n, [=](int64_t i) { po[i] = f(pa[i], vb); });
     return;
   }
   if (a.numel() == 1 && b.shape() == out.shape()) {
     const T va = pa[0];
-#pragma omp parallel for simd if (n > kParallelGrain) schedule(static) firstprivate(f)
-    for (int64_t i = 0; i < n; ++i) po[i] = f(va, pb[i]);
+    for_each_index(n, [=](int64_t i) { po[i] = f(va, pb[i]); });
     return;
   }
   const std::vector<int64_t> st[2] = {kernels::broadcast_strides(a.shape(), out.shape()),
@@ -112,9 +123,8 @@ void binary_loop(const Tensor& a, const Tensor& b, Tensor& out, F f) {
 // Flat loop for ternary_loop: an input whose kFull flag is false is one element, read at 0.
 template <bool kFullC, bool kFullA, bool kFullB, class C, class T, class U, class F>
 void ternary_flat(const C* pc, const T* pa, const T* pb, U* po, int64_t n, F f) {
-#pragma omp parallel for simd if (n > kParallelGrain) schedule(static) firstprivate(f)
-  for (int64_t i = 0; i < n; ++i)
-    po[i] = f(pc[kFullC ? i : 0], pa[kFullA ? i : 0], pb[kFullB ? i : 0]);
+  for_each_index(
+      n, [=](int64_t i) { po[i] = f(pc[kFullC ? i : 0], pa[kFullA ? i : 0], pb[kFullB ? i : 0]); });
 }
 
 // out[i] = f(c[i], a[i], b[i]) with three-way broadcasting; C, T = input types (c, then a and
@@ -164,8 +174,7 @@ void unary_loop(const Tensor& x, Tensor& out, F f) {
   const T* px = static_cast<const T*>(x.raw());
   U* po = static_cast<U*>(out.raw());
   const int64_t n = out.numel();
-#pragma omp parallel for simd if (n > kParallelGrain) schedule(static) firstprivate(f)
-  for (int64_t i = 0; i < n; ++i) po[i] = f(px[i]);
+  for_each_index(n, [=](int64_t i) { po[i] = f(px[i]); });
 }
 
 // Registers a binary op whose output has the input dtype. Op: struct with

@@ -12,19 +12,6 @@ namespace lowbit::detail {
 
 namespace {
 
-// Runs body(i) for i in [0, n): across threads above the grain, a plain vectorizable loop below
-// (entering an OpenMP region costs more than a small update).
-template <class F>
-void for_elements(int64_t n, F body) {
-  if (n > kParallelGrain) {
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; ++i) body(i);
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) body(i);
-  }
-}
-
 // w and the per-variable inputs named in `args` (indices into c.in) must be f32 of one shape;
 // `scalar` must be an f32 scalar.
 void require_update_inputs(const InferCtx& c,
@@ -75,7 +62,7 @@ void adam_kernel(const KernelCtx& k) {
   float* vo = k.out[2].data<float>();
   const int64_t n = k.out[0].numel();
   if (!ams) {
-    for_elements(n, [=](int64_t i) {
+    for_each_index(n, [=](int64_t i) {
       const float gi = g[i];
       const float mn = m[i] + (gi - m[i]) * c1;
       const float vn = v[i] + (gi * gi - v[i]) * c2;
@@ -87,7 +74,7 @@ void adam_kernel(const KernelCtx& k) {
   }
   const float* vh = k.in[5].data<float>();
   float* vho = k.out[3].data<float>();
-  for_elements(n, [=](int64_t i) {
+  for_each_index(n, [=](int64_t i) {
     const float gi = g[i];
     const float mn = m[i] + (gi - m[i]) * c1;
     const float vn = v[i] + (gi * gi - v[i]) * c2;
@@ -117,14 +104,14 @@ void sgd_kernel(const KernelCtx& k) {
   float* mo = k.out[1].data<float>();
   const int64_t n = k.out[0].numel();
   if (nesterov) {
-    for_elements(n, [=](int64_t i) {
+    for_each_index(n, [=](int64_t i) {
       const float gl = g[i] * lr;
       const float mn = m[i] * mom - gl;
       mo[i] = mn;
       wo[i] = w[i] + (mn * mom - gl);
     });
   } else {
-    for_elements(n, [=](int64_t i) {
+    for_each_index(n, [=](int64_t i) {
       const float mn = m[i] * mom - g[i] * lr;
       mo[i] = mn;
       wo[i] = w[i] + mn;
