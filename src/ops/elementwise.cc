@@ -285,9 +285,25 @@ void register_broadcast_helpers() {
                      char* po = static_cast<char*>(out.raw());
                      const std::vector<int64_t> st[1] = {
                          kernels::broadcast_strides(x.shape(), out.shape())};
-                     kernels::for_each_broadcast<1>(out.shape(), st, [&](int64_t o, int64_t i) {
-                       std::memcpy(po + o * es, px + i * es, es);
-                     });
+                     // A constant-size memcpy compiles to one move; a run-time size is a libc
+                     // call per element.
+                     auto copy = [&]<size_t kEs>() {
+                       kernels::for_each_broadcast<1>(out.shape(), st, [&](int64_t o, int64_t i) {
+                         std::memcpy(po + o * kEs, px + i * kEs, kEs);
+                       });
+                     };
+                     switch (es) {
+                       case 1:
+                         return copy.template operator()<1>();
+                       case 4:
+                         return copy.template operator()<4>();
+                       case 8:
+                         return copy.template operator()<8>();
+                       default:
+                         kernels::for_each_broadcast<1>(out.shape(), st, [&](int64_t o, int64_t i) {
+                           std::memcpy(po + o * es, px + i * es, es);
+                         });
+                     }
                    },
                .doc = "broadcast x to like's shape"});
   register_op({.name = "fill_like",
