@@ -38,9 +38,10 @@ nn::ModelPtr build(const std::string& which, uint64_t seed) {
     layers.push_back(nn::Dense(10));
     return nn::Sequential::create(layers, "bench_cnn");
   }
-  return nn::Sequential::create({nn::InputSpec({28, 28, 1}), nn::Flatten(), nn::Dense(256, {.activation = "relu"}),
-                                 nn::Dense(256, {.activation = "relu"}), nn::Dense(10)},
-                                "bench_mlp");
+  return nn::Sequential::create(
+      {nn::InputSpec({28, 28, 1}), nn::Flatten(), nn::Dense(256, {.activation = "relu"}),
+       nn::Dense(256, {.activation = "relu"}), nn::Dense(10)},
+      "bench_mlp");
 }
 
 double median(std::vector<double> v) {
@@ -60,44 +61,57 @@ int main(int argc, char** argv) try {
       if (i + 1 >= argc) throw ValueError("missing value after " + k);
       return argv[++i];
     };
-    if (k == "--model") model = next();
-    else if (k == "--data") data = next();
-    else if (k == "--epochs") epochs = std::stoi(next());
-    else if (k == "--warmup") warmup = std::stoi(next());
+    if (k == "--model")
+      model = next();
+    else if (k == "--data")
+      data = next();
+    else if (k == "--epochs")
+      epochs = std::stoi(next());
+    else if (k == "--warmup")
+      warmup = std::stoi(next());
     else if (k == "--threads") {
       threads.clear();
       std::stringstream ss(next());
       for (std::string t; std::getline(ss, t, ',');) threads.push_back(std::stoi(t));
-    } else throw ValueError("unknown argument '" + k + "'");
+    } else
+      throw ValueError("unknown argument '" + k + "'");
   }
   MnistSplit train = load_mnist(data, true);
   const int64_t batch = 64;
-  std::vector<std::string> models = model == "all" ? std::vector<std::string>{"cnn", "mlp"} : std::vector<std::string>{model};
+  std::vector<std::string> models =
+      model == "all" ? std::vector<std::string>{"cnn", "mlp"} : std::vector<std::string>{model};
   for (const auto& m : models) {
     for (int t : threads) {
       set_num_threads(t);
       // Warm-up on a throw-away model (primitive caches, memory plans).
       {
         auto w = build(m, 2);
-        w->compile({.optimizer = nn::Adam({.learning_rate = 1e-3}), .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
+        w->compile({.optimizer = nn::Adam({.learning_rate = 1e-3}),
+                    .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
         int64_t n = std::min<int64_t>(warmup * batch, train.images.dim(0));
         Tensor xs = Tensor::wrap(train.images.raw(), {n, 28, 28, 1}, DType::kF32);
         Tensor ys = Tensor::wrap(train.labels.raw(), {n}, DType::kS64);
         w->fit(xs, ys, {.epochs = 1, .batch_size = batch, .verbose = 0});
       }
       auto net = build(m, 1);
-      net->compile({.optimizer = nn::Adam({.learning_rate = 1e-3}), .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
+      net->compile({.optimizer = nn::Adam({.learning_rate = 1e-3}),
+                    .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
       std::vector<double> ips;
       for (int e = 0; e < epochs; ++e) {
         auto t0 = std::chrono::steady_clock::now();
-        net->fit(train.images, train.labels, {.epochs = e + 1, .batch_size = batch, .seed = 1, .verbose = 0, .initial_epoch = e});
+        net->fit(
+            train.images, train.labels,
+            {.epochs = e + 1, .batch_size = batch, .seed = 1, .verbose = 0, .initial_epoch = e});
         double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         ips.push_back(static_cast<double>(train.images.dim(0)) / s);
       }
-      std::printf("{\"bench\": \"train\", \"model\": \"%s\", \"variant\": \"float\", \"threads\": %d, \"batch\": %lld, "
-                  "\"timed_epochs\": %d, \"images_per_s\": {\"median\": %.1f, \"min\": %.1f, \"max\": %.1f}}\n",
-                  m.c_str(), t, static_cast<long long>(batch), epochs, median(ips),
-                  *std::min_element(ips.begin(), ips.end()), *std::max_element(ips.begin(), ips.end()));
+      std::printf(
+          "{\"bench\": \"train\", \"model\": \"%s\", \"variant\": \"float\", \"threads\": %d, "
+          "\"batch\": %lld, "
+          "\"timed_epochs\": %d, \"images_per_s\": {\"median\": %.1f, \"min\": %.1f, \"max\": "
+          "%.1f}}\n",
+          m.c_str(), t, static_cast<long long>(batch), epochs, median(ips),
+          *std::min_element(ips.begin(), ips.end()), *std::max_element(ips.begin(), ips.end()));
       std::fflush(stdout);
     }
   }

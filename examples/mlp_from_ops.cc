@@ -44,14 +44,22 @@ Args parse(int argc, char** argv) {
       if (i + 1 >= argc) throw ValueError("missing value after " + k);
       return argv[++i];
     };
-    if (k == "--data") a.data = next();
-    else if (k == "--dot") a.dot = next();
-    else if (k == "--epochs") a.epochs = std::stoi(next());
-    else if (k == "--batch") a.batch = std::stoi(next());
-    else if (k == "--lr") a.lr = std::stod(next());
-    else if (k == "--threads") a.threads = std::stoi(next());
-    else if (k == "--seed") a.seed = std::stoull(next());
-    else if (k == "--min-accuracy") a.min_accuracy = std::stod(next());
+    if (k == "--data")
+      a.data = next();
+    else if (k == "--dot")
+      a.dot = next();
+    else if (k == "--epochs")
+      a.epochs = std::stoi(next());
+    else if (k == "--batch")
+      a.batch = std::stoi(next());
+    else if (k == "--lr")
+      a.lr = std::stod(next());
+    else if (k == "--threads")
+      a.threads = std::stoi(next());
+    else if (k == "--seed")
+      a.seed = std::stoull(next());
+    else if (k == "--min-accuracy")
+      a.min_accuracy = std::stod(next());
     else if (k == "--help" || k == "-h") {
       std::cout << "usage: mlp_from_ops --data DIR [--epochs N] [--batch N] [--lr X] "
                    "[--threads N] [--dot FILE] [--seed N] [--min-accuracy X]\n";
@@ -60,7 +68,8 @@ Args parse(int argc, char** argv) {
       throw ValueError("unknown argument '" + k + "' (try --help)");
     }
   }
-  if (a.epochs < 1 || a.batch < 1 || a.lr <= 0) throw ValueError("epochs, batch and lr must be > 0");
+  if (a.epochs < 1 || a.batch < 1 || a.lr <= 0)
+    throw ValueError("epochs, batch and lr must be > 0");
   return a;
 }
 
@@ -113,7 +122,8 @@ int main(int argc, char** argv) try {
   std::vector<Value> grads = gradients(loss, params);
   Value lr = g.scalar(static_cast<float>(args.lr));
   std::vector<std::pair<Value, Value>> updates;
-  for (size_t i = 0; i < params.size(); ++i) updates.emplace_back(params[i], params[i] - lr * grads[i]);
+  for (size_t i = 0; i < params.size(); ++i)
+    updates.emplace_back(params[i], params[i] - lr * grads[i]);
   Value predictions = ops::argmax(logits, -1);
   g.verify();
 
@@ -123,8 +133,8 @@ int main(int argc, char** argv) try {
     std::ofstream dot(args.dot);
     if (!dot) throw IoError("cannot write " + args.dot);
     dot << g.to_dot({loss, predictions});
-    std::printf("forward graph written to %s (render: dot -Tpng %s -o mlp.png)\n",
-                args.dot.c_str(), args.dot.c_str());
+    std::printf("forward graph written to %s (render: dot -Tpng %s -o mlp.png)\n", args.dot.c_str(),
+                args.dot.c_str());
   }
 
   Executor train_step(g, {loss}, updates);
@@ -155,18 +165,21 @@ int main(int argc, char** argv) try {
   int64_t images = 0;
   const int64_t steps_per_epoch = n_train / bs;  // the last partial batch is dropped
   for (int epoch = 1; epoch <= args.epochs; ++epoch) {
-    for (int64_t i = n_train - 1; i > 0; --i) std::swap(order[i], order[shuffle_rng.next_u32() % (i + 1)]);
+    for (int64_t i = n_train - 1; i > 0; --i)
+      std::swap(order[i], order[shuffle_rng.next_u32() % (i + 1)]);
     double loss_sum = 0;
     auto t0 = std::chrono::steady_clock::now();
     for (int64_t step = 0; step < steps_per_epoch; ++step) {
       for (int64_t j = 0; j < bs; ++j) {
         int64_t src = order[step * bs + j];
-        std::memcpy(bx.data<float>() + j * 784, train_x.data<float>() + src * 784, 784 * sizeof(float));
+        std::memcpy(bx.data<float>() + j * 784, train_x.data<float>() + src * 784,
+                    784 * sizeof(float));
         by.data<int64_t>()[j] = train.labels.data<int64_t>()[src];
       }
       float l = train_step.run({{x, bx}, {labels, by}})[0].item<float>();
-      if (!std::isfinite(l)) throw Error("training diverged: loss is " + std::to_string(l) + " at epoch " +
-                                         std::to_string(epoch) + "; try a smaller --lr");
+      if (!std::isfinite(l))
+        throw Error("training diverged: loss is " + std::to_string(l) + " at epoch " +
+                    std::to_string(epoch) + "; try a smaller --lr");
       loss_sum += l;
       if (epoch == 1 && (step == 0 || (step + 1) % 25 == 0) && step < 125)
         std::printf("  epoch 1 step %4lld  loss %.4f\n", static_cast<long long>(step + 1), l);
@@ -177,14 +190,16 @@ int main(int argc, char** argv) try {
                 loss_sum / static_cast<double>(steps_per_epoch), 100.0 * evaluate());
   }
   double acc = evaluate();
-  std::printf("\nexecutor memory plan of the training step: %zu bytes peak for %zu bytes of "
-              "intermediates (%.0f%% reused)\n",
-              train_step.peak_bytes(), train_step.total_intermediate_bytes(),
-              100.0 * (1.0 - static_cast<double>(train_step.peak_bytes()) /
-                                 static_cast<double>(train_step.total_intermediate_bytes())));
-  std::printf("{\"example\": \"mlp_from_ops\", \"test_accuracy\": %.4f, \"train_images_per_sec\": %.0f, "
-              "\"epochs\": %d, \"threads\": %d}\n",
-              acc, static_cast<double>(images) / train_seconds, args.epochs, args.threads);
+  std::printf(
+      "\nexecutor memory plan of the training step: %zu bytes peak for %zu bytes of "
+      "intermediates (%.0f%% reused)\n",
+      train_step.peak_bytes(), train_step.total_intermediate_bytes(),
+      100.0 * (1.0 - static_cast<double>(train_step.peak_bytes()) /
+                         static_cast<double>(train_step.total_intermediate_bytes())));
+  std::printf(
+      "{\"example\": \"mlp_from_ops\", \"test_accuracy\": %.4f, \"train_images_per_sec\": %.0f, "
+      "\"epochs\": %d, \"threads\": %d}\n",
+      acc, static_cast<double>(images) / train_seconds, args.epochs, args.threads);
   if (acc < args.min_accuracy) {
     std::fprintf(stderr, "mlp_from_ops: test accuracy %.4f is below the required %.4f\n", acc,
                  args.min_accuracy);

@@ -11,7 +11,7 @@ namespace lowbit {
 enum class DType : uint8_t { kF32, kS8, kU8, kS32, kS64, kBool };
 
 size_t dtype_size(DType t);
-const char* dtype_name(DType t);  // "f32", "s8", "u8", "s32", "s64", "bool"
+const char* dtype_name(DType t);                 // "f32", "s8", "u8", "s32", "s64", "bool"
 DType dtype_from_name(const std::string& name);  // throws ValueError
 inline bool is_float(DType t) { return t == DType::kF32; }
 inline bool is_integer(DType t) {
@@ -22,29 +22,47 @@ inline bool is_integer(DType t) {
 template <class T>
 constexpr DType dtype_of();
 template <>
-constexpr DType dtype_of<float>() { return DType::kF32; }
+constexpr DType dtype_of<float>() {
+  return DType::kF32;
+}
 template <>
-constexpr DType dtype_of<int8_t>() { return DType::kS8; }
+constexpr DType dtype_of<int8_t>() {
+  return DType::kS8;
+}
 template <>
-constexpr DType dtype_of<uint8_t>() { return DType::kU8; }
+constexpr DType dtype_of<uint8_t>() {
+  return DType::kU8;
+}
 template <>
-constexpr DType dtype_of<int32_t>() { return DType::kS32; }
+constexpr DType dtype_of<int32_t>() {
+  return DType::kS32;
+}
 template <>
-constexpr DType dtype_of<int64_t>() { return DType::kS64; }
+constexpr DType dtype_of<int64_t>() {
+  return DType::kS64;
+}
 template <>
-constexpr DType dtype_of<bool>() { return DType::kBool; }
+constexpr DType dtype_of<bool>() {
+  return DType::kBool;
+}
 
 // Calls f with a value of the C++ type of `t` (as a type tag): dispatch_dtype(t, [&](auto tag) {
 // using T = decltype(tag); ... }).
 template <class F>
 decltype(auto) dispatch_dtype(DType t, F&& f) {
   switch (t) {
-    case DType::kF32: return f(float{});
-    case DType::kS8: return f(int8_t{});
-    case DType::kU8: return f(uint8_t{});
-    case DType::kS32: return f(int32_t{});
-    case DType::kS64: return f(int64_t{});
-    case DType::kBool: return f(bool{});
+    case DType::kF32:
+      return f(float{});
+    case DType::kS8:
+      return f(int8_t{});
+    case DType::kU8:
+      return f(uint8_t{});
+    case DType::kS32:
+      return f(int32_t{});
+    case DType::kS64:
+      return f(int64_t{});
+    case DType::kBool:
+      return f(bool{});
   }
   return f(float{});
 }

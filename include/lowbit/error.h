@@ -53,7 +53,8 @@ std::string cat(const Args&... args) {
   (os << ... << args);
   return os.str();
 }
-[[noreturn]] void check_failed(const char* file, int line, const char* cond, const std::string& msg);
+[[noreturn]] void check_failed(const char* file, int line, const char* cond,
+                               const std::string& msg);
 }  // namespace detail
 
 }  // namespace lowbit
@@ -62,10 +63,10 @@ std::string cat(const Args&... args) {
 #define LOWBIT_THROW(E, ...) throw ::lowbit::E(::lowbit::detail::cat(__VA_ARGS__))
 
 // Cheap invariant that must hold everywhere (also in release builds); aborts with a message.
-#define LOWBIT_CHECK(cond, ...)                                                            \
-  do {                                                                                     \
-    if (!(cond))                                                                           \
-      ::lowbit::detail::check_failed(__FILE__, __LINE__, #cond,                            \
+#define LOWBIT_CHECK(cond, ...)                                                             \
+  do {                                                                                      \
+    if (!(cond))                                                                            \
+      ::lowbit::detail::check_failed(__FILE__, __LINE__, #cond,                             \
                                      ::lowbit::detail::cat("" __VA_OPT__(, ) __VA_ARGS__)); \
   } while (0)
 

@@ -49,7 +49,7 @@ struct GradCtx {
   std::span<const Value> out;
   std::span<const Value> dys;  // undefined entries: no gradient reaches that output
   const Attrs& attrs;
-  Value dy(int i = 0) const;   // the incoming gradient, zeros if none
+  Value dy(int i = 0) const;  // the incoming gradient, zeros if none
   bool has_dy(int i) const;
 };
 
@@ -59,7 +59,7 @@ using GradFn = std::function<std::vector<Value>(const GradCtx&)>;
 using KernelFn = std::function<void(const KernelCtx&)>;
 
 struct FastKernel {
-  std::string name;                               // e.g. "matmul_f32__dnnl"
+  std::string name;                                // e.g. "matmul_f32__dnnl"
   std::function<bool(const KernelCtx&)> supports;  // empty: supports everything
   KernelFn run;
 };
@@ -95,7 +95,8 @@ KernelChoice kernel_choice();
 void run_kernel(const OpDef& def, const KernelCtx& ctx, KernelChoice choice);
 
 // Validates inputs (count, defined, dtype, known shapes) and infers output types.
-std::vector<ValueType> infer_op(const OpDef& def, std::span<const ValueType> in, const Attrs& attrs);
+std::vector<ValueType> infer_op(const OpDef& def, std::span<const ValueType> in,
+                                const Attrs& attrs);
 
 // Eager execution: infer, allocate the outputs, run the kernel.
 std::vector<Tensor> run_op(const std::string& name, const std::vector<Tensor>& inputs,

@@ -2,10 +2,10 @@
 #pragma once
 
 #include "lowbit/ops/base.h"
-#include "lowbit/ops/elementwise.h"
-#include "lowbit/ops/reduce.h"
-#include "lowbit/ops/shape_ops.h"
-#include "lowbit/ops/linalg.h"
 #include "lowbit/ops/conv.h"
+#include "lowbit/ops/elementwise.h"
+#include "lowbit/ops/linalg.h"
 #include "lowbit/ops/nn.h"
 #include "lowbit/ops/optim.h"
+#include "lowbit/ops/reduce.h"
+#include "lowbit/ops/shape_ops.h"

@@ -24,8 +24,8 @@ namespace lowbit {
 // Owns (or borrows) one aligned block of bytes.
 class Storage {
  public:
-  explicit Storage(size_t bytes);                 // owns a 64-byte aligned block
-  Storage(void* borrowed, size_t bytes);          // borrows memory owned elsewhere
+  explicit Storage(size_t bytes);         // owns a 64-byte aligned block
+  Storage(void* borrowed, size_t bytes);  // borrows memory owned elsewhere
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -44,7 +44,9 @@ class Tensor {
   // Uninitialised tensor of the given shape (all dims must be known).
   Tensor(const Shape& shape, DType dtype);
 
-  static Tensor empty(const Shape& shape, DType dtype = DType::kF32) { return Tensor(shape, dtype); }
+  static Tensor empty(const Shape& shape, DType dtype = DType::kF32) {
+    return Tensor(shape, dtype);
+  }
   static Tensor zeros(const Shape& shape, DType dtype = DType::kF32);
   // Every element set to `value`, converted to dtype.
   static Tensor full(const Shape& shape, double value, DType dtype = DType::kF32);
@@ -99,7 +101,9 @@ class Tensor {
   void copy_from(const Tensor& src);
   void fill(double value);
   // True when both view the same bytes.
-  bool same_storage(const Tensor& o) const { return storage_ == o.storage_ && offset_ == o.offset_; }
+  bool same_storage(const Tensor& o) const {
+    return storage_ == o.storage_ && offset_ == o.offset_;
+  }
   const std::shared_ptr<Storage>& storage() const { return storage_; }
 
   // "Tensor(f32, [2,3]) [[1, 2, 3], [4, 5, 6]]"; long tensors are elided with "...".

@@ -28,24 +28,36 @@ void check_failed(const char* file, int line, const char* cond, const std::strin
 // ---- dtype ----
 size_t dtype_size(DType t) {
   switch (t) {
-    case DType::kF32: return 4;
-    case DType::kS8: return 1;
-    case DType::kU8: return 1;
-    case DType::kS32: return 4;
-    case DType::kS64: return 8;
-    case DType::kBool: return 1;
+    case DType::kF32:
+      return 4;
+    case DType::kS8:
+      return 1;
+    case DType::kU8:
+      return 1;
+    case DType::kS32:
+      return 4;
+    case DType::kS64:
+      return 8;
+    case DType::kBool:
+      return 1;
   }
   return 0;
 }
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::kF32: return "f32";
-    case DType::kS8: return "s8";
-    case DType::kU8: return "u8";
-    case DType::kS32: return "s32";
-    case DType::kS64: return "s64";
-    case DType::kBool: return "bool";
+    case DType::kF32:
+      return "f32";
+    case DType::kS8:
+      return "s8";
+    case DType::kU8:
+      return "u8";
+    case DType::kS32:
+      return "s32";
+    case DType::kS64:
+      return "s64";
+    case DType::kBool:
+      return "bool";
   }
   return "?";
 }
@@ -53,8 +65,9 @@ const char* dtype_name(DType t) {
 DType dtype_from_name(const std::string& name) {
   for (DType t : {DType::kF32, DType::kS8, DType::kU8, DType::kS32, DType::kS64, DType::kBool})
     if (name == dtype_name(t)) return t;
-  LOWBIT_THROW(ValueError, "dtype_from_name: expected one of f32, s8, u8, s32, s64, bool but found '",
-               name, "'");
+  LOWBIT_THROW(ValueError,
+               "dtype_from_name: expected one of f32, s8, u8, s32, s64, bool but found '", name,
+               "'");
 }
 
 // ---- shape ----
@@ -206,7 +219,8 @@ Tensor Tensor::reshape(const Shape& shape) const {
   for (size_t i = 0; i < dims.size(); ++i) {
     if (dims[i] == -1) {
       if (infer >= 0)
-        LOWBIT_THROW(ShapeError, "reshape: at most one dimension may be -1 but found ", shape.str());
+        LOWBIT_THROW(ShapeError, "reshape: at most one dimension may be -1 but found ",
+                     shape.str());
       infer = static_cast<int>(i);
     } else if (dims[i] < 0) {
       LOWBIT_THROW(ShapeError, "reshape: negative dimension in ", shape.str());
@@ -334,7 +348,8 @@ std::string Attr::str() const {
 
 const Attr& Attrs::find(const std::string& name) const {
   auto it = m_.find(name);
-  if (it == m_.end()) LOWBIT_THROW(ValueError, "missing attribute '", name, "' (have: ", str(), ")");
+  if (it == m_.end())
+    LOWBIT_THROW(ValueError, "missing attribute '", name, "' (have: ", str(), ")");
   return it->second;
 }
 
@@ -342,7 +357,8 @@ namespace {
 template <class V>
 const V& attr_as(const Attr& a, const std::string& name, const char* want) {
   const V* p = std::get_if<V>(&a.get());
-  if (!p) LOWBIT_THROW(ValueError, "attribute '", name, "': expected ", want, " but found ", a.str());
+  if (!p)
+    LOWBIT_THROW(ValueError, "attribute '", name, "': expected ", want, " but found ", a.str());
   return *p;
 }
 }  // namespace

@@ -13,7 +13,8 @@ Value sum_partials(std::vector<Value>& parts) {
   // Pairwise sum keeps the accumulation tree shallow.
   while (parts.size() > 1) {
     std::vector<Value> next;
-    for (size_t i = 0; i + 1 < parts.size(); i += 2) next.push_back(ops::add(parts[i], parts[i + 1]));
+    for (size_t i = 0; i + 1 < parts.size(); i += 2)
+      next.push_back(ops::add(parts[i], parts[i + 1]));
     if (parts.size() % 2) next.push_back(parts.back());
     parts.swap(next);
   }
@@ -33,8 +34,8 @@ std::vector<Value> gradients(const std::vector<Value>& ys, const std::vector<Val
   for (size_t k = 0; k < ys.size(); ++k) {
     g.check_owns(grad_ys[k], "gradients(grad_ys)");
     if (!is_float(ys[k].dtype()))
-      LOWBIT_THROW(DTypeError, "gradients: ys[", k, "] '", ys[k].name(),
-                   "' is not a float value (", dtype_name(ys[k].dtype()), "); only f32 is differentiable");
+      LOWBIT_THROW(DTypeError, "gradients: ys[", k, "] '", ys[k].name(), "' is not a float value (",
+                   dtype_name(ys[k].dtype()), "); only f32 is differentiable");
   }
   const int nv = g.num_values();
   const int nn = g.num_nodes();

@@ -26,15 +26,15 @@ struct Executor::Impl {
   std::vector<Value> fetches;
   std::vector<std::pair<Value, Value>> updates;
   ExecutorOptions options;
-  std::vector<int> schedule;     // node ids in execution order
-  std::vector<int> placeholders; // value ids of the placeholders needed
+  std::vector<int> schedule;      // node ids in execution order
+  std::vector<int> placeholders;  // value ids of the placeholders needed
 
   struct Plan {
-    std::vector<Shape> shapes;    // by value id (only scheduled values)
-    std::vector<Bind> bind;       // by value id
-    std::vector<size_t> offset;   // arena offset (kArena)
-    std::vector<int> view_root;   // for kView: the value whose memory it shares
-    std::vector<Tensor> slots;    // prebuilt arena tensors (kArena and views of arena)
+    std::vector<Shape> shapes;              // by value id (only scheduled values)
+    std::vector<Bind> bind;                 // by value id
+    std::vector<size_t> offset;             // arena offset (kArena)
+    std::vector<int> view_root;             // for kView: the value whose memory it shares
+    std::vector<Tensor> slots;              // prebuilt arena tensors (kArena and views of arena)
     std::vector<const FastKernel*> kernel;  // chosen per scheduled node (nullptr: reference)
     std::vector<bool> kernel_chosen;
     size_t arena_bytes = 0;
@@ -128,8 +128,8 @@ struct Executor::Impl {
         for (int d = 0; ok && d < st.shape.rank(); ++d)
           ok = st.shape[d] == kUnknown || st.shape[d] == out[i].shape[d];
         if (!ok || !out[i].shape.is_known())
-          LOWBIT_THROW(ShapeError, "node '", n.name, "': its static type is ",
-                       detail::type_str(st), " but the fed inputs give ", detail::type_str(out[i]));
+          LOWBIT_THROW(ShapeError, "node '", n.name, "': its static type is ", detail::type_str(st),
+                       " but the fed inputs give ", detail::type_str(out[i]));
         p.shapes[vid] = out[i].shape;
         if (n.op->view_of_input >= 0 && i == 0) {
           int src = n.inputs[n.op->view_of_input];
@@ -203,7 +203,8 @@ struct Executor::Impl {
     for (int step = 0; step < static_cast<int>(schedule.size()); ++step)
       for (int vid : g.node(schedule[step]).outputs)
         if (p.bind[vid] == Bind::kArena && !p.slots[vid].defined())
-          p.slots[vid] = Tensor::wrap(base + p.offset[vid], p.shapes[vid], g.value_info(vid).type.dtype);
+          p.slots[vid] =
+              Tensor::wrap(base + p.offset[vid], p.shapes[vid], g.value_info(vid).type.dtype);
   }
 
   std::vector<Tensor> run(const std::vector<std::pair<Value, Tensor>>& feed_list,
@@ -219,7 +220,8 @@ struct Executor::Impl {
         LOWBIT_THROW(DTypeError, "Executor::run: placeholder '", v.name(), "' expects dtype ",
                      dtype_name(v.dtype()), " but was fed ", dtype_name(t.dtype()));
       bool ok = t.rank() == v.rank();
-      for (int d = 0; ok && d < v.rank(); ++d) ok = v.shape()[d] == kUnknown || v.shape()[d] == t.dim(d);
+      for (int d = 0; ok && d < v.rank(); ++d)
+        ok = v.shape()[d] == kUnknown || v.shape()[d] == t.dim(d);
       if (!ok)
         LOWBIT_THROW(ShapeError, "Executor::run: placeholder '", v.name(), "' expects shape ",
                      v.shape().str(), " but was fed ", t.shape().str());
@@ -245,9 +247,12 @@ struct Executor::Impl {
       const Node& n = g.node(id);
       int vid = n.outputs.empty() ? -1 : n.outputs[0];
       if (vid < 0) continue;
-      if (p.bind[vid] == Bind::kFeed) s[vid] = *feeds.at(vid);
-      else if (p.bind[vid] == Bind::kConstant) s[vid] = n.attrs.tensor("value");
-      else if (p.bind[vid] == Bind::kVariable) s[vid] = g.variable_tensor(Value(&g, vid));
+      if (p.bind[vid] == Bind::kFeed)
+        s[vid] = *feeds.at(vid);
+      else if (p.bind[vid] == Bind::kConstant)
+        s[vid] = n.attrs.tensor("value");
+      else if (p.bind[vid] == Bind::kVariable)
+        s[vid] = g.variable_tensor(Value(&g, vid));
     }
     const KernelChoice choice = kernel_choice();
     for (size_t step = 0; step < schedule.size(); ++step) {
@@ -274,8 +279,10 @@ struct Executor::Impl {
               break;
             }
       }
-      if (p.kernel[step]) p.kernel[step]->run(ctx);
-      else n.op->reference(ctx);
+      if (p.kernel[step])
+        p.kernel[step]->run(ctx);
+      else
+        n.op->reference(ctx);
     }
 
     std::vector<Tensor> result;
@@ -306,8 +313,8 @@ struct Executor::Impl {
   }
 };
 
-Executor::Executor(Graph& g, std::vector<Value> fetches, std::vector<std::pair<Value, Value>> updates,
-                   ExecutorOptions options)
+Executor::Executor(Graph& g, std::vector<Value> fetches,
+                   std::vector<std::pair<Value, Value>> updates, ExecutorOptions options)
     : impl_(std::make_unique<Impl>(g, std::move(fetches), std::move(updates), options)) {}
 Executor::~Executor() = default;
 

@@ -19,7 +19,7 @@ struct Conv2DParams {
   int64_t stride_h = 1, stride_w = 1;
   int64_t dil_h = 1, dil_w = 1;
   int64_t pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
-  int64_t out_h = 1, out_w = 1;                 // output [n, out_h, out_w, out_c]
+  int64_t out_h = 1, out_w = 1;  // output [n, out_h, out_w, out_c]
 };
 
 // Output size and padding of one spatial dim; returns false if the window does not fit

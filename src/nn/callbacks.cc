@@ -15,18 +15,22 @@ namespace {
 bool maximise(const std::string& monitor, const std::string& mode) {
   if (mode == "max") return true;
   if (mode == "min") return false;
-  if (mode != "auto") LOWBIT_THROW(ValueError, "callback: mode must be 'auto', 'min' or 'max' but found '", mode, "'");
+  if (mode != "auto")
+    LOWBIT_THROW(ValueError, "callback: mode must be 'auto', 'min' or 'max' but found '", mode,
+                 "'");
   return monitor.find("acc") != std::string::npos || monitor.find("auc") != std::string::npos;
 }
 
 class EarlyStoppingCallback : public Callback {
  public:
-  explicit EarlyStoppingCallback(EarlyStoppingOptions o) : o_(std::move(o)), max_(maximise(o_.monitor, o_.mode)) {
+  explicit EarlyStoppingCallback(EarlyStoppingOptions o)
+      : o_(std::move(o)), max_(maximise(o_.monitor, o_.mode)) {
     if (o_.patience < 0) LOWBIT_THROW(ValueError, "EarlyStopping: patience must be >= 0");
   }
   void on_train_begin(const Logs&) override {
     wait_ = 0;
-    best_ = max_ ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
+    best_ =
+        max_ ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
     best_weights_.clear();
     stopped_epoch_ = -1;
   }
@@ -35,7 +39,8 @@ class EarlyStoppingCallback : public Callback {
     if (it == logs.end()) {
       std::string have;
       for (const auto& [k, v] : logs) have += (have.empty() ? "" : ", ") + k;
-      LOWBIT_THROW(ValueError, "EarlyStopping: monitored metric '", o_.monitor, "' is not in the logs (available: ", have,
+      LOWBIT_THROW(ValueError, "EarlyStopping: monitored metric '", o_.monitor,
+                   "' is not in the logs (available: ", have,
                    "); give validation data or monitor another metric");
     }
     if (epoch < o_.start_from_epoch) return;
@@ -55,7 +60,8 @@ class EarlyStoppingCallback : public Callback {
       stopped_epoch_ = epoch;
       if (o_.restore_best_weights && !best_weights_.empty()) {
         auto named = model->named_weights();
-        for (size_t i = 0; i < named.size() && i < best_weights_.size(); ++i) named[i].second->value.copy_from(best_weights_[i]);
+        for (size_t i = 0; i < named.size() && i < best_weights_.size(); ++i)
+          named[i].second->value.copy_from(best_weights_[i]);
       }
     }
   }
@@ -72,7 +78,8 @@ class EarlyStoppingCallback : public Callback {
 std::string expand_epoch(const std::string& path, int epoch) {
   std::string out = path;
   const std::string key = "{epoch}";
-  for (size_t p = out.find(key); p != std::string::npos; p = out.find(key)) out.replace(p, key.size(), std::to_string(epoch + 1));
+  for (size_t p = out.find(key); p != std::string::npos; p = out.find(key))
+    out.replace(p, key.size(), std::to_string(epoch + 1));
   return out;
 }
 
@@ -83,13 +90,15 @@ class ModelCheckpointCallback : public Callback {
     if (path_.empty()) LOWBIT_THROW(ValueError, "ModelCheckpoint: the path is empty");
   }
   void on_train_begin(const Logs&) override {
-    best_ = max_ ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
+    best_ =
+        max_ ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
   }
   void on_epoch_end(int epoch, const Logs& logs) override {
     if (o_.save_best_only) {
       auto it = logs.find(o_.monitor);
       if (it == logs.end())
-        LOWBIT_THROW(ValueError, "ModelCheckpoint: monitored metric '", o_.monitor, "' is not in the logs");
+        LOWBIT_THROW(ValueError, "ModelCheckpoint: monitored metric '", o_.monitor,
+                     "' is not in the logs");
       double v = it->second;
       if (!std::isfinite(v)) return;
       if (!(max_ ? v > best_ : v < best_)) return;
@@ -107,7 +116,8 @@ class ModelCheckpointCallback : public Callback {
 
 class CSVLoggerCallback : public Callback {
  public:
-  CSVLoggerCallback(std::string path, char sep, bool append) : path_(std::move(path)), sep_(sep), append_(append) {}
+  CSVLoggerCallback(std::string path, char sep, bool append)
+      : path_(std::move(path)), sep_(sep), append_(append) {}
   void on_train_begin(const Logs&) override {
     bool exists = std::filesystem::exists(path_);
     file_.open(path_, append_ ? std::ios::app : std::ios::trunc);
@@ -146,7 +156,8 @@ class LearningRateSchedulerCallback : public Callback {
     if (!opt) LOWBIT_THROW(ValueError, "LearningRateScheduler: the model is not compiled");
     double lr = f_(epoch, opt->learning_rate_at(opt->iterations()));
     if (!(lr >= 0) || !std::isfinite(lr))
-      LOWBIT_THROW(ValueError, "LearningRateScheduler: the schedule returned an invalid learning rate ", lr);
+      LOWBIT_THROW(ValueError,
+                   "LearningRateScheduler: the schedule returned an invalid learning rate ", lr);
     opt->set_learning_rate(lr);
   }
 
@@ -157,11 +168,21 @@ class LearningRateSchedulerCallback : public Callback {
 class LambdaCallbackImpl : public Callback {
  public:
   explicit LambdaCallbackImpl(LambdaCallbackFns f) : f_(std::move(f)) {}
-  void on_epoch_begin(int e, const Logs& l) override { if (f_.on_epoch_begin) f_.on_epoch_begin(e, l); }
-  void on_epoch_end(int e, const Logs& l) override { if (f_.on_epoch_end) f_.on_epoch_end(e, l); }
-  void on_train_batch_end(int64_t b, const Logs& l) override { if (f_.on_train_batch_end) f_.on_train_batch_end(b, l); }
-  void on_train_begin(const Logs& l) override { if (f_.on_train_begin) f_.on_train_begin(l); }
-  void on_train_end(const Logs& l) override { if (f_.on_train_end) f_.on_train_end(l); }
+  void on_epoch_begin(int e, const Logs& l) override {
+    if (f_.on_epoch_begin) f_.on_epoch_begin(e, l);
+  }
+  void on_epoch_end(int e, const Logs& l) override {
+    if (f_.on_epoch_end) f_.on_epoch_end(e, l);
+  }
+  void on_train_batch_end(int64_t b, const Logs& l) override {
+    if (f_.on_train_batch_end) f_.on_train_batch_end(b, l);
+  }
+  void on_train_begin(const Logs& l) override {
+    if (f_.on_train_begin) f_.on_train_begin(l);
+  }
+  void on_train_end(const Logs& l) override {
+    if (f_.on_train_end) f_.on_train_end(l);
+  }
 
  private:
   LambdaCallbackFns f_;
@@ -169,7 +190,9 @@ class LambdaCallbackImpl : public Callback {
 
 }  // namespace
 
-CallbackPtr EarlyStopping(EarlyStoppingOptions o) { return std::make_shared<EarlyStoppingCallback>(std::move(o)); }
+CallbackPtr EarlyStopping(EarlyStoppingOptions o) {
+  return std::make_shared<EarlyStoppingCallback>(std::move(o));
+}
 CallbackPtr ModelCheckpoint(std::string path, ModelCheckpointOptions o) {
   return std::make_shared<ModelCheckpointCallback>(std::move(path), std::move(o));
 }
@@ -179,6 +202,8 @@ CallbackPtr CSVLogger(std::string path, char separator, bool append) {
 CallbackPtr LearningRateScheduler(std::function<double(int, double)> schedule) {
   return std::make_shared<LearningRateSchedulerCallback>(std::move(schedule));
 }
-CallbackPtr LambdaCallback(LambdaCallbackFns fns) { return std::make_shared<LambdaCallbackImpl>(std::move(fns)); }
+CallbackPtr LambdaCallback(LambdaCallbackFns fns) {
+  return std::make_shared<LambdaCallbackImpl>(std::move(fns));
+}
 
 }  // namespace lowbit::nn

@@ -50,24 +50,33 @@ Tensor initialize(const std::string& init, const Shape& shape, Rng& rng) {
   const int64_t n = t.numel();
   auto [fan_in, fan_out] = fans(shape);
   auto uniform = [&](double limit) {
-    for (int64_t i = 0; i < n; ++i) p[i] = rng.uniform(static_cast<float>(-limit), static_cast<float>(limit));
+    for (int64_t i = 0; i < n; ++i)
+      p[i] = rng.uniform(static_cast<float>(-limit), static_cast<float>(limit));
   };
   auto normal = [&](double stddev) {
     // Keras truncated normal: stddev corrected by 0.87962566103423978 for the truncation.
-    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(stddev / 0.87962566103423978) * truncated_normal(rng);
+    for (int64_t i = 0; i < n; ++i)
+      p[i] = static_cast<float>(stddev / 0.87962566103423978) * truncated_normal(rng);
   };
   if (init == "zeros") return t;
   if (init == "ones") {
     t.fill(1.0);
     return t;
   }
-  if (init == "glorot_uniform") uniform(std::sqrt(6.0 / (fan_in + fan_out)));
-  else if (init == "glorot_normal") normal(std::sqrt(2.0 / (fan_in + fan_out)));
-  else if (init == "he_uniform") uniform(std::sqrt(6.0 / fan_in));
-  else if (init == "he_normal") normal(std::sqrt(2.0 / fan_in));
-  else if (init == "lecun_uniform") uniform(std::sqrt(3.0 / fan_in));
-  else if (init == "lecun_normal") normal(std::sqrt(1.0 / fan_in));
-  else if (init == "uniform") uniform(0.05);
+  if (init == "glorot_uniform")
+    uniform(std::sqrt(6.0 / (fan_in + fan_out)));
+  else if (init == "glorot_normal")
+    normal(std::sqrt(2.0 / (fan_in + fan_out)));
+  else if (init == "he_uniform")
+    uniform(std::sqrt(6.0 / fan_in));
+  else if (init == "he_normal")
+    normal(std::sqrt(2.0 / fan_in));
+  else if (init == "lecun_uniform")
+    uniform(std::sqrt(3.0 / fan_in));
+  else if (init == "lecun_normal")
+    normal(std::sqrt(1.0 / fan_in));
+  else if (init == "uniform")
+    uniform(0.05);
   else if (init == "random_normal") {
     for (int64_t i = 0; i < n; ++i) p[i] = 0.05f * rng.normal();
   } else if (init == "orthogonal") {
@@ -174,8 +183,8 @@ int64_t Layer::count_params(bool trainable) const {
 
 Json Layer::get_config() const { return {{"name", name_}, {"trainable", trainable_}}; }
 
-Weight& Layer::add_weight(const std::string& name, const Shape& shape, const std::string& initializer,
-                          bool trainable) {
+Weight& Layer::add_weight(const std::string& name, const Shape& shape,
+                          const std::string& initializer, bool trainable) {
   for (const auto& w : weights_)
     if (w.name == name) LOWBIT_THROW(ValueError, name_, ": weight '", name, "' added twice");
   weights_.push_back({name, initialize(initializer, shape, global_rng()), trainable});
@@ -183,15 +192,17 @@ Weight& Layer::add_weight(const std::string& name, const Shape& shape, const std
 }
 
 void Layer::check_input(bool cond, const std::string& what, const Shape& found) const {
-  if (!cond) LOWBIT_THROW(ShapeError, name_, " (", class_name(), "): expected ", what, " but found input shape ", found.str());
+  if (!cond)
+    LOWBIT_THROW(ShapeError, name_, " (", class_name(), "): expected ", what,
+                 " but found input shape ", found.str());
 }
 
 std::vector<Value> Layer::apply(const std::vector<Value>& inputs, CallContext& ctx) {
   int want = num_inputs();
   if ((want >= 0 && static_cast<int>(inputs.size()) != want) || inputs.empty())
     LOWBIT_THROW(ValueError, name_, " (", class_name(), "): expected ",
-                 want < 0 ? std::string("at least one") : std::to_string(want), " input(s) but found ",
-                 inputs.size());
+                 want < 0 ? std::string("at least one") : std::to_string(want),
+                 " input(s) but found ", inputs.size());
   std::vector<Shape> shapes;
   for (const Value& v : inputs) shapes.push_back(v.shape());
   if (!built_) {
@@ -247,20 +258,25 @@ LayerPtr layer_from_config(const Json& j) {
   static std::once_flag once;
   std::call_once(once, detail::register_builtin_layers);
   if (!j.is_object() || !j.contains("class_name") || !j.contains("config"))
-    LOWBIT_THROW(ValueError, "layer_from_config: expected {\"class_name\": ..., \"config\": {...}} but found ",
+    LOWBIT_THROW(ValueError,
+                 "layer_from_config: expected {\"class_name\": ..., \"config\": {...}} but found ",
                  j.dump().substr(0, 200));
   std::string cls = j.at("class_name").get<std::string>();
   auto it = factories().find(cls);
-  if (it == factories().end()) LOWBIT_THROW(ValueError, "layer_from_config: unknown layer class '", cls, "'");
+  if (it == factories().end())
+    LOWBIT_THROW(ValueError, "layer_from_config: unknown layer class '", cls, "'");
   try {
     LayerPtr l = it->second(j.at("config"));
-    if (j.at("config").contains("trainable")) l->set_trainable(j.at("config").at("trainable").get<bool>());
+    if (j.at("config").contains("trainable"))
+      l->set_trainable(j.at("config").at("trainable").get<bool>());
     return l;
   } catch (const nlohmann::json::exception& e) {
     LOWBIT_THROW(ValueError, "layer_from_config: bad config for ", cls, ": ", e.what());
   }
 }
 
-Json layer_to_config(const Layer& l) { return {{"class_name", l.class_name()}, {"config", l.get_config()}}; }
+Json layer_to_config(const Layer& l) {
+  return {{"class_name", l.class_name()}, {"config", l.get_config()}};
+}
 
 }  // namespace lowbit::nn

@@ -9,14 +9,16 @@
 namespace lowbit::nn {
 
 void check_activation_name(const std::string& name) {
-  static const char* kNames[] = {"linear", "relu", "relu6", "sigmoid", "hard_sigmoid", "tanh",
-                                 "softmax", "log_softmax", "gelu", "elu", "selu", "softplus",
-                                 "softsign", "swish", "silu", "leaky_relu", "exponential"};
+  static const char* kNames[] = {
+      "linear",   "relu",        "relu6", "sigmoid",    "hard_sigmoid", "tanh",
+      "softmax",  "log_softmax", "gelu",  "elu",        "selu",         "softplus",
+      "softsign", "swish",       "silu",  "leaky_relu", "exponential"};
   for (const char* n : kNames)
     if (name == n) return;
-  LOWBIT_THROW(ValueError, "activation: unknown name '", name,
-               "'; expected one of linear, relu, relu6, sigmoid, hard_sigmoid, tanh, softmax, "
-               "log_softmax, gelu, elu, selu, softplus, softsign, swish, silu, leaky_relu, exponential");
+  LOWBIT_THROW(
+      ValueError, "activation: unknown name '", name,
+      "'; expected one of linear, relu, relu6, sigmoid, hard_sigmoid, tanh, softmax, "
+      "log_softmax, gelu, elu, selu, softplus, softsign, swish, silu, leaky_relu, exponential");
 }
 
 Value activation(const std::string& name, const Value& x) {
@@ -31,7 +33,8 @@ Value activation(const std::string& name, const Value& x) {
   if (name == "gelu") return ops::gelu(x);
   if (name == "elu") return ops::elu(x);
   if (name == "selu") {
-    const double alpha = 1.6732632423543772848170429916717, scale = 1.0507009873554804934193349852946;
+    const double alpha = 1.6732632423543772848170429916717,
+                 scale = 1.0507009873554804934193349852946;
     return ops::elu(x, alpha) * scale;
   }
   if (name == "softplus") return ops::softplus(x);
@@ -47,7 +50,8 @@ namespace {
 
 class DenseLayer : public Layer {
  public:
-  DenseLayer(int64_t units, DenseOptions o) : Layer("dense", o.name), units_(units), o_(std::move(o)) {
+  DenseLayer(int64_t units, DenseOptions o)
+      : Layer("dense", o.name), units_(units), o_(std::move(o)) {
     if (units < 1) LOWBIT_THROW(ValueError, "Dense: units must be >= 1 but found ", units);
     check_activation_name(o_.activation);
   }
@@ -79,11 +83,14 @@ class DenseLayer : public Layer {
 
 class ActivationLayer : public Layer {
  public:
-  ActivationLayer(std::string act, ActivationOptions o) : Layer("activation", o.name), act_(std::move(act)) {
+  ActivationLayer(std::string act, ActivationOptions o)
+      : Layer("activation", o.name), act_(std::move(act)) {
     check_activation_name(act_);
   }
   std::string class_name() const override { return "Activation"; }
-  std::vector<Value> call(const std::vector<Value>& in, CallContext&) override { return {activation(act_, in[0])}; }
+  std::vector<Value> call(const std::vector<Value>& in, CallContext&) override {
+    return {activation(act_, in[0])};
+  }
   Json get_config() const override {
     Json j = Layer::get_config();
     j["activation"] = act_;
@@ -130,9 +137,11 @@ class ReLULayer : public Layer {
 
 class DropoutLayer : public Layer {
  public:
-  DropoutLayer(double rate, DropoutOptions o) : Layer("dropout", o.name), rate_(rate), o_(std::move(o)) {
-    if (!(rate >= 0 && rate <= 1)) LOWBIT_THROW(ValueError, "Dropout: rate must be in [0, 1] but found ", rate);
-    if (o_.seed < 0) o_.seed = static_cast<int64_t>(std::hash<std::string>{}(name_) & 0x7fffffff);
+  DropoutLayer(double rate, DropoutOptions o)
+      : Layer("dropout", o.name), rate_(rate), o_(std::move(o)) {
+    if (!(rate >= 0 && rate <= 1))
+      LOWBIT_THROW(ValueError, "Dropout: rate must be in [0, 1] but found ", rate);
+    if (o_.seed < 0) o_.seed = static_cast<int64_t>(std::hash<std::string>{}(name_)&0x7fffffff);
   }
   std::string class_name() const override { return "Dropout"; }
   std::vector<Value> call(const std::vector<Value>& in, CallContext& ctx) override {
@@ -154,7 +163,8 @@ class DropoutLayer : public Layer {
 
 class BatchNormLayer : public Layer {
  public:
-  explicit BatchNormLayer(BatchNormalizationOptions o) : Layer("batch_normalization", o.name), o_(std::move(o)) {
+  explicit BatchNormLayer(BatchNormalizationOptions o)
+      : Layer("batch_normalization", o.name), o_(std::move(o)) {
     if (o_.epsilon < 0) LOWBIT_THROW(ValueError, "BatchNormalization: epsilon must be >= 0");
   }
   std::string class_name() const override { return "BatchNormalization"; }
@@ -196,11 +206,19 @@ class BatchNormLayer : public Layer {
 
 }  // namespace
 
-LayerPtr Dense(int64_t units, DenseOptions o) { return std::make_shared<DenseLayer>(units, std::move(o)); }
-LayerPtr Activation(const std::string& a, ActivationOptions o) { return std::make_shared<ActivationLayer>(a, std::move(o)); }
+LayerPtr Dense(int64_t units, DenseOptions o) {
+  return std::make_shared<DenseLayer>(units, std::move(o));
+}
+LayerPtr Activation(const std::string& a, ActivationOptions o) {
+  return std::make_shared<ActivationLayer>(a, std::move(o));
+}
 LayerPtr ReLU(ReLUOptions o) { return std::make_shared<ReLULayer>(std::move(o)); }
-LayerPtr Dropout(double rate, DropoutOptions o) { return std::make_shared<DropoutLayer>(rate, std::move(o)); }
-LayerPtr BatchNormalization(BatchNormalizationOptions o) { return std::make_shared<BatchNormLayer>(std::move(o)); }
+LayerPtr Dropout(double rate, DropoutOptions o) {
+  return std::make_shared<DropoutLayer>(rate, std::move(o));
+}
+LayerPtr BatchNormalization(BatchNormalizationOptions o) {
+  return std::make_shared<BatchNormLayer>(std::move(o));
+}
 
 namespace detail {
 void register_core_layers() {
@@ -218,7 +236,8 @@ void register_core_layers() {
   });
   register_layer("ReLU", [](const Json& c) {
     ReLUOptions o;
-    if (c.contains("max_value") && !c.at("max_value").is_null()) o.max_value = c.at("max_value").get<double>();
+    if (c.contains("max_value") && !c.at("max_value").is_null())
+      o.max_value = c.at("max_value").get<double>();
     o.negative_slope = c.value("negative_slope", 0.0);
     o.threshold = c.value("threshold", 0.0);
     o.name = c.value("name", "");

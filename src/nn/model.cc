@@ -9,7 +9,6 @@
 
 namespace lowbit::nn {
 
-
 // ---- Input ----
 InputLayer::InputLayer(Shape shape, DType dtype, std::string name)
     : Layer("input_layer", std::move(name)), shape_(std::move(shape)), dtype_(dtype) {
@@ -52,7 +51,8 @@ std::shared_ptr<Model> Model::create(std::vector<KTensor> inputs, std::vector<KT
   return std::make_shared<Model>(std::move(inputs), std::move(outputs), name);
 }
 
-Model::Model(const std::string& default_name, const std::string& name) : Layer(default_name, name) {}
+Model::Model(const std::string& default_name, const std::string& name)
+    : Layer(default_name, name) {}
 
 Model::Model(std::vector<KTensor> inputs, std::vector<KTensor> outputs, const std::string& name)
     : Layer("functional", name) {
@@ -71,15 +71,16 @@ void Model::set_graph(std::vector<KTensor> inputs, std::vector<KTensor> outputs)
   // Topological order by depth-first search from the outputs.
   nodes_.clear();
   std::set<LayerNode*> done, active;
-  std::function<void(const std::shared_ptr<LayerNode>&)> visit = [&](const std::shared_ptr<LayerNode>& n) {
-    if (done.count(n.get())) return;
-    if (active.count(n.get())) LOWBIT_THROW(ValueError, name_, ": the layer graph has a cycle");
-    active.insert(n.get());
-    for (const KTensor& k : n->inputs) visit(k.node);
-    active.erase(n.get());
-    done.insert(n.get());
-    nodes_.push_back(n);
-  };
+  std::function<void(const std::shared_ptr<LayerNode>&)> visit =
+      [&](const std::shared_ptr<LayerNode>& n) {
+        if (done.count(n.get())) return;
+        if (active.count(n.get())) LOWBIT_THROW(ValueError, name_, ": the layer graph has a cycle");
+        active.insert(n.get());
+        for (const KTensor& k : n->inputs) visit(k.node);
+        active.erase(n.get());
+        done.insert(n.get());
+        nodes_.push_back(n);
+      };
   for (const KTensor& k : outputs_) visit(k.node);
   for (const auto& n : nodes_)
     if (std::dynamic_pointer_cast<InputLayer>(n->layer) &&
@@ -111,7 +112,8 @@ void Model::set_trainable(bool t) {
 
 std::vector<Value> Model::call(const std::vector<Value>& inputs, CallContext& ctx) {
   if (inputs.size() != inputs_.size())
-    LOWBIT_THROW(ValueError, name_, ": expected ", inputs_.size(), " inputs but found ", inputs.size());
+    LOWBIT_THROW(ValueError, name_, ": expected ", inputs_.size(), " inputs but found ",
+                 inputs.size());
   std::map<std::pair<LayerNode*, int>, Value> env;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const Shape& want = inputs_[i].shape();
@@ -121,8 +123,8 @@ std::vector<Value> Model::call(const std::vector<Value>& inputs, CallContext& ct
       ok = want[d] == kUnknown || got[d] == kUnknown || want[d] == got[d];
     if (!ok)
       LOWBIT_THROW(ShapeError, name_, ": input '", inputs_[i].node->layer->name(), "' expects ",
-                   dtype_name(inputs_[i].dtype()), want.str(), " but found ", dtype_name(inputs[i].dtype()),
-                   got.str());
+                   dtype_name(inputs_[i].dtype()), want.str(), " but found ",
+                   dtype_name(inputs[i].dtype()), got.str());
     env[{inputs_[i].node.get(), 0}] = inputs[i];
   }
   for (const auto& n : nodes_) {
@@ -143,7 +145,8 @@ std::vector<Value> Model::call(const std::vector<Value>& inputs, CallContext& ct
 Model::Trace Model::trace(Graph& g, CallContext& ctx) {
   Trace t;
   for (size_t i = 0; i < inputs_.size(); ++i)
-    t.inputs.push_back(g.placeholder(inputs_[i].node->layer->name(), inputs_[i].dtype(), inputs_[i].shape()));
+    t.inputs.push_back(
+        g.placeholder(inputs_[i].node->layer->name(), inputs_[i].dtype(), inputs_[i].shape()));
   t.outputs = apply(t.inputs, ctx);
   return t;
 }
@@ -187,7 +190,8 @@ std::vector<Tensor> Model::predict_on_batch(const std::vector<Tensor>& xs, CallO
   }
   CompiledCall& c = *it->second;
   if (xs.size() != c.inputs.size())
-    LOWBIT_THROW(ValueError, name_, ": expected ", c.inputs.size(), " input tensors but found ", xs.size());
+    LOWBIT_THROW(ValueError, name_, ": expected ", c.inputs.size(), " input tensors but found ",
+                 xs.size());
   std::vector<std::pair<Value, Tensor>> feeds;
   for (size_t i = 0; i < xs.size(); ++i) {
     const Shape& want = c.inputs[i].shape();
@@ -197,8 +201,8 @@ std::vector<Tensor> Model::predict_on_batch(const std::vector<Tensor>& xs, CallO
       LOWBIT_THROW(ShapeError, name_, ": input ", i, " expects shape ", want.str(), " but found ",
                    xs[i].defined() ? xs[i].shape().str() : std::string("an undefined tensor"));
     if (xs[i].dtype() != c.inputs[i].dtype())
-      LOWBIT_THROW(DTypeError, name_, ": input ", i, " expects dtype ", dtype_name(c.inputs[i].dtype()),
-                   " but found ", dtype_name(xs[i].dtype()));
+      LOWBIT_THROW(DTypeError, name_, ": input ", i, " expects dtype ",
+                   dtype_name(c.inputs[i].dtype()), " but found ", dtype_name(xs[i].dtype()));
     feeds.emplace_back(c.inputs[i], xs[i]);
   }
   validate_inputs(xs);
@@ -264,7 +268,11 @@ Json Model::get_config() const {
   Json in = Json::array(), out = Json::array();
   for (const KTensor& k : inputs_) in.push_back(ktensor_ref(k));
   for (const KTensor& k : outputs_) out.push_back(ktensor_ref(k));
-  return {{"name", name_}, {"trainable", trainable_}, {"layers", layers_json}, {"input_layers", in}, {"output_layers", out}};
+  return {{"name", name_},
+          {"trainable", trainable_},
+          {"layers", layers_json},
+          {"input_layers", in},
+          {"output_layers", out}};
 }
 
 namespace {
@@ -287,15 +295,20 @@ std::string shape_str(const Shape& s) {
   return o + ")";
 }
 // Left-aligned in a column of width w, always followed by at least one space.
-std::string pad(const std::string& s, size_t w) { return s.size() + 1 >= w ? s + " " : s + std::string(w - s.size(), ' '); }
+std::string pad(const std::string& s, size_t w) {
+  return s.size() + 1 >= w ? s + " " : s + std::string(w - s.size(), ' ');
+}
 }  // namespace
 
 std::string Model::summary(int width) const {
   std::ostringstream os;
-  const size_t c1 = width * 42 / 100, c2 = width * 22 / 100, c3 = width * 12 / 100, c4 = width - c1 - c2 - c3;
+  const size_t c1 = width * 42 / 100, c2 = width * 22 / 100, c3 = width * 12 / 100,
+               c4 = width - c1 - c2 - c3;
   std::string rule(width, '-'), heavy(width, '=');
-  os << "Model: \"" << name_ << "\"\n" << rule << "\n"
-     << pad("Layer (type)", c1) << pad("Output Shape", c2) << pad("Param #", c3) << pad("Connected to", c4) << "\n"
+  os << "Model: \"" << name_ << "\"\n"
+     << rule << "\n"
+     << pad("Layer (type)", c1) << pad("Output Shape", c2) << pad("Param #", c3)
+     << pad("Connected to", c4) << "\n"
      << heavy << "\n";
   bool first = true;
   for (const auto& n : nodes_) {
@@ -312,11 +325,11 @@ std::string Model::summary(int width) const {
       shapes.append(shape_str(t.shape));
     }
     int64_t params = n->layer->count_params(true) + n->layer->count_params(false);
-    if (auto m = std::dynamic_pointer_cast<Model>(n->layer)) params = m->count_params_total(true) + m->count_params_total(false);
+    if (auto m = std::dynamic_pointer_cast<Model>(n->layer))
+      params = m->count_params_total(true) + m->count_params_total(false);
     std::string title = n->layer->name();
     title.append(" (").append(n->layer->class_name()).append(")");
-    os << pad(title, c1) << pad(shapes, c2)
-       << pad(fmt_int(params), c3) << conn << "\n";
+    os << pad(title, c1) << pad(shapes, c2) << pad(fmt_int(params), c3) << conn << "\n";
     std::string note = n->layer->summary_note();
     if (!note.empty()) os << "    " << note << "\n";
   }
@@ -330,7 +343,8 @@ std::string Model::summary(int width) const {
 }
 
 // ---- Sequential ----
-std::shared_ptr<Sequential> Sequential::create(std::vector<LayerPtr> layers, const std::string& name) {
+std::shared_ptr<Sequential> Sequential::create(std::vector<LayerPtr> layers,
+                                               const std::string& name) {
   auto s = std::make_shared<Sequential>(name);
   for (auto& l : layers) s->add(std::move(l));
   return s;

@@ -416,7 +416,8 @@ Optimizer::~Optimizer() = default;
 
 void Optimizer::set_learning_rate(double lr) {
   if (o_.schedule)
-    LOWBIT_THROW(ValueError, name_, ".set_learning_rate: the optimizer follows a learning-rate schedule; "
+    LOWBIT_THROW(ValueError, name_,
+                 ".set_learning_rate: the optimizer follows a learning-rate schedule; "
                  "a LearningRateScheduler cannot also set it (use one or the other)");
   if (!(lr >= 0) || !std::isfinite(lr))
     LOWBIT_THROW(ValueError, name_, ".set_learning_rate: expected a finite lr >= 0 but found ", lr);

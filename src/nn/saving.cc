@@ -21,8 +21,9 @@ void apply_weights(Model& m, const io::SafetensorsFile& f, const std::string& pa
       LOWBIT_THROW(IoError, "load: '", path, "' has no tensor for weight '", name,
                    "' of the model (was it saved from another model?)");
     if (t->shape() != w->value.shape() || t->dtype() != w->value.dtype())
-      LOWBIT_THROW(IoError, "load: '", path, "': weight '", name, "' is ", dtype_name(t->dtype()), t->shape().str(),
-                   " in the file but ", dtype_name(w->value.dtype()), w->value.shape().str(), " in the model");
+      LOWBIT_THROW(IoError, "load: '", path, "': weight '", name, "' is ", dtype_name(t->dtype()),
+                   t->shape().str(), " in the file but ", dtype_name(w->value.dtype()),
+                   w->value.shape().str(), " in the model");
     w->value.copy_from(*t);
     used.insert(key);
   }
@@ -48,7 +49,8 @@ void Model::save(const std::string& path) {
   if (loss_) {
     Json c;
     c["loss"] = {{"class_name", loss_->class_name()}, {"config", loss_->get_config()}};
-    c["optimizer"] = {{"class_name", optimizer_->class_name()}, {"config", optimizer_->get_config()}};
+    c["optimizer"] = {{"class_name", optimizer_->class_name()},
+                      {"config", optimizer_->get_config()}};
     c["iterations"] = optimizer_->iterations();
     c["metrics"] = compile_options_.metrics;
     f.metadata["compile"] = c.dump();
@@ -57,7 +59,9 @@ void Model::save(const std::string& path) {
   io::write_safetensors(path, f);
 }
 
-void Model::load_weights(const std::string& path) { apply_weights(*this, io::read_safetensors(path), path); }
+void Model::load_weights(const std::string& path) {
+  apply_weights(*this, io::read_safetensors(path), path);
+}
 
 namespace {
 ModelPtr functional_from_config(const Json& c) {
@@ -68,7 +72,8 @@ ModelPtr functional_from_config(const Json& c) {
     const size_t node = ref.at(1).get<size_t>(), idx = ref.at(2).get<size_t>();
     auto it = outputs.find(name);
     if (it == outputs.end() || node >= it->second.size() || idx >= it->second[node].size())
-      LOWBIT_THROW(ValueError, "model_from_config: reference to ", ref.dump(), " before it is defined");
+      LOWBIT_THROW(ValueError, "model_from_config: reference to ", ref.dump(),
+                   " before it is defined");
     return it->second[node][idx];
   };
   for (const Json& lj : c.at("layers")) {
@@ -85,7 +90,8 @@ ModelPtr functional_from_config(const Json& c) {
     if (auto it = layers.find(name); it != layers.end()) {
       layer = it->second;  // a shared layer, called again
     } else {
-      layer = cls == "Functional" || cls == "Sequential" ? model_from_config(lj.at("config"), cls) : layer_from_config(lj);
+      layer = cls == "Functional" || cls == "Sequential" ? model_from_config(lj.at("config"), cls)
+                                                         : layer_from_config(lj);
       layers[name] = layer;
     }
     std::vector<KTensor> in;
@@ -109,12 +115,14 @@ ModelPtr model_from_config(const Json& c, const std::string& class_name) {
       auto s = Sequential::create({}, c.value("name", ""));
       for (const Json& lj : c.at("layers")) {
         const std::string cls = lj.at("class_name").get<std::string>();
-        s->add(cls == "Functional" || cls == "Sequential" ? model_from_config(lj.at("config"), cls) : layer_from_config(lj));
+        s->add(cls == "Functional" || cls == "Sequential" ? model_from_config(lj.at("config"), cls)
+                                                          : layer_from_config(lj));
       }
       if (!c.value("trainable", true)) s->set_trainable(false);
       return s;
     }
-    if (class_name != "Functional") LOWBIT_THROW(ValueError, "model_from_config: unknown model class '", class_name, "'");
+    if (class_name != "Functional")
+      LOWBIT_THROW(ValueError, "model_from_config: unknown model class '", class_name, "'");
     return functional_from_config(c);
   } catch (const nlohmann::json::exception& e) {
     LOWBIT_THROW(ValueError, "model_from_config: malformed config: ", e.what());
@@ -125,11 +133,15 @@ ModelPtr load_model(const std::string& path) {
   io::SafetensorsFile f = io::read_safetensors(path);
   auto fmt = f.metadata.find("format");
   if (fmt == f.metadata.end() || fmt->second != kFormat)
-    LOWBIT_THROW(IoError, "load_model: '", path, "' is not a lowbit model file (metadata format is '",
-                 fmt == f.metadata.end() ? std::string("missing") : fmt->second, "', expected '", kFormat, "')");
+    LOWBIT_THROW(IoError, "load_model: '", path,
+                 "' is not a lowbit model file (metadata format is '",
+                 fmt == f.metadata.end() ? std::string("missing") : fmt->second, "', expected '",
+                 kFormat, "')");
   ModelPtr m;
   try {
-    m = model_from_config(Json::parse(f.metadata.at("model_config")), f.metadata.count("class_name") ? f.metadata.at("class_name") : "Functional");
+    m = model_from_config(
+        Json::parse(f.metadata.at("model_config")),
+        f.metadata.count("class_name") ? f.metadata.at("class_name") : "Functional");
   } catch (const Error& e) {
     LOWBIT_THROW(IoError, "load_model: '", path, "': cannot rebuild the model: ", e.what());
   } catch (const std::exception& e) {
@@ -148,7 +160,8 @@ ModelPtr load_model(const std::string& path) {
       for (const auto& [key, t] : f.tensors)
         if (key.rfind("optimizer/", 0) == 0) m->optimizer()->load_slot(key.substr(10), t);
     } catch (const Error& e) {
-      LOWBIT_THROW(IoError, "load_model: '", path, "': cannot restore the compile state: ", e.what());
+      LOWBIT_THROW(IoError, "load_model: '", path,
+                   "': cannot restore the compile state: ", e.what());
     } catch (const std::exception& e) {
       LOWBIT_THROW(IoError, "load_model: '", path, "': corrupted compile metadata: ", e.what());
     }

@@ -16,7 +16,6 @@
 
 namespace lowbit::nn {
 
-
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -29,9 +28,14 @@ bool is_tty(std::ostream& out) {
 
 std::string fmt_duration(double s) {
   std::ostringstream os;
-  if (s >= 3600) os << static_cast<int>(s / 3600) << "h" << std::setw(2) << std::setfill('0') << static_cast<int>(s / 60) % 60 << "m";
-  else if (s >= 60) os << static_cast<int>(s / 60) << "m" << std::setw(2) << std::setfill('0') << static_cast<int>(s) % 60 << "s";
-  else os << static_cast<int>(std::lround(s)) << "s";
+  if (s >= 3600)
+    os << static_cast<int>(s / 3600) << "h" << std::setw(2) << std::setfill('0')
+       << static_cast<int>(s / 60) % 60 << "m";
+  else if (s >= 60)
+    os << static_cast<int>(s / 60) << "m" << std::setw(2) << std::setfill('0')
+       << static_cast<int>(s) % 60 << "s";
+  else
+    os << static_cast<int>(std::lround(s)) << "s";
   return os.str();
 }
 
@@ -75,14 +79,17 @@ class ProgressBar {
     std::ostringstream line;
     int width = 30;
     int64_t w = total_ > 0 ? std::min<int64_t>(width, step * width / total_) : width;
-    line << std::setw(static_cast<int>(std::to_string(total_).size())) << step << "/" << total_ << " [";
-    for (int i = 0; i < width; ++i) line << (i < w ? (i + 1 == w && step < total_ ? '>' : '=') : '.');
+    line << std::setw(static_cast<int>(std::to_string(total_).size())) << step << "/" << total_
+         << " [";
+    for (int i = 0; i < width; ++i)
+      line << (i < w ? (i + 1 == w && step < total_ ? '>' : '=') : '.');
     line << "]";
     if (final) {
       line << " - " << fmt_duration(elapsed) << " " << std::setprecision(0) << std::fixed
            << 1000.0 * elapsed / std::max<int64_t>(step, 1) << "ms/step";
     } else {
-      double eta = step > 0 ? elapsed / static_cast<double>(step) * static_cast<double>(total_ - step) : 0;
+      double eta =
+          step > 0 ? elapsed / static_cast<double>(step) * static_cast<double>(total_ - step) : 0;
       line << " - ETA: " << fmt_duration(eta);
     }
     line << fmt_logs(logs);
@@ -105,24 +112,30 @@ class ProgressBar {
   int64_t last_quarter_ = -1;
 };
 
-void check_tensor_against(const std::string& who, const char* what, const Tensor& t, const ValueType& want) {
+void check_tensor_against(const std::string& who, const char* what, const Tensor& t,
+                          const ValueType& want) {
   if (!t.defined()) LOWBIT_THROW(ValueError, who, ": ", what, " is undefined");
   bool ok = t.rank() == want.shape.rank();
-  for (int d = 1; ok && d < want.shape.rank(); ++d) ok = want.shape[d] == kUnknown || want.shape[d] == t.dim(d);
+  for (int d = 1; ok && d < want.shape.rank(); ++d)
+    ok = want.shape[d] == kUnknown || want.shape[d] == t.dim(d);
   if (!ok)
-    LOWBIT_THROW(ShapeError, who, ": ", what, " has shape ", t.shape().str(), " but the model expects ",
-                 want.shape.str(), " (the first dim is the batch)");
+    LOWBIT_THROW(ShapeError, who, ": ", what, " has shape ", t.shape().str(),
+                 " but the model expects ", want.shape.str(), " (the first dim is the batch)");
   if (t.dtype() != want.dtype)
-    LOWBIT_THROW(DTypeError, who, ": ", what, " has dtype ", dtype_name(t.dtype()), " but the model expects ",
-                 dtype_name(want.dtype), "; convert it with Tensor::to()");
+    LOWBIT_THROW(DTypeError, who, ": ", what, " has dtype ", dtype_name(t.dtype()),
+                 " but the model expects ", dtype_name(want.dtype),
+                 "; convert it with Tensor::to()");
 }
 
 }  // namespace
 
 void Model::compile(CompileOptions o) {
-  if (!o.loss) LOWBIT_THROW(ValueError, name_, ": compile needs a loss (e.g. nn::SparseCategoricalCrossentropy())");
+  if (!o.loss)
+    LOWBIT_THROW(ValueError, name_,
+                 ": compile needs a loss (e.g. nn::SparseCategoricalCrossentropy())");
   if (inputs_.empty())
-    LOWBIT_THROW(ValueError, name_, ": the model has no input shape yet; start it with InputSpec or call build_for");
+    LOWBIT_THROW(ValueError, name_,
+                 ": the model has no input shape yet; start it with InputSpec or call build_for");
   optimizer_ = o.optimizer ? o.optimizer : optimizer_by_name("rmsprop");
   loss_ = o.loss;
   compile_options_ = std::move(o);
@@ -132,7 +145,8 @@ void Model::compile(CompileOptions o) {
 TrainState& Model::train_state() {
   if (!loss_) LOWBIT_THROW(ValueError, name_, ": call compile() before fit()/evaluate()");
   if (outputs_.size() != 1)
-    LOWBIT_THROW(UnsupportedError, name_, ": fit/evaluate support single-output models for now (this one has ",
+    LOWBIT_THROW(UnsupportedError, name_,
+                 ": fit/evaluate support single-output models for now (this one has ",
                  outputs_.size(), ")");
   std::string sig = mode_signature(true);
   auto it = train_states_.find(sig);
@@ -175,15 +189,17 @@ TrainState& Model::train_state() {
 }
 
 History Model::fit(const Tensor& x, const Tensor& y, FitOptions o) {
-  if (inputs_.size() != 1) LOWBIT_THROW(ValueError, name_, ": fit(x, y) needs a single-input model");
+  if (inputs_.size() != 1)
+    LOWBIT_THROW(ValueError, name_, ": fit(x, y) needs a single-input model");
   check_tensor_against(name_ + ".fit", "x", x, inputs_[0].type());
   if (!y.defined() || y.rank() == 0 || y.dim(0) != x.dim(0))
-    LOWBIT_THROW(ShapeError, name_, ".fit: x has ", x.defined() ? x.dim(0) : 0, " samples but y has ",
-                 y.defined() && y.rank() ? y.dim(0) : 0);
+    LOWBIT_THROW(ShapeError, name_, ".fit: x has ", x.defined() ? x.dim(0) : 0,
+                 " samples but y has ", y.defined() && y.rank() ? y.dim(0) : 0);
   data::Dataset d = data::Dataset::from_tensors({x}, {y});
   if (o.validation_split > 0) {
     if (o.validation_split >= 1)
-      LOWBIT_THROW(ValueError, name_, ".fit: validation_split must be in [0, 1) but found ", o.validation_split);
+      LOWBIT_THROW(ValueError, name_, ".fit: validation_split must be in [0, 1) but found ",
+                   o.validation_split);
     if (o.validation_data)
       LOWBIT_THROW(ValueError, name_, ".fit: give validation_split or validation_data, not both");
     int64_t n = d.size();
@@ -200,10 +216,14 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
   if (train_in.size() == 0)
     LOWBIT_THROW(ValueError, name_, ".fit: the training data is empty (0 samples)");
   if (o.initial_epoch < 0 || o.epochs <= o.initial_epoch)
-    LOWBIT_THROW(ValueError, name_, ".fit: epochs (the index of the last epoch, as in Keras) must be greater than "
-                 "initial_epoch but found epochs=", o.epochs, ", initial_epoch=", o.initial_epoch);
-  if (o.batch_size < 1) LOWBIT_THROW(ValueError, name_, ".fit: batch_size must be >= 1 but found ", o.batch_size);
-  if (o.validation_split > 0) LOWBIT_THROW(ValueError, name_, ".fit: validation_split needs fit(x, y)");
+    LOWBIT_THROW(ValueError, name_,
+                 ".fit: epochs (the index of the last epoch, as in Keras) must be greater than "
+                 "initial_epoch but found epochs=",
+                 o.epochs, ", initial_epoch=", o.initial_epoch);
+  if (o.batch_size < 1)
+    LOWBIT_THROW(ValueError, name_, ".fit: batch_size must be >= 1 but found ", o.batch_size);
+  if (o.validation_split > 0)
+    LOWBIT_THROW(ValueError, name_, ".fit: validation_split needs fit(x, y)");
   TrainState& st = train_state();
   // An unbatched dataset is shuffled and batched here; a batched one is used as given (Keras).
   data::Dataset train = train_in;
@@ -216,7 +236,8 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
   // Metrics, resolved like Keras compile does.
   const ValueType pred_type{st.outputs[0].dtype(), st.outputs[0].shape()};
   std::vector<MetricPtr> metrics;
-  for (const auto& m : compile_options_.metrics) metrics.push_back(metric_by_name(m, loss_.get(), pred_type));
+  for (const auto& m : compile_options_.metrics)
+    metrics.push_back(metric_by_name(m, loss_.get(), pred_type));
   for (const auto& m : compile_options_.metric_objects) metrics.push_back(m);
   auto loss_mean = Mean("loss");
   auto* loss_tracker = dynamic_cast<MeanMetric*>(loss_mean.get());
@@ -241,8 +262,11 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
       for (auto& cb : o.callbacks) cb->on_train_batch_begin(step, logs);
       const int64_t n = batch.size();
       if (batch.x.size() != st.x.size())
-        LOWBIT_THROW(ValueError, name_, ".fit: the model takes ", st.x.size(), " inputs but the data gives ", batch.x.size());
-      if (batch.y.size() != 1) LOWBIT_THROW(ValueError, name_, ".fit: expected one target tensor per batch but found ", batch.y.size());
+        LOWBIT_THROW(ValueError, name_, ".fit: the model takes ", st.x.size(),
+                     " inputs but the data gives ", batch.x.size());
+      if (batch.y.size() != 1)
+        LOWBIT_THROW(ValueError, name_, ".fit: expected one target tensor per batch but found ",
+                     batch.y.size());
       std::vector<std::pair<Value, Tensor>> feeds;
       for (size_t i = 0; i < st.x.size(); ++i) {
         check_tensor_against(name_ + ".fit", "x", batch.x[i], {st.x[i].dtype(), st.x[i].shape()});
@@ -258,7 +282,8 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
       }
       feeds.emplace_back(st.sw, sw);
       if (st.lr.defined()) {
-        lr_t.data<float>()[0] = static_cast<float>(optimizer_->learning_rate_at(optimizer_->iterations()));
+        lr_t.data<float>()[0] =
+            static_cast<float>(optimizer_->learning_rate_at(optimizer_->iterations()));
         t_t.data<float>()[0] = static_cast<float>(optimizer_->iterations() + 1);
         feeds.emplace_back(st.lr, lr_t);
         feeds.emplace_back(st.t, t_t);
@@ -269,9 +294,10 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
         return finite;
       });
       if (!finite) {
-        history.stop_reason = detail::cat("loss is ", result[0].item<float>(), " at epoch ", epoch + 1, ", batch ", step + 1,
-                                          "; the step was not applied, the weights keep their last finite values. "
-                                          "Lower the learning rate or check the data.");
+        history.stop_reason = detail::cat(
+            "loss is ", result[0].item<float>(), " at epoch ", epoch + 1, ", batch ", step + 1,
+            "; the step was not applied, the weights keep their last finite values. "
+            "Lower the learning rate or check the data.");
         out << "\n" << name_ << ".fit: training stopped: " << history.stop_reason << "\n";
         stop_training = true;
         break;
@@ -301,8 +327,8 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
   return history;
 }
 
-Logs Model::run_evaluation(const data::Dataset& d, int64_t batch_size, int verbose, std::ostream& out,
-                           const std::string& prefix) {
+Logs Model::run_evaluation(const data::Dataset& d, int64_t batch_size, int verbose,
+                           std::ostream& out, const std::string& prefix) {
   if (!loss_) LOWBIT_THROW(ValueError, name_, ": call compile() before evaluate()");
   if (d.size() == 0) LOWBIT_THROW(ValueError, name_, ".evaluate: the data is empty (0 samples)");
   // Inference graph with the loss.
@@ -326,7 +352,8 @@ Logs Model::run_evaluation(const data::Dataset& d, int64_t batch_size, int verbo
   CompiledCall& c = *it->second;
   const ValueType pred_type{c.outputs[1].dtype(), c.outputs[1].shape()};
   std::vector<MetricPtr> metrics;
-  for (const auto& m : compile_options_.metrics) metrics.push_back(metric_by_name(m, loss_.get(), pred_type));
+  for (const auto& m : compile_options_.metrics)
+    metrics.push_back(metric_by_name(m, loss_.get(), pred_type));
   auto loss_mean = Mean("loss");
   auto* tracker = dynamic_cast<MeanMetric*>(loss_mean.get());
   data::Dataset batched = d.batch_size() ? d : d.batch(batch_size);
@@ -339,9 +366,12 @@ Logs Model::run_evaluation(const data::Dataset& d, int64_t batch_size, int verbo
   const size_t nx = c.inputs.size() - 2;
   while (iter.next(b)) {
     std::vector<std::pair<Value, Tensor>> feeds;
-    if (b.x.size() != nx) LOWBIT_THROW(ValueError, name_, ".evaluate: the model takes ", nx, " inputs but the data gives ", b.x.size());
+    if (b.x.size() != nx)
+      LOWBIT_THROW(ValueError, name_, ".evaluate: the model takes ", nx,
+                   " inputs but the data gives ", b.x.size());
     for (size_t i = 0; i < nx; ++i) {
-      check_tensor_against(name_ + ".evaluate", "x", b.x[i], {c.inputs[i].dtype(), c.inputs[i].shape()});
+      check_tensor_against(name_ + ".evaluate", "x", b.x[i],
+                           {c.inputs[i].dtype(), c.inputs[i].shape()});
       feeds.emplace_back(c.inputs[i], b.x[i]);
     }
     validate_inputs(b.x);
@@ -365,7 +395,8 @@ Logs Model::run_evaluation(const data::Dataset& d, int64_t batch_size, int verbo
 }
 
 Logs Model::evaluate(const Tensor& x, const Tensor& y, EvaluateOptions o) {
-  if (inputs_.size() != 1) LOWBIT_THROW(ValueError, name_, ": evaluate(x, y) needs a single-input model");
+  if (inputs_.size() != 1)
+    LOWBIT_THROW(ValueError, name_, ": evaluate(x, y) needs a single-input model");
   check_tensor_against(name_ + ".evaluate", "x", x, inputs_[0].type());
   return evaluate(data::Dataset::from_tensors({x}, {y}), o);
 }
@@ -377,7 +408,8 @@ Logs Model::evaluate(const data::Dataset& d, EvaluateOptions o) {
 
 Tensor Model::predict(const Tensor& x, int64_t batch_size) {
   if (inputs_.size() != 1 || outputs_.size() != 1)
-    LOWBIT_THROW(ValueError, name_, ": predict(x) needs a single-input, single-output model; use predict_on_batch");
+    LOWBIT_THROW(ValueError, name_,
+                 ": predict(x) needs a single-input, single-output model; use predict_on_batch");
   check_tensor_against(name_ + ".predict", "x", x, inputs_[0].type());
   if (batch_size < 1) LOWBIT_THROW(ValueError, name_, ".predict: batch_size must be >= 1");
   const int64_t n = x.dim(0);
@@ -387,20 +419,23 @@ Tensor Model::predict(const Tensor& x, int64_t batch_size) {
     int64_t m = std::min(batch_size, n - start);
     std::vector<int64_t> dims = x.shape().dims();
     dims[0] = m;
-    Tensor xb = Tensor::wrap(static_cast<char*>(x.raw()) + start * row * dtype_size(x.dtype()), Shape(dims), x.dtype());
+    Tensor xb = Tensor::wrap(static_cast<char*>(x.raw()) + start * row * dtype_size(x.dtype()),
+                             Shape(dims), x.dtype());
     Tensor yb = (*this)(xb);
     if (!result.defined()) {
       std::vector<int64_t> od = yb.shape().dims();
       od[0] = n;
       result = Tensor(Shape(od), yb.dtype());
     }
-    std::memcpy(static_cast<char*>(result.raw()) + start * (yb.nbytes() / m), yb.raw(), yb.nbytes());
+    std::memcpy(static_cast<char*>(result.raw()) + start * (yb.nbytes() / m), yb.raw(),
+                yb.nbytes());
   }
   if (!result.defined()) {
     // Empty input: run nothing, return an empty output with the model's output shape.
     std::vector<int64_t> od = outputs_[0].shape().dims();
     od[0] = 0;
-    for (auto& d : od) if (d == kUnknown) d = 0;
+    for (auto& d : od)
+      if (d == kUnknown) d = 0;
     result = Tensor::zeros(Shape(od), outputs_[0].dtype());
   }
   return result;

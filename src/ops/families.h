@@ -11,5 +11,6 @@ void register_conv_ops();         // src/ops/conv.cc
 void register_nn_ops();           // src/ops/nn.cc
 void register_optim_ops();        // src/ops/optim_ops.cc
 void register_dnnl_kernels();
-void register_fast_kernels();     // src/kernels/fast/: portable vectorised kernels     // src/kernels/dnnl/: fast kernels for ops defined above
+void register_fast_kernels();  // src/kernels/fast/: portable vectorised kernels     //
+                               // src/kernels/dnnl/: fast kernels for ops defined above
 }  // namespace lowbit::detail

@@ -10,7 +10,9 @@
 
 namespace lowbit::detail {
 
-inline std::string type_str(const ValueType& t) { return std::string(dtype_name(t.dtype)) + t.shape.str(); }
+inline std::string type_str(const ValueType& t) {
+  return std::string(dtype_name(t.dtype)) + t.shape.str();
+}
 
 // Throws DTypeError unless input i has dtype `want`.
 inline void require_dtype(const InferCtx& c, int i, DType want, const char* arg) {
@@ -33,7 +35,9 @@ inline void require_rank(const InferCtx& c, int i, int rank, const char* arg) {
                  " but found shape ", c.in[i].shape.str());
 }
 // True when two dims can be equal at run time (either unknown, or the same).
-inline bool dims_compatible(int64_t a, int64_t b) { return a == kUnknown || b == kUnknown || a == b; }
+inline bool dims_compatible(int64_t a, int64_t b) {
+  return a == kUnknown || b == kUnknown || a == b;
+}
 // The more informative of two compatible dims.
 inline int64_t merge_dim(int64_t a, int64_t b) { return a == kUnknown ? b : a; }
 

@@ -1,8 +1,9 @@
+#include "lowbit/tensor.h"
+
 #include <gtest/gtest.h>
 
 #include "lowbit/ops.h"
 #include "lowbit/rng.h"
-#include "lowbit/tensor.h"
 
 namespace lowbit {
 namespace {
@@ -59,7 +60,8 @@ TEST(Rng, PhiloxKnownAnswer) {
   EXPECT_EQ(r[1], 0xe169c58du);
   EXPECT_EQ(r[2], 0xbc57ac4cu);
   EXPECT_EQ(r[3], 0x9b00dbd8u);
-  auto r2 = philox4x32({0xffffffffu, 0xffffffffu}, {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu});
+  auto r2 =
+      philox4x32({0xffffffffu, 0xffffffffu}, {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu});
   EXPECT_EQ(r2[0], 0x408f276du);
   EXPECT_EQ(r2[1], 0x41c83b0eu);
   EXPECT_EQ(r2[2], 0xa20bc7c6u);

@@ -99,10 +99,16 @@ TEST(Executor, FeedErrorsAreClear) {
   Value x = g.placeholder("x", DType::kF32, {kUnknown, 3});
   Value y = x + x;
   Executor ex(g, {y});
-  testing::expect_throws_with<ShapeError>([&] { ex.run({{x, Tensor::zeros({2, 4})}}); },
-                                          "expects shape [?,3] but was fed [2,4]");
+  testing::expect_throws_with<ShapeError>(
+      [&] {
+        ex.run({{x, Tensor::zeros({2, 4})}});
+      },
+      "expects shape [?,3] but was fed [2,4]");
   testing::expect_throws_with<DTypeError>(
-      [&] { ex.run({{x, Tensor::zeros({2, 3}, DType::kS32)}}); }, "expects dtype f32");
+      [&] {
+        ex.run({{x, Tensor::zeros({2, 3}, DType::kS32)}});
+      },
+      "expects dtype f32");
   testing::expect_throws_with<GraphError>([&] { ex.run({}); }, "'x' is needed");
 }
 

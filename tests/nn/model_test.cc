@@ -1,7 +1,8 @@
+#include "lowbit/nn/model.h"
+
 #include <gtest/gtest.h>
 
 #include "lowbit/nn/layers.h"
-#include "lowbit/nn/model.h"
 #include "lowbit/ops.h"
 #include "testing/op_testing.h"
 

@@ -27,7 +27,8 @@ struct Blobs {
     for (int64_t i = 0; i < n; ++i) {
       int64_t c = i % 3;
       y.data<int64_t>()[i] = c;
-      for (int d = 0; d < 4; ++d) x.data<float>()[i * 4 + d] = (d == c ? 2.0f : 0.0f) + 0.5f * rng.normal();
+      for (int d = 0; d < 4; ++d)
+        x.data<float>()[i * 4 + d] = (d == c ? 2.0f : 0.0f) + 0.5f * rng.normal();
     }
   }
 };
@@ -57,9 +58,11 @@ TEST(Training, FitLearnsAndReportsHistory) {
   auto m = small_model();
   compile_adam(m);
   std::ostringstream out;
-  History h = m->fit(d.x, d.y, {.epochs = 8, .batch_size = 32, .validation_split = 0.2, .out = &out});
+  History h =
+      m->fit(d.x, d.y, {.epochs = 8, .batch_size = 32, .validation_split = 0.2, .out = &out});
   ASSERT_EQ(h.epochs.size(), 8u);
-  for (const char* k : {"loss", "accuracy", "val_loss", "val_accuracy"}) EXPECT_EQ(h.history[k].size(), 8u) << k;
+  for (const char* k : {"loss", "accuracy", "val_loss", "val_accuracy"})
+    EXPECT_EQ(h.history[k].size(), 8u) << k;
   EXPECT_LT(h.history["loss"].back(), h.history["loss"].front() * 0.6);
   EXPECT_GT(h.history["val_accuracy"].back(), 0.85);
   // The progress output is plain lines here (not a terminal), with the Keras pieces.
@@ -129,19 +132,29 @@ TEST(Training, BadInputsGiveClearErrors) {
   Blobs d(32);
   auto m = small_model();
   compile_adam(m);
-  expect_throws_with<ShapeError>([&] { m->fit(Tensor::zeros({32, 5}), d.y, {.verbose = 0}); }, "expects [?,4]");
-  expect_throws_with<DTypeError>([&] { m->fit(d.x.to(DType::kS32), d.y, {.verbose = 0}); }, "dtype s32");
+  expect_throws_with<ShapeError>(
+      [&] {
+        m->fit(Tensor::zeros({32, 5}), d.y, {.verbose = 0});
+      },
+      "expects [?,4]");
+  expect_throws_with<DTypeError>([&] { m->fit(d.x.to(DType::kS32), d.y, {.verbose = 0}); },
+                                 "dtype s32");
   expect_throws_with<ShapeError>([&] { m->predict(Tensor::zeros({2, 3})); }, "[?,4]");
   Tensor bad = d.y.clone();
   bad.data<int64_t>()[5] = 3;
-  expect_throws_with<ValueError>([&] { m->fit(d.x, bad, {.verbose = 0}); }, "is out of range [0, 3)");
+  expect_throws_with<ValueError>([&] { m->fit(d.x, bad, {.verbose = 0}); },
+                                 "is out of range [0, 3)");
   // Integral f32 labels are converted as Keras casts them; fractional ones are refused.
   Tensor frac = d.y.to(DType::kF32);
   frac.data<float>()[0] = 0.5f;
   expect_throws_with<ValueError>([&] { m->fit(d.x, frac, {.verbose = 0}); }, "not an integer");
-  expect_throws_with<ValueError>([&] { m->fit(Tensor::zeros({0, 4}), Tensor::zeros({0}, DType::kS64), {.verbose = 0}); },
-                                 "empty");
-  expect_throws_with<ShapeError>([&] { m->fit(d.x, Tensor::zeros({31}, DType::kS64), {.verbose = 0}); }, "32 samples");
+  expect_throws_with<ValueError>(
+      [&] {
+        m->fit(Tensor::zeros({0, 4}), Tensor::zeros({0}, DType::kS64), {.verbose = 0});
+      },
+      "empty");
+  expect_throws_with<ShapeError>(
+      [&] { m->fit(d.x, Tensor::zeros({31}, DType::kS64), {.verbose = 0}); }, "32 samples");
   auto uncompiled = small_model();
   expect_throws_with<ValueError>([&] { uncompiled->fit(d.x, d.y, {.verbose = 0}); }, "compile()");
 }
@@ -150,7 +163,8 @@ TEST(Training, NanLossStopsAndKeepsLastGoodWeightsAndCheckpoint) {
   set_num_threads(1);
   Blobs d(64);
   auto m = small_model(1, false);
-  m->compile({.optimizer = SGD({.learning_rate = 1e30}), .loss = SparseCategoricalCrossentropy({.from_logits = true})});
+  m->compile({.optimizer = SGD({.learning_rate = 1e30}),
+              .loss = SparseCategoricalCrossentropy({.from_logits = true})});
   const std::string ckpt = tmp_path("nan_ckpt.lbm");
   std::filesystem::remove(ckpt);
   std::ostringstream out;
@@ -162,12 +176,18 @@ TEST(Training, NanLossStopsAndKeepsLastGoodWeightsAndCheckpoint) {
 
   // With a checkpoint each epoch and a loss that diverges later, the file holds finite weights.
   auto m2 = small_model(1, false);
-  m2->compile({.optimizer = SGD({.learning_rate = 0.05}), .loss = SparseCategoricalCrossentropy({.from_logits = true})});
-  m2->fit(d.x, d.y, {.epochs = 1, .batch_size = 16, .verbose = 0, .callbacks = {ModelCheckpoint(ckpt)}});
+  m2->compile({.optimizer = SGD({.learning_rate = 0.05}),
+               .loss = SparseCategoricalCrossentropy({.from_logits = true})});
+  m2->fit(d.x, d.y,
+          {.epochs = 1, .batch_size = 16, .verbose = 0, .callbacks = {ModelCheckpoint(ckpt)}});
   ASSERT_TRUE(std::filesystem::exists(ckpt));
   m2->optimizer()->set_learning_rate(1e30);
-  History h2 = m2->fit(d.x, d.y, {.epochs = 3, .batch_size = 16, .verbose = 0, .initial_epoch = 1,
-                                  .callbacks = {ModelCheckpoint(ckpt)}});
+  History h2 = m2->fit(d.x, d.y,
+                       {.epochs = 3,
+                        .batch_size = 16,
+                        .verbose = 0,
+                        .initial_epoch = 1,
+                        .callbacks = {ModelCheckpoint(ckpt)}});
   EXPECT_FALSE(h2.stop_reason.empty());
   auto restored = load_model(ckpt);
   for (auto& [name, w] : restored->named_weights())
@@ -200,7 +220,8 @@ TEST(Training, CorruptedFilesGiveIoErrors) {
   expect_throws_with<IoError>([&] { load_model(path + ".missing"); }, "cannot open");
   // A file of another model: mismatched weights.
   write(bytes);
-  auto other = Sequential::create({InputSpec({4}), Dense(5, {.name = "dense"}), Dense(3, {.name = "dense_1"})});
+  auto other = Sequential::create(
+      {InputSpec({4}), Dense(5, {.name = "dense"}), Dense(3, {.name = "dense_1"})});
   expect_throws_with<IoError>([&] { other->load_weights(path); }, "weight");
   std::filesystem::remove(path);
 }
@@ -210,8 +231,12 @@ TEST(Training, CallbacksEarlyStoppingCsvAndScheduler) {
   Blobs d(64);
   auto m = small_model();
   compile_adam(m, 0.0);  // nothing improves: early stopping after patience
-  History h = m->fit(d.x, d.y, {.epochs = 20, .batch_size = 16, .verbose = 0,
-                                .callbacks = {EarlyStopping({.monitor = "loss", .min_delta = 1e-3, .patience = 2})}});
+  History h =
+      m->fit(d.x, d.y,
+             {.epochs = 20,
+              .batch_size = 16,
+              .verbose = 0,
+              .callbacks = {EarlyStopping({.monitor = "loss", .min_delta = 1e-3, .patience = 2})}});
   EXPECT_LT(h.epochs.size(), 20u);
   EXPECT_GE(h.epochs.size(), 3u);
 
@@ -219,11 +244,14 @@ TEST(Training, CallbacksEarlyStoppingCsvAndScheduler) {
   compile_adam(m2);
   const std::string csv = tmp_path("log.csv");
   std::vector<double> seen;
-  m2->fit(d.x, d.y, {.epochs = 3, .batch_size = 16, .verbose = 0,
-                     .callbacks = {CSVLogger(csv), LearningRateScheduler([&](int epoch, double) {
-                                     seen.push_back(0.1 / (epoch + 1));
-                                     return seen.back();
-                                   })}});
+  m2->fit(d.x, d.y,
+          {.epochs = 3,
+           .batch_size = 16,
+           .verbose = 0,
+           .callbacks = {CSVLogger(csv), LearningRateScheduler([&](int epoch, double) {
+                           seen.push_back(0.1 / (epoch + 1));
+                           return seen.back();
+                         })}});
   EXPECT_DOUBLE_EQ(m2->optimizer()->learning_rate(), 0.1 / 3);
   std::ifstream in(csv);
   std::string header, line;

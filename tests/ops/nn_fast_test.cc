@@ -15,8 +15,8 @@ using testing::random_tensor;
 TEST(FastBatchNorm, MatchesReferenceOnEdgeShapes) {
   Rng rng(11);
   // rows x channels: 1, odd, prime, the block size and around it, large.
-  for (Shape s : {Shape{1, 1}, Shape{3, 5}, Shape{7, 13}, Shape{256, 16}, Shape{257, 3}, Shape{4, 9, 9, 32},
-                  Shape{64, 14, 14, 64}}) {
+  for (Shape s : {Shape{1, 1}, Shape{3, 5}, Shape{7, 13}, Shape{256, 16}, Shape{257, 3},
+                  Shape{4, 9, 9, 32}, Shape{64, 14, 14, 64}}) {
     SCOPED_TRACE(s.str());
     const int64_t c = s[-1];
     Tensor x = random_tensor(s, rng, -2, 3);
@@ -26,10 +26,11 @@ TEST(FastBatchNorm, MatchesReferenceOnEdgeShapes) {
       EXPECT_EQ(testing::expect_fast_matches_reference("batch_norm_training", {x, gamma, beta},
                                                        {{"epsilon", 1e-3}}, 1e-5, 1e-4),
                 1);
-      auto fwd = run_op(find_op("batch_norm_training"), {x, gamma, beta}, {}, KernelChoice::kReference);
+      auto fwd =
+          run_op(find_op("batch_norm_training"), {x, gamma, beta}, {}, KernelChoice::kReference);
       Tensor dy = random_tensor(s, rng);
-      EXPECT_EQ(testing::expect_fast_matches_reference("batch_norm_training_backward",
-                                                       {x, gamma, fwd[1], fwd[2], dy}, {}, 1e-5, 1e-4),
+      EXPECT_EQ(testing::expect_fast_matches_reference(
+                    "batch_norm_training_backward", {x, gamma, fwd[1], fwd[2], dy}, {}, 1e-5, 1e-4),
                 1);
     }
     set_num_threads(1);
@@ -38,7 +39,8 @@ TEST(FastBatchNorm, MatchesReferenceOnEdgeShapes) {
 
 TEST(FastBatchNorm, SameResultAtAnyThreadCount) {
   Rng rng(12);
-  Tensor x = random_tensor({64, 28, 28, 32}, rng), gamma = random_tensor({32}, rng), beta = random_tensor({32}, rng);
+  Tensor x = random_tensor({64, 28, 28, 32}, rng), gamma = random_tensor({32}, rng),
+         beta = random_tensor({32}, rng);
   set_num_threads(1);
   auto one = run_op(find_op("batch_norm_training"), {x, gamma, beta}, {}, KernelChoice::kFastest);
   set_num_threads(2);
@@ -49,8 +51,10 @@ TEST(FastBatchNorm, SameResultAtAnyThreadCount) {
 
 TEST(FastBatchNorm, OtherAxesUseTheReference) {
   Rng rng(13);
-  Tensor x = random_tensor({4, 3, 5}, rng), g = random_tensor({3}, rng), b = random_tensor({3}, rng);
-  EXPECT_EQ(testing::expect_fast_matches_reference("batch_norm_training", {x, g, b}, {{"axis", 1}}), 0);
+  Tensor x = random_tensor({4, 3, 5}, rng), g = random_tensor({3}, rng),
+         b = random_tensor({3}, rng);
+  EXPECT_EQ(testing::expect_fast_matches_reference("batch_norm_training", {x, g, b}, {{"axis", 1}}),
+            0);
 }
 
 }  // namespace
@@ -68,19 +72,25 @@ TEST(FastMaxPool, BitIdenticalToReference) {
   std::vector<Case> cases = {
       {{2, 4, 4, 3}, {{"ksize", std::vector<int64_t>{2, 2}}}},
       {{1, 5, 7, 1}, {{"ksize", std::vector<int64_t>{2, 2}}, {"padding", "same"}}},
-      {{3, 7, 5, 17}, {{"ksize", std::vector<int64_t>{3, 3}}, {"strides", std::vector<int64_t>{1, 1}}, {"padding", "same"}}},
-      {{2, 9, 9, 8}, {{"ksize", std::vector<int64_t>{3, 2}}, {"strides", std::vector<int64_t>{2, 1}}}},
+      {{3, 7, 5, 17},
+       {{"ksize", std::vector<int64_t>{3, 3}},
+        {"strides", std::vector<int64_t>{1, 1}},
+        {"padding", "same"}}},
+      {{2, 9, 9, 8},
+       {{"ksize", std::vector<int64_t>{3, 2}}, {"strides", std::vector<int64_t>{2, 1}}}},
       {{64, 28, 28, 32}, {{"ksize", std::vector<int64_t>{2, 2}}}},
   };
   for (const auto& cs : cases) {
     SCOPED_TRACE(cs.x.str() + " " + cs.a.str());
     Tensor x = testing::random_tensor(cs.x, rng);
     // Ties: quantise some inputs so windows hold equal maxima.
-    for (int64_t i = 0; i < x.numel(); i += 3) x.data<float>()[i] = std::round(x.data<float>()[i] * 2) / 2;
+    for (int64_t i = 0; i < x.numel(); i += 3)
+      x.data<float>()[i] = std::round(x.data<float>()[i] * 2) / 2;
     EXPECT_EQ(testing::expect_fast_matches_reference("max_pool2d", {x}, cs.a, 0, 0), 1);
     Tensor y = run_op(find_op("max_pool2d"), {x}, cs.a, KernelChoice::kReference)[0];
     Tensor dy = testing::random_tensor(y.shape(), rng);
-    EXPECT_EQ(testing::expect_fast_matches_reference("max_pool2d_backward", {x, dy}, cs.a, 0, 0), 1);
+    EXPECT_EQ(testing::expect_fast_matches_reference("max_pool2d_backward", {x, dy}, cs.a, 0, 0),
+              1);
   }
 }
 

@@ -42,8 +42,8 @@ TEST(Registry, EveryOpIsWellFormed) {
 TEST(Registry, UnknownOpSuggestsCloseNames) {
   testing::expect_throws_with<ValueError>([] { find_op("ad"); }, "did you mean:");
   testing::expect_throws_with<ValueError>([] { find_op("ad"); }, " add,");
-  testing::expect_throws_with<ValueError>([] { register_op({.name = "add", .infer = find_op("add").infer}); },
-                                          "already registered");
+  testing::expect_throws_with<ValueError>(
+      [] { register_op({.name = "add", .infer = find_op("add").infer}); }, "already registered");
 }
 
 }  // namespace

@@ -29,7 +29,8 @@ Tensor random_tensor(const Shape& shape, Rng& rng, float lo, float hi) {
 Tensor random_int_tensor(const Shape& shape, Rng& rng, int64_t lo, int64_t hi, DType dtype) {
   Tensor t(shape, dtype);
   for (int64_t i = 0; i < t.numel(); ++i)
-    t.set_from_double(i, static_cast<double>(lo + static_cast<int64_t>(rng.next_u32() % (hi - lo + 1))));
+    t.set_from_double(
+        i, static_cast<double>(lo + static_cast<int64_t>(rng.next_u32() % (hi - lo + 1))));
   return t;
 }
 
@@ -53,8 +54,8 @@ Tensor random_int_tensor(const Shape& shape, Rng& rng, int64_t lo, int64_t hi, D
   if (worst_i < 0) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure()
          << "element " << worst_i << " of " << got.shape().str() << ": got "
-         << got.get_as_double(worst_i) << ", want " << want.get_as_double(worst_i)
-         << " (atol " << atol << ", rtol " << rtol << ")";
+         << got.get_as_double(worst_i) << ", want " << want.get_as_double(worst_i) << " (atol "
+         << atol << ", rtol " << rtol << ")";
 }
 
 ::testing::AssertionResult tensors_equal(const Tensor& got, const Tensor& want) {

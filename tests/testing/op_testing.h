@@ -57,8 +57,7 @@ void expect_throws_with(F&& f, const std::string& needle) {
     f();
     ADD_FAILURE() << "expected an exception containing '" << needle << "'";
   } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message was: " << e.what();
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message was: " << e.what();
   }
 }
 

@@ -1,5 +1,6 @@
 // Training callbacks (Keras semantics): hooks called by Model::fit at the start and end of
-// training, epochs and batches. `logs` hold the metric values ("loss", "accuracy", "val_loss", ...).
+// training, epochs and batches. `logs` hold the metric values ("loss", "accuracy", "val_loss",
+// ...).
 #pragma once
 
 #include <functional>

@@ -34,7 +34,9 @@ class InputLayer : public Layer {
   InputLayer(Shape shape, DType dtype, std::string name);
   std::string class_name() const override { return "InputLayer"; }
   int num_inputs() const override { return 1; }
-  std::vector<Value> call(const std::vector<Value>& inputs, CallContext&) override { return inputs; }
+  std::vector<Value> call(const std::vector<Value>& inputs, CallContext&) override {
+    return inputs;
+  }
   Json get_config() const override;
   const Shape& batch_shape() const { return shape_; }  // [?, ...]
   DType dtype() const { return dtype_; }
@@ -57,17 +59,17 @@ struct CompileOptions {
 };
 
 struct FitOptions {
-  int epochs = 1;                  // index of the last epoch + 1, as Keras: with initial_epoch = k,
-                                   // epochs k .. epochs-1 run (resuming continues the count)
+  int epochs = 1;  // index of the last epoch + 1, as Keras: with initial_epoch = k,
+                   // epochs k .. epochs-1 run (resuming continues the count)
   int64_t batch_size = 32;
   bool shuffle = true;
-  uint64_t seed = 0;               // shuffling order: the same seed gives the same batches
-  double validation_split = 0;     // the LAST fraction of the data, taken before shuffling (Keras)
+  uint64_t seed = 0;            // shuffling order: the same seed gives the same batches
+  double validation_split = 0;  // the LAST fraction of the data, taken before shuffling (Keras)
   std::optional<data::Dataset> validation_data;
-  int verbose = 1;                 // 0 silent, 1 progress bar, 2 one line per epoch
+  int verbose = 1;  // 0 silent, 1 progress bar, 2 one line per epoch
   int initial_epoch = 0;
   std::vector<CallbackPtr> callbacks;
-  std::ostream* out = nullptr;     // default std::cout
+  std::ostream* out = nullptr;  // default std::cout
 };
 
 struct EvaluateOptions {

@@ -152,11 +152,13 @@ void register_fast_pool_kernels();  // pool.cc
 
 void register_fast_kernels() {
   register_fast_pool_kernels();
-  add_fast_kernel("batch_norm_training",
-                  {.name = "batch_norm_training_f32__channels_last", .supports = channels_last_f32, .run = batch_norm_training_fast});
-  add_fast_kernel("batch_norm_training_backward", {.name = "batch_norm_training_backward_f32__channels_last",
-                                                   .supports = channels_last_f32,
-                                                   .run = batch_norm_training_backward_fast});
+  add_fast_kernel("batch_norm_training", {.name = "batch_norm_training_f32__channels_last",
+                                          .supports = channels_last_f32,
+                                          .run = batch_norm_training_fast});
+  add_fast_kernel("batch_norm_training_backward",
+                  {.name = "batch_norm_training_backward_f32__channels_last",
+                   .supports = channels_last_f32,
+                   .run = batch_norm_training_backward_fast});
 }
 
 }  // namespace lowbit::detail

@@ -27,7 +27,8 @@ void max_pool2d_fast(const KernelCtx& k) {
   const float* x = k.in[0].data<float>();
   float* y = k.out[0].data<float>();
   const int64_t C = p.in_c;
-#pragma omp parallel for schedule(static) if (k.out[0].numel() * p.k_h * p.k_w > kParallelElements && p.n > 1)
+#pragma omp parallel for schedule( \
+    static) if (k.out[0].numel() * p.k_h * p.k_w > kParallelElements && p.n > 1)
   for (int64_t n = 0; n < p.n; ++n) {
     for (int64_t oh = 0; oh < p.out_h; ++oh) {
       int64_t h0, h1;
@@ -97,7 +98,8 @@ void max_pool2d_backward_fast(const KernelCtx& k) {
 
 void register_fast_pool_kernels() {
   add_fast_kernel("max_pool2d", {.name = "max_pool2d_f32__nhwc", .run = max_pool2d_fast});
-  add_fast_kernel("max_pool2d_backward", {.name = "max_pool2d_backward_f32__nhwc", .run = max_pool2d_backward_fast});
+  add_fast_kernel("max_pool2d_backward",
+                  {.name = "max_pool2d_backward_f32__nhwc", .run = max_pool2d_backward_fast});
 }
 
 }  // namespace lowbit::detail

@@ -41,9 +41,8 @@ void for_each_broadcast(const Shape& out, const std::vector<int64_t> (&strides)[
   int64_t o = 0;
   while (o < total) {
     for (int64_t i = 0; i < inner; ++i, ++o) {
-      [&]<size_t... I>(std::index_sequence<I...>) {
-        f(o, (offs[I] + i * strides[I][r - 1])...);
-      }(std::make_index_sequence<N>{});
+      [&]<size_t... I>(std::index_sequence<I...>) { f(o, (offs[I] + i * strides[I][r - 1])...); }
+      (std::make_index_sequence<N>{});
     }
     // advance the outer index
     for (int d = r - 2; d >= 0; --d) {
