@@ -251,24 +251,29 @@ std::string Graph::to_dot(const std::vector<Value>& outputs) const {
     std::string style;
     if (op == "placeholder") {
       style = "shape=ellipse, style=filled, fillcolor=\"#cde4ff\"";
-      label += "\\nplaceholder " + detail::type_str(values_[n.outputs[0]].type);
+      label += "\x01placeholder " + detail::type_str(values_[n.outputs[0]].type);
     } else if (op == "variable") {
       style = "shape=box, style=\"rounded,filled\", fillcolor=\"#ffe4b5\"";
-      label += "\\nvariable " + detail::type_str(values_[n.outputs[0]].type) +
+      label += "\x01variable " + detail::type_str(values_[n.outputs[0]].type) +
                (n.attrs.b("trainable") ? "" : " (state)");
     } else if (op == "constant") {
       style = "shape=note, style=filled, fillcolor=\"#eeeeee\"";
       const Tensor& t = n.attrs.tensor("value");
-      label += t.numel() == 1 ? "\\n= " + std::to_string(t.get_as_double(0))
-                              : "\\nconstant " + detail::type_str({t.dtype(), t.shape()});
+      label += t.numel() == 1 ? "\x01= " + std::to_string(t.get_as_double(0))
+                              : "\x01"
+                                "constant " +
+                                    detail::type_str({t.dtype(), t.shape()});
     } else {
       style = "shape=box";
-      label += "\\n" + op;
+      label += "\x01" + op;
       std::string a;
-      for (const auto& [k, v] : n.attrs.items()) a += "\\n" + k + "=" + v.str();
+      for (const auto& [k, v] : n.attrs.items()) a += "\x01" + k + "=" + v.str();
       label += a;
     }
-    os << "  n" << n.id << " [label=\"" << dot_escape(label) << "\", " << style << "];\n";
+    std::string esc = dot_escape(label);
+    for (size_t p = esc.find('\x01'); p != std::string::npos; p = esc.find('\x01'))
+      esc.replace(p, 1, "\\n");
+    os << "  n" << n.id << " [label=\"" << esc << "\", " << style << "];\n";
   }
   for (const Node& n : nodes_) {
     if (!keep[n.id]) continue;

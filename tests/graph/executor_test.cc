@@ -81,6 +81,9 @@ TEST(Executor, DotExportNamesNodesAndShapes) {
   EXPECT_NE(dot.find("dense0/kernel"), std::string::npos);
   EXPECT_NE(dot.find("matmul"), std::string::npos);
   EXPECT_NE(dot.find("f32[?,8]"), std::string::npos);
+  // Line breaks inside labels are DOT's \n escape, not an escaped backslash.
+  EXPECT_NE(dot.find("dense0/kernel\\nvariable"), std::string::npos) << dot;
+  EXPECT_EQ(dot.find("\\\\n"), std::string::npos) << dot;
   EXPECT_EQ(dot.find("gradients/"), std::string::npos) << "only the loss's dependencies are drawn";
   m.g.verify();
 }
