@@ -99,23 +99,28 @@ void check_decay_steps(const char* who, const char* arg, int64_t steps) {
 
 // ---- Schedules ----
 
-class ExponentialDecaySchedule : public LearningRateSchedule {
+// ExponentialDecay and InverseTimeDecay: the same arguments, p = step / decay_steps (floored
+// with staircase), and lr = initial * rate^p or initial / (1 + rate * p).
+class RateDecaySchedule : public LearningRateSchedule {
  public:
-  ExponentialDecaySchedule(double initial, int64_t steps, double rate, bool staircase,
-                           std::string name)
-      : initial_(initial),
+  RateDecaySchedule(bool inverse_time, double initial, int64_t steps, double rate, bool staircase,
+                    std::string name)
+      : inverse_time_(inverse_time),
+        initial_(initial),
         steps_(steps),
         rate_(rate),
         staircase_(staircase),
         name_(std::move(name)) {
-    check_decay_steps("ExponentialDecay", "decay_steps", steps);
+    check_decay_steps(class_name().c_str(), "decay_steps", steps);
   }
   double operator()(int64_t step) const override {
     double p = static_cast<double>(step) / static_cast<double>(steps_);
     if (staircase_) p = std::floor(p);
-    return initial_ * std::pow(rate_, p);
+    return inverse_time_ ? initial_ / (1.0 + rate_ * p) : initial_ * std::pow(rate_, p);
   }
-  std::string class_name() const override { return "ExponentialDecay"; }
+  std::string class_name() const override {
+    return inverse_time_ ? "InverseTimeDecay" : "ExponentialDecay";
+  }
   Json get_config() const override {
     return wrap_schedule(class_name(), {{"initial_learning_rate", initial_},
                                         {"decay_steps", steps_},
@@ -125,39 +130,7 @@ class ExponentialDecaySchedule : public LearningRateSchedule {
   }
 
  private:
-  double initial_;
-  int64_t steps_;
-  double rate_;
-  bool staircase_;
-  std::string name_;
-};
-
-class InverseTimeDecaySchedule : public LearningRateSchedule {
- public:
-  InverseTimeDecaySchedule(double initial, int64_t steps, double rate, bool staircase,
-                           std::string name)
-      : initial_(initial),
-        steps_(steps),
-        rate_(rate),
-        staircase_(staircase),
-        name_(std::move(name)) {
-    check_decay_steps("InverseTimeDecay", "decay_steps", steps);
-  }
-  double operator()(int64_t step) const override {
-    double p = static_cast<double>(step) / static_cast<double>(steps_);
-    if (staircase_) p = std::floor(p);
-    return initial_ / (1.0 + rate_ * p);
-  }
-  std::string class_name() const override { return "InverseTimeDecay"; }
-  Json get_config() const override {
-    return wrap_schedule(class_name(), {{"initial_learning_rate", initial_},
-                                        {"decay_steps", steps_},
-                                        {"decay_rate", rate_},
-                                        {"staircase", staircase_},
-                                        {"name", name_}});
-  }
-
- private:
+  bool inverse_time_;
   double initial_;
   int64_t steps_;
   double rate_;
@@ -289,8 +262,8 @@ LearningRateSchedule::~LearningRateSchedule() = default;
 
 SchedulePtr ExponentialDecay(double initial, int64_t decay_steps, double decay_rate,
                              bool staircase) {
-  return std::make_shared<ExponentialDecaySchedule>(initial, decay_steps, decay_rate, staircase,
-                                                    "ExponentialDecay");
+  return std::make_shared<RateDecaySchedule>(false, initial, decay_steps, decay_rate, staircase,
+                                             "ExponentialDecay");
 }
 SchedulePtr CosineDecay(double initial, int64_t decay_steps, double alpha,
                         std::optional<double> warmup_target, int64_t warmup_steps) {
@@ -303,8 +276,8 @@ SchedulePtr PiecewiseConstantDecay(std::vector<int64_t> boundaries, std::vector<
 }
 SchedulePtr InverseTimeDecay(double initial, int64_t decay_steps, double decay_rate,
                              bool staircase) {
-  return std::make_shared<InverseTimeDecaySchedule>(initial, decay_steps, decay_rate, staircase,
-                                                    "InverseTimeDecay");
+  return std::make_shared<RateDecaySchedule>(true, initial, decay_steps, decay_rate, staircase,
+                                             "InverseTimeDecay");
 }
 SchedulePtr PolynomialDecay(double initial, int64_t decay_steps, double end, double power,
                             bool cycle) {
@@ -338,9 +311,9 @@ SchedulePtr schedule_from_config(const Json& j) {
     bool staircase = r.boolean("staircase", false);
     std::string name = r.string("name", cls);
     if (cls == "ExponentialDecay")
-      s = std::make_shared<ExponentialDecaySchedule>(init, steps, rate, staircase, name);
+      s = std::make_shared<RateDecaySchedule>(false, init, steps, rate, staircase, name);
     else
-      s = std::make_shared<InverseTimeDecaySchedule>(init, steps, rate, staircase, name);
+      s = std::make_shared<RateDecaySchedule>(true, init, steps, rate, staircase, name);
   } else if (cls == "CosineDecay") {
     double init = initial();
     int64_t steps = required_int("decay_steps");
