@@ -1,0 +1,270 @@
+// Parameter preparation for the integer primitives of lowbit/quant/fixed_point.h. The formulas
+// and their sources are in the header and in shared/docs/quantization-semantics.md 2.5, 3.2-3.6.
+#include "lowbit/quant/fixed_point.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <ostream>
+
+namespace lowbit::quant {
+namespace {
+
+void require_positive_scale(const char* fn, const char* arg, double scale) {
+  if (!(std::isfinite(scale) && scale > 0.0))
+    LOWBIT_THROW(ValueError, fn, ": argument '", arg, "': expected a finite scale > 0 but found ",
+                 scale);
+}
+
+void require_zero_point(const char* fn, const char* arg, int32_t zero_point, QuantDType dtype) {
+  const QuantRange r = quant_range(dtype);
+  if (zero_point < r.min || zero_point > r.max)
+    LOWBIT_THROW(ValueError, fn, ": argument '", arg, "': expected a zero point in [", r.min, ", ",
+                 r.max, "] (", quant_dtype_name(dtype), ") but found ", zero_point);
+}
+
+// round_away(f32(f) / f32(scale)) + zero_point, in f64 so that it cannot overflow.
+double quantize_for_clamp(float f, float scale, int32_t zero_point) {
+  return static_cast<double>(std::round(f / scale)) + zero_point;
+}
+
+}  // namespace
+
+std::ostream& operator<<(std::ostream& os, const QuantizedMultiplier& qm) {
+  return os << "(" << qm.multiplier << ", " << qm.shift << ")";
+}
+std::ostream& operator<<(std::ostream& os, const QuantRange& r) {
+  return os << "[" << r.min << ", " << r.max << "]";
+}
+std::ostream& operator<<(std::ostream& os, const QuantParams& p) {
+  return os << "{scale " << p.scale << ", zero_point " << p.zero_point << "}";
+}
+
+const char* quant_dtype_name(QuantDType dtype) {
+  switch (dtype) {
+    case QuantDType::kS8:
+      return "int8";
+    case QuantDType::kU8:
+      return "uint8";
+    case QuantDType::kS16:
+      return "int16";
+  }
+  return "?";
+}
+
+QuantDType quant_dtype_from_name(const std::string& name) {
+  if (name == "int8" || name == "s8") return QuantDType::kS8;
+  if (name == "uint8" || name == "u8") return QuantDType::kU8;
+  if (name == "int16" || name == "s16") return QuantDType::kS16;
+  LOWBIT_THROW(ValueError, "quant_dtype_from_name: expected one of int8, uint8, int16 but found '",
+               name, "'");
+}
+
+const char* fused_activation_name(FusedActivation activation) {
+  switch (activation) {
+    case FusedActivation::kNone:
+      return "none";
+    case FusedActivation::kRelu:
+      return "relu";
+    case FusedActivation::kRelu6:
+      return "relu6";
+    case FusedActivation::kReluN1To1:
+      return "relu_n1_to_1";
+  }
+  return "?";
+}
+
+FusedActivation fused_activation_from_name(const std::string& name) {
+  for (FusedActivation a : {FusedActivation::kNone, FusedActivation::kRelu, FusedActivation::kRelu6,
+                            FusedActivation::kReluN1To1})
+    if (name == fused_activation_name(a)) return a;
+  LOWBIT_THROW(ValueError,
+               "fused_activation_from_name: expected one of none, relu, relu6, relu_n1_to_1 but "
+               "found '",
+               name, "'");
+}
+
+QuantizedMultiplier quantize_multiplier(double real_multiplier, Rounding rounding) {
+  if (!(std::isfinite(real_multiplier) && real_multiplier >= 0.0))
+    LOWBIT_THROW(ValueError,
+                 "quantize_multiplier: argument 'real_multiplier': expected a finite value >= 0 "
+                 "but found ",
+                 real_multiplier);
+  if (real_multiplier == 0.0) return {0, 0};
+  int shift = 0;
+  const double q = std::frexp(real_multiplier, &shift);  // q in [0.5, 1)
+  // q * 2^31 is exact in f64; std::round rounds half away from zero. The result is at most 2^31.
+  int64_t m = static_cast<int64_t>(std::round(q * static_cast<double>(int64_t{1} << 31)));
+  if (m == (int64_t{1} << 31)) {  // q rounded up to 1.0: renormalise
+    m /= 2;
+    ++shift;
+  }
+  // A shift below -31 would shift every bit out: such an M (< 2^-32) multiplies to 0 anyway.
+  if (shift < -31) return {0, 0};
+  // The single-rounding multiply shifts right by 31 - shift >= 1 and cannot shift left further.
+  if (rounding == Rounding::kSingle && shift > 30) return {std::numeric_limits<int32_t>::max(), 30};
+  return {static_cast<int32_t>(m), shift};
+}
+
+QuantRange activation_range(float scale, int32_t zero_point, FusedActivation activation,
+                            QuantDType dtype) {
+  require_positive_scale("activation_range", "scale", scale);
+  require_zero_point("activation_range", "zero_point", zero_point, dtype);
+  const QuantRange type = quant_range(dtype);
+  auto lower = [&](float f) {
+    return static_cast<int32_t>(
+        std::max<double>(type.min, quantize_for_clamp(f, scale, zero_point)));
+  };
+  auto upper = [&](float f) {
+    return static_cast<int32_t>(
+        std::min<double>(type.max, quantize_for_clamp(f, scale, zero_point)));
+  };
+  switch (activation) {
+    case FusedActivation::kNone:
+      return type;
+    case FusedActivation::kRelu:
+      return {lower(0.0f), type.max};
+    case FusedActivation::kRelu6:
+      return {lower(0.0f), upper(6.0f)};
+    case FusedActivation::kReluN1To1:
+      return {lower(-1.0f), upper(1.0f)};
+  }
+  return type;
+}
+
+double conv_effective_multiplier(float input_scale, float weight_scale, float output_scale,
+                                 bool legacy_float_product) {
+  if (legacy_float_product)
+    return static_cast<double>(input_scale * weight_scale) / static_cast<double>(output_scale);
+  return static_cast<double>(input_scale) * static_cast<double>(weight_scale) /
+         static_cast<double>(output_scale);
+}
+
+ConvOutputStage make_conv_output_stage(const ConvOutputStageConfig& c) {
+  constexpr const char* fn = "make_conv_output_stage";
+  require_positive_scale(fn, "input_scale", c.input_scale);
+  require_positive_scale(fn, "weight_scale", c.weight_scale);
+  require_positive_scale(fn, "output_scale", c.output_scale);
+  require_zero_point(fn, "output_zero_point", c.output_zero_point, c.dtype);
+  ConvOutputStage os;
+  os.effective_multiplier = conv_effective_multiplier(c.input_scale, c.weight_scale, c.output_scale,
+                                                      c.legacy_float_product);
+  // Check the unsaturated shift: the single-rounding cap would silently change M.
+  const QuantizedMultiplier unsaturated = quantize_multiplier(os.effective_multiplier);
+  if (unsaturated.shift > 30)
+    LOWBIT_THROW(ValueError, fn, ": effective multiplier input_scale * weight_scale / output_scale",
+                 " = ", os.effective_multiplier, " must be < 2^30 (shift <= 30) but its shift is ",
+                 unsaturated.shift);
+  os.multiplier = quantize_multiplier(os.effective_multiplier, c.rounding);
+  os.output_zero_point = c.output_zero_point;
+  const QuantRange act =
+      activation_range(c.output_scale, c.output_zero_point, c.activation, c.dtype);
+  os.act_min = act.min;
+  os.act_max = act.max;
+  os.rounding = c.rounding;
+  return os;
+}
+
+AddStage make_add_stage(const AddConfig& c) {
+  constexpr const char* fn = "make_add_stage";
+  require_positive_scale(fn, "input1_scale", c.input1_scale);
+  require_positive_scale(fn, "input2_scale", c.input2_scale);
+  require_positive_scale(fn, "output_scale", c.output_scale);
+  require_zero_point(fn, "input1_zero_point", c.input1_zero_point, c.dtype);
+  require_zero_point(fn, "input2_zero_point", c.input2_zero_point, c.dtype);
+  require_zero_point(fn, "output_zero_point", c.output_zero_point, c.dtype);
+  if (c.left_shift < 0 || c.left_shift > 30)
+    LOWBIT_THROW(ValueError, fn, ": argument 'left_shift': expected a value in [0, 30] but found ",
+                 c.left_shift);
+  const QuantRange type = quant_range(c.dtype);
+  for (int32_t zp : {c.input1_zero_point, c.input2_zero_point}) {
+    const int64_t widest = std::max<int64_t>(int64_t{type.max} - zp, int64_t{zp} - type.min);
+    if (widest * (int64_t{1} << c.left_shift) > std::numeric_limits<int32_t>::max())
+      LOWBIT_THROW(ValueError, fn, ": argument 'left_shift': ", c.left_shift,
+                   " is too large: (q - zero_point) * 2^left_shift reaches ", widest, " * 2^",
+                   c.left_shift, " for ", quant_dtype_name(c.dtype), " codes with zero point ", zp,
+                   ", beyond int32");
+  }
+  const double twice_max = 2.0 * static_cast<double>(std::max(c.input1_scale, c.input2_scale));
+  const double m1 = static_cast<double>(c.input1_scale) / twice_max;
+  const double m2 = static_cast<double>(c.input2_scale) / twice_max;
+  // 2^left_shift * s_out is exact (a power of two times an f32, well inside f64's range).
+  const double mo =
+      twice_max / (std::ldexp(1.0, c.left_shift) * static_cast<double>(c.output_scale));
+  if (!(mo < 1.0))
+    LOWBIT_THROW(ValueError, fn,
+                 ": the output multiplier 2 * max(input scales) / (2^left_shift * output_scale) "
+                 "must be < 1 but is ",
+                 mo, " (output_scale ", c.output_scale, " is too small for left_shift ",
+                 c.left_shift, ")");
+  AddStage s;
+  s.input1_offset = -c.input1_zero_point;
+  s.input2_offset = -c.input2_zero_point;
+  s.left_shift = c.left_shift;
+  s.input1_multiplier = quantize_multiplier(m1, c.rounding);
+  s.input2_multiplier = quantize_multiplier(m2, c.rounding);
+  s.output_multiplier = quantize_multiplier(mo, c.rounding);
+  s.output_zero_point = c.output_zero_point;
+  const QuantRange act =
+      activation_range(c.output_scale, c.output_zero_point, c.activation, c.dtype);
+  s.act_min = act.min;
+  s.act_max = act.max;
+  s.rounding = c.rounding;
+  return s;
+}
+
+ConverterParams quant_params_from_min_max(float min, float max, QuantRange range) {
+  constexpr const char* fn = "quant_params_from_min_max";
+  if (!std::isfinite(min) || !std::isfinite(max) || min > max)
+    LOWBIT_THROW(ValueError, fn, ": expected finite min <= max but found min ", min, ", max ", max);
+  if (range.min >= range.max)
+    LOWBIT_THROW(ValueError, fn, ": argument 'range': expected min < max but found [", range.min,
+                 ", ", range.max, "]");
+  const double rmin = min, rmax = max;
+  const double qmin = range.min, qmax = range.max;
+  if (std::fabs(rmax - rmin) < DBL_EPSILON) return {1.0, range.min};
+  const double scale = (rmax - rmin) / (qmax - qmin);
+  const double zf_min = qmin - rmin / scale;
+  const double err_min = std::fabs(qmin) + std::fabs(rmin / scale);
+  const double zf_max = qmax - rmax / scale;
+  const double err_max = std::fabs(qmax) + std::fabs(rmax / scale);
+  const double zf = err_min < err_max ? zf_min : zf_max;
+  const int32_t zero_point = zf < qmin   ? range.min
+                             : zf > qmax ? range.max
+                                         : static_cast<int32_t>(std::round(zf));
+  return {scale, zero_point};
+}
+
+ConverterParams symmetric_weight_params(float max_abs, QuantRange range) {
+  constexpr const char* fn = "symmetric_weight_params";
+  if (!(std::isfinite(max_abs) && max_abs >= 0.0f))
+    LOWBIT_THROW(ValueError, fn, ": argument 'max_abs': expected a finite value >= 0 but found ",
+                 max_abs);
+  if (!(range.min < 0 && range.max > 0))
+    LOWBIT_THROW(ValueError, fn, ": argument 'range': expected min < 0 < max but found [",
+                 range.min, ", ", range.max, "]");
+  if (max_abs == 0.0f) return {1.0, 0};
+  return {static_cast<double>(max_abs) / range.max, 0};
+}
+
+int32_t quantize_weight(double w, double scale, int32_t zero_point, QuantRange range) {
+  constexpr const char* fn = "quantize_weight";
+  if (!std::isfinite(w))
+    LOWBIT_THROW(ValueError, fn, ": argument 'w': expected a finite value but found ", w);
+  require_positive_scale(fn, "scale", scale);
+  const double q = std::round(w / scale) + zero_point;
+  return q < range.min ? range.min : q > range.max ? range.max : static_cast<int32_t>(q);
+}
+
+int32_t quantize_bias(float bias, float bias_scale) {
+  constexpr const char* fn = "quantize_bias";
+  if (!std::isfinite(bias))
+    LOWBIT_THROW(ValueError, fn, ": argument 'bias': expected a finite value but found ", bias);
+  require_positive_scale(fn, "bias_scale", bias_scale);
+  const float inv = static_cast<float>(1.0 / static_cast<double>(bias_scale));
+  const double q = std::round(bias * inv);  // f32 product, rounded away from zero
+  constexpr double kLimit = std::numeric_limits<int32_t>::max();  // +-(2^31 - 1)
+  return static_cast<int32_t>(std::clamp(q, -kLimit, kLimit));
+}
+
+}  // namespace lowbit::quant
