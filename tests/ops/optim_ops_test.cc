@@ -70,7 +70,29 @@ TEST_P(OptimOpsSized, SgdMomentumMatchesComposedFormulaBitForBit) {
   testing::note_reference_tested("sgd_momentum_update");
 }
 
-INSTANTIATE_TEST_SUITE_P(Sizes, OptimOpsSized, ::testing::Values(1, 37, 100003));
+TEST_P(OptimOpsSized, FastKernelsEqualReferenceBitForBit) {
+  Rng rng(9);
+  const Shape s{GetParam()};
+  Tensor w = random_tensor(s, rng), g = random_tensor(s, rng),
+         m = random_tensor(s, rng, -0.1f, 0.1f), v = random_tensor(s, rng, 0.0f, 0.05f);
+  auto run = [&](KernelChoice c) {
+    set_kernel_choice(c);
+    std::vector<Tensor> r = ops::adam_update(w, g, m, v, scalar_f32(0.0031f), 0.9, 0.999, 1e-7);
+    for (bool nesterov : {false, true}) {
+      std::vector<Tensor> q = ops::sgd_momentum_update(w, g, m, scalar_f32(0.01f), 0.9, nesterov);
+      r.insert(r.end(), q.begin(), q.end());
+    }
+    set_kernel_choice(KernelChoice::kFastest);
+    return r;
+  };
+  std::vector<Tensor> ref = run(KernelChoice::kReference), fast = run(KernelChoice::kFastest);
+  ASSERT_EQ(ref.size(), fast.size());
+  for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(tensors_equal(fast[i], ref[i])) << i;
+}
+
+// 16/17: one full AVX-512 vector and a masked tail; 2^15 + 5: several parallel chunks.
+INSTANTIATE_TEST_SUITE_P(Sizes, OptimOpsSized,
+                         ::testing::Values(1, 16, 17, 37, (1 << 15) + 5, 100003));
 
 TEST(OptimOps, AdamHandValues) {
   // w=1, g=0.5, m=0, v=0, alpha=0.1, beta_1=0.9, beta_2=0.999, eps=0:

@@ -148,10 +148,12 @@ void batch_norm_training_backward_fast(const KernelCtx& k) {
 
 }  // namespace
 
-void register_fast_pool_kernels();  // pool.cc
+void register_fast_pool_kernels();   // pool.cc
+void register_fast_optim_kernels();  // optim.cc
 
 void register_fast_kernels() {
   register_fast_pool_kernels();
+  register_fast_optim_kernels();
   add_fast_kernel("batch_norm_training", {.name = "batch_norm_training_f32__channels_last",
                                           .supports = channels_last_f32,
                                           .run = batch_norm_training_fast});
