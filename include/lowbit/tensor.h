@@ -31,6 +31,11 @@ class Storage {
   Storage& operator=(const Storage&) = delete;
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
+  bool owned() const { return owned_; }
+  // Exchanges the memory blocks of two owned storages of equal size, so that every tensor on
+  // either storage sees the other's data (the executor's double-buffered variable updates).
+  // Returns false, changing nothing, when a storage is borrowed or the sizes differ.
+  bool swap_buffers(Storage& other);
 
  private:
   void* data_ = nullptr;

@@ -139,6 +139,11 @@ Storage::Storage(void* borrowed, size_t bytes) : data_(borrowed), bytes_(bytes),
 Storage::~Storage() {
   if (owned_) std::free(data_);
 }
+bool Storage::swap_buffers(Storage& other) {
+  if (!owned_ || !other.owned_ || bytes_ != other.bytes_) return false;
+  std::swap(data_, other.data_);
+  return true;
+}
 
 Tensor::Tensor(const Shape& shape, DType dtype) : shape_(shape), dtype_(dtype) {
   if (!shape.is_known())

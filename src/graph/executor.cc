@@ -5,6 +5,13 @@
 // Slices are placed greedily by decreasing size at the lowest offset that does not overlap a
 // slice with an intersecting lifetime (the "greedy by size" planner TFLite uses). Views
 // (reshape) share their source's slice and extend its lifetime.
+//
+// Variable updates are double-buffered: a node output that becomes a variable's new value is
+// written into a spare buffer of the variable's size instead of the arena, and after the step
+// the spare and the variable exchange their memory blocks (Storage::swap_buffers) instead of
+// copying — every tensor on the variable's storage sees the new value, as with a copy. Where
+// that is not possible (a borrowed or view variable, a source that is fetched, a view, or the
+// source of two updates) the value is copied as before.
 #include <algorithm>
 #include <map>
 #include <set>
@@ -18,7 +25,7 @@ namespace {
 constexpr size_t kAlign = 64;
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-enum class Bind : uint8_t { kArena, kFeed, kConstant, kVariable, kView };
+enum class Bind : uint8_t { kArena, kFeed, kConstant, kVariable, kView, kSpare };
 }  // namespace
 
 struct Executor::Impl {
@@ -37,12 +44,14 @@ struct Executor::Impl {
     std::vector<Tensor> slots;              // prebuilt arena tensors (kArena and views of arena)
     std::vector<const FastKernel*> kernel;  // chosen per scheduled node (nullptr: reference)
     std::vector<bool> kernel_chosen;
+    std::vector<int> spare_of;  // by value id: index into `spares` (kSpare)
     size_t arena_bytes = 0;
     size_t total_bytes = 0;
   };
   std::map<std::vector<std::vector<int64_t>>, Plan> plans;
   Plan* current = nullptr;
   std::shared_ptr<Storage> arena;
+  std::vector<Tensor> spares;     // by update index: the double buffer (undefined: copy)
   std::vector<Tensor> ins, outs;  // scratch reused per node
 
   Impl(Graph& graph, std::vector<Value> f, std::vector<std::pair<Value, Value>> u,
@@ -139,6 +148,28 @@ struct Executor::Impl {
           first[vid] = static_cast<int>(step);
           last[vid] = std::max(last[vid], static_cast<int>(step));
         }
+      }
+    }
+    // Double-buffered update sources (see the top of this file).
+    p.spare_of.assign(nv, -1);
+    spares.resize(updates.size());
+    {
+      std::map<int, int> uses;
+      for (const auto& u : updates) ++uses[u.second.id()];
+      std::set<int> fetched;
+      for (const Value& v : fetches) fetched.insert(v.id());
+      for (size_t i = 0; i < updates.size(); ++i) {
+        const int vid = updates[i].second.id();
+        const Tensor& var = g.variable_tensor(updates[i].first);
+        const bool ok = p.bind[vid] == Bind::kArena && first[vid] >= 0 && uses[vid] == 1 &&
+                        !fetched.count(vid) && var.storage()->owned() &&
+                        var.raw() == var.storage()->data() &&
+                        var.storage()->bytes() == var.nbytes() && p.shapes[vid] == var.shape();
+        if (!ok) continue;
+        p.bind[vid] = Bind::kSpare;
+        p.spare_of[vid] = static_cast<int>(i);
+        if (!spares[i].defined() || spares[i].shape() != var.shape())
+          spares[i] = Tensor(var.shape(), var.dtype());
       }
     }
     const int end = static_cast<int>(schedule.size());
@@ -253,6 +284,8 @@ struct Executor::Impl {
         s[vid] = n.attrs.tensor("value");
       else if (p.bind[vid] == Bind::kVariable)
         s[vid] = g.variable_tensor(Value(&g, vid));
+      for (int out : n.outputs)
+        if (p.bind[out] == Bind::kSpare) s[out] = spares[p.spare_of[out]];
     }
     const KernelChoice choice = kernel_choice();
     for (size_t step = 0; step < schedule.size(); ++step) {
@@ -296,7 +329,7 @@ struct Executor::Impl {
     std::vector<Tensor> sources;
     for (const auto& [var, val] : updates) {
       Tensor src = s[val.id()];
-      if (p.bind[val.id()] != Bind::kArena) src = src.clone();
+      if (p.bind[val.id()] != Bind::kArena && p.bind[val.id()] != Bind::kSpare) src = src.clone();
       sources.push_back(src);
     }
     for (size_t i = 0; i < updates.size(); ++i) {
@@ -305,6 +338,10 @@ struct Executor::Impl {
         LOWBIT_THROW(ShapeError, "Executor::run: update of '", updates[i].first.name(),
                      "' has shape ", sources[i].shape().str(), " but the variable is ",
                      dst.shape().str());
+      // A variable replaced since planning (another storage) falls back to the copy.
+      if (p.bind[updates[i].second.id()] == Bind::kSpare && dst.raw() == dst.storage()->data() &&
+          dst.storage()->swap_buffers(*sources[i].storage()))
+        continue;
       dst.copy_from(sources[i]);
     }
     // Drop references to fed tensors so callers may reuse them freely.
