@@ -90,3 +90,43 @@ TEST(Executor, DotExportNamesNodesAndShapes) {
 
 }  // namespace
 }  // namespace lowbit
+
+namespace lowbit {
+namespace {
+
+// Updates are double-buffered (the new value is computed into a spare block that is swapped
+// with the variable's): tensors held on the variable's storage must see every new value, values
+// read during the step must be the old ones, and a refused step must change nothing.
+TEST(Executor, DoubleBufferedUpdatesAreVisibleThroughEveryHandle) {
+  Graph g;
+  Tensor init = Tensor::from_vector<float>({1, 2, 3}, Shape{3});
+  Value w = g.variable("w", init);
+  Value c = g.variable("c", Tensor::from_vector<float>({0, 0, 0}, Shape{3}));
+  Value w2 = w * 2.0;     // becomes w's new value: swapped in
+  Value read = w + 0.0;   // reads w during the step: must see the old value
+  Value fetched = c + w;  // fetched AND c's new value: copied, not swapped
+  Executor ex(g, {read, fetched}, {{w, w2}, {c, fetched}});
+  Tensor handle = g.variable_tensor(w);  // another handle on w's storage (as a layer Weight)
+  for (int step = 1; step <= 3; ++step) {
+    std::vector<Tensor> r = ex.run({});
+    const float old0 = static_cast<float>(1 << (step - 1));
+    EXPECT_EQ(r[0].data<float>()[0], old0) << step;
+    EXPECT_EQ(handle.data<float>()[0], 2 * old0) << step;
+    EXPECT_EQ(handle.data<float>()[2], 6 * old0) << step;
+    EXPECT_TRUE(handle.same_storage(g.variable_tensor(w)));
+  }
+  // c accumulated the old w of each step: 1 + 2 + 4.
+  EXPECT_EQ(g.variable_tensor(c).data<float>()[0], 7.0f);
+  // A step refused by the commit guard leaves both variables as they were.
+  std::function<bool(const std::vector<Tensor>&)> refuse = [](const std::vector<Tensor>&) {
+    return false;
+  };
+  ex.run({}, refuse);
+  EXPECT_EQ(handle.data<float>()[0], 8.0f);
+  EXPECT_EQ(g.variable_tensor(c).data<float>()[0], 7.0f);
+  ex.run({});
+  EXPECT_EQ(handle.data<float>()[0], 16.0f);
+}
+
+}  // namespace
+}  // namespace lowbit
