@@ -29,6 +29,7 @@ Registry& registry() {
     detail::register_conv_ops();
     detail::register_nn_ops();
     detail::register_optim_ops();
+    detail::register_fake_quant_torch_ops();
     detail::register_dnnl_kernels();
     detail::register_fast_kernels();
   });
