@@ -312,6 +312,28 @@ TEST(TorchFakeQuant, PerChannelAlongEachAxis) {
       }
 }
 
+TEST(TorchFakeQuant, SymbolicPerChannelWithUnknownBatch) {
+  // A Dense-like kernel use per output channel (last axis) and an activation per tensor, in one
+  // graph whose batch dim is unknown until it runs.
+  Graph g;
+  Value x = g.placeholder("x", DType::kF32, {kUnknown, 3});
+  Value s = g.constant(f32({0.25f, 0.5f, 0.125f})), z = g.constant(f32({0, 1, -2}));
+  Value y = ops::fake_quantize_per_channel_affine(x, s, z, -1, -8, 7);
+  EXPECT_EQ(y.shape(), Shape({kUnknown, 3}));
+  Value dx = gradients(ops::sum(y * y), {x})[0];
+  Executor ex(g, {y, dx});
+  Rng rng(4);
+  for (int64_t batch : {1, 5}) {
+    const Tensor xt = random_tensor({batch, 3}, rng, -3, 3);
+    auto r = ex.run({{x, xt}});
+    const Tensor st = f32({0.25f, 0.5f, 0.125f}), zt = f32({0, 1, -2});
+    const Tensor want = ops::fake_quantize_per_channel_affine(xt, st, zt, -1, -8, 7);
+    EXPECT_TRUE(tensors_equal(r[0], want));
+    EXPECT_TRUE(tensors_equal(
+        r[1], ops::fake_quantize_per_channel_affine_backward(want * 2.0, xt, st, zt, -1, -8, 7)));
+  }
+}
+
 // ---- learnable: hand-computed gradients -----------------------------------------------------
 
 // scale 0.5, zero point 0, 3-bit signed [-4, 3] (LSQ: Q_N = 4, Q_P = 3), dy = 1:

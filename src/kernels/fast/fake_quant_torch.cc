@@ -276,12 +276,18 @@ void learnable_backward_per_channel_fast(const KernelCtx& k) {
   std::vector<double> acc_s(v.channels, 0.0), acc_z(v.channels, 0.0);
   const int64_t total = v.outer * v.channels * v.inner;
   if (v.inner == 1) {
-    // Threads take blocks of 16 channels (one cache line of a row) across all rows.
-    constexpr int64_t kChannelBlock = 16;
-    const int64_t blocks = (v.channels + kChannelBlock - 1) / kChannelBlock;
-#pragma omp parallel for schedule(static) if (total > kParallelGrain && blocks > 1)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t c0 = b * kChannelBlock, c1 = std::min(v.channels, c0 + kChannelBlock);
+    // Each thread takes one contiguous range of channels (whole cache lines of a row) across all
+    // rows; a channel's sum runs over the rows in order whatever the split, so the result does
+    // not depend on the thread count, and one thread streams the tensor once.
+    constexpr int64_t kLine = 16;
+    const int threads = total > kParallelGrain ? omp_get_max_threads() : 1;
+    const int64_t lines = (v.channels + kLine - 1) / kLine;
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, lines));
+    const int64_t per_part = (lines + parts - 1) / parts * kLine;
+#pragma omp parallel for schedule(static) if (parts > 1)
+    for (int64_t b = 0; b < parts; ++b) {
+      const int64_t c0 = std::min(v.channels, b * per_part);
+      const int64_t c1 = std::min(v.channels, c0 + per_part);
       learnable_rows(x, dy, dx, v.outer, v.channels, c0, c1, a.view(), g, acc_s.data(),
                      acc_z.data());
     }
