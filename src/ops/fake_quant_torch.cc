@@ -295,19 +295,14 @@ void learnable_backward_per_channel_ref(const KernelCtx& k) {
 
 // ---- PACT -----------------------------------------------------------------------------------
 
-float levels(const KernelCtx& k) {
-  return static_cast<float>((int64_t{1} << k.attrs.i("bits")) - 1);
-}
+float levels(const KernelCtx& k) { return fqt::levels(k.attrs.i("bits")); }
 
 void pact_ref(const KernelCtx& k) {
   const float* x = k.in[0].data<float>();
   const float a = scalar_of(k.in[1]);
   const float s = a / levels(k);
   float* y = k.out[0].data<float>();
-  for (int64_t i = 0; i < k.in[0].numel(); ++i) {
-    const float c = x[i] < 0.0f ? 0.0f : (x[i] > a ? a : x[i]);
-    y[i] = std::nearbyint(c / s) * s;
-  }
+  for (int64_t i = 0; i < k.in[0].numel(); ++i) y[i] = fqt::pact_forward(x[i], a, s);
 }
 
 void pact_backward_ref(const KernelCtx& k) {
@@ -316,8 +311,8 @@ void pact_backward_ref(const KernelCtx& k) {
   const float a = scalar_of(k.in[2]);
   float* dx = k.out[0].data<float>();
   const std::array<double, 1> da = ordered_sums<1>(k.in[1].numel(), [&](int64_t i) {
-    dx[i] = dy[i] * ((x[i] >= 0.0f && x[i] < a) ? 1.0f : 0.0f);
-    return std::array<float, 1>{x[i] >= a ? dy[i] : 0.0f};
+    dx[i] = fqt::pact_dx(x[i], dy[i], a);
+    return std::array<float, 1>{fqt::pact_dalpha(x[i], dy[i], a)};
   });
   k.out[1].data<float>()[0] = static_cast<float>(da[0]);
 }

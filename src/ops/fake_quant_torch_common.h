@@ -74,6 +74,20 @@ inline LearnableTerms learnable_backward(float x, float dy, const Affine& p, flo
   return t;
 }
 
+// 2^bits - 1 as f32 (exact for bits <= 16).
+inline float levels(int64_t bits) { return static_cast<float>((int64_t{1} << bits) - 1); }
+
+// PACT with alpha and s = alpha / (2^bits - 1): y = round_even(clamp(x, 0, alpha) / s) * s;
+// dx = dy on [0, alpha); the dalpha term is dy on [alpha, inf).
+inline float pact_forward(float x, float alpha, float s) {
+  const float c = x < 0.0f ? 0.0f : (x > alpha ? alpha : x);
+  return std::nearbyint(c / s) * s;
+}
+inline float pact_dx(float x, float dy, float alpha) {
+  return dy * static_cast<float>((x >= 0.0f) & (x < alpha));
+}
+inline float pact_dalpha(float x, float dy, float alpha) { return pick(x >= alpha, dy, 0.0f); }
+
 // Zero points of the learnable ops, as f32 integers in [qmin, qmax] (NaN -> qmin).
 inline float clamp_zero_point(float v, int64_t qmin, int64_t qmax) {
   const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);

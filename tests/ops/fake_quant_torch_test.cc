@@ -714,6 +714,8 @@ TEST(TorchFakeQuantFast, BitIdenticalToReference) {
             {dy, x, scalar(0.25f), scalar(-2.5f)}, ag);
       check("fake_quantize_learnable_per_channel_affine", {x, sc, zf}, pcg);
       check("fake_quantize_learnable_per_channel_affine_backward", {dy, x, sc, zf}, pcg);
+      check("pact_quantize", {x, scalar(7.5f)}, {{"bits", 4}});
+      check("pact_quantize_backward", {dy, x, scalar(7.5f)}, {{"bits", 4}});
     }
     set_num_threads(1);
   }

@@ -1,8 +1,8 @@
-// Fast kernels of the PyTorch-style affine fake-quant ops (src/ops/fake_quant_torch.cc): the same
-// element formulas (src/ops/fake_quant_torch_common.h) in loops the compiler vectorises, cloned
-// for AVX-512, AVX2 and the baseline by GCC function multiversioning (target_clones, resolved at
-// load time from the CPU's features; no -march=native). IEEE f32 operations give the same
-// result in a vector lane as in scalar code (-ffp-contract=off, no fast-math), and the sums of
+// Fast kernels of the PyTorch-style affine fake-quant ops and PACT (src/ops/fake_quant_torch.cc):
+// the same element formulas (src/ops/fake_quant_torch_common.h) in loops the compiler vectorises,
+// cloned for AVX-512, AVX2 and the baseline by GCC function multiversioning (target_clones,
+// resolved at load time from the CPU's features; no -march=native). IEEE f32 operations give the
+// same result in a vector lane as in scalar code (-ffp-contract=off, no fast-math), and the sums of
 // dscale / dzero_point use the reference's order (fixed chunks, 8 double lanes, ordered
 // combination), so every output is bit-identical to the reference at any thread count.
 //
@@ -100,6 +100,31 @@ void learnable_block(const float* x, const float* dy, float* dx, int64_t n, Affi
     ls[i % kLanes] += ts[i];
     lz[i % kLanes] += tz[i];
   }
+}
+
+LOWBIT_SIMD_CLONES
+void pact_span(const float* x, float* y, int64_t n, float alpha, float s) {
+  for (int64_t i = 0; i < n; ++i) y[i] = pact_forward(x[i], alpha, s);
+}
+
+// PACT backward over n <= kBlock elements at a lane-aligned position (as learnable_block).
+LOWBIT_SIMD_CLONES
+void pact_block(const float* x, const float* dy, float* dx, int64_t n, float alpha, double* la) {
+  float ta[kBlock];
+  for (int64_t i = 0; i < n; ++i) {
+    dx[i] = pact_dx(x[i], dy[i], alpha);
+    ta[i] = pact_dalpha(x[i], dy[i], alpha);
+  }
+  Lanes acc;
+  std::memcpy(&acc, la, sizeof acc);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    Floats8 a;
+    std::memcpy(&a, ta + i, sizeof a);
+    acc += __builtin_convertvector(a, Lanes);
+  }
+  std::memcpy(la, &acc, sizeof acc);
+  for (; i < n; ++i) la[i % kLanes] += ta[i];
 }
 
 // Learnable backward, channels last: channels [c0, c1) of `rows` rows of C elements; channel
@@ -312,6 +337,35 @@ void learnable_backward_per_channel_fast(const KernelCtx& k) {
   }
 }
 
+void pact_fast(const KernelCtx& k) {
+  const float* x = k.in[0].data<float>();
+  const float a = k.in[1].data<float>()[0];
+  const float s = a / levels(k.attrs.i("bits"));
+  float* y = k.out[0].data<float>();
+  for_pieces(k.in[0].numel(), [&](int64_t b, int64_t e) { pact_span(x + b, y + b, e - b, a, s); });
+}
+
+void pact_backward_fast(const KernelCtx& k) {
+  const float* dy = k.in[0].data<float>();
+  const float* x = k.in[1].data<float>();
+  const float a = k.in[2].data<float>()[0];
+  const int64_t n = k.in[1].numel();
+  float* dx = k.out[0].data<float>();
+  const int64_t chunks = (n + kSumChunk - 1) / kSumChunk;
+  std::vector<double> sums(chunks);
+#pragma omp parallel for schedule(static) if (n > kParallelGrain && chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t b = c * kSumChunk, len = std::min(kSumChunk, n - b);
+    double la[kLanes] = {};
+    for (int64_t j = 0; j < len; j += kBlock)
+      pact_block(x + b + j, dy + b + j, dx + b + j, std::min(kBlock, len - j), a, la);
+    sums[c] = lanes_total(la);
+  }
+  double da = 0;
+  for (int64_t c = 0; c < chunks; ++c) da += sums[c];
+  k.out[1].data<float>()[0] = static_cast<float>(da);
+}
+
 }  // namespace
 
 void register_fast_fake_quant_torch_kernels() {
@@ -336,6 +390,9 @@ void register_fast_fake_quant_torch_kernels() {
   add_fast_kernel("fake_quantize_learnable_per_tensor_affine_backward",
                   {.name = "fake_quantize_learnable_per_tensor_affine_backward_f32__simd",
                    .run = learnable_backward_per_tensor_fast});
+  add_fast_kernel("pact_quantize", {.name = "pact_quantize_f32__simd", .run = pact_fast});
+  add_fast_kernel("pact_quantize_backward",
+                  {.name = "pact_quantize_backward_f32__simd", .run = pact_backward_fast});
   add_fast_kernel("fake_quantize_learnable_per_channel_affine_backward",
                   {.name = "fake_quantize_learnable_per_channel_affine_backward_f32__simd",
                    .run = learnable_backward_per_channel_fast});
