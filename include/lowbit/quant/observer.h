@@ -14,8 +14,10 @@
 //                                                   r.quant_max);
 //
 // State: min_val, max_val, f32 rank 0 (per tensor) or [C] (per channel, C = x's size along
-// ch_axis). Batch statistics are exact (min/max); nothing here has a gradient (observers are
-// not differentiated: the functions are meant for state updates and quantizer parameters).
+// ch_axis). Batch statistics are exact (min/max). Observers are not differentiated: the op
+// "calculate_qparams" has no gradient rule, and the non-learnable fake-quant ops it feeds give
+// scale and zero_point no gradient, so autodiff never reaches it. (Feeding its outputs to a
+// learnable op would ask for that gradient: UnsupportedError.)
 #pragma once
 
 #include <cmath>
