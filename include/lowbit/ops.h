@@ -4,6 +4,7 @@
 #include "lowbit/ops/base.h"
 #include "lowbit/ops/conv.h"
 #include "lowbit/ops/elementwise.h"
+#include "lowbit/ops/fake_quant.h"
 #include "lowbit/ops/fake_quant_torch.h"
 #include "lowbit/ops/linalg.h"
 #include "lowbit/ops/nn.h"

@@ -1,0 +1,97 @@
+// The TF fake-quant arithmetic shared by the reference kernels (src/ops/fake_quant.cc) and the
+// fast kernels (src/kernels/fast/fake_quant.cc): the nudge and the per-element formulas of
+// shared quantization-semantics.md 1.2-1.4, each operation one f32 rounding (the build has
+// -ffp-contract=off). A fast kernel that evaluates the same operations in the same order on
+// SIMD lanes is bit-identical to these.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "lowbit/op.h"
+
+namespace lowbit::detail {
+
+// Elements per block of the per-tensor gradient sums (dmin, dmax): each block is summed in
+// order in double, the block sums are added in block order. Part of the ops' definition, so that
+// results do not depend on the thread count.
+constexpr int64_t kFakeQuantSumBlock = int64_t{1} << 15;
+// Elements above which the kernels split work across threads.
+constexpr int64_t kFakeQuantParallelGrain = int64_t{1} << 15;
+
+// One range after the nudge, with what the forward formula needs.
+struct FakeQuantParams {
+  float nudged_min = 0;
+  float nudged_max = 0;
+  float scale = 0;
+  float inv_scale = 0;
+  float quant_zero = 0;  // floor(-nudged_min * inv_scale + 0.5): the zero point as TF recomputes it
+  bool zero = false;     // min == max == 0 (vars, per channel): y = 0, dx = dy
+  int zero_point = 0;
+};
+
+inline FakeQuantParams fake_quant_params(float min, float max, int num_bits, bool narrow_range) {
+  const int quant_min = narrow_range ? 1 : 0;
+  const int quant_max = (1 << num_bits) - 1;
+  const float qn = static_cast<float>(quant_min);
+  const float qx = static_cast<float>(quant_max);
+  FakeQuantParams p;
+  p.zero = min == 0.0f && max == 0.0f;
+  p.scale = (max - min) / (qx - qn);
+  p.inv_scale = (qx - qn) / (max - min);  // computed directly, not as 1 / scale
+  const float zero_point_from_min = qn - min / p.scale;
+  if (zero_point_from_min < qn)
+    p.zero_point = quant_min;
+  else if (zero_point_from_min > qx)
+    p.zero_point = quant_max;
+  else if (std::isnan(zero_point_from_min))  // NaN or infinite min/max: TF's uint16 cast is
+    p.zero_point = quant_min;                // undefined there; the output is NaN anyway
+  else
+    p.zero_point = static_cast<int>(std::round(zero_point_from_min));  // ties away from zero
+  const float zp = static_cast<float>(p.zero_point);
+  p.nudged_min = (qn - zp) * p.scale;
+  p.nudged_max = (qx - zp) * p.scale;
+  p.quant_zero = std::floor(-p.nudged_min * p.inv_scale + 0.5f);
+  return p;
+}
+
+// Eigen's cwiseMin(nudged_max).cwiseMax(nudged_min): std::min(a, b) is (b < a) ? b : a, so a
+// NaN x passes through both.
+inline float fake_quant_clamp(float x, const FakeQuantParams& p) {
+  return std::max(std::min(x, p.nudged_max), p.nudged_min);
+}
+
+// y for one element. kDivide: (c - nudged_min) / scale (vars); else * inv_scale (args, per
+// channel). Not for p.zero ranges (the caller writes 0).
+template <bool kDivide>
+inline float fake_quant_value(float x, const FakeQuantParams& p) {
+  const float shifted = fake_quant_clamp(x, p) - p.nudged_min;
+  const float t = kDivide ? shifted / p.scale : shifted * p.inv_scale;
+  return std::floor((t - p.quant_zero) + 0.5f) * p.scale;
+}
+
+// The straight-through mask: nudged_min <= x <= nudged_max (false for NaN).
+inline bool fake_quant_passes(float x, const FakeQuantParams& p) {
+  return p.nudged_min <= x && x <= p.nudged_max;
+}
+
+// Attribute values (validated by the shape rule).
+inline int fake_quant_num_bits(const KernelCtx& k) {
+  return static_cast<int>(k.attrs.i("num_bits", 8));
+}
+inline bool fake_quant_narrow(const KernelCtx& k) { return k.attrs.b("narrow_range", false); }
+
+// The per-channel view [rows, d] of x (d = last dim).
+struct ChannelRows {
+  int64_t rows = 0;
+  int64_t d = 0;
+};
+inline ChannelRows channel_rows(const Tensor& x) {
+  ChannelRows v;
+  v.d = x.dim(-1);
+  v.rows = v.d > 0 ? x.numel() / v.d : 0;
+  return v;
+}
+
+}  // namespace lowbit::detail
