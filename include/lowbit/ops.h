@@ -10,4 +10,5 @@
 #include "lowbit/ops/nn.h"
 #include "lowbit/ops/optim.h"
 #include "lowbit/ops/reduce.h"
+#include "lowbit/ops/rnn.h"
 #include "lowbit/ops/shape_ops.h"

@@ -8,5 +8,6 @@ void register_pool_layers();       // src/nn/layers_pool.cc
 void register_reshape_layers();    // src/nn/layers_reshape.cc
 void register_merge_layers();      // src/nn/layers_merge.cc
 void register_embedding_layers();  // src/nn/layers_embedding.cc
+void register_rnn_layers();        // src/nn/layers_rnn.cc
 void register_builtin_layers();
 }  // namespace lowbit::nn::detail

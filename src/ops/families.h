@@ -13,6 +13,7 @@ void register_optim_ops();        // src/ops/optim_ops.cc
 // src/ops/fake_quant_torch.cc (PyTorch-style fake quant, LSQ, PACT, binary/ternary, observers)
 void register_fake_quant_torch_ops();
 void register_fake_quant_ops();   // src/ops/fake_quant.cc
+void register_rnn_ops();          // src/ops/rnn.cc
 void register_dnnl_kernels();
 void register_fast_kernels();  // src/kernels/fast/: portable vectorised kernels     //
                                // src/kernels/dnnl/: fast kernels for ops defined above

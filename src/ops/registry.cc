@@ -31,6 +31,7 @@ Registry& registry() {
     detail::register_optim_ops();
     detail::register_fake_quant_torch_ops();
     detail::register_fake_quant_ops();
+    detail::register_rnn_ops();
     detail::register_dnnl_kernels();
     detail::register_fast_kernels();
   });

@@ -36,6 +36,9 @@ struct GradCheckOptions {
   double atol = 2e-3;
   double rtol = 2e-2;
   std::vector<int> wrt;  // input indices to check; empty: every f32 input
+  // Outputs that enter the objective; empty: every f32 output. Ops whose extra outputs are a
+  // workspace for their backward pass (no gradient) name the differentiable ones.
+  std::vector<int> outputs;
   uint64_t seed = 1234;  // for the random cotangents
 };
 

@@ -7,6 +7,7 @@
 
 #include <initializer_list>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "lowbit/nn/layer.h"
@@ -239,5 +240,123 @@ struct EmbeddingOptions {
 // the layer, the id, its position and the range. (Ids computed inside the graph cannot be
 // checked on the host; the gather kernel aborts on them.)
 LayerPtr Embedding(int64_t input_dim, int64_t output_dim, EmbeddingOptions o = {});
+
+// ---------------------------------------------------------------------------------------------
+// Recurrent layers: SimpleRNN, LSTM, GRU and the Bidirectional wrapper (src/nn/layers_rnn.cc).
+// Keras 3 equations, defaults, weight layouts and names (layer-semantics.md 6): x [B, T, D] ->
+// output [B, T, U] (return_sequences) or [B, U]; with return_state the final states follow as
+// extra outputs ([output, h, c] for LSTM, [output, h] otherwise).
+//
+// Weights (Keras get_weights() order), G gate blocks side by side in the columns:
+//   kernel [D, G*U], recurrent_kernel [U, G*U], bias
+//   LSTM G = 4 (i, f, c, o), bias [4U]; unit_forget_bias puts 1 in the f block at init
+//   GRU  G = 3 (z, r, h), bias [2, 3U] with reset_after (row 0 input, row 1 recurrent bias),
+//        [3U] without; h = z * h_prev + (1 - z) * hh
+//   SimpleRNN G = 1, bias [U]
+// Initializers: kernel glorot_uniform, recurrent_kernel orthogonal, bias zeros.
+// How it runs: the input projection of all steps is one matmul (x @ kernel + bias), then one
+// fused recurrence op (ops::lstm_sequence etc., include/lowbit/ops/rnn.h).
+//
+// Inputs: x, then optionally the initial states (LSTM: h0, c0; GRU and SimpleRNN: h0), each
+// [B, U]; without them the states start at zero. ValueError for another input count.
+//
+// MASKS — how a timestep mask reaches a recurrent layer: through CallContext::input_masks.
+// When ctx.input_masks[0] is defined when the layer is applied, it is the mask of x: bool or f32
+// [B, T] (true / nonzero = valid step), else ShapeError/DTypeError naming the layer. Until
+// masks propagate through models (Masking, Embedding(mask_zero) and model inputs; designed
+// separately), set it yourself when tracing a layer into a graph:
+//     CallContext ctx(g, training);
+//     ctx.input_masks = {mask_value};          // a graph Value [B, T]
+//     Value y = lstm->apply({x}, ctx)[0];
+// A model called without masks runs the layers unmasked. At a masked step the states and the
+// output carry over unchanged (zeros before the first valid step; zeros at masked steps with
+// zero_output_for_mask), and nothing computed from the masked input reaches the result
+// (layer-semantics.md 6.3). Fully masked rows give zero outputs and the initial states.
+//
+// Dropout (training mode only; identity at inference), Keras 3 semantics: masks drawn once per
+// call and shared by every timestep (Philox keyed by the layer seed and the model's step).
+//   dropout: on x. With recurrent_dropout == 0: one mask [B, D] for all gates; otherwise one per
+//            gate block (Keras' implementation 1). Applies when 0 < rate < 1.
+//   recurrent_dropout: on h_{t-1} where it enters the recurrent product, one mask [B, U] per
+//            gate block (the carried state is not masked). Runs on the slow reference kernel.
+//
+// stateful = true is not supported (ValueError from configs); `unroll` is accepted and has no
+// effect on the numbers. Errors when first called: ShapeError for x not [B, T, D] with D known,
+// initial states not [B, U].
+struct SimpleRNNOptions {
+  std::string activation = "tanh";
+  bool use_bias = true;
+  std::string kernel_initializer = "glorot_uniform";
+  std::string recurrent_initializer = "orthogonal";
+  std::string bias_initializer = "zeros";
+  double dropout = 0.0;
+  double recurrent_dropout = 0.0;
+  bool return_sequences = false;
+  bool return_state = false;
+  bool go_backwards = false;
+  bool zero_output_for_mask = false;
+  bool unroll = false;
+  int64_t seed = -1;  // dropout seed; -1: derived from the layer name
+  std::string name;
+};
+struct LSTMOptions {
+  std::string activation = "tanh";
+  std::string recurrent_activation = "sigmoid";
+  bool use_bias = true;
+  std::string kernel_initializer = "glorot_uniform";
+  std::string recurrent_initializer = "orthogonal";
+  std::string bias_initializer = "zeros";
+  bool unit_forget_bias = true;
+  double dropout = 0.0;
+  double recurrent_dropout = 0.0;
+  bool return_sequences = false;
+  bool return_state = false;
+  bool go_backwards = false;
+  bool zero_output_for_mask = false;
+  bool unroll = false;
+  int64_t seed = -1;
+  std::string name;
+};
+struct GRUOptions {
+  std::string activation = "tanh";
+  std::string recurrent_activation = "sigmoid";
+  bool use_bias = true;
+  std::string kernel_initializer = "glorot_uniform";
+  std::string recurrent_initializer = "orthogonal";
+  std::string bias_initializer = "zeros";
+  double dropout = 0.0;
+  double recurrent_dropout = 0.0;
+  bool reset_after = true;
+  bool return_sequences = false;
+  bool return_state = false;
+  bool go_backwards = false;
+  bool zero_output_for_mask = false;
+  bool unroll = false;
+  int64_t seed = -1;
+  std::string name;
+};
+// activation / recurrent_activation: tanh, sigmoid, hard_sigmoid, relu or linear (ValueError
+// otherwise); units >= 1; rates in [0, 1].
+LayerPtr SimpleRNN(int64_t units, SimpleRNNOptions o = {});
+LayerPtr LSTM(int64_t units, LSTMOptions o = {});
+LayerPtr GRU(int64_t units, GRUOptions o = {});
+
+struct BidirectionalOptions {
+  // "concat" (default), "sum", "mul", "ave", or "none" (no merge: the two outputs separately).
+  std::string merge_mode = "concat";
+  // The layer for the reversed direction; null: a copy of `layer` with go_backwards = true.
+  // It must be a recurrent layer with the other go_backwards value and the same
+  // return_sequences / return_state (ValueError otherwise).
+  LayerPtr backward_layer;
+  std::string name;
+};
+// Runs a fresh copy of `layer` (a SimpleRNN, LSTM or GRU; named "forward_<name>") forward and
+// a backward layer over the sequence and merges their outputs; with return_sequences the
+// backward output is flipped back to input order first. Both see the input mask, and masked
+// steps output zeros when returning sequences (Keras forces zero_output_for_mask). Outputs:
+// [merged] or, for "none", [forward, backward]; then with return_state the forward states and
+// the backward states. Initial states (extra inputs): the first half go to the forward layer.
+// Weights: the forward layer's then the backward layer's, named "forward_lstm/kernel", ...
+LayerPtr Bidirectional(const LayerPtr& layer, BidirectionalOptions o = {});
 
 }  // namespace lowbit::nn
