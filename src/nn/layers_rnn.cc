@@ -141,11 +141,20 @@ class RecurrentLayer : public Layer {
         parts.push_back(ops::matmul(xk, wk));
       }
       xp = ops::concat(parts, 2);
+      if (input_bias.defined()) xp = xp + input_bias;
     } else {
       Value xd = drop ? ops::dropout(x, ctx.rng_step(), c_.dropout, seed_, per_sequence) : x;
-      xp = ops::matmul(xd, kernel);
+      if (input_bias.defined()) {
+        // The bias rides in the GEMM as a column of ones: [x, 1] @ [kernel; bias] is
+        // x @ kernel + bias, and the matmul's weight gradient carries the bias gradient. A
+        // broadcast add and its reduction over B*T rows cost ~10% of a training step.
+        Value ones = ops::ones_like(ops::slice(xd, {0, 0, 0}, {ops::kSliceMax, ops::kSliceMax, 1}));
+        Value w = ops::concat(std::vector<Value>{kernel, ops::reshape(input_bias, {1, g * u})}, 0);
+        xp = ops::matmul(ops::concat(std::vector<Value>{xd, ones}, 2), w);
+      } else {
+        xp = ops::matmul(xd, kernel);
+      }
     }
-    if (input_bias.defined()) xp = xp + input_bias;
 
     // Initial states: given, or zeros [B, U] (shaped from a slice of xp).
     std::vector<Value> init;

@@ -737,23 +737,76 @@ void simple_backward_reference(const KernelCtx& k) {
       [&](int64_t b, int64_t ti, int64_t j) -> double { return dxp[(b * T + ti) * U + j]; });
 }
 
+// ---- fast kernels (src/kernels/fast/rnn.cc) ---------------------------------------------------
+
+FastKernel fast_forward(const CellInfo& cell) {
+  return {.name = std::string(cell.op) + "_f32__fast",
+          .supports =
+              [cell](const KernelCtx& k) {
+                return kernels::rnn_fast_supported(seq_of(k, cell, k.out[1 + cell.states]));
+              },
+          .run =
+              [cell](const KernelCtx& k) {
+                const int ns = cell.states;
+                kernels::RnnForwardArgs a;
+                a.x_proj = k.in[0].data<float>();
+                a.rk = k.in[1].data<float>();
+                if (cell.recurrent_bias) a.rb = k.in[2].data<float>();
+                const int s0 = 2 + cell.recurrent_bias;
+                a.h0 = k.in[s0].data<float>();
+                if (ns == 2) a.c0 = k.in[s0 + 1].data<float>();
+                a.y = k.out[0].data<float>();
+                a.h = k.out[1].data<float>();
+                if (ns == 2) a.c = k.out[2].data<float>();
+                a.hprev = k.out[1 + ns].data<float>();
+                if (ns == 2) a.cprev = k.out[2 + ns].data<float>();
+                a.gates = k.out[1 + 2 * ns].data<float>();
+                kernels::rnn_forward_f32__fast(cell.cell, seq_of(k, cell, k.out[1 + ns]), a);
+              }};
+}
+
+FastKernel fast_backward(const CellInfo& cell) {
+  const int ns = cell.states, hp = 2 + ns;  // inputs: dy, d states, rk, h_prev...
+  return {.name = std::string(cell.op) + "_backward_f32__fast",
+          .supports =
+              [cell, hp](const KernelCtx& k) {
+                return kernels::rnn_fast_supported(seq_of(k, cell, k.in[hp]));
+              },
+          .run =
+              [cell, ns, hp](const KernelCtx& k) {
+                kernels::RnnBackwardArgs a;
+                a.dy = k.in[0].data<float>();
+                a.dh = k.in[1].data<float>();
+                if (ns == 2) a.dc = k.in[2].data<float>();
+                a.rk = k.in[1 + ns].data<float>();
+                a.hprev = k.in[hp].data<float>();
+                if (ns == 2) a.cprev = k.in[hp + 1].data<float>();
+                a.gates = k.in[hp + ns].data<float>();
+                a.dxp = k.out[0].data<float>();
+                a.drk = k.out[1].data<float>();
+                const int d0 = 2 + cell.recurrent_bias;
+                if (cell.recurrent_bias) a.drb = k.out[2].data<float>();
+                a.dh0 = k.out[d0].data<float>();
+                if (ns == 2) a.dc0 = k.out[d0 + 1].data<float>();
+                kernels::rnn_backward_f32__fast(cell.cell, seq_of(k, cell, k.in[hp]), a);
+              }};
+}
+
 // ---- registration --------------------------------------------------------------------------
 
-void register_cell(const CellInfo& cell, KernelFn forward, KernelFn backward,
-                   std::vector<FastKernel> fast_forward, std::vector<FastKernel> fast_backward,
-                   const char* doc) {
+void register_cell(const CellInfo& cell, KernelFn forward, KernelFn backward, const char* doc) {
   register_op({.name = cell.op,
                .num_inputs = -1,
                .infer = [cell](const InferCtx& c) { return infer_forward(c, cell); },
                .grad = forward_grad(cell),
                .reference = std::move(forward),
-               .fast = std::move(fast_forward),
+               .fast = {fast_forward(cell)},
                .doc = doc});
   register_op({.name = std::string(cell.op) + "_backward",
                .num_inputs = -1,
                .infer = [cell](const InferCtx& c) { return infer_backward(c, cell); },
                .reference = std::move(backward),
-               .fast = std::move(fast_backward),
+               .fast = {fast_backward(cell)},
                .doc = std::string("backward through time of ") + cell.op +
                       ": d x_proj, d recurrent_kernel, (d recurrent_bias), d initial states"});
 }
@@ -761,12 +814,12 @@ void register_cell(const CellInfo& cell, KernelFn forward, KernelFn backward,
 }  // namespace
 
 void register_rnn_ops() {
-  register_cell(kLstm, lstm_forward_reference, lstm_backward_reference, {}, {},
+  register_cell(kLstm, lstm_forward_reference, lstm_backward_reference,
                 "LSTM over a sequence (Keras gates i f c o) from projected inputs, with masks");
-  register_cell(kGru, gru_forward_reference, gru_backward_reference, {}, {},
+  register_cell(kGru, gru_forward_reference, gru_backward_reference,
                 "GRU over a sequence (Keras gates z r h, reset_after or not) from projected "
                 "inputs, with masks");
-  register_cell(kSimple, simple_forward_reference, simple_backward_reference, {}, {},
+  register_cell(kSimple, simple_forward_reference, simple_backward_reference,
                 "SimpleRNN over a sequence from projected inputs, with masks");
 }
 

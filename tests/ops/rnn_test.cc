@@ -3,6 +3,8 @@
 // 6.1-6.3), the backward-through-time ops against finite differences (masks in the middle, at
 // the end, fully masked rows, go_backwards, both output modes, initial states, recurrent
 // dropout), garbage at masked steps, fast kernels against the reference, and the errors.
+#include "kernels/fast/rnn.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -27,6 +29,12 @@ using testing::tensors_near;
 // model below stays in double. A few f32 ulps per step over a handful of steps.
 constexpr double kAtol = 2e-6;
 constexpr double kRtol = 2e-5;
+// Fast kernels: f32 sums with fused multiply-adds, polynomial exp, states and carried
+// gradients in f32 (the reference keeps the carried gradients in double).
+constexpr double kFastAtol = 5e-5;
+constexpr double kFastRtol = 2e-4;
+
+void kernels_rnn_force_portable(bool p) { kernels::rnn_force_portable(p); }
 
 enum class Cell { kLstm, kGru, kSimple };
 
@@ -413,6 +421,99 @@ TEST(RnnOps, WorkspaceOutputsCarryNoGradient) {
   std::vector<Value> outs = g.add_node("lstm_sequence", in, c.attrs());
   ASSERT_EQ(outs.size(), 6u);
   expect_throws_with<UnsupportedError>([&] { gradients(ops::sum(outs[5]), {in[0]}); }, "workspace");
+}
+
+// ---- fast kernels ------------------------------------------------------------------------------
+
+// The backward op's inputs for case c: random output gradients and the reference forward's
+// workspace.
+std::vector<Tensor> backward_inputs(const Case& c, uint64_t seed) {
+  std::vector<Tensor> fwd = run_reference(c);
+  Rng rng(seed);
+  const int ns = num_states(c.cell);
+  std::vector<Tensor> in{testing::random_tensor(fwd[0].shape(), rng)};
+  for (int s = 0; s < ns; ++s) in.push_back(testing::random_tensor(fwd[1 + s].shape(), rng));
+  in.push_back(c.rk);
+  for (size_t k = 1 + ns; k < fwd.size(); ++k) in.push_back(fwd[k]);
+  if (c.mask.defined()) in.push_back(c.mask);
+  return in;
+}
+
+// Masks with holes, left and right padding and fully masked rows, from a seed.
+std::vector<std::vector<int>> random_mask(int64_t B, int64_t T, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<std::vector<int>> m(B, std::vector<int>(T));
+  for (int64_t b = 0; b < B; ++b) {
+    const int kind = static_cast<int>(rng.next_u32() % 4);
+    const int64_t len = rng.next_u32() % (T + 1);
+    for (int64_t t = 0; t < T; ++t)
+      m[b][t] = kind == 0   ? t < len
+                : kind == 1 ? t >= T - len
+                : kind == 2 ? rng.next_u32() % 3 != 0
+                            : 1;
+  }
+  return m;
+}
+
+// Fast vs reference on every output (workspace included), both kernel builds.
+TEST(RnnOps, FastKernelsMatchTheReference) {
+  struct Geom {
+    int64_t b, t, u;
+  };
+  const std::vector<Geom> geoms{{1, 1, 1},   {1, 4, 5},   {3, 9, 16}, {7, 5, 17},
+                                {13, 3, 33}, {32, 6, 64}, {5, 7, 7},  {2, 12, 48}};
+  for (bool portable : {false, true}) {
+    kernels_rnn_force_portable(portable);
+    for (Cell cell : {Cell::kLstm, Cell::kGru, Cell::kSimple})
+      for (const Geom& g : geoms)
+        for (int variant = 0; variant < 4; ++variant) {
+          if (portable && g.b * g.u > 200) continue;  // the portable build: small cases only
+          ops::RnnOptions o = opts(variant % 2 == 0, variant >= 2, variant == 3);
+          o.reset_after = variant != 1;
+          if (variant == 2) o.activation = "relu";
+          if (variant == 3) o.recurrent_activation = "hard_sigmoid";
+          SCOPED_TRACE(std::string(op_of(cell)) + " B=" + std::to_string(g.b) +
+                       " T=" + std::to_string(g.t) + " U=" + std::to_string(g.u) +
+                       " variant=" + std::to_string(variant) + (portable ? " portable" : ""));
+          const uint64_t seed = g.b * 1000 + g.t * 100 + g.u + variant;
+          Case c = make_case(
+              cell, g.b, g.t, g.u, seed,
+              variant == 0 ? std::vector<std::vector<int>>{} : random_mask(g.b, g.t, seed));
+          c.opt = o;
+          EXPECT_EQ(testing::expect_fast_matches_reference(op_of(cell), c.inputs(), c.attrs(),
+                                                           kFastAtol, kFastRtol),
+                    1);
+          EXPECT_EQ(testing::expect_fast_matches_reference(std::string(op_of(cell)) + "_backward",
+                                                           backward_inputs(c, seed), c.attrs(),
+                                                           kFastAtol, kFastRtol),
+                    1);
+        }
+  }
+  kernels_rnn_force_portable(false);
+}
+
+// Rows are split across threads, never the sums: 1 and 2 threads give identical results.
+TEST(RnnOps, FastKernelsDoNotDependOnTheThreadCount) {
+  for (Cell cell : {Cell::kLstm, Cell::kGru, Cell::kSimple}) {
+    Case c = make_case(cell, 16, 12, 32, 5, random_mask(16, 12, 5), opts(true));
+    std::vector<Tensor> bin = backward_inputs(c, 6);
+    set_num_threads(1);
+    std::vector<Tensor> f1 = run_op(op_of(cell), c.inputs(), c.attrs());
+    std::vector<Tensor> b1 = run_op(std::string(op_of(cell)) + "_backward", bin, c.attrs());
+    set_num_threads(2);
+    std::vector<Tensor> f2 = run_op(op_of(cell), c.inputs(), c.attrs());
+    std::vector<Tensor> b2 = run_op(std::string(op_of(cell)) + "_backward", bin, c.attrs());
+    set_num_threads(1);
+    for (size_t k = 0; k < f1.size(); ++k) EXPECT_TRUE(tensors_equal(f2[k], f1[k])) << k;
+    for (size_t k = 0; k < b1.size(); ++k) EXPECT_TRUE(tensors_equal(b2[k], b1[k])) << k;
+  }
+}
+
+// The recurrent dropout mask runs on the reference kernel: no fast kernel claims it.
+TEST(RnnOps, RecurrentDropoutHasNoFastKernel) {
+  Case c = make_case(Cell::kLstm, 2, 3, 2, 9);
+  c.rdm = Tensor::full({2, 8}, 2.0);
+  EXPECT_EQ(testing::expect_fast_matches_reference("lstm_sequence", c.inputs(), c.attrs()), 0);
 }
 
 // ---- shapes and errors ----------------------------------------------------------------------

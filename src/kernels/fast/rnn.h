@@ -1,5 +1,7 @@
 // Recurrence kernels (the ops are in src/ops/rnn.cc, semantics in include/lowbit/ops/rnn.h):
-// the sequence geometry shared by the reference kernels and the fast ones.
+// the sequence geometry shared by the reference kernels and the fast ones, and the fast
+// kernels (src/kernels/fast/rnn.cc: AVX-512 when the CPU has it, else a portable build of the
+// same loops).
 #pragma once
 
 #include <cstdint>
@@ -27,5 +29,45 @@ struct RnnSeq {
     return true;
   }
 };
+
+// Pointers of one forward call; rb (GRU recurrent bias) and c0/c/cprev (LSTM) where they
+// exist. Outputs as the op's: y, final states, then the workspace.
+struct RnnForwardArgs {
+  const float* x_proj = nullptr;
+  const float* rk = nullptr;
+  const float* rb = nullptr;
+  const float* h0 = nullptr;
+  const float* c0 = nullptr;
+  float* y = nullptr;
+  float* h = nullptr;
+  float* c = nullptr;
+  float* hprev = nullptr;
+  float* cprev = nullptr;
+  float* gates = nullptr;
+};
+struct RnnBackwardArgs {
+  const float* dy = nullptr;
+  const float* dh = nullptr;
+  const float* dc = nullptr;
+  const float* rk = nullptr;
+  const float* hprev = nullptr;
+  const float* cprev = nullptr;
+  const float* gates = nullptr;
+  float* dxp = nullptr;
+  float* drk = nullptr;
+  float* drb = nullptr;
+  float* dh0 = nullptr;
+  float* dc0 = nullptr;
+};
+
+// The fast kernels handle every sequence without a recurrent dropout mask.
+bool rnn_fast_supported(const RnnSeq& s);
+void rnn_forward_f32__fast(RnnCell cell, const RnnSeq& s, const RnnForwardArgs& a);
+void rnn_backward_f32__fast(RnnCell cell, const RnnSeq& s, const RnnBackwardArgs& a);
+
+// For tests and benchmarks: run the portable build even where AVX-512 is available, and the
+// name of the build that runs ("avx512" or "portable").
+void rnn_force_portable(bool portable);
+const char* rnn_fast_isa();
 
 }  // namespace lowbit::kernels
