@@ -7,7 +7,8 @@
 //   vs_memcpy   GB/s divided by that of BM_Memcpy at the same size and thread count,
 //   vs_copy_op  the same against BM_Kernel/copy (each present when that baseline ran earlier in
 //               the same process, i.e. was not filtered out).
-// Sizes are those of x: 64 KiB (L2), 1 MiB (L2/L3) and 64 MiB (DRAM) of f32, at 1 and 2 threads.
+// Sizes are those of x: 64 KiB (L2), 1 MiB (L2/L3) and 64 MiB (DRAM) of f32, at 1 and 2 threads;
+// the per-channel cases view x as [n/64, 64] (channels last).
 //   BM_Memcpy       memcpy; above 128 KiB (the library's parallel grain of 2^15 elements) split
 //                   into one contiguous chunk per thread, as the elementwise ops split their loops
 //   BM_Kernel/copy  the "cast" op f32 -> f32 (an elementwise copy through the op registry)
@@ -78,6 +79,7 @@ enum class Case {
   kLearnable,
   kLearnableGrad,
   kMinMax,
+  kMinMaxPerChannel,
 };
 
 struct Setup {
@@ -125,6 +127,8 @@ Setup make_setup(Case c, int64_t n) {
               learnable};
     case Case::kMinMax:
       return {"min_max", {x}, {{"per_channel", false}}};
+    case Case::kMinMaxPerChannel:
+      return {"min_max", {x2}, {{"per_channel", true}}};
   }
   return {};
 }
@@ -236,6 +240,7 @@ BENCHMARK_CAPTURE(BM_Kernel, torch_per_tensor_grad, Case::kTorchPerTensorGrad)
 BENCHMARK_CAPTURE(BM_Kernel, learnable, Case::kLearnable)->Apply(size_thread_args);
 BENCHMARK_CAPTURE(BM_Kernel, learnable_grad, Case::kLearnableGrad)->Apply(size_thread_args);
 BENCHMARK_CAPTURE(BM_Kernel, min_max, Case::kMinMax)->Apply(size_thread_args);
+BENCHMARK_CAPTURE(BM_Kernel, min_max_per_channel, Case::kMinMaxPerChannel)->Apply(size_thread_args);
 
 }  // namespace
 }  // namespace lowbit
