@@ -2,7 +2,7 @@
 // shared/testdata/fakequant_examples.json (every case of the integer kinds, exact; schema in
 // quantization-semantics.md section 0), the spec's worked examples (3.2, 3.3, 3.4, section 6
 // rows 14-21), exact 128-bit cross-checks of the multiply on random inputs, and the converter's
-// agreement with the TF fake-quant nudge (2.5).
+// agreement with the TF fake-quant nudge (2.5, against ops::fake_quant_nudge).
 #include "lowbit/quant/fixed_point.h"
 
 #include <gtest/gtest.h>
@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "lowbit/ops/fake_quant.h"
 #include "testing/op_testing.h"
 
 namespace lowbit::quant {
@@ -705,14 +706,10 @@ TEST(FixedPointQuantize, DequantizeRoundTrips) {
 
 // ---- spec 2.5: the converter ------------------------------------------------------------------
 
-// TF's fake-quant nudged zero point (spec 1.2), all in f32, for codes [quant_min, quant_max].
-int32_t tf_nudged_zero_point(float min, float max, int32_t quant_min, int32_t quant_max) {
-  const float qn = static_cast<float>(quant_min), qx = static_cast<float>(quant_max);
-  const float scale = (max - min) / (qx - qn);
-  const float zp_from_min = qn - min / scale;
-  if (zp_from_min < qn) return quant_min;
-  if (zp_from_min > qx) return quant_max;
-  return static_cast<int32_t>(std::round(zp_from_min));
+// TF's fake-quant nudged zero point (spec 1.2, f32), as the fake-quant ops compute it, for
+// 8 bits: codes [0, 255], or [1, 255] narrow.
+int32_t tf_nudged_zero_point(float min, float max, bool narrow_range) {
+  return ops::fake_quant_nudge(min, max, 8, narrow_range).zero_point;
 }
 
 TEST(FixedPointConverter, SpecFormulaAndExamples) {
@@ -752,7 +749,6 @@ TEST(FixedPointConverter, ZeroPointIsTheFakeQuantNudgeShiftedBy128) {
   };
   for (bool narrow : {false, true}) {
     const QuantRange s8 = quant_range(QuantDType::kS8, narrow);
-    const int32_t tf_qmin = narrow ? 1 : 0;
     for (Range r : std::vector<Range>{{-0.13f, 25.37f},
                                       {-3.0f, 5.0f},
                                       {-0.5f, 10.0f},
@@ -765,7 +761,7 @@ TEST(FixedPointConverter, ZeroPointIsTheFakeQuantNudgeShiftedBy128) {
                                       {-0.001f, 1000.0f}}) {
       SCOPED_TRACE(::testing::Message() << "[" << r.min << ", " << r.max << "] narrow " << narrow);
       EXPECT_EQ(quant_params_from_min_max(r.min, r.max, s8).zero_point,
-                tf_nudged_zero_point(r.min, r.max, tf_qmin, 255) - 128);
+                tf_nudged_zero_point(r.min, r.max, narrow) - 128);
     }
   }
   // Random ranges: equal unless the zero point is within 1e-3 of a half-integer (f32 vs f64).
@@ -780,7 +776,7 @@ TEST(FixedPointConverter, ZeroPointIsTheFakeQuantNudgeShiftedBy128) {
     if (std::fabs(zf - std::floor(zf) - 0.5) < 1e-3) continue;
     ++compared;
     ASSERT_EQ(quant_params_from_min_max(min, max, s8).zero_point,
-              tf_nudged_zero_point(min, max, narrow ? 1 : 0, 255) - 128)
+              tf_nudged_zero_point(min, max, narrow) - 128)
         << min << " " << max << " narrow " << narrow;
   }
   EXPECT_GT(compared, 19000);
@@ -788,7 +784,7 @@ TEST(FixedPointConverter, ZeroPointIsTheFakeQuantNudgeShiftedBy128) {
 
 // At a tie the two computations may disagree: [-6, 6] wide has its zero point on 127.5.
 TEST(FixedPointConverter, TiesMayDisagreeWithTheFakeQuant) {
-  EXPECT_EQ(tf_nudged_zero_point(-6.0f, 6.0f, 0, 255), 128);  // spec row 5
+  EXPECT_EQ(tf_nudged_zero_point(-6.0f, 6.0f, false), 128);  // spec row 5
   // f64: zf_max = 127 - 6 / (12/255) = -0.5 (the max anchor has the smaller error) -> -1.
   EXPECT_EQ(quant_params_from_min_max(-6.0f, 6.0f, quant_range(QuantDType::kS8)).zero_point, -1);
 }
