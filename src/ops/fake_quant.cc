@@ -3,13 +3,16 @@
 // ops/fake_quant_common.h). Fast kernels: src/kernels/fast/fake_quant.cc.
 //
 // Sums (dmin, dmax) accumulate in double in a fixed order: per tensor by blocks of
-// kFakeQuantSumBlock elements, per channel over the rows in order. Threads split blocks or
-// channels, never a sum, so every result is the same at any thread count.
+// kFakeQuantSumBlock elements, each summed on kFakeQuantSumLanes interleaved lanes; per channel
+// over the rows in order. Threads split blocks or channels, never a sum, so every result is the
+// same at any thread count.
 #include "lowbit/ops/fake_quant.h"
 
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "lowbit/ops.h"
@@ -135,15 +138,16 @@ std::pair<float, float> backward_per_tensor(const float* dy, const float* x, flo
   std::vector<double> below(blocks), above(blocks);
 #pragma omp parallel for if (n > kFakeQuantParallelGrain) schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
-    double lo = 0, hi = 0;
-    const int64_t end = std::min(n, (b + 1) * kFakeQuantSumBlock);
-    for (int64_t i = b * kFakeQuantSumBlock; i < end; ++i) {
+    double lo[kFakeQuantSumLanes] = {}, hi[kFakeQuantSumLanes] = {};
+    const int64_t begin = b * kFakeQuantSumBlock, end = std::min(n, begin + kFakeQuantSumBlock);
+    for (int64_t i = begin; i < end; ++i) {
       dx[i] = fake_quant_passes(x[i], p) ? dy[i] : 0.0f;
-      if (x[i] < p.nudged_min) lo += dy[i];
-      if (x[i] > p.nudged_max) hi += dy[i];
+      const int64_t lane = (i - begin) % kFakeQuantSumLanes;
+      if (x[i] < p.nudged_min) lo[lane] += dy[i];
+      if (x[i] > p.nudged_max) hi[lane] += dy[i];
     }
-    below[b] = lo;
-    above[b] = hi;
+    below[b] = sum_lanes(lo);
+    above[b] = sum_lanes(hi);
   }
   double lo = 0, hi = 0;
   for (int64_t b = 0; b < blocks; ++b) {
@@ -249,6 +253,58 @@ void per_channel_gradient_kernel(const KernelCtx& k) {
   }
 }
 
+void min_max_kernel(const KernelCtx& k) {
+  const Tensor& xt = k.in[0];
+  const float* x = xt.data<float>();
+  float* lo = k.out[0].data<float>();
+  float* hi = k.out[1].data<float>();
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  if (!k.attrs.b("per_channel", false)) {
+    const int64_t n = xt.numel();
+    const int64_t blocks = (n + kFakeQuantSumBlock - 1) / kFakeQuantSumBlock;
+    std::vector<float> block_lo(blocks, kInf), block_hi(blocks, -kInf);
+    std::vector<char> block_nan(blocks, 0);
+#pragma omp parallel for if (n > kFakeQuantParallelGrain) schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t end = std::min(n, (b + 1) * kFakeQuantSumBlock);
+      for (int64_t i = b * kFakeQuantSumBlock; i < end; ++i) {
+        if (std::isnan(x[i])) {
+          block_nan[b] = 1;
+          continue;
+        }
+        if (x[i] < block_lo[b]) block_lo[b] = x[i];
+        if (x[i] > block_hi[b]) block_hi[b] = x[i];
+      }
+    }
+    float l = kInf, h = -kInf;
+    bool nan = false;
+    for (int64_t b = 0; b < blocks; ++b) {
+      l = std::min(l, block_lo[b]);
+      h = std::max(h, block_hi[b]);
+      nan = nan || block_nan[b];
+    }
+    min_max_finish(&l, &h, nan);
+    lo[0] = l;
+    hi[0] = h;
+    return;
+  }
+  const ChannelRows v = channel_rows(xt);
+  std::vector<char> nan(v.d, 0);
+  std::fill(lo, lo + v.d, kInf);
+  std::fill(hi, hi + v.d, -kInf);
+  for (int64_t r = 0; r < v.rows; ++r)
+    for (int64_t c = 0; c < v.d; ++c) {
+      const float e = x[r * v.d + c];
+      if (std::isnan(e)) {
+        nan[c] = 1;
+        continue;
+      }
+      if (e < lo[c]) lo[c] = e;
+      if (e > hi[c]) hi[c] = e;
+    }
+  for (int64_t c = 0; c < v.d; ++c) min_max_finish(&lo[c], &hi[c], nan[c] != 0);
+}
+
 }  // namespace
 
 void register_fake_quant_ops() {
@@ -338,6 +394,30 @@ void register_fake_quant_ops() {
                },
                .reference = per_channel_gradient_kernel,
                .doc = "dx, dmin[d], dmax[d] of fake_quant_with_min_max_vars_per_channel"});
+
+  register_op({.name = "min_max",
+               .num_inputs = 1,
+               .infer = [](const InferCtx& c) -> std::vector<ValueType> {
+                 require_float(c, 0, "x");
+                 if (!c.attrs.b("per_channel", false)) {
+                   const ValueType scalar{DType::kF32, Shape{}};
+                   return {scalar, scalar};
+                 }
+                 const Shape& x = c.in[0].shape;
+                 if (x.rank() < 1)
+                   LOWBIT_THROW(ShapeError, c.op,
+                                ": argument 'x': expected rank >= 1 for per_channel (channels on "
+                                "the last axis) but found shape ",
+                                x.str());
+                 const ValueType channel{DType::kF32, Shape{x[-1]}};
+                 return {channel, channel};
+               },
+               // Range statistics stop the gradient (see include/lowbit/ops/fake_quant.h).
+               .grad = [](const GradCtx&) -> std::vector<Value> { return {Value()}; },
+               .reference = min_max_kernel,
+               .doc = "min and max of x in one pass, per tensor or per last-axis channel"});
+
+  register_fast_fake_quant_kernels();
 }
 
 }  // namespace detail

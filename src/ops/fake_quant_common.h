@@ -8,15 +8,26 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "lowbit/op.h"
 
 namespace lowbit::detail {
 
-// Elements per block of the per-tensor gradient sums (dmin, dmax): each block is summed in
-// order in double, the block sums are added in block order. Part of the ops' definition, so that
-// results do not depend on the thread count.
+// The order of the per-tensor gradient sums (dmin, dmax), part of the ops' definition so that
+// results do not depend on the thread count or the SIMD width: the elements are cut into blocks
+// of kFakeQuantSumBlock; within a block, element i goes to lane i % kFakeQuantSumLanes, each lane
+// summing its elements in order in double (what 16 SIMD lanes do); a block's sum is its lanes
+// added in lane order, and the result is the block sums added in block order.
 constexpr int64_t kFakeQuantSumBlock = int64_t{1} << 15;
+constexpr int kFakeQuantSumLanes = 16;
+static_assert(kFakeQuantSumBlock % kFakeQuantSumLanes == 0);
+
+inline double sum_lanes(const double* lanes) {
+  double s = 0;
+  for (int j = 0; j < kFakeQuantSumLanes; ++j) s += lanes[j];
+  return s;
+}
 // Elements above which the kernels split work across threads.
 constexpr int64_t kFakeQuantParallelGrain = int64_t{1} << 15;
 
@@ -93,5 +104,20 @@ inline ChannelRows channel_rows(const Tensor& x) {
   v.rows = v.d > 0 ? x.numel() / v.d : 0;
   return v;
 }
+
+// The result of min_max from an order-dependent scan that skipped NaN: NaN if one was seen, and
+// +0.0 for a zero (min(-0, +0) keeps whichever came first; x + 0.0f turns -0 into +0 and leaves
+// every other value, infinities included, unchanged).
+inline void min_max_finish(float* lo, float* hi, bool saw_nan) {
+  if (saw_nan) {
+    *lo = *hi = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+  *lo = *lo + 0.0f;
+  *hi = *hi + 0.0f;
+}
+
+// src/kernels/fast/fake_quant.cc; called by register_fake_quant_ops().
+void register_fast_fake_quant_kernels();
 
 }  // namespace lowbit::detail

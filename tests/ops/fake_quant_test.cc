@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -480,6 +481,241 @@ TEST(FakeQuantGraph, UnknownBatchRunsThroughAnExecutor) {
     EXPECT_TRUE(
         floats_equal(r[2], ops::fake_quant_with_min_max_args(xt, -3.0, 3.0, 3).to_vector<float>()));
   }
+}
+
+// ---- min_max --------------------------------------------------------------------------------
+
+TEST(MinMax, PerTensorAndPerChannelInOnePass) {
+  note_reference_tested("min_max");
+  const Tensor x = f32({-1, 2, 0.5f, 0.25f, -3, 0.1f, 4, 1, -0.2f, -0.5f, 0.5f, 0.3f}, {2, 2, 3});
+  for_each_kernel_choice([&] {
+    auto t = ops::min_max(x);
+    EXPECT_EQ(t.min.shape(), Shape({}));
+    EXPECT_TRUE(floats_equal(t.min, {-3}));
+    EXPECT_TRUE(floats_equal(t.max, {4}));
+    auto c = ops::min_max(x, /*per_channel=*/true);
+    EXPECT_EQ(c.min.shape(), Shape({3}));
+    EXPECT_TRUE(floats_equal(c.min, {-1, -3, -0.2f}));
+    EXPECT_TRUE(floats_equal(c.max, {4, 2, 0.5f}));
+    // A scalar per tensor; a rank-1 tensor per channel is one row.
+    auto s = ops::min_max(scalar(-2.5f));
+    EXPECT_TRUE(floats_equal(s.min, {-2.5f}));
+    EXPECT_TRUE(floats_equal(s.max, {-2.5f}));
+    EXPECT_TRUE(floats_equal(ops::min_max(f32({1, -2}), true).min, {1, -2}));
+  });
+}
+
+TEST(MinMax, NaNZerosInfinitiesAndEmptyTensors) {
+  for_each_kernel_choice([] {
+    // NaN anywhere makes both results NaN (per channel: that channel only).
+    auto t = ops::min_max(f32({1, kNaN, -1}));
+    EXPECT_TRUE(floats_equal(t.min, {kNaN}));
+    EXPECT_TRUE(floats_equal(t.max, {kNaN}));
+    auto c = ops::min_max(f32({1, 2, kNaN, 3}, {2, 2}), true);
+    EXPECT_TRUE(floats_equal(c.min, {kNaN, 2}));
+    EXPECT_TRUE(floats_equal(c.max, {kNaN, 3}));
+    // Zeros come out as +0.0 whatever their order and sign.
+    for (auto v : {std::vector<float>{-0.0f, 0.0f}, std::vector<float>{0.0f, -0.0f},
+                   std::vector<float>{-0.0f}}) {
+      auto z = ops::min_max(f32(v));
+      EXPECT_FALSE(std::signbit(z.min.item<float>()));
+      EXPECT_FALSE(std::signbit(z.max.item<float>()));
+    }
+    auto i = ops::min_max(f32({kInf, -kInf, 3}));
+    EXPECT_TRUE(floats_equal(i.min, {-kInf}));
+    EXPECT_TRUE(floats_equal(i.max, {kInf}));
+    auto e = ops::min_max(Tensor::zeros({0, 2}));
+    EXPECT_TRUE(floats_equal(e.min, {kInf}));
+    EXPECT_TRUE(floats_equal(e.max, {-kInf}));
+    auto ec = ops::min_max(Tensor::zeros({0, 2}), true);
+    EXPECT_TRUE(floats_equal(ec.min, {kInf, kInf}));
+    EXPECT_TRUE(floats_equal(ec.max, {-kInf, -kInf}));
+  });
+}
+
+// min_max is a stop-gradient: autodiff sends nothing back to x through it. The finite-difference
+// check agrees where the extremes are too large for the step (eps = 0.01) to move them, so every
+// numeric derivative is 0 too; a rule that passed dy to the argmin/argmax would fail it.
+TEST(MinMax, StopsTheGradient) {
+  expect_gradients_match("min_max", {f32({-1e10f, 0.5f, 1e10f, 0.25f}, {2, 2})},
+                         {{"per_channel", false}});
+  expect_gradients_match("min_max", {f32({-1e10f, 1e10f, 1e10f, -1e10f}, {2, 2})},
+                         {{"per_channel", true}});
+  // Through a fake quant whose range comes from the batch: only the straight-through dx.
+  Graph g;
+  Value x = g.placeholder("x", DType::kF32, {kUnknown});
+  auto r = ops::min_max(x);
+  Value y = ops::fake_quant_with_min_max_vars(x, r.min, r.max);
+  Value w = g.constant(f32({1, 2, 3, 4}));
+  Value dx = gradients(ops::sum(w * y), {x})[0];
+  Executor ex(g, {dx});
+  EXPECT_TRUE(floats_equal(ex.run({{x, f32({-1, 0.3f, 2, 0.7f})}})[0], {1, 2, 3, 4}));
+}
+
+TEST(MinMax, Errors) {
+  expect_throws_with<DTypeError>([] { ops::min_max(Tensor::zeros({2}, DType::kS32)); },
+                                 "min_max: argument 'x': expected dtype f32");
+  expect_throws_with<ShapeError>([] { ops::min_max(scalar(1), true); },
+                                 "min_max: argument 'x': expected rank >= 1 for per_channel");
+  Graph g;
+  Value x = g.placeholder("x", DType::kF32, {kUnknown, kUnknown, 8});
+  auto c = ops::min_max(x, true);
+  EXPECT_EQ(c.max.shape(), Shape({8}));
+}
+
+// ---- fast kernels ---------------------------------------------------------------------------
+
+// Every fast kernel of `op` against the reference, bit for bit (any NaN matches any NaN: payloads
+// are not part of the spec). Returns how many fast kernels ran.
+int expect_fast_bitwise(const std::string& op, const std::vector<Tensor>& inputs,
+                        const Attrs& attrs) {
+  SCOPED_TRACE("fast vs reference of " + op + " {" + attrs.str() + "}");
+  const OpDef& def = find_op(op);
+  const std::vector<Tensor> ref = run_op(def, inputs, attrs, KernelChoice::kReference);
+  int ran = 0;
+  for (const FastKernel& fk : def.fast) {
+    std::vector<Tensor> outs;
+    for (const Tensor& r : ref) outs.emplace_back(r.shape(), r.dtype());
+    KernelCtx ctx{inputs, outs, attrs};
+    if (fk.supports && !fk.supports(ctx)) continue;
+    fk.run(ctx);
+    ++ran;
+    for (size_t k = 0; k < outs.size(); ++k) {
+      const float* a = outs[k].data<float>();
+      const float* b = ref[k].data<float>();
+      int64_t bad = -1;
+      for (int64_t i = 0; i < outs[k].numel() && bad < 0; ++i)
+        if (std::isnan(a[i]) != std::isnan(b[i]) ||
+            (!std::isnan(a[i]) && std::memcmp(&a[i], &b[i], sizeof(float)) != 0))
+          bad = i;
+      EXPECT_LT(bad, 0) << fk.name << " output " << k << " element " << bad << ": got "
+                        << exact(a[bad]) << ", reference " << exact(b[bad]);
+    }
+  }
+  return ran;
+}
+
+// Uniform values over [-6, 6] with every 13th element on a special value: the nudged ends, an
+// exact grid tie, +-0, +-inf (and NaN when `with_nan`).
+Tensor fast_test_input(const Shape& shape, uint64_t seed, bool with_nan) {
+  Rng rng(seed);
+  Tensor t = testing::random_tensor(shape, rng, -6, 6);
+  const float special[] = {-0.996078491f, 1.00392163f, 0.5f * (2.0f / 255.0f), -0.0f, 0.0f,
+                           kInf,          -kInf,       2.0f / 255.0f * 3.5f,   kNaN};
+  const int kinds = with_nan ? 9 : 8;
+  float* p = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); i += 13) p[i] = special[(i / 13) % kinds];
+  return t;
+}
+
+// Sizes around the vector widths (8, 16) and the threading block (2^15).
+const int64_t kFastSizes[] = {1, 7, 31, 1000, 100003};
+
+TEST(FakeQuantFast, PerTensorKernelsMatchTheReferenceBitForBit) {
+  const size_t fast_kernels = find_op("fake_quant_with_min_max_vars").fast.size();
+  for (int64_t n : kFastSizes) {
+    SCOPED_TRACE("n = " + std::to_string(n));
+    for (bool with_nan : {false, true}) {
+      const Tensor x = fast_test_input({n}, 10 + n, with_nan);
+      const Tensor dy = fast_test_input({n}, 20 + n, false);
+      for (auto [bits, narrow] : {std::pair{8, false}, std::pair{4, true}, std::pair{16, false}}) {
+        const Attrs a{{"num_bits", bits}, {"narrow_range", narrow}};
+        Attrs args = a;
+        args.set("min", -1.0).set("max", 1.0);
+        EXPECT_EQ(expect_fast_bitwise("fake_quant_with_min_max_args", {x}, args), fast_kernels);
+        expect_fast_bitwise("fake_quant_with_min_max_args_gradient", {dy, x}, args);
+        for (auto [lo, hi] : {std::pair{-1.0f, 1.0f}, std::pair{-0.13f, 25.37f},
+                              std::pair{0.0f, 0.0f}, std::pair{1.5f, 1.5f}}) {
+          SCOPED_TRACE("range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+          expect_fast_bitwise("fake_quant_with_min_max_vars", {x, scalar(lo), scalar(hi)}, a);
+          expect_fast_bitwise("fake_quant_with_min_max_vars_gradient",
+                              {dy, x, scalar(lo), scalar(hi)}, a);
+        }
+      }
+      EXPECT_EQ(expect_fast_bitwise("min_max", {x}, {{"per_channel", false}}), fast_kernels);
+      if (!with_nan) {
+        // The shared helper too (exact tolerances; it takes only finite values), so the registry
+        // sees the kernels checked.
+        Rng rng(static_cast<uint64_t>(n));
+        const Tensor xf = testing::random_tensor({n}, rng, -2, 2);
+        const Tensor dyf = testing::random_tensor({n}, rng, -1, 1);
+        const Attrs a{{"num_bits", 8}, {"narrow_range", false}};
+        testing::expect_fast_matches_reference(
+            "fake_quant_with_min_max_vars_gradient", {dyf, xf, scalar(-1), scalar(1)}, a, 0, 0);
+        testing::expect_fast_matches_reference("min_max", {xf}, {{"per_channel", false}}, 0, 0);
+      }
+    }
+  }
+}
+
+TEST(FakeQuantFast, PerChannelKernelsMatchTheReferenceBitForBit) {
+  for (int64_t d : {1, 3, 64, 17}) {
+    for (int64_t rows : {1, 5, 1000}) {
+      SCOPED_TRACE("[" + std::to_string(rows) + ", " + std::to_string(d) + "]");
+      for (bool with_nan : {false, true}) {
+        const Tensor x = fast_test_input({rows, d}, 30 + d * rows, with_nan);
+        const Tensor dy = fast_test_input({rows, d}, 40 + d * rows, false);
+        // Ranges of every kind, one per channel, including [0, 0] and an equal nonzero pair.
+        Rng rng(static_cast<uint64_t>(d));
+        Tensor min({d}, DType::kF32), max({d}, DType::kF32);
+        for (int64_t c = 0; c < d; ++c) {
+          float lo = rng.uniform(-4, 1), hi = rng.uniform(-1, 4);
+          if (lo > hi) std::swap(lo, hi);
+          if (c % 11 == 5) lo = hi = 0;
+          if (c % 11 == 7) lo = hi = 1.5f;
+          min.data<float>()[c] = lo;
+          max.data<float>()[c] = hi;
+        }
+        for (auto [bits, narrow] : {std::pair{8, true}, std::pair{3, false}}) {
+          const Attrs a{{"num_bits", bits}, {"narrow_range", narrow}};
+          EXPECT_GE(
+              expect_fast_bitwise("fake_quant_with_min_max_vars_per_channel", {x, min, max}, a), 1);
+          expect_fast_bitwise("fake_quant_with_min_max_vars_per_channel_gradient",
+                              {dy, x, min, max}, a);
+        }
+        expect_fast_bitwise("min_max", {x}, {{"per_channel", true}});
+        if (!with_nan) {
+          Rng frng(static_cast<uint64_t>(rows));
+          testing::expect_fast_matches_reference(
+              "min_max", {testing::random_tensor({rows, d}, frng, -2, 2)}, {{"per_channel", true}},
+              0, 0);
+        }
+      }
+    }
+  }
+}
+
+// Sums split across threads by fixed blocks (per tensor) or channels (per channel), so the
+// results are the same bits at any thread count.
+TEST(FakeQuantFast, ResultsDoNotDependOnTheThreadCount) {
+  const int saved = num_threads();
+  Rng rng(5);
+  const Tensor x = testing::random_tensor({300001}, rng, -3, 3);
+  const Tensor dy = testing::random_tensor({300001}, rng, -1, 1);
+  const Tensor xw = testing::random_tensor({2000, 96}, rng, -3, 3);
+  const Tensor dyw = testing::random_tensor({2000, 96}, rng, -1, 1);
+  const Tensor cmin = Tensor::full({96}, -1.0), cmax = Tensor::full({96}, 1.5);
+  std::vector<std::vector<Tensor>> results;
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    std::vector<Tensor> r;
+    for_each_kernel_choice([&] {
+      auto g = ops::fake_quant_with_min_max_vars_gradient(dy, x, scalar(-1), scalar(1.5f));
+      auto gc = ops::fake_quant_with_min_max_vars_per_channel_gradient(dyw, xw, cmin, cmax);
+      auto m = ops::min_max(xw, true);
+      for (const Tensor& t : {g.dx, g.dmin, g.dmax, gc.dx, gc.dmin, gc.dmax, m.min, m.max,
+                              ops::fake_quant_with_min_max_vars(x, scalar(-1), scalar(1.5f))})
+        r.push_back(t);
+    });
+    results.push_back(r);
+  }
+  set_num_threads(saved);
+  ASSERT_EQ(results[0].size(), results[1].size());
+  for (size_t i = 0; i < results[0].size(); ++i)
+    EXPECT_TRUE(floats_equal(results[1][i], results[0][i].to_vector<float>())) << "result " << i;
+  // And the fast and reference kernels agree on the big sums (the same run, both choices).
+  EXPECT_TRUE(floats_equal(results[0][1], results[0][10].to_vector<float>()));
+  EXPECT_NE(results[0][1].item<float>(), 0.0f);
 }
 
 // ---- errors ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // TensorFlow fake quantization: the ops of tf.quantization.fake_quant_with_min_max_{args,vars,
-// vars_per_channel}, bit for bit (shared quantization-semantics.md sections 1.1-1.5), and their
-// gradient ops under TF's names.
+// vars_per_channel}, bit for bit (shared quantization-semantics.md sections 1.1-1.5), their
+// gradient ops under TF's names, and min_max, the one-pass range statistic the range trackers
+// (lowbit/quant/range.h) feed on.
 //
 // What fake quantization computes. A range [min, max] and `num_bits` define a grid of
 // quant_max - quant_min + 1 equally spaced values, quant_min = narrow_range ? 1 : 0,
@@ -142,8 +143,9 @@ struct FakeQuantGradients {
 };
 
 // Gradients of fake_quant_with_min_max_vars: dx as above; dmin, dmax (f32 []) are the sums of dy
-// over x < nudged_min and x > nudged_max. The sums run in double over blocks of 2^15 elements in
-// order (the block sums added in block order) and are rounded to f32 once. min == max == 0:
+// over x < nudged_min and x > nudged_max, in double, rounded to f32 once, in a fixed order: blocks
+// of 2^15 elements, each summed on 16 interleaved lanes (element i to lane i % 16, as SIMD does),
+// lanes then blocks added in order. min == max == 0:
 // dx = dy, dmin = dmax = 0. Not differentiable.
 template <Operand T>
 FakeQuantGradients<T> fake_quant_with_min_max_vars_gradient(const T& dy, const T& x, const T& min,
@@ -165,6 +167,30 @@ FakeQuantGradients<T> fake_quant_with_min_max_vars_per_channel_gradient(const T&
   auto r = apply("fake_quant_with_min_max_vars_per_channel_gradient", {dy, x, min, max},
                  {{"num_bits", num_bits}, {"narrow_range", narrow_range}});
   return {r[0], r[1], r[2]};
+}
+
+// ---- range statistics ------------------------------------------------------------------------
+
+template <Operand T>
+struct MinMax {
+  T min;
+  T max;
+};
+
+// The minimum and maximum of x in one pass over it. x: f32. Per tensor (default): f32 [] each,
+// over every element (any rank). per_channel: f32 [d] each, d = x's last dim (rank >= 1, else
+// ShapeError), reducing every other axis (for a conv kernel [kh, kw, cin, cout]: one range per
+// output channel).
+//   NaN: if any element (of a channel) is NaN, both results (of that channel) are NaN.
+//   Zeros: a zero result is +0.0 (min(-0, +0) is ambiguous; the canonical zero makes the result
+//     independent of the order and the thread count, so fast and reference kernels agree).
+//   Empty (no elements in a channel): min = +inf, max = -inf (the identities, as tf.reduce_min).
+// No gradient: the outputs are range statistics and act as a stop-gradient (autodiff sends
+// nothing back to x through them), as TF's range trackers, whose assign ops block gradients.
+template <Operand T>
+MinMax<T> min_max(const T& x, bool per_channel = false) {
+  auto r = apply("min_max", {x}, {{"per_channel", per_channel}});
+  return {r[0], r[1]};
 }
 
 }  // namespace lowbit::ops
