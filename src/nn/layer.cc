@@ -116,13 +116,32 @@ CallContext::CallContext(Graph& g, bool training, Tensor rng_state)
 }
 
 Value CallContext::var(const Layer& layer, const Weight& w) {
-  auto it = vars_.find(w.value.raw());
-  if (it != vars_.end()) return it->second;
-  // Created inside the layer's name scope: the node is named "<layer>/<weight>".
-  Value v = g_.variable(w.name, w.value, w.trainable && layer.trainable());
-  vars_[w.value.raw()] = v;
+  const void* key = w.value.raw();
+  Value v;
+  if (auto it = vars_.find(key); it != vars_.end()) {
+    v = it->second;
+  } else {
+    // Created inside the layer's name scope: the node is named "<layer>/<weight>".
+    v = g_.variable(w.name, w.value, w.trainable && layer.trainable());
+    vars_[key] = v;
+  }
+  for (auto h = hooks_.rbegin(); h != hooks_.rend(); ++h) {
+    if (h->first != &layer) continue;
+    if (auto it = hooked_.find(key); it != hooked_.end()) return it->second;
+    // Recorded before the call: a hook reading the same weight again gets the variable.
+    hooked_[key] = v;
+    Value t = h->second(w, v);
+    if (t.defined()) hooked_[key] = t;
+    return hooked_[key];
+  }
   return v;
 }
+
+CallContext::WeightHookScope::WeightHookScope(CallContext& ctx, const Layer& layer, WeightHook hook)
+    : ctx_(ctx) {
+  ctx_.hooks_.emplace_back(&layer, std::move(hook));
+}
+CallContext::WeightHookScope::~WeightHookScope() { ctx_.hooks_.pop_back(); }
 
 Value CallContext::bound(const Weight& w) const {
   auto it = vars_.find(w.value.raw());

@@ -13,6 +13,7 @@
 // the CallContext of one trace; see docs/layers.md.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -56,10 +57,34 @@ class CallContext {
   bool training() const { return training_; }
   void set_training(bool t) { training_ = t; }
 
-  // The graph variable bound to a layer weight (created once per graph and weight).
+  // What `layer` reads for its weight `w`: the graph variable bound to it (created once per
+  // graph and weight), or, while a WeightHookScope for `layer` is alive, the hook's transform
+  // of that variable (see below).
   Value var(const Layer& layer, const Weight& w);
   // The variable already bound to `w` in this trace (undefined if the trace did not use it).
+  // Always the variable itself, never a hooked value: optimizers update it and gradients are
+  // taken with respect to it.
   Value bound(const Weight& w) const;
+
+  // Weight hooks: a layer that wraps another (quantization-aware training's QuantizeWrapper)
+  // changes what the wrapped layer reads for its weights without touching the layer's code.
+  // While a WeightHookScope(ctx, layer, hook) is alive, var(layer, w) calls hook(w, variable)
+  // and returns its result when defined (e.g. the fake-quantized kernel), else the variable
+  // (biases pass unchanged). The hook runs once per weight and trace: later reads of the same
+  // weight, also by later calls of a shared layer, return the first result, so state updates
+  // the hook records happen once per step. Hooks apply only to the named layer (not to its
+  // sublayers); scopes nest, the innermost hook for a layer wins.
+  using WeightHook = std::function<Value(const Weight& w, const Value& variable)>;
+  class WeightHookScope {
+   public:
+    WeightHookScope(CallContext& ctx, const Layer& layer, WeightHook hook);
+    ~WeightHookScope();
+    WeightHookScope(const WeightHookScope&) = delete;
+    WeightHookScope& operator=(const WeightHookScope&) = delete;
+
+   private:
+    CallContext& ctx_;
+  };
   // Records a state update (e.g. moving statistics); the caller's executor writes it.
   void add_update(const Value& variable, const Value& new_value);
   const std::vector<std::pair<Value, Value>>& updates() const { return updates_; }
@@ -77,6 +102,8 @@ class CallContext {
   Value rng_step_;
   std::map<const void*, Value> vars_;
   std::vector<std::pair<Value, Value>> updates_;
+  std::vector<std::pair<const Layer*, WeightHook>> hooks_;  // innermost last
+  std::map<const void*, Value> hooked_;                     // weight -> hooked value
 };
 
 struct LayerNode;

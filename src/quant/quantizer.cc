@@ -1,0 +1,778 @@
+// Quantizer state and the QAT layers: FakeQuant, QuantizeWrapper, FoldedConvBatchNorm
+// (include/lowbit/quant/quantizer.h; docs/quantization.md).
+#include "lowbit/quant/quantizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+#include "lowbit/ops.h"
+#include "quant/quant_layers.h"
+
+#if __has_include("lowbit/quant/range.h")
+#define LOWBIT_QAT_HAVE_TF_OPS 1
+#include "lowbit/ops/fake_quant.h"
+#include "lowbit/quant/range.h"
+#endif
+
+namespace lowbit::quant {
+
+namespace {
+
+const char* const kSchemes[] = {"tf", "torch", "lsq", "pact", "binary", "ternary", "none"};
+const char* const kTfRanges[] = {"last_value", "moving_average", "moving_average_debiased",
+                                 "all_values"};
+const char* const kTorchRanges[] = {"minmax", "moving_average", "last_value"};
+
+template <size_t N>
+bool one_of(const std::string& s, const char* const (&names)[N]) {
+  return std::any_of(std::begin(names), std::end(names), [&](const char* n) { return s == n; });
+}
+template <size_t N>
+std::string list(const char* const (&names)[N]) {
+  std::string out;
+  for (const char* n : names) out += (out.empty() ? "" : ", ") + std::string(n);
+  return out;
+}
+
+std::string fmt(double v) {
+  std::ostringstream os;
+  os.precision(4);
+  os << v;
+  return os.str();
+}
+
+bool tracked(const QuantizerConfig& c) { return c.scheme == "tf" || c.scheme == "torch"; }
+
+// The layer's step counter: s64 [], +1 per training step (read before the increment).
+nn::Weight& step_weight(nn::Layer& l) {
+  for (auto& w : l.weights())
+    if (w.name == "step") return w;
+  l.weights().push_back({"step", Tensor::zeros({}, DType::kS64), false});
+  return l.weights().back();
+}
+const nn::Weight& step_weight(const nn::Layer& l) {
+  for (const auto& w : l.weights())
+    if (w.name == "step") return w;
+  LOWBIT_THROW(ValueError, l.name(), ": has no step counter (not built)");
+}
+// Binds the step counter; records its increment once per trace in training mode.
+Value bind_step(nn::Layer& l, nn::CallContext& ctx) {
+  const nn::Weight& w = step_weight(static_cast<const nn::Layer&>(l));
+  const bool first = !ctx.bound(w).defined();
+  Value step = ctx.var(l, w);
+  if (ctx.training() && first) ctx.add_update(step, step + ops::scalar_like(step, 1));
+  return step;
+}
+
+// Builds a layer by tracing it once on a scratch graph (f32 placeholders: the layers wrapped
+// here take float inputs, and Embedding accepts f32 ids) and returns its output types.
+std::vector<ValueType> build_by_trace(nn::Layer& l, const std::vector<Shape>& shapes) {
+  Graph g;
+  std::vector<Value> in;
+  for (size_t i = 0; i < shapes.size(); ++i)
+    in.push_back(g.placeholder("input" + std::to_string(i), DType::kF32, shapes[i]));
+  nn::CallContext ctx(g, false);
+  std::vector<ValueType> out;
+  for (const Value& v : l.apply(in, ctx)) out.push_back({v.dtype(), v.shape()});
+  return out;
+}
+
+const nn::Weight* find_weight(const nn::Layer& l, const std::string& name) {
+  for (const auto& w : l.weights())
+    if (w.name == name) return &w;
+  return nullptr;
+}
+const nn::Weight& need_weight(const nn::Layer& l, const std::string& name) {
+  const nn::Weight* w = find_weight(l, name);
+  if (!w) LOWBIT_THROW(ValueError, l.name(), " (", l.class_name(), "): has no weight '", name, "'");
+  return *w;
+}
+
+// DepthwiseConv2D-style kernels [kh, kw, C, M] feed output channel c*M + m: per channel they
+// are viewed as [kh*kw, C*M] (a reshape view, no copy).
+bool depthwise_view(const std::string& weight, const Shape& s, bool per_channel) {
+  return per_channel && weight == "depthwise_kernel" && s.rank() == 4;
+}
+Shape depthwise_shape(const Shape& s) { return Shape{s[0] * s[1], s[2] * s[3]}; }
+
+std::string activation_of(const nn::Layer& l) {
+  Json c = l.get_config();
+  return c.contains("activation") && c.at("activation").is_string()
+             ? c.at("activation").get<std::string>()
+             : std::string("linear");
+}
+
+}  // namespace
+
+// ---- Configuration ----------------------------------------------------------------------------
+
+QuantizerConfig default_weight_quantizer() {
+  return {.scheme = "tf",
+          .bits = 8,
+          .symmetric = true,
+          .narrow_range = true,
+          .per_channel = true,
+          .range = "last_value"};
+}
+QuantizerConfig default_activation_quantizer() { return {}; }
+QuantizerConfig default_input_quantizer() {
+  return {.range = "all_values", .init_min = 0, .init_max = 0};
+}
+
+void validate(const QuantizerConfig& c, QuantizerRole role, const std::string& who) {
+  const bool weights = role == QuantizerRole::kWeight;
+  if (!one_of(c.scheme, kSchemes))
+    LOWBIT_THROW(ValueError, who, ": scheme: expected one of ", list(kSchemes), " but found '",
+                 c.scheme, "'");
+  if (c.scheme == "pact" && weights)
+    LOWBIT_THROW(ValueError, who, ": scheme 'pact' quantizes activations, not weights");
+  if ((c.scheme == "binary" || c.scheme == "ternary") && !weights)
+    LOWBIT_THROW(ValueError, who, ": scheme '", c.scheme, "' quantizes weights, not activations");
+  if (c.scheme != "binary" && c.scheme != "ternary" && c.scheme != "none" &&
+      (c.bits < 2 || c.bits > 16))
+    LOWBIT_THROW(ValueError, who, ": bits: expected 2..16 but found ", c.bits);
+  if (c.scheme == "tf" && !one_of(c.range, kTfRanges))
+    LOWBIT_THROW(ValueError, who, ": range: expected one of ", list(kTfRanges),
+                 " for scheme 'tf' but found '", c.range, "'");
+  if (c.scheme == "torch" && !one_of(c.range, kTorchRanges))
+    LOWBIT_THROW(ValueError, who, ": range: expected one of ", list(kTorchRanges),
+                 " for scheme 'torch' but found '", c.range, "'");
+  if (!(c.ema_decay >= 0 && c.ema_decay <= 1))
+    LOWBIT_THROW(ValueError, who, ": ema_decay: expected a value in [0, 1] but found ",
+                 c.ema_decay);
+  if (!(c.init_min <= c.init_max))
+    LOWBIT_THROW(ValueError, who, ": init_min (", c.init_min, ") must be <= init_max (", c.init_max,
+                 ")");
+  if (c.freeze_after < -1)
+    LOWBIT_THROW(ValueError, who, ": freeze_after: expected -1 (never) or >= 0 but found ",
+                 c.freeze_after);
+  if (c.scheme == "pact" && !(c.init_max > 0))
+    LOWBIT_THROW(ValueError, who, ": scheme 'pact' starts alpha at init_max, which must be > 0");
+  if (c.scheme == "pact" && c.per_channel)
+    LOWBIT_THROW(ValueError, who, ": scheme 'pact' has one alpha per tensor (per_channel false)");
+}
+
+Json to_json(const QuantizerConfig& c) {
+  return {{"scheme", c.scheme},           {"bits", c.bits},
+          {"symmetric", c.symmetric},     {"narrow_range", c.narrow_range},
+          {"per_channel", c.per_channel}, {"range", c.range},
+          {"ema_decay", c.ema_decay},     {"init_min", c.init_min},
+          {"init_max", c.init_max},       {"freeze_after", c.freeze_after}};
+}
+
+QuantizerConfig quantizer_config_from_json(const Json& j, const QuantizerConfig& d) {
+  if (!j.is_object())
+    LOWBIT_THROW(ValueError, "quantizer config: expected a JSON object but found ", j.dump());
+  static const char* const kKeys[] = {"scheme",      "bits",        "symmetric", "narrow_range",
+                                      "per_channel", "range",       "ema_decay", "init_min",
+                                      "init_max",    "freeze_after"};
+  for (const auto& [k, v] : j.items())
+    if (!one_of(k, kKeys))
+      LOWBIT_THROW(ValueError, "quantizer config: unknown field '", k, "'; expected ", list(kKeys));
+  QuantizerConfig c;
+  c.scheme = j.value("scheme", d.scheme);
+  c.bits = j.value("bits", d.bits);
+  c.symmetric = j.value("symmetric", d.symmetric);
+  c.narrow_range = j.value("narrow_range", d.narrow_range);
+  c.per_channel = j.value("per_channel", d.per_channel);
+  c.range = j.value("range", d.range);
+  c.ema_decay = j.value("ema_decay", d.ema_decay);
+  c.init_min = j.value("init_min", d.init_min);
+  c.init_max = j.value("init_max", d.init_max);
+  c.freeze_after = j.value("freeze_after", d.freeze_after);
+  return c;
+}
+
+std::string describe(const QuantizerConfig& c) {
+  std::string s = c.scheme;
+  if (c.scheme == "none") return "none (float)";
+  if (c.scheme != "binary" && c.scheme != "ternary") s += " " + std::to_string(c.bits) + "-bit";
+  if (c.scheme == "tf" || c.scheme == "torch" || c.scheme == "lsq")
+    s += c.symmetric ? " sym" : " asym";
+  if (c.narrow_range && (c.scheme == "tf" || c.scheme == "torch")) s += " narrow";
+  s += c.per_channel ? " per-channel" : " per-tensor";
+  if (tracked(c)) {
+    s += " " + c.range;
+    if (c.range == "moving_average" || c.range == "moving_average_debiased")
+      s += "(" + fmt(c.ema_decay) + ")";
+  }
+  if (c.freeze_after >= 0) s += " frozen after " + std::to_string(c.freeze_after);
+  return s;
+}
+
+// ---- Quantizer --------------------------------------------------------------------------------
+
+Quantizer::Quantizer(std::string prefix, QuantizerConfig config, QuantizerRole role)
+    : prefix_(std::move(prefix)), config_(std::move(config)), role_(role) {}
+
+const nn::Weight* Quantizer::find(const nn::Layer& owner, const std::string& field) const {
+  return find_weight(owner, prefix_ + field);
+}
+nn::Weight& Quantizer::get(nn::Layer& owner, const std::string& field) const {
+  for (auto& w : owner.weights())
+    if (w.name == prefix_ + field) return w;
+  LOWBIT_THROW(ValueError, owner.name(), ": quantizer state '", prefix_ + field,
+               "' is missing (layer not built)");
+}
+
+namespace {
+std::vector<std::string> state_fields(const QuantizerConfig& c) {
+  if (tracked(c)) {
+    if (c.range == "moving_average_debiased")
+      return {"min", "max", "min_biased", "max_biased", "count"};
+    return {"min", "max"};
+  }
+  if (c.scheme == "lsq") return {"step_size"};
+  if (c.scheme == "pact") return {"alpha"};
+  return {};
+}
+}  // namespace
+
+void Quantizer::build(nn::Layer& owner, const Shape& shape) const {
+  int64_t channels = 0;
+  if (config_.per_channel) {
+    if (shape.rank() < 1 || shape[-1] == kUnknown)
+      LOWBIT_THROW(ShapeError, owner.name(),
+                   ": a per-channel quantizer needs a known last dim but ", "found shape ",
+                   shape.str());
+    channels = shape[-1];
+  }
+  const Shape s = config_.per_channel ? Shape{channels} : Shape{};
+  for (const std::string& f : state_fields(config_)) {
+    if (find(owner, f))
+      LOWBIT_THROW(ValueError, owner.name(), ": quantizer state '", prefix_ + f, "' added twice");
+    double init = 0;
+    bool trainable = false;
+    if (f == "min") init = config_.init_min;
+    if (f == "max") init = config_.init_max;
+    if (f == "step_size") {
+      // LSQ: the grid spans [-Q_N s, Q_P s]; start it at init_max (replaced by the data-driven
+      // 2 mean|x| / sqrt(Q_P) when init_from sees the weights).
+      const double qp = config_.symmetric ? std::ldexp(1.0, config_.bits - 1) - 1
+                                          : std::ldexp(1.0, config_.bits) - 1;
+      init = std::max(config_.init_max, 1e-3) / qp;
+      trainable = true;
+    }
+    if (f == "alpha") {
+      init = config_.init_max;
+      trainable = true;
+    }
+    owner.weights().push_back({prefix_ + f, Tensor::full(s, init, DType::kF32), trainable});
+  }
+}
+
+void Quantizer::init_from(nn::Layer& owner, const Tensor& x) const {
+#ifdef LOWBIT_QAT_HAVE_TF_OPS
+  if (tracked(config_)) {
+    const ops::MinMax<Tensor> b = ops::min_max(x, config_.per_channel);
+    const ops::MinMax<Tensor> r =
+        range_target(b.min, b.max, config_.symmetric, config_.bits, config_.narrow_range);
+    get(owner, "min").value.copy_from(r.min);
+    get(owner, "max").value.copy_from(r.max);
+    return;
+  }
+#endif
+  if (config_.scheme == "lsq") {
+    // Esser et al.: s = 2 mean|x| / sqrt(Q_P), per channel over all axes but the last.
+    const double qp = config_.symmetric ? std::ldexp(1.0, config_.bits - 1) - 1
+                                        : std::ldexp(1.0, config_.bits) - 1;
+    std::vector<int64_t> axes;
+    for (int i = 0; i + (config_.per_channel ? 1 : 0) < x.rank(); ++i) axes.push_back(i);
+    Tensor s = ops::mean(ops::abs(x), axes) * (2.0 / std::sqrt(qp));
+    // A zero channel would get a zero step (division by zero in the op): keep a tiny one.
+    s = ops::maximum(s, ops::scalar_like(s, 1e-8));
+    get(owner, "step_size").value.copy_from(s);
+  }
+}
+
+Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& owner,
+                       const Value& step, int64_t quant_delay) const {
+  const QuantizerConfig& c = config_;
+  if (c.scheme == "none") return x;
+  Value y;
+  if (c.scheme == "tf") {
+    const nn::Weight& wmin = *find(owner, "min");
+    const nn::Weight& wmax = *find(owner, "max");
+    const bool first = !ctx.bound(wmin).defined();
+    Value mn = ctx.var(owner, wmin), mx = ctx.var(owner, wmax);
+#ifdef LOWBIT_QAT_HAVE_TF_OPS
+    if (ctx.training() && first) {
+      RangeConfig rc;
+      rc.mode = parse_range_mode(c.range);
+      rc.per_channel = c.per_channel;
+      rc.symmetric = c.symmetric;
+      rc.num_bits = c.bits;
+      rc.narrow_range = c.narrow_range;
+      rc.ema_decay = c.ema_decay;
+      rc.init_min = c.init_min;
+      rc.init_max = c.init_max;
+      RangeState<Value> s{mn, mx, {}, {}, {}};
+      std::vector<const nn::Weight*> extra;
+      if (rc.mode == RangeMode::kMovingAverageDebiased) {
+        for (const char* f : {"min_biased", "max_biased", "count"}) extra.push_back(find(owner, f));
+        s.biased_min = ctx.var(owner, *extra[0]);
+        s.biased_max = ctx.var(owner, *extra[1]);
+        s.count = ctx.var(owner, *extra[2]);
+      }
+      RangeState<Value> n = update_range(s, x, rc);
+      if (c.freeze_after >= 0) {
+        // Frozen: keep the state (per-element selects on [] or [channels]: cheap).
+        Value frozen = ops::greater_equal(step, ops::scalar_like(step, double(c.freeze_after)));
+        auto keep = [&](Value& nv, const Value& ov) {
+          if (nv.defined()) nv = ops::where(frozen, ov, nv);
+        };
+        keep(n.min, s.min);
+        keep(n.max, s.max);
+        keep(n.biased_min, s.biased_min);
+        keep(n.biased_max, s.biased_max);
+        keep(n.count, s.count);
+      }
+      ctx.add_update(s.min, n.min);
+      ctx.add_update(s.max, n.max);
+      if (rc.mode == RangeMode::kMovingAverageDebiased) {
+        ctx.add_update(s.biased_min, n.biased_min);
+        ctx.add_update(s.biased_max, n.biased_max);
+        ctx.add_update(s.count, n.count);
+      }
+      mn = n.min;
+      mx = n.max;
+    }
+    y = c.per_channel
+            ? ops::fake_quant_with_min_max_vars_per_channel(x, mn, mx, c.bits, c.narrow_range)
+            : ops::fake_quant_with_min_max_vars(x, mn, mx, c.bits, c.narrow_range);
+#else
+    (void)first;
+    (void)mn;
+    (void)mx;
+    y = x;  // placeholder until lowbit/ops/fake_quant.h lands
+#endif
+  } else {
+    LOWBIT_THROW(UnsupportedError, owner.name(), ": quantizer scheme '", c.scheme,
+                 "' is not available yet (needs lowbit/ops/fake_quant_torch.h)");
+  }
+  if (ctx.training() && quant_delay > 0) {
+    // Float warm-up: identity (and identity gradient) before the delay; trackers ran above.
+    Value warm = ops::less(step, ops::scalar_like(step, static_cast<double>(quant_delay)));
+    y = ops::where(warm, x, y);
+  }
+  return y;
+}
+
+Tensor Quantizer::min(const nn::Layer& owner) const {
+  if (const nn::Weight* w = find(owner, "min")) return w->value;
+  return Tensor();
+}
+Tensor Quantizer::max(const nn::Layer& owner) const {
+  if (const nn::Weight* w = find(owner, "max")) return w->value;
+  return Tensor();
+}
+
+std::string Quantizer::summary(const nn::Layer& owner) const {
+  std::string name = prefix_.empty() ? "output" : prefix_.substr(0, prefix_.size() - 1);
+  std::string s = name + ": " + describe(config_);
+  auto span_of = [](const Tensor& t, bool lo) {
+    double v = t.get_as_double(0);
+    for (int64_t i = 1; i < t.numel(); ++i)
+      v = lo ? std::min(v, t.get_as_double(i)) : std::max(v, t.get_as_double(i));
+    return v;
+  };
+  if (config_.per_channel) {
+    for (const char* f : {"min", "step_size"})
+      if (const nn::Weight* w = find(owner, f)) {
+        s += "(" + std::to_string(w->value.numel()) + ")";
+        break;
+      }
+  }
+  Tensor mn = min(owner), mx = max(owner);
+  if (mn.defined() && mx.defined() && mn.numel() > 0)
+    s += ", range [" + fmt(span_of(mn, true)) + ", " + fmt(span_of(mx, false)) + "]";
+  if (const nn::Weight* w = find(owner, "step_size"); w && w->value.numel() > 0)
+    s += ", step [" + fmt(span_of(w->value, true)) + ", " + fmt(span_of(w->value, false)) + "]";
+  if (const nn::Weight* w = find(owner, "alpha")) s += ", alpha " + fmt(w->value.get_as_double(0));
+  return s;
+}
+
+// ---- FakeQuant --------------------------------------------------------------------------------
+
+FakeQuantLayer::FakeQuantLayer(QuantizerConfig config, int64_t quant_delay, std::string name)
+    : nn::Layer("fake_quant", std::move(name)),
+      quantizer_("", std::move(config), QuantizerRole::kActivation),
+      quant_delay_(quant_delay) {
+  validate(quantizer_.config(), QuantizerRole::kActivation, "FakeQuant");
+  if (quant_delay < 0)
+    LOWBIT_THROW(ValueError, "FakeQuant: quant_delay: expected >= 0 but found ", quant_delay);
+}
+
+void FakeQuantLayer::build(const std::vector<Shape>& s) {
+  quantizer_.build(*this, s[0]);
+  step_weight(*this);
+}
+
+std::vector<Value> FakeQuantLayer::call(const std::vector<Value>& in, nn::CallContext& ctx) {
+  if (in[0].dtype() != DType::kF32)
+    LOWBIT_THROW(DTypeError, name_, " (FakeQuant): expected an f32 input but found ",
+                 dtype_name(in[0].dtype()));
+  Value step = bind_step(*this, ctx);
+  return {quantizer_.apply(in[0], ctx, *this, step, quant_delay_)};
+}
+
+Json FakeQuantLayer::get_config() const {
+  Json j = nn::Layer::get_config();
+  j["quantizer"] = to_json(quantizer_.config());
+  j["quant_delay"] = quant_delay_;
+  return j;
+}
+
+std::string FakeQuantLayer::summary_note() const {
+  std::string s = "fake quant " + quantizer_.summary(*this);
+  if (quant_delay_ > 0) s += ", delay " + std::to_string(quant_delay_);
+  return s;
+}
+
+nn::LayerPtr FakeQuant(QuantizerConfig config, int64_t quant_delay, const std::string& name) {
+  return std::make_shared<FakeQuantLayer>(std::move(config), quant_delay, name);
+}
+
+// ---- QuantizeWrapper --------------------------------------------------------------------------
+
+std::vector<std::string> quantizable_weights(const nn::Layer& l) {
+  const std::string c = l.class_name();
+  if (c == "Dense" || c == "Conv1D" || c == "Conv2D") return {"kernel"};
+  if (c == "DepthwiseConv2D") return {"depthwise_kernel"};
+  if (c == "SeparableConv2D") return {"depthwise_kernel", "pointwise_kernel"};
+  if (c == "Embedding") return {"embeddings"};
+  return {};
+}
+
+QuantizeWrapperLayer::QuantizeWrapperLayer(nn::LayerPtr layer,
+                                           std::map<std::string, QuantizerConfig> quantizers,
+                                           int64_t quant_delay, std::string name)
+    : nn::Layer("quantize_wrapper", name.empty() && layer ? layer->name() : std::move(name)),
+      layer_(std::move(layer)),
+      quant_delay_(quant_delay) {
+  if (!layer_) LOWBIT_THROW(ValueError, "QuantizeWrapper: the wrapped layer is null");
+  if (quant_delay < 0)
+    LOWBIT_THROW(ValueError, "QuantizeWrapper: quant_delay: expected >= 0 but found ", quant_delay);
+  const std::vector<std::string> allowed = quantizable_weights(*layer_);
+  for (auto& [w, cfg] : quantizers) {
+    if (std::find(allowed.begin(), allowed.end(), w) == allowed.end()) {
+      std::string names;
+      for (const auto& a : allowed) names += (names.empty() ? "" : ", ") + a;
+      LOWBIT_THROW(
+          ValueError, "QuantizeWrapper(", layer_->name(), "): weight '", w,
+          "' cannot be quantized; ", layer_->class_name(),
+          allowed.empty() ? std::string(" has no quantizable weights") : " quantizes " + names);
+    }
+    validate(cfg, QuantizerRole::kWeight, "QuantizeWrapper(" + layer_->name() + ")." + w);
+    quantizers_.emplace(w, Quantizer(w + "_", cfg, QuantizerRole::kWeight));
+  }
+  trainable_ = layer_->trainable();
+}
+
+void QuantizeWrapperLayer::build(const std::vector<Shape>& s) {
+  if (!layer_->built()) build_by_trace(*layer_, s);
+  for (auto& [name, q] : quantizers_) {
+    const Shape ws = need_weight(*layer_, name).value.shape();
+    q.build(*this, depthwise_view(name, ws, q.config().per_channel) ? depthwise_shape(ws) : ws);
+  }
+  step_weight(*this);
+}
+
+template <typename T>
+T QuantizeWrapperLayer::to_channels_last(const std::string& weight, const T& w) const {
+  const Quantizer& q = quantizers_.at(weight);
+  const Shape s = need_weight(*layer_, weight).value.shape();
+  if (!depthwise_view(weight, s, q.config().per_channel)) return w;
+  return ops::reshape(w, depthwise_shape(s).dims());
+}
+
+std::vector<Value> QuantizeWrapperLayer::call(const std::vector<Value>& in, nn::CallContext& ctx) {
+  Value step = bind_step(*this, ctx);
+  nn::CallContext::WeightHookScope hook(
+      ctx, *layer_, [&](const nn::Weight& w, const Value& v) -> Value {
+        auto it = quantizers_.find(w.name);
+        if (it == quantizers_.end()) return Value();  // biases and the rest: unchanged
+        Graph::Scope scope(ctx.graph(), w.name + "_quant");
+        Value q = it->second.apply(to_channels_last(w.name, v), ctx, *this, step, quant_delay_);
+        return ops::reshape(q, w.value.shape().dims());
+      });
+  // The wrapped layer is built (build above) and shares this layer's input checks and name
+  // scope: call it directly, so its ops are named "<name>/..." rather than "<name>/<name>/...".
+  return layer_->call(in, ctx);
+}
+
+Json QuantizeWrapperLayer::get_config() const {
+  Json j = nn::Layer::get_config();
+  j["layer"] = nn::layer_to_config(*layer_);
+  Json q = Json::object();
+  for (const auto& [name, quantizer] : quantizers_) q[name] = to_json(quantizer.config());
+  j["weight_quantizers"] = q;
+  j["quant_delay"] = quant_delay_;
+  return j;
+}
+
+std::string QuantizeWrapperLayer::summary_note() const {
+  std::string s;
+  for (const auto& [name, q] : quantizers_) {
+    if (!s.empty()) s += "\n    ";
+    s += "weight quant " + q.summary(*this);
+  }
+  if (quant_delay_ > 0) s += ", delay " + std::to_string(quant_delay_);
+  return s;
+}
+
+void QuantizeWrapperLayer::set_trainable(bool t) {
+  trainable_ = t;
+  layer_->set_trainable(t);
+}
+
+void QuantizeWrapperLayer::validate_input(int index, const Tensor& value) const {
+  layer_->validate_input(index, value);
+}
+
+const Quantizer& QuantizeWrapperLayer::quantizer(const std::string& name) const {
+  auto it = quantizers_.find(name);
+  if (it == quantizers_.end())
+    LOWBIT_THROW(ValueError, name_, " (QuantizeWrapper): weight '", name, "' is not quantized");
+  return it->second;
+}
+
+void QuantizeWrapperLayer::init_from_weights() {
+  for (auto& [name, q] : quantizers_)
+    q.init_from(*this, to_channels_last(name, need_weight(*layer_, name).value));
+}
+
+std::map<std::string, Tensor> QuantizeWrapperLayer::effective_weights() const {
+  Graph g;
+  nn::CallContext ctx(g, false);
+  Value step = ctx.var(*this, step_weight(*this));
+  std::vector<std::string> names;
+  std::vector<Value> fetches;
+  for (const auto& [name, q] : quantizers_) {
+    const nn::Weight& w = need_weight(*layer_, name);
+    Value v = q.apply(to_channels_last(name, ctx.var(*layer_, w)), ctx, *this, step, 0);
+    names.push_back(name);
+    fetches.push_back(ops::reshape(v, w.value.shape().dims()));
+  }
+  std::map<std::string, Tensor> out;
+  if (fetches.empty()) return out;
+  Executor ex(g, fetches);
+  std::vector<Tensor> r = ex.run();
+  for (size_t i = 0; i < names.size(); ++i) out[names[i]] = r[i];
+  return out;
+}
+
+nn::LayerPtr QuantizeWrapper(nn::LayerPtr layer, std::map<std::string, QuantizerConfig> quantizers,
+                             int64_t quant_delay, const std::string& name) {
+  return std::make_shared<QuantizeWrapperLayer>(std::move(layer), std::move(quantizers),
+                                                quant_delay, name);
+}
+
+// ---- FoldedConvBatchNorm ----------------------------------------------------------------------
+
+FoldedConvBatchNormLayer::FoldedConvBatchNormLayer(nn::LayerPtr conv, nn::LayerPtr bn,
+                                                   QuantizerConfig weights, int64_t quant_delay,
+                                                   int64_t freeze_bn_delay, std::string name)
+    : nn::Layer("folded_conv_batch_norm", name.empty() && conv ? conv->name() : std::move(name)),
+      conv_(std::move(conv)),
+      bn_(std::move(bn)),
+      quant_delay_(quant_delay),
+      freeze_bn_delay_(freeze_bn_delay) {
+  if (!conv_ || !bn_) LOWBIT_THROW(ValueError, "FoldedConvBatchNorm: a sublayer is null");
+  const std::string c = conv_->class_name();
+  if (c != "Dense" && c != "Conv1D" && c != "Conv2D" && c != "DepthwiseConv2D")
+    LOWBIT_THROW(ValueError, "FoldedConvBatchNorm: expected a Dense, Conv1D, Conv2D or ",
+                 "DepthwiseConv2D but found ", conv_->name(), " (", c, ")");
+  if (activation_of(*conv_) != "linear")
+    LOWBIT_THROW(ValueError, "FoldedConvBatchNorm: ", conv_->name(),
+                 " must have activation linear to fold a batch norm after it but has '",
+                 activation_of(*conv_), "'");
+  if (bn_->class_name() != "BatchNormalization")
+    LOWBIT_THROW(ValueError, "FoldedConvBatchNorm: expected a BatchNormalization but found ",
+                 bn_->name(), " (", bn_->class_name(), ")");
+  if (quant_delay < 0)
+    LOWBIT_THROW(ValueError, "FoldedConvBatchNorm: quant_delay: expected >= 0 but found ",
+                 quant_delay);
+  if (freeze_bn_delay < -1)
+    LOWBIT_THROW(ValueError,
+                 "FoldedConvBatchNorm: freeze_bn_delay: expected -1 (never) or >= 0 but found ",
+                 freeze_bn_delay);
+  Json bc = bn_->get_config();
+  epsilon_ = bc.value("epsilon", 1e-3);
+  momentum_ = bc.value("momentum", 0.99);
+  kernel_name_ = quantizable_weights(*conv_).at(0);
+  validate(weights, QuantizerRole::kWeight, "FoldedConvBatchNorm(" + conv_->name() + ")");
+  quantizer_ = Quantizer(kernel_name_ + "_", std::move(weights), QuantizerRole::kWeight);
+  trainable_ = conv_->trainable();
+}
+
+void FoldedConvBatchNormLayer::build(const std::vector<Shape>& s) {
+  std::vector<ValueType> out = build_by_trace(*conv_, s);  // builds it, or checks the shapes
+  const Shape& ys = out.at(0).shape;
+  const int axis = bn_->get_config().value("axis", -1);
+  if (axis != -1 && axis != ys.rank() - 1)
+    LOWBIT_THROW(ValueError, name_, " (FoldedConvBatchNorm): the batch norm must normalize the ",
+                 "last axis (channels) but has axis ", axis);
+  if (!bn_->built()) build_by_trace(*bn_, {ys});
+  const Shape ks = need_weight(*conv_, kernel_name_).value.shape();
+  quantizer_.build(*this, depthwise_view(kernel_name_, ks, quantizer_.config().per_channel)
+                              ? depthwise_shape(ks)
+                              : ks);
+  step_weight(*this);
+}
+
+namespace {
+// The per-output-channel factor [C] shaped to multiply a kernel: [C] for Dense/Conv
+// (last axis), [Cin, M] for a depthwise kernel [kh, kw, Cin, M].
+template <typename T>
+T kernel_factor(const T& f, const Shape& kernel, const std::string& kernel_name) {
+  if (kernel_name == "depthwise_kernel") return ops::reshape(f, {kernel[2], kernel[3]});
+  return f;
+}
+}  // namespace
+
+std::vector<Value> FoldedConvBatchNormLayer::call(const std::vector<Value>& in,
+                                                  nn::CallContext& ctx) {
+  Value step = bind_step(*this, ctx);
+  const nn::Weight &wg = need_weight(*bn_, "gamma"), &wb = need_weight(*bn_, "beta"),
+                   &wm = need_weight(*bn_, "moving_mean"),
+                   &wv = need_weight(*bn_, "moving_variance");
+  const bool first = !ctx.bound(wm).defined();
+  Value gamma = ctx.var(*bn_, wg), beta = ctx.var(*bn_, wb);
+  Value mm = ctx.var(*bn_, wm), mv = ctx.var(*bn_, wv);
+  // A frozen BatchNormalization runs in inference mode (Keras): the frozen form.
+  const bool batch_stats = ctx.training() && bn_->trainable();
+  const bool switchable = batch_stats && freeze_bn_delay_ >= 0;
+  Value sigma, scale, shift;
+  {
+    Graph::Scope s(ctx.graph(), "fold");
+    sigma = ops::sqrt(mv + epsilon_);
+    scale = gamma / sigma;      // γ/σ
+    shift = beta - mm * scale;  // β − μγ/σ
+  }
+  const Shape kshape = need_weight(*conv_, kernel_name_).value.shape();
+  bool bias_read = false;
+  nn::CallContext::WeightHookScope hook(
+      ctx, *conv_, [&](const nn::Weight& w, const Value& v) -> Value {
+        if (w.name == kernel_name_) {
+          Graph::Scope s(ctx.graph(), w.name + "_quant");
+          Value wf = v * kernel_factor(scale, kshape, kernel_name_);  // W·γ/σ
+          Value view = depthwise_view(kernel_name_, kshape, quantizer_.config().per_channel)
+                           ? ops::reshape(wf, depthwise_shape(kshape).dims())
+                           : wf;
+          Value q = quantizer_.apply(view, ctx, *this, step, quant_delay_);
+          return ops::reshape(q, kshape.dims());
+        }
+        if (w.name == "bias") {
+          bias_read = true;
+          Graph::Scope s(ctx.graph(), "fold");
+          Value folded = v * scale;                      // b·γ/σ
+          return batch_stats ? folded : folded + shift;  // frozen: β + (b − μ)γ/σ
+        }
+        return Value();
+      });
+  Value z = conv_->call(in, ctx).at(0);  // z' = conv(x, FQ(W_fold)) (+ folded bias)
+  Graph::Scope s(ctx.graph(), "fold");
+  if (!batch_stats) return {bias_read ? z : z + shift};
+  // u = z'·σ/γ: the float conv output estimated from the quantized one (0 where γ = 0), one
+  // fused per-channel pass (batch_norm_inference with mean 0, variance 1, epsilon 0).
+  Value zero = ops::zeros_like(gamma), one = ops::ones_like(gamma);
+  Value inv = ops::where(ops::equal(gamma, zero), zero, sigma / gamma);
+  Value u = ops::batch_norm_inference(z, inv, zero, zero, one, -1, 0.0);
+  auto r = ops::batch_norm_training(u, gamma, beta, -1, epsilon_);
+  Value new_mm = mm * momentum_ + r.mean * (1.0 - momentum_);
+  Value new_mv = mv * momentum_ + r.variance * (1.0 - momentum_);
+  Value y = r.y;
+  if (switchable) {
+    Value frozen =
+        ops::greater_equal(step, ops::scalar_like(step, static_cast<double>(freeze_bn_delay_)));
+    new_mm = ops::where(frozen, mm, new_mm);
+    new_mv = ops::where(frozen, mv, new_mv);
+    y = ops::where(frozen, z + shift, y);  // the conv's bias is b·γ/σ here
+  }
+  if (first) {
+    ctx.add_update(mm, new_mm);
+    ctx.add_update(mv, new_mv);
+  }
+  return {y};
+}
+
+Json FoldedConvBatchNormLayer::get_config() const {
+  Json j = nn::Layer::get_config();
+  j["layer"] = nn::layer_to_config(*conv_);
+  j["batch_norm"] = nn::layer_to_config(*bn_);
+  j["weight_quantizer"] = to_json(quantizer_.config());
+  j["quant_delay"] = quant_delay_;
+  j["freeze_bn_delay"] = freeze_bn_delay_;
+  return j;
+}
+
+std::string FoldedConvBatchNormLayer::summary_note() const {
+  std::string s = "folded with " + bn_->name() + " (batch statistics " +
+                  (freeze_bn_delay_ < 0 ? std::string("always in training")
+                                        : "until step " + std::to_string(freeze_bn_delay_)) +
+                  ")\n    weight quant " + quantizer_.summary(*this);
+  if (quant_delay_ > 0) s += ", delay " + std::to_string(quant_delay_);
+  return s;
+}
+
+void FoldedConvBatchNormLayer::set_trainable(bool t) {
+  trainable_ = t;
+  conv_->set_trainable(t);
+  bn_->set_trainable(t);
+}
+
+Tensor FoldedConvBatchNormLayer::folded_kernel() const {
+  const Tensor& k = need_weight(*conv_, kernel_name_).value;
+  Tensor scale = need_weight(*bn_, "gamma").value /
+                 ops::sqrt(need_weight(*bn_, "moving_variance").value + epsilon_);
+  return k * kernel_factor(scale, k.shape(), kernel_name_);
+}
+
+Tensor FoldedConvBatchNormLayer::folded_bias() const {
+  const Tensor& gamma = need_weight(*bn_, "gamma").value;
+  Tensor scale = gamma / ops::sqrt(need_weight(*bn_, "moving_variance").value + epsilon_);
+  Tensor shift = need_weight(*bn_, "beta").value - need_weight(*bn_, "moving_mean").value * scale;
+  if (const nn::Weight* b = find_weight(*conv_, "bias")) return b->value * scale + shift;
+  return shift;
+}
+
+void FoldedConvBatchNormLayer::init_from_weights() {
+  Tensor k = folded_kernel();
+  if (depthwise_view(kernel_name_, k.shape(), quantizer_.config().per_channel))
+    k = k.reshape(depthwise_shape(k.shape()));
+  quantizer_.init_from(*this, k);
+}
+
+nn::LayerPtr FoldedConvBatchNorm(nn::LayerPtr conv, nn::LayerPtr batch_norm,
+                                 QuantizerConfig weights, int64_t quant_delay,
+                                 int64_t freeze_bn_delay, const std::string& name) {
+  return std::make_shared<FoldedConvBatchNormLayer>(std::move(conv), std::move(batch_norm),
+                                                    std::move(weights), quant_delay,
+                                                    freeze_bn_delay, name);
+}
+
+// ---- Registry -----------------------------------------------------------------------------------
+
+void register_quant_layers() {
+  nn::register_layer("FakeQuant", [](const Json& c) {
+    return FakeQuant(quantizer_config_from_json(c.at("quantizer")), c.value("quant_delay", 0),
+                     c.value("name", ""));
+  });
+  nn::register_layer("QuantizeWrapper", [](const Json& c) {
+    std::map<std::string, QuantizerConfig> q;
+    for (const auto& [w, qc] : c.at("weight_quantizers").items())
+      q[w] = quantizer_config_from_json(qc);
+    return QuantizeWrapper(nn::layer_from_config(c.at("layer")), q, c.value("quant_delay", 0),
+                           c.value("name", ""));
+  });
+  nn::register_layer("FoldedConvBatchNorm", [](const Json& c) {
+    return FoldedConvBatchNorm(
+        nn::layer_from_config(c.at("layer")), nn::layer_from_config(c.at("batch_norm")),
+        quantizer_config_from_json(c.at("weight_quantizer")), c.value("quant_delay", 0),
+        c.value("freeze_bn_delay", -1), c.value("name", ""));
+  });
+}
+
+}  // namespace lowbit::quant
