@@ -14,6 +14,11 @@
 #include "lowbit/ops/fake_quant.h"
 #include "lowbit/quant/range.h"
 #endif
+#if __has_include("lowbit/quant/observer.h")
+#define LOWBIT_QAT_HAVE_TORCH_OPS 1
+#include "lowbit/ops/fake_quant_torch.h"
+#include "lowbit/quant/observer.h"
+#endif
 
 namespace lowbit::quant {
 
@@ -229,6 +234,25 @@ std::vector<std::string> state_fields(const QuantizerConfig& c) {
 }
 }  // namespace
 
+namespace {
+// The integer range of the torch and lsq schemes: signed [-2^(b-1), 2^(b-1) - 1] when symmetric
+// (narrow: from -(2^(b-1) - 1)), else unsigned [0, 2^b - 1].
+std::pair<int64_t, int64_t> signed_or_unsigned_range(const QuantizerConfig& c) {
+  const int64_t half = int64_t{1} << (c.bits - 1);
+  if (c.symmetric) return {c.narrow_range ? -(half - 1) : -half, half - 1};
+  return {0, (int64_t{1} << c.bits) - 1};
+}
+// LSQ's Q_P for the initial step.
+double lsq_qp(const QuantizerConfig& c) {
+  return static_cast<double>(signed_or_unsigned_range(c).second);
+}
+[[noreturn, maybe_unused]] void missing_ops(const nn::Layer& owner, const std::string& scheme,
+                                            const char* header) {
+  LOWBIT_THROW(UnsupportedError, owner.name(), ": quantizer scheme '", scheme,
+               "' needs the ops of ", header, ", which this build does not have");
+}
+}  // namespace
+
 void Quantizer::build(nn::Layer& owner, const Shape& shape) const {
   int64_t channels = 0;
   if (config_.per_channel) {
@@ -246,12 +270,12 @@ void Quantizer::build(nn::Layer& owner, const Shape& shape) const {
     bool trainable = false;
     if (f == "min") init = config_.init_min;
     if (f == "max") init = config_.init_max;
+    if (config_.scheme == "torch" && (f == "min" || f == "max"))
+      init = f == "min" ? HUGE_VAL : -HUGE_VAL;  // PyTorch observers: nothing observed yet
     if (f == "step_size") {
-      // LSQ: the grid spans [-Q_N s, Q_P s]; start it at init_max (replaced by the data-driven
-      // 2 mean|x| / sqrt(Q_P) when init_from sees the weights).
-      const double qp = config_.symmetric ? std::ldexp(1.0, config_.bits - 1) - 1
-                                          : std::ldexp(1.0, config_.bits) - 1;
-      init = std::max(config_.init_max, 1e-3) / qp;
+      // The grid spans [-Q_N s, Q_P s]: start with Q_P s = init_max (init_from replaces it by
+      // LSQ's 2 mean|x| / sqrt(Q_P) when it sees the weights).
+      init = std::max(config_.init_max, 1e-3) / lsq_qp(config_);
       trainable = true;
     }
     if (f == "alpha") {
@@ -263,26 +287,32 @@ void Quantizer::build(nn::Layer& owner, const Shape& shape) const {
 }
 
 void Quantizer::init_from(nn::Layer& owner, const Tensor& x) const {
+  const QuantizerConfig& c = config_;
+  (void)owner;  // unused in builds without the quantizer ops
+  (void)x;
+  if (c.scheme == "tf") {
 #ifdef LOWBIT_QAT_HAVE_TF_OPS
-  if (tracked(config_)) {
-    const ops::MinMax<Tensor> b = ops::min_max(x, config_.per_channel);
-    const ops::MinMax<Tensor> r =
-        range_target(b.min, b.max, config_.symmetric, config_.bits, config_.narrow_range);
+    const ops::MinMax<Tensor> b = ops::min_max(x, c.per_channel);
+    const ops::MinMax<Tensor> r = range_target(b.min, b.max, c.symmetric, c.bits, c.narrow_range);
     get(owner, "min").value.copy_from(r.min);
     get(owner, "max").value.copy_from(r.max);
-    return;
-  }
 #endif
-  if (config_.scheme == "lsq") {
-    // Esser et al.: s = 2 mean|x| / sqrt(Q_P), per channel over all axes but the last.
-    const double qp = config_.symmetric ? std::ldexp(1.0, config_.bits - 1) - 1
-                                        : std::ldexp(1.0, config_.bits) - 1;
-    std::vector<int64_t> axes;
-    for (int i = 0; i + (config_.per_channel ? 1 : 0) < x.rank(); ++i) axes.push_back(i);
-    Tensor s = ops::mean(ops::abs(x), axes) * (2.0 / std::sqrt(qp));
-    // A zero channel would get a zero step (division by zero in the op): keep a tiny one.
-    s = ops::maximum(s, ops::scalar_like(s, 1e-8));
-    get(owner, "step_size").value.copy_from(s);
+  } else if (c.scheme == "torch") {
+#ifdef LOWBIT_QAT_HAVE_TORCH_OPS
+    ObserverConfig oc;
+    oc.qscheme = c.per_channel ? QScheme::kPerChannelAffine : QScheme::kPerTensorAffine;
+    oc.ch_axis = -1;
+    const ObserverState<Tensor> b = batch_min_max(x, oc);
+    get(owner, "min").value.copy_from(b.min_val);
+    get(owner, "max").value.copy_from(b.max_val);
+#endif
+  } else if (c.scheme == "lsq") {
+#ifdef LOWBIT_QAT_HAVE_TORCH_OPS
+    Tensor s = ops::lsq_init_step(x, c.bits, c.symmetric,
+                                  c.per_channel ? std::optional<int>(-1) : std::nullopt);
+    // An all-zero channel would get step 0 (the op needs step > 0): keep a tiny one.
+    get(owner, "step_size").value.copy_from(ops::maximum(s, ops::scalar_like(s, 1e-8)));
+#endif
   }
 }
 
@@ -290,67 +320,114 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
                        const Value& step, int64_t quant_delay) const {
   const QuantizerConfig& c = config_;
   if (c.scheme == "none") return x;
+  const bool tracked_range = tracked(c);
   Value y;
-  if (c.scheme == "tf") {
+  if (tracked_range) {
     const nn::Weight& wmin = *find(owner, "min");
     const nn::Weight& wmax = *find(owner, "max");
-    const bool first = !ctx.bound(wmin).defined();
+    // A second use of this state in one trace (a shared layer called again) reads the range
+    // the first use computed; updates are recorded once.
+    const bool update = ctx.training() && !ctx.bound(wmin).defined();
     Value mn = ctx.var(owner, wmin), mx = ctx.var(owner, wmax);
+    std::vector<std::pair<Value, Value>> next;  // (state variable, new value)
+    if (c.scheme == "tf") {
 #ifdef LOWBIT_QAT_HAVE_TF_OPS
-    if (ctx.training() && first) {
-      RangeConfig rc;
-      rc.mode = parse_range_mode(c.range);
-      rc.per_channel = c.per_channel;
-      rc.symmetric = c.symmetric;
-      rc.num_bits = c.bits;
-      rc.narrow_range = c.narrow_range;
-      rc.ema_decay = c.ema_decay;
-      rc.init_min = c.init_min;
-      rc.init_max = c.init_max;
-      RangeState<Value> s{mn, mx, {}, {}, {}};
-      std::vector<const nn::Weight*> extra;
-      if (rc.mode == RangeMode::kMovingAverageDebiased) {
-        for (const char* f : {"min_biased", "max_biased", "count"}) extra.push_back(find(owner, f));
-        s.biased_min = ctx.var(owner, *extra[0]);
-        s.biased_max = ctx.var(owner, *extra[1]);
-        s.count = ctx.var(owner, *extra[2]);
+      if (update) {
+        RangeConfig rc;
+        rc.mode = parse_range_mode(c.range);
+        rc.per_channel = c.per_channel;
+        rc.symmetric = c.symmetric;
+        rc.num_bits = c.bits;
+        rc.narrow_range = c.narrow_range;
+        rc.ema_decay = c.ema_decay;
+        rc.init_min = c.init_min;
+        rc.init_max = c.init_max;
+        RangeState<Value> s{mn, mx, {}, {}, {}};
+        if (rc.mode == RangeMode::kMovingAverageDebiased) {
+          s.biased_min = ctx.var(owner, *find(owner, "min_biased"));
+          s.biased_max = ctx.var(owner, *find(owner, "max_biased"));
+          s.count = ctx.var(owner, *find(owner, "count"));
+        }
+        RangeState<Value> n = update_range(s, x, rc);
+        next = {{s.min, n.min}, {s.max, n.max}};
+        if (rc.mode == RangeMode::kMovingAverageDebiased)
+          next.insert(
+              next.end(),
+              {{s.biased_min, n.biased_min}, {s.biased_max, n.biased_max}, {s.count, n.count}});
       }
-      RangeState<Value> n = update_range(s, x, rc);
-      if (c.freeze_after >= 0) {
-        // Frozen: keep the state (per-element selects on [] or [channels]: cheap).
-        Value frozen = ops::greater_equal(step, ops::scalar_like(step, double(c.freeze_after)));
-        auto keep = [&](Value& nv, const Value& ov) {
-          if (nv.defined()) nv = ops::where(frozen, ov, nv);
-        };
-        keep(n.min, s.min);
-        keep(n.max, s.max);
-        keep(n.biased_min, s.biased_min);
-        keep(n.biased_max, s.biased_max);
-        keep(n.count, s.count);
-      }
-      ctx.add_update(s.min, n.min);
-      ctx.add_update(s.max, n.max);
-      if (rc.mode == RangeMode::kMovingAverageDebiased) {
-        ctx.add_update(s.biased_min, n.biased_min);
-        ctx.add_update(s.biased_max, n.biased_max);
-        ctx.add_update(s.count, n.count);
-      }
-      mn = n.min;
-      mx = n.max;
-    }
-    y = c.per_channel
-            ? ops::fake_quant_with_min_max_vars_per_channel(x, mn, mx, c.bits, c.narrow_range)
-            : ops::fake_quant_with_min_max_vars(x, mn, mx, c.bits, c.narrow_range);
 #else
-    (void)first;
-    (void)mn;
-    (void)mx;
-    y = x;  // placeholder until lowbit/ops/fake_quant.h lands
+      (void)update;  // placeholder (identity) until lowbit/ops/fake_quant.h lands
 #endif
+    } else {
+#ifdef LOWBIT_QAT_HAVE_TORCH_OPS
+      if (update) {
+        ObserverConfig oc;
+        oc.qscheme = c.per_channel ? QScheme::kPerChannelAffine : QScheme::kPerTensorAffine;
+        oc.ch_axis = -1;
+        oc.averaging_constant = 1.0 - c.ema_decay;
+        const ObserverState<Value> s{mn, mx};
+        ObserverState<Value> n = c.range == "minmax" ? minmax_observer_update(s, x, oc)
+                                 : c.range == "moving_average"
+                                     ? moving_average_observer_update(s, x, oc)
+                                     : batch_min_max(x, oc);
+        next = {{mn, n.min_val}, {mx, n.max_val}};
+      }
+#else
+      missing_ops(owner, c.scheme, "lowbit/ops/fake_quant_torch.h");
+#endif
+    }
+    if (!next.empty()) {
+      if (c.freeze_after >= 0) {
+        // Frozen: keep the state (selects on [] or [channels]: cheap).
+        Value frozen =
+            ops::greater_equal(step, ops::scalar_like(step, static_cast<double>(c.freeze_after)));
+        for (auto& [var, nv] : next) nv = ops::where(frozen, var, nv);
+      }
+      for (const auto& [var, nv] : next) ctx.add_update(var, nv);
+      mn = next[0].second;  // the op reads the just-updated range (semantics 2.1)
+      mx = next[1].second;
+    }
+    if (c.scheme == "tf") {
+#ifdef LOWBIT_QAT_HAVE_TF_OPS
+      y = c.per_channel
+              ? ops::fake_quant_with_min_max_vars_per_channel(x, mn, mx, c.bits, c.narrow_range)
+              : ops::fake_quant_with_min_max_vars(x, mn, mx, c.bits, c.narrow_range);
+#endif
+    } else {
+#ifdef LOWBIT_QAT_HAVE_TORCH_OPS
+      const auto [qmin, qmax] = signed_or_unsigned_range(c);
+      QParams<Value> qp = c.symmetric ? symmetric_qparams(mn, mx, qmin, qmax, 0)
+                                      : affine_qparams(mn, mx, qmin, qmax);
+      y = c.per_channel
+              ? ops::fake_quantize_per_channel_affine(x, qp.scale, qp.zero_point, -1, qmin, qmax)
+              : ops::fake_quantize_per_tensor_affine(x, qp.scale, qp.zero_point, qmin, qmax);
+#endif
+    }
   } else {
-    LOWBIT_THROW(UnsupportedError, owner.name(), ": quantizer scheme '", c.scheme,
-                 "' is not available yet (needs lowbit/ops/fake_quant_torch.h)");
+#ifdef LOWBIT_QAT_HAVE_TORCH_OPS
+    if (c.scheme == "lsq") {
+      // N of the gradient scale: the weights' count (numel when the op runs) or, for
+      // activations, the features per example (the paper's choice), when known.
+      int64_t n = 0;
+      if (role_ == QuantizerRole::kActivation) {
+        n = 1;
+        for (int d = 1; d < x.rank(); ++d) n = x.shape()[d] == kUnknown ? 0 : n * x.shape()[d];
+        if (x.rank() < 2) n = 0;
+      }
+      y = ops::lsq_quantize(x, ctx.var(owner, *find(owner, "step_size")), c.bits, c.symmetric,
+                            c.per_channel ? std::optional<int>(-1) : std::nullopt, n);
+    } else if (c.scheme == "pact") {
+      y = ops::pact_quantize(x, ctx.var(owner, *find(owner, "alpha")), c.bits);
+    } else if (c.scheme == "binary") {
+      y = ops::binary_quantize(x, c.per_channel);
+    } else {
+      y = ops::ternary_quantize(x, c.per_channel);
+    }
+#else
+    missing_ops(owner, c.scheme, "lowbit/ops/fake_quant_torch.h");
+#endif
   }
+  if (!y.defined()) y = x;
   if (ctx.training() && quant_delay > 0) {
     // Float warm-up: identity (and identity gradient) before the delay; trackers ran above.
     Value warm = ops::less(step, ops::scalar_like(step, static_cast<double>(quant_delay)));
@@ -380,7 +457,8 @@ std::string Quantizer::summary(const nn::Layer& owner) const {
   if (config_.per_channel) {
     for (const char* f : {"min", "step_size"})
       if (const nn::Weight* w = find(owner, f)) {
-        s += "(" + std::to_string(w->value.numel()) + ")";
+        const size_t at = s.find("per-channel") + 11;
+        s.insert(at, "(" + std::to_string(w->value.numel()) + ")");
         break;
       }
   }
@@ -644,12 +722,16 @@ std::vector<Value> FoldedConvBatchNormLayer::call(const std::vector<Value>& in,
   // A frozen BatchNormalization runs in inference mode (Keras): the frozen form.
   const bool batch_stats = ctx.training() && bn_->trainable();
   const bool switchable = batch_stats && freeze_bn_delay_ >= 0;
-  Value sigma, scale, shift;
+  Value sigma, scale, shift, unscale;
   {
     Graph::Scope s(ctx.graph(), "fold");
     sigma = ops::sqrt(mv + epsilon_);
     scale = gamma / sigma;      // γ/σ
     shift = beta - mm * scale;  // β − μγ/σ
+    if (batch_stats) {
+      Value zero = ops::zeros_like(gamma);
+      unscale = ops::where(ops::equal(gamma, zero), zero, sigma / gamma);  // σ/γ (0 if γ = 0)
+    }
   }
   const Shape kshape = need_weight(*conv_, kernel_name_).value.shape();
   bool bias_read = false;
@@ -657,39 +739,39 @@ std::vector<Value> FoldedConvBatchNormLayer::call(const std::vector<Value>& in,
       ctx, *conv_, [&](const nn::Weight& w, const Value& v) -> Value {
         if (w.name == kernel_name_) {
           Graph::Scope s(ctx.graph(), w.name + "_quant");
-          Value wf = v * kernel_factor(scale, kshape, kernel_name_);  // W·γ/σ
+          Value wf = v * kernel_factor(scale, kshape, kernel_name_);  // W_fold = W·γ/σ
           Value view = depthwise_view(kernel_name_, kshape, quantizer_.config().per_channel)
                            ? ops::reshape(wf, depthwise_shape(kshape).dims())
                            : wf;
-          Value q = quantizer_.apply(view, ctx, *this, step, quant_delay_);
-          return ops::reshape(q, kshape.dims());
+          Value q =
+              ops::reshape(quantizer_.apply(view, ctx, *this, step, quant_delay_), kshape.dims());
+          // Batch statistics: the conv computes u = conv(x, FQ(W_fold)·σ/γ) + b, i.e. the
+          // quantized folded output z rescaled to the float conv's scale (u = z·σ/γ + b) by
+          // rescaling the small kernel instead of the large output.
+          return batch_stats ? q * kernel_factor(unscale, kshape, kernel_name_) : q;
         }
         if (w.name == "bias") {
           bias_read = true;
+          if (batch_stats) return Value();  // b itself: u = z·σ/γ + b
           Graph::Scope s(ctx.graph(), "fold");
-          Value folded = v * scale;                      // b·γ/σ
-          return batch_stats ? folded : folded + shift;  // frozen: β + (b − μ)γ/σ
+          return v * scale + shift;  // the folded bias β + (b − μ)γ/σ
         }
         return Value();
       });
-  Value z = conv_->call(in, ctx).at(0);  // z' = conv(x, FQ(W_fold)) (+ folded bias)
+  Value z = conv_->call(in, ctx).at(0);
   Graph::Scope s(ctx.graph(), "fold");
-  if (!batch_stats) return {bias_read ? z : z + shift};
-  // u = z'·σ/γ: the float conv output estimated from the quantized one (0 where γ = 0), one
-  // fused per-channel pass (batch_norm_inference with mean 0, variance 1, epsilon 0).
-  Value zero = ops::zeros_like(gamma), one = ops::ones_like(gamma);
-  Value inv = ops::where(ops::equal(gamma, zero), zero, sigma / gamma);
-  Value u = ops::batch_norm_inference(z, inv, zero, zero, one, -1, 0.0);
-  auto r = ops::batch_norm_training(u, gamma, beta, -1, epsilon_);
+  if (!batch_stats) return {bias_read ? z : z + shift};  // z = conv(x, FQ(W_fold)) + folded bias
+  auto r = ops::batch_norm_training(z, gamma, beta, -1, epsilon_);  // z is u here
   Value new_mm = mm * momentum_ + r.mean * (1.0 - momentum_);
   Value new_mv = mv * momentum_ + r.variance * (1.0 - momentum_);
   Value y = r.y;
   if (switchable) {
+    // After the freeze step: u·γ/σ + β − μγ/σ = conv(x, FQ(W_fold)) + β + (b − μ)γ/σ.
     Value frozen =
         ops::greater_equal(step, ops::scalar_like(step, static_cast<double>(freeze_bn_delay_)));
     new_mm = ops::where(frozen, mm, new_mm);
     new_mv = ops::where(frozen, mv, new_mv);
-    y = ops::where(frozen, z + shift, y);  // the conv's bias is b·γ/σ here
+    y = ops::where(frozen, z * scale + shift, y);
   }
   if (first) {
     ctx.add_update(mm, new_mm);

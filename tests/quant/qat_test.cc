@@ -5,9 +5,17 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <set>
 
 #include "lowbit/nn/layers.h"
 #include "lowbit/ops.h"
+#if __has_include("lowbit/ops/fake_quant.h")
+#include "lowbit/ops/fake_quant.h"
+#define LOWBIT_QAT_TEST_TF 1
+#endif
+#if __has_include("lowbit/ops/fake_quant_torch.h")
+#define LOWBIT_QAT_TEST_TORCH 1
+#endif
 #include "lowbit/quant/quantize_model.h"
 #include "testing/op_testing.h"
 
@@ -17,6 +25,11 @@ namespace {
 using nn::KTensor;
 using testing::random_tensor;
 using testing::tensors_near;
+
+std::set<float> distinct(const Tensor& t) {
+  auto s = t.span<float>();
+  return {s.begin(), s.end()};
+}
 
 Tensor weight(const nn::Layer& l, const std::string& name) {
   for (const auto& w : l.weights())
@@ -130,5 +143,335 @@ TEST(BatchNormFolding, FreezeSwitchesToMovingStatisticsAtTheStep) {
   EXPECT_EQ(weight(*fold, "step").item<int64_t>(), 4);
 }
 
+#ifdef LOWBIT_QAT_TEST_TF
+// ---- Quantizer state: trackers, delay, gradients, saving (TF scheme) -------------------------
+
+// A small CNN: Conv-BN-ReLU, a shared-free Dense head.
+nn::ModelPtr small_cnn(uint64_t seed = 1) {
+  nn::reset_layer_names();
+  nn::set_random_seed(seed);
+  return nn::Sequential::create(
+      {nn::InputSpec({6, 6, 2}), nn::Conv2D(4, 3, {.padding = "same", .use_bias = false}),
+       nn::BatchNormalization({.momentum = 0.9}), nn::ReLU(), nn::GlobalAveragePooling2D(),
+       nn::Dense(3)},
+      "small_cnn");
+}
+
+Tensor tensor_of(const nn::Layer& l, const std::string& name) { return weight(l, name).clone(); }
+
+TEST(QuantizerState, RangesUpdateOnlyInTrainingMode) {
+  auto q = quantize_model(*small_cnn());
+  auto act = std::dynamic_pointer_cast<FakeQuantLayer>(q->get_layer("re_lu_quant"));
+  auto input = std::dynamic_pointer_cast<FakeQuantLayer>(q->get_layer("input_layer_quant"));
+  auto fold = std::dynamic_pointer_cast<FoldedConvBatchNormLayer>(q->get_layer("conv2d"));
+  ASSERT_TRUE(act && input && fold);
+  // Weights start at their own range (last_value of the copied kernel); activations at -6/6;
+  // inputs at 0/0.
+  EXPECT_EQ(act->quantizer().min(*act).item<float>(), -6.0f);
+  EXPECT_EQ(act->quantizer().max(*act).item<float>(), 6.0f);
+  EXPECT_EQ(input->quantizer().max(*input).item<float>(), 0.0f);
+  Tensor kernel_max = fold->quantizer().max(*fold).clone();
+  EXPECT_EQ(kernel_max.shape(), Shape({4}));
+  EXPECT_LT(kernel_max.to_vector<float>()[0], 6.0f);
+
+  Rng rng(3);
+  Tensor x = random_tensor({5, 6, 6, 2}, rng, -1.5f, 2.0f);
+  const Tensor amin = tensor_of(*act, "min"), amax = tensor_of(*act, "max");
+  (*q)(x);  // inference: nothing moves
+  EXPECT_TRUE(testing::tensors_equal(tensor_of(*act, "min"), amin));
+  EXPECT_TRUE(testing::tensors_equal(tensor_of(*act, "max"), amax));
+  EXPECT_TRUE(testing::tensors_equal(fold->quantizer().max(*fold), kernel_max));
+  EXPECT_EQ(weight(*act, "step").item<int64_t>(), 0);
+
+  (*q)(x, {.training = true});  // training: each tracker moves as range.h says
+  EXPECT_EQ(weight(*act, "step").item<int64_t>(), 1);
+  // Input: all_values from 0/0 -> the batch range with 0 included.
+  const ops::MinMax<Tensor> b = ops::min_max(x, false);
+  EXPECT_EQ(input->quantizer().min(*input).item<float>(), std::min(b.min.item<float>(), 0.0f));
+  EXPECT_EQ(input->quantizer().max(*input).item<float>(), std::max(b.max.item<float>(), 0.0f));
+  // Activation: one EMA step (decay 0.999) from -6/6 towards the ReLU output's range [0, m].
+  const float new_min = act->quantizer().min(*act).item<float>();
+  const float new_max = act->quantizer().max(*act).item<float>();
+  EXPECT_EQ(new_min, -6.0f - (-6.0f - 0.0f) * static_cast<float>(1.0 - 0.999));
+  EXPECT_LT(new_max, 6.0f);
+  EXPECT_GT(new_max, 5.99f);
+  // The folded kernel's range is last_value: the range of the folded kernel W·γ/σ of this step
+  // (the BN's moving variance before this step's update).
+  EXPECT_FALSE(testing::tensors_equal(fold->quantizer().max(*fold), kernel_max));
+}
+
+TEST(QuantizerState, QuantDelayIsIdentityWhileTrackersRun) {
+  nn::reset_layer_names();
+  KTensor in = nn::Input({8});
+  auto fq = FakeQuant({.bits = 3}, /*quant_delay=*/2, "fq");
+  auto m = nn::Model::create({in}, {(*fq)(in)});
+  auto& layer = dynamic_cast<FakeQuantLayer&>(*fq);
+  Rng rng(9);
+  Tensor x = random_tensor({4, 8}, rng, -2.0f, 3.0f);
+  for (int step = 0; step < 4; ++step) {
+    Tensor before = layer.quantizer().max(layer).clone();
+    Tensor y = (*m)(x, {.training = true});
+    EXPECT_FALSE(testing::tensors_equal(layer.quantizer().max(layer), before)) << step;
+    if (step < 2) {
+      EXPECT_TRUE(testing::tensors_equal(y, x)) << "step " << step << ": float warm-up";
+    } else {
+      EXPECT_FALSE(tensors_near(y, x, 1e-3, 0)) << "step " << step << ": quantized";
+      // 3 bits: at most 8 distinct values.
+      std::set<float> levels = distinct(y);
+      EXPECT_LE(levels.size(), 8u);
+    }
+  }
+  // Inference always quantizes.
+  Tensor yi = (*m)(x);
+  EXPECT_FALSE(tensors_near(yi, x, 1e-3, 0));
+}
+
+// Every value of a fake-quantized weight is k * scale for an integer k of the nudged grid.
+void expect_on_tf_grid(const Tensor& w, const Tensor& min, const Tensor& max, int bits,
+                       bool narrow) {
+  const int64_t ch = min.numel();
+  const float* pw = w.data<float>();
+  for (int64_t i = 0; i < w.numel(); ++i) {
+    const int64_t c = ch == 1 ? 0 : i % ch;
+    const ops::FakeQuantNudge n =
+        ops::fake_quant_nudge(min.data<float>()[c], max.data<float>()[c], bits, narrow);
+    const double k = pw[i] / n.scale;
+    ASSERT_NEAR(k, std::round(k), 1e-3) << "element " << i << " = " << pw[i];
+    ASSERT_GE(std::round(k), n.quant_min - n.zero_point) << i;
+    ASSERT_LE(std::round(k), n.quant_max - n.zero_point) << i;
+  }
+}
+
+TEST(QuantizeAwareTraining, StepsReduceTheLossAndWeightsStayFloat) {
+  nn::reset_layer_names();
+  nn::set_random_seed(4);
+  auto model = nn::Sequential::create(
+      {nn::InputSpec({6}), nn::Dense(16, {.activation = "relu"}), nn::Dense(3)}, "mlp");
+  QuantizeConfig cfg = QuantizeConfig::preset("w4a8");
+  auto q = quantize_model(*model, cfg);
+  q->compile({.optimizer = nn::Adam({.learning_rate = 1e-2}),
+              .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
+  Rng rng(21);
+  Tensor x = random_tensor({64, 6}, rng);
+  Tensor y = Tensor::zeros({64}, DType::kS64);
+  for (int64_t i = 0; i < 64; ++i)  // a learnable rule: the argmax of the first 3 features
+    y.data<int64_t>()[i] = x.data<float>()[i * 6] > x.data<float>()[i * 6 + 1]
+                               ? (x.data<float>()[i * 6] > x.data<float>()[i * 6 + 2] ? 0 : 2)
+                               : (x.data<float>()[i * 6 + 1] > x.data<float>()[i * 6 + 2] ? 1 : 2);
+  auto dense = std::dynamic_pointer_cast<QuantizeWrapperLayer>(q->get_layer("dense"));
+  ASSERT_TRUE(dense);
+  const Tensor k0 = dense->layer()->weights()[0].value.clone();
+  nn::History h = q->fit(x, y, {.epochs = 20, .batch_size = 16, .verbose = 0});
+  const auto& loss = h.history.at("loss");
+  EXPECT_LT(loss.back(), 0.8 * loss.front());
+  // STE: the float kernel moved ...
+  const Tensor k1 = dense->layer()->weights()[0].value;
+  EXPECT_FALSE(tensors_near(k1, k0, 1e-4, 0));
+  // ... stays full precision (not on the 4-bit grid) while the forward uses grid values.
+  const Tensor eff = dense->effective_weights().at("kernel");
+  const Quantizer& kq = dense->quantizer("kernel");
+  expect_on_tf_grid(eff, kq.min(*dense), kq.max(*dense), 4, true);
+  std::set<float> levels = distinct(eff);
+  std::set<float> float_levels = distinct(k1);
+  EXPECT_LE(levels.size(), 15u * 16u);  // <= 15 levels per output channel
+  EXPECT_GT(float_levels.size(), levels.size());
+  // Inference of the quantized model uses those effective weights: the first layer's output
+  // equals relu(FQ(x) @ FQ(W) + b) computed by hand.
+}
+
+TEST(QuantizeAwareTraining, SaveLoadKeepsRangesAndPredictionsBitIdentical) {
+  auto q = quantize_model(*small_cnn(), QuantizeConfig::preset("w8a8"));
+  q->compile({.optimizer = nn::Adam({.learning_rate = 1e-2}),
+              .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
+  Rng rng(8);
+  Tensor x = random_tensor({32, 6, 6, 2}, rng);
+  Tensor y = testing::random_int_tensor({32}, rng, 0, 2);
+  q->fit(x, y, {.epochs = 2, .batch_size = 8, .verbose = 0});
+  const std::string path = (std::filesystem::temp_directory_path() / "qat_save_test.lbm").string();
+  q->save(path);
+  nn::ModelPtr r = nn::load_model(path);
+  std::filesystem::remove(path);
+  EXPECT_EQ(r->get_config(), q->get_config());
+  auto a = std::dynamic_pointer_cast<FakeQuantLayer>(q->get_layer("re_lu_quant"));
+  auto b = std::dynamic_pointer_cast<FakeQuantLayer>(r->get_layer("re_lu_quant"));
+  ASSERT_TRUE(a && b);
+  EXPECT_TRUE(testing::tensors_equal(b->quantizer().min(*b), a->quantizer().min(*a)));
+  EXPECT_TRUE(testing::tensors_equal(b->quantizer().max(*b), a->quantizer().max(*a)));
+  EXPECT_NE(a->quantizer().max(*a).item<float>(), 6.0f);  // trained, not the initial value
+  EXPECT_TRUE(testing::tensors_equal(weight(*r->get_layer("re_lu_quant"), "step"),
+                                     weight(*q->get_layer("re_lu_quant"), "step")));
+  EXPECT_TRUE(testing::tensors_equal((*r)(x), (*q)(x)));
+  // Training continues identically (ranges, BN statistics, optimizer state all restored).
+  q->fit(x, y, {.epochs = 3, .batch_size = 8, .shuffle = false, .verbose = 0, .initial_epoch = 2});
+  r->fit(x, y, {.epochs = 3, .batch_size = 8, .shuffle = false, .verbose = 0, .initial_epoch = 2});
+  EXPECT_TRUE(testing::tensors_equal((*r)(x), (*q)(x)));
+}
+
+TEST(QuantizeAwareTraining, SummaryAndDotShowTheQuantizers) {
+  auto q = quantize_model(*small_cnn());
+  const std::string s = q->summary();
+  EXPECT_NE(s.find("conv2d (FoldedConvBatchNorm)"), std::string::npos) << s;
+  EXPECT_NE(s.find("weight quant kernel: tf 8-bit sym narrow per-channel(4) last_value"),
+            std::string::npos)
+      << s;
+  EXPECT_NE(s.find("fake quant output: tf 8-bit asym per-tensor moving_average(0.999), range "
+                   "[-6, 6]"),
+            std::string::npos)
+      << s;
+  EXPECT_NE(s.find("fake quant output: tf 8-bit asym per-tensor all_values, range [0, 0]"),
+            std::string::npos)
+      << s;
+  const std::string dot = q->to_dot(true);
+  EXPECT_NE(dot.find("conv2d/kernel_quant/fake_quant_with_min_max_vars_per_channel"),
+            std::string::npos);
+  EXPECT_NE(dot.find("re_lu_quant/fake_quant_with_min_max_vars"), std::string::npos);
+  EXPECT_NE(dot.find("dense/kernel_quant/fake_quant_with_min_max_vars_per_channel"),
+            std::string::npos);
+}
+
+TEST(QuantizeAwareTraining, SharedLayerQuantizesItsKernelOncePerStep) {
+  nn::reset_layer_names();
+  KTensor x = nn::Input({5});
+  auto shared = nn::Dense(5, {.activation = "relu"});
+  KTensor y = (*shared)((*shared)(x));
+  auto q = quantize_model(*nn::Model::create({x}, {y}));
+  const std::string dot = q->to_dot(true);
+  size_t count = 0;
+  for (size_t p = dot.find("dense/kernel_quant/fake_quant_with_min_max_vars_per_channel");
+       p != std::string::npos;
+       p = dot.find("dense/kernel_quant/fake_quant_with_min_max_vars_per_channel", p + 1))
+    ++count;
+  EXPECT_EQ(count, 1u);  // one node (named once in the DOT label)
+  auto w = std::dynamic_pointer_cast<QuantizeWrapperLayer>(q->get_layer("dense"));
+  Rng rng(2);
+  (*q)(random_tensor({3, 5}, rng), {.training = true});
+  EXPECT_EQ(weight(*w, "step").item<int64_t>(), 1);  // one increment for two calls
+}
+#endif  // LOWBIT_QAT_TEST_TF
+
+#if defined(LOWBIT_QAT_TEST_TORCH)
+// ---- The other schemes: each trains, and the effective weights lie on its grid ---------------
+
+struct SchemeCase {
+  std::string name;
+  QuantizerConfig weights;
+  // Checks the effective kernel [in, out] (per output channel = column) given the wrapper.
+  std::function<void(const Tensor& eff, const QuantizeWrapperLayer& w)> check;
+};
+
+// Distinct values of column c of an [in, out] matrix.
+std::set<float> column(const Tensor& t, int64_t c) {
+  std::set<float> s;
+  for (int64_t r = 0; r < t.dim(0); ++r) s.insert(t.data<float>()[r * t.dim(1) + c]);
+  return s;
+}
+
+TEST(QuantizerSchemes, EachSchemeTrainsAndPutsWeightsOnItsGrid) {
+  const std::vector<SchemeCase> cases = {
+      {"torch 4-bit symmetric per channel",
+       {.scheme = "torch",
+        .bits = 4,
+        .symmetric = true,
+        .per_channel = true,
+        .range = "last_value"},
+       [](const Tensor& eff, const QuantizeWrapperLayer& w) {
+         // scale = max|w| / 7.5 per channel (PyTorch's symmetric rule), codes -8..7.
+         const Tensor mn = w.quantizer("kernel").min(w), mx = w.quantizer("kernel").max(w);
+         for (int64_t c = 0; c < eff.dim(1); ++c) {
+           const float m = std::max(-mn.data<float>()[c], mx.data<float>()[c]);
+           const float scale = m / 7.5f;
+           for (float v : column(eff, c)) {
+             EXPECT_NEAR(v / scale, std::round(v / scale), 1e-3) << v;
+             EXPECT_GE(std::round(v / scale), -8);
+             EXPECT_LE(std::round(v / scale), 7);
+           }
+         }
+       }},
+      {"lsq 2-bit per channel", QuantizeConfig::preset("w2a8").weights,
+       [](const Tensor& eff, const QuantizeWrapperLayer& w) {
+         const Tensor step = weight(w, "kernel_step_size");
+         for (int64_t c = 0; c < eff.dim(1); ++c)
+           for (float v : column(eff, c)) {
+             const float k = v / step.data<float>()[c];
+             EXPECT_NEAR(k, std::round(k), 1e-4);
+             EXPECT_GE(std::round(k), -2);
+             EXPECT_LE(std::round(k), 1);
+           }
+       }},
+      {"binary per channel",
+       {.scheme = "binary", .per_channel = true},
+       [](const Tensor& eff, const QuantizeWrapperLayer&) {
+         for (int64_t c = 0; c < eff.dim(1); ++c) {
+           std::set<float> mags;
+           for (float v : column(eff, c)) mags.insert(std::abs(v));
+           EXPECT_EQ(mags.size(), 1u);  // +-alpha
+         }
+       }},
+      {"ternary per channel",
+       {.scheme = "ternary", .per_channel = true},
+       [](const Tensor& eff, const QuantizeWrapperLayer&) {
+         for (int64_t c = 0; c < eff.dim(1); ++c) EXPECT_LE(column(eff, c).size(), 3u);
+       }},
+  };
+  for (const SchemeCase& sc : cases) {
+    SCOPED_TRACE(sc.name);
+    nn::reset_layer_names();
+    nn::set_random_seed(4);
+    auto model = nn::Sequential::create(
+        {nn::InputSpec({6}), nn::Dense(16, {.activation = "relu"}), nn::Dense(3)}, "mlp");
+    QuantizeConfig cfg;
+    cfg.weights = sc.weights;
+    auto q = quantize_model(*model, cfg);
+    q->compile({.optimizer = nn::Adam({.learning_rate = 1e-2}),
+                .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
+    Rng rng(21);
+    Tensor x = random_tensor({64, 6}, rng);
+    Tensor y = testing::random_int_tensor({64}, rng, 0, 2);
+    nn::History h = q->fit(x, y, {.epochs = 5, .batch_size = 16, .verbose = 0});
+    const auto& loss = h.history.at("loss");
+    EXPECT_TRUE(std::isfinite(loss.back()));
+    EXPECT_LT(loss.back(), loss.front());
+    auto dense = std::dynamic_pointer_cast<QuantizeWrapperLayer>(q->get_layer("dense"));
+    ASSERT_TRUE(dense);
+    sc.check(dense->effective_weights().at("kernel"), *dense);
+  }
+}
+
+TEST(QuantizerSchemes, PactLearnsItsClippingLevel) {
+  nn::reset_layer_names();
+  nn::set_random_seed(5);
+  auto model = nn::Sequential::create(
+      {nn::InputSpec({6}), nn::Dense(16, {.activation = "relu"}), nn::Dense(3)}, "mlp");
+  QuantizeConfig cfg;
+  cfg.overrides["dense"] = {.activation_bits = 3, .scheme = "pact"};  // pact: activations only
+  auto q = quantize_model(*model, cfg);
+  auto fq = std::dynamic_pointer_cast<FakeQuantLayer>(q->get_layer("dense_quant"));
+  ASSERT_TRUE(fq);
+  EXPECT_EQ(fq->quantizer().config().scheme, "pact");
+  EXPECT_EQ(std::dynamic_pointer_cast<QuantizeWrapperLayer>(q->get_layer("dense"))
+                ->quantizer("kernel")
+                .config()
+                .scheme,
+            "tf");  // the weights keep theirs
+  const float alpha0 = weight(*fq, "alpha").item<float>();
+  EXPECT_EQ(alpha0, 6.0f);
+  q->compile({.optimizer = nn::Adam({.learning_rate = 5e-2}),
+              .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
+  Rng rng(3);
+  Tensor x = random_tensor({64, 6}, rng, -10.0f, 10.0f);  // ReLU outputs beyond alpha = 6
+  Tensor y = testing::random_int_tensor({64}, rng, 0, 2);
+  q->fit(x, y, {.epochs = 3, .batch_size = 16, .verbose = 0});
+  const float alpha = weight(*fq, "alpha").item<float>();
+  EXPECT_NE(alpha, alpha0);  // trainable
+  // The quantizer's output: 3 bits in [0, alpha].
+  KTensor in = nn::Input({16});
+  auto probe = nn::Model::create({in}, {(*fq)(in)});
+  Tensor out = (*probe)(random_tensor({8, 16}, rng, -1.0f, 8.0f));
+  std::set<float> levels = distinct(out);
+  EXPECT_LE(levels.size(), 8u);
+  EXPECT_GE(*levels.begin(), 0.0f);
+  EXPECT_LE(*levels.rbegin(), alpha * 1.0001f);
+}
+#endif
 }  // namespace
 }  // namespace lowbit::quant

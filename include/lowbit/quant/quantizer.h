@@ -239,26 +239,28 @@ nn::LayerPtr QuantizeWrapper(nn::LayerPtr layer, std::map<std::string, Quantizer
                              int64_t quant_delay = 0, const std::string& name = "");
 
 // Batch-norm folding for training (semantics 2.4, Jacob et al. 2018): Dense, Conv1D, Conv2D or
-// DepthwiseConv2D (activation linear, bias optional) followed by BatchNormalization over the
+// DepthwiseConv2D (activation linear, bias b optional) followed by BatchNormalization over the
 // last axis, as ONE layer holding both originals as sublayers (their weights carry over and are
 // saved under "<name>/<conv>/kernel", "<name>/<bn>/gamma", ...). With σ = sqrt(moving_var + ε):
 //
 //   weights fed to the fake quant:  W_fold = W · γ/σ           (moving σ, per output channel)
-//   z' = conv(x, FQ(W_fold)) + b · γ/σ                          (the conv's own bias, folded)
-//   training, before freeze:  u = z' · σ/γ        (the float conv output, estimated from the
-//                                                   quantized one: no second convolution)
+//   training, before freeze:  u = conv(x, FQ(W_fold) · σ/γ) + b
 //                             y = γ (u − μ_B)/σ_B + β        batch statistics μ_B, σ_B² of u,
 //                             moving statistics updated from them with the BN's momentum
-//   frozen, and inference:    y = z' + (β − μ γ/σ)             moving statistics, no updates
+//   frozen, and inference:    y = conv(x, FQ(W_fold)) + β + (b − μ)γ/σ
+//                             moving statistics, no updates
 //
-// Taking the batch statistics from the rescaled quantized output u (as PyTorch's ConvBn2d
-// does) instead of a second float convolution (TF contrib) costs one per-channel scaling pass
-// instead of a convolution; u and the float conv output differ only by the weight
-// quantization error. Before freeze the output equals y = conv(x, FQ(W_fold)) · σ/σ_B + (β −
-// (μ_B − b)γ/σ_B) (Jacob's formula). Freeze: training step >= freeze_bn_delay (a run-time
-// switch on the step counter; -1: never, and then the training graph holds only the batch
-// statistics path) or the BatchNormalization sublayer frozen (trainable = false, as Keras). A
-// zero γ gives that channel u = 0 instead of a division by zero.
+// u equals conv(x, FQ(W_fold)) · σ/γ + b: the float conv output estimated from the quantized
+// one, as PyTorch's ConvBn2d computes it, but rescaled through the small kernel rather than the
+// large output, so the batch statistics need neither a second (float) convolution, as TF
+// contrib's folding does, nor an extra pass over the output: the training step has the float
+// model's conv + bias + batch norm, plus fake quant on a kernel-sized tensor. Expanded, the
+// output before freeze is Jacob's y = conv(x, FQ(W_fold)) · σ/σ_B + (β − (μ_B − b)γ/σ_B); the
+// batch statistics differ from the float conv's only by the weight quantization error, and
+// the moving statistics keep their float meaning (they track u). Freeze: training step >=
+// freeze_bn_delay (a run-time switch on the step counter; -1: never, and then the training
+// graph holds only the batch-statistics path) or the BatchNormalization sublayer frozen
+// (trainable = false: inference mode, as Keras). A channel with γ = 0 gets u = b.
 // Config {"layer": ..., "batch_norm": ..., "weight_quantizer": ..., "quant_delay",
 // "freeze_bn_delay"}.
 class FoldedConvBatchNormLayer : public nn::Layer {
