@@ -324,9 +324,13 @@ std::string Model::summary(int width) const {
       if (!shapes.empty()) shapes.push_back(' ');
       shapes.append(shape_str(t.shape));
     }
-    int64_t params = n->layer->count_params(true) + n->layer->count_params(false);
-    if (auto m = std::dynamic_pointer_cast<Model>(n->layer))
-      params = m->count_params_total(true) + m->count_params_total(false);
+    // A layer's own weights and those of its sublayers (nested models, wrappers).
+    std::function<int64_t(const Layer&)> count = [&](const Layer& l) {
+      int64_t c = l.count_params(true) + l.count_params(false);
+      for (const auto& sub : l.sublayers()) c += count(*sub);
+      return c;
+    };
+    const int64_t params = count(*n->layer);
     std::string title = n->layer->name();
     title.append(" (").append(n->layer->class_name()).append(")");
     os << pad(title, c1) << pad(shapes, c2) << pad(fmt_int(params), c3) << conn << "\n";

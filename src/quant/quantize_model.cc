@@ -410,6 +410,9 @@ class Rewriter {
       env_[{i, 0}] = {y, true, {}};  // rows of the quantized table are grid values
       return;
     }
+    if (!quantizable_weights(*n.layer).empty()) {  // recurrent layers: wrapper, outputs below
+      return quantize_outputs(i, call(wrapper(*n.layer, false), inputs_of(i), n.training));
+    }
     if (c == "BatchNormalization" || c == "Add" || c == "Multiply") {
       std::vector<nn::KTensor> in;
       if (c == "BatchNormalization")
@@ -438,6 +441,11 @@ class Rewriter {
       return;
     }
     // Concatenate, standalone activations, and any other layer: quantize each f32 output.
+    quantize_outputs(i, out);
+  }
+
+  void quantize_outputs(int i, const std::vector<nn::KTensor>& out) {
+    const FlatNode& n = node(i);
     for (size_t k = 0; k < out.size(); ++k) {
       const Ref r{i, static_cast<int>(k)};
       if (out[k].dtype() != DType::kF32) {

@@ -7,18 +7,11 @@
 #include <sstream>
 
 #include "lowbit/ops.h"
-#include "quant/quant_layers.h"
-
-#if __has_include("lowbit/quant/range.h")
-#define LOWBIT_QAT_HAVE_TF_OPS 1
 #include "lowbit/ops/fake_quant.h"
-#include "lowbit/quant/range.h"
-#endif
-#if __has_include("lowbit/quant/observer.h")
-#define LOWBIT_QAT_HAVE_TORCH_OPS 1
 #include "lowbit/ops/fake_quant_torch.h"
 #include "lowbit/quant/observer.h"
-#endif
+#include "lowbit/quant/range.h"
+#include "quant/quant_layers.h"
 
 namespace lowbit::quant {
 
@@ -246,11 +239,6 @@ std::pair<int64_t, int64_t> signed_or_unsigned_range(const QuantizerConfig& c) {
 double lsq_qp(const QuantizerConfig& c) {
   return static_cast<double>(signed_or_unsigned_range(c).second);
 }
-[[noreturn, maybe_unused]] void missing_ops(const nn::Layer& owner, const std::string& scheme,
-                                            const char* header) {
-  LOWBIT_THROW(UnsupportedError, owner.name(), ": quantizer scheme '", scheme,
-               "' needs the ops of ", header, ", which this build does not have");
-}
 }  // namespace
 
 void Quantizer::build(nn::Layer& owner, const Shape& shape) const {
@@ -288,31 +276,23 @@ void Quantizer::build(nn::Layer& owner, const Shape& shape) const {
 
 void Quantizer::init_from(nn::Layer& owner, const Tensor& x) const {
   const QuantizerConfig& c = config_;
-  (void)owner;  // unused in builds without the quantizer ops
-  (void)x;
   if (c.scheme == "tf") {
-#ifdef LOWBIT_QAT_HAVE_TF_OPS
     const ops::MinMax<Tensor> b = ops::min_max(x, c.per_channel);
     const ops::MinMax<Tensor> r = range_target(b.min, b.max, c.symmetric, c.bits, c.narrow_range);
     get(owner, "min").value.copy_from(r.min);
     get(owner, "max").value.copy_from(r.max);
-#endif
   } else if (c.scheme == "torch") {
-#ifdef LOWBIT_QAT_HAVE_TORCH_OPS
     ObserverConfig oc;
     oc.qscheme = c.per_channel ? QScheme::kPerChannelAffine : QScheme::kPerTensorAffine;
     oc.ch_axis = -1;
     const ObserverState<Tensor> b = batch_min_max(x, oc);
     get(owner, "min").value.copy_from(b.min_val);
     get(owner, "max").value.copy_from(b.max_val);
-#endif
   } else if (c.scheme == "lsq") {
-#ifdef LOWBIT_QAT_HAVE_TORCH_OPS
     Tensor s = ops::lsq_init_step(x, c.bits, c.symmetric,
                                   c.per_channel ? std::optional<int>(-1) : std::nullopt);
     // An all-zero channel would get step 0 (the op needs step > 0): keep a tiny one.
     get(owner, "step_size").value.copy_from(ops::maximum(s, ops::scalar_like(s, 1e-8)));
-#endif
   }
 }
 
@@ -331,7 +311,6 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
     Value mn = ctx.var(owner, wmin), mx = ctx.var(owner, wmax);
     std::vector<std::pair<Value, Value>> next;  // (state variable, new value)
     if (c.scheme == "tf") {
-#ifdef LOWBIT_QAT_HAVE_TF_OPS
       if (update) {
         RangeConfig rc;
         rc.mode = parse_range_mode(c.range);
@@ -355,11 +334,7 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
               next.end(),
               {{s.biased_min, n.biased_min}, {s.biased_max, n.biased_max}, {s.count, n.count}});
       }
-#else
-      (void)update;  // placeholder (identity) until lowbit/ops/fake_quant.h lands
-#endif
     } else {
-#ifdef LOWBIT_QAT_HAVE_TORCH_OPS
       if (update) {
         ObserverConfig oc;
         oc.qscheme = c.per_channel ? QScheme::kPerChannelAffine : QScheme::kPerTensorAffine;
@@ -372,9 +347,6 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
                                      : batch_min_max(x, oc);
         next = {{mn, n.min_val}, {mx, n.max_val}};
       }
-#else
-      missing_ops(owner, c.scheme, "lowbit/ops/fake_quant_torch.h");
-#endif
     }
     if (!next.empty()) {
       if (c.freeze_after >= 0) {
@@ -388,23 +360,18 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
       mx = next[1].second;
     }
     if (c.scheme == "tf") {
-#ifdef LOWBIT_QAT_HAVE_TF_OPS
       y = c.per_channel
               ? ops::fake_quant_with_min_max_vars_per_channel(x, mn, mx, c.bits, c.narrow_range)
               : ops::fake_quant_with_min_max_vars(x, mn, mx, c.bits, c.narrow_range);
-#endif
     } else {
-#ifdef LOWBIT_QAT_HAVE_TORCH_OPS
       const auto [qmin, qmax] = signed_or_unsigned_range(c);
       QParams<Value> qp = c.symmetric ? symmetric_qparams(mn, mx, qmin, qmax, 0)
                                       : affine_qparams(mn, mx, qmin, qmax);
       y = c.per_channel
               ? ops::fake_quantize_per_channel_affine(x, qp.scale, qp.zero_point, -1, qmin, qmax)
               : ops::fake_quantize_per_tensor_affine(x, qp.scale, qp.zero_point, qmin, qmax);
-#endif
     }
   } else {
-#ifdef LOWBIT_QAT_HAVE_TORCH_OPS
     if (c.scheme == "lsq") {
       // N of the gradient scale: the weights' count (numel when the op runs) or, for
       // activations, the features per example (the paper's choice), when known.
@@ -423,11 +390,7 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
     } else {
       y = ops::ternary_quantize(x, c.per_channel);
     }
-#else
-    missing_ops(owner, c.scheme, "lowbit/ops/fake_quant_torch.h");
-#endif
   }
-  if (!y.defined()) y = x;
   if (ctx.training() && quant_delay > 0) {
     // Float warm-up: identity (and identity gradient) before the delay; trackers ran above.
     Value warm = ops::less(step, ops::scalar_like(step, static_cast<double>(quant_delay)));
@@ -520,6 +483,7 @@ std::vector<std::string> quantizable_weights(const nn::Layer& l) {
   if (c == "DepthwiseConv2D") return {"depthwise_kernel"};
   if (c == "SeparableConv2D") return {"depthwise_kernel", "pointwise_kernel"};
   if (c == "Embedding") return {"embeddings"};
+  if (c == "SimpleRNN" || c == "LSTM" || c == "GRU") return {"kernel", "recurrent_kernel"};
   return {};
 }
 

@@ -9,14 +9,9 @@
 
 #include "lowbit/nn/layers.h"
 #include "lowbit/ops.h"
-#if __has_include("lowbit/ops/fake_quant.h")
 #include "lowbit/ops/fake_quant.h"
-#define LOWBIT_QAT_TEST_TF 1
-#endif
-#if __has_include("lowbit/ops/fake_quant_torch.h")
-#define LOWBIT_QAT_TEST_TORCH 1
-#endif
 #include "lowbit/quant/quantize_model.h"
+#include "lowbit/quant/range.h"
 #include "testing/op_testing.h"
 
 namespace lowbit::quant {
@@ -143,7 +138,6 @@ TEST(BatchNormFolding, FreezeSwitchesToMovingStatisticsAtTheStep) {
   EXPECT_EQ(weight(*fold, "step").item<int64_t>(), 4);
 }
 
-#ifdef LOWBIT_QAT_TEST_TF
 // ---- Quantizer state: trackers, delay, gradients, saving (TF scheme) -------------------------
 
 // A small CNN: Conv-BN-ReLU, a shared-free Dense head.
@@ -197,8 +191,15 @@ TEST(QuantizerState, RangesUpdateOnlyInTrainingMode) {
   EXPECT_GT(new_max, 5.99f);
   // The folded kernel's range is last_value: the range of the folded kernel W·γ/σ of the step
   // (σ from the moving variance before the step's update): unchanged by the first step, which
-  // saw the kernel it was initialised from.
+  // saw the kernel it was initialised from, moved by the second (the variance moved).
   EXPECT_TRUE(testing::tensors_equal(fold->quantizer().max(*fold), kernel_max));
+  const Tensor folded = fold->folded_kernel();
+  (*q)(x, {.training = true});
+  const ops::MinMax<Tensor> fb = ops::min_max(folded, true);
+  const ops::MinMax<Tensor> ft = range_target(fb.min, fb.max, true, 8, true);
+  EXPECT_TRUE(testing::tensors_equal(fold->quantizer().min(*fold), ft.min));
+  EXPECT_TRUE(testing::tensors_equal(fold->quantizer().max(*fold), ft.max));
+  EXPECT_FALSE(testing::tensors_equal(ft.max, kernel_max));
 }
 
 TEST(QuantizerState, QuantDelayIsIdentityWhileTrackersRun) {
@@ -225,6 +226,31 @@ TEST(QuantizerState, QuantDelayIsIdentityWhileTrackersRun) {
   // Inference always quantizes.
   Tensor yi = (*m)(x);
   EXPECT_FALSE(tensors_near(yi, x, 1e-3, 0));
+}
+
+// The same with 16-bit weights: the folded kernel is fake-quantized, the error is the 16-bit
+// rounding of W·γ/σ (per channel, symmetric: 2^-15 of the channel's range).
+TEST(BatchNormFolding, SixteenBitFoldedLayerMatchesConvThenBatchNorm) {
+  for (const FoldCase& fc : fold_cases()) {
+    SCOPED_TRACE(fc.name);
+    nn::reset_layer_names();
+    nn::set_random_seed(7);
+    auto model = nn::Sequential::create(
+        {nn::InputSpec(fc.input), fc.conv(), nn::BatchNormalization({.momentum = 0.9})});
+    Rng rng(11);
+    randomize_bn(*model->layers().back(), rng);
+    QuantizeConfig cfg = float_config();
+    cfg.weights = default_weight_quantizer();
+    cfg.weights.bits = 16;
+    auto q = quantize_model(*model, cfg);
+    std::vector<int64_t> dims{4};
+    dims.insert(dims.end(), fc.input.dims().begin(), fc.input.dims().end());
+    Tensor x = random_tensor(Shape(dims), rng);
+    Tensor want = (*model)(x);
+    EXPECT_TRUE(tensors_near((*q)(x), want, 2e-4, 1e-4));
+    cfg.weights.bits = 4;  // and 4 bits are visibly different: the kernel IS quantized
+    EXPECT_FALSE(tensors_near((*quantize_model(*model, cfg))(x), want, 2e-3, 0));
+  }
 }
 
 // Every value of a fake-quantized weight is k * scale for an integer k of the nudged grid.
@@ -348,9 +374,7 @@ TEST(QuantizeAwareTraining, SharedLayerQuantizesItsKernelOncePerStep) {
   (*q)(random_tensor({3, 5}, rng), {.training = true});
   EXPECT_EQ(weight(*w, "step").item<int64_t>(), 1);  // one increment for two calls
 }
-#endif  // LOWBIT_QAT_TEST_TF
 
-#if defined(LOWBIT_QAT_TEST_TORCH)
 // ---- The other schemes: each trains, and the effective weights lie on its grid ---------------
 
 struct SchemeCase {
@@ -473,6 +497,6 @@ TEST(QuantizerSchemes, PactLearnsItsClippingLevel) {
   EXPECT_GE(*levels.begin(), 0.0f);
   EXPECT_LE(*levels.rbegin(), alpha * 1.0001f);
 }
-#endif
+
 }  // namespace
 }  // namespace lowbit::quant

@@ -12,7 +12,9 @@
 // 1. Weights. Dense, Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D (both kernels) and
 //    Embedding become QuantizeWrapper(layer): their kernels are fake-quantized before the
 //    layer reads them. Biases never. A conv/dense followed by BatchNormalization is folded
-//    instead (rule 3).
+//    instead (rule 3). SimpleRNN, LSTM and GRU too (kernel and recurrent_kernel), with a
+//    FakeQuant on each output (their gate arithmetic stays float: the integer LSTM's Q3.12
+//    gates of the semantics' section 3 are not simulated). Bidirectional stays float.
 // 2. Activations: one FakeQuant at the END of each fused pattern, never between its parts:
 //      conv|dense [+ BatchNormalization] [+ activation]
 //      BatchNormalization [+ activation]       (one not after a conv)

@@ -183,7 +183,8 @@ nn::LayerPtr FakeQuant(QuantizerConfig config = default_activation_quantizer(),
 
 // Names of the weights a layer's fake quantizers act on (never biases): Dense, Conv1D, Conv2D
 // "kernel"; DepthwiseConv2D "depthwise_kernel"; SeparableConv2D "depthwise_kernel" and
-// "pointwise_kernel"; Embedding "embeddings"; empty for other classes.
+// "pointwise_kernel"; Embedding "embeddings"; SimpleRNN, LSTM, GRU "kernel" and
+// "recurrent_kernel" (per channel: per column, i.e. per gate unit); empty for other classes.
 std::vector<std::string> quantizable_weights(const nn::Layer& layer);
 
 // Weight quantization of a wrapped layer: the wrapped layer runs its own code, but when it reads
