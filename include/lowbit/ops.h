@@ -7,6 +7,7 @@
 #include "lowbit/ops/fake_quant.h"
 #include "lowbit/ops/fake_quant_torch.h"
 #include "lowbit/ops/linalg.h"
+#include "lowbit/ops/mask.h"
 #include "lowbit/ops/nn.h"
 #include "lowbit/ops/optim.h"
 #include "lowbit/ops/reduce.h"
