@@ -166,6 +166,61 @@ const ValueType& KTensor::type() const {
   return node->outputs.at(index);
 }
 
+bool KTensor::has_mask() const {
+  return node && static_cast<size_t>(index) < node->output_masked.size() &&
+         node->output_masked[index];
+}
+
+// ---- Mask rules ----
+namespace {
+std::map<std::string, MaskRule>& mask_rules() {
+  static std::map<std::string, MaskRule> m = [] {
+    std::map<std::string, MaskRule> r;
+    for (auto& [cls, rule] : detail::builtin_mask_rules()) r[cls] = std::move(rule);
+    return r;
+  }();
+  return m;
+}
+
+// `mask` checked against `x` (the tensor it travels with) and converted to bool.
+Value checked_mask(const Layer& l, const char* side, size_t i, Value mask, const Value& x) {
+  if (mask.dtype() != DType::kBool) {
+    if (mask.dtype() != DType::kF32)
+      LOWBIT_THROW(DTypeError, l.name(), " (", l.class_name(), "): the timestep mask of ", side,
+                   " ", i, " must be bool (or f32 0/1) but found ", dtype_name(mask.dtype()),
+                   mask.shape().str());
+    mask = ops::not_equal(mask, ops::scalar_like(mask, 0.0));
+  }
+  const Shape& m = mask.shape();
+  const Shape& s = x.shape();
+  auto fits = [](int64_t a, int64_t b) { return a == kUnknown || b == kUnknown || a == b; };
+  if (m.rank() != 2 || s.rank() < 2 || !fits(m[0], s[0]) || !fits(m[1], s[1]))
+    LOWBIT_THROW(ShapeError, l.name(), " (", l.class_name(), "): the timestep mask of ", side, " ",
+                 i, " must be [batch, timesteps] matching the first two dims of ", side, " shape ",
+                 s.str(), " but found ", m.str());
+  return mask;
+}
+}  // namespace
+
+void register_mask_rule(const std::string& class_name, MaskRule rule) {
+  mask_rules()[class_name] = std::move(rule);
+}
+
+std::vector<Value> Layer::compute_mask(const std::vector<Value>& inputs,
+                                       const std::vector<Value>& outputs, CallContext& ctx) {
+  bool any = false;
+  for (size_t i = 0; i < inputs.size(); ++i) any = any || ctx.input_mask(i).defined();
+  if (!any) return std::vector<Value>(outputs.size());
+  auto it = mask_rules().find(class_name());
+  if (it != mask_rules().end()) return it->second(*this, inputs, outputs, ctx);
+  LOWBIT_THROW(UnsupportedError, name_, " (", class_name(),
+               "): got a timestep mask but this layer has no mask rule, and a mask is never "
+               "dropped silently. Remove the mask before this layer (e.g. apply it with "
+               "ops::where and do not pass it on), override Layer::compute_mask, or declare a "
+               "rule with nn::register_mask_rule(\"",
+               class_name(), "\", ...); see docs/masking.md");
+}
+
 // ---- Layer ----
 Layer::Layer(const std::string& default_name, std::string name) : name_(std::move(name)) {
   if (name_.empty()) {
@@ -244,6 +299,39 @@ std::vector<Value> Layer::apply(const std::vector<Value>& inputs, CallContext& c
   return call(inputs, ctx);
 }
 
+std::vector<Value> Layer::apply(const std::vector<Value>& inputs,
+                                const std::vector<Value>& input_masks, CallContext& ctx,
+                                std::vector<Value>& output_masks) {
+  if (input_masks.size() > inputs.size())
+    LOWBIT_THROW(ValueError, name_, " (", class_name(), "): got ", input_masks.size(),
+                 " masks for ", inputs.size(), " input(s)");
+  std::vector<Value> masks(inputs.size());
+  for (size_t i = 0; i < input_masks.size(); ++i)
+    if (input_masks[i].defined())
+      masks[i] = checked_mask(*this, "input", i, input_masks[i], inputs[i]);
+  std::vector<Value> saved = std::move(ctx.input_masks);
+  ctx.input_masks = masks;
+  try {
+    std::vector<Value> out = apply(inputs, ctx);
+    std::vector<Value> om;
+    {
+      Graph::Scope scope(ctx.graph(), name_);
+      om = compute_mask(inputs, out, ctx);
+    }
+    if (om.size() != out.size())
+      LOWBIT_THROW(ValueError, name_, " (", class_name(), "): compute_mask returned ", om.size(),
+                   " masks for ", out.size(), " output(s)");
+    for (size_t i = 0; i < om.size(); ++i)
+      if (om[i].defined()) om[i] = checked_mask(*this, "output", i, om[i], out[i]);
+    output_masks = std::move(om);
+    ctx.input_masks = std::move(saved);
+    return out;
+  } catch (...) {
+    ctx.input_masks = std::move(saved);
+    throw;
+  }
+}
+
 KTensor Layer::operator()(const KTensor& x, CallOptions opt) {
   auto outs = (*this)(std::vector<KTensor>{x}, opt);
   if (outs.size() != 1)
@@ -252,18 +340,36 @@ KTensor Layer::operator()(const KTensor& x, CallOptions opt) {
 }
 
 std::vector<KTensor> Layer::operator()(const std::vector<KTensor>& xs, CallOptions opt) {
-  // Trace once on a scratch graph to build the weights and learn the output types.
+  if (opt.masks.size() > xs.size())
+    LOWBIT_THROW(ValueError, name_, " (", class_name(), "): got ", opt.masks.size(), " masks for ",
+                 xs.size(), " input(s)");
+  // Trace once on a scratch graph to build the weights, learn the output types and which
+  // outputs carry a mask (so that a layer refusing a mask says so when the model is built).
   Graph scratch;
-  std::vector<Value> in;
-  for (size_t i = 0; i < xs.size(); ++i)
+  std::vector<Value> in, masks(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    if (!xs[i].defined())
+      LOWBIT_THROW(ValueError, name_, " (", class_name(), "): input ", i, " is undefined");
     in.push_back(scratch.placeholder("input" + std::to_string(i), xs[i].dtype(), xs[i].shape()));
+    const bool explicit_mask = i < opt.masks.size() && opt.masks[i].defined();
+    if (explicit_mask || xs[i].has_mask()) {
+      const KTensor& src = explicit_mask ? opt.masks[i] : xs[i];
+      const ValueType t = explicit_mask
+                              ? src.type()
+                              : ValueType{DType::kBool, Shape{xs[i].shape()[0], xs[i].shape()[1]}};
+      masks[i] = scratch.placeholder("mask" + std::to_string(i), t.dtype, t.shape);
+    }
+  }
   CallContext ctx(scratch, opt.training.value_or(false));
-  std::vector<Value> out = apply(in, ctx);
+  std::vector<Value> out_masks;
+  std::vector<Value> out = apply(in, masks, ctx, out_masks);
   auto node = std::make_shared<LayerNode>();
   node->layer = shared_from_this();
   node->inputs = xs;
   node->training = opt.training;
+  node->masks = opt.masks;
   for (const Value& v : out) node->outputs.push_back({v.dtype(), v.shape()});
+  for (const Value& m : out_masks) node->output_masked.push_back(m.defined());
   std::vector<KTensor> result;
   for (size_t i = 0; i < out.size(); ++i) result.push_back({node, static_cast<int>(i)});
   return result;

@@ -1,6 +1,12 @@
 // Registration of built-in layer classes for layer_from_config (called once, lazily).
 #pragma once
 
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "lowbit/nn/layer.h"
+
 namespace lowbit::nn::detail {
 void register_core_layers();       // src/nn/layers_core.cc
 void register_conv_layers();       // src/nn/layers_conv.cc
@@ -9,5 +15,8 @@ void register_reshape_layers();    // src/nn/layers_reshape.cc
 void register_merge_layers();      // src/nn/layers_merge.cc
 void register_embedding_layers();  // src/nn/layers_embedding.cc
 void register_rnn_layers();        // src/nn/layers_rnn.cc
+void register_masking_layers();    // src/nn/layers_masking.cc
 void register_builtin_layers();
+// Mask rules of layer classes defined elsewhere (recurrent layers), src/nn/layers_masking.cc.
+std::vector<std::pair<std::string, MaskRule>> builtin_mask_rules();
 }  // namespace lowbit::nn::detail

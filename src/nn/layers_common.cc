@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include "lowbit/error.h"
+#include "lowbit/ops.h"
 
 namespace lowbit::nn::detail {
 
@@ -113,6 +114,38 @@ Json ints_json(const std::vector<int64_t>& v) {
   Json j = Json::array();
   for (int64_t x : v) j.push_back(x);
   return j;
+}
+
+std::vector<Value> pass_mask(const std::vector<Value>& outputs, const CallContext& ctx) {
+  return std::vector<Value>(outputs.size(), ctx.input_mask(0));
+}
+
+std::vector<Value> refuse_mask(const Layer& l, const std::vector<Value>& outputs,
+                               const CallContext& ctx, const std::string& why) {
+  for (const Value& m : ctx.input_masks)
+    if (m.defined())
+      LOWBIT_THROW(UnsupportedError, l.name(), " (", l.class_name(),
+                   "): does not support timestep masks: ", why,
+                   ". Apply the mask before this layer and do not pass it on (docs/masking.md)");
+  return std::vector<Value>(outputs.size());
+}
+
+std::vector<Value> no_mask(const std::vector<Value>& outputs) {
+  return std::vector<Value>(outputs.size());
+}
+
+Value mask_expanded(const Value& mask, int rank) {
+  Value m = mask;
+  while (m.rank() < rank) m = ops::expand_dims(m, -1);
+  return m;
+}
+
+Value mask_to_f32(const Value& mask, int rank) {
+  return ops::cast(mask_expanded(mask, rank), DType::kF32);
+}
+
+Value zero_masked(const Value& x, const Value& mask) {
+  return ops::where(mask_expanded(mask, x.rank()), x, ops::scalar_like(x, 0.0));
 }
 
 }  // namespace lowbit::nn::detail

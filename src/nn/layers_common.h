@@ -37,4 +37,21 @@ std::string json_name(const Json& c);
 // Json array of ints.
 Json ints_json(const std::vector<int64_t>& v);
 
+// ---- Mask rules (docs/masking.md) ----
+// Input 0's mask for every output: the rule of elementwise layers, Dense, Dropout, ...
+std::vector<Value> pass_mask(const std::vector<Value>& outputs, const CallContext& ctx);
+// No masks when no input carries one; otherwise UnsupportedError
+// "<name> (<class>): does not support timestep masks: <why>".
+std::vector<Value> refuse_mask(const Layer& l, const std::vector<Value>& outputs,
+                               const CallContext& ctx, const std::string& why);
+// Consumes the mask: the outputs carry none (GlobalAveragePooling1D, ...).
+std::vector<Value> no_mask(const std::vector<Value>& outputs);
+// A bool [B, T] mask as f32 0/1 with size-1 dims appended up to `rank` ([B, T, 1] for rank 3),
+// to broadcast against a [B, T, ...] tensor.
+Value mask_to_f32(const Value& mask, int rank);
+// The same as bool.
+Value mask_expanded(const Value& mask, int rank);
+// x where the mask is valid, 0 at masked steps (NaN at a masked step does not leak).
+Value zero_masked(const Value& x, const Value& mask);
+
 }  // namespace lowbit::nn::detail

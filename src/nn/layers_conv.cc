@@ -106,9 +106,42 @@ class ConvLayer : public Layer {
     Attrs a = window_attrs(w_);
     a.set("groups", o_.groups);
     Value k = ctx.var(*this, weights_[0]);
-    Value y = rank_ == 1 ? ops::conv1d(in[0], k, a) : ops::conv2d(in[0], k, a);
+    Value x = in[0];
+    // Conv1D with a mask: masked steps read as zeros, the value the convolution pads with, so
+    // nothing from a padded step reaches a valid output and a right-padded sequence gives the
+    // outputs of the unpadded one (docs/masking.md).
+    if (const Value mask = ctx.input_mask(0); rank_ == 1 && mask.defined())
+      x = detail::zero_masked(x, mask);
+    Value y = rank_ == 1 ? ops::conv1d(x, k, a) : ops::conv2d(x, k, a);
     if (o_.use_bias) y = y + ctx.var(*this, weights_[1]);
     return {activation(o_.activation, y)};
+  }
+
+  // Conv1D: the mask downsampled to the output steps. "valid": an output is valid when every
+  // step of its window is; "same"/"causal": when the step it is anchored at (o * stride) is,
+  // i.e. the mask passes unchanged at stride 1. Conv2D refuses a timestep mask.
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    const Value mask = ctx.input_mask(0);
+    if (rank_ != 1)
+      return detail::refuse_mask(*this, out, ctx,
+                                 "a [batch, timesteps] mask has no meaning on a 2-D spatial grid");
+    if (!mask.defined()) return {Value()};
+    const Value m = detail::mask_to_f32(mask, 3);  // [B, T, 1]
+    Graph& g = ctx.graph();
+    if (w_.padding == "valid") {
+      // Number of valid steps in each output's window (same geometry as the layer).
+      const Tensor ones = Tensor::full({w_.kernel[0], 1, 1}, 1.0);
+      const Value count = ops::conv1d(m, g.constant(ones, "mask_window"), window_attrs(w_));
+      const double full = static_cast<double>(w_.kernel[0]) - 0.5;
+      return {ops::squeeze(ops::greater(count, ops::scalar_like(count, full)), {-1})};
+    }
+    if (w_.strides[0] == 1) return {mask};
+    // m[o * stride]: a 1-tap convolution with the layer's stride, "valid" (ceil(T / s) outputs,
+    // as many as "same"/"causal" give).
+    const Value pick = ops::conv1d(m, g.constant(Tensor::full({1, 1, 1}, 1.0), "mask_pick"),
+                                   {{"strides", w_.strides}, {"padding", std::string("valid")}});
+    return {ops::squeeze(ops::greater(pick, ops::scalar_like(pick, 0.5)), {-1})};
   }
 
   Json get_config() const override {
@@ -160,6 +193,11 @@ class DepthwiseConv2DLayer : public Layer {
     if (o_.use_bias) y = y + ctx.var(*this, weights_[1]);
     return {activation(o_.activation, y)};
   }
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    return detail::refuse_mask(*this, out, ctx,
+                               "a [batch, timesteps] mask has no meaning on a 2-D spatial grid");
+  }
 
   Json get_config() const override {
     Json j = Layer::get_config();
@@ -210,6 +248,11 @@ class SeparableConv2DLayer : public Layer {
     Value y = ops::conv2d(d, ctx.var(*this, weights_[1]));
     if (o_.use_bias) y = y + ctx.var(*this, weights_[2]);
     return {activation(o_.activation, y)};
+  }
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    return detail::refuse_mask(*this, out, ctx,
+                               "a [batch, timesteps] mask has no meaning on a 2-D spatial grid");
   }
 
   Json get_config() const override {

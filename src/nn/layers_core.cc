@@ -5,6 +5,7 @@
 #include "lowbit/nn/layers.h"
 #include "lowbit/ops.h"
 #include "nn/layer_registry.h"
+#include "nn/layers_common.h"
 
 namespace lowbit::nn {
 
@@ -66,6 +67,11 @@ class DenseLayer : public Layer {
     if (o_.use_bias) y = y + ctx.var(*this, weights_[1]);
     return {activation(o_.activation, y)};
   }
+  // Applied per timestep: the mask passes.
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    return detail::pass_mask(out, ctx);
+  }
   Json get_config() const override {
     Json j = Layer::get_config();
     j["units"] = units_;
@@ -90,6 +96,10 @@ class ActivationLayer : public Layer {
   std::string class_name() const override { return "Activation"; }
   std::vector<Value> call(const std::vector<Value>& in, CallContext&) override {
     return {activation(act_, in[0])};
+  }
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    return detail::pass_mask(out, ctx);
   }
   Json get_config() const override {
     Json j = Layer::get_config();
@@ -123,6 +133,10 @@ class ReLULayer : public Layer {
     if (o_.max_value) y = ops::minimum(y, ops::scalar_like(x, *o_.max_value));
     return {y};
   }
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    return detail::pass_mask(out, ctx);
+  }
   Json get_config() const override {
     Json j = Layer::get_config();
     j["max_value"] = o_.max_value ? Json(*o_.max_value) : Json(nullptr);
@@ -147,6 +161,10 @@ class DropoutLayer : public Layer {
   std::vector<Value> call(const std::vector<Value>& in, CallContext& ctx) override {
     if (!ctx.training() || rate_ == 0) return {in[0]};
     return {ops::dropout(in[0], ctx.rng_step(), rate_, o_.seed, o_.noise_shape)};
+  }
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    return detail::pass_mask(out, ctx);
   }
   Json get_config() const override {
     Json j = Layer::get_config();
@@ -182,13 +200,24 @@ class BatchNormLayer : public Layer {
     Value mm = ctx.var(*this, weights_[2]), mv = ctx.var(*this, weights_[3]);
     // A frozen BatchNormalization runs in inference mode (TF2 Keras).
     if (ctx.training() && trainable_) {
-      auto r = ops::batch_norm_training(in[0], gamma, beta, o_.axis, o_.epsilon);
       const double m = o_.momentum;
+      if (const Value mask = ctx.input_mask(0); mask.defined()) {
+        auto [mean, variance] = masked_moments(in[0], mask);
+        ctx.add_update(mm, mm * m + mean * (1.0 - m));
+        ctx.add_update(mv, mv * m + variance * (1.0 - m));
+        return {ops::batch_norm_inference(in[0], gamma, beta, mean, variance, o_.axis, o_.epsilon)};
+      }
+      auto r = ops::batch_norm_training(in[0], gamma, beta, o_.axis, o_.epsilon);
       ctx.add_update(mm, mm * m + r.mean * (1.0 - m));
       ctx.add_update(mv, mv * m + r.variance * (1.0 - m));
       return {r.y};
     }
     return {ops::batch_norm_inference(in[0], gamma, beta, mm, mv, o_.axis, o_.epsilon)};
+  }
+  // Uses the mask for its statistics (training mode) and passes it.
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    return detail::pass_mask(out, ctx);
   }
   Json get_config() const override {
     Json j = Layer::get_config();
@@ -201,6 +230,29 @@ class BatchNormLayer : public Layer {
   }
 
  private:
+  // Keras 3 _moments with a mask: statistics over the valid steps only, per channel (the last
+  // axis), mean = sum(m x) / (sum(m) + 1e-7), variance = sum(m (x - mean)^2) / (sum(m) + 1e-7).
+  // Masked entries are selected away rather than multiplied by 0, so garbage there (even NaN)
+  // never reaches the statistics.
+  std::pair<Value, Value> masked_moments(const Value& x, const Value& mask) const {
+    const int rank = x.rank();
+    if (rank < 3 || x.shape().axis(o_.axis, "BatchNormalization") != rank - 1)
+      LOWBIT_THROW(UnsupportedError, name_,
+                   " (BatchNormalization): a timestep mask needs a [batch, timesteps, ..., "
+                   "channels] input normalised over its last axis, but found input shape ",
+                   x.shape().str(), " with axis ", o_.axis);
+    std::vector<int64_t> axes;
+    for (int d = 0; d < rank - 1; ++d) axes.push_back(d);
+    const Value valid = detail::mask_expanded(mask, rank);
+    const Value w = ops::broadcast_like(ops::cast(valid, DType::kF32), x);
+    const Value count = ops::sum(w, axes) + 1e-7;
+    const Value xm = ops::where(valid, x, ops::scalar_like(x, 0.0));
+    const Value mean = ops::sum(xm, axes) / count;
+    const Value d = ops::where(valid, xm - mean, ops::scalar_like(x, 0.0));
+    const Value variance = ops::sum(d * d, axes) / count;
+    return {mean, variance};
+  }
+
   BatchNormalizationOptions o_;
 };
 

@@ -39,6 +39,26 @@ class EmbeddingLayer : public Layer {
     return {ops::gather(ctx.var(*this, weights_[0]), ids, 0)};
   }
 
+  // mask_zero: creates the mask ids != 0 (AND-ed with a mask the ids already carry); id 0 is
+  // still looked up (row 0 at padded steps), as Keras. Without mask_zero a mask on the ids
+  // passes (the time axis is kept).
+  std::vector<Value> compute_mask(const std::vector<Value>& in, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    const Value incoming = ctx.input_mask(0);
+    if (!o_.mask_zero) return {incoming};
+    const Value& ids = in[0];
+    if (ids.rank() != 2)
+      LOWBIT_THROW(ShapeError, name_,
+                   " (Embedding): mask_zero needs ids of shape [batch, timesteps] but found ",
+                   ids.shape().str());
+    (void)out;
+    // Truncated like the lookup does (f32 ids), so 0.5 is padding as it reads row 0.
+    const Value id = ids.dtype() == DType::kF32 ? ops::cast(ids, DType::kS32) : ids;
+    Value m = ops::not_equal(id, ops::scalar_like(id, 0.0));
+    if (incoming.defined()) m = ops::logical_and(m, incoming);
+    return {m};
+  }
+
   void validate_input(int, const Tensor& ids) const override {
     check_dtype(ids.dtype());
     for (int64_t i = 0; i < ids.numel(); ++i) {

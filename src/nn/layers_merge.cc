@@ -59,6 +59,19 @@ class ElementwiseMergeLayer : public Layer {
     return {y};
   }
 
+  // Keras 3 (merging/base_merge.py): the logical OR of the input masks, and no mask when any
+  // input has none (tf.keras and Keras <= 3.3 took the AND of the masks present).
+  std::vector<Value> compute_mask(const std::vector<Value>& in, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    Value m;
+    for (size_t i = 0; i < in.size(); ++i) {
+      const Value mi = ctx.input_mask(i);
+      if (!mi.defined()) return detail::no_mask(out);
+      m = m.defined() ? ops::logical_or(m, mi) : mi;
+    }
+    return {m};
+  }
+
  private:
   bool multiply_;
 };
@@ -90,6 +103,38 @@ class ConcatenateLayer : public Layer {
     if (in.size() == 1) return {in[0]};
     const int rank = in[0].rank();
     return {ops::concat(in, axis_ < 0 ? axis_ + rank : axis_)};
+  }
+
+  // Keras 3 (merging/concatenate.py): an input without a mask counts as all valid. Along the
+  // time axis (1) the masks are concatenated; along any later axis a step is valid when it is
+  // valid in any input (the OR). Concatenating along the batch axis with masks is refused.
+  std::vector<Value> compute_mask(const std::vector<Value>& in, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    bool any = false;
+    for (size_t i = 0; i < in.size(); ++i) any = any || ctx.input_mask(i).defined();
+    if (!any) return detail::no_mask(out);
+    const int axis = axis_ < 0 ? axis_ + in[0].rank() : axis_;
+    if (axis == 0)
+      return detail::refuse_mask(*this, out, ctx, "it concatenates along the batch axis");
+    std::vector<Value> masks;
+    for (size_t i = 0; i < in.size(); ++i) {
+      Value m = ctx.input_mask(i);
+      if (!m.defined()) {
+        // All valid: [B, T] taken from the input's first two dims.
+        const int rank = in[i].rank();
+        std::vector<int64_t> begin(rank, 0), end(rank, 1), squeeze;
+        end[0] = end[1] = ops::kSliceMax;
+        for (int d = 2; d < rank; ++d) squeeze.push_back(d);
+        Value first = ops::slice(in[i], begin, end);
+        if (!squeeze.empty()) first = ops::squeeze(first, squeeze);
+        m = ops::cast(ops::fill_like(first, 1.0), DType::kBool);
+      }
+      masks.push_back(m);
+    }
+    if (axis == 1) return {in.size() == 1 ? masks[0] : ops::concat(masks, 1)};
+    Value m = masks[0];
+    for (size_t i = 1; i < masks.size(); ++i) m = ops::logical_or(m, masks[i]);
+    return {m};
   }
 
   Json get_config() const override {

@@ -1,4 +1,6 @@
 // Pooling layers: Max/AveragePooling1D/2D and the global poolings.
+#include <limits>
+
 #include "lowbit/nn/layers.h"
 #include "lowbit/ops.h"
 #include "nn/layer_registry.h"
@@ -52,6 +54,22 @@ class PoolLayer : public Layer {
     return {max_ ? ops::max_pool2d(in[0], a) : ops::avg_pool2d(in[0], a)};
   }
 
+  // 1-D: an output step is valid when every input step its window reads is (cells beyond the
+  // input, with "same", are not read and do not count), so a valid output never reads a padded
+  // step. That is avg_pool1d of the 0/1 mask == 1 (it divides by the cells read). 2-D: refused.
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    if (rank_ != 1)
+      return detail::refuse_mask(*this, out, ctx,
+                                 "a [batch, timesteps] mask has no meaning on a 2-D spatial grid");
+    const Value mask = ctx.input_mask(0);
+    if (!mask.defined()) return {Value()};
+    Attrs a{{"ksize", pool_[0]}, {"strides", strides_[0]}, {"padding", padding_}};
+    const Value frac = ops::avg_pool1d(detail::mask_to_f32(mask, 3), a);
+    const double all = 1.0 - 0.5 / static_cast<double>(pool_[0]);
+    return {ops::squeeze(ops::greater(frac, ops::scalar_like(frac, all)), {-1})};
+  }
+
   Json get_config() const override {
     Json j = Layer::get_config();
     j["pool_size"] = ints_json(pool_);
@@ -89,9 +107,29 @@ class GlobalPoolLayer : public Layer {
         s[0]);
   }
 
-  std::vector<Value> call(const std::vector<Value>& in, CallContext&) override {
+  std::vector<Value> call(const std::vector<Value>& in, CallContext& ctx) override {
     std::vector<int64_t> axes = rank_ == 1 ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 2};
+    if (const Value mask = ctx.input_mask(0); rank_ == 1 && mask.defined()) {
+      // Over the valid steps only. A fully masked row gives 0 (Keras' average gives 0/0 = NaN,
+      // which would poison training; its max pooling refuses masks).
+      const Value valid = detail::mask_expanded(mask, 3);  // [B, T, 1]
+      if (!max_) return {ops::masked_mean(in[0], valid, axes, keepdims_)};
+      const Value x = ops::where(valid, in[0],
+                                 ops::scalar_like(in[0], -std::numeric_limits<double>::infinity()));
+      const Value any = ops::reduce_any(valid, axes, keepdims_);  // [B, 1] or [B, 1, 1]
+      return {ops::where(any, ops::max(x, axes, keepdims_), ops::scalar_like(in[0], 0.0))};
+    }
     return {max_ ? ops::max(in[0], axes, keepdims_) : ops::mean(in[0], axes, keepdims_)};
+  }
+
+  // 1-D: consumes the mask (statistics over the valid steps; the output has no time axis).
+  // 2-D: refused.
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    if (rank_ != 1)
+      return detail::refuse_mask(*this, out, ctx,
+                                 "a [batch, timesteps] mask has no meaning on a 2-D spatial grid");
+    return detail::no_mask(out);
   }
 
   Json get_config() const override {

@@ -19,6 +19,11 @@ class FlattenLayer : public Layer {
     if (x.rank() == 2) return {x};
     return {ops::flatten(x, 1)};
   }
+  // Destroys the time axis: the mask is dropped, deliberately (as Keras).
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext&) override {
+    return detail::no_mask(out);
+  }
   Json get_config() const override {
     Json j = Layer::get_config();
     j["data_format"] = "channels_last";
@@ -82,6 +87,15 @@ class ReshapeLayer : public Layer {
     shape.insert(shape.end(), resolved_.begin(), resolved_.end());
     return {ops::reshape(in[0], shape)};
   }
+  // Keeps the mask when the time axis survives (target_shape[0] equals the input's known dim 1,
+  // only the features are reshaped); otherwise drops it, deliberately (Keras always drops it).
+  std::vector<Value> compute_mask(const std::vector<Value>& in, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    const Shape& x = in[0].shape();
+    const bool keeps_time = x.rank() >= 2 && x[1] != kUnknown && !resolved_.empty() &&
+                            resolved_[0] == x[1] && out[0].rank() >= 2;
+    return keeps_time ? detail::pass_mask(out, ctx) : detail::no_mask(out);
+  }
 
   Json get_config() const override {
     Json j = Layer::get_config();
@@ -121,6 +135,11 @@ class ZeroPadding2DLayer : public Layer {
   }
   std::vector<Value> call(const std::vector<Value>& in, CallContext&) override {
     return {ops::pad(in[0], {0, 0, pads_[0], pads_[1], pads_[2], pads_[3], 0, 0})};
+  }
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    return detail::refuse_mask(*this, out, ctx,
+                               "a [batch, timesteps] mask has no meaning on a 2-D spatial grid");
   }
   Json get_config() const override {
     Json j = Layer::get_config();

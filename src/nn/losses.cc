@@ -390,6 +390,90 @@ class RegressionLoss : public Loss {
   double delta_;
 };
 
+// ---- Feature-masked losses: element-wise, NaN targets missing ----
+
+enum class FeatureLoss { kMse, kMae, kBce };
+
+class FeatureMaskedLoss : public Loss {
+ public:
+  FeatureMaskedLoss(FeatureLoss kind, CrossentropyOptions o)
+      : Loss(o.reduction), kind_(kind), o_(o) {
+    check_probability_option(class_name(), o_.label_smoothing);
+    if (o_.ignore_class)
+      LOWBIT_THROW(ValueError, class_name(),
+                   ": ignore_class is an argument of SparseCategoricalCrossentropy only");
+  }
+  std::string class_name() const override {
+    switch (kind_) {
+      case FeatureLoss::kMse:
+        return "FeatureMaskedMeanSquaredError";
+      case FeatureLoss::kMae:
+        return "FeatureMaskedMeanAbsoluteError";
+      case FeatureLoss::kBce:
+        return "FeatureMaskedBinaryCrossentropy";
+    }
+    return "";
+  }
+  std::string name() const override {
+    switch (kind_) {
+      case FeatureLoss::kMse:
+        return "feature_masked_mean_squared_error";
+      case FeatureLoss::kMae:
+        return "feature_masked_mean_absolute_error";
+      case FeatureLoss::kBce:
+        return "feature_masked_binary_crossentropy";
+    }
+    return "";
+  }
+  Value per_sample(const Value& y_true, const Value& y_pred) const override {
+    auto [t, p] = dense_inputs(class_name(), y_true, y_pred);
+    const Value present = ops::equal(t, t);
+    // Missing targets are replaced before the loss so that the loss (and its gradient) stays
+    // finite there: the reduction multiplies by the mask, and NaN * 0 would be NaN.
+    const Value fill = kind_ == FeatureLoss::kBce ? ops::scalar_like(t, 0.0) : p;
+    t = ops::where(present, t, fill);
+    Value e;
+    switch (kind_) {
+      case FeatureLoss::kMse:
+        e = ops::square(t - p);
+        break;
+      case FeatureLoss::kMae:
+        e = ops::abs(t - p);
+        break;
+      case FeatureLoss::kBce: {
+        if (o_.label_smoothing > 0) t = t * (1.0 - o_.label_smoothing) + 0.5 * o_.label_smoothing;
+        if (o_.from_logits) {
+          e = ops::sigmoid_cross_entropy(p, t);
+        } else {
+          Value q = ops::clip(p, kLossEpsilon, 1.0 - kLossEpsilon);
+          e = -(t * ops::log(q) + (1.0 - t) * ops::log(1.0 - q));
+        }
+        break;
+      }
+    }
+    return ops::where(present, e, ops::scalar_like(e, 0.0));
+  }
+  Value loss_mask(const Value& y_true, const Value& y_pred) const override {
+    auto [t, p] = dense_inputs(class_name(), y_true, y_pred);
+    return ops::equal(t, t);
+  }
+  void check_targets(const Tensor& y_true, const Shape& p) const override {
+    check_dense_targets(class_name(), y_true, p);
+  }
+  Json get_config() const override {
+    Json j = Loss::get_config();
+    if (kind_ == FeatureLoss::kBce) {
+      j["from_logits"] = o_.from_logits;
+      j["label_smoothing"] = o_.label_smoothing;
+    }
+    return j;
+  }
+
+ private:
+  FeatureLoss kind_;
+  CrossentropyOptions o_;
+};
+
 }  // namespace
 
 // ---- Loss ----
@@ -547,6 +631,18 @@ LossPtr Huber(double delta, std::string reduction) {
   return std::make_shared<RegressionLoss>(Regression::kHuber, std::move(reduction), delta);
 }
 
+LossPtr FeatureMaskedMeanSquaredError(std::string reduction) {
+  return std::make_shared<FeatureMaskedLoss>(
+      FeatureLoss::kMse, CrossentropyOptions{.reduction = std::move(reduction)});
+}
+LossPtr FeatureMaskedMeanAbsoluteError(std::string reduction) {
+  return std::make_shared<FeatureMaskedLoss>(
+      FeatureLoss::kMae, CrossentropyOptions{.reduction = std::move(reduction)});
+}
+LossPtr FeatureMaskedBinaryCrossentropy(CrossentropyOptions o) {
+  return std::make_shared<FeatureMaskedLoss>(FeatureLoss::kBce, std::move(o));
+}
+
 namespace {
 const std::vector<std::string>& class_names() {
   static const std::vector<std::string> n = {"SparseCategoricalCrossentropy",
@@ -554,7 +650,10 @@ const std::vector<std::string>& class_names() {
                                              "BinaryCrossentropy",
                                              "MeanSquaredError",
                                              "MeanAbsoluteError",
-                                             "Huber"};
+                                             "Huber",
+                                             "FeatureMaskedMeanSquaredError",
+                                             "FeatureMaskedMeanAbsoluteError",
+                                             "FeatureMaskedBinaryCrossentropy"};
   return n;
 }
 
@@ -591,11 +690,13 @@ LossPtr loss_from_config(const Json& j) {
   std::set<std::string> allowed = {"name", "dtype", "reduction"};
   if (cls == "SparseCategoricalCrossentropy") {
     allowed.insert({"from_logits", "ignore_class"});
-  } else if (cls == "CategoricalCrossentropy" || cls == "BinaryCrossentropy") {
+  } else if (cls == "CategoricalCrossentropy" || cls == "BinaryCrossentropy" ||
+             cls == "FeatureMaskedBinaryCrossentropy") {
     allowed.insert({"from_logits", "label_smoothing", "axis"});
   } else if (cls == "Huber") {
     allowed.insert("delta");
-  } else if (cls != "MeanSquaredError" && cls != "MeanAbsoluteError") {
+  } else if (cls != "MeanSquaredError" && cls != "MeanAbsoluteError" &&
+             cls != "FeatureMaskedMeanSquaredError" && cls != "FeatureMaskedMeanAbsoluteError") {
     LOWBIT_THROW(ValueError, "loss_from_config: unknown loss class '", cls,
                  "'; known: ", join(class_names()));
   }
@@ -618,6 +719,9 @@ LossPtr loss_from_config(const Json& j) {
   if (cls == "BinaryCrossentropy") return BinaryCrossentropy(o);
   if (cls == "MeanSquaredError") return MeanSquaredError(reduction);
   if (cls == "MeanAbsoluteError") return MeanAbsoluteError(reduction);
+  if (cls == "FeatureMaskedMeanSquaredError") return FeatureMaskedMeanSquaredError(reduction);
+  if (cls == "FeatureMaskedMeanAbsoluteError") return FeatureMaskedMeanAbsoluteError(reduction);
+  if (cls == "FeatureMaskedBinaryCrossentropy") return FeatureMaskedBinaryCrossentropy(o);
   return Huber(get_field<double>(c, cls, "delta", 1.0), reduction);
 }
 

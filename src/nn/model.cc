@@ -77,6 +77,8 @@ void Model::set_graph(std::vector<KTensor> inputs, std::vector<KTensor> outputs)
         if (active.count(n.get())) LOWBIT_THROW(ValueError, name_, ": the layer graph has a cycle");
         active.insert(n.get());
         for (const KTensor& k : n->inputs) visit(k.node);
+        for (const KTensor& k : n->masks)
+          if (k.defined()) visit(k.node);
         active.erase(n.get());
         done.insert(n.get());
         nodes_.push_back(n);
@@ -114,7 +116,7 @@ std::vector<Value> Model::call(const std::vector<Value>& inputs, CallContext& ct
   if (inputs.size() != inputs_.size())
     LOWBIT_THROW(ValueError, name_, ": expected ", inputs_.size(), " inputs but found ",
                  inputs.size());
-  std::map<std::pair<LayerNode*, int>, Value> env;
+  std::map<std::pair<LayerNode*, int>, Value> env, masks;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const Shape& want = inputs_[i].shape();
     const Shape& got = inputs[i].shape();
@@ -126,20 +128,47 @@ std::vector<Value> Model::call(const std::vector<Value>& inputs, CallContext& ct
                    dtype_name(inputs_[i].dtype()), want.str(), " but found ",
                    dtype_name(inputs[i].dtype()), got.str());
     env[{inputs_[i].node.get(), 0}] = inputs[i];
+    masks[{inputs_[i].node.get(), 0}] = ctx.input_mask(i);
   }
+  auto lookup = [](const auto& m, const KTensor& k) {
+    auto it = m.find({k.node.get(), k.index});
+    return it == m.end() ? Value() : it->second;
+  };
   for (const auto& n : nodes_) {
     if (std::dynamic_pointer_cast<InputLayer>(n->layer)) continue;
-    std::vector<Value> in;
-    for (const KTensor& k : n->inputs) in.push_back(env.at({k.node.get(), k.index}));
+    std::vector<Value> in, in_masks;
+    for (size_t i = 0; i < n->inputs.size(); ++i) {
+      const KTensor& k = n->inputs[i];
+      in.push_back(env.at({k.node.get(), k.index}));
+      const bool explicit_mask = i < n->masks.size() && n->masks[i].defined();
+      in_masks.push_back(explicit_mask ? env.at({n->masks[i].node.get(), n->masks[i].index})
+                                       : lookup(masks, k));
+    }
     bool saved = ctx.training();
     if (n->training) ctx.set_training(*n->training);
-    std::vector<Value> out = n->layer->apply(in, ctx);
+    std::vector<Value> out_masks;
+    std::vector<Value> out = n->layer->apply(in, in_masks, ctx, out_masks);
     ctx.set_training(saved);
-    for (size_t i = 0; i < out.size(); ++i) env[{n.get(), static_cast<int>(i)}] = out[i];
+    for (size_t i = 0; i < out.size(); ++i) {
+      env[{n.get(), static_cast<int>(i)}] = out[i];
+      masks[{n.get(), static_cast<int>(i)}] = out_masks[i];
+    }
   }
   std::vector<Value> result;
-  for (const KTensor& k : outputs_) result.push_back(env.at({k.node.get(), k.index}));
+  last_output_masks_.clear();
+  for (const KTensor& k : outputs_) {
+    result.push_back(env.at({k.node.get(), k.index}));
+    last_output_masks_.push_back(lookup(masks, k));
+  }
   return result;
+}
+
+std::vector<Value> Model::compute_mask(const std::vector<Value>&, const std::vector<Value>& outputs,
+                                       CallContext&) {
+  std::vector<Value> m = std::move(last_output_masks_);
+  last_output_masks_.clear();
+  m.resize(outputs.size());
+  return m;
 }
 
 Model::Trace Model::trace(Graph& g, CallContext& ctx) {
@@ -147,7 +176,7 @@ Model::Trace Model::trace(Graph& g, CallContext& ctx) {
   for (size_t i = 0; i < inputs_.size(); ++i)
     t.inputs.push_back(
         g.placeholder(inputs_[i].node->layer->name(), inputs_[i].dtype(), inputs_[i].shape()));
-  t.outputs = apply(t.inputs, ctx);
+  t.outputs = apply(t.inputs, {}, ctx, t.output_masks);
   return t;
 }
 
@@ -263,6 +292,12 @@ Json Model::get_config() const {
     Json lj = layer_to_config(*n->layer);
     lj["inbound"] = inbound;
     if (n->training) lj["training"] = *n->training;
+    if (!n->masks.empty()) {
+      // Explicit masks (CallOptions::masks): references like "inbound", null where none.
+      Json masks = Json::array();
+      for (const KTensor& k : n->masks) masks.push_back(k.defined() ? ktensor_ref(k) : Json());
+      lj["masks"] = masks;
+    }
     layers_json.push_back(lj);
   }
   Json in = Json::array(), out = Json::array();

@@ -21,6 +21,7 @@ struct TrainState {
   Graph graph;
   std::vector<Value> x;
   Value y, sw, lr, t, loss;
+  Value mask;  // the timestep mask of the output (undefined: none), fetched for the metrics
   std::vector<Value> outputs;
   std::unique_ptr<Executor> exec;
   ValueType y_type;

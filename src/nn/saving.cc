@@ -98,6 +98,9 @@ ModelPtr functional_from_config(const Json& c) {
     for (const Json& ref : lj.at("inbound")) in.push_back(lookup(ref));
     CallOptions opt;
     if (lj.contains("training")) opt.training = lj.at("training").get<bool>();
+    if (lj.contains("masks"))
+      for (const Json& ref : lj.at("masks"))
+        opt.masks.push_back(ref.is_null() ? KTensor{} : lookup(ref));
     outputs[name].push_back((*layer)(in, opt));
   }
   std::vector<KTensor> ins, outs;

@@ -161,9 +161,12 @@ TrainState& Model::train_state() {
   st->y_type = loss_->target_type({y_pred.dtype(), y_pred.shape()});
   st->y = g.placeholder("y_true", st->y_type.dtype, st->y_type.shape);
   st->sw = g.placeholder("sample_weight", DType::kF32, {kUnknown});
+  st->mask = tr.output_masks.empty() ? Value() : tr.output_masks[0];
   {
+    // The output's timestep mask: masked steps count for nothing, the mean is over the valid
+    // ones (Keras 3 Loss.__call__, layer-semantics.md 4.1).
     Graph::Scope s(g, "loss");
-    st->loss = (*loss_)(st->y, y_pred, st->sw);
+    st->loss = (*loss_)(st->y, y_pred, st->sw, st->mask);
   }
   // Trainable weights that the trace used, in a stable order.
   std::vector<Value> vars;
@@ -184,6 +187,7 @@ TrainState& Model::train_state() {
     updates.insert(updates.end(), opt_updates.begin(), opt_updates.end());
   }
   std::vector<Value> fetches{st->loss, y_pred};
+  if (st->mask.defined()) fetches.push_back(st->mask);
   st->exec = std::make_unique<Executor>(g, fetches, updates);
   return *train_states_.emplace(sig, std::move(st)).first->second;
 }
@@ -304,7 +308,8 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
       }
       optimizer_->set_iterations(optimizer_->iterations() + 1);
       loss_tracker->update_value(result[0].item<float>(), static_cast<double>(n));
-      for (auto& m : metrics) m->update(batch.y[0], result[1], batch.sample_weight);
+      const Tensor out_mask = result.size() > 2 ? result[2] : Tensor();
+      for (auto& m : metrics) m->update(batch.y[0], result[1], batch.sample_weight, out_mask);
       logs.clear();
       logs["loss"] = loss_mean->result();
       for (auto& m : metrics) logs[m->name()] = m->result();
@@ -345,7 +350,9 @@ Logs Model::run_evaluation(const data::Dataset& d, int64_t batch_size, int verbo
     Value sw = c->graph.placeholder("sample_weight", DType::kF32, {kUnknown});
     c->inputs.push_back(y);
     c->inputs.push_back(sw);
-    c->outputs = {(*loss_)(y, y_pred, sw), y_pred};
+    const Value mask = t.output_masks.empty() ? Value() : t.output_masks[0];
+    c->outputs = {(*loss_)(y, y_pred, sw, mask), y_pred};
+    if (mask.defined()) c->outputs.push_back(mask);
     c->executor = std::make_unique<Executor>(c->graph, c->outputs);
     it = compiled_.emplace(sig, std::move(c)).first;
   }
@@ -384,7 +391,8 @@ Logs Model::run_evaluation(const data::Dataset& d, int64_t batch_size, int verbo
     feeds.emplace_back(c.inputs[nx + 1], sw);
     auto r = c.executor->run(feeds);
     tracker->update_value(r[0].item<float>(), static_cast<double>(b.size()));
-    for (auto& m : metrics) m->update(b.y[0], r[1], b.sample_weight);
+    const Tensor out_mask = r.size() > 2 ? r[2] : Tensor();
+    for (auto& m : metrics) m->update(b.y[0], r[1], b.sample_weight, out_mask);
     logs.clear();
     logs[prefix + "loss"] = loss_mean->result();
     for (auto& m : metrics) logs[prefix + m->name()] = m->result();

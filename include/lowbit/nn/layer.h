@@ -92,8 +92,16 @@ class CallContext {
   // by one per executed step (a state update).
   Value rng_step();
 
-  // Timestep masks travelling beside the inputs of the current call (hook for masking).
+  // Timestep masks of the inputs of the layer call being traced, one per input (an undefined
+  // Value: that input has none), each bool [batch, timesteps] (true = valid step). Set by
+  // Layer::apply(inputs, input_masks, ctx, output_masks), which models use for every layer
+  // call; a layer reads it in call() (recurrent layers, BatchNormalization) and in
+  // compute_mask(). Empty when nothing set it. A layer calling another one with the plain
+  // apply() passes it on unchanged (Bidirectional's inner layers see the outer call's masks).
+  // See docs/masking.md.
   std::vector<Value> input_masks;
+  // The mask of input i, or an undefined Value (no mask, or i beyond input_masks).
+  Value input_mask(size_t i = 0) const { return i < input_masks.size() ? input_masks[i] : Value(); }
 
  private:
   Graph& g_;
@@ -116,11 +124,22 @@ struct KTensor {
   const ValueType& type() const;
   const Shape& shape() const { return type().shape; }
   DType dtype() const { return type().dtype; }
+  bool defined() const { return node != nullptr; }
+  // Whether a timestep mask travels with this tensor (Masking, Embedding(mask_zero), ... put it
+  // there; docs/masking.md lists every layer's rule).
+  bool has_mask() const;
 };
 
 // Per-call options of the functional API and of model calls.
 struct CallOptions {
   std::optional<bool> training;  // unset: inherit (inference when nothing sets it)
+  // Functional calls only (Keras' `layer(x, mask=m)`): explicit timestep masks, one per input,
+  // each a symbolic bool (or f32 0/1) [batch, timesteps] tensor, typically a model input:
+  //   KTensor x = Input({T, F}), m = Input({T}, DType::kBool);
+  //   KTensor h = (*lstm)(x, {.masks = {m}});      // model = Model::create({x, m}, {h})
+  // An undefined entry ({}) keeps the mask that input carries. More entries than inputs is a
+  // ValueError. Ignored by eager model calls (feed the mask as a model input instead).
+  std::vector<KTensor> masks;
 };
 
 // One application of a layer to symbolic inputs.
@@ -128,7 +147,9 @@ struct LayerNode {
   LayerPtr layer;
   std::vector<KTensor> inputs;
   std::vector<ValueType> outputs;
-  std::optional<bool> training;  // forced mode for this call, if any
+  std::optional<bool> training;     // forced mode for this call, if any
+  std::vector<KTensor> masks;       // explicit input masks (CallOptions::masks); may be empty
+  std::vector<bool> output_masked;  // whether each output carries a timestep mask
 };
 
 class Layer : public std::enable_shared_from_this<Layer> {
@@ -170,8 +191,28 @@ class Layer : public std::enable_shared_from_this<Layer> {
   int64_t count_params(bool trainable) const;
   virtual std::vector<LayerPtr> sublayers() const { return {}; }
 
-  // Builds if needed (checking the input count) and calls.
+  // ---- Timestep masks (docs/masking.md) ----
+  // The timestep masks of the outputs of the call just traced: one entry per output, each an
+  // undefined Value (no mask) or bool [batch, timesteps] matching the output's first two dims.
+  // The input masks are in ctx.input_masks (one per input, undefined = none); `inputs` and
+  // `outputs` are the call's values. Called right after call() with the same context.
+  // Default rule: no input mask gives no output masks; a defined input mask is handled by the
+  // rule registered for class_name() (register_mask_rule), and refused otherwise with an
+  // UnsupportedError naming the layer: a layer that does not say what a mask means to it never
+  // drops one silently. Every built-in layer overrides this; docs/masking.md has the table.
+  virtual std::vector<Value> compute_mask(const std::vector<Value>& inputs,
+                                          const std::vector<Value>& outputs, CallContext& ctx);
+
+  // Builds if needed (checking the input count) and calls. ctx.input_masks is left as it is.
   std::vector<Value> apply(const std::vector<Value>& inputs, CallContext& ctx);
+  // apply() with timestep masks, as models call every layer: checks each defined mask (bool,
+  // or f32 0/1 converted to bool; shape [batch, timesteps] matching its input's first two dims,
+  // ShapeError/DTypeError naming the layer otherwise), sets ctx.input_masks, applies, and
+  // returns the output masks of compute_mask() in `output_masks` (one per output, checked the
+  // same way). ctx.input_masks is restored afterwards. `input_masks` may be shorter than
+  // `inputs` (missing entries: no mask).
+  std::vector<Value> apply(const std::vector<Value>& inputs, const std::vector<Value>& input_masks,
+                           CallContext& ctx, std::vector<Value>& output_masks);
   // Functional API: records a node and returns symbolic outputs.
   KTensor operator()(const KTensor& x, CallOptions opt = {});
   std::vector<KTensor> operator()(const std::vector<KTensor>& xs, CallOptions opt = {});
@@ -188,6 +229,16 @@ class Layer : public std::enable_shared_from_this<Layer> {
   std::vector<Weight> weights_;
   std::vector<Shape> build_shapes_;
 };
+
+// A mask rule for a layer class (what Layer::compute_mask returns for it), for layers whose
+// code cannot override compute_mask (third-party classes). `layer` is the layer being called;
+// the other arguments are compute_mask's. A layer's own compute_mask override wins over a
+// registered rule. The recurrent layers' rule (SimpleRNN, LSTM, GRU, Bidirectional: consume
+// the mask, return it with return_sequences) is registered this way (src/nn/masking.cc).
+using MaskRule =
+    std::function<std::vector<Value>(const Layer& layer, const std::vector<Value>& inputs,
+                                     const std::vector<Value>& outputs, CallContext& ctx)>;
+void register_mask_rule(const std::string& class_name, MaskRule rule);
 
 // Resets the default-name counters ("dense", "dense_1" ...), for reproducible names in tests.
 void reset_layer_names();

@@ -227,7 +227,8 @@ LayerPtr Concatenate(ConcatenateOptions o = {});
 // ---- Embedding ----
 struct EmbeddingOptions {
   std::string embeddings_initializer = "uniform";  // U(-0.05, 0.05)
-  // Stored in the config; id 0 will mean "padding" once masks propagate (not yet applied).
+  // true: id 0 means padding; the output carries the timestep mask ids != 0 (ids must then be
+  // [batch, timesteps]). Row 0 is still looked up, so input_dim must count it (vocab + 1).
   bool mask_zero = false;
   std::string name;
 };

@@ -160,6 +160,23 @@ LossPtr MeanAbsoluteError(std::string reduction = "sum_over_batch_size");
 // 1.0); ours writes it so that a round trip keeps it.
 LossPtr Huber(double delta = 1.0, std::string reduction = "sum_over_batch_size");
 
+// ---- Feature-masked losses (docs/masking.md; layer-semantics.md 5, beyond Keras) ----
+// Element-wise losses for targets with missing values: a target that is NaN is missing and
+// contributes nothing. per_sample() is NOT reduced over the last axis here: it is the loss of
+// every element (f32 of y_pred's shape, 0 at missing targets), and loss_mask() marks the present
+// targets, so the default reduction gives the mean over present targets only,
+//   L = sum(l w m) / sum(m)   over (batch, time, feature), 0 when nothing is present,
+// with m = present AND the timestep mask of the model output, w the sample weights. Keras'
+// MeanSquaredError averages the last axis first and cannot express this. A feature mask can
+// also be passed directly as operator()'s mask (bool or f32, y_pred's shape, 1 = present).
+//   FeatureMaskedMeanSquaredError    l = (t - y)^2
+//   FeatureMaskedMeanAbsoluteError   l = |t - y|
+//   FeatureMaskedBinaryCrossentropy  l = Keras' binary cross-entropy of one element (from_logits
+//                                    or clipped probabilities; label_smoothing as Keras)
+LossPtr FeatureMaskedMeanSquaredError(std::string reduction = "sum_over_batch_size");
+LossPtr FeatureMaskedMeanAbsoluteError(std::string reduction = "sum_over_batch_size");
+LossPtr FeatureMaskedBinaryCrossentropy(CrossentropyOptions o = {});
+
 // Rebuilds a loss from {"class_name", "config"} (as Keras serializes it; "module" and
 // "registered_name" are ignored, and so are the config keys "name" and "dtype"). Throws
 // ValueError for an unknown class or config key, or a bad value.

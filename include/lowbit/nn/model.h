@@ -87,7 +87,12 @@ class Model : public Layer {
 
   std::string class_name() const override { return "Functional"; }
   int num_inputs() const override { return static_cast<int>(inputs_.size()); }
+  // Runs the layer graph; the masks of the model's inputs come from ctx.input_masks and travel
+  // with the tensors through every layer call (Layer::apply with masks, docs/masking.md).
   std::vector<Value> call(const std::vector<Value>& inputs, CallContext& ctx) override;
+  // The masks of the model's outputs as computed by the call just traced.
+  std::vector<Value> compute_mask(const std::vector<Value>& inputs,
+                                  const std::vector<Value>& outputs, CallContext& ctx) override;
   Json get_config() const override;
   void set_trainable(bool t) override;
   std::vector<LayerPtr> sublayers() const override { return layers(); }
@@ -114,10 +119,11 @@ class Model : public Layer {
   std::vector<Tensor> predict_on_batch(const std::vector<Tensor>& xs, CallOptions opt = {});
   Tensor operator()(const Tensor& x, CallOptions opt = {});
 
-  // Traces the model into `g` on fresh placeholders (batch unknown); returns placeholders and
-  // outputs; the context collects state updates.
+  // Traces the model into `g` on fresh placeholders (batch unknown); returns placeholders,
+  // outputs and the outputs' timestep masks (undefined where an output has none); the context
+  // collects state updates. fit/evaluate fold output_masks[0] into the loss and the metrics.
   struct Trace {
-    std::vector<Value> inputs, outputs;
+    std::vector<Value> inputs, outputs, output_masks;
   };
   Trace trace(Graph& g, CallContext& ctx);
   // The op graph of one mode as Graphviz DOT.
@@ -159,6 +165,7 @@ class Model : public Layer {
 
   std::vector<KTensor> inputs_, outputs_;
   std::vector<std::shared_ptr<LayerNode>> nodes_;  // topological order, inputs first
+  std::vector<Value> last_output_masks_;           // of the last call(), for compute_mask()
   Tensor rng_state_ = Tensor::zeros({}, DType::kS64);
   std::map<std::string, std::unique_ptr<CompiledCall>> compiled_;
   OptimizerPtr optimizer_;
