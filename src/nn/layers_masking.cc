@@ -187,6 +187,23 @@ std::vector<Value> recurrent_mask_rule(const Layer& l, const std::vector<Value>&
   return masks;
 }
 
+// Quantization-aware training's layers (src/quant), by class name: FakeQuant is elementwise and
+// passes the mask; QuantizeWrapper has the rule of the layer it wraps (whose call sees the
+// wrapper's input masks through the context).
+std::vector<Value> pass_rule(const Layer&, const std::vector<Value>&,
+                             const std::vector<Value>& outputs, CallContext& ctx) {
+  return detail::pass_mask(outputs, ctx);
+}
+std::vector<Value> wrapper_rule(const Layer& l, const std::vector<Value>& inputs,
+                                const std::vector<Value>& outputs, CallContext& ctx) {
+  const std::vector<LayerPtr> inner = l.sublayers();
+  if (inner.size() != 1)
+    LOWBIT_THROW(UnsupportedError, l.name(), " (", l.class_name(),
+                 "): got a timestep mask but wraps ", inner.size(),
+                 " layers, so it has no mask rule (docs/masking.md)");
+  return inner[0]->compute_mask(inputs, outputs, ctx);
+}
+
 }  // namespace
 
 LayerPtr Masking(double mask_value, MaskingOptions o) {
@@ -218,10 +235,9 @@ void register_masking_layers() {
 }
 
 std::vector<std::pair<std::string, MaskRule>> builtin_mask_rules() {
-  return {{"SimpleRNN", recurrent_mask_rule},
-          {"LSTM", recurrent_mask_rule},
-          {"GRU", recurrent_mask_rule},
-          {"Bidirectional", recurrent_mask_rule}};
+  return {{"SimpleRNN", recurrent_mask_rule}, {"LSTM", recurrent_mask_rule},
+          {"GRU", recurrent_mask_rule},       {"Bidirectional", recurrent_mask_rule},
+          {"FakeQuant", pass_rule},           {"QuantizeWrapper", wrapper_rule}};
 }
 }  // namespace detail
 

@@ -6,8 +6,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <limits>
 #include <nlohmann/json.hpp>
 
@@ -36,10 +39,13 @@ Tensor boolean(const std::vector<bool>& v, const Shape& s) {
   return Tensor::from_vector<bool>(v, s);
 }
 
-Json load_case(const std::string& name) {
-  std::ifstream f(testing::shared_dir() + "/testdata/keras/" + name + ".json");
-  EXPECT_TRUE(f.good()) << name;
+Json load_case_file(const std::string& path) {
+  std::ifstream f(path);
+  EXPECT_TRUE(f.good()) << path;
   return Json::parse(f);
+}
+Json load_case(const std::string& name) {
+  return load_case_file(testing::shared_dir() + "/testdata/keras/" + name + ".json");
 }
 
 Tensor json_tensor(const Json& j) {
@@ -234,6 +240,172 @@ TEST(MaskingGolden, ModelLossUsesTheOutputMask) {
   near(l.at("loss"), "keras3_sum_over_batch_size_masked_weighted");
   l = model->evaluate(data::Dataset::from_tensors({logits, mask}, {y}));
   near(l.at("loss"), "keras3_sum_over_batch_size_masked_no_weights");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every masked golden case of the directory (a held-out set in $LOWBIT_SHARED_DIR included):
+// the "masking" category and any non-recurrent case that feeds a mask (masked
+// BatchNormalization, masked pooling), plus model cases (Sequential / Functional, e.g. Masking
+// -> LSTM) that the single-layer runners leave aside. A model case is a list of layers applied
+// in order; `weights[]` is the concatenation of their weights (Keras get_weights order).
+
+bool is_model_class(const std::string& cls) {
+  return cls == "Sequential" || cls == "Functional" || cls == "Model";
+}
+
+std::vector<LayerPtr> case_layers(const Json& layer) {
+  const std::string cls = layer.at("class_name").get<std::string>();
+  if (!is_model_class(cls)) return {layer_from_config(layer)};
+  std::vector<LayerPtr> layers;
+  for (const Json& lj : layer.at("config").at("layers"))
+    if (lj.at("class_name").get<std::string>() != "InputLayer")
+      layers.push_back(
+          layer_from_config({{"class_name", lj.at("class_name")}, {"config", lj.at("config")}}));
+  return layers;
+}
+
+// Output keys this runner compares, by what they name.
+bool is_training_key(const std::string& k) {
+  return k.find("training_true") != std::string::npos ||
+         k.find("after_one_training_call") != std::string::npos || k == "batch_mean" ||
+         k == "batch_variance_biased";
+}
+
+// Returns how many expected values were compared (0: a case this runner cannot feed).
+int run_masked_case(const std::string& path) {
+  SCOPED_TRACE(path);
+  const Json c = load_case_file(path);
+  const double atol = c.contains("tolerance") ? c["tolerance"].value("atol", 2e-5) : 2e-5;
+  const double rtol = c.contains("tolerance") ? c["tolerance"].value("rtol", 1e-4) : 1e-4;
+  const Json& inputs = c.at("inputs");
+  for (const auto& [key, value] : inputs.items())
+    if (key != "x" && key != "mask") {
+      std::cout << "[ note ] " << path << ": input '" << key << "' is not fed by this runner\n";
+      return 0;
+    }
+  reset_layer_names();
+  std::vector<LayerPtr> layers = case_layers(c.at("layer"));
+  const Tensor x = json_tensor(inputs.at("x"));
+  const bool has_mask = inputs.contains("mask");
+  const Tensor mask = has_mask ? json_tensor(inputs.at("mask")) : Tensor();
+  std::vector<int64_t> xdims(x.shape().dims().begin() + 1, x.shape().dims().end());
+  KTensor in = Input(Shape(xdims), x.dtype());
+  std::vector<KTensor> model_in{in};
+  KTensor h = in;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    CallOptions opt;
+    if (i == 0 && has_mask) {
+      KTensor m = Input({x.dim(1)}, mask.dtype());
+      model_in.push_back(m);
+      opt.masks = {m};
+    }
+    h = (*layers[i])(std::vector<KTensor>{h}, opt)[0];
+  }
+  auto model = Model::create(model_in, {h});
+  // Weights in order.
+  std::vector<Weight*> ws;
+  for (const LayerPtr& l : layers)
+    for (Weight& w : l->weights()) ws.push_back(&w);
+  const Json& wj = c.at("weights");
+  if (ws.size() != wj.size()) {
+    ADD_FAILURE() << "weight count: the layers have " << ws.size() << ", the file " << wj.size();
+    return 0;
+  }
+  for (size_t i = 0; i < ws.size(); ++i) {
+    Tensor t = json_tensor(wj[i]);
+    if (ws[i]->value.shape() != t.shape()) {
+      ADD_FAILURE() << "weight " << i << " (" << ws[i]->name << "): shape "
+                    << ws[i]->value.shape().str() << " vs " << t.shape().str();
+      return 0;
+    }
+    ws[i]->value.copy_from(t);
+  }
+  std::vector<Tensor> feed{x};
+  if (has_mask) feed.push_back(mask);
+  bool training = false;
+  if (c.contains("call") && c["call"].contains("training") && c["call"]["training"].is_boolean())
+    training = c["call"]["training"].get<bool>();
+  int checked = 0;
+  auto compare = [&](const std::string& key, const Tensor& got) {
+    const Tensor want = json_tensor(c.at("outputs").at(key));
+    if (want.dtype() == DType::kBool)
+      EXPECT_TRUE(tensors_equal(got, want)) << key;
+    else
+      EXPECT_TRUE(tensors_near(got, want, atol, rtol)) << key;
+    ++checked;
+  };
+  const Json& outs = c.at("outputs");
+  // Inference-mode (or the call's mode) outputs first, before any training call updates state.
+  ModelRun first = run_model(*model, feed, training);
+  ModelRun inference = training ? run_model(*model, feed, false) : first;
+  for (const auto& [key, value] : outs.items()) {
+    if (is_training_key(key) || key.find("after_update") != std::string::npos) continue;
+    if (key == "output_mask" || key == "mask") {
+      compare(key, inference.masks[0]);
+    } else if (key.find("training_false") != std::string::npos ||
+               key.find("training_omitted") != std::string::npos) {
+      compare(key, inference.outputs[0]);
+    } else if (key == "output") {
+      compare(key, first.outputs[0]);
+    } else {
+      std::cout << "[ note ] " << path << ": output '" << key << "' not compared\n";
+    }
+  }
+  bool any_training = false;
+  for (const auto& [key, value] : outs.items()) any_training |= is_training_key(key);
+  if (any_training) {
+    // Masked batch statistics (Keras 3 _moments) by hand, before the training call.
+    if (has_mask && (outs.contains("batch_mean") || outs.contains("batch_variance_biased"))) {
+      std::vector<int64_t> axes;
+      for (int d = 0; d < x.rank() - 1; ++d) axes.push_back(d);
+      Tensor valid = mask.to(DType::kF32);
+      while (valid.rank() < x.rank()) valid = ops::expand_dims(valid, -1);
+      valid = ops::broadcast_like(valid, x);
+      Tensor count = ops::sum(valid, axes) + 1e-7;
+      Tensor mean = ops::sum(valid * x, axes) / count;
+      Tensor var = ops::sum(valid * ops::square(x - mean), axes) / count;
+      if (outs.contains("batch_mean")) compare("batch_mean", mean);
+      if (outs.contains("batch_variance_biased")) compare("batch_variance_biased", var);
+    }
+    ModelRun tr = run_model(*model, feed, true);
+    for (const auto& [key, value] : outs.items()) {
+      if (key.find("training_true") != std::string::npos) {
+        compare(key, tr.outputs[0]);
+      } else if (key.find("after_one_training_call") != std::string::npos) {
+        const std::string wname = key.substr(0, key.find("_after_one_training_call"));
+        for (Weight* w : ws)
+          if (w->name == wname) compare(key, w->value);
+      }
+    }
+    for (const auto& [key, value] : outs.items())
+      if (key.find("after_update") != std::string::npos)
+        compare(key, run_model(*model, feed, false).outputs[0]);
+  }
+  return checked;
+}
+
+TEST(MaskingGolden, EveryMaskedCaseInTheDirectory) {
+  std::vector<std::string> files;
+  for (const auto& e :
+       std::filesystem::directory_iterator(testing::shared_dir() + "/testdata/keras"))
+    if (e.path().extension() == ".json" && e.path().filename() != "manifest.json")
+      files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  int cases = 0;
+  for (const std::string& f : files) {
+    const Json c = load_case_file(f);
+    const std::string cat = c.value("category", "");
+    const std::string cls = c.at("layer").value("class_name", "");
+    const bool masked_input = c.contains("inputs") && c["inputs"].contains("mask");
+    const bool recurrent =
+        cls == "LSTM" || cls == "GRU" || cls == "SimpleRNN" || cls == "Bidirectional";
+    if (cat == "masking" || (masked_input && !recurrent && cat != "rnn" && cat != "loss") ||
+        is_model_class(cls)) {
+      EXPECT_GT(run_masked_case(f), 0) << f;
+      ++cases;
+    }
+  }
+  EXPECT_GE(cases, 1);  // dev_masking_zero at least
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -443,6 +615,81 @@ TEST(MaskRules, RecurrentLayersReturnTheMaskWithSequencesOnly) {
   EXPECT_FALSE(outs(false, false).defined());
   EXPECT_TRUE(tensors_equal(outs(true, false), padded_mask()));
   EXPECT_TRUE(tensors_equal(outs(true, true), boolean({0, 1, 0, 1, 1, 0, 0, 1, 1, 1}, {2, 5})));
+}
+
+// The real recurrent layers in models: Masking -> LSTM consumes the mask, return_sequences
+// returns it (reversed for go_backwards), and a zero-padded batch through Masking gives the
+// outputs of the same LSTM given the mask explicitly over garbage padding.
+TEST(MaskRules, RecurrentLayersInModels) {
+  set_random_seed(17);
+  auto seq = LSTM(3, {.return_sequences = true});
+  auto last = GRU(2);
+  KTensor in = Input({5, 2});
+  KTensor h = (*seq)((*Masking())(in));
+  EXPECT_TRUE(h.has_mask());
+  KTensor y = (*last)(h);
+  EXPECT_FALSE(y.has_mask());
+  auto zero_padded = Model::create({in}, {h, y});
+  ModelRun a = run_model(*zero_padded, {padded_x()});
+  EXPECT_TRUE(tensors_equal(a.masks[0], padded_mask()));
+  EXPECT_FALSE(a.masks[1].defined());
+  // The same weights, an explicit mask, garbage at the padded steps.
+  KTensor x2 = Input({5, 2}), m2 = Input({5}, DType::kBool);
+  KTensor h2 = (*seq)(x2, {.masks = {m2}});
+  auto explicit_mask = Model::create({x2, m2}, {h2, (*last)(h2)});
+  Tensor garbage = padded_x();
+  for (int64_t i = 0; i < 10; ++i)
+    if (!padded_mask().data<bool>()[i]) garbage.data<float>()[2 * i] = 1e3f;
+  ModelRun b = run_model(*explicit_mask, {garbage, padded_mask()});
+  EXPECT_TRUE(tensors_equal(b.masks[0], padded_mask()));
+  // Valid steps agree; masked steps repeat the last valid output in both (Keras).
+  EXPECT_TRUE(tensors_near(b.outputs[0], a.outputs[0], kAtol, kRtol));
+  EXPECT_TRUE(tensors_near(b.outputs[1], a.outputs[1], kAtol, kRtol));
+
+  // go_backwards: the output is in processing order, so is its mask.
+  KTensor x3 = Input({5, 2});
+  KTensor back = (*LSTM(2, {.return_sequences = true, .go_backwards = true}))((*Masking())(x3));
+  ModelRun c = run_model(*Model::create({x3}, {back}), {padded_x()});
+  EXPECT_TRUE(tensors_equal(c.masks[0], boolean({0, 1, 0, 1, 1, 0, 0, 1, 1, 1}, {2, 5})));
+
+  // Bidirectional without merging: both sequence outputs carry the input's mask.
+  KTensor x4 = Input({5, 2});
+  auto bi = (*Bidirectional(GRU(2, {.return_sequences = true}), {.merge_mode = "none"}))(
+      std::vector<KTensor>{(*Masking())(x4)});
+  ASSERT_EQ(bi.size(), 2u);
+  ModelRun d = run_model(*Model::create({x4}, {bi[0], bi[1]}), {padded_x()});
+  EXPECT_TRUE(tensors_equal(d.masks[0], padded_mask()));
+  EXPECT_TRUE(tensors_equal(d.masks[1], padded_mask()));
+}
+
+TEST(MaskedTraining, MaskedLstmTrainsIdenticallyWhateverThePaddingHolds) {
+  const int64_t T = 6, F = 2;
+  Rng rng(9);
+  Tensor x = testing::random_tensor({8, T, F}, rng);
+  Tensor y = testing::random_tensor({8, T, 1}, rng);
+  Tensor mask = ops::sequence_mask(testing::random_int_tensor({8}, rng, 1, T), T);
+  Tensor x2 = x.clone(), y2 = y.clone();
+  for (int64_t i = 0; i < 8 * T; ++i) {
+    if (mask.data<bool>()[i]) continue;
+    y2.data<float>()[i] = 50.0f;
+    for (int64_t f = 0; f < F; ++f) x2.data<float>()[i * F + f] = -30.0f;
+  }
+  std::vector<std::vector<float>> weights;
+  for (int run = 0; run < 2; ++run) {
+    set_random_seed(5);
+    reset_layer_names();
+    KTensor xi = Input({T, F}), mi = Input({T}, DType::kBool);
+    KTensor h = (*LSTM(4, {.return_sequences = true}))(xi, {.masks = {mi}});
+    auto model = Model::create({xi, mi}, {(*Dense(1))(h)});
+    model->compile({.optimizer = SGD({.learning_rate = 0.05}), .loss = MeanSquaredError()});
+    model->fit(data::Dataset::from_tensors({run ? x2 : x, mask}, {run ? y2 : y}),
+               {.epochs = 2, .batch_size = 4, .seed = 3, .verbose = 0});
+    std::vector<float> w;
+    for (auto& [name, wt] : model->named_weights())
+      for (int64_t i = 0; i < wt->value.numel(); ++i) w.push_back(wt->value.data<float>()[i]);
+    weights.push_back(w);
+  }
+  EXPECT_EQ(weights[0], weights[1]);
 }
 
 TEST(MaskRules, NestedModelsCarryMasksThrough) {
