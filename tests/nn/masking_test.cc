@@ -18,6 +18,7 @@
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/model.h"
 #include "lowbit/ops.h"
+#include "lowbit/quant/quantize_model.h"
 #include "testing/op_testing.h"
 
 namespace lowbit::nn {
@@ -690,6 +691,18 @@ TEST(MaskedTraining, MaskedLstmTrainsIdenticallyWhateverThePaddingHolds) {
     weights.push_back(w);
   }
   EXPECT_EQ(weights[0], weights[1]);
+}
+
+// Quantization-aware training rewrites the layer graph (FakeQuant nodes, QuantizeWrapper around
+// Dense): the rewritten model still carries the mask.
+TEST(MaskRules, QuantizedModelsKeepTheirMasks) {
+  set_random_seed(2);
+  KTensor in = Input({5, 2});
+  KTensor y = (*Dense(3, {.activation = "relu"}))((*Masking())(in));
+  auto model = Model::create({in}, {y});
+  auto q = quant::quantize_model(*model, quant::QuantizeConfig::preset("w8a8"));
+  ASSERT_TRUE(q->outputs()[0].has_mask());
+  EXPECT_TRUE(tensors_equal(run_model(*q, {padded_x()}).masks[0], padded_mask()));
 }
 
 TEST(MaskRules, NestedModelsCarryMasksThrough) {
