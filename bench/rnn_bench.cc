@@ -178,6 +178,7 @@ int main(int argc, char** argv) try {
   int epochs = 5, warmup = 20;
   std::string cell = "lstm", kernels = "fast";
   int64_t train_n = 8192;
+  bool eval = true;
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
     auto next = [&]() -> std::string {
@@ -194,6 +195,8 @@ int main(int argc, char** argv) try {
       kernels = next();
     else if (k == "--train")
       train_n = std::stoll(next());
+    else if (k == "--eval")
+      eval = next() != "0";
     else if (k == "--threads") {
       threads.clear();
       std::stringstream ss(next());
@@ -223,7 +226,7 @@ int main(int argc, char** argv) try {
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       sps.push_back(static_cast<double>(n) / s);
       cps.push_back(static_cast<double>(n) / (cpu_seconds() - c0));
-      acc.push_back(accuracy(*net, test));
+      if (eval) acc.push_back(accuracy(*net, test));
     }
     std::printf(
         "{\"bench\": \"rnn_train\", \"model\": \"%s%lld_masked\", \"variant\": \"float\", "
