@@ -118,8 +118,11 @@ class RecurrentLayer : public Layer {
     const Value& x = in[0];
     const int64_t u = c_.units, g = gates_of(c_.kind);
     Value mask = input_mask(x, ctx);
-    const bool drop = ctx.training() && c_.dropout > 0 && c_.dropout < 1;
-    const bool rdrop = ctx.training() && c_.recurrent_dropout > 0 && c_.recurrent_dropout < 1;
+    // Keras: LSTM and GRU drop only for 0 < rate < 1; SimpleRNN for any rate > 0.
+    auto applies = [&](double rate) {
+      return ctx.training() && rate > 0 && (rate < 1 || c_.kind == Kind::kSimpleRNN);
+    };
+    const bool drop = applies(c_.dropout), rdrop = applies(c_.recurrent_dropout);
     Value kernel = ctx.var(*this, weights_[0]);
     Value rk = ctx.var(*this, weights_[1]);
     Value bias = c_.use_bias ? ctx.var(*this, weights_[2]) : Value();

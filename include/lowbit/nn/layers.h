@@ -277,7 +277,8 @@ LayerPtr Embedding(int64_t input_dim, int64_t output_dim, EmbeddingOptions o = {
 // Dropout (training mode only; identity at inference), Keras 3 semantics: masks drawn once per
 // call and shared by every timestep (Philox keyed by the layer seed and the model's step).
 //   dropout: on x. With recurrent_dropout == 0: one mask [B, D] for all gates; otherwise one per
-//            gate block (Keras' implementation 1). Applies when 0 < rate < 1.
+//            gate block (Keras' implementation 1). Applies when 0 < rate < 1 (SimpleRNN:
+//            0 < rate <= 1, as Keras).
 //   recurrent_dropout: on h_{t-1} where it enters the recurrent product, one mask [B, U] per
 //            gate block (the carried state is not masked). Runs on the slow reference kernel.
 //
