@@ -195,6 +195,10 @@ class Rewriter {
     for (size_t i = 0; i < nodes_->size(); ++i) {
       const FlatNode& n = node(static_cast<int>(i));
       for (size_t k = 0; k < n.in.size(); ++k) consumers_[n.in[k]].push_back(static_cast<int>(i));
+      const std::string c = cls(n);
+      if (c == "FakeQuant" || c == "QuantizeWrapper" || c == "FoldedConvBatchNorm")
+        LOWBIT_THROW(ValueError, "quantize_model: ", model_.name(), " is already quantized (layer '",
+                     n.layer->name(), "' is a ", c, "); quantize its float original");
       calls_[n.layer.get()]++;
       auto [it, fresh] = names.emplace(n.layer->name(), n.layer.get());
       if (!fresh && it->second != n.layer.get())

@@ -253,6 +253,50 @@ TEST(BatchNormFolding, SixteenBitFoldedLayerMatchesConvThenBatchNorm) {
   }
 }
 
+TEST(QuantizerState, FreezeAfterStopsTheTrackerDebiasAndTorchObservers) {
+  Rng rng(4);
+  auto run = [&](const QuantizerConfig& cfg, int steps, std::vector<Tensor>* mins,
+                 std::vector<Tensor>* maxs, std::vector<Tensor>* inputs) {
+    nn::reset_layer_names();
+    KTensor in = nn::Input({6});
+    auto fq = FakeQuant(cfg, 0, "fq");
+    auto m = nn::Model::create({in}, {(*fq)(in)});
+    auto& l = dynamic_cast<FakeQuantLayer&>(*fq);
+    for (int i = 0; i < steps; ++i) {
+      Tensor x = random_tensor({4, 6}, rng, -1.0f - i, 1.0f + 2 * i);
+      (*m)(x, {.training = true});
+      mins->push_back(l.quantizer().min(l).clone());
+      maxs->push_back(l.quantizer().max(l).clone());
+      if (inputs) inputs->push_back(x);
+    }
+  };
+  {  // freeze_after 2: two updates, then the range stays
+    std::vector<Tensor> mn, mx;
+    run({.range = "last_value", .freeze_after = 2}, 4, &mn, &mx, nullptr);
+    EXPECT_FALSE(testing::tensors_equal(mx[1], mx[0]));
+    EXPECT_TRUE(testing::tensors_equal(mx[2], mx[1]));
+    EXPECT_TRUE(testing::tensors_equal(mx[3], mx[1]));
+    EXPECT_TRUE(testing::tensors_equal(mn[3], mn[1]));
+  }
+  {  // TF1 debiased EMA: the first update gives (nearly) the batch range, init ignored
+    std::vector<Tensor> mn, mx, xs;
+    run({.range = "moving_average_debiased", .init_min = -100, .init_max = 100}, 2, &mn, &mx,
+        &xs);
+    const ops::MinMax<Tensor> b = ops::min_max(xs[0]);
+    EXPECT_NEAR(mx[0].item<float>(), std::max(b.max.item<float>(), 0.0f), 1e-4);
+    EXPECT_NEAR(mn[0].item<float>(), std::min(b.min.item<float>(), 0.0f), 1e-4);
+  }
+  {  // PyTorch moving-average observer: the first batch sets the range, then c = 1 - decay
+    std::vector<Tensor> mn, mx, xs;
+    run({.scheme = "torch", .range = "moving_average", .ema_decay = 0.99}, 2, &mn, &mx, &xs);
+    const ops::MinMax<Tensor> b0 = ops::min_max(xs[0]), b1 = ops::min_max(xs[1]);
+    EXPECT_EQ(mx[0].item<float>(), b0.max.item<float>());
+    const float c = static_cast<float>(1.0 - 0.99);
+    EXPECT_EQ(mx[1].item<float>(),
+              mx[0].item<float>() + c * (b1.max.item<float>() - mx[0].item<float>()));
+  }
+}
+
 // Every value of a fake-quantized weight is k * scale for an integer k of the nudged grid.
 void expect_on_tf_grid(const Tensor& w, const Tensor& min, const Tensor& max, int bits,
                        bool narrow) {
@@ -302,8 +346,20 @@ TEST(QuantizeAwareTraining, StepsReduceTheLossAndWeightsStayFloat) {
   std::set<float> float_levels = distinct(k1);
   EXPECT_LE(levels.size(), 15u * 16u);  // <= 15 levels per output channel
   EXPECT_GT(float_levels.size(), levels.size());
-  // Inference of the quantized model uses those effective weights: the first layer's output
-  // equals relu(FQ(x) @ FQ(W) + b) computed by hand.
+  // The model's forward computes with exactly those grid weights and quantized activations:
+  // out = FQ(FQ(relu(FQ(x) W1q + b1)) W2q + b2), by hand with eager ops.
+  auto dense1 = std::dynamic_pointer_cast<QuantizeWrapperLayer>(q->get_layer("dense_1"));
+  auto fq_of = [&](const std::string& name, const Tensor& t) {
+    auto l = std::dynamic_pointer_cast<FakeQuantLayer>(q->get_layer(name));
+    const QuantizerConfig& c = l->quantizer().config();
+    return ops::fake_quant_with_min_max_vars(t, l->quantizer().min(*l), l->quantizer().max(*l),
+                                             c.bits, c.narrow_range);
+  };
+  Tensor h = ops::relu(ops::matmul(fq_of("input_layer_quant", x), eff) +
+                       dense->layer()->weights()[1].value);
+  Tensor out = ops::matmul(fq_of("dense_quant", h), dense1->effective_weights().at("kernel")) +
+               dense1->layer()->weights()[1].value;
+  EXPECT_TRUE(testing::tensors_equal((*q)(x), fq_of("dense_1_quant", out)));
 }
 
 TEST(QuantizeAwareTraining, SaveLoadKeepsRangesAndPredictionsBitIdentical) {

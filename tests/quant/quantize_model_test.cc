@@ -198,6 +198,8 @@ TEST(QuantizeModel, PerLayerOverrides) {
   bad.weights.bits = 1;
   testing::expect_throws_with<ValueError>([&] { quantize_model(*model, bad); },
                                           "bits: expected 2..16 but found 1");
+  auto twice = [&] { quantize_model(*quantize_model(*model)); };
+  testing::expect_throws_with<ValueError>(twice, "is already quantized");
   QuantizeConfig pact_weights;
   pact_weights.weights.scheme = "pact";
   testing::expect_throws_with<ValueError>([&] { quantize_model(*model, pact_weights); },
@@ -299,6 +301,42 @@ TEST(QuantizeModel, RecurrentLayersGetWeightAndOutputQuantizers) {
   EXPECT_EQ(out.shape(), Shape({3, 2}));
   EXPECT_EQ(lstm->weights().back().name, "step");
   EXPECT_EQ(lstm->weights().back().value.item<int64_t>(), 1);
+}
+
+TEST(QuantizeModel, DepthwiseAndSeparableKernelsArePerOutputChannel) {
+  nn::reset_layer_names();
+  nn::set_random_seed(6);
+  auto model = nn::Sequential::create(
+      {nn::InputSpec({6, 6, 3}), nn::DepthwiseConv2D(3, {.depth_multiplier = 2}),
+       nn::SeparableConv2D(5, 3, {.depth_multiplier = 2, .activation = "relu"})});
+  auto q = quantize_model(*model);
+  const std::vector<std::string> want = {
+      "input_layer:InputLayer",
+      "input_layer_quant:FakeQuant<-input_layer",
+      "depthwise_conv2d:QuantizeWrapper<-input_layer_quant",
+      "depthwise_conv2d_quant:FakeQuant<-depthwise_conv2d",
+      "separable_conv2d:QuantizeWrapper<-depthwise_conv2d_quant",
+      "separable_conv2d_quant:FakeQuant<-separable_conv2d",
+  };
+  EXPECT_EQ(structure(*q), want);
+  auto dw = layer_as<QuantizeWrapperLayer>(*q, "depthwise_conv2d");
+  // [3, 3, 3, 2] feeds 3 * 2 output channels: one range each.
+  EXPECT_EQ(dw->quantizer("depthwise_kernel").min(*dw).shape(), Shape({6}));
+  auto sep = layer_as<QuantizeWrapperLayer>(*q, "separable_conv2d");
+  EXPECT_EQ(sep->quantizer("depthwise_kernel").min(*sep).shape(), Shape({12}));
+  EXPECT_EQ(sep->quantizer("pointwise_kernel").min(*sep).shape(), Shape({5}));
+  // Output channel c*M + m of the depthwise kernel has the range of w[:, :, c, m].
+  const Tensor k = dw->layer()->weights()[0].value;
+  const Tensor kmax = dw->quantizer("depthwise_kernel").max(*dw);
+  for (int64_t c = 0; c < 3; ++c)
+    for (int64_t m = 0; m < 2; ++m) {
+      float mx = 0;
+      for (int64_t i = 0; i < 9; ++i)
+        mx = std::max(mx, std::abs(k.data<float>()[i * 6 + c * 2 + m]));
+      EXPECT_EQ(kmax.data<float>()[c * 2 + m], mx);  // symmetric narrow: [-max|w|, max|w|]
+    }
+  Tensor x = Tensor::full({2, 6, 6, 3}, 0.5);
+  EXPECT_EQ((*q)(x, {.training = true}).shape(), Shape({2, 2, 2, 5}));
 }
 
 TEST(QuantizeModel, ConfigsRoundTripThroughJson) {

@@ -107,8 +107,8 @@ struct QuantizeConfig {
 // ValueError naming the field.
 void validate(const QuantizeConfig& cfg);
 
-// The rewrite described above. Throws ValueError for an invalid config or an override naming
-// no layer of the model, UnsupportedError for a layer class that cannot be copied (not in the
+// The rewrite described above. Throws ValueError for an invalid config, an override naming
+// no layer of the model or a model that is already quantized, UnsupportedError for a layer class that cannot be copied (not in the
 // layer registry), or a model whose flattened layer names clash.
 nn::ModelPtr quantize_model(const nn::Model& model, const QuantizeConfig& cfg = {});
 
