@@ -238,7 +238,10 @@ class Rewriter {
   }
   // The quantizer at the output of a pattern from node `head` to node `end`.
   QuantizerConfig activation_config(int end, int head) const {
-    QuantizerConfig c = cfg_.activations;
+    // Masking reads a model input unquantized (see emit_input): its output is that input's
+    // quantized form, so it takes the input quantizer.
+    QuantizerConfig c = reads_raw(end) && node(node(end).in.at(0).node).is_input ? cfg_.inputs
+                                                                                 : cfg_.activations;
     const LayerOverride* o = override_of(node(end).layer->name());
     if (!o) o = override_of(node(head).layer->name());
     if (o) {
@@ -343,9 +346,17 @@ class Rewriter {
     return q;
   }
 
+  // Layers that read a model input before its quantizer: Embedding (integer ids) and Masking
+  // (the mask must come from the values the user passed; quantizing first could turn a value
+  // near mask_value into it). Masking's output is quantized instead.
+  bool reads_raw(int i) const {
+    const std::string c = cls(node(i));
+    return c == "Embedding" || c == "Masking";
+  }
+
   std::vector<nn::KTensor> inputs_of(int i) const {
     std::vector<nn::KTensor> in;
-    const bool ids = cls(node(i)) == "Embedding";
+    const bool ids = reads_raw(i);
     for (const Ref& r : node(i).in) {
       const Tensorish& v = env_.at(r);
       in.push_back(ids && v.raw.node ? v.raw : v.t);
@@ -362,7 +373,7 @@ class Rewriter {
     env_[{i, 0}] = {k, false, k};
     bool all_ids = true;
     if (auto it = consumers_.find({i, 0}); it != consumers_.end())
-      for (int c : it->second) all_ids = all_ids && cls(node(c)) == "Embedding";
+      for (int c : it->second) all_ids = all_ids && reads_raw(c);
     if (il->dtype() == DType::kF32 && !skipped(i) && !all_ids) {
       QuantizerConfig qc = cfg_.inputs;
       if (const LayerOverride* o = override_of(il->name()))

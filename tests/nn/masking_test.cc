@@ -694,14 +694,21 @@ TEST(MaskedTraining, MaskedLstmTrainsIdenticallyWhateverThePaddingHolds) {
 }
 
 // Quantization-aware training rewrites the layer graph (FakeQuant nodes, QuantizeWrapper around
-// Dense): the rewritten model still carries the mask.
+// Dense): the rewritten model still carries the mask, and Masking reads the unquantized input
+// (no quantizer before it, one after it with the input quantizer's settings), so the mask
+// is the same even before the input range has been learned.
 TEST(MaskRules, QuantizedModelsKeepTheirMasks) {
   set_random_seed(2);
+  reset_layer_names();
   KTensor in = Input({5, 2});
   KTensor y = (*Dense(3, {.activation = "relu"}))((*Masking())(in));
   auto model = Model::create({in}, {y});
   auto q = quant::quantize_model(*model, quant::QuantizeConfig::preset("w8a8"));
   ASSERT_TRUE(q->outputs()[0].has_mask());
+  std::vector<std::string> names;
+  for (const auto& l : q->layers()) names.push_back(l->name());
+  EXPECT_EQ(names, (std::vector<std::string>{"input_layer", "masking", "masking_quant", "dense",
+                                             "dense_quant"}));
   EXPECT_TRUE(tensors_equal(run_model(*q, {padded_x()}).masks[0], padded_mask()));
 }
 

@@ -355,9 +355,9 @@ TEST(QuantizeAwareTraining, StepsReduceTheLossAndWeightsStayFloat) {
     return ops::fake_quant_with_min_max_vars(t, l->quantizer().min(*l), l->quantizer().max(*l),
                                              c.bits, c.narrow_range);
   };
-  Tensor h = ops::relu(ops::matmul(fq_of("input_layer_quant", x), eff) +
-                       dense->layer()->weights()[1].value);
-  Tensor out = ops::matmul(fq_of("dense_quant", h), dense1->effective_weights().at("kernel")) +
+  Tensor hidden = ops::relu(ops::matmul(fq_of("input_layer_quant", x), eff) +
+                            dense->layer()->weights()[1].value);
+  Tensor out = ops::matmul(fq_of("dense_quant", hidden), dense1->effective_weights().at("kernel")) +
                dense1->layer()->weights()[1].value;
   EXPECT_TRUE(testing::tensors_equal((*q)(x), fq_of("dense_1_quant", out)));
 }
