@@ -481,7 +481,9 @@ RecurrentConfig read_config(Kind kind, const Json& c) {
       LOWBIT_THROW(ValueError, who, ": config field '", k, "' is not supported (found ",
                    c.at(k).dump(), ")");
   RecurrentConfig r = config_of(kind, c.at("units").get<int64_t>());
-  r.activation = json_activation(c);
+  // Keras builds the layer with cls(**config): a missing key is the constructor default (tanh),
+  // an explicit null is no activation.
+  if (c.contains("activation")) r.activation = json_activation(c);
   if (c.contains("recurrent_activation"))
     r.recurrent_activation = c.at("recurrent_activation").is_null()
                                  ? "linear"

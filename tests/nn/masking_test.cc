@@ -1070,5 +1070,127 @@ TEST(FeatureMasks, FeatureMaskedLossesAverageOverPresentTargetsOnly) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Rows of the docs/masking.md table not covered above
+
+TEST(MaskRules, MaskingAndsTheMaskItsInputCarries) {
+  KTensor x = Input({5, 2}), m = Input({5}, DType::kBool);
+  auto model = Model::create({x, m}, {(*Masking())(x, {.masks = {m}})});
+  const Tensor incoming = boolean({1, 1, 1, 1, 1, 0, 1, 0, 1, 1}, {2, 5});
+  // padded_mask() AND incoming.
+  EXPECT_TRUE(tensors_equal(run_model(*model, {padded_x(), incoming}).masks[0],
+                            boolean({1, 1, 0, 1, 0, 0, 1, 0, 0, 0}, {2, 5})));
+}
+
+TEST(MaskRules, EmbeddingPassesAnIncomingMaskAndAndsItWithMaskZero) {
+  KTensor ids = Input({4}, DType::kS32), m = Input({4}, DType::kBool);
+  auto plain = Model::create({ids, m}, {(*Embedding(5, 3))(ids, {.masks = {m}})});
+  auto zero =
+      Model::create({ids, m}, {(*Embedding(5, 3, {.mask_zero = true}))(ids, {.masks = {m}})});
+  const Tensor id_values = Tensor::from_vector<int32_t>({3, 1, 0, 2, 0, 2, 4, 4}, {2, 4});
+  const Tensor incoming = boolean({1, 0, 1, 1, 1, 1, 1, 0}, {2, 4});
+  EXPECT_TRUE(tensors_equal(run_model(*plain, {id_values, incoming}).masks[0], incoming));
+  EXPECT_TRUE(tensors_equal(run_model(*zero, {id_values, incoming}).masks[0],
+                            boolean({1, 0, 0, 1, 0, 1, 1, 0}, {2, 4})));
+}
+
+TEST(MaskRules, ConcatenateRefusesTheBatchAxis) {
+  KTensor x = Input({5, 2});
+  KTensor masked = (*Masking())(x);
+  expect_throws_with<UnsupportedError>(
+      [&] {
+        (*Concatenate({.axis = 0}))(std::vector<KTensor>{masked, masked});
+      },
+      "concatenates along the batch axis");
+}
+
+TEST(MaskRules, MaskedBatchNormalizationNeedsTheChannelAxisLast) {
+  KTensor x = Input({5, 2}), m = Input({5}, DType::kBool);
+  auto model = Model::create({x, m}, {(*BatchNormalization({.axis = 1}))(x, {.masks = {m}})});
+  expect_throws_with<UnsupportedError>(
+      [&] {
+        run_model(*model, {padded_x(), padded_mask()}, /*training=*/true);
+      },
+      "a timestep mask needs a [batch, timesteps, ..., channels] input normalised over its last "
+      "axis");
+  // Inference uses the moving statistics: no refusal, the mask passes.
+  EXPECT_TRUE(
+      tensors_equal(run_model(*model, {padded_x(), padded_mask()}).masks[0], padded_mask()));
+}
+
+TEST(MaskRules, GlobalMaxPooling1DGivesZeroForAFullyMaskedRow) {
+  KTensor in = Input({3, 1});
+  auto model = Model::create({in}, {(*GlobalMaxPooling1D())((*Masking())(in))});
+  Tensor x = f32({0, 0, 0, -4, -2, 0}, {2, 3, 1});  // row 0 all masked, row 1 valid at 0, 1
+  EXPECT_TRUE(tensors_equal(run_model(*model, {x}).outputs[0], f32({0, -2}, {2, 1})));
+}
+
+// QuantizeWrapper takes the rule of the layer it wraps: a quantized masked LSTM returns the mask
+// with its sequences and consumes it otherwise.
+TEST(MaskRules, QuantizedRecurrentLayersKeepTheirMaskRule) {
+  for (bool sequences : {true, false}) {
+    SCOPED_TRACE(sequences);
+    set_random_seed(4);
+    reset_layer_names();
+    KTensor x = Input({5, 2});
+    KTensor h = (*LSTM(3, {.return_sequences = sequences}))((*Masking())(x));
+    auto model = Model::create({x}, {(*Dense(2))(h)});
+    auto q = quant::quantize_model(*model, quant::QuantizeConfig::preset("w8a8"));
+    ASSERT_EQ(q->outputs()[0].has_mask(), sequences);
+    ModelRun r = run_model(*q, {padded_x()});
+    if (sequences) {
+      EXPECT_TRUE(tensors_equal(r.masks[0], padded_mask()));
+    }
+  }
+}
+
+// KNOWN BUG (reported, src/quant is not this suite's to change): quantize_model re-calls each
+// layer without the explicit masks of its LayerNode (CallOptions::masks), so a model whose mask
+// is a model input loses it in the rewrite. Enable when quantize_model forwards node.masks.
+TEST(MaskRules, DISABLED_QuantizedModelsKeepExplicitMasks) {
+  for (bool sequences : {true, false}) {
+    SCOPED_TRACE(sequences);
+    set_random_seed(4);
+    reset_layer_names();
+    KTensor x = Input({5, 2}), m = Input({5}, DType::kBool);
+    KTensor h = (*LSTM(3, {.return_sequences = sequences}))(x, {.masks = {m}});
+    auto model = Model::create({x, m}, {(*Dense(2))(h)});
+    auto q = quant::quantize_model(*model, quant::QuantizeConfig::preset("w8a8"));
+    ASSERT_EQ(q->outputs()[0].has_mask(), sequences);
+    ModelRun clean = run_model(*q, {padded_x(), padded_mask()});
+    if (sequences) {
+      EXPECT_TRUE(tensors_equal(clean.masks[0], padded_mask()));
+    }
+    // Garbage at masked steps (within the input range) never reaches a valid output.
+    Tensor garbage = padded_x();
+    for (int64_t i = 0; i < 10; ++i)
+      if (!padded_mask().data<bool>()[i]) garbage.data<float>()[2 * i] = 0.7f;
+    ModelRun dirty = run_model(*q, {garbage, padded_mask()});
+    for (int64_t i = 0; i < (sequences ? 10 : 2); ++i) {
+      if (sequences && !padded_mask().data<bool>()[i]) continue;
+      for (int u = 0; u < 2; ++u)
+        EXPECT_EQ(dirty.outputs[0].data<float>()[i * 2 + u],
+                  clean.outputs[0].data<float>()[i * 2 + u]);
+    }
+  }
+}
+
+TEST(FeatureMasks, FeatureDropoutPassesTheTimestepMaskAndMissingFeaturesAndsIt) {
+  KTensor x = Input({5, 2}), fm = Input({5, 2}, DType::kBool), m = Input({5}, DType::kBool);
+  auto hidden = (*FeatureDropout(0.5, {.seed = 1}))(std::vector<KTensor>{x, fm}, {.masks = {m}});
+  ASSERT_TRUE(hidden[0].has_mask());
+  KTensor out = (*MissingFeatures())(hidden)[0];
+  ASSERT_TRUE(out.has_mask());
+  auto model = Model::create({x, fm, m}, {hidden[0], out});
+  // Row 0: step 1 has nothing present; row 1: step 4 has one channel.
+  const Tensor present = boolean({1, 1, 0, 0, 1, 0, 1, 1, 0, 1,  //
+                                  1, 1, 1, 0, 0, 1, 1, 1, 0, 1},
+                                 {2, 5, 2});
+  const Tensor steps = boolean({1, 1, 1, 0, 1, 1, 1, 1, 1, 1}, {2, 5});
+  ModelRun r = run_model(*model, {padded_x(), present, steps});
+  EXPECT_TRUE(tensors_equal(r.masks[0], steps));
+  EXPECT_TRUE(tensors_equal(r.masks[1], boolean({1, 0, 1, 0, 1, 1, 1, 1, 1, 1}, {2, 5})));
+}
+
 }  // namespace
 }  // namespace lowbit::nn
