@@ -867,6 +867,68 @@ TEST(MaskedTraining, MaskedLossEqualsTheUnpaddedSequencesOneByOne) {
   EXPECT_NEAR(acc_padded, correct / steps, 1e-9);
 }
 
+// The same for a recurrent model and both kinds of masked loss: Keras' MSE (mean over the
+// features, then over the valid steps) and the feature-masked MSE (mean over the present
+// targets), with garbage in the padding and NaN targets for the feature-masked one.
+ModelPtr sequence_regressor(int64_t t, const LossPtr& loss) {
+  reset_layer_names();
+  KTensor x = Input({t, 3}), m = Input({t}, DType::kBool);
+  KTensor h = (*LSTM(4, {.return_sequences = true}))(x, {.masks = {m}});
+  auto model = Model::create({x, m}, {(*Dense(3))(h)});
+  model->compile({.loss = loss});
+  return model;
+}
+
+TEST(MaskedTraining, MaskedRecurrentLossesEqualTheUnpaddedSequencesOneByOne) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const int64_t T = 6;
+  const std::vector<int64_t> lengths{6, 2, 4};
+  Rng rng(13);
+  Tensor x = testing::random_tensor({3, T, 3}, rng);
+  Tensor y = testing::random_tensor({3, T, 3}, rng);
+  Tensor y_nan = y.clone();
+  for (int64_t i = 0; i < y.numel(); i += 4) y_nan.data<float>()[i] = nan;  // missing targets
+  Tensor mask = ops::sequence_mask(Tensor::from_vector<int64_t>(lengths, {3}), T);
+  for (int64_t b = 0; b < 3; ++b)
+    for (int64_t t = lengths[b]; t < T; ++t)
+      for (int64_t k = 0; k < 3; ++k) {
+        x.data<float>()[(b * T + t) * 3 + k] = 40.0f;  // garbage
+        y.data<float>()[(b * T + t) * 3 + k] = -40.0f;
+      }
+  for (bool feature_masked : {false, true}) {
+    SCOPED_TRACE(feature_masked ? "FeatureMaskedMeanSquaredError" : "MeanSquaredError");
+    auto loss = [&] {
+      return feature_masked ? FeatureMaskedMeanSquaredError() : MeanSquaredError();
+    };
+    set_random_seed(6);
+    auto model = sequence_regressor(T, loss());
+    const Tensor& targets = feature_masked ? y_nan : y;
+    const double padded =
+        model->evaluate(data::Dataset::from_tensors({x, mask}, {targets})).at("loss");
+    double total = 0, count = 0;
+    for (int64_t b = 0; b < 3; ++b) {
+      const int64_t L = lengths[b];
+      auto one = sequence_regressor(L, loss());
+      for (auto& [name, w] : one->named_weights())
+        for (auto& [name2, w2] : model->named_weights())
+          if (name == name2) w->value.copy_from(w2->value);
+      Tensor yb = ops::slice(targets, {b, 0, 0}, {b + 1, L, 3});
+      double n = static_cast<double>(L);  // Keras' MSE: a mean over valid steps
+      if (feature_masked) {
+        n = 0;
+        for (float v : yb.span<float>()) n += std::isnan(v) ? 0 : 1;
+      }
+      const Tensor all = boolean(std::vector<bool>(static_cast<size_t>(L), true), {1, L});
+      total += one->evaluate(data::Dataset::from_tensors(
+                                 {ops::slice(x, {b, 0, 0}, {b + 1, L, 3}), all}, {yb}))
+                   .at("loss") *
+               n;
+      count += n;
+    }
+    EXPECT_NEAR(padded, total / count, 1e-5);
+  }
+}
+
 TEST(MaskedTraining, PaddedStepsNeverInfluenceTraining) {
   // Two trainings that differ only in what the padded steps hold (inputs and labels) end with
   // bit-identical weights and losses.
