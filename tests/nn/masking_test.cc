@@ -729,6 +729,26 @@ TEST(MaskRules, NestedModelsCarryMasksThrough) {
       tensors_equal(run_model(*outer2, {padded_x(), padded_mask()}).masks[0], padded_mask()));
 }
 
+// A Sequential model carries a mask created inside it to its output, and as a layer of a
+// functional model it gives that mask to the layers after it.
+TEST(MaskRules, SequentialModelsCarryMasksThrough) {
+  set_random_seed(9);
+  auto seq = Sequential::create(
+      {InputSpec({5, 2}), Masking(), LSTM(3, {.return_sequences = true}), Dense(2)});
+  ASSERT_TRUE(seq->outputs()[0].has_mask());
+  EXPECT_TRUE(tensors_equal(run_model(*seq, {padded_x()}).masks[0], padded_mask()));
+  KTensor in = Input({5, 2});
+  KTensor y = static_cast<Layer&>(*seq)(in);
+  ASSERT_TRUE(y.has_mask());
+  auto outer = Model::create({in}, {(*GlobalAveragePooling1D())(y)});
+  auto plain = Model::create({in}, {y});
+  // The pooling averages the valid steps only.
+  Tensor steps = run_model(*plain, {padded_x()}).outputs[0];
+  Tensor pooled = run_model(*outer, {padded_x()}).outputs[0];
+  EXPECT_TRUE(tensors_near(
+      pooled, ops::masked_mean(steps, ops::expand_dims(padded_mask(), -1), {1}), kAtol, kRtol));
+}
+
 TEST(MaskRules, ExplicitMasksAreCheckedAndRoundTripThroughTheConfig) {
   KTensor x = Input({5, 2}), bad = Input({4}, DType::kBool), m = Input({5});
   expect_throws_with<ShapeError>([&] { (*Dense(2))(x, {.masks = {bad}}); },
