@@ -14,7 +14,8 @@ void register_optim_ops();        // src/ops/optim_ops.cc
 void register_fake_quant_torch_ops();
 void register_fake_quant_ops();   // src/ops/fake_quant.cc
 void register_rnn_ops();          // src/ops/rnn.cc
-void register_mask_ops();         // src/ops/mask.cc (sequence_mask, lengths_from_mask)
+void register_mask_ops();
+void register_fixed_point_ops();  // src/ops/fixed_point_ops.cc (integer-LSTM numerics in f32)         // src/ops/mask.cc (sequence_mask, lengths_from_mask)
 void register_dnnl_kernels();
 void register_fast_kernels();  // src/kernels/fast/: portable vectorised kernels     //
                                // src/kernels/dnnl/: fast kernels for ops defined above

@@ -33,6 +33,7 @@ Registry& registry() {
     detail::register_fake_quant_ops();
     detail::register_rnn_ops();
     detail::register_mask_ops();
+    detail::register_fixed_point_ops();
     detail::register_dnnl_kernels();
     detail::register_fast_kernels();
   });

@@ -267,4 +267,123 @@ int32_t quantize_bias(float bias, float bias_scale) {
   return static_cast<int32_t>(std::clamp(q, -kLimit, kLimit));
 }
 
+// ---- int16 logistic and tanh ----------------------------------------------------------------
+//
+// Raw int16 fixed point as gemmlowp computes it: a format Qm.(15-m) is only a convention of the
+// caller; products and sums act on the raw codes. Written from the algorithm description in
+// the header (gemmlowp fixedpoint.h's exp / tanh / logistic for the int16 raw type).
+namespace {
+namespace fx16 {
+
+constexpr int32_t kMax16 = 32767;
+constexpr int32_t kMin16 = -32768;
+
+// Plain int16 arithmetic: wraps (gemmlowp's non-saturating Add/Sub on int16).
+int16_t wrap(int32_t v) { return static_cast<int16_t>(v); }
+
+// SaturatingRoundingDoublingHighMul on int16: a*b / 2^15 rounded half up; (-1)*(-1) -> max.
+int16_t mul(int16_t a, int16_t b) {
+  if (a == kMin16 && b == kMin16) return static_cast<int16_t>(kMax16);
+  const int32_t p = static_cast<int32_t>(a) * b;
+  const int32_t nudge = p >= 0 ? (1 << 14) : (1 - (1 << 14));
+  return static_cast<int16_t>((p + nudge) / (1 << 15));
+}
+int16_t rdpot(int16_t x, int e) { return static_cast<int16_t>(rounding_divide_by_pot(x, e)); }
+int16_t saturating_add(int16_t a, int16_t b) {
+  return static_cast<int16_t>(std::clamp<int32_t>(int32_t{a} + b, kMin16, kMax16));
+}
+// x * 2^e, e > 0, saturating (gemmlowp's SaturatingRoundingMultiplyByPOT for positive e).
+int16_t shift_left_saturating(int16_t x, int e) {
+  const int32_t threshold = (1 << (15 - e)) - 1;
+  if (x > threshold) return static_cast<int16_t>(kMax16);
+  if (x < -threshold) return static_cast<int16_t>(kMin16);
+  return wrap(int32_t{x} * (1 << e));
+}
+// From `src` integer bits to `dst` integer bits.
+int16_t rescale(int16_t x, int src, int dst) {
+  const int e = src - dst;
+  return e > 0 ? shift_left_saturating(x, e) : e < 0 ? rdpot(x, -e) : x;
+}
+// A Q0.31-style int32 constant brought to 16 bits (rounding right shift by 16).
+int16_t constant(int32_t raw32) { return static_cast<int16_t>(rounding_divide_by_pot(raw32, 16)); }
+// (a + b) / 2 rounded half away from zero.
+int16_t rounding_half_sum(int16_t a, int16_t b) {
+  const int32_t s = int32_t{a} + b;
+  return static_cast<int16_t>((s + (s >= 0 ? 1 : -1)) / 2);
+}
+
+// exp(a) for a in [-1/4, 0), Q0.15 in and out: Taylor around -1/8.
+int16_t exp_quarter(int16_t a) {
+  const int16_t e_eighth = constant(1895147668);  // exp(-1/8)
+  const int16_t third = constant(715827883);      // 1/3
+  const int16_t x = wrap(a + (1 << 12));          // a + 1/8
+  const int16_t x2 = mul(x, x), x3 = mul(x2, x), x4 = mul(x2, x2);
+  // x^2/2 + x^3/6 + x^4/24 = ((x^4/4 + x^3) / 3 + x^2) / 2
+  const int16_t tail = rdpot(wrap(mul(wrap(rdpot(x4, 2) + x3), third) + x2), 1);
+  return saturating_add(e_eighth, mul(e_eighth, wrap(x + tail)));
+}
+
+// exp(a) for a <= 0 given with m integer bits; Q0.15 result (exp(0) = 32767).
+int16_t exp_negative(int16_t a, int m) {
+  const int f = 15 - m;
+  const int16_t quarter = static_cast<int16_t>(1 << (f - 2));
+  // a = (a mod 1/4 - 1/4) - remainder, with a mod 1/4 - 1/4 in [-1/4, 0).
+  const int16_t low = wrap((a & (quarter - 1)) - quarter);
+  int16_t result = exp_quarter(rescale(low, m, 0));
+  const int16_t remainder = wrap(low - a);  // >= 0: the multiples of 1/4 to take away
+  // exp(-2^k) for k = -2 .. 4 as Q0.31 constants.
+  static constexpr int32_t kExpNegPow2[] = {1672461947, 1302514674, 790015084, 290630308,
+                                            39332535,   720401,     242};
+  for (int k = -2; k <= 4; ++k)
+    if (m > k && (remainder & (1 << (f + k)))) result = mul(result, constant(kExpNegPow2[k + 2]));
+  if (m > 5 && a < -(1 << (20 - m))) result = 0;  // below -32: 0
+  if (a == 0) result = static_cast<int16_t>(kMax16);
+  return result;
+}
+
+// Three Newton-Raphson steps for 1 / d, d = half_denominator in [1/2, 1): Q2.13 result.
+int16_t reciprocal_q2(int16_t half_denominator) {
+  const int16_t c48_17 = constant(1515870810);    // 48/17 in Q2
+  const int16_t cm32_17 = constant(-1010580540);  // -32/17 in Q2
+  const int16_t one = 1 << 13;
+  int16_t x = wrap(c48_17 + mul(half_denominator, cm32_17));
+  for (int i = 0; i < 3; ++i) {
+    const int16_t e = wrap(one - mul(half_denominator, x));  // 1 - d x
+    x = wrap(x + shift_left_saturating(mul(x, e), 2));       // x + x (1 - d x), Q4 -> Q2
+  }
+  return x;
+}
+
+}  // namespace fx16
+}  // namespace
+
+int16_t logistic_int16(int16_t x, int input_int_bits) {
+  LOWBIT_DCHECK(input_int_bits >= 0 && input_int_bits <= 6,
+                "logistic_int16: input_int_bits must be in [0, 6] but is ", input_int_bits);
+  using namespace fx16;
+  if (x == 0) return 1 << 14;
+  const bool positive = x > 0;
+  const int16_t magnitude = positive ? x : wrap(-int32_t{x});
+  const int16_t e = exp_negative(wrap(-int32_t{magnitude}), input_int_bits);  // exp(-|x|)
+  // 1 / (1 + e): the reciprocal of (1 + e) / 2 in Q2 is 2 / (1 + e); halve it into Q0.
+  const int16_t r = reciprocal_q2(rounding_half_sum(e, static_cast<int16_t>(kMax16)));
+  const int16_t sigma = shift_left_saturating(r, 1);
+  return positive ? sigma : wrap(kMax16 - sigma);
+}
+
+int16_t tanh_int16(int16_t x, int input_int_bits) {
+  LOWBIT_DCHECK(input_int_bits >= 0 && input_int_bits <= 6,
+                "tanh_int16: input_int_bits must be in [0, 6] but is ", input_int_bits);
+  using namespace fx16;
+  if (x == 0) return 0;
+  const bool negative = x < 0;
+  const int16_t n = negative ? x : wrap(-int32_t{x});  // -|x|
+  // exp(-2|x|): the same code read with one more integer bit.
+  const int16_t e = exp_negative(n, input_int_bits + 1);
+  // (1 - e) / (1 + e) = 2 / (1 + e) - 1.
+  const int16_t r = reciprocal_q2(rounding_half_sum(e, static_cast<int16_t>(kMax16)));
+  const int16_t t = shift_left_saturating(wrap(r - (1 << 13)), 2);
+  return negative ? wrap(-int32_t{t}) : t;
+}
+
 }  // namespace lowbit::quant

@@ -205,6 +205,32 @@ inline int32_t multiply_by_quantized_multiplier(int32_t x, QuantizedMultiplier q
   return multiply_by_quantized_multiplier(x, qm.multiplier, qm.shift, rounding);
 }
 
+// ---- int16 logistic and tanh (spec 3.7, gemmlowp fixedpoint.h) ------------------------------
+//
+// The gate nonlinearities of TFLite's integer LSTM ("8x8_16"): gemmlowp's fixed-point logistic
+// and tanh on raw int16 codes, bit for bit. Input: a code x of the format Qm.(15-m), i.e. the
+// real value x / 2^(15-m) with m = input_int_bits in [0, 6] (LSTM gates: m = 3, Q3.12, range
+// [-8, 8); the cell state: m = p). Output: a Q0.15 code y, the real value y / 2^15:
+//   logistic_int16: y in [0, 32767]; logistic_int16(0, m) = 16384 (0.5); the top code 32767
+//                   stands for 1 (not representable).
+//   tanh_int16:     y in [-32767, 32767] (odd: tanh_int16(-x) = -tanh_int16(x) for x > -32768);
+//                   tanh_int16(0, m) = 0.
+// Accuracy over the whole int16 input range (tested for every m): logistic within 7 units of
+// 2^-15 of the real function of x / 2^(15-m), tanh within 13. The last step computes the result
+// in Q2.13 and shifts it left by 1 (logistic) or 2 (tanh), so the outputs move in steps of 2 or
+// 4 codes and are monotone only up to a few codes (neighbouring inputs can step back).
+// How (all int16 fixed point: products by SRDHM16 = a*b / 2^15 rounded half up, saturating
+// only (-1)*(-1); additions wrap as gemmlowp's int16 arithmetic): exp(v) for v < 0 splits
+// v = q + r with r in [-1/4, 0) the remainder modulo 1/4, exp(r) by a 4th-order Taylor step
+// around -1/8, times exp(-2^k) for each set bit k of the integer part (a barrel shifter of
+// constants, k from -2 up to m - 1); exp of inputs below -32 is 0 (only reachable for m > 5).
+// Then 1 / (1 + e) (logistic of |x|, mirrored for x < 0) and (1 - e) / (1 + e) with e =
+// exp(-2|x|) (tanh) by three Newton-Raphson steps in Q2.13 from the initial guess
+// 48/17 - 32/17 d, d = (1 + e) / 2. Constants are gemmlowp's Q0.31 values rounded to 16 bits.
+// Precondition (DCHECK): 0 <= input_int_bits <= 6.
+int16_t logistic_int16(int16_t x, int input_int_bits = 3);
+int16_t tanh_int16(int16_t x, int input_int_bits);
+
 // ---- quantize / dequantize (spec 3.6) --------------------------------------------------------
 
 // TFLite Quantize (float -> code): clamp(round_away(x / scale) + zero_point, range.min,

@@ -1,0 +1,127 @@
+// fake_quant_pot, fixed_logistic, fixed_tanh (include/lowbit/ops/fixed_point.h): hand-checked
+// values, idempotency on the grid, agreement with the integer functions, gradients, errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "lowbit/graph.h"
+#include "lowbit/ops.h"
+#include "lowbit/ops/fixed_point.h"
+#include "lowbit/quant/fixed_point.h"
+#include "lowbit/rng.h"
+#include "testing/op_testing.h"
+
+namespace lowbit {
+namespace {
+
+using testing::expect_gradients_match;
+using testing::expect_throws_with;
+using testing::note_reference_tested;
+using testing::random_tensor;
+using testing::tensors_equal;
+
+Tensor f32(std::vector<float> v) {
+  const int64_t n = static_cast<int64_t>(v.size());
+  return Tensor::from_vector<float>(v, {n});
+}
+Tensor scalar(float v) { return Tensor::scalar(v); }
+
+TEST(FakeQuantPot, RoundsTiesAwayFromZeroAndSaturates) {
+  note_reference_tested("fake_quant_pot");
+  // Grid 0.5, 4 bit: codes [-8, 7] -> [-4, 3.5].
+  Tensor x = f32({0.25f, -0.25f, 0.75f, -0.75f, 0.2f, 3.6f, -4.3f, 100.f, -1e30f, 0.f});
+  Tensor y = ops::fake_quant_pot(x, scalar(-1), 4);
+  EXPECT_TRUE(tensors_equal(y, f32({0.5f, -0.5f, 1.f, -1.f, 0.f, 3.5f, -4.f, 3.5f, -4.f, 0.f})));
+  // Default 16 bit on the Q3.12 grid: the largest code is 8 - 2^-12.
+  Tensor g = ops::fake_quant_pot(f32({9.f, -9.f, 1.5f / 4096}), -12);
+  EXPECT_TRUE(tensors_equal(g, f32({8.f - 1.f / 4096, -8.f, 2.f / 4096})));
+  // NaN stays NaN.
+  EXPECT_TRUE(std::isnan(ops::fake_quant_pot(f32({NAN}), 0).data<float>()[0]));
+}
+
+TEST(FakeQuantPot, IsIdempotentOnItsGrid) {
+  Rng rng(3);
+  for (int e : {-15, -12, -9, 0, 3}) {
+    Tensor x = random_tensor({257}, rng, -40000.f, 40000.f) * std::ldexp(1.f, e);
+    Tensor y = ops::fake_quant_pot(x, e);
+    EXPECT_TRUE(tensors_equal(ops::fake_quant_pot(y, e), y)) << e;
+  }
+}
+
+TEST(FakeQuantPot, GradientIsTheStraightThroughEstimatorInsideTheRange) {
+  Graph g;
+  Value x = g.placeholder("x", DType::kF32, Shape{4});
+  Value y = ops::fake_quant_pot(x, -1, 4);
+  Value dx = gradients(ops::sum(y * g.constant(f32({1, 2, 3, 4}))), {x})[0];
+  Executor ex(g, {dx});
+  // range [-4, 3.5], ends included
+  Tensor r = ex.run({{x, f32({-4.f, 3.5f, 3.6f, -4.1f})}})[0];
+  EXPECT_TRUE(tensors_equal(r, f32({1, 2, 0, 0})));
+  Rng rng(5);
+  Tensor xs = random_tensor({3, 4}, rng, -1, 1);
+  float* p = xs.data<float>();
+  for (int i = 0; i < 12; i += 3) p[i] = (i % 2 ? 5.f : -5.f) + 0.1f * p[i];  // outside [-4, 4)
+  expect_gradients_match("fake_quant_pot", {xs, scalar(-13)}, {{"bits", 16}}, {.wrt = {0}});
+}
+
+TEST(FixedLogisticTanh, MatchTheIntegerFunctionsOnTheirCodes) {
+  note_reference_tested("fixed_logistic");
+  note_reference_tested("fixed_tanh");
+  EXPECT_EQ(ops::fixed_logistic(f32({0.f})).data<float>()[0], 0.5f);
+  EXPECT_EQ(ops::fixed_tanh(f32({0.f}), 3).data<float>()[0], 0.f);
+  std::vector<float> xs;
+  for (int32_t q = -32768; q <= 32767; q += 37) xs.push_back(std::ldexp(float(q), -12));
+  xs.push_back(100.f);        // saturates to the top code
+  xs.push_back(-100.f);       // and the bottom one
+  xs.push_back(0.5f / 4096);  // a tie: rounds away to code 1
+  Tensor x = f32(xs);
+  Tensor s = ops::fixed_logistic(x);
+  for (int p : {0, 3, 6}) {
+    Tensor t = ops::fixed_tanh(x * std::ldexp(1.f, p - 3), p);  // the same codes in Qp
+    for (size_t i = 0; i < xs.size(); ++i) {
+      const double c = std::clamp(std::round(std::ldexp(double(xs[i]), 12)), -32768.0, 32767.0);
+      const auto q = static_cast<int16_t>(c);
+      ASSERT_EQ(s.data<float>()[i], std::ldexp(float(quant::logistic_int16(q, 3)), -15)) << i;
+      ASSERT_EQ(t.data<float>()[i], std::ldexp(float(quant::tanh_int16(q, p)), -15)) << i;
+    }
+  }
+}
+
+TEST(FixedLogisticTanh, GradientsAreTheFloatDerivativesAtTheQuantizedInput) {
+  // The ops step on a 2^-12 grid; a difference step of 0.05 sees the smooth function.
+  Rng rng(9);
+  Tensor x = random_tensor({3, 5}, rng, -3, 3);
+  expect_gradients_match("fixed_logistic", {x}, {}, {.eps = 5e-2, .atol = 3e-3});
+  expect_gradients_match("fixed_tanh", {x, scalar(3)}, {}, {.eps = 5e-2, .atol = 3e-3, .wrt = {0}});
+  expect_gradients_match("fixed_tanh", {x * 0.3f, scalar(1)}, {},
+                         {.eps = 5e-2, .atol = 3e-3, .wrt = {0}});
+  // Exactly the float derivative at the grid point.
+  Graph g;
+  Value v = g.placeholder("x", DType::kF32, Shape{2});
+  Value d = gradients(ops::sum(ops::fixed_logistic(v)), {v})[0];
+  Executor ex(g, {d});
+  const float q = std::ldexp(1229.f, -12);  // 0.3 -> code 1229
+  Tensor r = ex.run({{v, f32({0.3f, 20.f})}})[0];
+  const float sq = 1 / (1 + std::exp(-q)), s8 = 1 / (1 + std::exp(-(8 - 1.f / 4096)));
+  EXPECT_NEAR(r.data<float>()[0], sq * (1 - sq), 1e-6);
+  EXPECT_NEAR(r.data<float>()[1], s8 * (1 - s8), 1e-7);  // saturated: still a gradient
+}
+
+TEST(FixedPointOps, Errors) {
+  Tensor x = f32({1, 2});
+  expect_throws_with<ShapeError>(
+      [&] {
+        ops::fake_quant_pot(x, f32({1, 2}));
+      },
+      "fake_quant_pot: argument 'exponent': expected a scalar");
+  expect_throws_with<ValueError>([&] { ops::fake_quant_pot(x, scalar(0), 17); },
+                                 "attribute 'bits': expected a value in [2, 16]");
+  expect_throws_with<DTypeError>([&] { ops::fixed_logistic(x.to(DType::kS32)); },
+                                 "fixed_logistic: argument 'x': expected dtype f32");
+  expect_throws_with<ShapeError>([&] { ops::fixed_tanh(x, f32({3})); },
+                                 "fixed_tanh: argument 'int_bits': expected a scalar");
+}
+
+}  // namespace
+}  // namespace lowbit
