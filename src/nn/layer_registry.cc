@@ -13,6 +13,7 @@ void register_builtin_layers() {
   register_embedding_layers();
   register_rnn_layers();
   quant::register_quant_layers();  // QAT layers (src/quant), so load_model finds them
+  quant::register_recurrent_quant_layers();
   register_masking_layers();
   register_layer("InputLayer", [](const Json& c) {
     return InputSpec(Shape(c.at("shape").get<std::vector<int64_t>>()),

@@ -4,5 +4,6 @@
 #pragma once
 
 namespace lowbit::quant {
-void register_quant_layers();  // src/quant/quantizer.cc
+void register_quant_layers();            // src/quant/quantizer.cc
+void register_recurrent_quant_layers();  // src/quant/recurrent.cc (QuantizedLSTM, QuantizedGRU)
 }  // namespace lowbit::quant

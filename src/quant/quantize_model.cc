@@ -13,6 +13,7 @@
 #include <set>
 
 #include "lowbit/nn/layers.h"
+#include "lowbit/quant/recurrent.h"
 
 namespace lowbit::quant {
 
@@ -32,6 +33,7 @@ struct FlatNode {
   std::vector<ValueType> outs;
   std::optional<bool> training;
   bool is_input = false;
+  std::vector<Ref> masks;  // explicit input masks of the call (CallOptions::masks); node -1: none
 };
 
 class Flattener {
@@ -57,7 +59,11 @@ class Flattener {
             outs[n.get()] = expand(*sub, in, mode);  // nested model: inline its calls
             return;
           }
-          FlatNode f{n->layer, in, n->outputs, mode, false};
+          FlatNode f{n->layer, in, n->outputs, mode, false, {}};
+          for (const nn::KTensor& k : n->masks) {
+            if (k.node) visit(k.node);
+            f.masks.push_back(k.node ? outs.at(k.node.get()).at(k.index) : Ref{});
+          }
           nodes.push_back(std::move(f));
           std::vector<Ref> r;
           for (size_t i = 0; i < n->outputs.size(); ++i)
@@ -156,7 +162,7 @@ class Rewriter {
   nn::ModelPtr run() {
     std::vector<Ref> in_refs;
     for (const nn::KTensor& k : model_.inputs()) {
-      FlatNode f{k.node->layer, {}, k.node->outputs, std::nullopt, true};
+      FlatNode f{k.node->layer, {}, k.node->outputs, std::nullopt, true, {}};
       flat_.nodes.push_back(std::move(f));
       in_refs.push_back({static_cast<int>(flat_.nodes.size()) - 1, 0});
     }
@@ -196,9 +202,11 @@ class Rewriter {
       const FlatNode& n = node(static_cast<int>(i));
       for (size_t k = 0; k < n.in.size(); ++k) consumers_[n.in[k]].push_back(static_cast<int>(i));
       const std::string c = cls(n);
-      if (c == "FakeQuant" || c == "QuantizeWrapper" || c == "FoldedConvBatchNorm")
-        LOWBIT_THROW(ValueError, "quantize_model: ", model_.name(), " is already quantized (layer '",
-                     n.layer->name(), "' is a ", c, "); quantize its float original");
+      if (c == "FakeQuant" || c == "QuantizeWrapper" || c == "FoldedConvBatchNorm" ||
+          c == "QuantizedLSTM" || c == "QuantizedGRU")
+        LOWBIT_THROW(ValueError, "quantize_model: ", model_.name(),
+                     " is already quantized (layer '", n.layer->name(), "' is a ", c,
+                     "); quantize its float original");
       calls_[n.layer.get()]++;
       auto [it, fresh] = names.emplace(n.layer->name(), n.layer.get());
       if (!fresh && it->second != n.layer.get())
@@ -240,8 +248,9 @@ class Rewriter {
   QuantizerConfig activation_config(int end, int head) const {
     // Masking reads a model input unquantized (see emit_input): its output is that input's
     // quantized form, so it takes the input quantizer.
-    QuantizerConfig c = reads_raw(end) && node(node(end).in.at(0).node).is_input ? cfg_.inputs
-                                                                                 : cfg_.activations;
+    QuantizerConfig c = cls(node(end)) == "Masking" && node(node(end).in.at(0).node).is_input
+                            ? cfg_.inputs
+                            : cfg_.activations;
     const LayerOverride* o = override_of(node(end).layer->name());
     if (!o) o = override_of(node(head).layer->name());
     if (o) {
@@ -313,11 +322,13 @@ class Rewriter {
     pending_wrappers_.clear();
     for (auto* f : pending_folds_) f->init_from_weights();
     pending_folds_.clear();
+    for (auto* r : pending_recurrent_) r->init_from_weights();
+    pending_recurrent_.clear();
   }
 
   std::vector<nn::KTensor> call(const nn::LayerPtr& l, const std::vector<nn::KTensor>& in,
-                                std::optional<bool> training) {
-    std::vector<nn::KTensor> out = (*l)(in, nn::CallOptions{training});
+                                std::optional<bool> training, std::vector<nn::KTensor> masks = {}) {
+    std::vector<nn::KTensor> out = (*l)(in, nn::CallOptions{training, std::move(masks)});
     copy_pending_weights();
     return out;
   }
@@ -341,17 +352,26 @@ class Rewriter {
     std::string producer = node(r.node).layer->name();
     if (node(r.node).outs.size() > 1) producer += "_" + std::to_string(r.index);
     nn::KTensor q = quantize(r, v.t, activation_config(r.node, r.node), producer);
-    env_[r] = {q, true, v.raw};
+    env_[r] = {q, true, v.raw.node ? v.raw : v.t};
     (void)consumer;
     return q;
   }
 
-  // Layers that read a model input before its quantizer: Embedding (integer ids) and Masking
-  // (the mask must come from the values the user passed; quantizing first could turn a value
-  // near mask_value into it). Masking's output is quantized instead.
+  // Layers that read a tensor before its quantizer: Embedding (integer ids), Masking (the mask
+  // must come from the values the user passed; quantizing first could turn a value near
+  // mask_value into it; its output is quantized instead) and LSTM/GRU (their quantized layer
+  // quantizes x itself: reading the FakeQuant's output would quantize twice). A FakeQuant that
+  // only such layers read is not part of the result.
   bool reads_raw(int i) const {
     const std::string c = cls(node(i));
-    return c == "Embedding" || c == "Masking";
+    return c == "Embedding" || c == "Masking" || c == "LSTM" || c == "GRU";
+  }
+
+  // The explicit masks the float call was given (CallOptions::masks), as tensors of the result.
+  std::vector<nn::KTensor> masks_of(int i) const {
+    std::vector<nn::KTensor> m;
+    for (const Ref& r : node(i).masks) m.push_back(r.node >= 0 ? env_.at(r).t : nn::KTensor{});
+    return m;
   }
 
   std::vector<nn::KTensor> inputs_of(int i) const {
@@ -402,7 +422,7 @@ class Rewriter {
       return;
     }
     nn::KTensor q = quantize({end, 0}, t, activation_config(end, head), node(end).layer->name());
-    env_[{end, 0}] = {q, true, {}};
+    env_[{end, 0}] = {q, true, t};
   }
 
   // The optional activation after node `end`: returns its node or -1.
@@ -415,7 +435,7 @@ class Rewriter {
     const FlatNode& n = node(i);
     const std::string c = cls(n);
     if (skipped(i)) {
-      auto out = call(clone(*n.layer), inputs_of(i), n.training);
+      auto out = call(clone(*n.layer), inputs_of(i), n.training, masks_of(i));
       for (size_t k = 0; k < out.size(); ++k) env_[{i, static_cast<int>(k)}] = {out[k], false, {}};
       return;
     }
@@ -425,8 +445,10 @@ class Rewriter {
       env_[{i, 0}] = {y, true, {}};  // rows of the quantized table are grid values
       return;
     }
-    if (!quantizable_weights(*n.layer).empty()) {  // recurrent layers: wrapper, outputs below
-      return quantize_outputs(i, call(wrapper(*n.layer, false), inputs_of(i), n.training));
+    if (c == "LSTM" || c == "GRU") return emit_recurrent(i);
+    if (!quantizable_weights(*n.layer).empty()) {  // SimpleRNN: wrapper, outputs below
+      return quantize_outputs(
+          i, call(wrapper(*n.layer, false), inputs_of(i), n.training, masks_of(i)));
     }
     if (c == "BatchNormalization" || c == "Add" || c == "Multiply") {
       std::vector<nn::KTensor> in;
@@ -434,7 +456,7 @@ class Rewriter {
         in = inputs_of(i);
       else
         for (const Ref& r : n.in) in.push_back(quantized_input(r, i));
-      nn::KTensor y = call(clone(*n.layer), in, n.training).at(0);
+      nn::KTensor y = call(clone(*n.layer), in, n.training, masks_of(i)).at(0);
       int end = i;
       if (const int a = fused_activation_after(i); a >= 0) {
         y = call1(clone(*node(a).layer), y, node(a).training);
@@ -448,7 +470,7 @@ class Rewriter {
       env_[{i, 0}] = {y, false, {}};  // fixed output parameters
       return;
     }
-    std::vector<nn::KTensor> out = call(clone(*n.layer), inputs_of(i), n.training);
+    std::vector<nn::KTensor> out = call(clone(*n.layer), inputs_of(i), n.training, masks_of(i));
     if (pass_through(c)) {
       const bool q =
           std::all_of(n.in.begin(), n.in.end(), [&](const Ref& r) { return env_.at(r).quantized; });
@@ -469,8 +491,39 @@ class Rewriter {
       }
       std::string producer = n.layer->name();
       if (out.size() > 1) producer += "_" + std::to_string(k);
-      env_[r] = {quantize(r, out[k], activation_config(i, i), producer), true, {}};
+      env_[r] = {quantize(r, out[k], activation_config(i, i), producer), true, out[k]};
     }
+  }
+
+  // LSTM/GRU: QuantizedLSTM/QuantizedGRU (lowbit/quant/recurrent.h), which quantizes x, the
+  // weights per gate block, the gates, the cell and h itself: its output and h state are int8
+  // grid values (no FakeQuant after), the LSTM cell state is on its int16 grid (not int8: a
+  // later merge quantizes it).
+  void emit_recurrent(int i) {
+    const FlatNode& n = node(i);
+    if (cfg_.quant_delay > 0)
+      LOWBIT_THROW(UnsupportedError, "quantize_model: layer '", n.layer->name(), "' (", cls(n),
+                   "): quant_delay is not supported by the quantized recurrent layers; ",
+                   "use quant_delay 0 or skip the layer with an override");
+    nn::LayerPtr& q = recurrent_[n.layer.get()];
+    if (!q) {
+      QuantizerConfig a = activation_config(i, i);
+      if (a.scheme != "tf") {  // the integer LSTM's x and h are TF-style int8 EMA ranges
+        const int bits = a.bits;
+        a = default_activation_quantizer();
+        a.bits = bits;
+      }
+      if (a.range == "moving_average_debiased") a.range = "moving_average";
+      const QuantizerConfig w = weight_config(*n.layer);
+      const bool graded = w.scheme == "tf" || w.scheme == "torch" || w.scheme == "lsq";
+      auto r = std::make_shared<QuantizedRecurrentLayer>(clone(*n.layer), a, graded ? w.bits : 8,
+                                                         n.layer->name());
+      pending_recurrent_.push_back(r.get());
+      q = r;
+    }
+    const std::vector<nn::KTensor> out = call(q, inputs_of(i), n.training, masks_of(i));
+    for (size_t k = 0; k < out.size(); ++k)
+      env_[{i, static_cast<int>(k)}] = {out[k], !(cls(n) == "LSTM" && k == 2), {}};
   }
 
   void emit_conv_pattern(int head) {
@@ -493,9 +546,9 @@ class Rewriter {
                                                           weight_config(*n.layer), cfg_.quant_delay,
                                                           cfg_.freeze_bn_delay, n.layer->name());
       pending_folds_.push_back(f.get());
-      y = call(f, inputs_of(head), n.training).at(0);
+      y = call(f, inputs_of(head), n.training, masks_of(head)).at(0);
     } else {
-      y = call(wrapper(*n.layer, split), inputs_of(head), n.training).at(0);
+      y = call(wrapper(*n.layer, split), inputs_of(head), n.training, masks_of(head)).at(0);
       if (bn >= 0) y = call1(clone(*node(bn).layer), y, node(bn).training);
     }
     if (bn >= 0) done_[bn] = true;
@@ -531,6 +584,8 @@ class Rewriter {
   std::vector<std::pair<const nn::Layer*, nn::Layer*>> pending_copies_;
   std::vector<QuantizeWrapperLayer*> pending_wrappers_;
   std::vector<FoldedConvBatchNormLayer*> pending_folds_;
+  std::map<const nn::Layer*, nn::LayerPtr> recurrent_;
+  std::vector<QuantizedRecurrentLayer*> pending_recurrent_;
 };
 
 }  // namespace

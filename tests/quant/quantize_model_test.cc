@@ -275,32 +275,34 @@ TEST(QuantizeModel, NestedModelsAreFlattenedAndEmbeddingIdsStayRaw) {
   EXPECT_EQ(layer_as<QuantizeWrapperLayer>(*q, "embedding")->quantizers().count("embeddings"), 1u);
 }
 
-TEST(QuantizeModel, RecurrentLayersGetWeightAndOutputQuantizers) {
+TEST(QuantizeModel, SimpleRNNGetsWeightAndOutputQuantizers) {
+  // SimpleRNN keeps the wrapper (float recurrence); LSTM and GRU become QuantizedLSTM/GRU
+  // (tests/quant/recurrent_test.cc).
   nn::reset_layer_names();
   nn::set_random_seed(2);
   KTensor ids = nn::Input({7}, DType::kS32, "ids");
   KTensor e = (*nn::Embedding(12, 4))(ids);
-  KTensor h = (*nn::LSTM(5))(e);
+  KTensor h = (*nn::SimpleRNN(5))(e);
   KTensor y = (*nn::Dense(2))(h);
   auto q = quantize_model(*nn::Model::create({ids}, {y}));
   const std::vector<std::string> want = {
       "ids:InputLayer",
       "embedding:QuantizeWrapper<-ids",
-      "lstm:QuantizeWrapper<-embedding",
-      "lstm_quant:FakeQuant<-lstm",
-      "dense:QuantizeWrapper<-lstm_quant",
+      "simple_rnn:QuantizeWrapper<-embedding",
+      "simple_rnn_quant:FakeQuant<-simple_rnn",
+      "dense:QuantizeWrapper<-simple_rnn_quant",
       "dense_quant:FakeQuant<-dense",
   };
   EXPECT_EQ(structure(*q), want);
-  auto lstm = layer_as<QuantizeWrapperLayer>(*q, "lstm");
-  EXPECT_EQ(lstm->quantizers().size(), 2u);  // kernel and recurrent_kernel, not the bias
-  EXPECT_EQ(lstm->quantizer("recurrent_kernel").min(*lstm).shape(), Shape({20}));  // 4 gates x 5
+  auto rnn = layer_as<QuantizeWrapperLayer>(*q, "simple_rnn");
+  EXPECT_EQ(rnn->quantizers().size(), 2u);  // kernel and recurrent_kernel, not the bias
+  EXPECT_EQ(rnn->quantizer("recurrent_kernel").min(*rnn).shape(), Shape({5}));
   Tensor x = Tensor::zeros({3, 7}, DType::kS32);
   for (int64_t i = 0; i < 21; ++i) x.data<int32_t>()[i] = static_cast<int32_t>(i % 12);
   Tensor out = (*q)(x, {.training = true});
   EXPECT_EQ(out.shape(), Shape({3, 2}));
-  EXPECT_EQ(lstm->weights().back().name, "step");
-  EXPECT_EQ(lstm->weights().back().value.item<int64_t>(), 1);
+  EXPECT_EQ(rnn->weights().back().name, "step");
+  EXPECT_EQ(rnn->weights().back().value.item<int64_t>(), 1);
 }
 
 TEST(QuantizeModel, DepthwiseAndSeparableKernelsArePerOutputChannel) {

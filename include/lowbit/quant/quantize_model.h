@@ -12,9 +12,12 @@
 // 1. Weights. Dense, Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D (both kernels) and
 //    Embedding become QuantizeWrapper(layer): their kernels are fake-quantized before the
 //    layer reads them. Biases never. A conv/dense followed by BatchNormalization is folded
-//    instead (rule 3). SimpleRNN, LSTM and GRU too (kernel and recurrent_kernel), with a
-//    FakeQuant on each output (their gate arithmetic stays float: the integer LSTM's Q3.12
-//    gates of the semantics' section 3 are not simulated). Bidirectional stays float.
+//    instead (rule 3). SimpleRNN too (kernel and recurrent_kernel), with a FakeQuant on each
+//    output. LSTM and GRU become QuantizedLSTM / QuantizedGRU (lowbit/quant/recurrent.h: the
+//    integer LSTM step of semantics 3.7 in float), which read their input unquantized (they
+//    quantize x themselves) and whose output and h state are on h's int8 grid (no FakeQuant
+//    after; an LSTM's returned cell state is int16 and counts as unquantized). quant_delay > 0
+//    with an LSTM/GRU is an UnsupportedError. Bidirectional stays float.
 // 2. Activations: one FakeQuant at the END of each fused pattern, never between its parts:
 //      conv|dense [+ BatchNormalization] [+ activation]
 //      BatchNormalization [+ activation]       (one not after a conv)
@@ -108,8 +111,8 @@ struct QuantizeConfig {
 void validate(const QuantizeConfig& cfg);
 
 // The rewrite described above. Throws ValueError for an invalid config, an override naming
-// no layer of the model or a model that is already quantized, UnsupportedError for a layer class that cannot be copied (not in the
-// layer registry), or a model whose flattened layer names clash.
+// no layer of the model or a model that is already quantized, UnsupportedError for a layer class
+// that cannot be copied (not in the layer registry), or a model whose flattened layer names clash.
 nn::ModelPtr quantize_model(const nn::Model& model, const QuantizeConfig& cfg = {});
 
 }  // namespace lowbit::quant

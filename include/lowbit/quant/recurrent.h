@@ -1,0 +1,116 @@
+// Quantization-aware training of LSTM and GRU layers on the integer LSTM's grid
+// (shared quantization-semantics.md 3.7, "8x8_16": int8 input, weights and hidden state, int16
+// gate sums and cell state). quantize_model (lowbit/quant/quantize_model.h) turns every LSTM and
+// GRU into one of these layers; they can also be built by hand:
+//
+//   auto q = quant::QuantizedRecurrent(nn::LSTM(32, {.return_sequences = true}));
+//   nn::KTensor y = (*q)(x);          // masks reach it as they reach the float layer
+//
+// The layer holds a float LSTM/GRU as its sublayer (same config and weights, Keras layout, saved
+// as "<name>/<name>/kernel", ...) and computes, unrolled over time with graph ops (so autodiff
+// gives backpropagation through time), the integer step in float. Per step, in processing order:
+//
+//   x_q   = FQ_x(x)                        int8 asymmetric, EMA range ("x_min", "x_max")
+//   W_q   = FQ_w(W) per gate block          int8 symmetric narrow, one range per gate block of
+//                                           kernel and recurrent_kernel (last value;
+//                                           "kernel_min"/"kernel_max" [G], ...); biases float
+//   a_g   = P(P(x_q W_x,g + b_g) + P(h W_h,g))   P = fake_quant_pot(., -12): the Q3.12 grid, so
+//                                           the sum is also clamped to [-8, 8 - 2^-12]
+//   LSTM (gates i, f, c, o):
+//     i, f, o = fixed_logistic(a);  g = fixed_tanh(a_c, 3)       Q0.15 (gemmlowp int16)
+//     c' = C(C(f c) + C(i g))              C = fake_quant_pot(., p - 15): the int16 cell grid
+//                                           2^(p-15), ties away from zero, saturating
+//     h' = FQ_h(o fixed_tanh(c', p))       int8 asymmetric EMA ("h_min", "h_max"), ONE quantizer
+//                                           for the output sequence and the recurrent input
+//   GRU (gates z, r, h; Keras reset_after = true; the spec's lowbit extension):
+//     z, r = fixed_logistic(a_z, a_r)
+//     hh = fixed_tanh(P(P(x_q W_x,h + b_x,h) + P(r P(h W_h,h + b_h,h))), 3)
+//     h' = FQ_h(z h + (1 - 2^-15 - z) hh)   (1 - z is the code 32767 - z)
+//     reset_after = false: r h is requantized with h's quantizer before its matmul, and the
+//     candidate's recurrent partial sum carries no bias.
+//
+// The cell exponent p (LSTM) is the smallest integer in [0, 6] with 2^p >= m, m the cell's
+// tracked max |c| ("cell_max_abs", EMA over the sums before saturation, so it can grow). Since
+// c depends on p, the forward of a training step uses the ranges of h and the cell as they were
+// BEFORE this step's update (the recurrence needs them at step 1), while x and the weights use
+// their just-updated ranges (semantics 2.1); at inference every range is read unchanged.
+//
+// Masks (spec 3.7 "Masks"; layer-semantics.md 6.3): the timestep mask of x (ctx.input_masks[0])
+// selects with ops::where: at a masked step h and c keep their quantized values bit for bit and
+// the output repeats the last valid output (zeros before the first valid step; zeros at every
+// masked step with zero_output_for_mask). Masked steps of x are replaced by 0 before anything
+// reads them, so padded garbage (huge values, Inf, NaN) changes neither valid outputs, nor
+// gradients, nor ranges. Trackers update in training mode only and from valid steps only; a
+// batch without any valid step leaves them unchanged.
+//
+// Options of the float layer: return_sequences, return_state, go_backwards, initial states (h0
+// is put on h's grid, c0 on the cell grid), zero_output_for_mask, use_bias. dropout on x (one
+// mask per sequence and feature, Keras' rule) and recurrent_dropout on h where it enters the
+// recurrent products (ONE mask [B, U] shared by the gate blocks: a simplification of Keras'
+// per-gate masks) apply in training mode, as float noise after quantization. activation must be
+// tanh and recurrent_activation sigmoid (what the integer kernel computes); the number of
+// timesteps must be known when the layer is traced (it is unrolled). Otherwise UnsupportedError
+// naming the layer.
+//
+// Settings: `activations` (scheme "tf" only; bits, ema_decay, init_min/init_max, range
+// "moving_average" or "all_values" or "last_value") for x and h; the cell tracker uses its
+// ema_decay and starts at max(|init_min|, |init_max|) (6 -> p = 3); `weight_bits` for the
+// blocks (narrow, symmetric). quant_delay and freeze_after are not supported here.
+// Config {"layer": {class_name, config}, "activations": {...}, "weight_bits": b}; class names
+// "QuantizedLSTM" and "QuantizedGRU" (registered: load_model rebuilds them).
+#pragma once
+
+#include <string>
+
+#include "lowbit/nn/layer.h"
+#include "lowbit/quant/quantizer.h"
+
+namespace lowbit::quant {
+
+class QuantizedRecurrentLayer : public nn::Layer {
+ public:
+  // `layer`: an LSTM or GRU (ValueError otherwise); UnsupportedError for the cases above.
+  QuantizedRecurrentLayer(nn::LayerPtr layer, QuantizerConfig activations, int weight_bits,
+                          std::string name);
+  std::string class_name() const override { return lstm_ ? "QuantizedLSTM" : "QuantizedGRU"; }
+  int num_inputs() const override { return -1; }
+  void build(const std::vector<Shape>& input_shapes) override;
+  std::vector<Value> call(const std::vector<Value>& inputs, nn::CallContext& ctx) override;
+  std::vector<Value> compute_mask(const std::vector<Value>& inputs,
+                                  const std::vector<Value>& outputs, nn::CallContext& ctx) override;
+  Json get_config() const override;
+  std::string summary_note() const override;
+  std::vector<nn::LayerPtr> sublayers() const override { return {layer_}; }
+  void set_trainable(bool t) override;
+
+  const nn::LayerPtr& layer() const { return layer_; }
+  const QuantizerConfig& activations() const { return act_; }
+  int weight_bits() const { return weight_bits_; }
+  // Sets the weight ranges from the float weights (quantize_model calls it after copying them).
+  void init_from_weights();
+  // The fake-quantized kernel and recurrent kernel the layer computes with (inference mode).
+  Tensor quantized_kernel() const;
+  Tensor quantized_recurrent_kernel() const;
+  // The cell's integer bits p in [0, 6] from the tracked max |c| (LSTM; 0 for a GRU).
+  int cell_int_bits() const;
+
+ private:
+  const nn::Weight& state(const std::string& name) const;
+  nn::Weight& state(const std::string& name);
+  Value quantize_blocks(const Value& w, const std::string& name, nn::CallContext& ctx);
+
+  nn::LayerPtr layer_;
+  QuantizerConfig act_;
+  int weight_bits_;
+  bool lstm_ = true;
+  Json inner_;  // the float layer's config
+  int64_t units_ = 0;
+  int gates_ = 4;
+};
+
+// A QuantizedLSTM / QuantizedGRU around `layer` (name: the layer's).
+nn::LayerPtr QuantizedRecurrent(nn::LayerPtr layer,
+                                QuantizerConfig activations = default_activation_quantizer(),
+                                int weight_bits = 8, const std::string& name = "");
+
+}  // namespace lowbit::quant

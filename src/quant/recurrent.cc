@@ -1,0 +1,458 @@
+// QuantizedLSTM / QuantizedGRU: the integer LSTM step of quantization-semantics.md 3.7 in float,
+// unrolled over time (include/lowbit/quant/recurrent.h states the numerics and the rules).
+#include "lowbit/quant/recurrent.h"
+
+#include <cmath>
+#include <functional>
+#include <sstream>
+
+#include "lowbit/ops.h"
+#include "lowbit/ops/fake_quant.h"
+#include "lowbit/ops/fixed_point.h"
+#include "lowbit/quant/range.h"
+#include "quant/quant_layers.h"
+
+namespace lowbit::quant {
+
+namespace {
+
+constexpr int kCellMaxBits = 6;  // p in [0, 6]: the integer kernel's tanh supports Q0.15..Q6.9
+
+std::string fmt(double v) {
+  std::ostringstream os;
+  os.precision(4);
+  os << v;
+  return os.str();
+}
+
+// A kernel [rows, G*U] viewed as [rows*U, G] (one column per gate block) and back.
+template <Operand T>
+T blocks_view(const T& w, int64_t gates, int64_t units) {
+  const int64_t rows = w.shape()[0];
+  return ops::reshape(ops::transpose(ops::reshape(w, {rows, gates, units}), {0, 2, 1}),
+                      {rows * units, gates});
+}
+template <Operand T>
+T blocks_unview(const T& v, int64_t gates, int64_t units) {
+  const int64_t rows = v.shape()[0] / units;
+  return ops::reshape(ops::transpose(ops::reshape(v, {rows, units, gates}), {0, 2, 1}),
+                      {rows, gates * units});
+}
+
+// p = the smallest integer in [0, 6] with 2^p >= m: the number of k in 0..5 with m > 2^k.
+template <Operand T>
+T cell_bits(const T& m) {
+  T p = ops::cast(ops::greater(m, ops::scalar_like(m, 1.0)), DType::kF32);
+  for (int k = 1; k < kCellMaxBits; ++k)
+    p = p + ops::cast(ops::greater(m, ops::scalar_like(m, std::ldexp(1.0, k))), DType::kF32);
+  return p;
+}
+
+const nn::Weight& inner_weight(const nn::Layer& l, const std::string& name) {
+  for (const auto& w : l.weights())
+    if (w.name == name) return w;
+  LOWBIT_THROW(ValueError, l.name(), ": has no weight '", name, "' (not built)");
+}
+
+RangeConfig range_config(const QuantizerConfig& c) {
+  RangeConfig rc;
+  rc.mode = parse_range_mode(c.range);
+  rc.symmetric = c.symmetric;
+  rc.num_bits = c.bits;
+  rc.narrow_range = c.narrow_range;
+  rc.ema_decay = c.ema_decay;
+  rc.init_min = c.init_min;
+  rc.init_max = c.init_max;
+  return rc;
+}
+
+// nv where the batch had a valid step (any undefined: no mask, always), else old.
+Value guarded(const Value& any, const Value& nv, const Value& old) {
+  return any.defined() ? ops::where(any, nv, old) : nv;
+}
+
+}  // namespace
+
+QuantizedRecurrentLayer::QuantizedRecurrentLayer(nn::LayerPtr layer, QuantizerConfig activations,
+                                                 int weight_bits, std::string name)
+    : nn::Layer("quantized_recurrent", name.empty() && layer ? layer->name() : std::move(name)),
+      layer_(std::move(layer)),
+      act_(std::move(activations)),
+      weight_bits_(weight_bits) {
+  if (!layer_) LOWBIT_THROW(ValueError, "QuantizedRecurrent: the float layer is null");
+  const std::string c = layer_->class_name();
+  if (c != "LSTM" && c != "GRU")
+    LOWBIT_THROW(ValueError, "QuantizedRecurrent: expected an LSTM or GRU layer but found ",
+                 layer_->name(), " (", c, ")");
+  lstm_ = c == "LSTM";
+  gates_ = lstm_ ? 4 : 3;
+  inner_ = layer_->get_config();
+  units_ = inner_.at("units").get<int64_t>();
+  const std::string who = class_name() + "(" + layer_->name() + ")";
+  if (inner_.value("activation", "") != "tanh" ||
+      inner_.value("recurrent_activation", "") != "sigmoid")
+    LOWBIT_THROW(UnsupportedError, who,
+                 ": the integer LSTM/GRU computes activation tanh and recurrent_activation "
+                 "sigmoid but the layer has '",
+                 inner_.value("activation", ""), "' and '",
+                 inner_.value("recurrent_activation", ""), "'");
+  validate(act_, QuantizerRole::kActivation, who + ".activations");
+  if (act_.scheme != "tf" || act_.range == "moving_average_debiased")
+    LOWBIT_THROW(UnsupportedError, who,
+                 ": activations: the recurrent quantizers support scheme 'tf' with range "
+                 "moving_average, all_values or last_value but found '",
+                 act_.scheme, "' / '", act_.range, "'");
+  if (weight_bits < 2 || weight_bits > 16)
+    LOWBIT_THROW(ValueError, who, ": weight_bits: expected 2..16 but found ", weight_bits);
+  trainable_ = layer_->trainable();
+}
+
+const nn::Weight& QuantizedRecurrentLayer::state(const std::string& name) const {
+  for (const auto& w : weights_)
+    if (w.name == name) return w;
+  LOWBIT_THROW(ValueError, name_, " (", class_name(), "): quantizer state '", name,
+               "' is missing (layer not built)");
+}
+nn::Weight& QuantizedRecurrentLayer::state(const std::string& name) {
+  return const_cast<nn::Weight&>(static_cast<const QuantizedRecurrentLayer&>(*this).state(name));
+}
+
+void QuantizedRecurrentLayer::build(const std::vector<Shape>& s) {
+  if (!layer_->built()) {
+    Graph g;
+    std::vector<Value> in;
+    for (size_t i = 0; i < s.size(); ++i)
+      in.push_back(g.placeholder("input" + std::to_string(i), DType::kF32, s[i]));
+    nn::CallContext ctx(g, false);
+    layer_->apply(in, ctx);
+  }
+  auto add = [&](const std::string& n, const Shape& shape, double v) {
+    weights_.push_back({n, Tensor::full(shape, v, DType::kF32), false});
+  };
+  add("x_min", {}, act_.init_min);
+  add("x_max", {}, act_.init_max);
+  add("h_min", {}, act_.init_min);
+  add("h_max", {}, act_.init_max);
+  if (lstm_) add("cell_max_abs", {}, std::max(std::fabs(act_.init_min), std::fabs(act_.init_max)));
+  for (const char* w : {"kernel", "recurrent_kernel"}) {
+    add(std::string(w) + "_min", {gates_}, -6);
+    add(std::string(w) + "_max", {gates_}, 6);
+  }
+}
+
+Value QuantizedRecurrentLayer::quantize_blocks(const Value& w, const std::string& name,
+                                               nn::CallContext& ctx) {
+  const nn::Weight &wmin = state(name + "_min"), &wmax = state(name + "_max");
+  const bool update = ctx.training() && !ctx.bound(wmin).defined();
+  Value mn = ctx.var(*this, wmin), mx = ctx.var(*this, wmax);
+  Value v = blocks_view(w, gates_, units_);
+  if (update) {
+    ops::MinMax<Value> b = ops::min_max(v, true);
+    ops::MinMax<Value> r = range_target(b.min, b.max, true, weight_bits_, true);
+    ctx.add_update(mn, r.min);
+    ctx.add_update(mx, r.max);
+    mn = r.min;
+    mx = r.max;
+  }
+  Value q = ops::fake_quant_with_min_max_vars_per_channel(v, mn, mx, weight_bits_, true);
+  return blocks_unview(q, gates_, units_);
+}
+
+std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
+                                                 nn::CallContext& ctx) {
+  const int ns = lstm_ ? 2 : 1;
+  if (in.size() != 1 && in.size() != static_cast<size_t>(1 + ns))
+    LOWBIT_THROW(ValueError, name_, " (", class_name(), "): expected 1 input (x) or ", 1 + ns,
+                 " (x and the initial state", ns == 2 ? "s h, c" : " h", ") but found ", in.size());
+  Value x = in[0];
+  if (x.dtype() != DType::kF32 || x.shape().rank() != 3)
+    LOWBIT_THROW(ShapeError, name_, " (", class_name(),
+                 "): expected x f32 [batch, timesteps, features] but found ", dtype_name(x.dtype()),
+                 x.shape().str());
+  const int64_t steps = x.shape()[1], u = units_, g = gates_;
+  if (steps == kUnknown)
+    LOWBIT_THROW(UnsupportedError, name_, " (", class_name(),
+                 "): the number of timesteps must be known (the quantized recurrence is "
+                 "unrolled) but x has shape ",
+                 x.shape().str());
+  for (size_t s = 1; s < in.size(); ++s) {
+    const Shape& ss = in[s].shape();
+    if (in[s].dtype() != DType::kF32 || ss.rank() != 2 || (ss[1] != kUnknown && ss[1] != u))
+      LOWBIT_THROW(ShapeError, name_, " (", class_name(), "): initial state ", s - 1,
+                   ": expected f32 [batch, ", u, "] but found ", dtype_name(in[s].dtype()),
+                   ss.str());
+  }
+  const bool training = ctx.training();
+  const RangeConfig rc = range_config(act_);
+  const bool sequences = inner_.value("return_sequences", false);
+  const bool backwards = inner_.value("go_backwards", false);
+  const bool zero_output = inner_.value("zero_output_for_mask", false);
+  const bool reset_after = lstm_ || inner_.value("reset_after", true);
+  const double rate = inner_.value("dropout", 0.0), rrate = inner_.value("recurrent_dropout", 0.0);
+  const int64_t seed =
+      inner_.contains("seed") && !inner_.at("seed").is_null()
+          ? inner_.at("seed").get<int64_t>()
+          : static_cast<int64_t>(std::hash<std::string>{}(layer_->name()) & 0x7fffffff);
+  Graph& graph = ctx.graph();
+
+  // Mask: bool [B, T]; masked steps of x become 0 before anything reads them.
+  Value mask = ctx.input_mask(0), any_valid;
+  if (mask.defined()) {
+    if (mask.dtype() != DType::kBool) mask = ops::not_equal(mask, ops::scalar_like(mask, 0.0));
+    x = ops::where(ops::reshape(mask, {-1, steps, 1}), x, ops::scalar_like(x, 0.0));
+    Value valid = ops::cast(mask, DType::kF32);
+    any_valid = ops::greater(ops::max(valid), ops::scalar_like(valid, 0.0));
+  }
+
+  // x: int8 asymmetric, range updated from this batch (0 at masked steps changes nothing: the
+  // target range always contains 0).
+  Value xq;
+  {
+    Graph::Scope scope(graph, "x_quant");
+    const bool update = training && !ctx.bound(state("x_min")).defined();
+    Value mn = ctx.var(*this, state("x_min")), mx = ctx.var(*this, state("x_max"));
+    if (update) {
+      ops::MinMax<Value> b = ops::min_max(x);
+      RangeState<Value> n = update_range(RangeState<Value>{mn, mx, {}, {}, {}}, b.min, b.max, rc);
+      Value nmn = guarded(any_valid, n.min, mn), nmx = guarded(any_valid, n.max, mx);
+      ctx.add_update(mn, nmn);
+      ctx.add_update(mx, nmx);
+      mn = nmn;
+      mx = nmx;
+    }
+    xq = ops::fake_quant_with_min_max_vars(x, mn, mx, act_.bits, act_.narrow_range);
+  }
+
+  // Weights per gate block; biases float.
+  const nn::Weight& wk = inner_weight(*layer_, "kernel");
+  const nn::Weight& wr = inner_weight(*layer_, "recurrent_kernel");
+  Value kernel, rkernel;
+  {
+    Graph::Scope scope(graph, "kernel_quant");
+    kernel = quantize_blocks(ctx.var(*layer_, wk), "kernel", ctx);
+  }
+  {
+    Graph::Scope scope(graph, "recurrent_kernel_quant");
+    rkernel = quantize_blocks(ctx.var(*layer_, wr), "recurrent_kernel", ctx);
+  }
+  Value input_bias, recurrent_bias;
+  if (inner_.value("use_bias", true)) {
+    Value bias = ctx.var(*layer_, inner_weight(*layer_, "bias"));
+    if (!lstm_ && reset_after) {
+      input_bias = ops::reshape(ops::slice(bias, {0, 0}, {1, ops::kSliceMax}), {g * u});
+      recurrent_bias = ops::reshape(ops::slice(bias, {1, 0}, {2, ops::kSliceMax}), {g * u});
+    } else {
+      input_bias = bias;
+    }
+  }
+
+  const bool drop = training && rate > 0 && rate < 1, rdrop = training && rrate > 0 && rrate < 1;
+  Value xd = drop ? ops::dropout(xq, ctx.rng_step(), rate, seed, {kUnknown, 1, kUnknown}) : xq;
+  Value e12 = graph.constant(Tensor::scalar(-12.0f), "q3_12_exponent");
+  Value three = graph.constant(Tensor::scalar(3.0f), "gate_int_bits");
+  auto P = [&](const Value& v) { return ops::fake_quant_pot(v, e12); };  // the Q3.12 grid
+  Value xp = ops::matmul(xd, kernel);
+  if (input_bias.defined()) xp = xp + input_bias;
+  Value ax = P(xp);  // input partial sums of every step [B, T, G*U]
+
+  // h: one int8 quantizer for the outputs and the recurrent input, read before this batch's
+  // update (the recurrence needs it from step 1 on); the cell exponent likewise.
+  const bool update_h = training && !ctx.bound(state("h_min")).defined();
+  Value hmin = ctx.var(*this, state("h_min")), hmax = ctx.var(*this, state("h_max"));
+  auto FQh = [&](const Value& v) {
+    return ops::fake_quant_with_min_max_vars(v, hmin, hmax, act_.bits, act_.narrow_range);
+  };
+  Value cmax, p, cell_exp;
+  bool update_c = false;
+  if (lstm_) {
+    update_c = training && !ctx.bound(state("cell_max_abs")).defined();
+    cmax = ctx.var(*this, state("cell_max_abs"));
+    p = cell_bits(cmax);
+    cell_exp = p - 15.0;
+  }
+  auto C = [&](const Value& v) { return ops::fake_quant_pot(v, cell_exp); };  // 2^(p-15) grid
+
+  Value zero =
+      ops::reshape(ops::zeros_like(ops::slice(xp, {0, 0, 0}, {ops::kSliceMax, 1, u})), {-1, u});
+  Value h = in.size() > 1 ? FQh(in[1]) : zero;
+  Value c = lstm_ ? (in.size() > 1 ? C(in[2]) : zero) : Value();
+  Value rdm;
+  if (rdrop) rdm = ops::dropout(ops::ones_like(zero), ctx.rng_step(), rrate, seed + 1000003);
+
+  auto block = [&](const Value& v, int64_t k0, int64_t k1) {
+    return ops::slice(v, {0, k0 * u}, {ops::kSliceMax, k1 * u});
+  };
+  Value rk_zr, rk_h;  // GRU reset_after = false: the candidate's recurrent matmul is separate
+  if (!reset_after) {
+    rk_zr = ops::slice(rkernel, {0, 0}, {ops::kSliceMax, 2 * u});
+    rk_h = ops::slice(rkernel, {0, 2 * u}, {ops::kSliceMax, 3 * u});
+  }
+  std::vector<Value> outs, h_stats, c_stats;
+  Value last = zero;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t t = backwards ? steps - 1 - s : s;
+    Graph::Scope scope(graph, "step_" + std::to_string(s));
+    Value ax_t = ops::reshape(ops::slice(ax, {0, t, 0}, {ops::kSliceMax, t + 1, ops::kSliceMax}),
+                              {-1, g * u});
+    Value hin = rdm.defined() ? h * rdm : h;
+    Value h_pre, c_new, c_sum;
+    if (lstm_) {
+      Value a = P(ax_t + P(ops::matmul(hin, rkernel)));  // Q3.12, saturated to [-8, 8)
+      Value ig = ops::fixed_logistic(block(a, 0, 1)), fg = ops::fixed_logistic(block(a, 1, 2));
+      Value gg = ops::fixed_tanh(block(a, 2, 3), three), og = ops::fixed_logistic(block(a, 3, 4));
+      c_sum = C(fg * c) + C(ig * gg);
+      c_new = C(c_sum);
+      h_pre = og * ops::fixed_tanh(c_new, p);
+    } else {
+      Value zr, hh;
+      if (reset_after) {
+        Value rec = ops::matmul(hin, rkernel);
+        if (recurrent_bias.defined()) rec = rec + recurrent_bias;
+        Value ah = P(rec);
+        zr = ops::fixed_logistic(P(block(ax_t, 0, 2) + block(ah, 0, 2)));
+        Value r = block(zr, 1, 2);
+        hh = ops::fixed_tanh(P(block(ax_t, 2, 3) + P(r * block(ah, 2, 3))), three);
+      } else {
+        zr = ops::fixed_logistic(P(block(ax_t, 0, 2) + P(ops::matmul(hin, rk_zr))));
+        Value rh = FQh(block(zr, 1, 2) * hin);  // r h requantized with h's parameters
+        hh = ops::fixed_tanh(P(block(ax_t, 2, 3) + P(ops::matmul(rh, rk_h))), three);
+      }
+      Value z = block(zr, 0, 1);
+      h_pre = z * h + ((1.0 - std::ldexp(1.0, -15)) - z) * hh;  // 1 - z: the code 32767 - z
+    }
+    Value h_new = FQh(h_pre);
+    if (mask.defined()) {
+      Value m = ops::reshape(ops::slice(mask, {0, t}, {ops::kSliceMax, t + 1}), {-1, 1});
+      h = ops::where(m, h_new, h);
+      if (lstm_) c = ops::where(m, c_new, c);
+      last = ops::where(m, h_new, zero_output ? zero : last);
+      if (update_h) h_stats.push_back(ops::where(m, h_pre, zero));
+      if (update_c) c_stats.push_back(ops::where(m, ops::abs(c_sum), zero));
+    } else {
+      h = h_new;
+      c = c_new;
+      last = h_new;
+      if (update_h) h_stats.push_back(h_pre);
+      if (update_c) c_stats.push_back(ops::abs(c_sum));
+    }
+    if (sequences) outs.push_back(last);
+  }
+
+  // Tracker updates from the valid steps (and the given initial states).
+  if (update_h) {
+    Graph::Scope scope(graph, "h_quant");
+    if (in.size() > 1) h_stats.push_back(in[1]);
+    ops::MinMax<Value> b = ops::min_max(ops::concat(h_stats, 1));
+    RangeState<Value> n = update_range(RangeState<Value>{hmin, hmax, {}, {}, {}}, b.min, b.max, rc);
+    ctx.add_update(hmin, guarded(any_valid, n.min, hmin));
+    ctx.add_update(hmax, guarded(any_valid, n.max, hmax));
+  }
+  if (update_c) {
+    Graph::Scope scope(graph, "cell_quant");
+    if (in.size() > 1) c_stats.push_back(ops::abs(in[2]));
+    Value m = ops::max(ops::concat(c_stats, 1));
+    ctx.add_update(cmax, guarded(any_valid, moving_average(cmax, m, act_.ema_decay), cmax));
+  }
+
+  std::vector<Value> out{sequences ? ops::stack(outs, 1) : last};
+  if (inner_.value("return_state", false)) {
+    out.push_back(h);
+    if (lstm_) out.push_back(c);
+  }
+  return out;
+}
+
+std::vector<Value> QuantizedRecurrentLayer::compute_mask(const std::vector<Value>&,
+                                                         const std::vector<Value>& outputs,
+                                                         nn::CallContext& ctx) {
+  // As the float layer: with return_sequences the sequence output carries the mask (reversed
+  // for go_backwards, whose output is in processing order); states never do.
+  std::vector<Value> masks(outputs.size());
+  const Value m = ctx.input_mask(0);
+  if (!inner_.value("return_sequences", false) || !m.defined()) return masks;
+  const Value out_mask = inner_.value("go_backwards", false)
+                             ? ops::slice(m, {0, -1}, {ops::kSliceMax, ops::kSliceMin}, {1, -1})
+                             : m;
+  for (size_t i = 0; i < outputs.size(); ++i)
+    if (outputs[i].rank() == 3) masks[i] = out_mask;
+  return masks;
+}
+
+Json QuantizedRecurrentLayer::get_config() const {
+  Json j = nn::Layer::get_config();
+  j["layer"] = nn::layer_to_config(*layer_);
+  j["activations"] = to_json(act_);
+  j["weight_bits"] = weight_bits_;
+  return j;
+}
+
+void QuantizedRecurrentLayer::set_trainable(bool t) {
+  trainable_ = t;
+  layer_->set_trainable(t);
+}
+
+int QuantizedRecurrentLayer::cell_int_bits() const {
+  if (!lstm_) return 0;
+  return static_cast<int>(cell_bits(state("cell_max_abs").value).get_as_double(0));
+}
+
+std::string QuantizedRecurrentLayer::summary_note() const {
+  if (weights_.empty()) return "";
+  auto range = [&](const char* n) {
+    return "[" + fmt(state(std::string(n) + "_min").value.get_as_double(0)) + ", " +
+           fmt(state(std::string(n) + "_max").value.get_as_double(0)) + "]";
+  };
+  std::string s =
+      std::string("integer ") + (lstm_ ? "LSTM" : "GRU") + " step (8x8_16): gates Q3.12 -> Q0.15";
+  if (lstm_) {
+    const int p = cell_int_bits();
+    s += ", cell Q" + std::to_string(p) + "." + std::to_string(15 - p) + " (max|c| " +
+         fmt(state("cell_max_abs").value.get_as_double(0)) + ")";
+  }
+  s += "\n    x, h: " + describe(act_) + ", x " + range("x") + ", h " + range("h");
+  s += "\n    weights: tf " + std::to_string(weight_bits_) +
+       "-bit sym narrow per gate block last_value";
+  return s;
+}
+
+void QuantizedRecurrentLayer::init_from_weights() {
+  for (const char* n : {"kernel", "recurrent_kernel"}) {
+    Tensor v = blocks_view(inner_weight(*layer_, n).value, gates_, units_);
+    ops::MinMax<Tensor> b = ops::min_max(v, true);
+    ops::MinMax<Tensor> r = range_target(b.min, b.max, true, weight_bits_, true);
+    state(std::string(n) + "_min").value.copy_from(r.min);
+    state(std::string(n) + "_max").value.copy_from(r.max);
+  }
+}
+
+Tensor QuantizedRecurrentLayer::quantized_kernel() const {
+  Tensor v = blocks_view(inner_weight(*layer_, "kernel").value, gates_, units_);
+  return blocks_unview(
+      ops::fake_quant_with_min_max_vars_per_channel(v, state("kernel_min").value,
+                                                    state("kernel_max").value, weight_bits_, true),
+      gates_, units_);
+}
+Tensor QuantizedRecurrentLayer::quantized_recurrent_kernel() const {
+  Tensor v = blocks_view(inner_weight(*layer_, "recurrent_kernel").value, gates_, units_);
+  return blocks_unview(ops::fake_quant_with_min_max_vars_per_channel(
+                           v, state("recurrent_kernel_min").value,
+                           state("recurrent_kernel_max").value, weight_bits_, true),
+                       gates_, units_);
+}
+
+nn::LayerPtr QuantizedRecurrent(nn::LayerPtr layer, QuantizerConfig activations, int weight_bits,
+                                const std::string& name) {
+  return std::make_shared<QuantizedRecurrentLayer>(std::move(layer), std::move(activations),
+                                                   weight_bits, name);
+}
+
+void register_recurrent_quant_layers() {
+  for (const char* cls : {"QuantizedLSTM", "QuantizedGRU"})
+    nn::register_layer(cls, [](const Json& c) {
+      return QuantizedRecurrent(nn::layer_from_config(c.at("layer")),
+                                quantizer_config_from_json(c.at("activations")),
+                                c.value("weight_bits", 8), c.value("name", ""));
+    });
+}
+
+}  // namespace lowbit::quant

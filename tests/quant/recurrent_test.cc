@@ -1,0 +1,406 @@
+// Quantization-aware training of LSTM and GRU (lowbit/quant/recurrent.h; semantics 3.7): the
+// structure quantize_model builds, the forward against a by-hand computation of the integer
+// step in float, the grids of weights, gates and cell, masks (bit-exact carries, garbage at
+// padded steps, trackers from valid steps only), training, and save/load.
+#include "lowbit/quant/recurrent.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <set>
+
+#include "lowbit/nn/layers.h"
+#include "lowbit/nn/losses.h"
+#include "lowbit/nn/masking.h"
+#include "lowbit/nn/model.h"
+#include "lowbit/nn/optimizers.h"
+#include "lowbit/ops.h"
+#include "lowbit/ops/fixed_point.h"
+#include "lowbit/quant/quantize_model.h"
+#include "testing/op_testing.h"
+
+namespace lowbit::quant {
+namespace {
+
+using nn::KTensor;
+using testing::random_tensor;
+using testing::tensors_equal;
+
+std::vector<std::string> structure(const nn::Model& m) {
+  std::vector<std::string> lines;
+  std::set<const nn::LayerNode*> seen;
+  std::function<void(const std::shared_ptr<nn::LayerNode>&)> visit =
+      [&](const std::shared_ptr<nn::LayerNode>& n) {
+        if (!seen.insert(n.get()).second) return;
+        for (const KTensor& k : n->inputs) visit(k.node);
+        std::string s = n->layer->name() + ":" + n->layer->class_name();
+        for (size_t i = 0; i < n->inputs.size(); ++i)
+          s += (i ? "," : "<-") + n->inputs[i].node->layer->name();
+        lines.push_back(s);
+      };
+  for (const KTensor& k : m.outputs()) visit(k.node);
+  return lines;
+}
+
+std::shared_ptr<QuantizedRecurrentLayer> rnn_of(const nn::Model& m, const std::string& name) {
+  auto l = std::dynamic_pointer_cast<QuantizedRecurrentLayer>(m.get_layer(name));
+  EXPECT_TRUE(l) << name;
+  return l;
+}
+Tensor& state(nn::Layer& l, const std::string& name) {
+  for (auto& w : l.weights())
+    if (w.name == name) return w.value;
+  ADD_FAILURE() << "no state " << name;
+  static Tensor none;
+  return none;
+}
+Tensor& inner(QuantizedRecurrentLayer& l, const std::string& name) {
+  for (auto& w : l.layer()->weights())
+    if (w.name == name) return w.value;
+  ADD_FAILURE() << "no weight " << name;
+  static Tensor none;
+  return none;
+}
+bool all_integers(const Tensor& t, double scale, double lo, double hi) {
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const double q = t.get_as_double(i) / scale;
+    if (q != std::round(q) || q < lo || q > hi) return false;
+  }
+  return true;
+}
+
+// [Masking] -> LSTM/GRU(return_sequences) -> Dense, T = 5, F = 3.
+nn::ModelPtr masked_model(bool gru, nn::LSTMOptions lo = {}, nn::GRUOptions go = {}) {
+  nn::reset_layer_names();
+  nn::set_random_seed(5);
+  KTensor x = nn::Input({5, 3});
+  KTensor m = (*nn::Masking())(x);
+  KTensor h = gru ? (*nn::GRU(4, go))(m) : (*nn::LSTM(4, lo))(m);
+  KTensor y = (*nn::Dense(2))(h);
+  return nn::Model::create({x}, {y}, "seq");
+}
+
+TEST(QuantizedRecurrent, QuantizeModelPlacementForMaskedLSTMAndGRU) {
+  for (bool gru : {false, true}) {
+    auto q =
+        quantize_model(*masked_model(gru, {.return_sequences = true}, {.return_sequences = true}));
+    const std::string r = gru ? "gru" : "lstm", cls = gru ? "QuantizedGRU" : "QuantizedLSTM";
+    // The recurrent layer reads Masking's output unquantized (it quantizes x itself), and its
+    // output is already on h's int8 grid: no FakeQuant on either side.
+    const std::vector<std::string> want = {
+        "input_layer:InputLayer", "masking:Masking<-input_layer", r + ":" + cls + "<-masking",
+        "dense:QuantizeWrapper<-" + r, "dense_quant:FakeQuant<-dense"};
+    EXPECT_EQ(structure(*q), want);
+    ASSERT_TRUE(q->outputs()[0].has_mask());  // the mask still travels
+    auto l = rnn_of(*q, r);
+    EXPECT_EQ(state(*l, "kernel_min").shape(), Shape({gru ? 3 : 4}));  // one range per gate block
+    EXPECT_EQ(state(*l, "recurrent_kernel_max").shape(), Shape({gru ? 3 : 4}));
+    // The copied float weights are in place and the weight ranges start from them.
+    auto fl = masked_model(gru, {.return_sequences = true}, {.return_sequences = true});
+    EXPECT_TRUE(tensors_equal(inner(*l, "kernel"), fl->get_layer(r)->weights()[0].value));
+    EXPECT_LT(state(*l, "kernel_min").get_as_double(0), 0);
+    EXPECT_NE(q->summary().find("integer " + std::string(gru ? "GRU" : "LSTM") + " step"),
+              std::string::npos);
+  }
+  // quant_delay is refused with a clear error.
+  QuantizeConfig cfg;
+  cfg.quant_delay = 3;
+  testing::expect_throws_with<UnsupportedError>([&] { quantize_model(*masked_model(false), cfg); },
+                                                "quant_delay is not supported");
+}
+
+// One LSTM with given initial states; returns the quantized model with ranges set by hand.
+struct LstmSetup {
+  nn::ModelPtr q;
+  std::shared_ptr<QuantizedRecurrentLayer> l;
+};
+LstmSetup lstm_setup(int64_t steps, bool gru = false) {
+  nn::reset_layer_names();
+  nn::set_random_seed(8);
+  KTensor x = nn::Input({steps, 3}), h0 = nn::Input({4});
+  std::vector<KTensor> in{x, h0};
+  if (!gru) in.push_back(nn::Input({4}));
+  auto rnn = gru ? nn::GRU(4, {.return_sequences = true, .return_state = true})
+                 : nn::LSTM(4, {.return_sequences = true, .return_state = true});
+  std::vector<KTensor> out = (*rnn)(in);
+  auto fm = nn::Model::create(in, out);
+  Rng rng(13);
+  for (auto& w : fm->get_layer(gru ? "gru" : "lstm")->weights())
+    w.value.copy_from(random_tensor(w.value.shape(), rng, -0.9f, 0.9f));
+  LstmSetup s;
+  s.q = quantize_model(*fm);
+  s.l = rnn_of(*s.q, gru ? "gru" : "lstm");
+  state(*s.l, "x_min").copy_from(Tensor::scalar(-1.0f));
+  state(*s.l, "x_max").copy_from(Tensor::scalar(1.5f));
+  state(*s.l, "h_min").copy_from(Tensor::scalar(-0.8f));
+  state(*s.l, "h_max").copy_from(Tensor::scalar(0.9f));
+  if (!gru) state(*s.l, "cell_max_abs").copy_from(Tensor::scalar(3.0f));  // p = 2
+  return s;
+}
+
+TEST(QuantizedRecurrent, LSTMForwardIsTheIntegerStepComputedByHand) {
+  LstmSetup s = lstm_setup(2);
+  auto& l = *s.l;
+  EXPECT_EQ(l.cell_int_bits(), 2);
+  Rng rng(17);
+  Tensor x = random_tensor({3, 2, 3}, rng, -1.5f, 2.0f);
+  Tensor h0 = random_tensor({3, 4}, rng, -1, 1), c0 = random_tensor({3, 4}, rng, -5, 5);
+  std::vector<Tensor> got = s.q->predict_on_batch({x, h0, c0});
+
+  // By hand, eagerly, from the semantics' formulas.
+  const Tensor xmin = state(l, "x_min"), xmax = state(l, "x_max");
+  const Tensor hmin = state(l, "h_min"), hmax = state(l, "h_max");
+  auto FQh = [&](const Tensor& v) { return ops::fake_quant_with_min_max_vars(v, hmin, hmax); };
+  auto P = [](const Tensor& v) { return ops::fake_quant_pot(v, -12); };
+  auto C = [](const Tensor& v) { return ops::fake_quant_pot(v, 2 - 15); };
+  const Tensor K = l.quantized_kernel(), R = l.quantized_recurrent_kernel();
+  const Tensor b = inner(l, "bias");
+  Tensor h = FQh(h0), c = C(c0);
+  std::vector<Tensor> ys;
+  for (int64_t t = 0; t < 2; ++t) {
+    Tensor xt = ops::reshape(ops::slice(x, {0, t, 0}, {3, t + 1, 3}), {3, 3});
+    Tensor xq = ops::fake_quant_with_min_max_vars(xt, xmin, xmax);
+    Tensor a = P(P(ops::matmul(xq, K) + b) + P(ops::matmul(h, R)));
+    auto gate = [&](int k) { return ops::slice(a, {0, 4 * k}, {3, 4 * k + 4}); };
+    Tensor i = ops::fixed_logistic(gate(0)), f = ops::fixed_logistic(gate(1));
+    Tensor g = ops::fixed_tanh(gate(2), 3), o = ops::fixed_logistic(gate(3));
+    // Gate sums are on the Q3.12 grid within [-8, 8).
+    EXPECT_TRUE(all_integers(a, std::ldexp(1.0, -12), -32768, 32767));
+    c = C(C(f * c) + C(i * g));
+    h = FQh(o * ops::fixed_tanh(c, 2));
+    ys.push_back(h);
+  }
+  EXPECT_TRUE(tensors_equal(got[0], ops::stack(ys, 1)));
+  EXPECT_TRUE(tensors_equal(got[1], h));
+  EXPECT_TRUE(tensors_equal(got[2], c));
+  // The cell state is on the int16 grid 2^(p-15), p = 2.
+  EXPECT_TRUE(all_integers(got[2], std::ldexp(1.0, -13), -32768, 32767));
+  // Weights: per gate block, the int8 narrow symmetric grid of that block's range.
+  for (const bool rec : {false, true}) {
+    const Tensor& w = rec ? R : K;
+    const Tensor mx = state(l, rec ? "recurrent_kernel_max" : "kernel_max");
+    for (int64_t k = 0; k < 4; ++k) {
+      Tensor blk = ops::slice(w, {0, 4 * k}, {w.shape()[0], 4 * k + 4});
+      const double scale = 2.0 * mx.get_as_double(k) / 254.0;
+      for (int64_t e = 0; e < blk.numel(); ++e) {
+        const double q = blk.get_as_double(e) / scale;
+        ASSERT_NEAR(q, std::round(q), 1e-3) << "block " << k;
+        ASSERT_LE(std::fabs(q), 127.001);
+      }
+    }
+  }
+}
+
+TEST(QuantizedRecurrent, GRUForwardIsTheIntegerStepComputedByHand) {
+  LstmSetup s = lstm_setup(2, true);
+  auto& l = *s.l;
+  Rng rng(19);
+  Tensor x = random_tensor({3, 2, 3}, rng, -1.5f, 2.0f), h0 = random_tensor({3, 4}, rng, -1, 1);
+  std::vector<Tensor> got = s.q->predict_on_batch({x, h0});
+  const Tensor xmin = state(l, "x_min"), xmax = state(l, "x_max");
+  const Tensor hmin = state(l, "h_min"), hmax = state(l, "h_max");
+  auto FQh = [&](const Tensor& v) { return ops::fake_quant_with_min_max_vars(v, hmin, hmax); };
+  auto P = [](const Tensor& v) { return ops::fake_quant_pot(v, -12); };
+  const Tensor K = l.quantized_kernel(), R = l.quantized_recurrent_kernel();
+  const Tensor b = inner(l, "bias");  // [2, 12]: input row, recurrent row
+  const Tensor bx = ops::reshape(ops::slice(b, {0, 0}, {1, 12}), {12});
+  const Tensor bh = ops::reshape(ops::slice(b, {1, 0}, {2, 12}), {12});
+  auto blk = [](const Tensor& v, int k0, int k1) {
+    return ops::slice(v, {0, 4 * k0}, {3, 4 * k1});
+  };
+  Tensor h = FQh(h0);
+  for (int64_t t = 0; t < 2; ++t) {
+    Tensor xt = ops::reshape(ops::slice(x, {0, t, 0}, {3, t + 1, 3}), {3, 3});
+    Tensor ax = P(ops::matmul(ops::fake_quant_with_min_max_vars(xt, xmin, xmax), K) + bx);
+    Tensor ah = P(ops::matmul(h, R) + bh);
+    Tensor zr = ops::fixed_logistic(P(blk(ax, 0, 2) + blk(ah, 0, 2)));
+    Tensor z = blk(zr, 0, 1), r = blk(zr, 1, 2);
+    Tensor hh = ops::fixed_tanh(P(blk(ax, 2, 3) + P(r * blk(ah, 2, 3))), 3);
+    h = FQh(z * h + ((1.0 - std::ldexp(1.0, -15)) - z) * hh);
+  }
+  EXPECT_TRUE(tensors_equal(got[1], h));
+  EXPECT_TRUE(tensors_equal(ops::reshape(ops::slice(got[0], {0, 1, 0}, {3, 2, 4}), {3, 4}), h));
+}
+
+// x [2, 5, 3] with a mask: row 0 valid at 1, 2, 4; row 1 valid at 0 only.
+Tensor step_mask() {
+  Tensor m = Tensor::zeros({2, 5}, DType::kBool);
+  for (int i : {1, 2, 4, 5}) m.data<bool>()[i] = true;
+  return m;
+}
+Tensor with_garbage(const Tensor& x, const Tensor& m, float v) {
+  Tensor g = x.clone();
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t t = 0; t < 5; ++t)
+      if (!m.data<bool>()[b * 5 + t])
+        for (int64_t f = 0; f < 3; ++f) g.data<float>()[(b * 5 + t) * 3 + f] = v;
+  return g;
+}
+
+nn::ModelPtr explicit_mask_model(bool gru) {
+  nn::reset_layer_names();
+  nn::set_random_seed(6);
+  KTensor x = nn::Input({5, 3}), m = nn::Input({5}, DType::kBool);
+  std::vector<KTensor> out = gru ? (*nn::GRU(4, {.return_sequences = true, .return_state = true}))(
+                                       std::vector<KTensor>{x}, {.masks = {m}})
+                                 : (*nn::LSTM(4, {.return_sequences = true, .return_state = true}))(
+                                       std::vector<KTensor>{x}, {.masks = {m}});
+  return nn::Model::create({x, m}, out);
+}
+
+TEST(QuantizedRecurrent, MaskedStepsCarryTheQuantizedStateAndIgnorePadding) {
+  for (bool gru : {false, true}) {
+    SCOPED_TRACE(gru ? "GRU" : "LSTM");
+    auto q = quantize_model(*explicit_mask_model(gru));
+    auto l = rnn_of(*q, gru ? "gru" : "lstm");
+    Rng rng(23);
+    const Tensor m = step_mask();
+    const Tensor x = random_tensor({2, 5, 3}, rng, -2, 2);
+    // Calibrate once so that the ranges are not the initial ones.
+    q->predict_on_batch({x, m}, {.training = true});
+    std::vector<Tensor> saved;
+    for (const auto& w : l->weights()) saved.push_back(w.value.clone());
+    std::vector<Tensor> ref = q->predict_on_batch({x, m});
+    const Tensor y = ref[0];
+    // Row 0: step 0 masked before any valid step -> zeros; step 3 repeats step 2 bit for bit.
+    for (int64_t u = 0; u < 4; ++u) {
+      EXPECT_EQ(y.data<float>()[u], 0.0f);
+      EXPECT_EQ(y.data<float>()[(3) * 4 + u], y.data<float>()[(2) * 4 + u]);
+      // Row 1: valid only at 0; the final h is the step-0 output, carried bit for bit.
+      EXPECT_EQ(ref[1].data<float>()[4 + u], y.data<float>()[(5 + 0) * 4 + u]);
+      EXPECT_EQ(y.data<float>()[(5 + 4) * 4 + u], y.data<float>()[(5 + 0) * 4 + u]);
+    }
+    // Garbage at padded steps changes nothing, in inference and in training (outputs and
+    // tracked ranges alike).
+    for (float v : {1e30f, -3e38f, NAN}) {
+      for (size_t k = 0; k < saved.size(); ++k) l->weights()[k].value.copy_from(saved[k]);
+      const Tensor xg = with_garbage(x, m, v);
+      std::vector<Tensor> got = q->predict_on_batch({xg, m});
+      for (size_t k = 0; k < ref.size(); ++k) EXPECT_TRUE(tensors_equal(got[k], ref[k])) << v;
+      std::vector<Tensor> before;
+      for (const auto& w : l->weights()) before.push_back(w.value.clone());
+      std::vector<Tensor> tr_clean = q->predict_on_batch({x, m}, {.training = true});
+      std::vector<Tensor> after_clean;
+      for (auto& w : l->weights()) {
+        after_clean.push_back(w.value.clone());
+      }
+      for (size_t k = 0; k < before.size(); ++k) l->weights()[k].value.copy_from(before[k]);
+      std::vector<Tensor> tr_garbage = q->predict_on_batch({xg, m}, {.training = true});
+      for (size_t k = 0; k < ref.size(); ++k)
+        EXPECT_TRUE(tensors_equal(tr_garbage[k], tr_clean[k]));
+      for (size_t k = 0; k < before.size(); ++k)
+        EXPECT_TRUE(tensors_equal(l->weights()[k].value, after_clean[k])) << l->weights()[k].name;
+    }
+    // Gradients: padded garbage gives finite, identical weight gradients (via fit below) -- and
+    // a batch without any valid step leaves every tracker unchanged in training mode.
+    for (size_t k = 0; k < saved.size(); ++k) l->weights()[k].value.copy_from(saved[k]);
+    q->predict_on_batch({x, Tensor::zeros({2, 5}, DType::kBool)}, {.training = true});
+    for (size_t k = 0; k < saved.size(); ++k)
+      EXPECT_TRUE(tensors_equal(l->weights()[k].value, saved[k])) << l->weights()[k].name;
+  }
+}
+
+TEST(QuantizedRecurrent, TrackersUpdateOnlyInTrainingModeAndFromValidSteps) {
+  auto q = quantize_model(*explicit_mask_model(false));
+  auto l = rnn_of(*q, "lstm");
+  Rng rng(29);
+  const Tensor m = step_mask();
+  const Tensor x = random_tensor({2, 5, 3}, rng, -2, 2);
+  const Tensor x0 = state(*l, "x_max").clone(), h0 = state(*l, "h_max").clone();
+  const Tensor c0 = state(*l, "cell_max_abs").clone();
+  q->predict_on_batch({x, m});  // inference: read only
+  EXPECT_TRUE(tensors_equal(state(*l, "x_max"), x0));
+  EXPECT_TRUE(tensors_equal(state(*l, "h_max"), h0));
+  EXPECT_TRUE(tensors_equal(state(*l, "cell_max_abs"), c0));
+  q->predict_on_batch({x, m}, {.training = true});
+  // x: EMA toward the batch max over VALID steps only.
+  float vmax = 0;
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t t = 0; t < 5; ++t)
+      if (m.data<bool>()[b * 5 + t])
+        for (int64_t f = 0; f < 3; ++f) vmax = std::max(vmax, x.data<float>()[(b * 5 + t) * 3 + f]);
+  const float want = 6.0f - (6.0f - vmax) * static_cast<float>(1.0 - 0.999);
+  EXPECT_EQ(state(*l, "x_max").item<float>(), want);
+  EXPECT_NE(state(*l, "h_max").item<float>(), h0.item<float>());
+  EXPECT_NE(state(*l, "cell_max_abs").item<float>(), c0.item<float>());
+}
+
+TEST(QuantizedRecurrent, MaskedSequenceTaskTrainsAndSaveLoadIsBitExact) {
+  for (bool gru : {false, true}) {
+    SCOPED_TRACE(gru ? "GRU" : "LSTM");
+    auto fm = masked_model(gru);  // Masking -> LSTM/GRU(4) -> Dense(2)
+    auto q = quantize_model(*fm);
+    q->compile({.optimizer = nn::Adam({.learning_rate = 2e-2}), .loss = nn::MeanSquaredError()});
+    // Target: the mean of feature 0 and the last valid value of feature 1 (padding: zeros).
+    Rng rng(31);
+    const int64_t n = 48;
+    Tensor x = random_tensor({n, 5, 3}, rng, -1, 1), y = Tensor::zeros({n, 2});
+    for (int64_t b = 0; b < n; ++b) {
+      const int64_t len = 2 + b % 4;
+      double s = 0, last = 0;
+      for (int64_t t = 0; t < 5; ++t)
+        for (int64_t f = 0; f < 3; ++f) {
+          float& v = x.data<float>()[(b * 5 + t) * 3 + f];
+          if (t >= len) v = 0;
+          if (t < len && f == 0) s += v;
+          if (t < len && f == 1) last = v;
+        }
+      y.data<float>()[b * 2] = static_cast<float>(s / len);
+      y.data<float>()[b * 2 + 1] = static_cast<float>(last);
+    }
+    nn::History h = q->fit(x, y, {.epochs = 25, .batch_size = 16, .verbose = 0});
+    const auto& loss = h.history.at("loss");
+    EXPECT_LT(loss.back(), 0.7 * loss.front()) << loss.front() << " -> " << loss.back();
+    const std::string path =
+        (std::filesystem::temp_directory_path() / (gru ? "qgru_test.lbm" : "qlstm_test.lbm"))
+            .string();
+    q->save(path);
+    nn::ModelPtr r = nn::load_model(path);
+    std::filesystem::remove(path);
+    EXPECT_TRUE(tensors_equal(r->predict(x), q->predict(x)));
+    auto a = rnn_of(*q, gru ? "gru" : "lstm"), b = rnn_of(*r, gru ? "gru" : "lstm");
+    ASSERT_EQ(a->weights().size(), b->weights().size());
+    for (size_t k = 0; k < a->weights().size(); ++k)
+      EXPECT_TRUE(tensors_equal(a->weights()[k].value, b->weights()[k].value));
+  }
+}
+
+TEST(QuantizedRecurrent, OptionsAndErrors) {
+  // GRU reset_after = false, go_backwards and dropout run; the output stays on h's grid.
+  for (bool reset_after : {true, false}) {
+    auto q = quantize_model(*masked_model(true, {},
+                                          {.dropout = 0.2,
+                                           .recurrent_dropout = 0.3,
+                                           .reset_after = reset_after,
+                                           .return_sequences = true,
+                                           .go_backwards = true}));
+    Rng rng(37);
+    Tensor x = random_tensor({2, 5, 3}, rng, -1, 1);
+    q->predict_on_batch({x}, {.training = true});
+    auto l = rnn_of(*q, "gru");
+    Graph g;
+    nn::CallContext ctx(g, false);
+    Value in = g.placeholder("x", DType::kF32, Shape{kUnknown, 5, 3});
+    Value out = l->apply({in}, ctx)[0];
+    Tensor y = Executor(g, {out}).run({{in, x}})[0];
+    EXPECT_TRUE(tensors_equal(
+        ops::fake_quant_with_min_max_vars(y, state(*l, "h_min"), state(*l, "h_max")), y));
+  }
+  testing::expect_throws_with<ValueError>([] { QuantizedRecurrent(nn::Dense(3)); },
+                                          "expected an LSTM or GRU layer");
+  testing::expect_throws_with<UnsupportedError>(
+      [] { QuantizedRecurrent(nn::LSTM(3, {.activation = "relu"})); },
+      "activation tanh and recurrent_activation sigmoid");
+  QuantizerConfig pact{.scheme = "pact"};
+  testing::expect_throws_with<UnsupportedError>([&] { QuantizedRecurrent(nn::GRU(3), pact); },
+                                                "scheme 'tf'");
+  nn::reset_layer_names();
+  KTensor x = nn::Input({kUnknown, 3});
+  testing::expect_throws_with<UnsupportedError>([&] { (*QuantizedRecurrent(nn::LSTM(2)))(x); },
+                                                "number of timesteps must be known");
+}
+
+}  // namespace
+}  // namespace lowbit::quant
