@@ -1226,10 +1226,9 @@ TEST(MaskRules, QuantizedRecurrentLayersKeepTheirMaskRule) {
   }
 }
 
-// KNOWN BUG (reported, src/quant is not this suite's to change): quantize_model re-calls each
-// layer without the explicit masks of its LayerNode (CallOptions::masks), so a model whose mask
-// is a model input loses it in the rewrite. Enable when quantize_model forwards node.masks.
-TEST(MaskRules, DISABLED_QuantizedModelsKeepExplicitMasks) {
+// quantize_model re-calls each layer with the explicit masks of its LayerNode
+// (CallOptions::masks), so a model whose mask is a model input keeps it in the rewrite.
+TEST(MaskRules, QuantizedModelsKeepExplicitMasks) {
   for (bool sequences : {true, false}) {
     SCOPED_TRACE(sequences);
     set_random_seed(4);
