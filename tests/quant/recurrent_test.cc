@@ -11,6 +11,7 @@
 #include <functional>
 #include <set>
 
+#include "lowbit/data/dataset.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/losses.h"
 #include "lowbit/nn/masking.h"
@@ -299,6 +300,62 @@ TEST(QuantizedRecurrent, MaskedStepsCarryTheQuantizedStateAndIgnorePadding) {
     q->predict_on_batch({x, Tensor::zeros({2, 5}, DType::kBool)}, {.training = true});
     for (size_t k = 0; k < saved.size(); ++k)
       EXPECT_TRUE(tensors_equal(l->weights()[k].value, saved[k])) << l->weights()[k].name;
+  }
+}
+
+TEST(QuantizedRecurrent, PaddedGarbageLeavesTrainingStepsUnchanged) {
+  // Two identical models (x, mask) -> LSTM -> Dense trained one epoch on the same batches, once
+  // with zeros and once with Inf/NaN garbage at the masked steps: identical weights afterwards
+  // (the gradients through masked steps are exactly zero, never NaN * 0).
+  auto make = [] {
+    nn::reset_layer_names();
+    nn::set_random_seed(41);
+    KTensor x = nn::Input({5, 3}), m = nn::Input({5}, DType::kBool);
+    KTensor h = (*nn::LSTM(4))(std::vector<KTensor>{x}, {.masks = {m}}).at(0);
+    auto q = quantize_model(*nn::Model::create({x, m}, {(*nn::Dense(1))(h)}));
+    q->compile({.optimizer = nn::Adam({.learning_rate = 1e-2}), .loss = nn::MeanSquaredError()});
+    return q;
+  };
+  auto a = make(), b = make();
+  // The LSTM reads the model input x directly and quantizes it itself: no input FakeQuant.
+  for (const auto& l : a->layers()) EXPECT_NE(l->name(), "input_layer_quant");
+  Rng rng(43);
+  Tensor x = random_tensor({4, 5, 3}, rng, -1, 1), y = random_tensor({4, 1}, rng, -1, 1);
+  Tensor m = Tensor::zeros({4, 5}, DType::kBool);
+  for (int64_t i = 0; i < 20; ++i) m.data<bool>()[i] = (i * 7) % 3 != 0;
+  Tensor xg = x.clone();
+  for (int64_t i = 0; i < 20; ++i)
+    if (!m.data<bool>()[i])
+      for (int64_t f = 0; f < 3; ++f) {
+        x.data<float>()[i * 3 + f] = 0;
+        xg.data<float>()[i * 3 + f] = f == 0 ? NAN : (f == 1 ? INFINITY : -1e38f);
+      }
+  for (auto& [model, input] : {std::pair{a, x}, std::pair{b, xg}})
+    model->fit(data::Dataset::from_tensors({input, m}, {y}),
+               {.epochs = 2, .batch_size = 2, .shuffle = false, .verbose = 0});
+  auto wa = a->named_weights(), wb = b->named_weights();
+  ASSERT_EQ(wa.size(), wb.size());
+  for (size_t k = 0; k < wa.size(); ++k) {
+    EXPECT_TRUE(tensors_equal(wa[k].second->value, wb[k].second->value)) << wa[k].first;
+    for (int64_t e = 0;
+         e < wa[k].second->value.numel() && wa[k].second->value.dtype() == DType::kF32; ++e)
+      ASSERT_TRUE(std::isfinite(wa[k].second->value.get_as_double(e))) << wa[k].first;
+  }
+}
+
+TEST(QuantizedRecurrent, StateQuantizersAreIdempotentOnTheirGrids) {
+  // A carried (masked-step) value is a grid point: re-quantizing it must not move it (spec 3.7).
+  Rng rng(47);
+  for (int trial = 0; trial < 50; ++trial) {
+    const float lo = rng.uniform(-4, 0), hi = rng.uniform(1e-3f, 4);
+    Tensor x = random_tensor({301}, rng, -6, 6);
+    const Tensor mn = Tensor::scalar(lo), mx = Tensor::scalar(hi);
+    Tensor y = ops::fake_quant_with_min_max_vars(x, mn, mx);
+    ASSERT_TRUE(tensors_equal(ops::fake_quant_with_min_max_vars(y, mn, mx), y)) << lo << " " << hi;
+    for (int e : {-15, -13, -9}) {
+      Tensor c = ops::fake_quant_pot(x, e);
+      ASSERT_TRUE(tensors_equal(ops::fake_quant_pot(c, e), c));
+    }
   }
 }
 
