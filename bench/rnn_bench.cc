@@ -11,9 +11,9 @@
 //   rnn_bench [--threads 1,2] [--epochs 5] [--warmup 20] [--cell lstm|gru] [--kernels
 //   fast|reference]
 //
-// The mask reaches the LSTM through CallContext::input_masks (masks do not propagate through
-// models yet), so the training step is traced by hand: forward, loss, gradients(), the
-// optimizer's update ops, one Executor.
+// The training step is traced by hand (forward with the mask in CallContext::input_masks, loss,
+// gradients(), the optimizer's update ops, one Executor): the graph that a model with an explicit
+// mask input (docs/masking.md) builds for its step.
 #include <time.h>
 
 #include <algorithm>

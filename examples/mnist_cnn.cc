@@ -52,6 +52,7 @@ int main(int argc, char** argv) try {
   int64_t batch = 64;
   double min_accuracy = 0;
   bool check_qat_targets = false;
+  int first_last_bits = 0;
   std::vector<std::string> schemes{"w8a8", "w4a8", "w2a8", "w4a4"};
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
@@ -77,10 +78,12 @@ int main(int argc, char** argv) try {
       schemes = split_commas(next());
     else if (k == "--check-qat-targets")
       check_qat_targets = true;
+    else if (k == "--first-last-bits")
+      first_last_bits = std::stoi(next());
     else if (k == "--help" || k == "-h") {
       std::cout << "usage: mnist_cnn --data DIR [--epochs N] [--qat-epochs N] [--schemes "
                    "w8a8,w4a8,w2a8,w4a4] [--batch N] [--threads N] [--save FILE] "
-                   "[--min-accuracy X] [--check-qat-targets]\n";
+                   "[--min-accuracy X] [--check-qat-targets] [--first-last-bits N]\n";
       return 0;
     } else
       throw ValueError("unknown argument '" + k + "' (try --help)");
@@ -126,10 +129,10 @@ int main(int argc, char** argv) try {
   // Quantization-aware fine-tuning from the float weights, one fresh copy per scheme.
   for (const std::string& scheme : schemes) {
     quant::QuantizeConfig cfg = quant::QuantizeConfig::preset(scheme);
+    if (first_last_bits > 0) cfg.first_last_weight_bits = first_last_bits;
     nn::ModelPtr q = quant::quantize_model(*model, cfg);
     std::printf("\n==> quantization-aware training, scheme %s (%d epochs from the float model)\n",
                 scheme.c_str(), qat_epochs);
-    if (scheme == schemes.front()) std::cout << q->summary() << "\n";
     const int64_t qat_steps = steps_per_epoch * qat_epochs;
     q->compile({.optimizer = nn::Adam({.schedule = nn::CosineDecay(5e-4, qat_steps, 0.05)}),
                 .loss = nn::SparseCategoricalCrossentropy({.from_logits = true}),
@@ -140,6 +143,8 @@ int main(int argc, char** argv) try {
                {.epochs = qat_epochs, .batch_size = batch, .seed = 2, .validation_split = 0.1});
     double qs = std::chrono::duration<double>(std::chrono::steady_clock::now() - q0).count();
     if (!qh.stop_reason.empty()) throw Error(scheme + " training stopped: " + qh.stop_reason);
+    if (scheme == schemes.front())  // the quantizers with the ranges they learned
+      std::cout << "\n" << q->summary() << "\n";
     nn::Logs ql = q->evaluate(test.images, test.labels, {.batch_size = 256});
     const double qimages = static_cast<double>(train.images.dim(0)) * 0.9 * qat_epochs;
     rows.push_back({scheme, ql["accuracy"], qimages / qs, qs});

@@ -214,6 +214,15 @@ class Rewriter {
                      n.layer->name(), "' (after flattening nested models); rename one");
       used_names_.insert(n.layer->name());
     }
+    // The first and the last layer with quantizable weights (QuantizeConfig::
+    // first_last_weight_bits), in the flattened (topological) order, skipped layers excluded.
+    for (size_t i = 0; i < nodes_->size(); ++i) {
+      const FlatNode& n = node(static_cast<int>(i));
+      if (n.is_input || skipped(static_cast<int>(i)) || quantizable_weights(*n.layer).empty())
+        continue;
+      if (!first_weighted_) first_weighted_ = n.layer.get();
+      last_weighted_ = n.layer.get();
+    }
   }
 
   void check_overrides() const {
@@ -237,6 +246,8 @@ class Rewriter {
 
   QuantizerConfig weight_config(const nn::Layer& l) const {
     QuantizerConfig c = cfg_.weights;
+    if (cfg_.first_last_weight_bits && (&l == first_weighted_ || &l == last_weighted_))
+      c.bits = *cfg_.first_last_weight_bits;
     if (const LayerOverride* o = override_of(l.name())) {
       if (o->scheme && *o->scheme != "pact") c = with_scheme(c, *o->scheme);
       if (o->weight_bits) c.bits = *o->weight_bits;
@@ -576,6 +587,8 @@ class Rewriter {
   std::set<Ref> model_outputs_;
   std::map<const nn::Layer*, int> calls_;
   std::set<std::string> used_names_;
+  const nn::Layer* first_weighted_ = nullptr;
+  const nn::Layer* last_weighted_ = nullptr;
   std::vector<bool> done_;
   std::map<Ref, Tensorish> env_;
   std::map<Ref, nn::KTensor> quantized_;
@@ -599,6 +612,7 @@ QuantizeConfig QuantizeConfig::preset(const std::string& name) {
   }
   if (name == "w2a8") {
     c.weights = {.scheme = "lsq", .bits = 2, .symmetric = true, .per_channel = true};
+    c.first_last_weight_bits = 8;  // the LSQ paper's protocol
     return c;
   }
   if (name == "w4a4") {
@@ -614,6 +628,10 @@ void validate(const QuantizeConfig& cfg) {
   validate(cfg.weights, QuantizerRole::kWeight, "QuantizeConfig.weights");
   validate(cfg.activations, QuantizerRole::kActivation, "QuantizeConfig.activations");
   validate(cfg.inputs, QuantizerRole::kActivation, "QuantizeConfig.inputs");
+  if (cfg.first_last_weight_bits &&
+      (*cfg.first_last_weight_bits < 2 || *cfg.first_last_weight_bits > 16))
+    LOWBIT_THROW(ValueError, "QuantizeConfig.first_last_weight_bits: expected 2..16 but found ",
+                 *cfg.first_last_weight_bits);
   if (cfg.quant_delay < 0)
     LOWBIT_THROW(ValueError, "QuantizeConfig.quant_delay: expected >= 0 but found ",
                  cfg.quant_delay);

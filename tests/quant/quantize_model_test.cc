@@ -150,6 +150,41 @@ TEST(QuantizeModel, SequentialConvBnReluPoolDense) {
   EXPECT_EQ(structure(*q2)[5], "re_lu_quant:FakeQuant<-re_lu");
 }
 
+TEST(QuantizeModel, FirstAndLastWeightLayersGetTheirOwnBits) {
+  nn::reset_layer_names();
+  auto model = nn::Sequential::create(
+      {nn::InputSpec({6, 6, 2}), nn::Conv2D(4, 3, {.use_bias = false}), nn::BatchNormalization(),
+       nn::ReLU(), nn::Conv2D(4, 3), nn::Flatten(), nn::Dense(5), nn::Dense(3)});
+  QuantizeConfig cfg = QuantizeConfig::preset("w2a8");
+  ASSERT_EQ(cfg.first_last_weight_bits, 8);
+  cfg.overrides["dense"] = {.weight_bits = 3};
+  auto q = quantize_model(*model, cfg);
+  auto bits = [&](const std::string& name) {
+    const nn::LayerPtr l = q->get_layer(name);
+    if (auto f = std::dynamic_pointer_cast<FoldedConvBatchNormLayer>(l))
+      return f->quantizer().config().bits;
+    return std::dynamic_pointer_cast<QuantizeWrapperLayer>(l)->quantizer("kernel").config().bits;
+  };
+  EXPECT_EQ(bits("conv2d"), 8);    // first (folded with its batch norm)
+  EXPECT_EQ(bits("conv2d_1"), 2);  // the preset's bits in between
+  EXPECT_EQ(bits("dense"), 3);     // an override wins
+  EXPECT_EQ(bits("dense_1"), 8);   // last
+  EXPECT_EQ(layer_as<QuantizeWrapperLayer>(*q, "dense_1")->quantizer("kernel").config().scheme,
+            "lsq");
+  // Skipped layers do not count: the first quantized one gets the bits.
+  cfg.overrides.clear();
+  cfg.overrides["conv2d"] = {.skip = true};
+  EXPECT_EQ(std::dynamic_pointer_cast<QuantizeWrapperLayer>(
+                quantize_model(*model, cfg)->get_layer("conv2d_1"))
+                ->quantizer("kernel")
+                .config()
+                .bits,
+            8);
+  cfg.first_last_weight_bits = 1;
+  testing::expect_throws_with<ValueError>([&] { quantize_model(*model, cfg); },
+                                          "first_last_weight_bits: expected 2..16 but found 1");
+}
+
 TEST(QuantizeModel, PerLayerOverrides) {
   nn::reset_layer_names();
   auto model = nn::Sequential::create({nn::InputSpec({6, 6, 2}),
