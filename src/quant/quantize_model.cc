@@ -512,10 +512,6 @@ class Rewriter {
   // later merge quantizes it).
   void emit_recurrent(int i) {
     const FlatNode& n = node(i);
-    if (cfg_.quant_delay > 0)
-      LOWBIT_THROW(UnsupportedError, "quantize_model: layer '", n.layer->name(), "' (", cls(n),
-                   "): quant_delay is not supported by the quantized recurrent layers; ",
-                   "use quant_delay 0 or skip the layer with an override");
     nn::LayerPtr& q = recurrent_[n.layer.get()];
     if (!q) {
       QuantizerConfig a = activation_config(i, i);
@@ -528,7 +524,7 @@ class Rewriter {
       const QuantizerConfig w = weight_config(*n.layer);
       const bool graded = w.scheme == "tf" || w.scheme == "torch" || w.scheme == "lsq";
       auto r = std::make_shared<QuantizedRecurrentLayer>(clone(*n.layer), a, graded ? w.bits : 8,
-                                                         n.layer->name());
+                                                         n.layer->name(), cfg_.quant_delay);
       pending_recurrent_.push_back(r.get());
       q = r;
     }

@@ -42,27 +42,6 @@ std::string fmt(double v) {
 
 bool tracked(const QuantizerConfig& c) { return c.scheme == "tf" || c.scheme == "torch"; }
 
-// The layer's step counter: s64 [], +1 per training step (read before the increment).
-nn::Weight& step_weight(nn::Layer& l) {
-  for (auto& w : l.weights())
-    if (w.name == "step") return w;
-  l.weights().push_back({"step", Tensor::zeros({}, DType::kS64), false});
-  return l.weights().back();
-}
-const nn::Weight& step_weight(const nn::Layer& l) {
-  for (const auto& w : l.weights())
-    if (w.name == "step") return w;
-  LOWBIT_THROW(ValueError, l.name(), ": has no step counter (not built)");
-}
-// Binds the step counter; records its increment once per trace in training mode.
-Value bind_step(nn::Layer& l, nn::CallContext& ctx) {
-  const nn::Weight& w = step_weight(static_cast<const nn::Layer&>(l));
-  const bool first = !ctx.bound(w).defined();
-  Value step = ctx.var(l, w);
-  if (ctx.training() && first) ctx.add_update(step, step + ops::scalar_like(step, 1));
-  return step;
-}
-
 // Builds a layer by tracing it once on a scratch graph (f32 placeholders: the layers wrapped
 // here take float inputs, and Embedding accepts f32 ids) and returns its output types.
 std::vector<ValueType> build_by_trace(nn::Layer& l, const std::vector<Shape>& shapes) {
@@ -102,6 +81,27 @@ std::string activation_of(const nn::Layer& l) {
 }
 
 }  // namespace
+
+// The layer's step counter: s64 [], +1 per training step (read before the increment).
+nn::Weight& step_weight(nn::Layer& l) {
+  for (auto& w : l.weights())
+    if (w.name == "step") return w;
+  l.weights().push_back({"step", Tensor::zeros({}, DType::kS64), false});
+  return l.weights().back();
+}
+const nn::Weight& step_weight(const nn::Layer& l) {
+  for (const auto& w : l.weights())
+    if (w.name == "step") return w;
+  LOWBIT_THROW(ValueError, l.name(), ": has no step counter (not built)");
+}
+// Binds the step counter; records its increment once per trace in training mode.
+Value bind_step(nn::Layer& l, nn::CallContext& ctx) {
+  const nn::Weight& w = step_weight(static_cast<const nn::Layer&>(l));
+  const bool first = !ctx.bound(w).defined();
+  Value step = ctx.var(l, w);
+  if (ctx.training() && first) ctx.add_update(step, step + ops::scalar_like(step, 1));
+  return step;
+}
 
 // ---- Configuration ----------------------------------------------------------------------------
 

@@ -74,11 +74,13 @@ Value guarded(const Value& any, const Value& nv, const Value& old) {
 }  // namespace
 
 QuantizedRecurrentLayer::QuantizedRecurrentLayer(nn::LayerPtr layer, QuantizerConfig activations,
-                                                 int weight_bits, std::string name)
+                                                 int weight_bits, std::string name,
+                                                 int64_t quant_delay)
     : nn::Layer("quantized_recurrent", name.empty() && layer ? layer->name() : std::move(name)),
       layer_(std::move(layer)),
       act_(std::move(activations)),
-      weight_bits_(weight_bits) {
+      weight_bits_(weight_bits),
+      quant_delay_(quant_delay) {
   if (!layer_) LOWBIT_THROW(ValueError, "QuantizedRecurrent: the float layer is null");
   const std::string c = layer_->class_name();
   if (c != "LSTM" && c != "GRU")
@@ -104,6 +106,8 @@ QuantizedRecurrentLayer::QuantizedRecurrentLayer(nn::LayerPtr layer, QuantizerCo
                  act_.scheme, "' / '", act_.range, "'");
   if (weight_bits < 2 || weight_bits > 16)
     LOWBIT_THROW(ValueError, who, ": weight_bits: expected 2..16 but found ", weight_bits);
+  if (quant_delay < 0)
+    LOWBIT_THROW(ValueError, who, ": quant_delay: expected >= 0 but found ", quant_delay);
   trainable_ = layer_->trainable();
 }
 
@@ -138,6 +142,7 @@ void QuantizedRecurrentLayer::build(const std::vector<Shape>& s) {
     add(std::string(w) + "_min", {gates_}, -6);
     add(std::string(w) + "_max", {gates_}, 6);
   }
+  if (quant_delay_ > 0 || act_.freeze_after >= 0) step_weight(*this);
 }
 
 Value QuantizedRecurrentLayer::quantize_blocks(const Value& w, const std::string& name,
@@ -195,6 +200,28 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
           : static_cast<int64_t>(std::hash<std::string>{}(layer_->name()) & 0x7fffffff);
   Graph& graph = ctx.graph();
 
+  // Quant delay: before it every quantizer is the identity and the integer functions are the
+  // float ones (the float LSTM/GRU), while the trackers run; freeze_after: the trackers stop.
+  Value warm, frozen;
+  if (quant_delay_ > 0 || act_.freeze_after >= 0) {
+    Value step = bind_step(*this, ctx);
+    if (training && quant_delay_ > 0)
+      warm = ops::less(step, ops::scalar_like(step, static_cast<double>(quant_delay_)));
+    if (training && act_.freeze_after >= 0)
+      frozen =
+          ops::greater_equal(step, ops::scalar_like(step, static_cast<double>(act_.freeze_after)));
+  }
+  auto sel = [&](const Value& q, const Value& f) {
+    return warm.defined() ? ops::where(warm, f, q) : q;
+  };
+  auto track = [&](const Value& var, const Value& nv) {
+    ctx.add_update(var, frozen.defined() ? ops::where(frozen, var, nv) : nv);
+  };
+  auto logistic = [&](const Value& a) { return sel(ops::fixed_logistic(a), ops::sigmoid(a)); };
+  auto tanh_q = [&](const Value& a, const Value& bits) {
+    return sel(ops::fixed_tanh(a, bits), ops::tanh(a));
+  };
+
   // Mask: bool [B, T]; masked steps of x become 0 before anything reads them.
   Value mask = ctx.input_mask(0), any_valid;
   if (mask.defined()) {
@@ -215,12 +242,16 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
       ops::MinMax<Value> b = ops::min_max(x);
       RangeState<Value> n = update_range(RangeState<Value>{mn, mx, {}, {}, {}}, b.min, b.max, rc);
       Value nmn = guarded(any_valid, n.min, mn), nmx = guarded(any_valid, n.max, mx);
+      if (frozen.defined()) {
+        nmn = ops::where(frozen, mn, nmn);
+        nmx = ops::where(frozen, mx, nmx);
+      }
       ctx.add_update(mn, nmn);
       ctx.add_update(mx, nmx);
       mn = nmn;
       mx = nmx;
     }
-    xq = ops::fake_quant_with_min_max_vars(x, mn, mx, act_.bits, act_.narrow_range);
+    xq = sel(ops::fake_quant_with_min_max_vars(x, mn, mx, act_.bits, act_.narrow_range), x);
   }
 
   // Weights per gate block; biases float.
@@ -229,11 +260,13 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
   Value kernel, rkernel;
   {
     Graph::Scope scope(graph, "kernel_quant");
-    kernel = quantize_blocks(ctx.var(*layer_, wk), "kernel", ctx);
+    Value k = ctx.var(*layer_, wk);
+    kernel = sel(quantize_blocks(k, "kernel", ctx), k);
   }
   {
     Graph::Scope scope(graph, "recurrent_kernel_quant");
-    rkernel = quantize_blocks(ctx.var(*layer_, wr), "recurrent_kernel", ctx);
+    Value k = ctx.var(*layer_, wr);
+    rkernel = sel(quantize_blocks(k, "recurrent_kernel", ctx), k);
   }
   Value input_bias, recurrent_bias;
   if (inner_.value("use_bias", true)) {
@@ -250,7 +283,7 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
   Value xd = drop ? ops::dropout(xq, ctx.rng_step(), rate, seed, {kUnknown, 1, kUnknown}) : xq;
   Value e12 = graph.constant(Tensor::scalar(-12.0f), "q3_12_exponent");
   Value three = graph.constant(Tensor::scalar(3.0f), "gate_int_bits");
-  auto P = [&](const Value& v) { return ops::fake_quant_pot(v, e12); };  // the Q3.12 grid
+  auto P = [&](const Value& v) { return sel(ops::fake_quant_pot(v, e12), v); };  // Q3.12 grid
   Value xp = ops::matmul(xd, kernel);
   if (input_bias.defined()) xp = xp + input_bias;
   Value ax = P(xp);  // input partial sums of every step [B, T, G*U]
@@ -260,7 +293,7 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
   const bool update_h = training && !ctx.bound(state("h_min")).defined();
   Value hmin = ctx.var(*this, state("h_min")), hmax = ctx.var(*this, state("h_max"));
   auto FQh = [&](const Value& v) {
-    return ops::fake_quant_with_min_max_vars(v, hmin, hmax, act_.bits, act_.narrow_range);
+    return sel(ops::fake_quant_with_min_max_vars(v, hmin, hmax, act_.bits, act_.narrow_range), v);
   };
   Value cmax, p, cell_exp;
   bool update_c = false;
@@ -270,7 +303,7 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
     p = cell_bits(cmax);
     cell_exp = p - 15.0;
   }
-  auto C = [&](const Value& v) { return ops::fake_quant_pot(v, cell_exp); };  // 2^(p-15) grid
+  auto C = [&](const Value& v) { return sel(ops::fake_quant_pot(v, cell_exp), v); };  // 2^(p-15)
 
   Value zero =
       ops::reshape(ops::zeros_like(ops::slice(xp, {0, 0, 0}, {ops::kSliceMax, 1, u})), {-1, u});
@@ -298,27 +331,28 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
     Value h_pre, c_new, c_sum;
     if (lstm_) {
       Value a = P(ax_t + P(ops::matmul(hin, rkernel)));  // Q3.12, saturated to [-8, 8)
-      Value ig = ops::fixed_logistic(block(a, 0, 1)), fg = ops::fixed_logistic(block(a, 1, 2));
-      Value gg = ops::fixed_tanh(block(a, 2, 3), three), og = ops::fixed_logistic(block(a, 3, 4));
+      Value ig = logistic(block(a, 0, 1)), fg = logistic(block(a, 1, 2));
+      Value gg = tanh_q(block(a, 2, 3), three), og = logistic(block(a, 3, 4));
       c_sum = C(fg * c) + C(ig * gg);
       c_new = C(c_sum);
-      h_pre = og * ops::fixed_tanh(c_new, p);
+      h_pre = og * tanh_q(c_new, p);
     } else {
       Value zr, hh;
       if (reset_after) {
         Value rec = ops::matmul(hin, rkernel);
         if (recurrent_bias.defined()) rec = rec + recurrent_bias;
         Value ah = P(rec);
-        zr = ops::fixed_logistic(P(block(ax_t, 0, 2) + block(ah, 0, 2)));
+        zr = logistic(P(block(ax_t, 0, 2) + block(ah, 0, 2)));
         Value r = block(zr, 1, 2);
-        hh = ops::fixed_tanh(P(block(ax_t, 2, 3) + P(r * block(ah, 2, 3))), three);
+        hh = tanh_q(P(block(ax_t, 2, 3) + P(r * block(ah, 2, 3))), three);
       } else {
-        zr = ops::fixed_logistic(P(block(ax_t, 0, 2) + P(ops::matmul(hin, rk_zr))));
+        zr = logistic(P(block(ax_t, 0, 2) + P(ops::matmul(hin, rk_zr))));
         Value rh = FQh(block(zr, 1, 2) * hin);  // r h requantized with h's parameters
-        hh = ops::fixed_tanh(P(block(ax_t, 2, 3) + P(ops::matmul(rh, rk_h))), three);
+        hh = tanh_q(P(block(ax_t, 2, 3) + P(ops::matmul(rh, rk_h))), three);
       }
       Value z = block(zr, 0, 1);
-      h_pre = z * h + ((1.0 - std::ldexp(1.0, -15)) - z) * hh;  // 1 - z: the code 32767 - z
+      // 1 - z: the code 32767 - z (the float cell's 1 - z during the delay)
+      h_pre = z * h + sel((1.0 - std::ldexp(1.0, -15)) - z, 1.0 - z) * hh;
     }
     Value h_new = FQh(h_pre);
     if (mask.defined()) {
@@ -344,14 +378,14 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
     if (in.size() > 1) h_stats.push_back(in[1]);
     ops::MinMax<Value> b = ops::min_max(ops::concat(h_stats, 1));
     RangeState<Value> n = update_range(RangeState<Value>{hmin, hmax, {}, {}, {}}, b.min, b.max, rc);
-    ctx.add_update(hmin, guarded(any_valid, n.min, hmin));
-    ctx.add_update(hmax, guarded(any_valid, n.max, hmax));
+    track(hmin, guarded(any_valid, n.min, hmin));
+    track(hmax, guarded(any_valid, n.max, hmax));
   }
   if (update_c) {
     Graph::Scope scope(graph, "cell_quant");
     if (in.size() > 1) c_stats.push_back(ops::abs(in[2]));
     Value m = ops::max(ops::concat(c_stats, 1));
-    ctx.add_update(cmax, guarded(any_valid, moving_average(cmax, m, act_.ema_decay), cmax));
+    track(cmax, guarded(any_valid, moving_average(cmax, m, act_.ema_decay), cmax));
   }
 
   std::vector<Value> out{sequences ? ops::stack(outs, 1) : last};
@@ -383,6 +417,7 @@ Json QuantizedRecurrentLayer::get_config() const {
   j["layer"] = nn::layer_to_config(*layer_);
   j["activations"] = to_json(act_);
   j["weight_bits"] = weight_bits_;
+  j["quant_delay"] = quant_delay_;
   return j;
 }
 
@@ -441,17 +476,17 @@ Tensor QuantizedRecurrentLayer::quantized_recurrent_kernel() const {
 }
 
 nn::LayerPtr QuantizedRecurrent(nn::LayerPtr layer, QuantizerConfig activations, int weight_bits,
-                                const std::string& name) {
+                                const std::string& name, int64_t quant_delay) {
   return std::make_shared<QuantizedRecurrentLayer>(std::move(layer), std::move(activations),
-                                                   weight_bits, name);
+                                                   weight_bits, name, quant_delay);
 }
 
 void register_recurrent_quant_layers() {
   for (const char* cls : {"QuantizedLSTM", "QuantizedGRU"})
     nn::register_layer(cls, [](const Json& c) {
-      return QuantizedRecurrent(nn::layer_from_config(c.at("layer")),
-                                quantizer_config_from_json(c.at("activations")),
-                                c.value("weight_bits", 8), c.value("name", ""));
+      return QuantizedRecurrent(
+          nn::layer_from_config(c.at("layer")), quantizer_config_from_json(c.at("activations")),
+          c.value("weight_bits", 8), c.value("name", ""), c.value("quant_delay", int64_t{0}));
     });
 }
 

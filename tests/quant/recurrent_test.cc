@@ -105,11 +105,6 @@ TEST(QuantizedRecurrent, QuantizeModelPlacementForMaskedLSTMAndGRU) {
     EXPECT_NE(q->summary().find("integer " + std::string(gru ? "GRU" : "LSTM") + " step"),
               std::string::npos);
   }
-  // quant_delay is refused with a clear error.
-  QuantizeConfig cfg;
-  cfg.quant_delay = 3;
-  testing::expect_throws_with<UnsupportedError>([&] { quantize_model(*masked_model(false), cfg); },
-                                                "quant_delay is not supported");
 }
 
 // One LSTM with given initial states; returns the quantized model with ranges set by hand.
@@ -382,6 +377,53 @@ TEST(QuantizedRecurrent, TrackersUpdateOnlyInTrainingModeAndFromValidSteps) {
   EXPECT_EQ(state(*l, "x_max").item<float>(), want);
   EXPECT_NE(state(*l, "h_max").item<float>(), h0.item<float>());
   EXPECT_NE(state(*l, "cell_max_abs").item<float>(), c0.item<float>());
+}
+
+// quant_delay: the first training steps run the float cell (the float layer's outputs) while the
+// trackers move; then the integer step. freeze_after: the trackers stop after that many steps.
+TEST(QuantizedRecurrent, QuantDelayRunsTheFloatCellFirstAndFreezeAfterStopsTheTrackers) {
+  for (bool gru : {false, true}) {
+    SCOPED_TRACE(gru ? "GRU" : "LSTM");
+    auto fl = explicit_mask_model(gru);
+    QuantizeConfig cfg;
+    cfg.quant_delay = 2;
+    cfg.activations.freeze_after = 3;
+    auto q = quantize_model(*fl, cfg);
+    auto l = rnn_of(*q, gru ? "gru" : "lstm");
+    EXPECT_EQ(l->quant_delay(), 2);
+    Rng rng(31);
+    const Tensor m = step_mask();
+    const Tensor x = random_tensor({2, 5, 3}, rng, -2, 2);
+    const std::vector<Tensor> want = fl->predict_on_batch({x, m});
+    std::vector<Tensor> x_max;
+    for (int step = 0; step < 5; ++step) {
+      const std::vector<Tensor> got = q->predict_on_batch({x, m}, {.training = true});
+      x_max.push_back(state(*l, "x_max").clone());
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t k = 0; k < got.size(); ++k) {
+        SCOPED_TRACE("step " + std::to_string(step) + ", output " + std::to_string(k));
+        if (step < 2)  // float warm-up: the float layer's numbers (unrolled ops vs fused kernel)
+          EXPECT_TRUE(testing::tensors_near(got[k], want[k], 2e-5, 2e-5));
+        else  // quantized: h on its int8 grid, no longer the float numbers
+          EXPECT_FALSE(testing::tensors_near(got[k], want[k], 1e-4, 0));
+      }
+    }
+    // Trackers ran during the delay (steps 0, 1), moved at step 2, then froze (steps 3, 4).
+    EXPECT_LT(x_max[0].item<float>(), 6.0f);
+    EXPECT_LT(x_max[1].item<float>(), x_max[0].item<float>());
+    EXPECT_LT(x_max[2].item<float>(), x_max[1].item<float>());
+    EXPECT_EQ(x_max[3].item<float>(), x_max[2].item<float>());
+    EXPECT_EQ(x_max[4].item<float>(), x_max[2].item<float>());
+    // Inference always quantizes; the setting survives save/load.
+    const auto dir = std::filesystem::temp_directory_path() / "lowbit_qrnn_delay";
+    std::filesystem::create_directories(dir);
+    const std::string path = (dir / (gru ? "gru.lbm" : "lstm.lbm")).string();
+    q->save(path);
+    auto r = nn::load_model(path);
+    EXPECT_EQ(rnn_of(*r, gru ? "gru" : "lstm")->quant_delay(), 2);
+    const std::vector<Tensor> a = q->predict_on_batch({x, m}), b = r->predict_on_batch({x, m});
+    for (size_t k = 0; k < a.size(); ++k) EXPECT_TRUE(tensors_equal(a[k], b[k]));
+  }
 }
 
 TEST(QuantizedRecurrent, MaskedSequenceTaskTrainsAndSaveLoadIsBitExact) {

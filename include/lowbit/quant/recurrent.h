@@ -55,8 +55,12 @@
 // Settings: `activations` (scheme "tf" only; bits, ema_decay, init_min/init_max, range
 // "moving_average" or "all_values" or "last_value") for x and h; the cell tracker uses its
 // ema_decay and starts at max(|init_min|, |init_max|) (6 -> p = 3); `weight_bits` for the
-// blocks (narrow, symmetric). quant_delay and freeze_after are not supported here.
-// Config {"layer": {class_name, config}, "activations": {...}, "weight_bits": b}; class names
+// blocks (narrow, symmetric). `activations.freeze_after` (>= 0) stops the x, h and cell trackers
+// after that many training steps; `quant_delay` > 0 runs the float cell (sigmoid, tanh, float
+// weights and states, 1 - z) for the first quant_delay training steps while the trackers run.
+// Both use a step counter weight "step" (present only when one of them is set).
+// Config {"layer": {class_name, config}, "activations": {...}, "weight_bits": b,
+// "quant_delay": d}; class names
 // "QuantizedLSTM" and "QuantizedGRU" (registered: load_model rebuilds them).
 #pragma once
 
@@ -70,8 +74,10 @@ namespace lowbit::quant {
 class QuantizedRecurrentLayer : public nn::Layer {
  public:
   // `layer`: an LSTM or GRU (ValueError otherwise); UnsupportedError for the cases above.
+  // quant_delay: float warm-up steps, as FakeQuant's (quantize_model.h): before it the layer is
+  // the float LSTM/GRU (sigmoid, tanh, no grids) while its range trackers already run.
   QuantizedRecurrentLayer(nn::LayerPtr layer, QuantizerConfig activations, int weight_bits,
-                          std::string name);
+                          std::string name, int64_t quant_delay = 0);
   std::string class_name() const override { return lstm_ ? "QuantizedLSTM" : "QuantizedGRU"; }
   int num_inputs() const override { return -1; }
   void build(const std::vector<Shape>& input_shapes) override;
@@ -86,6 +92,7 @@ class QuantizedRecurrentLayer : public nn::Layer {
   const nn::LayerPtr& layer() const { return layer_; }
   const QuantizerConfig& activations() const { return act_; }
   int weight_bits() const { return weight_bits_; }
+  int64_t quant_delay() const { return quant_delay_; }
   // Sets the weight ranges from the float weights (quantize_model calls it after copying them).
   void init_from_weights();
   // The fake-quantized kernel and recurrent kernel the layer computes with (inference mode).
@@ -102,6 +109,7 @@ class QuantizedRecurrentLayer : public nn::Layer {
   nn::LayerPtr layer_;
   QuantizerConfig act_;
   int weight_bits_;
+  int64_t quant_delay_ = 0;
   bool lstm_ = true;
   Json inner_;  // the float layer's config
   int64_t units_ = 0;
@@ -111,6 +119,7 @@ class QuantizedRecurrentLayer : public nn::Layer {
 // A QuantizedLSTM / QuantizedGRU around `layer` (name: the layer's).
 nn::LayerPtr QuantizedRecurrent(nn::LayerPtr layer,
                                 QuantizerConfig activations = default_activation_quantizer(),
-                                int weight_bits = 8, const std::string& name = "");
+                                int weight_bits = 8, const std::string& name = "",
+                                int64_t quant_delay = 0);
 
 }  // namespace lowbit::quant

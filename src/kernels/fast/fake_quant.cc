@@ -171,13 +171,28 @@ void forward_channels_avx512(const float* x, float* y, int64_t r0, int64_t r1, i
     }
 }
 
+// Lanes 8 * half .. 8 * half + 7 of v, widened to double.
+inline __m512d widen_half(__m512 v, int half) {
+  const __m512i bits = _mm512_castps_si512(v);
+  return _mm512_cvtps_pd(_mm256_castsi256_ps(half ? _mm512_extracti64x4_epi64(bits, 1)
+                                                  : _mm512_castsi512_si256(bits)));
+}
+
 void backward_channels_avx512(const float* dy, const float* x, float* dx, int64_t rows, int64_t d,
                               int64_t c0, int64_t c1, const float* const* pp, double* lo_sum,
                               double* hi_sum) {
+  // The range gradients accumulate per channel in double, lane by lane in row order: the same
+  // additions in the same order as the reference's sequential sums (adding 0.0 for elements in
+  // range changes no sum), so the results are bit-identical.
   for (int64_t c = c0; c < c1; c += 16) {
     const __mmask16 m = tail_mask16(c1 - c);
+    const __mmask8 m0 = static_cast<__mmask8>(m & 0xff), m1 = static_cast<__mmask8>(m >> 8);
     const __m512 lo = _mm512_maskz_loadu_ps(m, pp[kMin] + c);
     const __m512 hi = _mm512_maskz_loadu_ps(m, pp[kMax] + c);
+    __m512d lo0 = _mm512_maskz_loadu_pd(m0, lo_sum + c),
+            lo1 = _mm512_maskz_loadu_pd(m1, lo_sum + c + 8);
+    __m512d hi0 = _mm512_maskz_loadu_pd(m0, hi_sum + c),
+            hi1 = _mm512_maskz_loadu_pd(m1, hi_sum + c + 8);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t e = r * d + c;
       const __m512 xv = _mm512_maskz_loadu_ps(m, x + e);
@@ -185,16 +200,23 @@ void backward_channels_avx512(const float* dy, const float* x, float* dx, int64_
       const __mmask16 in =
           _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(xv, lo, _CMP_GE_OQ), xv, hi, _CMP_LE_OQ);
       _mm512_mask_storeu_ps(dx + e, m, _mm512_maskz_mov_ps(in, dv));
-      unsigned below = _mm512_mask_cmp_ps_mask(m, xv, lo, _CMP_LT_OQ);
-      unsigned above = _mm512_mask_cmp_ps_mask(m, xv, hi, _CMP_GT_OQ);
-      unsigned any = below | above;
-      while (any) {
-        const int j = __builtin_ctz(any);
-        any &= any - 1;
-        if (below >> j & 1u) lo_sum[c + j] += dy[e + j];
-        if (above >> j & 1u) hi_sum[c + j] += dy[e + j];
+      const __mmask16 below = _mm512_mask_cmp_ps_mask(m, xv, lo, _CMP_LT_OQ);
+      const __mmask16 above = _mm512_mask_cmp_ps_mask(m, xv, hi, _CMP_GT_OQ);
+      if (below) {
+        const __m512 v = _mm512_maskz_mov_ps(below, dv);
+        lo0 = _mm512_add_pd(lo0, widen_half(v, 0));
+        lo1 = _mm512_add_pd(lo1, widen_half(v, 1));
+      }
+      if (above) {
+        const __m512 v = _mm512_maskz_mov_ps(above, dv);
+        hi0 = _mm512_add_pd(hi0, widen_half(v, 0));
+        hi1 = _mm512_add_pd(hi1, widen_half(v, 1));
       }
     }
+    _mm512_mask_storeu_pd(lo_sum + c, m0, lo0);
+    _mm512_mask_storeu_pd(lo_sum + c + 8, m1, lo1);
+    _mm512_mask_storeu_pd(hi_sum + c, m0, hi0);
+    _mm512_mask_storeu_pd(hi_sum + c + 8, m1, hi1);
   }
 }
 
@@ -365,22 +387,32 @@ void backward_channels_avx2(const float* dy, const float* x, float* dx, int64_t 
   int64_t c = c0;
   for (; c + 8 <= c1; c += 8) {
     const __m256 lo = _mm256_loadu_ps(pp[kMin] + c), hi = _mm256_loadu_ps(pp[kMax] + c);
+    __m256d lo0 = _mm256_loadu_pd(lo_sum + c), lo1 = _mm256_loadu_pd(lo_sum + c + 4);
+    __m256d hi0 = _mm256_loadu_pd(hi_sum + c), hi1 = _mm256_loadu_pd(hi_sum + c + 4);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t e = r * d + c;
       const __m256 xv = _mm256_loadu_ps(x + e);
       const __m256 in =
           _mm256_and_ps(_mm256_cmp_ps(xv, lo, _CMP_GE_OQ), _mm256_cmp_ps(xv, hi, _CMP_LE_OQ));
-      _mm256_storeu_ps(dx + e, _mm256_and_ps(in, _mm256_loadu_ps(dy + e)));
-      unsigned below = _mm256_movemask_ps(_mm256_cmp_ps(xv, lo, _CMP_LT_OQ));
-      unsigned above = _mm256_movemask_ps(_mm256_cmp_ps(xv, hi, _CMP_GT_OQ));
-      unsigned any = below | above;
-      while (any) {
-        const int j = __builtin_ctz(any);
-        any &= any - 1;
-        if (below >> j & 1u) lo_sum[c + j] += dy[e + j];
-        if (above >> j & 1u) hi_sum[c + j] += dy[e + j];
+      const __m256 dv = _mm256_loadu_ps(dy + e);
+      _mm256_storeu_ps(dx + e, _mm256_and_ps(in, dv));
+      const __m256 below = _mm256_cmp_ps(xv, lo, _CMP_LT_OQ);
+      const __m256 above = _mm256_cmp_ps(xv, hi, _CMP_GT_OQ);
+      if (_mm256_movemask_ps(below)) {  // as the AVX-512 kernel: row order, bit-identical
+        const __m256 v = _mm256_and_ps(below, dv);
+        lo0 = _mm256_add_pd(lo0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+        lo1 = _mm256_add_pd(lo1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+      }
+      if (_mm256_movemask_ps(above)) {
+        const __m256 v = _mm256_and_ps(above, dv);
+        hi0 = _mm256_add_pd(hi0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+        hi1 = _mm256_add_pd(hi1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
       }
     }
+    _mm256_storeu_pd(lo_sum + c, lo0);
+    _mm256_storeu_pd(lo_sum + c + 4, lo1);
+    _mm256_storeu_pd(hi_sum + c, hi0);
+    _mm256_storeu_pd(hi_sum + c + 4, hi1);
   }
   for (; c < c1; ++c)
     for (int64_t r = 0; r < rows; ++r) {
