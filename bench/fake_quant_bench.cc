@@ -4,7 +4,8 @@
 //   BM_TfFakeQuant/<kernel>   fast (AVX-512 or AVX2, whichever the CPU has first) and reference
 //                             kernels: the vars forward (8 B/elem), its fused gradient dx + dmin +
 //                             dmax (12 B/elem), the per-channel forward on a channels-last
-//                             [n/64, 64] tensor (8 B/elem), min_max per tensor (4 B/elem)
+//                             [n/64, 64] tensor (8 B/elem) and its gradient (12 B/elem),
+//                             min_max per tensor (4 B/elem)
 // Arguments: n (elements), threads. Inputs are uniform on [-4, 4], the range [-3, 3], so about
 // a quarter of the elements are outside it (the gradient's sums have work to do).
 //
@@ -42,7 +43,7 @@ void BM_Copy(benchmark::State& state) {
   set_num_threads(1);
 }
 
-enum class Kind { kVars, kVarsGradient, kPerChannel, kMinMax };
+enum class Kind { kVars, kVarsGradient, kPerChannel, kPerChannelGradient, kMinMax };
 
 struct Case {
   Kind kind;
@@ -70,6 +71,12 @@ void BM_TfFakeQuant(benchmark::State& state, Case c) {
     case Kind::kPerChannel:
       op = "fake_quant_with_min_max_vars_per_channel";
       in = {x.reshape({n / 64, 64}), Tensor::full({64}, -3), Tensor::full({64}, 3)};
+      break;
+    case Kind::kPerChannelGradient:
+      op = "fake_quant_with_min_max_vars_per_channel_gradient";
+      in = {dy.reshape({n / 64, 64}), x.reshape({n / 64, 64}), Tensor::full({64}, -3),
+            Tensor::full({64}, 3)};
+      bytes = 12;
       break;
     case Kind::kMinMax:
       op = "min_max";
@@ -112,6 +119,8 @@ LOWBIT_TFQ_BENCH(vars_gradient_fast, Kind::kVarsGradient, true);
 LOWBIT_TFQ_BENCH(vars_gradient_reference, Kind::kVarsGradient, false);
 LOWBIT_TFQ_BENCH(per_channel_fast, Kind::kPerChannel, true);
 LOWBIT_TFQ_BENCH(per_channel_reference, Kind::kPerChannel, false);
+LOWBIT_TFQ_BENCH(per_channel_gradient_fast, Kind::kPerChannelGradient, true);
+LOWBIT_TFQ_BENCH(per_channel_gradient_reference, Kind::kPerChannelGradient, false);
 LOWBIT_TFQ_BENCH(min_max_fast, Kind::kMinMax, true);
 LOWBIT_TFQ_BENCH(min_max_reference, Kind::kMinMax, false);
 

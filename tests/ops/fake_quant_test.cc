@@ -705,6 +705,12 @@ TEST(FakeQuantFast, ResultsDoNotDependOnTheThreadCount) {
   const Tensor xw = testing::random_tensor({2000, 96}, rng, -3, 3);
   const Tensor dyw = testing::random_tensor({2000, 96}, rng, -1, 1);
   const Tensor cmin = Tensor::full({96}, -1.0), cmax = Tensor::full({96}, 1.5);
+  // Wide rows (>= 512 channels, a tail of 8): the per-channel gradient splits channels between
+  // threads.
+  const Tensor xv = testing::random_tensor({100, 1000}, rng, -3, 3);
+  const Tensor dyv = testing::random_tensor({100, 1000}, rng, -1, 1);
+  const Tensor vmin = testing::random_tensor({1000}, rng, -2, -0.5);
+  const Tensor vmax = testing::random_tensor({1000}, rng, 0.5, 2);
   std::vector<std::vector<Tensor>> results;
   for (int threads : {1, 2}) {
     set_num_threads(threads);
@@ -716,6 +722,8 @@ TEST(FakeQuantFast, ResultsDoNotDependOnTheThreadCount) {
       for (const Tensor& t : {g.dx, g.dmin, g.dmax, gc.dx, gc.dmin, gc.dmax, m.min, m.max,
                               ops::fake_quant_with_min_max_vars(x, scalar(-1), scalar(1.5f))})
         r.push_back(t);
+      auto gv = ops::fake_quant_with_min_max_vars_per_channel_gradient(dyv, xv, vmin, vmax);
+      for (const Tensor& t : {gv.dx, gv.dmin, gv.dmax}) r.push_back(t);
     });
     results.push_back(r);
   }
@@ -724,7 +732,8 @@ TEST(FakeQuantFast, ResultsDoNotDependOnTheThreadCount) {
   for (size_t i = 0; i < results[0].size(); ++i)
     EXPECT_TRUE(floats_equal(results[1][i], results[0][i].to_vector<float>())) << "result " << i;
   // And the fast and reference kernels agree on the big sums (the same run, both choices).
-  EXPECT_TRUE(floats_equal(results[0][1], results[0][10].to_vector<float>()));
+  EXPECT_TRUE(floats_equal(results[0][1], results[0][13].to_vector<float>()));
+  EXPECT_TRUE(floats_equal(results[0][10], results[0][22].to_vector<float>()));  // wide dmin
   EXPECT_NE(results[0][1].item<float>(), 0.0f);
 }
 

@@ -303,9 +303,11 @@ void learnable_backward_per_channel_fast(const KernelCtx& k) {
   if (v.inner == 1) {
     // Each thread takes one contiguous range of channels (whole cache lines of a row) across all
     // rows; a channel's sum runs over the rows in order whatever the split, so the result does
-    // not depend on the thread count, and one thread streams the tensor once.
+    // not depend on the thread count, and one thread streams the tensor once. Only wide rows are
+    // split: two threads sharing rows of 64 channels ran at a quarter of one thread's speed
+    // here (bench/fake_quant_torch_bench, learnable_per_channel_backward).
     constexpr int64_t kLine = 16;
-    const int threads = total > kParallelGrain ? omp_get_max_threads() : 1;
+    const int threads = total > kParallelGrain && v.channels >= 512 ? omp_get_max_threads() : 1;
     const int64_t lines = (v.channels + kLine - 1) / kLine;
     const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, lines));
     const int64_t per_part = (lines + parts - 1) / parts * kLine;
