@@ -375,7 +375,19 @@ class Rewriter {
   // only such layers read is not part of the result.
   bool reads_raw(int i) const {
     const std::string c = cls(node(i));
-    return c == "Embedding" || c == "Masking" || c == "LSTM" || c == "GRU";
+    return c == "Embedding" || c == "Masking" || c == "LSTM" || c == "GRU" ||
+           quantized_bidirectional(i);
+  }
+  // A Bidirectional around an LSTM or GRU (both directions): QuantizedBidirectional.
+  bool quantized_bidirectional(int i) const {
+    if (cls(node(i)) != "Bidirectional") return false;
+    const Json c = node(i).layer->get_config();
+    for (const char* k : {"layer", "backward_layer"}) {
+      if (!c.contains(k) || !c.at(k).is_object()) return false;
+      const std::string inner = c.at(k).value("class_name", "");
+      if (inner != "LSTM" && inner != "GRU") return false;
+    }
+    return true;
   }
 
   // The explicit masks the float call was given (CallOptions::masks), as tensors of the result.
@@ -457,6 +469,7 @@ class Rewriter {
       return;
     }
     if (c == "LSTM" || c == "GRU") return emit_recurrent(i);
+    if (quantized_bidirectional(i)) return emit_bidirectional(i);
     if (!quantizable_weights(*n.layer).empty()) {  // SimpleRNN: wrapper, outputs below
       return quantize_outputs(
           i, call(wrapper(*n.layer, false), inputs_of(i), n.training, masks_of(i)));
@@ -510,6 +523,51 @@ class Rewriter {
   // weights per gate block, the gates, the cell and h itself: its output and h state are int8
   // grid values (no FakeQuant after), the LSTM cell state is on its int16 grid (not int8: a
   // later merge quantizes it).
+  // Bidirectional(LSTM | GRU): QuantizedBidirectional, two quantized directions; unmerged
+  // sequence outputs and h states are on int8 grids, a merged output (concat of two grids, as
+  // the Concatenate rule, or their sum/mean/product) gets one FakeQuant after, LSTM cell states
+  // are int16 (unquantized for what follows).
+  void emit_bidirectional(int i) {
+    const FlatNode& n = node(i);
+    nn::LayerPtr& q = recurrent_[n.layer.get()];
+    const Json config = n.layer->get_config();
+    std::shared_ptr<QuantizedBidirectionalLayer> b;
+    if (!q) {
+      QuantizerConfig a = activation_config(i, i);
+      if (a.scheme != "tf") {
+        const int bits = a.bits;
+        a = default_activation_quantizer();
+        a.bits = bits;
+      }
+      if (a.range == "moving_average_debiased") a.range = "moving_average";
+      const QuantizerConfig w = weight_config(*n.layer);
+      const bool graded = w.scheme == "tf" || w.scheme == "torch" || w.scheme == "lsq";
+      b = std::make_shared<QuantizedBidirectionalLayer>(config, a, graded ? w.bits : 8,
+                                                        n.layer->name(), cfg_.quant_delay);
+      q = b;
+    }
+    const std::vector<nn::KTensor> out = call(q, inputs_of(i), n.training, masks_of(i));
+    if (b) b->copy_float_weights(*n.layer);
+    const bool merged = config.contains("merge_mode") && !config.at("merge_mode").is_null();
+    const std::string mode = merged ? config.at("merge_mode").get<std::string>() : "none";
+    const bool lstm = config.at("layer").value("class_name", "") == "LSTM";
+    const size_t seq = mode == "none" ? 2 : 1;
+    for (size_t k = 0; k < out.size(); ++k) {
+      const Ref r{i, static_cast<int>(k)};
+      // States after the sequence output(s): LSTM (h, c) per direction, GRU (h).
+      const bool cell = lstm && k >= seq && (k - seq) % 2 == 1;
+      if (cell || out[k].dtype() != DType::kF32) {
+        env_[r] = {out[k], false, {}};
+      } else if (k >= seq || mode == "none") {  // h states, unmerged sequences: int8 grids
+        env_[r] = {out[k], true, {}};
+      } else {  // merged: two grids (concat) or their sum/mean/product, quantized once more
+        std::string producer = n.layer->name();
+        if (out.size() > 1) producer += "_" + std::to_string(k);
+        env_[r] = {quantize(r, out[k], activation_config(i, i), producer), true, out[k]};
+      }
+    }
+  }
+
   void emit_recurrent(int i) {
     const FlatNode& n = node(i);
     nn::LayerPtr& q = recurrent_[n.layer.get()];

@@ -481,7 +481,149 @@ nn::LayerPtr QuantizedRecurrent(nn::LayerPtr layer, QuantizerConfig activations,
                                                    weight_bits, name, quant_delay);
 }
 
+// ---- QuantizedBidirectional ---------------------------------------------------------------
+
+namespace {
+std::shared_ptr<QuantizedRecurrentLayer> direction(const Json& layer_config,
+                                                   const QuantizerConfig& a, int bits,
+                                                   int64_t delay, const char* which) {
+  if (layer_config.is_object() && layer_config.contains("class_name")) {
+    const std::string c = layer_config.at("class_name").get<std::string>();
+    if (c == "LSTM" || c == "GRU") {
+      nn::LayerPtr l = nn::layer_from_config(layer_config);
+      return std::make_shared<QuantizedRecurrentLayer>(l, a, bits, l->name(), delay);
+    }
+    LOWBIT_THROW(ValueError, "QuantizedBidirectional: the ", which,
+                 " layer must be an LSTM or GRU but is a ", c);
+  }
+  LOWBIT_THROW(ValueError, "QuantizedBidirectional: the config has no ", which, " layer");
+}
+}  // namespace
+
+QuantizedBidirectionalLayer::QuantizedBidirectionalLayer(const Json& c, QuantizerConfig activations,
+                                                         int weight_bits, std::string name,
+                                                         int64_t quant_delay)
+    : nn::Layer("quantized_bidirectional", std::move(name)) {
+  merge_mode_ = c.contains("merge_mode") && !c.at("merge_mode").is_null()
+                    ? c.at("merge_mode").get<std::string>()
+                    : std::string("none");
+  if (merge_mode_ != "concat" && merge_mode_ != "sum" && merge_mode_ != "mul" &&
+      merge_mode_ != "ave" && merge_mode_ != "none")
+    LOWBIT_THROW(ValueError, "QuantizedBidirectional: merge_mode: expected concat, sum, mul, ave ",
+                 "or none but found '", merge_mode_, "'");
+  forward_ = direction(c.value("layer", Json()), activations, weight_bits, quant_delay, "forward");
+  backward_ = direction(c.value("backward_layer", Json()), activations, weight_bits, quant_delay,
+                        "backward");
+  sequences_ = c.at("layer").at("config").value("return_sequences", false);
+}
+
+void QuantizedBidirectionalLayer::build(const std::vector<Shape>& s) {
+  Graph scratch;
+  nn::CallContext ctx(scratch, false);
+  std::vector<Value> in;
+  for (size_t i = 0; i < s.size(); ++i)
+    in.push_back(scratch.placeholder("input" + std::to_string(i), DType::kF32, s[i]));
+  call(in, ctx);
+}
+
+std::vector<Value> QuantizedBidirectionalLayer::call(const std::vector<Value>& in,
+                                                     nn::CallContext& ctx) {
+  const size_t ns = forward_->class_name() == "QuantizedLSTM" ? 2 : 1;
+  if (in.size() != 1 && in.size() != 1 + 2 * ns)
+    LOWBIT_THROW(ValueError, name_, " (QuantizedBidirectional): expected 1 input (x) or ",
+                 1 + 2 * ns, " (x, the forward initial states, then the backward ones) but found ",
+                 in.size());
+  std::vector<Value> fin{in[0]}, bin{in[0]};
+  for (size_t k = 0; in.size() > 1 && k < ns; ++k) {
+    fin.push_back(in[1 + k]);
+    bin.push_back(in[1 + ns + k]);
+  }
+  std::vector<Value> f = forward_->apply(fin, ctx);
+  std::vector<Value> b = backward_->apply(bin, ctx);
+  Value y = f[0], y_rev = b[0];
+  if (sequences_)
+    y_rev = ops::slice(y_rev, {0, ops::kSliceMax}, {ops::kSliceMax, ops::kSliceMin}, {1, -1});
+  std::vector<Value> out;
+  if (merge_mode_ == "concat")
+    out.push_back(ops::concat(std::vector<Value>{y, y_rev}, -1));
+  else if (merge_mode_ == "sum")
+    out.push_back(y + y_rev);
+  else if (merge_mode_ == "ave")
+    out.push_back((y + y_rev) * 0.5);
+  else if (merge_mode_ == "mul")
+    out.push_back(y * y_rev);
+  else
+    out = {y, y_rev};
+  out.insert(out.end(), f.begin() + 1, f.end());
+  out.insert(out.end(), b.begin() + 1, b.end());
+  return out;
+}
+
+std::vector<Value> QuantizedBidirectionalLayer::compute_mask(const std::vector<Value>&,
+                                                             const std::vector<Value>& outputs,
+                                                             nn::CallContext& ctx) {
+  // As the float wrapper: the sequence outputs (merged, or both) carry the input mask.
+  std::vector<Value> masks(outputs.size());
+  const Value m = ctx.input_mask(0);
+  if (!sequences_ || !m.defined()) return masks;
+  const size_t seq = merge_mode_ == "none" ? 2 : 1;
+  for (size_t i = 0; i < seq && i < outputs.size(); ++i) masks[i] = m;
+  return masks;
+}
+
+Json QuantizedBidirectionalLayer::get_config() const {
+  Json j = nn::Layer::get_config();
+  j["merge_mode"] = merge_mode_ == "none" ? Json(nullptr) : Json(merge_mode_);
+  j["layer"] = nn::layer_to_config(*forward_->layer());
+  j["backward_layer"] = nn::layer_to_config(*backward_->layer());
+  j["activations"] = to_json(forward_->activations());
+  j["weight_bits"] = forward_->weight_bits();
+  j["quant_delay"] = forward_->quant_delay();
+  return j;
+}
+
+void QuantizedBidirectionalLayer::set_trainable(bool t) {
+  trainable_ = t;
+  forward_->set_trainable(t);
+  backward_->set_trainable(t);
+}
+
+void QuantizedBidirectionalLayer::copy_float_weights(const nn::Layer& bidirectional) {
+  for (const nn::Weight& w : bidirectional.weights()) {
+    const size_t slash = w.name.find('/');
+    const std::string owner = w.name.substr(0, slash), field = w.name.substr(slash + 1);
+    nn::Layer* dst = nullptr;
+    if (slash != std::string::npos && owner == forward_->layer()->name())
+      dst = forward_->layer().get();
+    else if (slash != std::string::npos && owner == backward_->layer()->name())
+      dst = backward_->layer().get();
+    if (!dst)
+      LOWBIT_THROW(ValueError, name_, " (QuantizedBidirectional): weight '", w.name,
+                   "' of the float layer belongs to neither direction");
+    bool copied = false;
+    for (nn::Weight& t : dst->weights())
+      if (t.name == field) {
+        if (t.value.shape() != w.value.shape())
+          LOWBIT_THROW(ValueError, name_, " (QuantizedBidirectional): weight '", w.name,
+                       "' has shape ", w.value.shape().str(), " but the copy has ",
+                       t.value.shape().str());
+        t.value.copy_from(w.value);
+        copied = true;
+      }
+    if (!copied)
+      LOWBIT_THROW(ValueError, name_, " (QuantizedBidirectional): no weight '", field, "' in ",
+                   dst->name());
+  }
+  forward_->init_from_weights();
+  backward_->init_from_weights();
+}
+
 void register_recurrent_quant_layers() {
+  nn::register_layer("QuantizedBidirectional", [](const Json& c) -> nn::LayerPtr {
+    return std::make_shared<QuantizedBidirectionalLayer>(
+        c, quantizer_config_from_json(c.at("activations")), c.value("weight_bits", 8),
+        c.value("name", ""), c.value("quant_delay", int64_t{0}));
+  });
   for (const char* cls : {"QuantizedLSTM", "QuantizedGRU"})
     nn::register_layer(cls, [](const Json& c) {
       return QuantizedRecurrent(

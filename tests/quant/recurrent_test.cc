@@ -64,6 +64,9 @@ Tensor& inner(QuantizedRecurrentLayer& l, const std::string& name) {
   static Tensor none;
   return none;
 }
+Tensor& inner_weight_of(QuantizedRecurrentLayer& l, const std::string& name) {
+  return inner(l, name);
+}
 bool all_integers(const Tensor& t, double scale, double lo, double hi) {
   for (int64_t i = 0; i < t.numel(); ++i) {
     const double q = t.get_as_double(i) / scale;
@@ -424,6 +427,85 @@ TEST(QuantizedRecurrent, QuantDelayRunsTheFloatCellFirstAndFreezeAfterStopsTheTr
     const std::vector<Tensor> a = q->predict_on_batch({x, m}), b = r->predict_on_batch({x, m});
     for (size_t k = 0; k < a.size(); ++k) EXPECT_TRUE(tensors_equal(a[k], b[k]));
   }
+}
+
+// Bidirectional(LSTM/GRU): two quantized directions with the float wrapper's merge, masks and
+// output order; the weights are the float directions' weights.
+TEST(QuantizedRecurrent, BidirectionalBecomesTwoQuantizedDirections) {
+  for (bool gru : {false, true}) {
+    SCOPED_TRACE(gru ? "GRU" : "LSTM");
+    nn::reset_layer_names();
+    nn::set_random_seed(8);
+    KTensor x = nn::Input({5, 3}), m = nn::Input({5}, DType::kBool);
+    nn::LayerPtr cell =
+        gru ? nn::GRU(4, {.return_sequences = true}) : nn::LSTM(4, {.return_sequences = true});
+    nn::LayerPtr bi = nn::Bidirectional(cell, {.merge_mode = "none"});
+    std::vector<KTensor> y = (*bi)(std::vector<KTensor>{x}, {.masks = {m}});
+    auto fl = nn::Model::create({x, m}, y);
+    auto q = quantize_model(*fl);
+    const std::string inner = gru ? "gru" : "lstm";
+    const std::vector<std::string> want = {"input_layer:InputLayer",
+                                           "bidirectional:QuantizedBidirectional<-input_layer"};
+    EXPECT_EQ(structure(*q), want);
+    auto qb = std::dynamic_pointer_cast<QuantizedBidirectionalLayer>(q->get_layer("bidirectional"));
+    ASSERT_TRUE(qb);
+    auto fwd = qb->forward_layer(), bwd = qb->backward_layer();
+    EXPECT_EQ(fwd->class_name(), gru ? "QuantizedGRU" : "QuantizedLSTM");
+    // The float directions' weights, copied.
+    for (const nn::Weight& w : fl->get_layer("bidirectional")->weights()) {
+      const bool is_fwd = w.name.rfind("forward_", 0) == 0;
+      auto& dir = is_fwd ? fwd : bwd;
+      EXPECT_TRUE(
+          tensors_equal(inner_weight_of(*dir, w.name.substr(w.name.find('/') + 1)), w.value))
+          << w.name;
+    }
+    // Each output is its direction computed alone (the backward one flipped to input order).
+    Rng rng(12);
+    const Tensor xs = random_tensor({2, 5, 3}, rng, -2, 2), ms = step_mask();
+    const std::vector<Tensor> got = q->predict_on_batch({xs, ms});
+    ASSERT_EQ(got.size(), 2u);
+    auto alone = [&](const std::shared_ptr<QuantizedRecurrentLayer>& l) {
+      KTensor x2 = nn::Input({5, 3}), m2 = nn::Input({5}, DType::kBool);
+      auto mm = nn::Model::create({x2, m2}, (*l)(std::vector<KTensor>{x2}, {.masks = {m2}}));
+      return mm->predict_on_batch({xs, ms}).at(0);
+    };
+    EXPECT_TRUE(tensors_equal(got[0], alone(fwd)));
+    const Tensor b = alone(bwd);
+    EXPECT_TRUE(tensors_equal(
+        got[1], ops::slice(b, {0, ops::kSliceMax}, {ops::kSliceMax, ops::kSliceMin}, {1, -1})));
+    // Masked steps output zeros (Keras forces zero_output_for_mask in Bidirectional).
+    EXPECT_EQ(got[0].get_as_double(0), 0.0);  // row 0, step 0 is masked
+    EXPECT_NE(got[0].get_as_double(1 * 4), 0.0);
+    // Save/load: same class, bit-identical predictions.
+    const auto dir = std::filesystem::temp_directory_path() / "lowbit_qbidir";
+    std::filesystem::create_directories(dir);
+    const std::string path = (dir / (inner + ".lbm")).string();
+    q->save(path);
+    auto r = nn::load_model(path);
+    const std::vector<Tensor> again = r->predict_on_batch({xs, ms});
+    for (size_t k = 0; k < got.size(); ++k) EXPECT_TRUE(tensors_equal(again[k], got[k]));
+  }
+  // A merged output gets one FakeQuant after it, and trains.
+  nn::reset_layer_names();
+  KTensor x = nn::Input({5, 3});
+  KTensor h = (*nn::Bidirectional(nn::LSTM(4)))((*nn::Masking())(x));
+  auto fl = nn::Model::create({x}, {(*nn::Dense(2))(h)});
+  auto q = quantize_model(*fl);
+  const std::vector<std::string> want = {"input_layer:InputLayer",
+                                         "masking:Masking<-input_layer",
+                                         "bidirectional:QuantizedBidirectional<-masking",
+                                         "bidirectional_quant:FakeQuant<-bidirectional",
+                                         "dense:QuantizeWrapper<-bidirectional_quant",
+                                         "dense_quant:FakeQuant<-dense"};
+  EXPECT_EQ(structure(*q), want);
+  q->compile({.optimizer = nn::Adam({.learning_rate = 1e-2}),
+              .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
+  Rng rng(3);
+  const Tensor xs = random_tensor({32, 5, 3}, rng, -1, 1);
+  Tensor ys = Tensor::zeros({32}, DType::kS64);
+  for (int64_t i = 0; i < 32; ++i) ys.data<int64_t>()[i] = xs.data<float>()[i * 15] > 0 ? 1 : 0;
+  nn::History hist = q->fit(xs, ys, {.epochs = 15, .batch_size = 8, .verbose = 0});
+  EXPECT_LT(hist.history.at("loss").back(), 0.8 * hist.history.at("loss").front());
 }
 
 TEST(QuantizedRecurrent, MaskedSequenceTaskTrainsAndSaveLoadIsBitExact) {

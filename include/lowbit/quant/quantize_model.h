@@ -17,7 +17,9 @@
 //    integer LSTM step of semantics 3.7 in float), which read their input unquantized (they
 //    quantize x themselves) and whose output and h state are on h's int8 grid (no FakeQuant
 //    after; an LSTM's returned cell state is int16 and counts as unquantized); during
-//    quant_delay they run the float cell. Bidirectional stays float.
+//    quant_delay they run the float cell. Bidirectional(LSTM | GRU) becomes a
+//    QuantizedBidirectional (two such directions; a merged output gets a FakeQuant after);
+//    Bidirectional(SimpleRNN) stays float.
 // 2. Activations: one FakeQuant at the END of each fused pattern, never between its parts:
 //      conv|dense [+ BatchNormalization] [+ activation]
 //      BatchNormalization [+ activation]       (one not after a conv)

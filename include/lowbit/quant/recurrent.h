@@ -116,6 +116,41 @@ class QuantizedRecurrentLayer : public nn::Layer {
   int gates_ = 4;
 };
 
+// Bidirectional(LSTM | GRU) for QAT ("QuantizedBidirectional"): the float Bidirectional's two
+// recurrent layers as two QuantizedLSTM/QuantizedGRU (named like the float ones,
+// "forward_lstm", "backward_lstm"), with the float wrapper's merge (concat, sum, ave, mul,
+// none), output order, masks (both directions see the input mask; zeros at masked steps when
+// returning sequences) and initial states (the first half to the forward layer). Each direction
+// has its own x and h quantizers (spec 3.7 suggests one h quantizer for both so that a concat
+// needs no requantization; a converter can still take the union of the two ranges).
+// `bidirectional_config`: the float layer's get_config(); ValueError for another inner class.
+class QuantizedBidirectionalLayer : public nn::Layer {
+ public:
+  QuantizedBidirectionalLayer(const Json& bidirectional_config, QuantizerConfig activations,
+                              int weight_bits, std::string name, int64_t quant_delay = 0);
+  std::string class_name() const override { return "QuantizedBidirectional"; }
+  int num_inputs() const override { return -1; }
+  void build(const std::vector<Shape>& input_shapes) override;
+  std::vector<Value> call(const std::vector<Value>& inputs, nn::CallContext& ctx) override;
+  std::vector<Value> compute_mask(const std::vector<Value>& inputs,
+                                  const std::vector<Value>& outputs, nn::CallContext& ctx) override;
+  Json get_config() const override;
+  std::vector<nn::LayerPtr> sublayers() const override { return {forward_, backward_}; }
+  void set_trainable(bool t) override;
+
+  const std::shared_ptr<QuantizedRecurrentLayer>& forward_layer() const { return forward_; }
+  const std::shared_ptr<QuantizedRecurrentLayer>& backward_layer() const { return backward_; }
+  // Copies the float weights of `bidirectional` (a built float Bidirectional with the same
+  // config: weights "forward_lstm/kernel", ...) into the two directions and sets their weight
+  // ranges from them (quantize_model calls it).
+  void copy_float_weights(const nn::Layer& bidirectional);
+
+ private:
+  std::shared_ptr<QuantizedRecurrentLayer> forward_, backward_;
+  std::string merge_mode_;
+  bool sequences_ = false;
+};
+
 // A QuantizedLSTM / QuantizedGRU around `layer` (name: the layer's).
 nn::LayerPtr QuantizedRecurrent(nn::LayerPtr layer,
                                 QuantizerConfig activations = default_activation_quantizer(),
