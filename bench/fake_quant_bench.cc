@@ -106,7 +106,11 @@ void BM_TfFakeQuant(benchmark::State& state, Case c) {
 constexpr int64_t kBig = 1 << 24;    // 64 MiB per tensor: memory bound
 constexpr int64_t kSmall = 1 << 16;  // 256 KiB: in cache
 
-BENCHMARK(BM_Copy)->Args({kSmall, 1})->Args({kBig, 1})->Args({kBig, 2})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Copy)
+    ->Args({kSmall, 1})
+    ->Args({kBig, 1})
+    ->Args({kBig, 2})
+    ->Unit(benchmark::kMicrosecond);
 #define LOWBIT_TFQ_BENCH(label, ...)                          \
   BENCHMARK_CAPTURE(BM_TfFakeQuant, label, Case{__VA_ARGS__}) \
       ->Args({kSmall, 1})                                     \

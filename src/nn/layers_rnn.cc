@@ -350,25 +350,8 @@ class BidirectionalLayer : public Layer {
 
   std::vector<Value> call(const std::vector<Value>& in, CallContext& ctx) override {
     auto [fin, bin] = split_inputs(in);
-    std::vector<Value> f = forward_->apply(fin, ctx);
-    std::vector<Value> b = backward_->apply(bin, ctx);
-    Value y = f[0], y_rev = b[0];
-    if (forward_->config().return_sequences)
-      y_rev = ops::slice(y_rev, {0, ops::kSliceMax}, {ops::kSliceMax, ops::kSliceMin}, {1, -1});
-    std::vector<Value> out;
-    if (merge_mode_ == "concat")
-      out.push_back(ops::concat(std::vector<Value>{y, y_rev}, -1));
-    else if (merge_mode_ == "sum")
-      out.push_back(y + y_rev);
-    else if (merge_mode_ == "ave")
-      out.push_back((y + y_rev) * 0.5);
-    else if (merge_mode_ == "mul")
-      out.push_back(y * y_rev);
-    else
-      out = {y, y_rev};
-    out.insert(out.end(), f.begin() + 1, f.end());
-    out.insert(out.end(), b.begin() + 1, b.end());
-    return out;
+    return merge_bidirectional(forward_->apply(fin, ctx), backward_->apply(bin, ctx), merge_mode_,
+                               forward_->config().return_sequences);
   }
 
   Json get_config() const override {
@@ -460,6 +443,27 @@ LayerPtr GRU(int64_t units, GRUOptions o) {
   c.seed = o.seed;
   c.name = o.name;
   return std::make_shared<RecurrentLayer>(c);
+}
+
+std::vector<Value> merge_bidirectional(const std::vector<Value>& f, const std::vector<Value>& b,
+                                       const std::string& merge_mode, bool sequences) {
+  Value y = f.at(0), y_rev = b.at(0);
+  if (sequences)
+    y_rev = ops::slice(y_rev, {0, ops::kSliceMax}, {ops::kSliceMax, ops::kSliceMin}, {1, -1});
+  std::vector<Value> out;
+  if (merge_mode == "concat")
+    out.push_back(ops::concat(std::vector<Value>{y, y_rev}, -1));
+  else if (merge_mode == "sum")
+    out.push_back(y + y_rev);
+  else if (merge_mode == "ave")
+    out.push_back((y + y_rev) * 0.5);
+  else if (merge_mode == "mul")
+    out.push_back(y * y_rev);
+  else
+    out = {y, y_rev};
+  out.insert(out.end(), f.begin() + 1, f.end());
+  out.insert(out.end(), b.begin() + 1, b.end());
+  return out;
 }
 
 LayerPtr Bidirectional(const LayerPtr& layer, BidirectionalOptions o) {

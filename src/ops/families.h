@@ -12,11 +12,11 @@ void register_nn_ops();           // src/ops/nn.cc
 void register_optim_ops();        // src/ops/optim_ops.cc
 // src/ops/fake_quant_torch.cc (PyTorch-style fake quant, LSQ, PACT, binary/ternary, observers)
 void register_fake_quant_torch_ops();
-void register_fake_quant_ops();   // src/ops/fake_quant.cc
-void register_rnn_ops();          // src/ops/rnn.cc
-void register_mask_ops();
-void register_fixed_point_ops();  // src/ops/fixed_point_ops.cc (integer-LSTM numerics in f32)         // src/ops/mask.cc (sequence_mask, lengths_from_mask)
-void register_dnnl_kernels();
-void register_fast_kernels();  // src/kernels/fast/: portable vectorised kernels     //
-                               // src/kernels/dnnl/: fast kernels for ops defined above
+void register_fake_quant_ops();  // src/ops/fake_quant.cc
+void register_rnn_ops();         // src/ops/rnn.cc
+void register_mask_ops();        // src/ops/mask.cc (sequence_mask, lengths_from_mask)
+// src/ops/fixed_point_ops.cc (fake_quant_pot, fixed_logistic, fixed_tanh: integer-LSTM numerics)
+void register_fixed_point_ops();
+void register_dnnl_kernels();  // src/kernels/dnnl/: fast kernels for ops defined above
+void register_fast_kernels();  // src/kernels/fast/: portable vectorised kernels
 }  // namespace lowbit::detail

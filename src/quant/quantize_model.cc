@@ -506,17 +506,18 @@ class Rewriter {
   }
 
   void quantize_outputs(int i, const std::vector<nn::KTensor>& out) {
-    const FlatNode& n = node(i);
-    for (size_t k = 0; k < out.size(); ++k) {
-      const Ref r{i, static_cast<int>(k)};
-      if (out[k].dtype() != DType::kF32) {
-        env_[r] = {out[k], false, {}};
-        continue;
-      }
-      std::string producer = n.layer->name();
-      if (out.size() > 1) producer += "_" + std::to_string(k);
-      env_[r] = {quantize(r, out[k], activation_config(i, i), producer), true, out[k]};
+    for (size_t k = 0; k < out.size(); ++k) quantize_output(i, out, k);
+  }
+  // Output k of node i (of `out`): a FakeQuant on it when f32.
+  void quantize_output(int i, const std::vector<nn::KTensor>& out, size_t k) {
+    const Ref r{i, static_cast<int>(k)};
+    if (out[k].dtype() != DType::kF32) {
+      env_[r] = {out[k], false, {}};
+      return;
     }
+    std::string producer = node(i).layer->name();
+    if (out.size() > 1) producer += "_" + std::to_string(k);
+    env_[r] = {quantize(r, out[k], activation_config(i, i), producer), true, out[k]};
   }
 
   // LSTM/GRU: QuantizedLSTM/QuantizedGRU (lowbit/quant/recurrent.h), which quantizes x, the
@@ -527,44 +528,46 @@ class Rewriter {
   // sequence outputs and h states are on int8 grids, a merged output (concat of two grids, as
   // the Concatenate rule, or their sum/mean/product) gets one FakeQuant after, LSTM cell states
   // are int16 (unquantized for what follows).
+  // The settings of a QuantizedLSTM/GRU for node i: x and h are TF-style int8 EMA ranges (the
+  // integer LSTM's), the weight bits those of the weight quantizer when it has a bit width.
+  std::pair<QuantizerConfig, int> recurrent_settings(int i) const {
+    QuantizerConfig a = activation_config(i, i);
+    if (a.scheme != "tf") {
+      const int bits = a.bits;
+      a = default_activation_quantizer();
+      a.bits = bits;
+    }
+    if (a.range == "moving_average_debiased") a.range = "moving_average";
+    const QuantizerConfig w = weight_config(*node(i).layer);
+    const bool graded = w.scheme == "tf" || w.scheme == "torch" || w.scheme == "lsq";
+    return {a, graded ? w.bits : 8};
+  }
+
   void emit_bidirectional(int i) {
     const FlatNode& n = node(i);
     nn::LayerPtr& q = recurrent_[n.layer.get()];
     const Json config = n.layer->get_config();
     std::shared_ptr<QuantizedBidirectionalLayer> b;
     if (!q) {
-      QuantizerConfig a = activation_config(i, i);
-      if (a.scheme != "tf") {
-        const int bits = a.bits;
-        a = default_activation_quantizer();
-        a.bits = bits;
-      }
-      if (a.range == "moving_average_debiased") a.range = "moving_average";
-      const QuantizerConfig w = weight_config(*n.layer);
-      const bool graded = w.scheme == "tf" || w.scheme == "torch" || w.scheme == "lsq";
-      b = std::make_shared<QuantizedBidirectionalLayer>(config, a, graded ? w.bits : 8,
-                                                        n.layer->name(), cfg_.quant_delay);
+      const auto [a, bits] = recurrent_settings(i);
+      b = std::make_shared<QuantizedBidirectionalLayer>(config, a, bits, n.layer->name(),
+                                                        cfg_.quant_delay);
       q = b;
     }
     const std::vector<nn::KTensor> out = call(q, inputs_of(i), n.training, masks_of(i));
     if (b) b->copy_float_weights(*n.layer);
     const bool merged = config.contains("merge_mode") && !config.at("merge_mode").is_null();
-    const std::string mode = merged ? config.at("merge_mode").get<std::string>() : "none";
+    const size_t seq = merged ? 1 : 2;
     const bool lstm = config.at("layer").value("class_name", "") == "LSTM";
-    const size_t seq = mode == "none" ? 2 : 1;
     for (size_t k = 0; k < out.size(); ++k) {
-      const Ref r{i, static_cast<int>(k)};
       // States after the sequence output(s): LSTM (h, c) per direction, GRU (h).
       const bool cell = lstm && k >= seq && (k - seq) % 2 == 1;
-      if (cell || out[k].dtype() != DType::kF32) {
-        env_[r] = {out[k], false, {}};
-      } else if (k >= seq || mode == "none") {  // h states, unmerged sequences: int8 grids
-        env_[r] = {out[k], true, {}};
-      } else {  // merged: two grids (concat) or their sum/mean/product, quantized once more
-        std::string producer = n.layer->name();
-        if (out.size() > 1) producer += "_" + std::to_string(k);
-        env_[r] = {quantize(r, out[k], activation_config(i, i), producer), true, out[k]};
-      }
+      if (cell || out[k].dtype() != DType::kF32)
+        env_[{i, static_cast<int>(k)}] = {out[k], false, {}};
+      else if (k >= seq || !merged)  // h states, unmerged sequences: int8 grids
+        env_[{i, static_cast<int>(k)}] = {out[k], true, {}};
+      else  // merged: two grids (concat) or their sum/mean/product, quantized once more
+        quantize_output(i, out, k);
     }
   }
 
@@ -572,17 +575,9 @@ class Rewriter {
     const FlatNode& n = node(i);
     nn::LayerPtr& q = recurrent_[n.layer.get()];
     if (!q) {
-      QuantizerConfig a = activation_config(i, i);
-      if (a.scheme != "tf") {  // the integer LSTM's x and h are TF-style int8 EMA ranges
-        const int bits = a.bits;
-        a = default_activation_quantizer();
-        a.bits = bits;
-      }
-      if (a.range == "moving_average_debiased") a.range = "moving_average";
-      const QuantizerConfig w = weight_config(*n.layer);
-      const bool graded = w.scheme == "tf" || w.scheme == "torch" || w.scheme == "lsq";
-      auto r = std::make_shared<QuantizedRecurrentLayer>(clone(*n.layer), a, graded ? w.bits : 8,
-                                                         n.layer->name(), cfg_.quant_delay);
+      const auto [a, bits] = recurrent_settings(i);
+      auto r = std::make_shared<QuantizedRecurrentLayer>(clone(*n.layer), a, bits, n.layer->name(),
+                                                         cfg_.quant_delay);
       pending_recurrent_.push_back(r.get());
       q = r;
     }

@@ -6,6 +6,7 @@
 #include <functional>
 #include <sstream>
 
+#include "lowbit/nn/layers.h"
 #include "lowbit/ops.h"
 #include "lowbit/ops/fake_quant.h"
 #include "lowbit/ops/fixed_point.h"
@@ -538,25 +539,8 @@ std::vector<Value> QuantizedBidirectionalLayer::call(const std::vector<Value>& i
     fin.push_back(in[1 + k]);
     bin.push_back(in[1 + ns + k]);
   }
-  std::vector<Value> f = forward_->apply(fin, ctx);
-  std::vector<Value> b = backward_->apply(bin, ctx);
-  Value y = f[0], y_rev = b[0];
-  if (sequences_)
-    y_rev = ops::slice(y_rev, {0, ops::kSliceMax}, {ops::kSliceMax, ops::kSliceMin}, {1, -1});
-  std::vector<Value> out;
-  if (merge_mode_ == "concat")
-    out.push_back(ops::concat(std::vector<Value>{y, y_rev}, -1));
-  else if (merge_mode_ == "sum")
-    out.push_back(y + y_rev);
-  else if (merge_mode_ == "ave")
-    out.push_back((y + y_rev) * 0.5);
-  else if (merge_mode_ == "mul")
-    out.push_back(y * y_rev);
-  else
-    out = {y, y_rev};
-  out.insert(out.end(), f.begin() + 1, f.end());
-  out.insert(out.end(), b.begin() + 1, b.end());
-  return out;
+  return nn::merge_bidirectional(forward_->apply(fin, ctx), backward_->apply(bin, ctx), merge_mode_,
+                                 sequences_);
 }
 
 std::vector<Value> QuantizedBidirectionalLayer::compute_mask(const std::vector<Value>&,

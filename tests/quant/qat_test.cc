@@ -280,8 +280,7 @@ TEST(QuantizerState, FreezeAfterStopsTheTrackerDebiasAndTorchObservers) {
   }
   {  // TF1 debiased EMA: the first update gives (nearly) the batch range, init ignored
     std::vector<Tensor> mn, mx, xs;
-    run({.range = "moving_average_debiased", .init_min = -100, .init_max = 100}, 2, &mn, &mx,
-        &xs);
+    run({.range = "moving_average_debiased", .init_min = -100, .init_max = 100}, 2, &mn, &mx, &xs);
     const ops::MinMax<Tensor> b = ops::min_max(xs[0]);
     EXPECT_NEAR(mx[0].item<float>(), std::max(b.max.item<float>(), 0.0f), 1e-4);
     EXPECT_NEAR(mn[0].item<float>(), std::min(b.min.item<float>(), 0.0f), 1e-4);

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "lowbit/nn/layers.h"
+#include "testing/model_testing.h"
 #include "testing/op_testing.h"
 
 namespace lowbit::quant {
@@ -15,23 +16,7 @@ namespace {
 
 using nn::KTensor;
 
-// The rewritten layer DAG, one line per layer call in topological order:
-// "name:Class<-input1,input2" (inputs by producing layer name).
-std::vector<std::string> structure(const nn::Model& m) {
-  std::vector<std::string> lines;
-  std::set<const nn::LayerNode*> seen;
-  std::function<void(const std::shared_ptr<nn::LayerNode>&)> visit =
-      [&](const std::shared_ptr<nn::LayerNode>& n) {
-        if (!seen.insert(n.get()).second) return;
-        for (const KTensor& k : n->inputs) visit(k.node);
-        std::string s = n->layer->name() + ":" + n->layer->class_name();
-        for (size_t i = 0; i < n->inputs.size(); ++i)
-          s += (i ? "," : "<-") + n->inputs[i].node->layer->name();
-        lines.push_back(s);
-      };
-  for (const KTensor& k : m.outputs()) visit(k.node);
-  return lines;
-}
+using testing::structure;
 
 template <class L>
 std::shared_ptr<L> layer_as(const nn::Model& m, const std::string& name) {

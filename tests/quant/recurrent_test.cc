@@ -20,6 +20,7 @@
 #include "lowbit/ops.h"
 #include "lowbit/ops/fixed_point.h"
 #include "lowbit/quant/quantize_model.h"
+#include "testing/model_testing.h"
 #include "testing/op_testing.h"
 
 namespace lowbit::quant {
@@ -29,21 +30,7 @@ using nn::KTensor;
 using testing::random_tensor;
 using testing::tensors_equal;
 
-std::vector<std::string> structure(const nn::Model& m) {
-  std::vector<std::string> lines;
-  std::set<const nn::LayerNode*> seen;
-  std::function<void(const std::shared_ptr<nn::LayerNode>&)> visit =
-      [&](const std::shared_ptr<nn::LayerNode>& n) {
-        if (!seen.insert(n.get()).second) return;
-        for (const KTensor& k : n->inputs) visit(k.node);
-        std::string s = n->layer->name() + ":" + n->layer->class_name();
-        for (size_t i = 0; i < n->inputs.size(); ++i)
-          s += (i ? "," : "<-") + n->inputs[i].node->layer->name();
-        lines.push_back(s);
-      };
-  for (const KTensor& k : m.outputs()) visit(k.node);
-  return lines;
-}
+using testing::structure;
 
 std::shared_ptr<QuantizedRecurrentLayer> rnn_of(const nn::Model& m, const std::string& name) {
   auto l = std::dynamic_pointer_cast<QuantizedRecurrentLayer>(m.get_layer(name));

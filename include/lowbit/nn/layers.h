@@ -361,4 +361,13 @@ struct BidirectionalOptions {
 // Weights: the forward layer's then the backward layer's, named "forward_lstm/kernel", ...
 LayerPtr Bidirectional(const LayerPtr& layer, BidirectionalOptions o = {});
 
+// Bidirectional's output rule, for layers that run two recurrent directions themselves (QAT's
+// QuantizedBidirectional): `forward` and `backward` are the two layers' outputs (sequence or
+// last output first, then states); with `sequences` the backward output is flipped to input
+// order; merge_mode as above. Returns [merged] or [forward, backward], then the forward states,
+// then the backward ones.
+std::vector<Value> merge_bidirectional(const std::vector<Value>& forward,
+                                       const std::vector<Value>& backward,
+                                       const std::string& merge_mode, bool sequences);
+
 }  // namespace lowbit::nn
