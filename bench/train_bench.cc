@@ -4,7 +4,10 @@
 // a warm-up. Prints one JSON line per (model, variant, threads).
 //
 //   train_bench [--model cnn|mlp|all] [--threads 1,2] [--epochs 5] [--warmup 20]
-//               [--variants float,w8a8] [--data ../shared/data]
+//               [--variants float,w8a8] [--data ../shared/data] [--tune-threads 1|0]
+//
+// --tune-threads 0 turns off fit's thread tuning (FitOptions::tune_threads: with 2 threads, fit
+// times a few steps on one thread and on two and keeps the faster).
 //
 // Variants: "float", or a quantization-aware-training preset of quant::QuantizeConfig::preset
 // ("w8a8", "w4a8", "w2a8", "w4a4"; "none" = the QAT graph with identity quantizers): the float
@@ -74,6 +77,7 @@ int main(int argc, char** argv) try {
   std::vector<int> threads{1, 2};
   std::vector<std::string> variants{"float"};
   int epochs = 5, warmup = 20;
+  bool tune_threads = true;
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
     auto next = [&]() -> std::string {
@@ -88,6 +92,8 @@ int main(int argc, char** argv) try {
       epochs = std::stoi(next());
     else if (k == "--warmup")
       warmup = std::stoi(next());
+    else if (k == "--tune-threads")
+      tune_threads = std::stoi(next()) != 0;
     else if (k == "--variants") {
       variants.clear();
       std::stringstream ss(next());
@@ -123,19 +129,25 @@ int main(int argc, char** argv) try {
         std::vector<double> ips;
         for (int e = 0; e < epochs; ++e) {
           auto t0 = std::chrono::steady_clock::now();
-          net->fit(
-              train.images, train.labels,
-              {.epochs = e + 1, .batch_size = batch, .seed = 1, .verbose = 0, .initial_epoch = e});
+          net->fit(train.images, train.labels,
+                   {.epochs = e + 1,
+                    .batch_size = batch,
+                    .seed = 1,
+                    .verbose = 0,
+                    .initial_epoch = e,
+                    .tune_threads = tune_threads});
           double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           ips.push_back(static_cast<double>(train.images.dim(0)) / s);
         }
         std::printf(
             "{\"bench\": \"train\", \"model\": \"%s\", \"variant\": \"%s\", \"threads\": %d, "
             "\"batch\": %lld, "
-            "\"timed_epochs\": %d, \"images_per_s\": {\"median\": %.1f, \"min\": %.1f, \"max\": "
+            "\"timed_epochs\": %d, \"tune_threads\": %s, \"images_per_s\": {\"median\": %.1f, "
+            "\"min\": %.1f, \"max\": "
             "%.1f}}\n",
-            m.c_str(), variant.c_str(), t, static_cast<long long>(batch), epochs, median(ips),
-            *std::min_element(ips.begin(), ips.end()), *std::max_element(ips.begin(), ips.end()));
+            m.c_str(), variant.c_str(), t, static_cast<long long>(batch), epochs,
+            tune_threads ? "true" : "false", median(ips), *std::min_element(ips.begin(), ips.end()),
+            *std::max_element(ips.begin(), ips.end()));
         std::fflush(stdout);
       }
   }

@@ -13,7 +13,11 @@
 // that is not possible (a borrowed or view variable, a source that is fetched, a view, or the
 // source of two updates) the value is copied as before.
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
+#include <mutex>
 #include <set>
 
 #include "lowbit/graph.h"
@@ -26,6 +30,46 @@ constexpr size_t kAlign = 64;
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 enum class Bind : uint8_t { kArena, kFeed, kConstant, kVariable, kView, kSpare };
+
+// LOWBIT_PROFILE_OPS=1: wall time per (op, kernel, output shape) summed over every executor
+// run of the process, printed to stderr at exit, largest first. A developer's tool for finding
+// where a step's time goes (docs/performance.md); off, it costs one branch per node.
+class OpProfile {
+ public:
+  static OpProfile* get() {
+    static OpProfile* p = [] {
+      const char* e = std::getenv("LOWBIT_PROFILE_OPS");
+      return e && *e && std::string(e) != "0" ? new OpProfile : nullptr;
+    }();
+    return p;
+  }
+  void add(const std::string& key, double seconds) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& [t, n] = totals_[key];
+    t += seconds;
+    ++n;
+  }
+
+ private:
+  OpProfile() {
+    std::atexit([] { get()->print(); });
+  }
+  void print() {
+    std::vector<std::pair<double, std::string>> rows;
+    double all = 0;
+    for (const auto& [key, tn] : totals_) {
+      rows.push_back({tn.first, key + "  x" + std::to_string(tn.second)});
+      all += tn.first;
+    }
+    std::sort(rows.rbegin(), rows.rend());
+    std::fprintf(stderr, "lowbit op profile (LOWBIT_PROFILE_OPS): %.3f s in kernels\n", all);
+    for (const auto& [t, key] : rows)
+      std::fprintf(stderr, "%10.2f ms %5.1f%%  %s\n", t * 1e3, all > 0 ? 100 * t / all : 0.0,
+                   key.c_str());
+  }
+  std::mutex mu_;
+  std::map<std::string, std::pair<double, int64_t>> totals_;
+};
 }  // namespace
 
 struct Executor::Impl {
@@ -312,10 +356,17 @@ struct Executor::Impl {
               break;
             }
       }
+      OpProfile* profile = OpProfile::get();
+      const auto t0 =
+          profile ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
       if (p.kernel[step])
         p.kernel[step]->run(ctx);
       else
         n.op->reference(ctx);
+      if (profile)
+        profile->add(n.op->name + " [" + (p.kernel[step] ? p.kernel[step]->name : "reference") +
+                         "] " + (outs.empty() ? std::string() : outs[0].shape().str()),
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
 
     std::vector<Tensor> result;

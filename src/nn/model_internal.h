@@ -6,6 +6,7 @@
 
 #include "lowbit/graph.h"
 #include "lowbit/nn/model.h"
+#include "nn/thread_tuner.h"
 
 namespace lowbit::nn {
 
@@ -25,6 +26,7 @@ struct TrainState {
   std::vector<Value> outputs;
   std::unique_ptr<Executor> exec;
   ValueType y_type;
+  ThreadTuner tuner;  // FitOptions::tune_threads; kept across fit calls
 };
 
 }  // namespace lowbit::nn

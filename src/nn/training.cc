@@ -12,6 +12,7 @@
 
 #include "lowbit/nn/model.h"
 #include "lowbit/ops.h"
+#include "lowbit/threads.h"
 #include "nn/model_internal.h"
 
 namespace lowbit::nn {
@@ -250,6 +251,13 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
   stop_training = false;
   for (auto& cb : o.callbacks) cb->model = this;
   for (auto& cb : o.callbacks) cb->on_train_begin({});
+  // Thread tuning (FitOptions::tune_threads); the caller's count comes back however fit ends.
+  const int user_threads = num_threads();
+  const bool tune = o.tune_threads && user_threads > 1;
+  struct RestoreThreads {
+    int n;
+    ~RestoreThreads() { set_num_threads(n); }
+  } restore_threads{user_threads};
   Tensor ones;  // sample weights when none are given, reused while the batch size repeats
   Tensor lr_t = Tensor::zeros({}), t_t = Tensor::zeros({});
   Logs logs;
@@ -293,10 +301,18 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
         feeds.emplace_back(st.t, t_t);
       }
       bool finite = true;
+      if (tune) {
+        const int threads = st.tuner.next(user_threads);
+        if (num_threads() != threads) set_num_threads(threads);
+      }
+      const auto t0 = std::chrono::steady_clock::now();
       auto result = st.exec->run(feeds, [&](const std::vector<Tensor>& f) {
         finite = std::isfinite(f[0].item<float>());
         return finite;
       });
+      if (tune)
+        st.tuner.record(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       if (!finite) {
         history.stop_reason = detail::cat(
             "loss is ", result[0].item<float>(), " at epoch ", epoch + 1, ", batch ", step + 1,

@@ -70,6 +70,12 @@ struct FitOptions {
   int initial_epoch = 0;
   std::vector<CallbackPtr> callbacks;
   std::ostream* out = nullptr;  // default std::cout
+  // With num_threads() > 1: time the first steps of every epoch with num_threads() and with one
+  // thread and run the rest of the epoch with the faster (a second thread can be slower on a
+  // shared machine; docs/performance.md). The thread count is restored when fit returns. The
+  // choice depends on timings: for runs that must repeat bit for bit on several threads, set it
+  // to false (at one thread nothing changes).
+  bool tune_threads = true;
 };
 
 struct EvaluateOptions {
