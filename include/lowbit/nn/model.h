@@ -70,11 +70,12 @@ struct FitOptions {
   int initial_epoch = 0;
   std::vector<CallbackPtr> callbacks;
   std::ostream* out = nullptr;  // default std::cout
-  // With num_threads() > 1: time the first steps of every epoch with num_threads() and with one
-  // thread and run the rest of the epoch with the faster (a second thread can be slower on a
-  // shared machine; docs/performance.md). The thread count is restored when fit returns. The
-  // choice depends on timings: for runs that must repeat bit for bit on several threads, set it
-  // to false (at one thread nothing changes).
+  // With num_threads() > 1: every 1,000 training steps (counted across fit calls), time 4 steps
+  // on one thread and 4 on num_threads() and run the following steps with the faster (a second
+  // thread can be slower on a shared machine; docs/performance.md). Callbacks and validation
+  // inside fit see the count in use; the caller's count is restored when fit returns or throws.
+  // The choice depends on timings: for runs that must repeat bit for bit on several threads,
+  // set it to false (at one thread nothing changes).
   bool tune_threads = true;
 };
 
