@@ -179,6 +179,15 @@ inline __m512d widen_half(__m512 v, int half) {
                                                   : _mm512_castsi512_si256(bits)));
 }
 
+// sum[0..16) += the lanes of v selected by `sel` (others add 0.0), in double; m: valid lanes.
+inline void add_selected(double* sum, __mmask16 sel, __m512 v, __mmask16 m) {
+  const __m512 w = _mm512_maskz_mov_ps(sel, v);
+  const __mmask8 m0 = static_cast<__mmask8>(m & 0xff), m1 = static_cast<__mmask8>(m >> 8);
+  _mm512_mask_storeu_pd(sum, m0, _mm512_add_pd(_mm512_maskz_loadu_pd(m0, sum), widen_half(w, 0)));
+  _mm512_mask_storeu_pd(sum + 8, m1,
+                        _mm512_add_pd(_mm512_maskz_loadu_pd(m1, sum + 8), widen_half(w, 1)));
+}
+
 void backward_channels_avx512(const float* dy, const float* x, float* dx, int64_t rows, int64_t d,
                               int64_t c0, int64_t c1, const float* const* pp, double* lo_sum,
                               double* hi_sum) {
@@ -189,7 +198,6 @@ void backward_channels_avx512(const float* dy, const float* x, float* dx, int64_
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = c0; c < c1; c += 16) {
       const __mmask16 m = tail_mask16(c1 - c);
-      const __mmask8 m0 = static_cast<__mmask8>(m & 0xff), m1 = static_cast<__mmask8>(m >> 8);
       const __m512 lo = _mm512_maskz_loadu_ps(m, pp[kMin] + c);
       const __m512 hi = _mm512_maskz_loadu_ps(m, pp[kMax] + c);
       const int64_t e = r * d + c;
@@ -200,22 +208,8 @@ void backward_channels_avx512(const float* dy, const float* x, float* dx, int64_
       _mm512_mask_storeu_ps(dx + e, m, _mm512_maskz_mov_ps(in, dv));
       const __mmask16 below = _mm512_mask_cmp_ps_mask(m, xv, lo, _CMP_LT_OQ);
       const __mmask16 above = _mm512_mask_cmp_ps_mask(m, xv, hi, _CMP_GT_OQ);
-      if (below) {
-        const __m512 v = _mm512_maskz_mov_ps(below, dv);
-        _mm512_mask_storeu_pd(
-            lo_sum + c, m0, _mm512_add_pd(_mm512_maskz_loadu_pd(m0, lo_sum + c), widen_half(v, 0)));
-        _mm512_mask_storeu_pd(
-            lo_sum + c + 8, m1,
-            _mm512_add_pd(_mm512_maskz_loadu_pd(m1, lo_sum + c + 8), widen_half(v, 1)));
-      }
-      if (above) {
-        const __m512 v = _mm512_maskz_mov_ps(above, dv);
-        _mm512_mask_storeu_pd(
-            hi_sum + c, m0, _mm512_add_pd(_mm512_maskz_loadu_pd(m0, hi_sum + c), widen_half(v, 0)));
-        _mm512_mask_storeu_pd(
-            hi_sum + c + 8, m1,
-            _mm512_add_pd(_mm512_maskz_loadu_pd(m1, hi_sum + c + 8), widen_half(v, 1)));
-      }
+      if (below) add_selected(lo_sum + c, below, dv, m);
+      if (above) add_selected(hi_sum + c, above, dv, m);
     }
   }
 }
@@ -381,6 +375,15 @@ void forward_channels_avx2(const float* x, float* y, int64_t r0, int64_t r1, int
   }
 }
 
+// sum[0..8) += the lanes of v selected by the all-ones lanes of `sel` (others add 0.0), in double.
+inline void add_selected(double* sum, __m256 sel, __m256 v) {
+  const __m256 w = _mm256_and_ps(sel, v);
+  _mm256_storeu_pd(sum,
+                   _mm256_add_pd(_mm256_loadu_pd(sum), _mm256_cvtps_pd(_mm256_castps256_ps128(w))));
+  _mm256_storeu_pd(sum + 4, _mm256_add_pd(_mm256_loadu_pd(sum + 4),
+                                          _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1))));
+}
+
 void backward_channels_avx2(const float* dy, const float* x, float* dx, int64_t rows, int64_t d,
                             int64_t c0, int64_t c1, const float* const* pp, double* lo_sum,
                             double* hi_sum) {
@@ -397,22 +400,8 @@ void backward_channels_avx2(const float* dy, const float* x, float* dx, int64_t 
       _mm256_storeu_ps(dx + e, _mm256_and_ps(in, dv));
       const __m256 below = _mm256_cmp_ps(xv, lo, _CMP_LT_OQ);
       const __m256 above = _mm256_cmp_ps(xv, hi, _CMP_GT_OQ);
-      if (_mm256_movemask_ps(below)) {
-        const __m256 v = _mm256_and_ps(below, dv);
-        _mm256_storeu_pd(lo_sum + c, _mm256_add_pd(_mm256_loadu_pd(lo_sum + c),
-                                                   _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
-        _mm256_storeu_pd(lo_sum + c + 4,
-                         _mm256_add_pd(_mm256_loadu_pd(lo_sum + c + 4),
-                                       _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
-      }
-      if (_mm256_movemask_ps(above)) {
-        const __m256 v = _mm256_and_ps(above, dv);
-        _mm256_storeu_pd(hi_sum + c, _mm256_add_pd(_mm256_loadu_pd(hi_sum + c),
-                                                   _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
-        _mm256_storeu_pd(hi_sum + c + 4,
-                         _mm256_add_pd(_mm256_loadu_pd(hi_sum + c + 4),
-                                       _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
-      }
+      if (_mm256_movemask_ps(below)) add_selected(lo_sum + c, below, dv);
+      if (_mm256_movemask_ps(above)) add_selected(hi_sum + c, above, dv);
     }
     for (; c < c1; ++c) {
       const int64_t e = r * d + c;
