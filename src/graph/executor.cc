@@ -332,6 +332,7 @@ struct Executor::Impl {
         if (p.bind[out] == Bind::kSpare) s[out] = spares[p.spare_of[out]];
     }
     const KernelChoice choice = kernel_choice();
+    OpProfile* const profile = OpProfile::get();
     for (size_t step = 0; step < schedule.size(); ++step) {
       const Node& n = g.node(schedule[step]);
       int vid0 = n.outputs.empty() ? -1 : n.outputs[0];
@@ -356,7 +357,6 @@ struct Executor::Impl {
               break;
             }
       }
-      OpProfile* profile = OpProfile::get();
       const auto t0 =
           profile ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
       if (p.kernel[step])
