@@ -150,6 +150,11 @@ std::vector<Value> gradients(const Value& loss, const std::vector<Value>& wrt);
 
 struct ExecutorOptions {
   bool reuse_memory = true;  // plan buffers by liveness; false: one buffer per value (tests)
+  // Writes the state updates of a run only if every f32 update value is finite (no NaN, no
+  // Inf); otherwise none is written and refused_update() names the first variable at fault. A
+  // training loop sets it so that a step can never leave a non-finite weight, optimizer slot or
+  // moving statistic behind, whatever produced it (one pass over the update values per step).
+  bool refuse_non_finite_updates = false;
 };
 
 // Runs a graph: orders the needed nodes once, infers concrete shapes per input signature,
@@ -170,6 +175,10 @@ class Executor {
   // loop uses it to refuse a step whose loss is NaN, so the weights stay at their last good values.
   std::vector<Tensor> run(const std::vector<std::pair<Value, Tensor>>& feeds,
                           const std::function<bool(const std::vector<Tensor>&)>& commit);
+  // With ExecutorOptions::refuse_non_finite_updates: after a run that wrote no update because
+  // one was not finite, that variable's name and what it held ("NaN", "inf", "-inf"); empty
+  // after a run that wrote its updates (or was refused by `commit`).
+  const std::string& refused_update() const;
 
   // Arena bytes of the current plan (the peak of live intermediates).
   size_t peak_bytes() const;

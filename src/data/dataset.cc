@@ -160,6 +160,17 @@ class EpochPlan {
 
   const Dataset::Impl& impl() const { return *impl_; }
 
+  // Source positions of the rows of batch k.
+  std::vector<int64_t> batch_elements(int64_t k) const {
+    std::vector<int64_t> out;
+    if (k < 0 || k >= num_batches_) return out;
+    const int64_t b = batch_order_.empty() ? k : batch_order_[k];
+    const int64_t start = b * rows_;
+    const int64_t rows = std::min(rows_, n_ - start);
+    for (int64_t r = 0; r < rows; ++r) out.push_back(element(start + r));
+    return out;
+  }
+
  private:
   int64_t element(int64_t k) const { return materialized_ ? order_[k] : lo_ + k; }
 
@@ -496,6 +507,11 @@ Dataset Dataset::skip(int64_t n) const {
   d->stages.push_back({StageKind::kSkip, n, 0});
   d->size -= std::min(n, d->size);
   return Dataset(std::move(d));
+}
+
+std::vector<int64_t> Dataset::source_indices(int64_t epoch, int64_t k) const {
+  if (!impl_) return {};
+  return EpochPlan(impl_, epoch).batch_elements(k);
 }
 
 Dataset::Iterator Dataset::begin_epoch(int64_t epoch) const {

@@ -14,6 +14,8 @@
 // source of two updates) the value is copied as before.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -70,6 +72,24 @@ class OpProfile {
   std::mutex mu_;
   std::map<std::string, std::pair<double, int64_t>> totals_;
 };
+
+// "NaN", "inf" or "-inf" for the first non-finite element of an f32 tensor; nullptr when all
+// are finite (or t is not f32). The scan ORs exponent bits (vectorizes; no float compares).
+const char* first_non_finite(const Tensor& t) {
+  if (!t.defined() || t.dtype() != DType::kF32) return nullptr;
+  const auto* bits = static_cast<const uint32_t*>(static_cast<const void*>(t.data<float>()));
+  const int64_t n = t.numel();
+  constexpr uint32_t kExp = 0x7f800000u;
+  uint32_t any = 0;
+  for (int64_t i = 0; i < n; ++i) any |= ((bits[i] & kExp) == kExp) ? 1u : 0u;
+  if (!any) return nullptr;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = t.data<float>()[i];
+    if (std::isnan(v)) return "NaN";
+    if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  }
+  return nullptr;
+}
 }  // namespace
 
 struct Executor::Impl {
@@ -97,6 +117,7 @@ struct Executor::Impl {
   std::shared_ptr<Storage> arena;
   std::vector<Tensor> spares;     // by update index: the double buffer (undefined: copy)
   std::vector<Tensor> ins, outs;  // scratch reused per node
+  std::string refused;            // refused_update()
 
   Impl(Graph& graph, std::vector<Value> f, std::vector<std::pair<Value, Value>> u,
        ExecutorOptions o)
@@ -372,10 +393,18 @@ struct Executor::Impl {
     std::vector<Tensor> result;
     result.reserve(fetches.size());
     for (const Value& v : fetches) result.push_back(s[v.id()].clone());
+    refused.clear();
     if (commit && *commit && !(*commit)(result)) {
       for (int vid : placeholders) s[vid] = Tensor();
       return result;
     }
+    if (options.refuse_non_finite_updates)
+      for (const auto& [var, val] : updates)
+        if (const char* what = first_non_finite(s[val.id()])) {
+          refused = detail::cat(var.name(), " (", what, ")");
+          for (int vid : placeholders) s[vid] = Tensor();
+          return result;
+        }
     // Sources of updates that alias other variables must be read before any write.
     std::vector<Tensor> sources;
     for (const auto& [var, val] : updates) {
@@ -413,6 +442,7 @@ std::vector<Tensor> Executor::run(const std::vector<std::pair<Value, Tensor>>& f
                                   const std::function<bool(const std::vector<Tensor>&)>& commit) {
   return impl_->run(feeds, &commit);
 }
+const std::string& Executor::refused_update() const { return impl_->refused; }
 size_t Executor::peak_bytes() const { return impl_->current ? impl_->current->arena_bytes : 0; }
 size_t Executor::total_intermediate_bytes() const {
   return impl_->current ? impl_->current->total_bytes : 0;

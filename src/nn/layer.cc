@@ -332,11 +332,21 @@ std::vector<Value> Layer::apply(const std::vector<Value>& inputs,
   }
 }
 
-KTensor Layer::operator()(const KTensor& x, CallOptions opt) {
-  auto outs = (*this)(std::vector<KTensor>{x}, opt);
+namespace {
+KTensor single_output(const Layer& l, std::vector<KTensor> outs) {
   if (outs.size() != 1)
-    LOWBIT_THROW(ValueError, name_, ": returns ", outs.size(), " outputs; call it with a vector");
+    LOWBIT_THROW(ValueError, l.name(), " (", l.class_name(), "): returns ", outs.size(),
+                 " outputs; call it with a std::vector<KTensor>{...} to get all of them");
   return outs[0];
+}
+}  // namespace
+
+KTensor Layer::operator()(const KTensor& x, CallOptions opt) {
+  return single_output(*this, (*this)(std::vector<KTensor>{x}, std::move(opt)));
+}
+
+KTensor Layer::operator()(std::initializer_list<KTensor> xs, CallOptions opt) {
+  return single_output(*this, (*this)(std::vector<KTensor>(xs), std::move(opt)));
 }
 
 std::vector<KTensor> Layer::operator()(const std::vector<KTensor>& xs, CallOptions opt) {

@@ -118,6 +118,15 @@ class RecurrentLayer : public Layer {
     const Value& x = in[0];
     const int64_t u = c_.units, g = gates_of(c_.kind);
     Value mask = input_mask(x, ctx);
+    // Masked steps never reach the arithmetic (issue 14): the recurrence skips them, but the
+    // input projection's weight gradient is x^T @ dxp, and NaN or Inf at a masked step times its
+    // zero gradient would still be NaN. A select, not a multiply: whatever a masked step holds
+    // reads as 0 forward and gets exactly 0 backward.
+    Value xs = x;
+    if (mask.defined()) {
+      const Value valid = mask.dtype() == DType::kBool ? mask : ops::cast(mask, DType::kBool);
+      xs = ops::where(ops::expand_dims(valid, 2), x, ops::scalar_like(x, 0.0));
+    }
     // Keras: LSTM and GRU drop only for 0 < rate < 1; SimpleRNN for any rate > 0.
     auto applies = [&](double rate) {
       return ctx.training() && rate > 0 && (rate < 1 || c_.kind == Kind::kSimpleRNN);
@@ -139,14 +148,14 @@ class RecurrentLayer : public Layer {
       // Keras implementation 1: a separate input mask for each gate block.
       std::vector<Value> parts;
       for (int64_t k = 0; k < g; ++k) {
-        Value xk = ops::dropout(x, ctx.rng_step(), c_.dropout, seed_ + k, per_sequence);
+        Value xk = ops::dropout(xs, ctx.rng_step(), c_.dropout, seed_ + k, per_sequence);
         Value wk = ops::slice(kernel, {0, k * u}, {ops::kSliceMax, (k + 1) * u});
         parts.push_back(ops::matmul(xk, wk));
       }
       xp = ops::concat(parts, 2);
       if (input_bias.defined()) xp = xp + input_bias;
     } else {
-      Value xd = drop ? ops::dropout(x, ctx.rng_step(), c_.dropout, seed_, per_sequence) : x;
+      Value xd = drop ? ops::dropout(xs, ctx.rng_step(), c_.dropout, seed_, per_sequence) : xs;
       if (input_bias.defined()) {
         // The bias rides in the GEMM as a column of ones: [x, 1] @ [kernel; bias] is
         // x @ kernel + bias, and the matmul's weight gradient carries the bias gradient. A

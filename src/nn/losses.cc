@@ -1,5 +1,5 @@
 // Keras 3 losses: per-sample formulas as graph ops and Keras' weighted/masked reduction
-// (docs/layer-semantics.md 4.1, 7.6). The header states the semantics; comments here say why.
+// (docs/spec/layer-semantics.md 4.1, 7.6). The header states the semantics; comments here say why.
 #include "lowbit/nn/losses.h"
 
 #include <cmath>
@@ -503,12 +503,38 @@ Value Loss::operator()(const Value& y_true, const Value& y_pred, const Value& sa
   if (mask.defined()) g.check_owns(mask, (who + "(mask)").c_str());
 
   Graph::Scope scope(g, name());
-  Value l = per_sample(y_true, y_pred);
+  // Masked entries contribute nothing whatever they hold (issue 14): they never reach the
+  // arithmetic. y_pred (and a float y_true) read as 0 there, and the per-sample loss is
+  // selected to 0 there, so that neither the value nor the gradient can see a NaN or Inf at a
+  // masked step (multiplying by a 0 mask would not do: NaN * 0 = NaN).
+  Value yt = y_true, yp = y_pred;
+  if (mask.defined()) {
+    const Value valid = mask.dtype() == DType::kBool
+                            ? mask
+                            : ops::not_equal(to_f32(mask), ops::scalar_like(to_f32(mask), 0.0));
+    auto select_valid = [&](const Value& v) {
+      if (v.dtype() != DType::kF32 || v.rank() < valid.rank()) return v;
+      Value c = valid;
+      while (c.rank() < v.rank()) c = ops::expand_dims(c, -1);
+      for (int d = 0; d < c.rank(); ++d) {
+        const int64_t a = c.shape()[d], b = v.shape()[d];
+        if (known(a) && known(b) && a != 1 && a != b)
+          return v;  // not aligned: the check below says so
+      }
+      return ops::where(c, v, ops::scalar_like(v, 0.0));
+    };
+    yp = select_valid(y_pred);
+    yt = select_valid(y_true);
+  }
+  Value l = per_sample(yt, yp);
   const Shape ls = l.shape();
 
   // The 0/1 mask over l's elements: the caller's mask AND the loss's own one.
   Value m;
-  if (mask.defined()) m = to_f32(align_to_loss(mask, ls, who, "mask"));
+  if (mask.defined()) {
+    m = to_f32(align_to_loss(mask, ls, who, "mask"));
+    l = ops::where(ops::not_equal(m, ops::scalar_like(m, 0.0)), l, ops::scalar_like(l, 0.0));
+  }
   if (Value own = loss_mask(y_true, y_pred); own.defined()) {
     Value o = to_f32(align_to_loss(own, ls, who, "loss mask"));
     m = m.defined() ? m * o : o;

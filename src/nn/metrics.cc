@@ -320,6 +320,7 @@ void MeanMetric::update_values(const Tensor& values, const Tensor& sample_weight
     double w = 1;
     if (sample_weight.defined()) w *= align_broadcast(sample_weight, vs, name_, "sample_weight")[0];
     if (mask.defined()) w *= align_broadcast(mask, vs, name_, "mask")[0];
+    if (w == 0) return;  // masked: counts for nothing (whatever the value, NaN too)
     update_value(v[0], w);
     return;
   }
@@ -350,7 +351,7 @@ void MeanMetric::update_values(const Tensor& values, const Tensor& sample_weight
       const size_t i = static_cast<size_t>(b * inner + j);
       if (w.empty()) {
         sv += v[i];
-      } else {
+      } else if (w[i] != 0) {  // a select: a masked (0-weight) value counts for nothing, NaN too
         sv += v[i] * w[i];
         sw += w[i];
       }

@@ -191,6 +191,27 @@ std::string Model::mode_signature(bool training) const {
   return s;
 }
 
+const Layer* Model::uncalibrated_layer() const {
+  std::function<const Layer*(const Layer&)> walk = [&](const Layer& l) -> const Layer* {
+    if (l.awaiting_calibration()) return &l;
+    for (const auto& sub : l.sublayers())
+      if (const Layer* u = walk(*sub)) return u;
+    return nullptr;
+  };
+  for (const auto& l : layers())
+    if (const Layer* u = walk(*l)) return u;
+  return nullptr;
+}
+
+void Model::require_calibrated(const std::string& who) const {
+  if (allow_uncalibrated) return;
+  if (const Layer* u = uncalibrated_layer())
+    LOWBIT_THROW(ValueError, name_, ".", who, ": layer '", u->name(), "' (", u->class_name(),
+                 ") has not seen any data yet: its quantization range is the initial one, so "
+                 "the results would be meaningless. Calibrate first: model->calibrate(data) "
+                 "(a few hundred samples run in training mode, ranges only) or fit().");
+}
+
 void Model::validate_input(int index, const Tensor& value) const {
   if (index < 0 || index >= static_cast<int>(inputs_.size())) return;
   const LayerNode* in = inputs_[index].node.get();
@@ -206,6 +227,7 @@ void Model::validate_inputs(const std::vector<Tensor>& xs) const {
 
 std::vector<Tensor> Model::predict_on_batch(const std::vector<Tensor>& xs, CallOptions opt) {
   bool training = opt.training.value_or(false);
+  if (!training) require_calibrated("predict");
   std::string sig = mode_signature(training);
   auto it = compiled_.find(sig);
   if (it == compiled_.end()) {

@@ -381,8 +381,10 @@ Optimizer::Optimizer(std::string name, OptimizerOptions o, double default_lr)
                  ", global_clipnorm=", opt_json(o_.global_clipnorm).dump());
   if (o_.weight_decay && !std::isfinite(*o_.weight_decay))
     LOWBIT_THROW(ValueError, who, ": 'weight_decay' must be finite but found ", *o_.weight_decay);
-  if (std::isnan(o_.learning_rate)) LOWBIT_THROW(ValueError, who, ": 'learning_rate' is NaN");
-  lr_ = o_.learning_rate < 0 ? default_lr : o_.learning_rate;
+  if (o_.learning_rate && !(*o_.learning_rate >= 0 && std::isfinite(*o_.learning_rate)))
+    LOWBIT_THROW(ValueError, who, ": 'learning_rate' must be a finite number >= 0 but found ",
+                 *o_.learning_rate, " (leave it unset for the Keras default, ", default_lr, ")");
+  lr_ = o_.learning_rate.value_or(default_lr);
 }
 
 Optimizer::~Optimizer() = default;
@@ -735,8 +737,8 @@ OptimizerPtr optimizer_from_config(const Json& j) {
     const Json& lr = r.raw("learning_rate");
     if (lr.is_object())
       o.schedule = schedule_from_config(lr);
-    else
-      o.learning_rate = r.number("learning_rate", -1);
+    else if (!lr.is_null())
+      o.learning_rate = r.number("learning_rate", 0.0);
   }
   o.clipnorm = r.optional_number("clipnorm");
   o.clipvalue = r.optional_number("clipvalue");

@@ -1,7 +1,13 @@
 // Model files: one safetensors file per model (docs/layers.md, "Saving").
 //   tensors   "weights/<layer>/<weight>", "state/rng_step", "optimizer/<slot>"
 //   metadata  "format" = "lowbit-model/1", "class_name", "model_config" (JSON),
-//             "compile" (JSON: loss, optimizer with iterations, metrics) when compiled
+//             "compile" (JSON: loss, optimizer with iterations, metrics) when compiled,
+//             "weight_order" (JSON list: the model's weight names in layer order),
+//             "checksums" (JSON object: tensor name -> CRC-32 of its bytes, 8 hex digits)
+#include <zlib.h>
+
+#include <cmath>
+#include <cstdio>
 #include <set>
 
 #include "lowbit/io/safetensors.h"
@@ -12,25 +18,136 @@ namespace lowbit::nn {
 namespace {
 constexpr const char* kFormat = "lowbit-model/1";
 
-void apply_weights(Model& m, const io::SafetensorsFile& f, const std::string& path) {
-  std::set<std::string> used;
-  for (auto& [name, w] : m.named_weights()) {
-    const std::string key = "weights/" + name;
-    const Tensor* t = f.find(key);
-    if (!t)
-      LOWBIT_THROW(IoError, "load: '", path, "' has no tensor for weight '", name,
-                   "' of the model (was it saved from another model?)");
-    if (t->shape() != w->value.shape() || t->dtype() != w->value.dtype())
-      LOWBIT_THROW(IoError, "load: '", path, "': weight '", name, "' is ", dtype_name(t->dtype()),
-                   t->shape().str(), " in the file but ", dtype_name(w->value.dtype()),
-                   w->value.shape().str(), " in the model");
-    w->value.copy_from(*t);
-    used.insert(key);
+std::string crc32_hex(const Tensor& t) {
+  uLong c = crc32(0L, Z_NULL, 0);
+  const auto* p = static_cast<const Bytef*>(t.raw());
+  size_t left = t.nbytes();
+  while (left > 0) {  // crc32 takes a uInt length
+    const uInt n = static_cast<uInt>(std::min<size_t>(left, 1u << 30));
+    c = crc32(c, p, n);
+    p += n;
+    left -= n;
   }
-  for (const auto& [key, t] : f.tensors)
-    if (key.rfind("weights/", 0) == 0 && !used.count(key))
-      LOWBIT_THROW(IoError, "load: '", path, "' holds weight '", key.substr(8),
-                   "' that the model does not have (was it saved from another model?)");
+  char buf[9];
+  std::snprintf(buf, sizeof buf, "%08lx", static_cast<unsigned long>(c & 0xffffffffUL));
+  return buf;
+}
+
+// Refuses a model file whose tensors do not match their stored checksums (bytes changed after
+// saving) or whose f32 weights and optimizer slots are not finite; names the tensor. Files
+// saved before checksums existed (no "checksums" metadata) get the finiteness check only.
+void verify_tensors(const io::SafetensorsFile& f, const std::string& path) {
+  Json sums;
+  if (auto it = f.metadata.find("checksums"); it != f.metadata.end()) {
+    try {
+      sums = Json::parse(it->second);
+    } catch (const std::exception& e) {
+      LOWBIT_THROW(IoError, "load: '", path, "': metadata 'checksums' is corrupted: ", e.what());
+    }
+    if (!sums.is_object())
+      LOWBIT_THROW(IoError, "load: '", path, "': metadata 'checksums' is not a JSON object");
+  }
+  for (const auto& [name, t] : f.tensors) {
+    if (sums.is_object()) {
+      if (!sums.contains(name) || !sums.at(name).is_string())
+        LOWBIT_THROW(IoError, "load: '", path, "': tensor '", name,
+                     "' has no checksum (the file is corrupted or was edited)");
+      const std::string want = sums.at(name).get<std::string>(), got = crc32_hex(t);
+      if (want != got)
+        LOWBIT_THROW(IoError, "load: '", path, "': tensor '", name, "' is corrupted: CRC-32 ", got,
+                     " but the file records ", want,
+                     " (the bytes changed after saving; restore the file from a good copy)");
+    }
+    if (t.dtype() == DType::kF32 && name.rfind("state/", 0) != 0) {
+      const float* v = t.data<float>();
+      for (int64_t i = 0; i < t.numel(); ++i)
+        if (!std::isfinite(v[i]))
+          LOWBIT_THROW(IoError, "load: '", path, "': tensor '", name, "' holds ", v[i],
+                       " at flat index ", i, " of ", t.shape().str(),
+                       "; a model's weights must be finite (the file is corrupted, or was saved "
+                       "from a diverged model)");
+    }
+  }
+}
+
+std::string layer_of(const std::string& weight) {
+  const size_t slash = weight.rfind('/');
+  return slash == std::string::npos ? weight : weight.substr(0, slash);
+}
+std::string leaf_of(const std::string& weight) {
+  const size_t slash = weight.rfind('/');
+  return slash == std::string::npos ? weight : weight.substr(slash + 1);
+}
+
+void check_same_type(const std::string& path, const std::string& model_name,
+                     const std::string& file_name, size_t index, const Tensor& t, const Tensor& w) {
+  if (t.shape() != w.shape() || t.dtype() != w.dtype())
+    LOWBIT_THROW(IoError, "load: '", path, "': weight ", index, " of the model, '", model_name,
+                 "' (layer '", layer_of(model_name), "'), is ", dtype_name(w.dtype()),
+                 w.shape().str(), " but the file's weight ", index, " ('", file_name, "') is ",
+                 dtype_name(t.dtype()), t.shape().str(),
+                 " (was the file saved from another architecture?)");
+}
+
+// Weights are matched by name when every name of the model is in the file (a model loaded from
+// its own file, or built with the same names); otherwise by structure, as Keras 3: the i-th
+// weight of the model (layer order, then each layer's weight order) takes the file's i-th
+// weight, which must have the same shape and dtype and the same weight name within its layer
+// (kernel, bias, ...), while layer names may differ (the same architecture built twice in one
+// process numbers its layers on: dense_3 instead of dense). Files without the saved order
+// (metadata "weight_order", written since issue 14) can only match by name.
+void apply_weights(Model& m, const io::SafetensorsFile& f, const std::string& path) {
+  verify_tensors(f, path);
+  auto mw = m.named_weights();
+  size_t in_file = 0;
+  for (const auto& [key, t] : f.tensors) in_file += key.rfind("weights/", 0) == 0;
+  bool by_name = in_file == mw.size();
+  for (size_t i = 0; by_name && i < mw.size(); ++i) by_name = f.find("weights/" + mw[i].first);
+  if (by_name) {
+    for (size_t i = 0; i < mw.size(); ++i) {
+      const auto& [name, w] = mw[i];
+      const Tensor* t = f.find("weights/" + name);
+      check_same_type(path, name, name, i, *t, w->value);
+      w->value.copy_from(*t);
+    }
+  } else {
+    auto it = f.metadata.find("weight_order");
+    if (it == f.metadata.end()) {
+      for (const auto& [name, w] : mw)
+        if (!f.find("weights/" + name))
+          LOWBIT_THROW(IoError, "load: '", path, "' has no tensor for weight '", name,
+                       "' of the model (was it saved from another model? The file has no "
+                       "'weight_order' metadata, so weights can only be matched by name)");
+      LOWBIT_THROW(IoError, "load: '", path, "' holds ", in_file, " weights but the model has ",
+                   mw.size(), " (was it saved from another model?)");
+    }
+    std::vector<std::string> order;
+    try {
+      order = Json::parse(it->second).get<std::vector<std::string>>();
+    } catch (const std::exception& e) {
+      LOWBIT_THROW(IoError, "load: '", path,
+                   "': metadata 'weight_order' is not a JSON list of names: ", e.what());
+    }
+    if (order.size() != mw.size() || order.size() != in_file)
+      LOWBIT_THROW(IoError, "load: '", path, "' holds ", order.size(), " weights (", in_file,
+                   " tensors) but the model has ", mw.size(),
+                   " (was it saved from another architecture?)");
+    for (size_t i = 0; i < mw.size(); ++i) {
+      const auto& [name, w] = mw[i];
+      const Tensor* t = f.find("weights/" + order[i]);
+      if (!t)
+        LOWBIT_THROW(IoError, "load: '", path, "': 'weight_order' names '", order[i],
+                     "' but the file has no such tensor (the file is corrupted)");
+      if (leaf_of(order[i]) != leaf_of(name))
+        LOWBIT_THROW(IoError, "load: '", path, "': weight ", i, " of the model is '", name,
+                     "' (layer '", layer_of(name), "') but the file's weight ", i, " is '",
+                     order[i],
+                     "': the structures differ (was the file saved from another "
+                     "architecture?)");
+      check_same_type(path, name, order[i], i, *t, w->value);
+      w->value.copy_from(*t);
+    }
+  }
   if (const Tensor* r = f.find("state/rng_step")) {
     if (r->dtype() != DType::kS64 || r->numel() != 1)
       LOWBIT_THROW(IoError, "load: '", path, "': state/rng_step must be one s64");
@@ -46,6 +163,11 @@ void Model::save(const std::string& path) {
   f.metadata["format"] = kFormat;
   f.metadata["class_name"] = class_name();
   f.metadata["model_config"] = get_config().dump();
+  {
+    Json order = Json::array();
+    for (auto& [name, w] : named_weights()) order.push_back(name);
+    f.metadata["weight_order"] = order.dump();  // load_weights matches by structure with it
+  }
   if (loss_) {
     Json c;
     c["loss"] = {{"class_name", loss_->class_name()}, {"config", loss_->get_config()}};
@@ -56,6 +178,9 @@ void Model::save(const std::string& path) {
     f.metadata["compile"] = c.dump();
     for (auto& [slot, t] : optimizer_->slots()) f.tensors.emplace_back("optimizer/" + slot, t);
   }
+  Json sums = Json::object();
+  for (const auto& [name, t] : f.tensors) sums[name] = crc32_hex(t);
+  f.metadata["checksums"] = sums.dump();
   io::write_safetensors(path, f);
 }
 
@@ -134,6 +259,7 @@ ModelPtr model_from_config(const Json& c, const std::string& class_name) {
 
 ModelPtr load_model(const std::string& path) {
   io::SafetensorsFile f = io::read_safetensors(path);
+  verify_tensors(f, path);
   auto fmt = f.metadata.find("format");
   if (fmt == f.metadata.end() || fmt->second != kFormat)
     LOWBIT_THROW(IoError, "load_model: '", path,

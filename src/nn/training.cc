@@ -6,8 +6,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <exception>
 #include <iomanip>
 #include <iostream>
+#include <limits>
+#include <set>
 #include <sstream>
 
 #include "lowbit/nn/model.h"
@@ -20,6 +24,68 @@ namespace lowbit::nn {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Row r of t [N, ...] as a [1, ...] tensor.
+Tensor row_of(const Tensor& t, int64_t r) {
+  std::vector<int64_t> d = t.shape().dims();
+  d[0] = 1;
+  Tensor row(Shape(d), t.dtype());
+  const size_t bytes = t.nbytes() / static_cast<size_t>(t.dim(0));
+  std::memcpy(row.raw(), static_cast<const char*>(t.raw()) + static_cast<size_t>(r) * bytes, bytes);
+  return row;
+}
+
+[[noreturn]] void rethrow_with(const std::exception_ptr& e, const std::string& more) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const ShapeError& x) {
+    throw ShapeError(x.what() + more);
+  } catch (const DTypeError& x) {
+    throw DTypeError(x.what() + more);
+  } catch (const ValueError& x) {
+    throw ValueError(x.what() + more);
+  } catch (const UnsupportedError& x) {
+    throw UnsupportedError(x.what() + more);
+  } catch (const Error& x) {
+    throw Error(x.what() + more);
+  }
+}
+
+// Runs check(t) on one tensor of batch k of `epoch`. If it throws, the error (same type) gains
+// where the bad value is in the user's terms: the tensor's name and, when some rows pass on
+// their own, the first row that fails and its position in the source data. Positions in the
+// message of the check itself ("index [29] of [32]") refer to the batch, which fit shuffles.
+template <class F>
+void check_batch_tensor(const Tensor& t, const std::string& what, const data::Dataset& d,
+                        int64_t epoch, int64_t k, F check) {
+  try {
+    check(t);
+    return;
+  } catch (const Error&) {
+    const std::exception_ptr e = std::current_exception();
+    std::string more = detail::cat(" (in ", what, ", batch ", k + 1);
+    if (t.defined() && t.rank() >= 1 && t.dim(0) > 1) {
+      int64_t first_bad = -1, bad = 0;
+      for (int64_t r = 0; r < t.dim(0); ++r) {
+        try {
+          check(row_of(t, r));
+        } catch (const Error&) {
+          if (first_bad < 0) first_bad = r;
+          ++bad;
+        }
+      }
+      if (first_bad >= 0 && bad < t.dim(0)) {
+        const std::vector<int64_t> src = d.source_indices(epoch, k);
+        more += detail::cat(": row ", first_bad, " of the batch");
+        if (static_cast<size_t>(first_bad) < src.size())
+          more += detail::cat(", which is sample ", src[static_cast<size_t>(first_bad)],
+                              " of the data (0-based, before shuffling)");
+        if (bad > 1) more += detail::cat("; ", bad, " rows of this batch fail");
+      }
+    }
+    rethrow_with(e, more + ")");
+  }
+}
 
 bool is_tty(std::ostream& out) {
   if (&out == &std::cout) return isatty(fileno(stdout));
@@ -128,6 +194,80 @@ void check_tensor_against(const std::string& who, const char* what, const Tensor
                  "; convert it with Tensor::to()");
 }
 
+// The loss of every output (one loss object applied to each, as Keras with a single loss),
+// their sum, and the fetch list: total, predictions, masks, per-output losses.
+std::vector<Value> output_losses(Graph& g, const Loss& loss, const std::vector<Value>& outputs,
+                                 const std::vector<Value>& masks, const std::vector<Value>& ys,
+                                 const Value& sw, Value* total, OutputFetches* where) {
+  const size_t k = outputs.size();
+  std::vector<Value> per;
+  for (size_t i = 0; i < k; ++i) {
+    // The output's timestep mask: masked steps count for nothing, the mean is over the valid
+    // ones (Keras 3 Loss.__call__, layer-semantics.md 4.1).
+    Graph::Scope s(g, k == 1 ? std::string("loss") : "loss_" + std::to_string(i));
+    per.push_back(loss(ys[i], outputs[i], sw, masks[i]));
+  }
+  *total = per[0];
+  for (size_t i = 1; i < k; ++i) *total = *total + per[i];
+  std::vector<Value> fetches{*total};
+  fetches.insert(fetches.end(), outputs.begin(), outputs.end());
+  where->mask.assign(k, -1);
+  where->loss.assign(k, -1);
+  for (size_t i = 0; i < k; ++i)
+    if (masks[i].defined()) {
+      where->mask[i] = static_cast<int>(fetches.size());
+      fetches.push_back(masks[i]);
+    }
+  if (k > 1)
+    for (size_t i = 0; i < k; ++i) {
+      where->loss[i] = static_cast<int>(fetches.size());
+      fetches.push_back(per[i]);
+    }
+  return fetches;
+}
+
+// Metrics of a multi-output model: every compiled metric name for every output, logged as
+// "<output layer>_<metric>" (Keras); metric objects score the first output. One output: as is.
+struct OutputMetric {
+  size_t output;
+  std::string prefix;
+  MetricPtr metric;
+};
+
+std::vector<OutputMetric> make_output_metrics(const CompileOptions& co, const Loss* loss,
+                                              const std::vector<Value>& outs,
+                                              const std::vector<std::string>& names,
+                                              bool with_objects = true) {
+  std::vector<OutputMetric> r;
+  const bool several = outs.size() > 1;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    const ValueType t{outs[i].dtype(), outs[i].shape()};
+    for (const auto& m : co.metrics)
+      r.push_back({i, several ? names[i] + "_" : "", metric_by_name(m, loss, t)});
+  }
+  if (with_objects)  // stateful: fit's own; evaluation (and validation in fit) leaves them
+    for (const auto& m : co.metric_objects) r.push_back({0, several ? names[0] + "_" : "", m});
+  return r;
+}
+
+void update_output_metrics(std::vector<OutputMetric>& ms, std::vector<MetricPtr>& losses,
+                           const OutputFetches& f, const data::Batch& b,
+                           const std::vector<Tensor>& r) {
+  for (auto& m : ms) {
+    const int mi = f.mask[m.output];
+    m.metric->update(b.y[m.output], r[1 + m.output], b.sample_weight, mi >= 0 ? r[mi] : Tensor());
+  }
+  for (size_t i = 0; i < losses.size(); ++i)
+    dynamic_cast<MeanMetric&>(*losses[i])
+        .update_value(r[static_cast<size_t>(f.loss[i])].item<float>(), static_cast<double>(b.size()));
+}
+
+void log_output_metrics(const std::vector<OutputMetric>& ms, const std::vector<MetricPtr>& losses,
+                        const std::string& prefix, Logs& logs) {
+  for (const auto& l : losses) logs[prefix + l->name()] = l->result();
+  for (const auto& m : ms) logs[prefix + m.prefix + m.metric->name()] = m.metric->result();
+}
+
 }  // namespace
 
 void Model::compile(CompileOptions o) {
@@ -137,6 +277,19 @@ void Model::compile(CompileOptions o) {
   if (inputs_.empty())
     LOWBIT_THROW(ValueError, name_,
                  ": the model has no input shape yet; start it with InputSpec or call build_for");
+  // Metric names are resolved now, so that a typo fails here and not at the end of the first
+  // epoch (Keras resolves them in compile too).
+  for (size_t i = 0; i < o.metrics.size(); ++i) {
+    try {
+      for (const auto& out : outputs_) (void)metric_by_name(o.metrics[i], o.loss.get(), out.type());
+    } catch (const Error& e) {
+      LOWBIT_THROW(ValueError, name_, ".compile: metrics[", i, "] = '", o.metrics[i],
+                   "': ", e.what());
+    }
+  }
+  for (size_t i = 0; i < o.metric_objects.size(); ++i)
+    if (!o.metric_objects[i])
+      LOWBIT_THROW(ValueError, name_, ".compile: metric_objects[", i, "] is null");
   optimizer_ = o.optimizer ? o.optimizer : optimizer_by_name("rmsprop");
   loss_ = o.loss;
   compile_options_ = std::move(o);
@@ -145,10 +298,6 @@ void Model::compile(CompileOptions o) {
 
 TrainState& Model::train_state() {
   if (!loss_) LOWBIT_THROW(ValueError, name_, ": call compile() before fit()/evaluate()");
-  if (outputs_.size() != 1)
-    LOWBIT_THROW(UnsupportedError, name_,
-                 ": fit/evaluate support single-output models for now (this one has ",
-                 outputs_.size(), ")");
   std::string sig = mode_signature(true);
   auto it = train_states_.find(sig);
   if (it != train_states_.end()) return *it->second;
@@ -158,17 +307,18 @@ TrainState& Model::train_state() {
   Trace tr = trace(g, ctx);
   st->x = tr.inputs;
   st->outputs = tr.outputs;
-  const Value& y_pred = tr.outputs[0];
-  st->y_type = loss_->target_type({y_pred.dtype(), y_pred.shape()});
-  st->y = g.placeholder("y_true", st->y_type.dtype, st->y_type.shape);
-  st->sw = g.placeholder("sample_weight", DType::kF32, {kUnknown});
-  st->mask = tr.output_masks.empty() ? Value() : tr.output_masks[0];
-  {
-    // The output's timestep mask: masked steps count for nothing, the mean is over the valid
-    // ones (Keras 3 Loss.__call__, layer-semantics.md 4.1).
-    Graph::Scope s(g, "loss");
-    st->loss = (*loss_)(st->y, y_pred, st->sw, st->mask);
+  const size_t k = tr.outputs.size();
+  std::vector<Value> masks(k);
+  for (size_t i = 0; i < k; ++i) {
+    const Value& y_pred = tr.outputs[i];
+    const ValueType yt = loss_->target_type({y_pred.dtype(), y_pred.shape()});
+    st->ys.push_back(
+        g.placeholder(k == 1 ? std::string("y_true") : "y_true_" + std::to_string(i), yt.dtype, yt.shape));
+    if (i < tr.output_masks.size()) masks[i] = tr.output_masks[i];
   }
+  st->sw = g.placeholder("sample_weight", DType::kF32, {kUnknown});
+  std::vector<Value> fetches =
+      output_losses(g, *loss_, tr.outputs, masks, st->ys, st->sw, &st->loss, &st->fetch);
   // Trainable weights that the trace used, in a stable order.
   std::vector<Value> vars;
   std::vector<std::string> names;
@@ -187,9 +337,10 @@ TrainState& Model::train_state() {
     auto opt_updates = optimizer_->build_updates(g, vars, grads, names, st->lr, st->t);
     updates.insert(updates.end(), opt_updates.begin(), opt_updates.end());
   }
-  std::vector<Value> fetches{st->loss, y_pred};
-  if (st->mask.defined()) fetches.push_back(st->mask);
-  st->exec = std::make_unique<Executor>(g, fetches, updates);
+  // A step whose updates are not all finite is not applied (issue 14): a NaN or Inf weight,
+  // optimizer slot or moving statistic could otherwise come from a finite loss.
+  st->exec = std::make_unique<Executor>(g, fetches, updates,
+                                        ExecutorOptions{.refuse_non_finite_updates = true});
   return *train_states_.emplace(sig, std::move(st)).first->second;
 }
 
@@ -229,6 +380,17 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
     LOWBIT_THROW(ValueError, name_, ".fit: batch_size must be >= 1 but found ", o.batch_size);
   if (o.validation_split > 0)
     LOWBIT_THROW(ValueError, name_, ".fit: validation_split needs fit(x, y)");
+  auto input_label = [&](size_t i) {
+    return detail::cat("input '", inputs_[i].node->layer->name(), "' (x[", i, "])");
+  };
+  auto output_name = [&](size_t i) { return outputs_[i].node->layer->name(); };
+  auto target_label = [&](size_t i) {
+    return outputs_.size() == 1
+               ? std::string("the targets (y)")
+               : detail::cat("the targets of output '", output_name(i), "' (y[", i, "])");
+  };
+  std::vector<std::string> out_names;
+  for (size_t i = 0; i < outputs_.size(); ++i) out_names.push_back(output_name(i));
   TrainState& st = train_state();
   // An unbatched dataset is shuffled and batched here; a batched one is used as given (Keras).
   data::Dataset train = train_in;
@@ -239,13 +401,13 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
   const int64_t steps = train.num_batches();
 
   // Metrics, resolved like Keras compile does.
-  const ValueType pred_type{st.outputs[0].dtype(), st.outputs[0].shape()};
-  std::vector<MetricPtr> metrics;
-  for (const auto& m : compile_options_.metrics)
-    metrics.push_back(metric_by_name(m, loss_.get(), pred_type));
-  for (const auto& m : compile_options_.metric_objects) metrics.push_back(m);
+  std::vector<OutputMetric> metrics =
+      make_output_metrics(compile_options_, loss_.get(), st.outputs, out_names);
   auto loss_mean = Mean("loss");
   auto* loss_tracker = dynamic_cast<MeanMetric*>(loss_mean.get());
+  std::vector<MetricPtr> output_loss_means;  // several outputs: each one's loss
+  if (st.outputs.size() > 1)
+    for (size_t i = 0; i < st.outputs.size(); ++i) output_loss_means.push_back(Mean(output_name(i) + "_loss"));
 
   History history;
   stop_training = false;
@@ -261,11 +423,13 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
   Tensor ones;  // sample weights when none are given, reused while the batch size repeats
   Tensor lr_t = Tensor::zeros({}), t_t = Tensor::zeros({});
   Logs logs;
+  double result_loss = 0;  // the loss of the last step run (applied or not)
   for (int epoch = o.initial_epoch; epoch < o.epochs && !stop_training; ++epoch) {
     if (o.verbose) out << "Epoch " << epoch + 1 << "/" << o.epochs << "\n";
     for (auto& cb : o.callbacks) cb->on_epoch_begin(epoch, logs);
     loss_mean->reset();
-    for (auto& m : metrics) m->reset();
+    for (auto& m : output_loss_means) m->reset();
+    for (auto& m : metrics) m.metric->reset();
     ProgressBar bar(steps, o.verbose, out);
     auto it = train.begin_epoch(epoch);
     data::Batch batch;
@@ -276,17 +440,25 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
       if (batch.x.size() != st.x.size())
         LOWBIT_THROW(ValueError, name_, ".fit: the model takes ", st.x.size(),
                      " inputs but the data gives ", batch.x.size());
-      if (batch.y.size() != 1)
-        LOWBIT_THROW(ValueError, name_, ".fit: expected one target tensor per batch but found ",
+      if (batch.y.size() != st.outputs.size())
+        LOWBIT_THROW(ValueError, name_, ".fit: the model has ", st.outputs.size(),
+                     " outputs, so each batch needs as many target tensors, but the data gives ",
                      batch.y.size());
       std::vector<std::pair<Value, Tensor>> feeds;
       for (size_t i = 0; i < st.x.size(); ++i) {
         check_tensor_against(name_ + ".fit", "x", batch.x[i], {st.x[i].dtype(), st.x[i].shape()});
+        check_batch_tensor(batch.x[i], input_label(i), train, epoch, step,
+                           [&](const Tensor& t) { validate_input(static_cast<int>(i), t); });
         feeds.emplace_back(st.x[i], batch.x[i]);
       }
-      validate_inputs(batch.x);
       // Validated and converted to the placeholder's type (s32 or [B, 1] labels, int one-hot).
-      feeds.emplace_back(st.y, loss_->prepare_targets(batch.y[0], st.outputs[0].shape()));
+      for (size_t i = 0; i < st.outputs.size(); ++i) {
+        Tensor targets;
+        check_batch_tensor(batch.y[i], target_label(i), train, epoch, step, [&](const Tensor& t) {
+          targets = loss_->prepare_targets(t, st.outputs[i].shape());
+        });
+        feeds.emplace_back(st.ys[i], targets);
+      }
       Tensor sw = batch.sample_weight;
       if (!sw.defined()) {
         if (!ones.defined() || ones.dim(0) != n) ones = Tensor::full({n}, 1.0);
@@ -301,6 +473,7 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
         feeds.emplace_back(st.t, t_t);
       }
       bool finite = true;
+      result_loss = std::numeric_limits<double>::quiet_NaN();
       if (tune) {
         const int threads = st.tuner.next(user_threads);
         if (num_threads() != threads) set_num_threads(threads);
@@ -310,6 +483,7 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
         finite = std::isfinite(f[0].item<float>());
         return finite;
       });
+      result_loss = result[0].item<float>();
       if (tune)
         st.tuner.record(
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -322,18 +496,45 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
         stop_training = true;
         break;
       }
+      if (!st.exec->refused_update().empty()) {
+        history.stop_reason = detail::cat(
+            "the update of ", st.exec->refused_update(), " is non-finite at epoch ", epoch + 1,
+            ", batch ", step + 1, " (the loss was ", result[0].item<float>(),
+            "); the step was not applied, the weights keep their last finite values. "
+            "Lower the learning rate, clip the gradients (clipnorm) or check the data.");
+        out << "\n" << name_ << ".fit: training stopped: " << history.stop_reason << "\n";
+        stop_training = true;
+        break;
+      }
       optimizer_->set_iterations(optimizer_->iterations() + 1);
       loss_tracker->update_value(result[0].item<float>(), static_cast<double>(n));
-      const Tensor out_mask = result.size() > 2 ? result[2] : Tensor();
-      for (auto& m : metrics) m->update(batch.y[0], result[1], batch.sample_weight, out_mask);
+      update_output_metrics(metrics, output_loss_means, st.fetch, batch, result);
       logs.clear();
       logs["loss"] = loss_mean->result();
-      for (auto& m : metrics) logs[m->name()] = m->result();
+      log_output_metrics(metrics, output_loss_means, "", logs);
       ++step;
       bar.update(step, logs);
       for (auto& cb : o.callbacks) cb->on_train_batch_end(step - 1, logs);
     }
-    if (stop_training && !history.stop_reason.empty()) break;
+    if (stop_training && !history.stop_reason.empty()) {
+      // Stopped by the step guard inside this epoch: History keeps the partial epoch (the mean
+      // of the steps applied, or the refused loss when none was), so that history["loss"] is
+      // never empty after fit returns and its last entry says where training stood.
+      if (step > 0) {
+        logs.clear();
+        logs["loss"] = loss_mean->result();
+        log_output_metrics(metrics, output_loss_means, "", logs);
+      } else {
+        logs.clear();
+        logs["loss"] = result_loss;
+      }
+      history.epochs.push_back(epoch);
+      for (const auto& [k, v] : logs) history.history[k].push_back(v);
+      history.last_epoch_partial = true;
+      history.stop_reason += detail::cat(" History holds epoch ", epoch + 1, " as far as it ran (",
+                                         step, " of ", steps, " batches applied).");
+      break;
+    }
     if (o.validation_data) {
       Logs v = run_evaluation(*o.validation_data, o.batch_size, 0, out, "val_");
       logs.insert(v.begin(), v.end());
@@ -343,6 +544,10 @@ History Model::fit(const data::Dataset& train_in, FitOptions o) {
     history.epochs.push_back(epoch);
     for (const auto& [k, v] : logs) history.history[k].push_back(v);
     for (auto& cb : o.callbacks) cb->on_epoch_end(epoch, logs);
+    if (stop_training && history.stop_reason.empty() && epoch + 1 < o.epochs)
+      history.stop_reason =
+          detail::cat("a callback (e.g. EarlyStopping) set stop_training after epoch ", epoch + 1,
+                      " of ", o.epochs);
   }
   for (auto& cb : o.callbacks) cb->on_train_end(logs);
   return history;
@@ -352,6 +557,7 @@ Logs Model::run_evaluation(const data::Dataset& d, int64_t batch_size, int verbo
                            std::ostream& out, const std::string& prefix) {
   if (!loss_) LOWBIT_THROW(ValueError, name_, ": call compile() before evaluate()");
   if (d.size() == 0) LOWBIT_THROW(ValueError, name_, ".evaluate: the data is empty (0 samples)");
+  require_calibrated(prefix.empty() ? "evaluate" : "fit (validation)");
   // Inference graph with the loss.
   std::string sig = "eval:" + mode_signature(false);
   auto it = compiled_.find(sig);
@@ -360,23 +566,43 @@ Logs Model::run_evaluation(const data::Dataset& d, int64_t batch_size, int verbo
     CallContext ctx(c->graph, false, rng_state_);
     Trace t = trace(c->graph, ctx);
     c->inputs = t.inputs;
-    const Value& y_pred = t.outputs[0];
-    ValueType yt = loss_->target_type({y_pred.dtype(), y_pred.shape()});
-    Value y = c->graph.placeholder("y_true", yt.dtype, yt.shape);
+    c->num_x = t.inputs.size();
+    const size_t k = t.outputs.size();
+    std::vector<Value> ys, masks(k);
+    for (size_t i = 0; i < k; ++i) {
+      const ValueType yt = loss_->target_type({t.outputs[i].dtype(), t.outputs[i].shape()});
+      ys.push_back(c->graph.placeholder(k == 1 ? std::string("y_true") : "y_true_" + std::to_string(i),
+                                        yt.dtype, yt.shape));
+      if (i < t.output_masks.size()) masks[i] = t.output_masks[i];
+    }
     Value sw = c->graph.placeholder("sample_weight", DType::kF32, {kUnknown});
-    c->inputs.push_back(y);
+    c->inputs.insert(c->inputs.end(), ys.begin(), ys.end());
     c->inputs.push_back(sw);
-    const Value mask = t.output_masks.empty() ? Value() : t.output_masks[0];
-    c->outputs = {(*loss_)(y, y_pred, sw, mask), y_pred};
-    if (mask.defined()) c->outputs.push_back(mask);
+    Value total;
+    c->outputs = output_losses(c->graph, *loss_, t.outputs, masks, ys, sw, &total, &c->fetch);
     c->executor = std::make_unique<Executor>(c->graph, c->outputs);
     it = compiled_.emplace(sig, std::move(c)).first;
   }
   CompiledCall& c = *it->second;
-  const ValueType pred_type{c.outputs[1].dtype(), c.outputs[1].shape()};
-  std::vector<MetricPtr> metrics;
-  for (const auto& m : compile_options_.metrics)
-    metrics.push_back(metric_by_name(m, loss_.get(), pred_type));
+  auto input_label = [&](size_t i) {
+    return detail::cat("input '", inputs_[i].node->layer->name(), "' (x[", i, "])");
+  };
+  auto output_name = [&](size_t i) { return outputs_[i].node->layer->name(); };
+  auto target_label = [&](size_t i) {
+    return outputs_.size() == 1
+               ? std::string("the targets (y)")
+               : detail::cat("the targets of output '", output_name(i), "' (y[", i, "])");
+  };
+  std::vector<std::string> out_names;
+  for (size_t i = 0; i < outputs_.size(); ++i) out_names.push_back(output_name(i));
+
+  const size_t k = outputs_.size();
+  std::vector<Value> preds(c.outputs.begin() + 1, c.outputs.begin() + 1 + static_cast<std::ptrdiff_t>(k));
+  std::vector<OutputMetric> metrics =
+      make_output_metrics(compile_options_, loss_.get(), preds, out_names, /*with_objects=*/false);
+  std::vector<MetricPtr> output_loss_means;
+  if (k > 1)
+    for (size_t i = 0; i < k; ++i) output_loss_means.push_back(Mean(output_name(i) + "_loss"));
   auto loss_mean = Mean("loss");
   auto* tracker = dynamic_cast<MeanMetric*>(loss_mean.get());
   data::Dataset batched = d.batch_size() ? d : d.batch(batch_size);
@@ -386,32 +612,42 @@ Logs Model::run_evaluation(const data::Dataset& d, int64_t batch_size, int verbo
   int64_t step = 0;
   Logs logs;
   Tensor ones;
-  const size_t nx = c.inputs.size() - 2;
+  const size_t nx = c.num_x;
   while (iter.next(b)) {
     std::vector<std::pair<Value, Tensor>> feeds;
     if (b.x.size() != nx)
       LOWBIT_THROW(ValueError, name_, ".evaluate: the model takes ", nx,
                    " inputs but the data gives ", b.x.size());
+    if (b.y.size() != k)
+      LOWBIT_THROW(ValueError, name_, ".evaluate: the model has ", k,
+                   " outputs, so each batch needs as many target tensors, but the data gives ",
+                   b.y.size());
     for (size_t i = 0; i < nx; ++i) {
       check_tensor_against(name_ + ".evaluate", "x", b.x[i],
                            {c.inputs[i].dtype(), c.inputs[i].shape()});
+      check_batch_tensor(b.x[i], input_label(i), batched, 0, step,
+                         [&](const Tensor& t) { validate_input(static_cast<int>(i), t); });
       feeds.emplace_back(c.inputs[i], b.x[i]);
     }
-    validate_inputs(b.x);
-    feeds.emplace_back(c.inputs[nx], loss_->prepare_targets(b.y.at(0), c.outputs[1].shape()));
+    for (size_t i = 0; i < k; ++i) {
+      Tensor targets;
+      check_batch_tensor(b.y[i], target_label(i), batched, 0, step, [&](const Tensor& t) {
+        targets = loss_->prepare_targets(t, preds[i].shape());
+      });
+      feeds.emplace_back(c.inputs[nx + i], targets);
+    }
     Tensor sw = b.sample_weight;
     if (!sw.defined()) {
       if (!ones.defined() || ones.dim(0) != b.size()) ones = Tensor::full({b.size()}, 1.0);
       sw = ones;
     }
-    feeds.emplace_back(c.inputs[nx + 1], sw);
+    feeds.emplace_back(c.inputs[nx + k], sw);
     auto r = c.executor->run(feeds);
     tracker->update_value(r[0].item<float>(), static_cast<double>(b.size()));
-    const Tensor out_mask = r.size() > 2 ? r[2] : Tensor();
-    for (auto& m : metrics) m->update(b.y[0], r[1], b.sample_weight, out_mask);
+    update_output_metrics(metrics, output_loss_means, c.fetch, b, r);
     logs.clear();
     logs[prefix + "loss"] = loss_mean->result();
-    for (auto& m : metrics) logs[prefix + m->name()] = m->result();
+    log_output_metrics(metrics, output_loss_means, prefix, logs);
     bar.update(++step, logs);
   }
   bar.update(step, logs, true);
@@ -432,37 +668,110 @@ Logs Model::evaluate(const data::Dataset& d, EvaluateOptions o) {
 
 Tensor Model::predict(const Tensor& x, int64_t batch_size) {
   if (inputs_.size() != 1 || outputs_.size() != 1)
-    LOWBIT_THROW(ValueError, name_,
-                 ": predict(x) needs a single-input, single-output model; use predict_on_batch");
-  check_tensor_against(name_ + ".predict", "x", x, inputs_[0].type());
-  if (batch_size < 1) LOWBIT_THROW(ValueError, name_, ".predict: batch_size must be >= 1");
-  const int64_t n = x.dim(0);
-  const int64_t row = n ? x.numel() / n : 0;
-  Tensor result;
-  for (int64_t start = 0; start < n; start += batch_size) {
-    int64_t m = std::min(batch_size, n - start);
-    std::vector<int64_t> dims = x.shape().dims();
-    dims[0] = m;
-    Tensor xb = Tensor::wrap(static_cast<char*>(x.raw()) + start * row * dtype_size(x.dtype()),
-                             Shape(dims), x.dtype());
-    Tensor yb = (*this)(xb);
-    if (!result.defined()) {
-      std::vector<int64_t> od = yb.shape().dims();
-      od[0] = n;
-      result = Tensor(Shape(od), yb.dtype());
-    }
-    std::memcpy(static_cast<char*>(result.raw()) + start * (yb.nbytes() / m), yb.raw(),
-                yb.nbytes());
+    LOWBIT_THROW(ValueError, name_, ": predict(x) needs a single-input, single-output model (this one has ",
+                 inputs_.size(), " inputs and ", outputs_.size(),
+                 " outputs); use predict({x1, x2, ...}), which returns one tensor per output");
+  return predict(std::vector<Tensor>{x}, batch_size)[0];
+}
+
+std::vector<Tensor> Model::predict(const std::vector<Tensor>& xs, int64_t batch_size) {
+  if (xs.size() != inputs_.size())
+    LOWBIT_THROW(ValueError, name_, ".predict: the model takes ", inputs_.size(),
+                 " inputs but found ", xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const std::string what = "x[" + std::to_string(i) + "]";
+    check_tensor_against(name_ + ".predict", what.c_str(), xs[i], inputs_[i].type());
   }
-  if (!result.defined()) {
+  if (batch_size < 1) LOWBIT_THROW(ValueError, name_, ".predict: batch_size must be >= 1");
+  const int64_t n = xs[0].dim(0);
+  for (size_t i = 1; i < xs.size(); ++i)
+    if (xs[i].dim(0) != n)
+      LOWBIT_THROW(ShapeError, name_, ".predict: x[", i, "] has ", xs[i].dim(0),
+                   " samples but x[0] has ", n);
+  require_calibrated("predict");
+  std::vector<Tensor> result(outputs_.size());
+  for (int64_t start = 0; start < n; start += batch_size) {
+    const int64_t m = std::min(batch_size, n - start);
+    std::vector<Tensor> batch;
+    for (const Tensor& x : xs) {
+      std::vector<int64_t> dims = x.shape().dims();
+      dims[0] = m;
+      const size_t row = x.nbytes() / static_cast<size_t>(n);
+      batch.push_back(Tensor::wrap(static_cast<char*>(x.raw()) + static_cast<size_t>(start) * row,
+                                   Shape(dims), x.dtype()));
+    }
+    std::vector<Tensor> yb = predict_on_batch(batch);
+    for (size_t k = 0; k < yb.size(); ++k) {
+      if (!result[k].defined()) {
+        std::vector<int64_t> od = yb[k].shape().dims();
+        od[0] = n;
+        result[k] = Tensor(Shape(od), yb[k].dtype());
+      }
+      std::memcpy(static_cast<char*>(result[k].raw()) + static_cast<size_t>(start) * (yb[k].nbytes() / m),
+                  yb[k].raw(), yb[k].nbytes());
+    }
+  }
+  for (size_t k = 0; k < result.size(); ++k) {
+    if (result[k].defined()) continue;
     // Empty input: run nothing, return an empty output with the model's output shape.
-    std::vector<int64_t> od = outputs_[0].shape().dims();
+    std::vector<int64_t> od = outputs_[k].shape().dims();
     od[0] = 0;
     for (auto& d : od)
       if (d == kUnknown) d = 0;
-    result = Tensor::zeros(Shape(od), outputs_[0].dtype());
+    result[k] = Tensor::zeros(Shape(od), outputs_[k].dtype());
   }
   return result;
+}
+
+int64_t Model::calibrate(const data::Dataset& data, int64_t batch_size, int verbose,
+                         std::ostream* out_stream) {
+  std::ostream& out = out_stream ? *out_stream : std::cout;
+  if (data.size() == 0) LOWBIT_THROW(ValueError, name_, ".calibrate: the data is empty (0 samples)");
+  if (data.batch_size() == 0 && batch_size < 1)
+    LOWBIT_THROW(ValueError, name_, ".calibrate: batch_size must be >= 1 but found ", batch_size);
+  // Training-mode trace; of its state updates only those of the quantizer state
+  // (Layer::has_quantizer_state) are kept.
+  Graph g;
+  CallContext ctx(g, /*training=*/true, rng_state_);
+  Trace tr = trace(g, ctx);
+  std::set<int> quant_vars;
+  std::function<void(Layer&)> walk = [&](Layer& l) {
+    if (l.has_quantizer_state())
+      for (auto& w : l.weights())
+        if (!w.trainable)
+          if (Value v = ctx.bound(w); v.defined()) quant_vars.insert(v.id());
+    for (const auto& sub : l.sublayers()) walk(*sub);
+  };
+  for (const auto& l : layers()) walk(*l);
+  std::vector<std::pair<Value, Value>> updates;
+  for (const auto& u : ctx.updates())
+    if (quant_vars.count(u.first.id())) updates.push_back(u);
+  if (updates.empty())
+    LOWBIT_THROW(ValueError, name_,
+                 ".calibrate: the model has no quantizer state to calibrate (quantize it first "
+                 "with quant::quantize_model)");
+  Executor ex(g, {tr.outputs[0]}, updates);
+  data::Dataset batched = data.batch_size() ? data : data.batch(batch_size);
+  ProgressBar bar(batched.num_batches(), verbose, out);
+  auto it = batched.begin_epoch(0);
+  data::Batch b;
+  int64_t steps = 0;
+  while (it.next(b)) {
+    if (b.x.size() != tr.inputs.size())
+      LOWBIT_THROW(ValueError, name_, ".calibrate: the model takes ", tr.inputs.size(),
+                   " inputs but the data gives ", b.x.size());
+    std::vector<std::pair<Value, Tensor>> feeds;
+    for (size_t i = 0; i < tr.inputs.size(); ++i) {
+      check_tensor_against(name_ + ".calibrate", "x", b.x[i],
+                           {tr.inputs[i].dtype(), tr.inputs[i].shape()});
+      feeds.emplace_back(tr.inputs[i], b.x[i]);
+    }
+    validate_inputs(b.x);
+    ex.run(feeds);
+    bar.update(++steps, {});
+  }
+  bar.update(steps, {}, true);
+  return steps;
 }
 
 }  // namespace lowbit::nn

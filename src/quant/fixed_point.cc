@@ -1,5 +1,5 @@
 // Parameter preparation for the integer primitives of lowbit/quant/fixed_point.h. The formulas
-// and their sources are in the header and in shared/docs/quantization-semantics.md 2.5, 3.2-3.6.
+// and their sources are in the header and in docs/spec/quantization-semantics.md 2.5, 3.2-3.6.
 #include "lowbit/quant/fixed_point.h"
 
 #include <algorithm>

@@ -465,8 +465,15 @@ Json FakeQuantLayer::get_config() const {
   return j;
 }
 
+bool FakeQuantLayer::awaiting_calibration() const {
+  for (const auto& w : weights_)
+    if (w.name == "step") return w.value.get_as_double(0) == 0;
+  return false;  // not built
+}
+
 std::string FakeQuantLayer::summary_note() const {
   std::string s = "fake quant " + quantizer_.summary(*this);
+  if (awaiting_calibration()) s += " (initial range: not calibrated yet)";
   if (quant_delay_ > 0) s += ", delay " + std::to_string(quant_delay_);
   return s;
 }

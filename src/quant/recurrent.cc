@@ -432,6 +432,29 @@ int QuantizedRecurrentLayer::cell_int_bits() const {
   return static_cast<int>(cell_bits(state("cell_max_abs").value).get_as_double(0));
 }
 
+bool QuantizedRecurrentLayer::awaiting_calibration() const {
+  if (weights_.empty()) return false;  // not built
+  for (const auto& w : weights_)
+    if (w.name == "step") return w.value.get_as_double(0) == 0;
+  for (const char* n : {"x_min", "h_min"})
+    if (state(n).value.get_as_double(0) != static_cast<float>(act_.init_min)) return false;
+  for (const char* n : {"x_max", "h_max"})
+    if (state(n).value.get_as_double(0) != static_cast<float>(act_.init_max)) return false;
+  return true;
+}
+
+std::string QuantizedBidirectionalLayer::summary_note() const {
+  std::string s;
+  for (const auto* d : {&forward_, &backward_}) {
+    if (!*d) continue;
+    const std::string note = (*d)->summary_note();
+    if (note.empty()) continue;
+    if (!s.empty()) s += "\n    ";
+    s += (d == &forward_ ? "forward " : "backward ") + (*d)->name() + ": " + note;
+  }
+  return s;
+}
+
 std::string QuantizedRecurrentLayer::summary_note() const {
   if (weights_.empty()) return "";
   auto range = [&](const char* n) {
@@ -446,6 +469,7 @@ std::string QuantizedRecurrentLayer::summary_note() const {
          fmt(state("cell_max_abs").value.get_as_double(0)) + ")";
   }
   s += "\n    x, h: " + describe(act_) + ", x " + range("x") + ", h " + range("h");
+  if (awaiting_calibration()) s += " (initial ranges: not calibrated yet)";
   s += "\n    weights: tf " + std::to_string(weight_bits_) +
        "-bit sym narrow per gate block last_value";
   return s;

@@ -1,4 +1,4 @@
-// Keras golden vectors (shared/testdata/keras/*.json, schema in docs/layer-semantics.md §0),
+// Keras golden vectors (shared/testdata/keras/*.json, schema in docs/spec/layer-semantics.md §0),
 // produced by tfjs-layers 4.22.0 or by tfjs-core compositions of the cited Keras source.
 //
 // Each case builds the layer from its JSON config (layer_from_config: this also tests config

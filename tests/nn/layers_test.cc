@@ -616,8 +616,8 @@ TEST(FunctionalModels, ResidualAddAndASharedLayer) {
   KTensor a = Input({4}, DType::kF32, "a"), b = Input({4}, DType::kF32, "b");
   LayerPtr shared = Dense(4, {.name = "shared"});
   KTensor ha = (*shared)(a), hb = (*shared)(b);
-  KTensor res = (*Add({.name = "residual"}))({a, ha}).at(0);  // a + shared(a)
-  KTensor out = (*Concatenate())({res, hb}).at(0);
+  KTensor res = (*Add({.name = "residual"}))({a, ha});  // a + shared(a)
+  KTensor out = (*Concatenate())({res, hb});
   auto model = Model::create({a, b}, {out});
   EXPECT_EQ(out.shape(), Shape({kUnknown, 8}));
   // One set of weights: the shared layer appears once and its parameters count once.
@@ -650,7 +650,7 @@ TEST(FunctionalModels, SmallResidualCnnSummary) {
   reset_layer_names();
   KTensor in = Input({8, 8, 3});
   KTensor h = (*Conv2D(3, 3, {.padding = "same", .activation = "relu"}))(in);
-  h = (*Add())({in, h}).at(0);
+  h = (*Add())({in, h});
   h = (*MaxPooling2D())(h);
   h = (*SeparableConv2D(8, 3))(h);  // 4x4 -> 2x2
   h = (*GlobalAveragePooling2D())(h);
@@ -674,7 +674,7 @@ TEST(FunctionalModels, ConvGradientsFlowToEveryWeight) {
   KTensor in = Input({6, 6, 2});
   KTensor a = (*Conv2D(4, 3, {.padding = "same"}))(in);
   KTensor b = (*DepthwiseConv2D(3, {.padding = "same", .depth_multiplier = 2}))(in);
-  KTensor h = (*Concatenate())({a, b}).at(0);
+  KTensor h = (*Concatenate())({a, b});
   h = (*AveragePooling2D())(h);
   h = (*Flatten())(h);
   KTensor out = (*Dense(1))(h);

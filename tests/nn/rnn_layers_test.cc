@@ -25,7 +25,7 @@ using testing::expect_throws_with;
 using testing::tensors_equal;
 using testing::tensors_near;
 
-// ---- golden files (schema: shared docs/layer-semantics.md section 0) -----------------------
+// ---- golden files (schema: shared docs/spec/layer-semantics.md section 0) -----------------------
 
 Json load_case(const std::string& path) {
   std::ifstream f(path);

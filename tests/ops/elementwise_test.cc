@@ -201,7 +201,7 @@ TEST(ElementwiseActivation, HeaderDefaults) {
   EXPECT_FALSE(tensors_equal(ops::hard_sigmoid(x), ops::hard_sigmoid(x, "tf_keras")));
 }
 
-// Against Keras golden vectors (tfjs-layers 4.22.0; docs/layer-semantics.md section 0).
+// Against Keras golden vectors (tfjs-layers 4.22.0; docs/spec/layer-semantics.md section 0).
 TEST(ElementwiseActivation, KerasGoldenVectors) {
   const std::string path = testing::shared_dir() + "/testdata/keras/dev_activations.json";
   std::ifstream in(path);

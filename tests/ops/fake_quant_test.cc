@@ -592,6 +592,12 @@ int expect_fast_bitwise(const std::string& op, const std::vector<Tensor>& inputs
                         << exact(a[bad]) << ", reference " << exact(b[bad]);
     }
   }
+  // Inputs holding NaN or +-Inf (fast_test_input): the registry's non-finite check is done.
+  bool non_finite = false;
+  for (const Tensor& t : inputs)
+    if (t.dtype() == DType::kF32)
+      for (int64_t i = 0; i < t.numel(); ++i) non_finite |= !std::isfinite(t.data<float>()[i]);
+  if (ran > 0 && non_finite) testing::nonfinite_checked_ops().insert(op);
   return ran;
 }
 

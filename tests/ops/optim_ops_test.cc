@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "lowbit/graph.h"
+#include "lowbit/op.h"
 #include "lowbit/ops.h"
 #include "lowbit/rng.h"
 #include "testing/op_testing.h"
@@ -88,6 +89,39 @@ TEST_P(OptimOpsSized, FastKernelsEqualReferenceBitForBit) {
   std::vector<Tensor> ref = run(KernelChoice::kReference), fast = run(KernelChoice::kFastest);
   ASSERT_EQ(ref.size(), fast.size());
   for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(tensors_equal(fast[i], ref[i])) << i;
+}
+
+// Issue 14: the same with NaN, +Inf and -Inf in the gradient and the weights (a NaN gradient
+// must give a NaN update in both kernels: the training step guard relies on seeing it).
+TEST(OptimOps, FastKernelsEqualReferenceOnNonFiniteValues) {
+  Rng rng(10);
+  const Shape s{37};
+  Tensor w = random_tensor(s, rng), g = random_tensor(s, rng),
+         m = random_tensor(s, rng, -0.1f, 0.1f), v = random_tensor(s, rng, 0.0f, 0.05f);
+  const float inf = std::numeric_limits<float>::infinity();
+  g.data<float>()[0] = std::numeric_limits<float>::quiet_NaN();
+  g.data<float>()[17] = inf;
+  g.data<float>()[36] = -inf;
+  w.data<float>()[5] = inf;
+  w.data<float>()[20] = std::numeric_limits<float>::quiet_NaN();
+  auto run = [&](KernelChoice c) {
+    set_kernel_choice(c);
+    std::vector<Tensor> r = ops::adam_update(w, g, m, v, scalar_f32(0.0031f), 0.9, 0.999, 1e-7);
+    for (bool nesterov : {false, true}) {
+      std::vector<Tensor> q = ops::sgd_momentum_update(w, g, m, scalar_f32(0.01f), 0.9, nesterov);
+      r.insert(r.end(), q.begin(), q.end());
+    }
+    set_kernel_choice(KernelChoice::kFastest);
+    return r;
+  };
+  std::vector<Tensor> ref = run(KernelChoice::kReference), fast = run(KernelChoice::kFastest);
+  ASSERT_EQ(ref.size(), fast.size());
+  for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(tensors_equal(fast[i], ref[i])) << i;
+  EXPECT_TRUE(std::isnan(ref[0].data<float>()[0]));  // the NaN gradient reaches the weight
+  ASSERT_FALSE(find_op("adam_update").fast.empty());
+  ASSERT_FALSE(find_op("sgd_momentum_update").fast.empty());
+  testing::nonfinite_checked_ops().insert("adam_update");
+  testing::nonfinite_checked_ops().insert("sgd_momentum_update");
 }
 
 // 16/17: one full AVX-512 vector and a masked tail; 2^15 + 5: several parallel chunks.

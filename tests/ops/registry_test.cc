@@ -23,16 +23,22 @@ bool is_source(const OpDef& d) { return !d.reference && d.fast.empty(); }
 
 constexpr const char* kCheckName = "RegistryCoverage.EveryOpCoveredBySuite";
 
-void expect_every_op_covered(const std::set<std::string>& graded, const std::set<std::string>& ref) {
-  std::string missing_grad, missing_ref;
+void expect_every_op_covered(const std::set<std::string>& graded, const std::set<std::string>& ref,
+                             const std::set<std::string>& nonfinite) {
+  std::string missing_grad, missing_ref, missing_nonfinite;
   for (const OpDef* d : all_ops()) {
     if (is_source(*d)) continue;
     const bool g = graded.count(d->name) != 0;
     if (d->grad && !g) missing_grad += " " + d->name;
     if (!g && !ref.count(d->name)) missing_ref += " " + d->name;
+    if (!d->fast.empty() && !nonfinite.count(d->name)) missing_nonfinite += " " + d->name;
   }
   EXPECT_EQ(missing_grad, "") << "differentiable ops without a gradient check:" << missing_grad;
   EXPECT_EQ(missing_ref, "") << "ops without any test of their kernel:" << missing_ref;
+  EXPECT_EQ(missing_nonfinite, "")
+      << "ops whose fast kernels were never compared with the reference on NaN/Inf inputs "
+         "(testing::expect_fast_matches_reference does it):"
+      << missing_nonfinite;
 }
 
 // Every test of the binary (but the merging check itself and disabled tests), by full name.
@@ -57,14 +63,17 @@ class CoverageCheck : public ::testing::Environment {
   void TearDown() override {
     if (const char* dir = std::getenv("LOWBIT_COVERAGE_DIR")) {
       // ctest's per-test process: record, the merging check decides.
-      std::ofstream f(std::filesystem::path(dir) / ("process-" + std::to_string(::getpid()) + ".txt"));
+      std::ofstream f(std::filesystem::path(dir) /
+                      ("process-" + std::to_string(::getpid()) + ".txt"));
       for (const std::string& t : all_test_names(/*only_run=*/true)) f << "test " << t << "\n";
       for (const std::string& op : testing::gradchecked_ops()) f << "grad " << op << "\n";
       for (const std::string& op : testing::reference_tested_ops()) f << "ref " << op << "\n";
+      for (const std::string& op : testing::nonfinite_checked_ops()) f << "nan " << op << "\n";
       return;
     }
     if (::testing::GTEST_FLAG(filter) != "*") return;
-    expect_every_op_covered(testing::gradchecked_ops(), testing::reference_tested_ops());
+    expect_every_op_covered(testing::gradchecked_ops(), testing::reference_tested_ops(),
+                            testing::nonfinite_checked_ops());
   }
 };
 const auto* const kCoverage = ::testing::AddGlobalTestEnvironment(new CoverageCheck);
@@ -73,11 +82,16 @@ const auto* const kCoverage = ::testing::AddGlobalTestEnvironment(new CoverageCh
 TEST(RegistryCoverage, EveryOpCoveredBySuite) {
   const char* dir = std::getenv("LOWBIT_COVERAGE_CHECK_DIR");
   if (!dir) GTEST_SKIP() << "run by ctest as op_registry_coverage (LOWBIT_COVERAGE_CHECK_DIR)";
-  std::set<std::string> ran, graded, ref;
+  std::set<std::string> ran, graded, ref, nonfinite;
   for (const auto& e : std::filesystem::directory_iterator(dir)) {
     std::ifstream f(e.path());
     std::string kind, name;
-    while (f >> kind >> name) (kind == "test" ? ran : kind == "grad" ? graded : ref).insert(name);
+    while (f >> kind >> name)
+      (kind == "test"   ? ran
+       : kind == "grad" ? graded
+       : kind == "nan"  ? nonfinite
+                        : ref)
+          .insert(name);
   }
   const std::set<std::string> all = all_test_names(/*only_run=*/false);
   std::string not_run;
@@ -89,7 +103,7 @@ TEST(RegistryCoverage, EveryOpCoveredBySuite) {
     GTEST_SKIP() << "only " << all.size() - n_not_run << " of " << all.size()
                  << " tests ran (e.g. not:" << not_run << "): the coverage check needs them all";
   }
-  expect_every_op_covered(graded, ref);
+  expect_every_op_covered(graded, ref, nonfinite);
 }
 
 TEST(Registry, EveryOpIsWellFormed) {

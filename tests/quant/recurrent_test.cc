@@ -346,6 +346,7 @@ TEST(QuantizedRecurrent, StateQuantizersAreIdempotentOnTheirGrids) {
 
 TEST(QuantizedRecurrent, TrackersUpdateOnlyInTrainingModeAndFromValidSteps) {
   auto q = quantize_model(*explicit_mask_model(false));
+  q->allow_uncalibrated = true;  // inference on the initial ranges, on purpose
   auto l = rnn_of(*q, "lstm");
   Rng rng(29);
   const Tensor m = step_mask();
@@ -379,6 +380,7 @@ TEST(QuantizedRecurrent, QuantDelayRunsTheFloatCellFirstAndFreezeAfterStopsTheTr
     cfg.quant_delay = 2;
     cfg.activations.freeze_after = 3;
     auto q = quantize_model(*fl, cfg);
+    q->allow_uncalibrated = true;  // inference on the initial ranges, on purpose
     auto l = rnn_of(*q, gru ? "gru" : "lstm");
     EXPECT_EQ(l->quant_delay(), 2);
     Rng rng(31);
@@ -430,6 +432,7 @@ TEST(QuantizedRecurrent, BidirectionalBecomesTwoQuantizedDirections) {
     std::vector<KTensor> y = (*bi)(std::vector<KTensor>{x}, {.masks = {m}});
     auto fl = nn::Model::create({x, m}, y);
     auto q = quantize_model(*fl);
+    q->allow_uncalibrated = true;  // inference on the initial ranges, on purpose
     const std::string inner = gru ? "gru" : "lstm";
     const std::vector<std::string> want = {"input_layer:InputLayer",
                                            "bidirectional:QuantizedBidirectional<-input_layer"};
@@ -454,6 +457,7 @@ TEST(QuantizedRecurrent, BidirectionalBecomesTwoQuantizedDirections) {
     auto alone = [&](const std::shared_ptr<QuantizedRecurrentLayer>& l) {
       KTensor x2 = nn::Input({5, 3}), m2 = nn::Input({5}, DType::kBool);
       auto mm = nn::Model::create({x2, m2}, (*l)(std::vector<KTensor>{x2}, {.masks = {m2}}));
+      mm->allow_uncalibrated = true;
       return mm->predict_on_batch({xs, ms}).at(0);
     };
     EXPECT_TRUE(tensors_equal(got[0], alone(fwd)));
@@ -469,6 +473,7 @@ TEST(QuantizedRecurrent, BidirectionalBecomesTwoQuantizedDirections) {
     const std::string path = (dir / (inner + ".lbm")).string();
     q->save(path);
     auto r = nn::load_model(path);
+    r->allow_uncalibrated = true;
     const std::vector<Tensor> again = r->predict_on_batch({xs, ms});
     for (size_t k = 0; k < got.size(); ++k) EXPECT_TRUE(tensors_equal(again[k], got[k]));
   }

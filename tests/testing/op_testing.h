@@ -49,7 +49,8 @@ void expect_gradients_match(const std::string& op, const std::vector<Tensor>& in
                             const Attrs& attrs = {}, GradCheckOptions opt = {});
 
 // Runs every fast kernel of `op` that supports these inputs and compares it with the reference
-// kernel. Returns how many fast kernels ran.
+// kernel, then again with NaN, +Inf and -Inf written into the first f32 input (NaN must match
+// NaN, infinities must be equal). Returns how many fast kernels ran.
 int expect_fast_matches_reference(const std::string& op, const std::vector<Tensor>& inputs,
                                   const Attrs& attrs = {}, double atol = 1e-5, double rtol = 1e-5);
 
@@ -69,5 +70,8 @@ void expect_throws_with(F&& f, const std::string& needle) {
 std::set<std::string>& gradchecked_ops();
 std::set<std::string>& reference_tested_ops();
 void note_reference_tested(const std::string& op);
+// Ops whose fast kernels expect_fast_matches_reference also compared with the reference on
+// inputs holding NaN, +Inf and -Inf (every op with a fast kernel must be here: registry test).
+std::set<std::string>& nonfinite_checked_ops();
 
 }  // namespace lowbit::testing

@@ -129,6 +129,11 @@ class Dataset {
     std::unique_ptr<State> state_;
   };
   Iterator begin_epoch(int64_t epoch) const;
+  // Where the rows of batch k of `epoch` (as begin_epoch(epoch) yields it) come from: their
+  // positions in the source data (the tensors or file the dataset was made from, before any
+  // take/skip/shuffle), as the map() functions receive them. Empty for k out of range. Meant
+  // for error messages ("sample 1234 of the data"); it recomputes the epoch's order.
+  std::vector<int64_t> source_indices(int64_t epoch, int64_t k) const;
 
   struct Impl;
 

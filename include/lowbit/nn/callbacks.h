@@ -68,7 +68,14 @@ CallbackPtr LambdaCallback(LambdaCallbackFns fns);
 struct History {
   std::map<std::string, std::vector<double>> history;
   std::vector<int> epochs;
-  std::string stop_reason;  // empty when all epochs ran
+  // Empty when fit ran all its epochs; otherwise why training stopped and where (a callback
+  // such as EarlyStopping after an epoch, or the step guard: a non-finite loss or update, with
+  // what to do about it).
+  std::string stop_reason;
+  // True when the step guard stopped fit inside an epoch: the last entry of every history list
+  // is that epoch as far as it ran (the mean over its applied batches; the refused loss itself
+  // when not even the first batch was applied, so history["loss"] is never empty).
+  bool last_epoch_partial = false;
 };
 
 }  // namespace lowbit::nn

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -177,6 +178,14 @@ class Layer : public std::enable_shared_from_this<Layer> {
   virtual Json get_config() const;
   // Extra text for summary() (e.g. quantizer settings); empty by default.
   virtual std::string summary_note() const { return ""; }
+  // True while state that inference reads has never seen data: a quantizer's activation range
+  // still at its initial value right after quant::quantize_model. Models refuse inference then
+  // (predict, evaluate, eager calls) with an error that says to run Model::calibrate(data) or
+  // fit first. Layers without such state: false.
+  virtual bool awaiting_calibration() const { return false; }
+  // True for layers whose non-trainable weights are quantizer state (ranges, step counters):
+  // the state Model::calibrate updates. Plain float layers: false.
+  virtual bool has_quantizer_state() const { return false; }
   // Checks the data of a tensor about to be fed to input `index` of this layer, on the host,
   // before any graph runs; throws (ValueError) for values the graph could not handle, e.g.
   // Embedding ids out of range. Models call it for the layers their inputs feed directly
@@ -214,7 +223,13 @@ class Layer : public std::enable_shared_from_this<Layer> {
   std::vector<Value> apply(const std::vector<Value>& inputs, const std::vector<Value>& input_masks,
                            CallContext& ctx, std::vector<Value>& output_masks);
   // Functional API: records a node and returns symbolic outputs.
+  //   KTensor h = (*nn::Dense(4))(x);           // one input, one output
+  //   KTensor s = (*nn::Add())({h, b});         // several inputs, one output: the tensor
+  //   std::vector<KTensor> o = (*lstm)(std::vector<KTensor>{x, h0, c0});  // every output
+  // The first two need a layer with exactly one output (ValueError naming the layer and its
+  // output count otherwise: call the vector form).
   KTensor operator()(const KTensor& x, CallOptions opt = {});
+  KTensor operator()(std::initializer_list<KTensor> xs, CallOptions opt = {});
   std::vector<KTensor> operator()(const std::vector<KTensor>& xs, CallOptions opt = {});
 
  protected:
@@ -234,7 +249,8 @@ class Layer : public std::enable_shared_from_this<Layer> {
 // code cannot override compute_mask (third-party classes). `layer` is the layer being called;
 // the other arguments are compute_mask's. A layer's own compute_mask override wins over a
 // registered rule. The recurrent layers' rule (SimpleRNN, LSTM, GRU, Bidirectional: consume
-// the mask, return it with return_sequences) is registered this way (src/nn/masking.cc).
+// the mask, return it with return_sequences) and every other built-in rule live in the same
+// table (builtin_mask_rules in src/nn/layers_masking.cc).
 using MaskRule =
     std::function<std::vector<Value>(const Layer& layer, const std::vector<Value>& inputs,
                                      const std::vector<Value>& outputs, CallContext& ctx)>;

@@ -263,12 +263,16 @@ LayerPtr Embedding(int64_t input_dim, int64_t output_dim, EmbeddingOptions o = {
 //
 // MASKS — how a timestep mask reaches a recurrent layer: through CallContext::input_masks.
 // When ctx.input_masks[0] is defined when the layer is applied, it is the mask of x: bool or f32
-// [B, T] (true / nonzero = valid step), else ShapeError/DTypeError naming the layer. Until
-// masks propagate through models (Masking, Embedding(mask_zero) and model inputs; designed
-// separately), set it yourself when tracing a layer into a graph:
+// [B, T] (true / nonzero = valid step), else ShapeError/DTypeError naming the layer. In a
+// model, masks propagate (docs/masking.md): from Masking, Embedding(mask_zero), or an explicit
+// mask passed at the call, typically a model input:
+//     KTensor x = Input({T, F}), m = Input({T}, DType::kBool);
+//     KTensor h = (*LSTM(8))(x, {.masks = {m}});   // Model::create({x, m}, {...})
+// When tracing a layer into a graph by hand, set it yourself:
 //     CallContext ctx(g, training);
 //     ctx.input_masks = {mask_value};          // a graph Value [B, T]
 //     Value y = lstm->apply({x}, ctx)[0];
+// Whatever a masked step holds (NaN, Inf) never reaches the arithmetic, forward or backward.
 // A model called without masks runs the layers unmasked. At a masked step the states and the
 // output carry over unchanged (zeros before the first valid step; zeros at masked steps with
 // zero_output_for_mask), and nothing computed from the masked input reaches the result

@@ -1,5 +1,5 @@
 // Keras 3 losses as graph ops (K3:losses/losses.py, K3:losses/loss.py, K3:backend/tensorflow/nn.py;
-// docs/layer-semantics.md sections 4.1 and 7.6).
+// docs/spec/layer-semantics.md sections 4.1 and 7.6).
 //
 // A loss has two stages, as in Keras:
 //   1. per_sample(y_true, y_pred): the loss of each sample after the loss's own reduction of the

@@ -1,6 +1,6 @@
 // Keras 3 metrics, accumulated on the host over batches of fetched tensors
 // (K3:metrics/reduction_metrics.py, accuracy_metrics.py, confusion_metrics.py,
-// K3:trainers/compile_utils.py; docs/layer-semantics.md 4.1).
+// K3:trainers/compile_utils.py; docs/spec/layer-semantics.md 4.1).
 //
 //   auto acc = nn::metric_by_name("accuracy", loss.get(), {DType::kF32, {kUnknown, 10}});
 //   for (each batch) acc->update(y_true, probs);   // y_true s64 [B], probs f32 [B, 10]

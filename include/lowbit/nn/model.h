@@ -120,11 +120,16 @@ class Model : public Layer {
   // Host-side checks of input data (Layer::validate_input of every layer a model input feeds
   // directly, nested models included); predict_on_batch runs it, training loops should too.
   void validate_inputs(const std::vector<Tensor>& xs) const;
+  // ValueError naming the first layer awaiting calibration (see calibrate), for `who`.
+  void require_calibrated(const std::string& who) const;
   void validate_input(int index, const Tensor& value) const override;
 
   // Runs the model now. training unset = inference.
   std::vector<Tensor> predict_on_batch(const std::vector<Tensor>& xs, CallOptions opt = {});
   Tensor operator()(const Tensor& x, CallOptions opt = {});
+  // A model is a layer: called on symbolic tensors it becomes one node of another model
+  // (KTensor y = (*inner)(x); trained, saved and loaded with the outer model).
+  using Layer::operator();
 
   // Traces the model into `g` on fresh placeholders (batch unknown); returns placeholders,
   // outputs and the outputs' timestep masks (undefined where an output has none); the context
@@ -150,8 +155,23 @@ class Model : public Layer {
   History fit(const data::Dataset& train, FitOptions o = {});
   Logs evaluate(const Tensor& x, const Tensor& y, EvaluateOptions o = {});
   Logs evaluate(const data::Dataset& d, EvaluateOptions o = {});
-  // Inference-mode outputs for all of x, in batches.
+  // Inference-mode outputs for all of x, in batches (single-input, single-output models).
   Tensor predict(const Tensor& x, int64_t batch_size = 32);
+  // Any model: one tensor per input (same number of samples; explicit masks are inputs too),
+  // one result per output.
+  std::vector<Tensor> predict(const std::vector<Tensor>& xs, int64_t batch_size = 32);
+  // Calibration (PyTorch's prepare/calibrate step, TFLite's representative dataset): runs the
+  // inputs of `data` (targets are not needed and ignored) through the model in training mode
+  // and keeps only the quantizers' state updates (activation ranges, step counters): no weight,
+  // optimizer or BatchNormalization statistic changes. A model fresh from quant::quantize_model
+  // must be calibrated (or trained with fit) before inference; until then predict, evaluate
+  // and eager calls refuse with a ValueError that says so. Returns the number of batches run.
+  // ValueError for empty data or batch_size < 1 (the dataset's own batches when it is batched).
+  int64_t calibrate(const data::Dataset& data, int64_t batch_size = 32, int verbose = 0,
+                    std::ostream* out = nullptr);
+  // The first layer (nested ones included) still awaiting calibration (Layer::
+  // awaiting_calibration), or nullptr.
+  const Layer* uncalibrated_layer() const;
   OptimizerPtr optimizer() const { return optimizer_; }
 
   // ---- saving ----
@@ -164,6 +184,9 @@ class Model : public Layer {
   void load_weights(const std::string& path);
   LossPtr loss() const { return loss_; }
   bool stop_training = false;  // callbacks set it to end fit after the current epoch
+  // Lets inference run on quantizers that have not seen data (their initial ranges), on
+  // purpose: tests of the state machinery, inspecting what quantize_model made. Not saved.
+  bool allow_uncalibrated = false;
 
  protected:
   Model(const std::string& default_name, const std::string& name);

@@ -104,8 +104,9 @@ SchedulePtr schedule_from_config(const Json& j);
 // ---- Optimizers ----
 
 struct OptimizerOptions {
-  double learning_rate = -1;  // negative: the optimizer's Keras default
-  SchedulePtr schedule;       // overrides learning_rate when set
+  // Unset: the optimizer's Keras default. Must be finite and >= 0 (ValueError otherwise).
+  std::optional<double> learning_rate;
+  SchedulePtr schedule;  // overrides learning_rate when set
   // Gradient clipping, at most one (ValueError otherwise); each must be >= 0 and 0 does nothing
   // (as Keras). clipnorm: each gradient g * c / max(||g||, c); global_clipnorm: every gradient
   // times c / max(global norm, c) (NaN when the global norm is not finite, as Keras);

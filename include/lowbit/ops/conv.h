@@ -96,7 +96,8 @@ T depthwise_conv2d(const T& x, const T& w, const Attrs& attrs = {}) {
 }
 
 // Pooling over [kh, kw] windows of x [N,H,W,C] -> [N,OH,OW,C]; attrs ksize, strides (default
-// ksize), padding valid|same. Differentiable.
+// ksize), padding valid|same. Differentiable. NaN propagates (as TF and PyTorch): a window
+// holding a NaN has the maximum NaN (and the average NaN); +-Inf count as ordinary values.
 template <Operand T>
 T max_pool2d(const T& x, const Attrs& attrs) {
   return apply1("max_pool2d", {x}, attrs);
@@ -106,7 +107,8 @@ T avg_pool2d(const T& x, const Attrs& attrs) {
   return apply1("avg_pool2d", {x}, attrs);
 }
 // Gradient of max_pool2d: each window's dy goes to its first maximal cell of x in row-major
-// order (TensorFlow CPU MaxPoolGrad); overlapping windows add. Not differentiable itself.
+// order (TensorFlow CPU MaxPoolGrad), the first NaN if it holds one; overlapping windows add. Not
+// differentiable itself.
 template <Operand T>
 T max_pool2d_backward(const T& x, const T& dy, const Attrs& attrs) {
   return apply1("max_pool2d_backward", {x, dy}, attrs);

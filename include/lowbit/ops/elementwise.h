@@ -116,7 +116,7 @@ T erf(const T& x) {
   return apply1("erf", {x});
 }
 
-// ---- Activations (f32 only; Keras 3 semantics, docs/layer-semantics.md section 7.5) ----
+// ---- Activations (f32 only; Keras 3 semantics, docs/spec/layer-semantics.md section 7.5) ----
 // tanh(x); saturates to +-1 without overflow. Gradient: dy (1 - y^2).
 template <Operand T>
 T tanh(const T& x) {

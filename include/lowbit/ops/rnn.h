@@ -1,5 +1,5 @@
 // Fused recurrences (LSTM, GRU, SimpleRNN) over a whole sequence, with Keras semantics
-// (shared docs/layer-semantics.md section 6). f32 throughout.
+// (shared docs/spec/layer-semantics.md section 6). f32 throughout.
 //
 // The input projection is NOT part of these ops: project every step at once with one matmul
 // (x [B,T,D] @ kernel [D,G*U] + bias -> x_proj [B,T,G*U]) and hand x_proj over. The op runs

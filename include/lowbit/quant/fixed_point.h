@@ -1,6 +1,6 @@
 // Integer-inference arithmetic: the fixed-point helpers an int8 converter and integer kernels use
 // to stay bit-identical with TFLite (gemmlowp arithmetic). Plain functions on scalars, not ops.
-// Normative text: shared/docs/quantization-semantics.md, sections 2.5 and 3.1-3.6 (cited "spec
+// Normative text: docs/spec/quantization-semantics.md, sections 2.5 and 3.1-3.6 (cited "spec
 // 3.4" below); golden vectors: shared/testdata/fakequant_examples.json.
 //
 // Words used throughout:

@@ -1,6 +1,6 @@
 // Quantization-aware training (QAT): the layers that carry fake quantizers and their state.
 // docs/quantization.md explains where fake quantization goes and why; the numerics are
-// ../shared/docs/quantization-semantics.md (sections 1, 2.1-2.4, 4).
+// docs/spec/quantization-semantics.md (sections 1, 2.1-2.4, 4).
 //
 // Fake quantization rounds a float tensor to the grid an integer kernel will use and keeps it
 // f32, so the loss of a training step sees the quantization error while the optimizer updates
@@ -166,6 +166,9 @@ class FakeQuantLayer : public nn::Layer {
  public:
   FakeQuantLayer(QuantizerConfig config, int64_t quant_delay, std::string name);
   std::string class_name() const override { return "FakeQuant"; }
+  bool has_quantizer_state() const override { return true; }
+  // Its range has not been updated by any training-mode step yet (step counter 0).
+  bool awaiting_calibration() const override;
   void build(const std::vector<Shape>& input_shapes) override;
   std::vector<Value> call(const std::vector<Value>& inputs, nn::CallContext& ctx) override;
   Json get_config() const override;
@@ -207,6 +210,7 @@ class QuantizeWrapperLayer : public nn::Layer {
   QuantizeWrapperLayer(nn::LayerPtr layer, std::map<std::string, QuantizerConfig> quantizers,
                        int64_t quant_delay, std::string name);
   std::string class_name() const override { return "QuantizeWrapper"; }
+  bool has_quantizer_state() const override { return true; }
   int num_inputs() const override { return layer_->num_inputs(); }
   void build(const std::vector<Shape>& input_shapes) override;
   std::vector<Value> call(const std::vector<Value>& inputs, nn::CallContext& ctx) override;
@@ -269,6 +273,7 @@ class FoldedConvBatchNormLayer : public nn::Layer {
   FoldedConvBatchNormLayer(nn::LayerPtr conv, nn::LayerPtr batch_norm, QuantizerConfig weights,
                            int64_t quant_delay, int64_t freeze_bn_delay, std::string name);
   std::string class_name() const override { return "FoldedConvBatchNorm"; }
+  bool has_quantizer_state() const override { return true; }
   void build(const std::vector<Shape>& input_shapes) override;
   std::vector<Value> call(const std::vector<Value>& inputs, nn::CallContext& ctx) override;
   Json get_config() const override;

@@ -79,6 +79,10 @@ class QuantizedRecurrentLayer : public nn::Layer {
   QuantizedRecurrentLayer(nn::LayerPtr layer, QuantizerConfig activations, int weight_bits,
                           std::string name, int64_t quant_delay = 0);
   std::string class_name() const override { return lstm_ ? "QuantizedLSTM" : "QuantizedGRU"; }
+  bool has_quantizer_state() const override { return true; }
+  // Its x/h ranges were never updated (step counter 0, or without one: both still at their
+  // initial values).
+  bool awaiting_calibration() const override;
   int num_inputs() const override { return -1; }
   void build(const std::vector<Shape>& input_shapes) override;
   std::vector<Value> call(const std::vector<Value>& inputs, nn::CallContext& ctx) override;
@@ -129,6 +133,7 @@ class QuantizedBidirectionalLayer : public nn::Layer {
   QuantizedBidirectionalLayer(const Json& bidirectional_config, QuantizerConfig activations,
                               int weight_bits, std::string name, int64_t quant_delay = 0);
   std::string class_name() const override { return "QuantizedBidirectional"; }
+  bool has_quantizer_state() const override { return true; }
   int num_inputs() const override { return -1; }
   void build(const std::vector<Shape>& input_shapes) override;
   std::vector<Value> call(const std::vector<Value>& inputs, nn::CallContext& ctx) override;
@@ -137,6 +142,8 @@ class QuantizedBidirectionalLayer : public nn::Layer {
   Json get_config() const override;
   std::vector<nn::LayerPtr> sublayers() const override { return {forward_, backward_}; }
   void set_trainable(bool t) override;
+  // Both directions' quantizers (each as QuantizedRecurrentLayer::summary_note).
+  std::string summary_note() const override;
 
   const std::shared_ptr<QuantizedRecurrentLayer>& forward_layer() const { return forward_; }
   const std::shared_ptr<QuantizedRecurrentLayer>& backward_layer() const { return backward_; }

@@ -1,6 +1,7 @@
-// Fast max pooling, NHWC f32: the channel loop is innermost and vectorised. The backward kernel
-// picks, per channel, the first maximum of each window in row-major order (strict >), exactly as
-// the reference, and accumulates into dx in the same (window-by-window) order, so results are
+// Fast max pooling, NHWC f32: the channel loop is innermost and vectorised. NaN propagates: the
+// first NaN of a window is its maximum (forward and backward). The backward kernel picks, per
+// channel, the first maximum of each window in row-major order (strict >), exactly as the
+// reference, and accumulates into dx in the same (window-by-window) order, so results are
 // bit-identical to the reference. Work is split by image only.
 #include <omp.h>
 
@@ -16,6 +17,9 @@ namespace lowbit::detail {
 namespace {
 
 constexpr int64_t kParallelElements = 1 << 15;
+
+// NaN propagates (as the reference, TF and PyTorch): the first NaN of a window is its maximum.
+inline bool nan_max_wins(float v, float best) { return v > best || (v != v && best == best); }
 
 void window(int64_t start, int64_t k, int64_t in, int64_t* lo, int64_t* hi) {
   *lo = std::max<int64_t>(start, 0);
@@ -42,7 +46,8 @@ void max_pool2d_fast(const KernelCtx& k) {
           for (int64_t iw = w0; iw < w1; ++iw) {
             const float* xi = x + ((n * p.in_h + ih) * p.in_w + iw) * C;
 #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) yo[c] = xi[c] > yo[c] ? xi[c] : yo[c];
+            for (int64_t c = 0; c < C; ++c)
+              yo[c] = xi[c] > yo[c] || (xi[c] != xi[c] && yo[c] == yo[c]) ? xi[c] : yo[c];
           }
       }
     }
@@ -81,7 +86,7 @@ void max_pool2d_backward_fast(const KernelCtx& k) {
             for (int64_t iw = w0; iw < w1; ++iw) {
               const int64_t base = (ih * p.in_w + iw) * C;
               for (int64_t c = 0; c < C; ++c)
-                if (xn[base + c] > best[c]) {
+                if (nan_max_wins(xn[base + c], best[c])) {
                   best[c] = xn[base + c];
                   where[c] = base + c;
                 }

@@ -43,12 +43,14 @@ inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 // max/min return the second operand when either is NaN: pass the data second.
 inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
 inline vf vmin(vf a, vf b) { return _mm512_min_ps(a, b); }
-inline vf vrecip(vf x) {
-  const vf r = _mm512_rcp14_ps(x);
-  return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(x, r, vset1(1.0f)), r);
-}
+// A true division: 1/inf = 0 exactly, as the reference (rcp14 with a Newton step gave NaN).
+// Its cost is small beside the recurrent GEMM (one per gate element per step).
+inline vf vrecip(vf x) { return _mm512_div_ps(vset1(1.0f), x); }
+// exp(-inf) = 0 and exp(+inf) = inf, as std::exp (issue 14: sigmoid(-inf) must be exactly 0, or
+// 0 * inf in the cell gives inf where the reference gives NaN): the clamp lets 2^n underflow
+// to 0 below -104 and overflow to inf above 88.73; NaN passes (vmax/vmin keep the data).
 inline vf vexp(vf x) {
-  x = vmin(vset1(88.3762626647949f), vmax(vset1(-88.3762626647949f), x));
+  x = vmin(vset1(89.0f), vmax(vset1(-104.0f), x));
   const vf n = _mm512_roundscale_ps(vmul(x, vset1(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   vf r = _mm512_fnmadd_ps(n, vset1(0.693359375f), x);

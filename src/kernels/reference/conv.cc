@@ -130,7 +130,7 @@ void max_pool2d_f32_reference(const Conv2DParams& p, const float* x, float* y) {
     for (int64_t ih = h0; ih < h1; ++ih)
       for (int64_t iw = w0; iw < w1; ++iw) {
         const float v = x[((n * p.in_h + ih) * p.in_w + iw) * c_n + c];
-        if (v > m) m = v;
+        if (v > m || (v != v && m == m)) m = v;  // NaN propagates: the first NaN wins
       }
     y[o] = m;
   }
@@ -178,7 +178,8 @@ void max_pool2d_backward_f32_reference(const Conv2DParams& p, const float* x, co
         for (int64_t ih = h0; ih < h1; ++ih)
           for (int64_t iw = w0; iw < w1; ++iw) {
             const int64_t i = ih * p.in_w + iw;
-            if (xp[i * c_n] > xp[best * c_n]) best = i;  // strict: the first maximum wins
+            const float v = xp[i * c_n], b = xp[best * c_n];
+            if (v > b || (v != v && b == b)) best = i;  // strict: the first maximum (NaN) wins
           }
         dxp[best * c_n] += dy[((n * p.out_h + oh) * p.out_w + ow) * c_n + c];
       }
