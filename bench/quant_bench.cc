@@ -195,17 +195,16 @@ void BM_Kernel(benchmark::State& state, Case c) {
   std::vector<ValueType> in_types;
   for (const Tensor& t : s.inputs) in_types.push_back({t.dtype(), t.shape()});
   std::vector<Tensor> outs;
-  for (const ValueType& vt : infer_op(*def, in_types, s.attrs))
-    outs.emplace_back(vt.shape, vt.dtype);
-  const KernelCtx ctx{s.inputs, outs, s.attrs};
+  const std::vector<ValueType> out_types = infer_op(*def, in_types, s.attrs);
+  for (const ValueType& vt : out_types) outs.emplace_back(vt.shape, vt.dtype);
+  const std::any params = prepare_op(*def, in_types, out_types, s.attrs);
+  const KernelCtx ctx{s.inputs, outs, &params};
   KernelFn run = def->reference;
   std::string label = "reference";
-  for (const FastKernel& k : def->fast)
-    if (!k.supports || k.supports(ctx)) {
-      run = k.run;
-      label = k.name;
-      break;
-    }
+  if (const FastKernel* k = choose_kernel(*def, ctx, KernelChoice::kFastest)) {
+    run = k->run;
+    label = k->name;
+  }
   state.SetLabel(label);
   run(ctx);  // touch the outputs once: page faults stay out of the timing
   const auto start = std::chrono::steady_clock::now();

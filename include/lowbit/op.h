@@ -2,17 +2,23 @@
 //   - its inputs (count) and attributes,
 //   - a shape/dtype rule (`infer`), which also validates and throws ShapeError/DTypeError,
 //   - a gradient rule (`grad`) written with other ops, so gradients are graphs too,
-//   - a reference kernel (plain loops: the definition of the op, rounding included),
-//   - optional fast kernels, each checked against the reference by the tests.
+//   - a prepare step (`prepare`): turns attributes and concrete input/output types into the
+//     kernels' parameter struct, once per executor plan (never per call),
+//   - its kernel table: a reference kernel (plain loops: the definition of the op, rounding
+//     included) and optional fast kernels, each naming its ISA, each checked against the
+//     reference by the tests (tests/ops/registry_test.cc fails on a listed kernel never checked).
 // Tests and benchmarks iterate all_ops(). docs/adding-an-op.md walks through one.
 #pragma once
 
+#include <any>
 #include <functional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "lowbit/attrs.h"
+#include "lowbit/error.h"
+#include "lowbit/isa.h"
 #include "lowbit/shape.h"
 #include "lowbit/tensor.h"
 
@@ -33,12 +39,28 @@ struct InferCtx {
   const Attrs& attrs;
 };
 
-// Inputs and preallocated outputs (shapes from `infer`, concrete). Kernels must not allocate
-// in the hot path, throw, or look at the graph.
+// What `prepare` sees: concrete input and output types (shapes known) and the attributes.
+struct PrepareCtx {
+  const std::string& op;
+  std::span<const ValueType> in;
+  std::span<const ValueType> out;
+  const Attrs& attrs;
+};
+
+// Inputs, preallocated outputs (shapes from `infer`, concrete) and the parameters `prepare`
+// made. Kernels must not allocate in the hot path, throw, or look at the graph; they read their
+// attributes from params<P>(), never by name.
 struct KernelCtx {
   std::span<const Tensor> in;
   std::span<Tensor> out;
-  const Attrs& attrs;
+  const std::any* prepared = nullptr;  // what OpDef::prepare returned (empty: no prepare)
+  // The prepared parameters as P (the type the op's prepare returns; checked).
+  template <class P>
+  const P& params() const {
+    const P* p = prepared ? std::any_cast<P>(prepared) : nullptr;
+    LOWBIT_CHECK(p != nullptr, "kernel params of the wrong type or missing (op prepare bug)");
+    return *p;
+  }
 };
 
 // What a gradient rule sees: the node's inputs and outputs as graph values, and the incoming
@@ -57,9 +79,16 @@ using InferFn = std::function<std::vector<ValueType>(const InferCtx&)>;
 // Returns one gradient per input; an undefined Value means "no gradient" for that input.
 using GradFn = std::function<std::vector<Value>(const GradCtx&)>;
 using KernelFn = std::function<void(const KernelCtx&)>;
+// Returns the kernels' parameters (any copyable struct, read back with KernelCtx::params<P>());
+// may throw like a shape rule (it runs when a plan is made, before any kernel).
+using PrepareFn = std::function<std::any(const PrepareCtx&)>;
 
+// One row of an op's kernel table. `supports` sees the prepared context of the first run of a
+// plan; the first listed kernel whose ISA the CPU has (cpu_has) and that supports the shapes
+// runs, else the reference.
 struct FastKernel {
-  std::string name;                                // e.g. "matmul_f32__dnnl"
+  std::string name;  // `<op>[_layout]_<dtype>__<isa>`, e.g. "matmul_f32__dnnl"
+  Isa isa = Isa::kPortable;
   std::function<bool(const KernelCtx&)> supports;  // empty: supports everything
   KernelFn run;
 };
@@ -69,18 +98,16 @@ struct OpDef {
   int num_inputs = 1;  // -1: variadic (at least one)
   InferFn infer;
   GradFn grad;         // empty: not differentiable (integer/bool outputs, comparisons, argmax)
+  PrepareFn prepare;   // empty: the kernels take no parameters
   KernelFn reference;  // empty only for graph sources (placeholder, constant, variable)
-  std::vector<FastKernel> fast;
-  int view_of_input = -1;  // >= 0: output 0 is a reshape view of that input; no kernel runs
-  std::string doc;         // one line, for listings and the DOT graph
+  std::vector<FastKernel> fast;  // the rest of the kernel table, best first
+  int view_of_input = -1;        // >= 0: output 0 is a reshape view of that input; no kernel runs
+  std::string doc;               // one line, for listings and the DOT graph
 };
 
 // Registers an op; throws ValueError if the name is taken. Built-in ops register themselves
 // the first time the registry is used.
 void register_op(OpDef def);
-// Adds a fast kernel to an already registered op (kernel libraries such as oneDNN register
-// theirs after the ops are defined). Kernels are tried in the order they were added.
-void add_fast_kernel(const std::string& op, FastKernel kernel);
 // Throws ValueError "unknown op 'x'" (with close names) when missing.
 const OpDef& find_op(const std::string& name);
 // Every registered op, sorted by name.
@@ -91,7 +118,13 @@ enum class KernelChoice { kFastest, kReference };
 void set_kernel_choice(KernelChoice c);
 KernelChoice kernel_choice();
 
-// Runs `def` on ctx with the first fast kernel that supports it (or the reference).
+// Runs `def`'s prepare step (an empty std::any when it has none).
+std::any prepare_op(const OpDef& def, std::span<const ValueType> in, std::span<const ValueType> out,
+                    const Attrs& attrs);
+// The fast kernel that runs ctx under `choice`: the first whose ISA the CPU has and that
+// supports ctx; nullptr: the reference.
+const FastKernel* choose_kernel(const OpDef& def, const KernelCtx& ctx, KernelChoice choice);
+// Runs `def` on ctx with choose_kernel's kernel (or the reference).
 void run_kernel(const OpDef& def, const KernelCtx& ctx, KernelChoice choice);
 
 // Validates inputs (count, defined, dtype, known shapes) and infers output types.

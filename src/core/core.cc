@@ -34,6 +34,8 @@ size_t dtype_size(DType t) {
       return 1;
     case DType::kU8:
       return 1;
+    case DType::kS16:
+      return 2;
     case DType::kS32:
       return 4;
     case DType::kS64:
@@ -52,6 +54,8 @@ const char* dtype_name(DType t) {
       return "s8";
     case DType::kU8:
       return "u8";
+    case DType::kS16:
+      return "s16";
     case DType::kS32:
       return "s32";
     case DType::kS64:
@@ -63,11 +67,12 @@ const char* dtype_name(DType t) {
 }
 
 DType dtype_from_name(const std::string& name) {
-  for (DType t : {DType::kF32, DType::kS8, DType::kU8, DType::kS32, DType::kS64, DType::kBool})
+  for (DType t :
+       {DType::kF32, DType::kS8, DType::kU8, DType::kS16, DType::kS32, DType::kS64, DType::kBool})
     if (name == dtype_name(t)) return t;
   LOWBIT_THROW(ValueError,
-               "dtype_from_name: expected one of f32, s8, u8, s32, s64, bool but found '", name,
-               "'");
+               "dtype_from_name: expected one of f32, s8, u8, s16, s32, s64, bool but found '",
+               name, "'");
 }
 
 // ---- shape ----

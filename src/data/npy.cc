@@ -72,9 +72,10 @@ struct NpyType {
   DType dtype;
   size_t itemsize;  // in the file
 };
-constexpr NpyType kNpyTypes[] = {
-    {"f4", DType::kF32, 4}, {"f8", DType::kF32, 8}, {"i8", DType::kS64, 8}, {"i4", DType::kS32, 4},
-    {"u1", DType::kU8, 1},  {"i1", DType::kS8, 1},  {"b1", DType::kBool, 1}};
+constexpr NpyType kNpyTypes[] = {{"f4", DType::kF32, 4},  {"f8", DType::kF32, 8},
+                                 {"i8", DType::kS64, 8},  {"i4", DType::kS32, 4},
+                                 {"u1", DType::kU8, 1},   {"i1", DType::kS8, 1},
+                                 {"b1", DType::kBool, 1}, {"i2", DType::kS16, 2}};
 
 const char* npy_descr(DType t) {
   switch (t) {
@@ -88,6 +89,8 @@ const char* npy_descr(DType t) {
       return "|u1";
     case DType::kS8:
       return "|i1";
+    case DType::kS16:
+      return "<i2";
     case DType::kBool:
       return "|b1";
   }

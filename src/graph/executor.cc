@@ -13,6 +13,7 @@
 // that is not possible (a borrowed or view variable, a source that is fetched, a view, or the
 // source of two updates) the value is copied as before.
 #include <algorithm>
+#include <any>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -108,7 +109,8 @@ struct Executor::Impl {
     std::vector<Tensor> slots;              // prebuilt arena tensors (kArena and views of arena)
     std::vector<const FastKernel*> kernel;  // chosen per scheduled node (nullptr: reference)
     std::vector<bool> kernel_chosen;
-    std::vector<int> spare_of;  // by value id: index into `spares` (kSpare)
+    std::vector<std::any> params;  // per scheduled node: what its op's prepare made for this plan
+    std::vector<int> spare_of;     // by value id: index into `spares` (kSpare)
     size_t arena_bytes = 0;
     size_t total_bytes = 0;
   };
@@ -163,6 +165,7 @@ struct Executor::Impl {
     p.slots.resize(nv);
     p.kernel.assign(schedule.size(), nullptr);
     p.kernel_chosen.assign(schedule.size(), false);
+    p.params.resize(schedule.size());
 
     std::vector<int> first(nv, -1), last(nv, -1);
     for (size_t step = 0; step < schedule.size(); ++step) {
@@ -192,6 +195,7 @@ struct Executor::Impl {
       std::vector<ValueType> out;
       try {
         out = infer_op(*n.op, in, n.attrs);
+        p.params[step] = prepare_op(*n.op, in, out, n.attrs);
       } catch (const Error& e) {
         throw GraphError(std::string("while planning node '") + n.name + "': " + e.what());
       }
@@ -368,15 +372,10 @@ struct Executor::Impl {
       outs.clear();
       for (int vid : n.inputs) ins.push_back(s[vid]);
       for (int vid : n.outputs) outs.push_back(s[vid]);
-      KernelCtx ctx{ins, outs, n.attrs};
+      KernelCtx ctx{ins, outs, &p.params[step]};
       if (!p.kernel_chosen[step]) {
         p.kernel_chosen[step] = true;
-        if (choice == KernelChoice::kFastest)
-          for (const auto& fk : n.op->fast)
-            if (!fk.supports || fk.supports(ctx)) {
-              p.kernel[step] = &fk;
-              break;
-            }
+        p.kernel[step] = choose_kernel(*n.op, ctx, choice);
       }
       const auto t0 =
           profile ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};

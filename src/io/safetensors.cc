@@ -21,6 +21,8 @@ const char* st_dtype(DType t) {
       return "I8";
     case DType::kU8:
       return "U8";
+    case DType::kS16:
+      return "I16";
     case DType::kS32:
       return "I32";
     case DType::kS64:
@@ -31,7 +33,8 @@ const char* st_dtype(DType t) {
   return "?";
 }
 bool parse_dtype(const std::string& s, DType* t) {
-  for (DType d : {DType::kF32, DType::kS8, DType::kU8, DType::kS32, DType::kS64, DType::kBool})
+  for (DType d :
+       {DType::kF32, DType::kS8, DType::kU8, DType::kS16, DType::kS32, DType::kS64, DType::kBool})
     if (s == st_dtype(d)) {
       *t = d;
       return true;

@@ -1,7 +1,6 @@
 #include "nn/layer_registry.h"
 
 #include "lowbit/nn/model.h"
-#include "quant/quant_layers.h"
 
 namespace lowbit::nn::detail {
 void register_builtin_layers() {
@@ -12,8 +11,7 @@ void register_builtin_layers() {
   register_merge_layers();
   register_embedding_layers();
   register_rnn_layers();
-  quant::register_quant_layers();  // QAT layers (src/quant), so load_model finds them
-  quant::register_recurrent_quant_layers();
+  register_layers_of_other_modules();  // the hook: QAT layers (src/wiring/layers.cc)
   register_masking_layers();
   register_layer("InputLayer", [](const Json& c) {
     return InputSpec(Shape(c.at("shape").get<std::vector<int64_t>>()),

@@ -4,6 +4,8 @@
 // kernels/reference/conv.cc.
 #include "kernels/reference/conv.h"
 
+#include "kernels/dnnl/dnnl_kernels.h"
+#include "kernels/fast/pool.h"
 #include "lowbit/ops.h"
 #include "ops/conv_common.h"
 #include "ops/families.h"
@@ -32,6 +34,31 @@ Shape merged(const Shape& a, const Shape& b) {
 
 const float* in_f(const KernelCtx& k, int i) { return k.in[i].data<float>(); }
 float* out_f(const KernelCtx& k) { return k.out[0].data<float>(); }
+const kernels::Conv2DParams& geo(const KernelCtx& k) { return k.params<kernels::Conv2DParams>(); }
+
+// Prepare steps: the window geometry, once per plan. conv2d(x, w); conv2d_backward_input(dy, w,
+// x_like); conv2d_backward_filter(x, dy, w_like); the pools on x (or x_like: input `xi`).
+std::any prepare_conv2d(const PrepareCtx& c) {
+  return conv2d_params(c.in[0].shape, c.in[1].shape, c.attrs);
+}
+std::any prepare_conv2d_backward_input(const PrepareCtx& c) {
+  return conv2d_params(c.in[2].shape, c.in[1].shape, c.attrs);
+}
+std::any prepare_conv2d_backward_filter(const PrepareCtx& c) {
+  return conv2d_params(c.in[0].shape, c.in[2].shape, c.attrs);
+}
+template <int xi>
+std::any prepare_pool2d(const PrepareCtx& c) {
+  return pool2d_params(c.in[xi].shape, c.attrs);
+}
+
+// oneDNN runs a convolution when its operands are f32 and its *_supported says yes (oneDNN
+// accepts the geometry and it is not so small that the reference is faster; see
+// kernels/dnnl/dnnl_kernels.cc for the measured thresholds).
+bool f32_operands(const KernelCtx& k) {
+  return k.in[0].dtype() == DType::kF32 && k.in[1].dtype() == DType::kF32 &&
+         k.out[0].dtype() == DType::kF32;
+}
 
 // --- conv2d and its backward ops -------------------------------------------------------------
 
@@ -271,38 +298,73 @@ Attrs pool1d_as_pool2d(const std::string& op, const Shape& x, const Attrs& attrs
 }
 
 void register_conv_ops() {
-  register_op({.name = "conv2d",
-               .num_inputs = 2,
-               .infer = infer_conv2d,
-               .grad = grad_conv2d,
-               .reference =
-                   [](const KernelCtx& k) {
-                     kernels::conv2d_forward_f32_reference(
-                         conv2d_params(k.in[0].shape(), k.in[1].shape(), k.attrs), in_f(k, 0),
-                         in_f(k, 1), out_f(k));
-                   },
-               .doc = "2-D convolution (cross-correlation), NHWC x HWIO"});
+  register_op(
+      {.name = "conv2d",
+       .num_inputs = 2,
+       .infer = infer_conv2d,
+       .grad = grad_conv2d,
+       .prepare = prepare_conv2d,
+       .reference =
+           [](const KernelCtx& k) {
+             kernels::conv2d_forward_f32_reference(geo(k), in_f(k, 0), in_f(k, 1), out_f(k));
+           },
+       .fast = {{.name = "conv2d_f32__dnnl",
+                 .isa = Isa::kDnnl,
+                 .supports =
+                     [](const KernelCtx& k) {
+                       return f32_operands(k) &&
+                              kernels::conv2d_forward_f32__dnnl_supported(geo(k));
+                     },
+                 .run =
+                     [](const KernelCtx& k) {
+                       kernels::conv2d_forward_f32__dnnl(geo(k), in_f(k, 0), in_f(k, 1), out_f(k));
+                     }}},
+       .doc = "2-D convolution (cross-correlation), NHWC x HWIO"});
   register_op({.name = "conv2d_backward_input",
                .num_inputs = 3,
                .infer = infer_conv2d_backward_input,
                .grad = grad_conv2d_backward_input,
+               .prepare = prepare_conv2d_backward_input,
                .reference =
                    [](const KernelCtx& k) {
-                     kernels::conv2d_backward_input_f32_reference(
-                         conv2d_params(k.in[2].shape(), k.in[1].shape(), k.attrs), in_f(k, 0),
-                         in_f(k, 1), out_f(k));
+                     kernels::conv2d_backward_input_f32_reference(geo(k), in_f(k, 0), in_f(k, 1),
+                                                                  out_f(k));
                    },
+               .fast = {{.name = "conv2d_backward_input_f32__dnnl",
+                         .isa = Isa::kDnnl,
+                         .supports =
+                             [](const KernelCtx& k) {
+                               return f32_operands(k) &&
+                                      kernels::conv2d_backward_input_f32__dnnl_supported(geo(k));
+                             },
+                         .run =
+                             [](const KernelCtx& k) {
+                               kernels::conv2d_backward_input_f32__dnnl(geo(k), in_f(k, 0),
+                                                                        in_f(k, 1), out_f(k));
+                             }}},
                .doc = "gradient of conv2d w.r.t. its input: (dy, w, x_like) -> dx"});
   register_op({.name = "conv2d_backward_filter",
                .num_inputs = 3,
                .infer = infer_conv2d_backward_filter,
                .grad = grad_conv2d_backward_filter,
+               .prepare = prepare_conv2d_backward_filter,
                .reference =
                    [](const KernelCtx& k) {
-                     kernels::conv2d_backward_filter_f32_reference(
-                         conv2d_params(k.in[0].shape(), k.in[2].shape(), k.attrs), in_f(k, 0),
-                         in_f(k, 1), out_f(k));
+                     kernels::conv2d_backward_filter_f32_reference(geo(k), in_f(k, 0), in_f(k, 1),
+                                                                   out_f(k));
                    },
+               .fast = {{.name = "conv2d_backward_filter_f32__dnnl",
+                         .isa = Isa::kDnnl,
+                         .supports =
+                             [](const KernelCtx& k) {
+                               return f32_operands(k) &&
+                                      kernels::conv2d_backward_filter_f32__dnnl_supported(geo(k));
+                             },
+                         .run =
+                             [](const KernelCtx& k) {
+                               kernels::conv2d_backward_filter_f32__dnnl(geo(k), in_f(k, 0),
+                                                                         in_f(k, 1), out_f(k));
+                             }}},
                .doc = "gradient of conv2d w.r.t. its filter: (x, dy, w_like) -> dw"});
 
   register_op({.name = "max_pool2d",
@@ -311,11 +373,16 @@ void register_conv_ops() {
                .grad = [](const GradCtx& g) -> std::vector<Value> {
                  return {ops::max_pool2d_backward(g.in[0], g.dy(), g.attrs)};
                },
+               .prepare = prepare_pool2d<0>,
                .reference =
                    [](const KernelCtx& k) {
-                     kernels::max_pool2d_f32_reference(pool2d_params(k.in[0].shape(), k.attrs),
-                                                       in_f(k, 0), out_f(k));
+                     kernels::max_pool2d_f32_reference(geo(k), in_f(k, 0), out_f(k));
                    },
+               .fast = {{.name = "max_pool2d_nhwc_f32__portable",
+                         .run =
+                             [](const KernelCtx& k) {
+                               kernels::max_pool2d_nhwc_f32__portable(geo(k), in_f(k, 0), out_f(k));
+                             }}},
                .doc = "max over kh x kw windows (padded cells ignored), NHWC"});
   register_op({.name = "avg_pool2d",
                .num_inputs = 1,
@@ -323,10 +390,10 @@ void register_conv_ops() {
                .grad = [](const GradCtx& g) -> std::vector<Value> {
                  return {ops::avg_pool2d_backward(g.dy(), g.in[0], g.attrs)};
                },
+               .prepare = prepare_pool2d<0>,
                .reference =
                    [](const KernelCtx& k) {
-                     kernels::avg_pool2d_f32_reference(pool2d_params(k.in[0].shape(), k.attrs),
-                                                       in_f(k, 0), out_f(k));
+                     kernels::avg_pool2d_f32_reference(geo(k), in_f(k, 0), out_f(k));
                    },
                .doc = "mean over the valid cells of kh x kw windows, NHWC"});
   // Not differentiable: its gradient w.r.t. dy would be a gather at each window's argmax (an
@@ -334,11 +401,18 @@ void register_conv_ops() {
   register_op({.name = "max_pool2d_backward",
                .num_inputs = 2,
                .infer = infer_max_pool2d_backward,
+               .prepare = prepare_pool2d<0>,
                .reference =
                    [](const KernelCtx& k) {
-                     kernels::max_pool2d_backward_f32_reference(
-                         pool2d_params(k.in[0].shape(), k.attrs), in_f(k, 0), in_f(k, 1), out_f(k));
+                     kernels::max_pool2d_backward_f32_reference(geo(k), in_f(k, 0), in_f(k, 1),
+                                                                out_f(k));
                    },
+               .fast = {{.name = "max_pool2d_backward_nhwc_f32__portable",
+                         .run =
+                             [](const KernelCtx& k) {
+                               kernels::max_pool2d_backward_nhwc_f32__portable(
+                                   geo(k), in_f(k, 0), in_f(k, 1), out_f(k));
+                             }}},
                .doc = "gradient of max_pool2d: (x, dy) -> dx, dy to each window's first max"});
   register_op({.name = "avg_pool2d_backward",
                .num_inputs = 2,
@@ -347,10 +421,10 @@ void register_conv_ops() {
                .grad = [](const GradCtx& g) -> std::vector<Value> {
                  return {ops::avg_pool2d(g.dy(), g.attrs), Value()};
                },
+               .prepare = prepare_pool2d<1>,
                .reference =
                    [](const KernelCtx& k) {
-                     kernels::avg_pool2d_backward_f32_reference(
-                         pool2d_params(k.in[1].shape(), k.attrs), in_f(k, 0), out_f(k));
+                     kernels::avg_pool2d_backward_f32_reference(geo(k), in_f(k, 0), out_f(k));
                    },
                .doc = "gradient of avg_pool2d: (dy, x_like) -> dx, dy/count to valid cells"});
 

@@ -306,12 +306,14 @@ void register_broadcast_helpers() {
                      }
                    },
                .doc = "broadcast x to like's shape"});
-  register_op({.name = "fill_like",
-               .num_inputs = 1,
-               .infer = [](const InferCtx& c) -> std::vector<ValueType> { return {c.in[0]}; },
-               .grad = [](const GradCtx&) -> std::vector<Value> { return {Value()}; },
-               .reference = [](const KernelCtx& k) { k.out[0].fill(k.attrs.f("value")); },
-               .doc = "a tensor of like's shape and dtype filled with a value"});
+  register_op(
+      {.name = "fill_like",
+       .num_inputs = 1,
+       .infer = [](const InferCtx& c) -> std::vector<ValueType> { return {c.in[0]}; },
+       .grad = [](const GradCtx&) -> std::vector<Value> { return {Value()}; },
+       .prepare = [](const PrepareCtx& c) -> std::any { return ScalarParam{c.attrs.f("value")}; },
+       .reference = [](const KernelCtx& k) { k.out[0].fill(k.params<ScalarParam>().value); },
+       .doc = "a tensor of like's shape and dtype filled with a value"});
   register_op({.name = "reshape_like",
                .num_inputs = 2,
                .infer = [](const InferCtx& c) -> std::vector<ValueType> {
@@ -527,9 +529,12 @@ void register_activation_ops() {
                  Value du = (x2 * (3 * c) + 1.0) * s;
                  return {g.dy() * ((t + 1.0) * 0.5 + x * 0.5 * (1.0 - ops::square(t)) * du)};
                },
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return FlagParam{c.attrs.b("approximate", false)};
+               },
                .reference =
                    [](const KernelCtx& k) {
-                     if (k.attrs.b("approximate", false)) {
+                     if (k.params<FlagParam>().value) {
                        // 0.5 (1 + tanh(u)) = sigmoid(2u): no cancellation for x << 0.
                        unary_loop<float, float>(k.in[0], k.out[0], [](float x) {
                          const float u = kGeluTanhScale * (x + kGeluTanhCubic * x * x * x);
@@ -561,9 +566,12 @@ void register_activation_ops() {
                  Value z = x * 0.2 + 0.5;  // clip_by_value convention: closed interval
                  return {masked(ops::logical_and(ge(z, 0), le(z, 1)), g.dy() * 0.2)};
                },
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return FlagParam{c.attrs.s("mode", "keras3") == "keras3"};
+               },
                .reference =
                    [](const KernelCtx& k) {
-                     if (k.attrs.s("mode", "keras3") == "keras3") {
+                     if (k.params<FlagParam>().value) {
                        unary_loop<float, float>(k.in[0], k.out[0], [](float x) {
                          const float z = x + 3.0f;
                          const float r = select_value(z > 6, 6.0f, z);
@@ -590,9 +598,12 @@ void register_activation_ops() {
                  Value dy = g.dy();
                  return {ops::where(gt(g.in[0], 0), dy, dy * (g.out[0] + alpha))};
                },
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return ScalarParam{c.attrs.f("alpha", 1.0)};
+               },
                .reference =
                    [](const KernelCtx& k) {
-                     const float alpha = static_cast<float>(k.attrs.f("alpha", 1.0));
+                     const float alpha = static_cast<float>(k.params<ScalarParam>().value);
                      unary_loop<float, float>(k.in[0], k.out[0], [alpha](float x) {
                        return x > 0 ? x : alpha * std::expm1(x);
                      });
@@ -610,9 +621,12 @@ void register_activation_ops() {
                  Value dy = g.dy();
                  return {ops::where(gt(g.in[0], 0), dy, dy * alpha)};
                },
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return ScalarParam{c.attrs.f("alpha", 0.2)};
+               },
                .reference =
                    [](const KernelCtx& k) {
-                     const float alpha = static_cast<float>(k.attrs.f("alpha", 0.2));
+                     const float alpha = static_cast<float>(k.params<ScalarParam>().value);
                      unary_loop<float, float>(k.in[0], k.out[0], [alpha](float x) {
                        return select_value(x > 0, x, alpha * x);
                      });
@@ -637,10 +651,13 @@ void register_activation_ops() {
          return {
              masked(ops::logical_and(ge(x, g.attrs.f("min")), le(x, g.attrs.f("max"))), g.dy())};
        },
+       .prepare = [](const PrepareCtx& c) -> std::any {
+         return RangeParam{c.attrs.f("min"), c.attrs.f("max")};
+       },
        .reference =
            [](const KernelCtx& k) {
-             const float lo = static_cast<float>(k.attrs.f("min"));
-             const float hi = static_cast<float>(k.attrs.f("max"));
+             const float lo = static_cast<float>(k.params<RangeParam>().lo);
+             const float hi = static_cast<float>(k.params<RangeParam>().hi);
              unary_loop<float, float>(
                  k.in[0], k.out[0], [lo, hi](float x) { return x < lo ? lo : (x > hi ? hi : x); });
            },

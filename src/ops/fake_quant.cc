@@ -1,6 +1,6 @@
 // TF fake-quant ops (include/lowbit/ops/fake_quant.h): shape rules, gradient rules and the
 // reference kernels, written as the formulas of shared quantization-semantics.md 1.2-1.4 (see
-// ops/fake_quant_common.h). Fast kernels: src/kernels/fast/fake_quant.cc.
+// kernels/fake_quant_formulas.h). Fast kernels: src/kernels/fast/fake_quant.cc.
 //
 // Sums (dmin, dmax) accumulate in double in a fixed order: per tensor by blocks of
 // kFakeQuantSumBlock elements, each summed on kFakeQuantSumLanes interleaved lanes; per channel
@@ -15,8 +15,8 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/fast/fake_quant.h"
 #include "lowbit/ops.h"
-#include "ops/fake_quant_common.h"
 #include "ops/families.h"
 #include "ops/op_util.h"
 
@@ -28,7 +28,7 @@ FakeQuantNudge fake_quant_nudge(float min, float max, int num_bits, bool narrow_
     LOWBIT_THROW(ValueError,
                  "fake_quant_nudge: argument 'num_bits': expected an integer in [2, 16] but found ",
                  num_bits);
-  const detail::FakeQuantParams p = detail::fake_quant_params(min, max, num_bits, narrow_range);
+  const kernels::FakeQuantParams p = kernels::fake_quant_params(min, max, num_bits, narrow_range);
   FakeQuantNudge n;
   n.quant_min = narrow_range ? 1 : 0;
   n.quant_max = (1 << num_bits) - 1;
@@ -44,6 +44,8 @@ FakeQuantNudge fake_quant_nudge(float min, float max, int num_bits, bool narrow_
 namespace detail {
 
 namespace {
+
+using namespace kernels;  // the formulas (kernels/fake_quant_formulas.h)
 
 // Channels summed together by one thread in the per-channel gradient.
 constexpr int64_t kChannelChunk = 16;
@@ -157,16 +159,25 @@ std::pair<float, float> backward_per_tensor(const float* dy, const float* x, flo
   return {static_cast<float>(lo), static_cast<float>(hi)};
 }
 
+// The prepare step of every op here: the attributes, once per plan.
+std::any prepare_fake_quant(const PrepareCtx& c) {
+  return FakeQuantConfig{.num_bits = static_cast<int>(c.attrs.i("num_bits", 8)),
+                         .narrow_range = c.attrs.b("narrow_range", false),
+                         .min = static_cast<float>(c.attrs.f("min", -6)),
+                         .max = static_cast<float>(c.attrs.f("max", 6)),
+                         .per_channel = c.attrs.b("per_channel", false)};
+}
+const FakeQuantConfig& config(const KernelCtx& k) { return k.params<FakeQuantConfig>(); }
+
 FakeQuantParams args_params(const KernelCtx& k) {
-  return fake_quant_params(static_cast<float>(k.attrs.f("min", -6)),
-                           static_cast<float>(k.attrs.f("max", 6)), fake_quant_num_bits(k),
-                           fake_quant_narrow(k));
+  return fake_quant_params(config(k).min, config(k).max, config(k).num_bits,
+                           config(k).narrow_range);
 }
 
 // min, max from inputs i, i + 1 (rank 0).
 FakeQuantParams vars_params(const KernelCtx& k, int i) {
   return fake_quant_params(k.in[i].data<float>()[0], k.in[i + 1].data<float>()[0],
-                           fake_quant_num_bits(k), fake_quant_narrow(k));
+                           config(k).num_bits, config(k).narrow_range);
 }
 
 std::vector<FakeQuantParams> channel_params(const KernelCtx& k, int i, int64_t d) {
@@ -174,8 +185,49 @@ std::vector<FakeQuantParams> channel_params(const KernelCtx& k, int i, int64_t d
   const float* max = k.in[i + 1].data<float>();
   std::vector<FakeQuantParams> p(d);
   for (int64_t c = 0; c < d; ++c)
-    p[c] = fake_quant_params(min[c], max[c], fake_quant_num_bits(k), fake_quant_narrow(k));
+    p[c] = fake_quant_params(min[c], max[c], config(k).num_bits, config(k).narrow_range);
   return p;
+}
+
+// The pointers of a call, by role (kernels/fast/fake_quant.h).
+FakeQuantIo io_of(const KernelCtx& k, FakeQuantOp op) {
+  FakeQuantIo io;
+  const bool gradient = op == FakeQuantOp::kArgsGradient || op == FakeQuantOp::kVarsGradient ||
+                        op == FakeQuantOp::kPerChannelGradient;
+  const int xi = gradient ? 1 : 0;
+  const Tensor& x = k.in[xi];
+  io.x = x.data<float>();
+  io.n = x.numel();
+  io.d = x.rank() > 0 ? x.dim(-1) : 1;
+  if (gradient) io.dy = k.in[0].data<float>();
+  if (op != FakeQuantOp::kArgs && op != FakeQuantOp::kArgsGradient && op != FakeQuantOp::kMinMax) {
+    io.min = k.in[xi + 1].data<float>();
+    io.max = k.in[xi + 2].data<float>();
+  }
+  if (op == FakeQuantOp::kMinMax) {
+    io.lo = k.out[0].data<float>();
+    io.hi = k.out[1].data<float>();
+    return io;
+  }
+  io.y = k.out[0].data<float>();
+  if (op == FakeQuantOp::kVarsGradient || op == FakeQuantOp::kPerChannelGradient) {
+    io.lo = k.out[1].data<float>();
+    io.hi = k.out[2].data<float>();
+  }
+  return io;
+}
+
+// The kernel table's fast rows of an op: the AVX-512F and the AVX2 build of the same driver.
+std::vector<FastKernel> fast_fake_quant(const std::string& op, FakeQuantOp which) {
+  return {{.name = op + "_f32__avx512",
+           .isa = Isa::kAvx512,
+           .run =
+               [which](const KernelCtx& k) {
+                 fake_quant_f32__avx512(which, config(k), io_of(k, which));
+               }},
+          {.name = op + "_f32__avx2", .isa = Isa::kAvx2, .run = [which](const KernelCtx& k) {
+             fake_quant_f32__avx2(which, config(k), io_of(k, which));
+           }}};
 }
 
 void args_kernel(const KernelCtx& k) {
@@ -189,7 +241,7 @@ void vars_kernel(const KernelCtx& k) {
 }
 
 void per_channel_kernel(const KernelCtx& k) {
-  const ChannelRows v = channel_rows(k.in[0]);
+  const ChannelRows v = channel_rows(io_of(k, FakeQuantOp::kPerChannel));
   const std::vector<FakeQuantParams> p = channel_params(k, 1, v.d);
   const float* x = k.in[0].data<float>();
   float* y = k.out[0].data<float>();
@@ -221,7 +273,7 @@ void vars_gradient_kernel(const KernelCtx& k) {
 }
 
 void per_channel_gradient_kernel(const KernelCtx& k) {
-  const ChannelRows v = channel_rows(k.in[1]);
+  const ChannelRows v = channel_rows(io_of(k, FakeQuantOp::kPerChannelGradient));
   const std::vector<FakeQuantParams> p = channel_params(k, 2, v.d);
   const float* dy = k.in[0].data<float>();
   const float* x = k.in[1].data<float>();
@@ -259,7 +311,7 @@ void min_max_kernel(const KernelCtx& k) {
   float* lo = k.out[0].data<float>();
   float* hi = k.out[1].data<float>();
   constexpr float kInf = std::numeric_limits<float>::infinity();
-  if (!k.attrs.b("per_channel", false)) {
+  if (!config(k).per_channel) {
     const int64_t n = xt.numel();
     const int64_t blocks = (n + kFakeQuantSumBlock - 1) / kFakeQuantSumBlock;
     std::vector<float> block_lo(blocks, kInf), block_hi(blocks, -kInf);
@@ -288,7 +340,7 @@ void min_max_kernel(const KernelCtx& k) {
     hi[0] = h;
     return;
   }
-  const ChannelRows v = channel_rows(xt);
+  const ChannelRows v = channel_rows(io_of(k, FakeQuantOp::kMinMax));
   std::vector<char> nan(v.d, 0);
   std::fill(lo, lo + v.d, kInf);
   std::fill(hi, hi + v.d, -kInf);
@@ -323,7 +375,9 @@ void register_fake_quant_ops() {
                .grad = [args](const GradCtx& g) -> std::vector<Value> {
                  return {ops::apply1(args + "_gradient", {g.dy(), g.in[0]}, g.attrs)};
                },
+               .prepare = prepare_fake_quant,
                .reference = args_kernel,
+               .fast = fast_fake_quant(args, FakeQuantOp::kArgs),
                .doc = "TF fake quant with a fixed range (attrs min, max, num_bits, narrow_range)"});
   register_op({.name = args + "_gradient",
                .num_inputs = 2,
@@ -334,7 +388,9 @@ void register_fake_quant_ops() {
                  require_args_range(c);
                  return {{DType::kF32, require_same_shape(c, 1, 0, "x", "dy")}};
                },
+               .prepare = prepare_fake_quant,
                .reference = args_gradient_kernel,
+               .fast = fast_fake_quant(args + "_gradient", FakeQuantOp::kArgsGradient),
                .doc = "dx of fake_quant_with_min_max_args: dy inside the nudged range, else 0"});
 
   register_op(
@@ -349,7 +405,9 @@ void register_fake_quant_ops() {
        .grad = [vars](const GradCtx& g) -> std::vector<Value> {
          return ops::apply(vars + "_gradient", {g.dy(), g.in[0], g.in[1], g.in[2]}, g.attrs);
        },
+       .prepare = prepare_fake_quant,
        .reference = vars_kernel,
+       .fast = fast_fake_quant(vars, FakeQuantOp::kVars),
        .doc = "TF fake quant with a scalar range given as tensors min, max"});
   register_op({.name = vars + "_gradient",
                .num_inputs = 4,
@@ -361,7 +419,9 @@ void register_fake_quant_ops() {
                  const ValueType scalar{DType::kF32, Shape{}};
                  return {{DType::kF32, require_same_shape(c, 1, 0, "x", "dy")}, scalar, scalar};
                },
+               .prepare = prepare_fake_quant,
                .reference = vars_gradient_kernel,
+               .fast = fast_fake_quant(vars + "_gradient", FakeQuantOp::kVarsGradient),
                .doc = "dx, dmin, dmax of fake_quant_with_min_max_vars (straight-through)"});
 
   register_op(
@@ -378,7 +438,9 @@ void register_fake_quant_ops() {
        .grad = [per_channel](const GradCtx& g) -> std::vector<Value> {
          return ops::apply(per_channel + "_gradient", {g.dy(), g.in[0], g.in[1], g.in[2]}, g.attrs);
        },
+       .prepare = prepare_fake_quant,
        .reference = per_channel_kernel,
+       .fast = fast_fake_quant(per_channel, FakeQuantOp::kPerChannel),
        .doc = "TF fake quant with one range per channel of the last axis"});
   register_op({.name = per_channel + "_gradient",
                .num_inputs = 4,
@@ -392,7 +454,9 @@ void register_fake_quant_ops() {
                  const ValueType channel{DType::kF32, Shape{d}};
                  return {dx, channel, channel};
                },
+               .prepare = prepare_fake_quant,
                .reference = per_channel_gradient_kernel,
+               .fast = fast_fake_quant(per_channel + "_gradient", FakeQuantOp::kPerChannelGradient),
                .doc = "dx, dmin[d], dmax[d] of fake_quant_with_min_max_vars_per_channel"});
 
   register_op({.name = "min_max",
@@ -414,10 +478,10 @@ void register_fake_quant_ops() {
                },
                // Range statistics stop the gradient (see include/lowbit/ops/fake_quant.h).
                .grad = [](const GradCtx&) -> std::vector<Value> { return {Value()}; },
+               .prepare = prepare_fake_quant,
                .reference = min_max_kernel,
+               .fast = fast_fake_quant("min_max", FakeQuantOp::kMinMax),
                .doc = "min and max of x in one pass, per tensor or per last-axis channel"});
-
-  register_fast_fake_quant_kernels();
 }
 
 }  // namespace detail

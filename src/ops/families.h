@@ -10,13 +10,11 @@ void register_linalg_ops();       // src/ops/linalg.cc
 void register_conv_ops();         // src/ops/conv.cc
 void register_nn_ops();           // src/ops/nn.cc
 void register_optim_ops();        // src/ops/optim_ops.cc
-// src/ops/fake_quant_torch.cc (PyTorch-style fake quant, LSQ, PACT, binary/ternary, observers)
-void register_fake_quant_torch_ops();
+// src/ops/quantizer_ops.cc (PyTorch-style fake quant, LSQ, PACT, binary/ternary, observers)
+void register_quantizer_ops();
 void register_fake_quant_ops();  // src/ops/fake_quant.cc
 void register_rnn_ops();         // src/ops/rnn.cc
 void register_mask_ops();        // src/ops/mask.cc (sequence_mask, lengths_from_mask)
-// src/ops/fixed_point_ops.cc (fake_quant_pot, fixed_logistic, fixed_tanh: integer-LSTM numerics)
-void register_fixed_point_ops();
-void register_dnnl_kernels();  // src/kernels/dnnl/: fast kernels for ops defined above
-void register_fast_kernels();  // src/kernels/fast/: portable vectorised kernels
+// src/ops/integer_numerics.cc (fake_quant_pot, fixed_logistic, fixed_tanh: integer-LSTM numerics)
+void register_integer_numerics_ops();
 }  // namespace lowbit::detail

@@ -1,4 +1,5 @@
 // Linear algebra ops: matmul (batched, with transposes) and its gradient.
+#include "kernels/dnnl/dnnl_kernels.h"
 #include "kernels/reference/matmul.h"
 #include "lowbit/ops.h"
 #include "ops/families.h"
@@ -126,21 +127,39 @@ std::vector<Value> matmul_grad(const GradCtx& g) {
 }  // namespace
 
 void register_linalg_ops() {
-  register_op({.name = "matmul",
-               .num_inputs = 2,
-               .infer = [](const InferCtx& c) -> std::vector<ValueType> {
-                 require_float(c, 0, "a");
-                 require_float(c, 1, "b");
-                 return {{DType::kF32, matmul_shape(c.op, c.in[0].shape, c.in[1].shape, c.attrs)}};
-               },
-               .grad = matmul_grad,
-               .reference =
-                   [](const KernelCtx& k) {
-                     kernels::matmul_f32_reference(
-                         matmul_params(k.in[0].shape(), k.in[1].shape(), k.attrs),
-                         k.in[0].data<float>(), k.in[1].data<float>(), k.out[0].data<float>());
-                   },
-               .doc = "batched matrix product op(a) @ op(b) (transpose_a, transpose_b)"});
+  register_op(
+      {.name = "matmul",
+       .num_inputs = 2,
+       .infer = [](const InferCtx& c) -> std::vector<ValueType> {
+         require_float(c, 0, "a");
+         require_float(c, 1, "b");
+         return {{DType::kF32, matmul_shape(c.op, c.in[0].shape, c.in[1].shape, c.attrs)}};
+       },
+       .grad = matmul_grad,
+       .prepare = [](const PrepareCtx& c) -> std::any {
+         return matmul_params(c.in[0].shape, c.in[1].shape, c.attrs);
+       },
+       .reference =
+           [](const KernelCtx& k) {
+             kernels::matmul_f32_reference(k.params<kernels::MatMulParams>(), k.in[0].data<float>(),
+                                           k.in[1].data<float>(), k.out[0].data<float>());
+           },
+       // oneDNN when its matmul_f32__dnnl_supported says yes (f32, not tiny).
+       .fast = {{.name = "matmul_f32__dnnl",
+                 .isa = Isa::kDnnl,
+                 .supports =
+                     [](const KernelCtx& k) {
+                       return k.in[0].dtype() == DType::kF32 && k.in[1].dtype() == DType::kF32 &&
+                              kernels::matmul_f32__dnnl_supported(
+                                  k.params<kernels::MatMulParams>());
+                     },
+                 .run =
+                     [](const KernelCtx& k) {
+                       kernels::matmul_f32__dnnl(k.params<kernels::MatMulParams>(),
+                                                 k.in[0].data<float>(), k.in[1].data<float>(),
+                                                 k.out[0].data<float>());
+                     }}},
+       .doc = "batched matrix product op(a) @ op(b) (transpose_a, transpose_b)"});
 }
 
 }  // namespace lowbit::detail

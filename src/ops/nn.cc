@@ -13,6 +13,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/fast/batch_norm.h"
 #include "lowbit/ops.h"
 #include "lowbit/rng.h"
 #include "ops/families.h"
@@ -51,10 +52,19 @@ AxisView axis_view(const Shape& s, int axis) {
   return v;
 }
 
-int kernel_axis(const KernelCtx& k, const Tensor& x) {
-  const int64_t a = k.attrs.i("axis", -1);
-  return static_cast<int>(a < 0 ? a + x.rank() : a);
+// The prepared parameters of the softmax and batch-norm ops: the axis (normalised against the
+// rank of input 0) and epsilon (batch norm only).
+struct AxisEpsParams {
+  int axis = 0;
+  double epsilon = 1e-3;
+};
+std::any prepare_axis_eps(const PrepareCtx& c) {
+  const int64_t a = c.attrs.i("axis", -1);
+  return AxisEpsParams{static_cast<int>(a < 0 ? a + c.in[0].shape.rank() : a),
+                       c.attrs.f("epsilon", 1e-3)};
 }
+int kernel_axis(const KernelCtx& k, const Tensor&) { return k.params<AxisEpsParams>().axis; }
+double kernel_eps(const KernelCtx& k) { return k.params<AxisEpsParams>().epsilon; }
 
 // Calls f(base) for each slice along the axis (element k of the slice is at base + k * inner).
 template <class F>
@@ -390,7 +400,7 @@ void batch_norm_apply(const AxisView& v, const float* x, const float* gamma, con
 void batch_norm_training_kernel(const KernelCtx& k) {
   const Tensor& xt = k.in[0];
   const AxisView v = axis_view(xt.shape(), kernel_axis(k, xt));
-  const double eps = k.attrs.f("epsilon", 1e-3);
+  const double eps = kernel_eps(k);
   const float* x = xt.data<float>();
   const double count = static_cast<double>(v.outer * v.inner);
   std::vector<std::array<double, 1>> acc;
@@ -420,7 +430,7 @@ void batch_norm_inference_kernel(const KernelCtx& k) {
   const float* var = k.in[4].data<float>();
   std::vector<double> mean_d(mean, mean + v.n), var_d(var, var + v.n);
   batch_norm_apply(v, xt.data<float>(), k.in[1].data<float>(), k.in[2].data<float>(), mean_d.data(),
-                   var_d.data(), k.attrs.f("epsilon", 1e-3), k.out[0].data<float>());
+                   var_d.data(), kernel_eps(k), k.out[0].data<float>());
 }
 
 // Per channel: {sum(dy), sum(dy * (x - mean))} for the backward kernels (inputs x, gamma, mean,
@@ -439,7 +449,7 @@ std::vector<std::array<double, 2>> batch_norm_dy_sums(const KernelCtx& k, const 
 void batch_norm_training_backward_kernel(const KernelCtx& k) {
   const Tensor& xt = k.in[0];
   const AxisView v = axis_view(xt.shape(), kernel_axis(k, xt));
-  const double eps = k.attrs.f("epsilon", 1e-3);
+  const double eps = kernel_eps(k);
   const float* x = xt.data<float>();
   const float* gamma = k.in[1].data<float>();
   const float* mean = k.in[2].data<float>();
@@ -482,7 +492,7 @@ void batch_norm_moments_backward_kernel(const KernelCtx& k) {
 void batch_norm_inference_backward_kernel(const KernelCtx& k) {
   const Tensor& xt = k.in[0];
   const AxisView v = axis_view(xt.shape(), kernel_axis(k, xt));
-  const double eps = k.attrs.f("epsilon", 1e-3);
+  const double eps = kernel_eps(k);
   const float* gamma = k.in[1].data<float>();
   const float* var = k.in[3].data<float>();
   const float* dy = k.in[4].data<float>();
@@ -505,6 +515,17 @@ void batch_norm_inference_backward_kernel(const KernelCtx& k) {
       v, [&](int64_t c, int64_t e) { dx[e] = static_cast<float>(dy[e] * scale[c]); });
 }
 
+// The channels-last fast batch-norm kernels: f32 with the axis last.
+bool channels_last_f32(const KernelCtx& k) {
+  const Tensor& x = k.in[0];
+  return x.dtype() == DType::kF32 && x.rank() >= 1 && kernel_axis(k, x) == x.rank() - 1;
+}
+kernels::BatchNormParams bn_params(const KernelCtx& k) {
+  const Tensor& x = k.in[0];
+  const int64_t ch = x.dim(-1);
+  return {.rows = ch ? x.numel() / ch : 0, .channels = ch, .epsilon = kernel_eps(k)};
+}
+
 // The concrete noise shape of dropout (x's shape when the attribute is absent).
 Shape dropout_noise_shape(const Attrs& attrs, const Shape& x) {
   if (!attrs.has("noise_shape")) return x;
@@ -514,9 +535,20 @@ Shape dropout_noise_shape(const Attrs& attrs, const Shape& x) {
   return s;
 }
 
+struct DropoutParams {
+  double rate = 0;
+  uint64_t seed = 0;
+  Shape noise;  // concrete
+};
+std::any prepare_dropout(const PrepareCtx& c) {
+  return DropoutParams{c.attrs.f("rate"), static_cast<uint64_t>(c.attrs.i("seed", 0)),
+                       dropout_noise_shape(c.attrs, c.in[0].shape)};
+}
+
 void dropout_kernel(const KernelCtx& k) {
   const Tensor& xt = k.in[0];
-  const double rate = k.attrs.f("rate");
+  const DropoutParams& dp = k.params<DropoutParams>();
+  const double rate = dp.rate;
   const int64_t n = xt.numel();
   const float* x = xt.data<float>();
   float* y = k.out[0].data<float>();
@@ -528,10 +560,10 @@ void dropout_kernel(const KernelCtx& k) {
     std::fill(y, y + n, 0.0f);
     return;
   }
-  const uint64_t seed = static_cast<uint64_t>(k.attrs.i("seed", 0));
+  const uint64_t seed = dp.seed;
   const uint64_t step = static_cast<uint64_t>(k.in[1].data<int64_t>()[0]);
   const float scale = static_cast<float>(1 / (1 - rate));
-  const Shape noise = dropout_noise_shape(k.attrs, xt.shape());
+  const Shape& noise = dp.noise;
   if (noise == xt.shape()) {
     elementwise(n, [&](int64_t i) {
       y[i] = philox_uniform(seed, step, static_cast<uint64_t>(i)) >= rate ? x[i] * scale : 0.0f;
@@ -597,6 +629,7 @@ void register_nn_ops() {
                  .grad = [name](const GradCtx& g) -> std::vector<Value> {
                    return {ops::apply1(name + "_backward", {g.out[0], g.dy()}, g.attrs)};
                  },
+                 .prepare = prepare_axis_eps,
                  .reference = [is_log](const KernelCtx& k) { softmax_kernel(k, is_log); },
                  .doc = is_log ? "x - logsumexp(x) along axis (stable)"
                                : "exp(x - max) / sum(exp(x - max)) along axis"});
@@ -608,6 +641,7 @@ void register_nn_ops() {
                    infer_axis(c);
                    return {{DType::kF32, require_same_shape(c, 0, 1, "y", "dy")}};
                  },
+                 .prepare = prepare_axis_eps,
                  .reference = [is_log](const KernelCtx& k) { softmax_backward_kernel(k, is_log); },
                  .doc = is_log ? "gradient of log_softmax from its output: dy - exp(y) sum(dy)"
                                : "gradient of softmax from its output: y (dy - sum(dy y))"});
@@ -703,7 +737,17 @@ void register_nn_ops() {
                  }
                  return d;
                },
+               .prepare = prepare_axis_eps,
                .reference = batch_norm_training_kernel,
+               .fast = {{.name = "batch_norm_training_nhwc_f32__portable",
+                         .supports = channels_last_f32,
+                         .run =
+                             [](const KernelCtx& k) {
+                               kernels::batch_norm_training_nhwc_f32__portable(
+                                   bn_params(k), k.in[0].data<float>(), k.in[1].data<float>(),
+                                   k.in[2].data<float>(), k.out[0].data<float>(),
+                                   k.out[1].data<float>(), k.out[2].data<float>());
+                             }}},
                .doc = "batch norm with batch statistics -> y, mean, biased variance"});
   register_op(
       {.name = "batch_norm_training_backward",
@@ -713,7 +757,17 @@ void register_nn_ops() {
          const ValueType stat{DType::kF32, Shape{channels}};
          return {x, stat, stat};
        },
+       .prepare = prepare_axis_eps,
        .reference = batch_norm_training_backward_kernel,
+       .fast = {{.name = "batch_norm_training_backward_nhwc_f32__portable",
+                 .supports = channels_last_f32,
+                 .run =
+                     [](const KernelCtx& k) {
+                       kernels::batch_norm_training_backward_nhwc_f32__portable(
+                           bn_params(k), k.in[0].data<float>(), k.in[1].data<float>(),
+                           k.in[2].data<float>(), k.in[3].data<float>(), k.in[4].data<float>(),
+                           k.out[0].data<float>(), k.out[1].data<float>(), k.out[2].data<float>());
+                     }}},
        .doc = "dx, dgamma, dbeta of batch_norm_training (paths through the statistics)"});
   register_op(
       {.name = "batch_norm_moments_backward",
@@ -731,6 +785,7 @@ void register_nn_ops() {
          x.shape[axis] = channels;
          return {x};
        },
+       .prepare = prepare_axis_eps,
        .reference = batch_norm_moments_backward_kernel,
        .doc = "dx from gradients of the batch mean and variance: (dmean + 2 dvar (x-mean)) / n"});
   register_op(
@@ -744,6 +799,7 @@ void register_nn_ops() {
          return ops::apply("batch_norm_inference_backward",
                            {g.in[0], g.in[1], g.in[3], g.in[4], g.dy()}, g.attrs);
        },
+       .prepare = prepare_axis_eps,
        .reference = batch_norm_inference_kernel,
        .doc = "batch norm with given statistics: x a + (beta - mean a)"});
   register_op(
@@ -754,6 +810,7 @@ void register_nn_ops() {
          const ValueType stat{DType::kF32, Shape{channels}};
          return {x, stat, stat, stat, stat};
        },
+       .prepare = prepare_axis_eps,
        .reference = batch_norm_inference_backward_kernel,
        .doc = "dx, dgamma, dbeta, dmean, dvariance of batch_norm_inference"});
 
@@ -764,6 +821,7 @@ void register_nn_ops() {
                .grad = [](const GradCtx& g) -> std::vector<Value> {
                  return {ops::apply1("dropout", {g.dy(), g.in[1]}, g.attrs), Value()};
                },
+               .prepare = prepare_dropout,
                .reference = dropout_kernel,
                .doc = "inverted dropout with a Philox mask keyed by (seed, step, index)"});
 }

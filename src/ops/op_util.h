@@ -34,6 +34,21 @@ inline void require_rank(const InferCtx& c, int i, int rank, const char* arg) {
     LOWBIT_THROW(ShapeError, c.op, ": argument '", arg, "': expected rank ", rank,
                  " but found shape ", c.in[i].shape.str());
 }
+// Parameter structs of the simple ops' prepare steps (OpDef::prepare), read by their kernels
+// with KernelCtx::params<P>().
+struct ScalarParam {  // one number attribute (fill value, alpha, rate, ...)
+  double value = 0;
+};
+struct FlagParam {  // one boolean choice
+  bool value = false;
+};
+struct RangeParam {  // two number attributes (min and max)
+  double lo = 0, hi = 0;
+};
+struct AxisParam {  // an axis, normalised against the input's rank
+  int axis = 0;
+};
+
 // True when two dims can be equal at run time (either unknown, or the same).
 inline bool dims_compatible(int64_t a, int64_t b) {
   return a == kUnknown || b == kUnknown || a == b;

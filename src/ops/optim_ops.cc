@@ -4,6 +4,7 @@
 // built for baseline x86-64/aarch64 without -ffast-math).
 #include <cmath>
 
+#include "kernels/fast/optim.h"
 #include "lowbit/ops.h"
 #include "ops/elementwise_common.h"
 #include "ops/families.h"
@@ -49,9 +50,8 @@ std::vector<ValueType> infer_adam(const InferCtx& c) {
 
 void adam_kernel(const KernelCtx& k) {
   const bool ams = k.in.size() == 6;
-  const float c1 = static_cast<float>(1.0 - k.attrs.f("beta_1"));
-  const float c2 = static_cast<float>(1.0 - k.attrs.f("beta_2"));
-  const float eps = static_cast<float>(k.attrs.f("epsilon"));
+  const kernels::AdamParams& p = k.params<kernels::AdamParams>();
+  const float c1 = p.c1, c2 = p.c2, eps = p.epsilon;
   const float* w = k.in[0].data<float>();
   const float* g = k.in[1].data<float>();
   const float* m = k.in[2].data<float>();
@@ -94,8 +94,8 @@ std::vector<ValueType> infer_sgd(const InferCtx& c) {
 }
 
 void sgd_kernel(const KernelCtx& k) {
-  const float mom = static_cast<float>(k.attrs.f("momentum"));
-  const bool nesterov = k.attrs.b("nesterov", false);
+  const float mom = k.params<kernels::SgdParams>().momentum;
+  const bool nesterov = k.params<kernels::SgdParams>().nesterov;
   const float* w = k.in[0].data<float>();
   const float* g = k.in[1].data<float>();
   const float* m = k.in[2].data<float>();
@@ -125,12 +125,44 @@ void register_optim_ops() {
   register_op({.name = "adam_update",
                .num_inputs = -1,
                .infer = infer_adam,
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return kernels::AdamParams{static_cast<float>(1.0 - c.attrs.f("beta_1")),
+                                            static_cast<float>(1.0 - c.attrs.f("beta_2")),
+                                            static_cast<float>(c.attrs.f("epsilon"))};
+               },
                .reference = adam_kernel,
+               // AMSGrad (a sixth input) keeps the reference kernel.
+               .fast = {{.name = "adam_update_f32__avx512",
+                         .isa = Isa::kAvx512,
+                         .supports = [](const KernelCtx& k) { return k.in.size() == 5; },
+                         .run =
+                             [](const KernelCtx& k) {
+                               kernels::adam_update_f32__avx512(
+                                   k.params<kernels::AdamParams>(), k.out[0].numel(),
+                                   k.in[0].data<float>(), k.in[1].data<float>(),
+                                   k.in[2].data<float>(), k.in[3].data<float>(),
+                                   k.in[4].data<float>()[0], k.out[0].data<float>(),
+                                   k.out[1].data<float>(), k.out[2].data<float>());
+                             }}},
                .doc = "fused Adam step: (w, g, m, v, alpha[, vhat]) -> (w', m', v'[, vhat'])"});
   register_op({.name = "sgd_momentum_update",
                .num_inputs = 4,
                .infer = infer_sgd,
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return kernels::SgdParams{static_cast<float>(c.attrs.f("momentum")),
+                                           c.attrs.b("nesterov", false)};
+               },
                .reference = sgd_kernel,
+               .fast = {{.name = "sgd_momentum_update_f32__avx512",
+                         .isa = Isa::kAvx512,
+                         .run =
+                             [](const KernelCtx& k) {
+                               kernels::sgd_momentum_update_f32__avx512(
+                                   k.params<kernels::SgdParams>(), k.out[0].numel(),
+                                   k.in[0].data<float>(), k.in[1].data<float>(),
+                                   k.in[2].data<float>(), k.in[3].data<float>()[0],
+                                   k.out[0].data<float>(), k.out[1].data<float>());
+                             }}},
                .doc = "fused SGD momentum step: (w, g, m, lr) -> (w', m')"});
 }
 

@@ -175,7 +175,7 @@ template <ReduceKind K>
 void reduce_reference(const KernelCtx& k) {
   const Tensor& x = k.in[0];
   Tensor& out = k.out[0];
-  const ReduceGeometry geo(x.shape(), reduce_axes("reduce", x.shape(), k.attrs));
+  const ReduceGeometry& geo = k.params<ReduceGeometry>();
   dispatch_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (std::is_same_v<T, bool>) {
@@ -268,16 +268,23 @@ void register_reduction(const std::string& name, KernelFn kernel, GradFn grad,
                .num_inputs = 1,
                .infer = infer_reduce,
                .grad = std::move(grad),
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return ReduceGeometry(c.in[0].shape, reduce_axes(c.op, c.in[0].shape, c.attrs));
+               },
                .reference = std::move(kernel),
                .doc = doc});
+}
+
+std::any prepare_arg_axis(const PrepareCtx& c) {
+  const int64_t a0 = c.attrs.i("axis", -1);
+  return AxisParam{static_cast<int>(a0 < 0 ? a0 + c.in[0].shape.rank() : a0)};
 }
 
 template <bool kMax>
 void arg_reference(const KernelCtx& k) {
   const Tensor& x = k.in[0];
   const int r = x.rank();
-  const int64_t a0 = k.attrs.i("axis", -1);
-  const int axis = static_cast<int>(a0 < 0 ? a0 + r : a0);
+  const int axis = k.params<AxisParam>().axis;
   int64_t outer = 1, inner = 1;
   for (int d = 0; d < axis; ++d) outer *= x.dim(d);
   for (int d = axis + 1; d < r; ++d) inner *= x.dim(d);
@@ -337,11 +344,13 @@ void register_reduce_ops() {
   register_op({.name = "argmax",
                .num_inputs = 1,
                .infer = infer_arg,
+               .prepare = prepare_arg_axis,
                .reference = arg_reference<true>,
                .doc = "index of the maximum along axis, s64 (attrs axis, keepdims)"});
   register_op({.name = "argmin",
                .num_inputs = 1,
                .infer = infer_arg,
+               .prepare = prepare_arg_axis,
                .reference = arg_reference<false>,
                .doc = "index of the minimum along axis, s64 (attrs axis, keepdims)"});
   register_op({.name = "reduce_count",
@@ -351,12 +360,14 @@ void register_reduce_ops() {
                  return {{DType::kF32, Shape{}}};
                },
                .grad = [](const GradCtx&) -> std::vector<Value> { return {Value()}; },
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 int64_t n = 1;
+                 for (int a : reduce_axes(c.op, c.in[0].shape, c.attrs)) n *= c.in[0].shape[a];
+                 return ScalarParam{static_cast<double>(n)};
+               },
                .reference =
                    [](const KernelCtx& k) {
-                     const Shape& s = k.in[0].shape();
-                     int64_t n = 1;
-                     for (int a : reduce_axes("reduce_count", s, k.attrs)) n *= s[a];
-                     k.out[0].data<float>()[0] = static_cast<float>(n);
+                     k.out[0].data<float>()[0] = static_cast<float>(k.params<ScalarParam>().value);
                    },
                .doc = "number of elements a reduction over axes combines, f32 scalar"});
   register_op({.name = "equal_indicator",

@@ -29,13 +29,11 @@ Registry& registry() {
     detail::register_conv_ops();
     detail::register_nn_ops();
     detail::register_optim_ops();
-    detail::register_fake_quant_torch_ops();
+    detail::register_quantizer_ops();
     detail::register_fake_quant_ops();
     detail::register_rnn_ops();
     detail::register_mask_ops();
-    detail::register_fixed_point_ops();
-    detail::register_dnnl_kernels();
-    detail::register_fast_kernels();
+    detail::register_integer_numerics_ops();
   });
   return raw_registry();
 }
@@ -61,16 +59,24 @@ void register_op(OpDef def) {
   if (!def.infer) LOWBIT_THROW(ValueError, "register_op: op '", def.name, "' has no shape rule");
   if (r.ops.count(def.name))
     LOWBIT_THROW(ValueError, "register_op: op '", def.name, "' is already registered");
+  for (size_t i = 0; i < def.fast.size(); ++i) {
+    const FastKernel& fk = def.fast[i];
+    const std::string suffix = std::string("__") + isa_name(fk.isa);
+    if (fk.name.rfind(def.name + "_", 0) != 0 || fk.name.size() < suffix.size() ||
+        fk.name.compare(fk.name.size() - suffix.size(), suffix.size(), suffix) != 0)
+      LOWBIT_THROW(ValueError, "register_op: op '", def.name, "': fast kernel '", fk.name,
+                   "' must be named <op>[_layout]_<dtype>", suffix, " (its ISA is ",
+                   isa_name(fk.isa), ")");
+    if (!fk.run)
+      LOWBIT_THROW(ValueError, "register_op: op '", def.name, "': fast kernel '", fk.name,
+                   "' has no run function");
+    for (size_t j = 0; j < i; ++j)
+      if (def.fast[j].name == fk.name)
+        LOWBIT_THROW(ValueError, "register_op: op '", def.name, "': kernel name '", fk.name,
+                     "' is listed twice");
+  }
   std::string name = def.name;
   r.ops.emplace(name, std::move(def));
-}
-
-void add_fast_kernel(const std::string& op, FastKernel kernel) {
-  auto& r = raw_registry();
-  auto it = r.ops.find(op);
-  if (it == r.ops.end())
-    LOWBIT_THROW(ValueError, "add_fast_kernel: unknown op '", op, "' (register the op first)");
-  it->second.fast.push_back(std::move(kernel));
 }
 
 const OpDef& find_op(const std::string& name) {
@@ -93,14 +99,24 @@ std::vector<const OpDef*> all_ops() {
 void set_kernel_choice(KernelChoice c) { g_choice = c; }
 KernelChoice kernel_choice() { return g_choice; }
 
+std::any prepare_op(const OpDef& def, std::span<const ValueType> in, std::span<const ValueType> out,
+                    const Attrs& attrs) {
+  if (!def.prepare) return {};
+  PrepareCtx ctx{def.name, in, out, attrs};
+  return def.prepare(ctx);
+}
+
+const FastKernel* choose_kernel(const OpDef& def, const KernelCtx& ctx, KernelChoice choice) {
+  if (choice != KernelChoice::kFastest) return nullptr;
+  for (const auto& fk : def.fast)
+    if (cpu_has(fk.isa) && (!fk.supports || fk.supports(ctx))) return &fk;
+  return nullptr;
+}
+
 void run_kernel(const OpDef& def, const KernelCtx& ctx, KernelChoice choice) {
-  if (choice == KernelChoice::kFastest) {
-    for (const auto& fk : def.fast) {
-      if (!fk.supports || fk.supports(ctx)) {
-        fk.run(ctx);
-        return;
-      }
-    }
+  if (const FastKernel* fk = choose_kernel(def, ctx, choice)) {
+    fk->run(ctx);
+    return;
   }
   LOWBIT_CHECK(def.reference, "op ", def.name, " has no kernel");
   def.reference(ctx);
@@ -141,7 +157,8 @@ std::vector<Tensor> run_op(const OpDef& def, const std::vector<Tensor>& inputs, 
   }
   if (!def.reference && def.fast.empty())
     LOWBIT_THROW(UnsupportedError, def.name, ": this op is a graph source and cannot run eagerly");
-  KernelCtx ctx{inputs, outs, attrs};
+  const std::any params = prepare_op(def, in_types, out_types, attrs);
+  KernelCtx ctx{inputs, outs, &params};
   run_kernel(def, ctx, choice);
   return outs;
 }

@@ -297,20 +297,36 @@ GradFn forward_grad(const CellInfo& cell) {
 
 // ---- kernels: shared ------------------------------------------------------------------------
 
-RnnSeq seq_of(const KernelCtx& k, const CellInfo& cell, const Tensor& h_prev_like) {
-  RnnSeq s;
-  s.batch = h_prev_like.dim(0);
-  s.steps = h_prev_like.dim(1);
-  s.units = h_prev_like.dim(2);
+// The prepared part of a sequence: geometry and attributes (pointers are bound per call).
+struct RnnPrepared {
+  RnnSeq seq;
+  bool masked = false, rdrop = false;
+};
+
+// h_prev_like: the [B, T, U] workspace (an output of the forward op, an input of the backward).
+std::any prepare_rnn(const PrepareCtx& c, const CellInfo& cell, const Shape& h_prev_like) {
+  RnnPrepared p;
+  RnnSeq& s = p.seq;
+  s.batch = h_prev_like[0];
+  s.steps = h_prev_like[1];
+  s.units = h_prev_like[2];
   s.gates = cell.gates;
-  s.go_backwards = k.attrs.b("go_backwards", false);
-  s.return_sequences = k.attrs.b("return_sequences", true);
-  s.zero_output_for_mask = k.attrs.b("zero_output_for_mask", false);
-  s.reset_after = k.attrs.b("reset_after", true);
-  s.act = kernel_act(k.attrs, "activation", "tanh");
-  s.ract = kernel_act(k.attrs, "recurrent_activation", "sigmoid");
-  const bool masked = k.attrs.b("masked", false);
-  const bool rdrop = k.attrs.b("recurrent_dropout", false);
+  s.go_backwards = c.attrs.b("go_backwards", false);
+  s.return_sequences = c.attrs.b("return_sequences", true);
+  s.zero_output_for_mask = c.attrs.b("zero_output_for_mask", false);
+  s.reset_after = c.attrs.b("reset_after", true);
+  s.act = kernel_act(c.attrs, "activation", "tanh");
+  s.ract = kernel_act(c.attrs, "recurrent_activation", "sigmoid");
+  p.masked = c.attrs.b("masked", false);
+  p.rdrop = c.attrs.b("recurrent_dropout", false);
+  return p;
+}
+
+RnnSeq seq_of(const KernelCtx& k) {
+  const RnnPrepared& p = k.params<RnnPrepared>();
+  RnnSeq s = p.seq;
+  const bool masked = p.masked;
+  const bool rdrop = p.rdrop;
   const size_t n = k.in.size();
   if (rdrop) s.recurrent_dropout = k.in[n - 1].data<float>();
   if (masked) {
@@ -387,7 +403,7 @@ void recurrent_kernel_grad(const RnnSeq& s, float* dr, A a, D d) {
 // ---- kernels: LSTM -------------------------------------------------------------------------
 
 void lstm_forward_reference(const KernelCtx& k) {
-  const RnnSeq s = seq_of(k, kLstm, k.out[3]);
+  const RnnSeq s = seq_of(k);
   const int64_t U = s.units, T = s.steps, GU = 4 * U;
   const float* xp = k.in[0].data<float>();
   const float* rk = k.in[1].data<float>();
@@ -442,7 +458,7 @@ void lstm_forward_reference(const KernelCtx& k) {
 }
 
 void lstm_backward_reference(const KernelCtx& k) {
-  const RnnSeq s = seq_of(k, kLstm, k.in[4]);
+  const RnnSeq s = seq_of(k);
   const int64_t U = s.units, T = s.steps, GU = 4 * U;
   const float* dy = k.in[0].data<float>();
   const float* rk = k.in[3].data<float>();
@@ -500,7 +516,7 @@ void lstm_backward_reference(const KernelCtx& k) {
 // ---- kernels: GRU --------------------------------------------------------------------------
 
 void gru_forward_reference(const KernelCtx& k) {
-  const RnnSeq s = seq_of(k, kGru, k.out[2]);
+  const RnnSeq s = seq_of(k);
   const int64_t U = s.units, T = s.steps, GU = 3 * U;
   const float* xp = k.in[0].data<float>();
   const float* rk = k.in[1].data<float>();
@@ -568,7 +584,7 @@ void gru_forward_reference(const KernelCtx& k) {
 }
 
 void gru_backward_reference(const KernelCtx& k) {
-  const RnnSeq s = seq_of(k, kGru, k.in[3]);
+  const RnnSeq s = seq_of(k);
   const int64_t U = s.units, T = s.steps, GU = 3 * U;
   const float* dy = k.in[0].data<float>();
   const float* rk = k.in[2].data<float>();
@@ -658,7 +674,7 @@ void gru_backward_reference(const KernelCtx& k) {
 // ---- kernels: SimpleRNN --------------------------------------------------------------------
 
 void simple_forward_reference(const KernelCtx& k) {
-  const RnnSeq s = seq_of(k, kSimple, k.out[2]);
+  const RnnSeq s = seq_of(k);
   const int64_t U = s.units, T = s.steps;
   const float* xp = k.in[0].data<float>();
   const float* rk = k.in[1].data<float>();
@@ -696,7 +712,7 @@ void simple_forward_reference(const KernelCtx& k) {
 }
 
 void simple_backward_reference(const KernelCtx& k) {
-  const RnnSeq s = seq_of(k, kSimple, k.in[3]);
+  const RnnSeq s = seq_of(k);
   const int64_t U = s.units, T = s.steps;
   const float* dy = k.in[0].data<float>();
   const float* rk = k.in[2].data<float>();
@@ -739,14 +755,12 @@ void simple_backward_reference(const KernelCtx& k) {
 
 // ---- fast kernels (src/kernels/fast/rnn.cc) ---------------------------------------------------
 
-FastKernel fast_forward(const CellInfo& cell) {
-  return {.name = std::string(cell.op) + "_f32__fast",
-          .supports =
-              [cell](const KernelCtx& k) {
-                return kernels::rnn_fast_supported(seq_of(k, cell, k.out[1 + cell.states]));
-              },
+FastKernel fast_forward(const CellInfo& cell, Isa isa) {
+  return {.name = std::string(cell.op) + "_f32__" + isa_name(isa),
+          .isa = isa,
+          .supports = [](const KernelCtx& k) { return kernels::rnn_fast_supported(seq_of(k)); },
           .run =
-              [cell](const KernelCtx& k) {
+              [cell, isa](const KernelCtx& k) {
                 const int ns = cell.states;
                 kernels::RnnForwardArgs a;
                 a.x_proj = k.in[0].data<float>();
@@ -761,19 +775,20 @@ FastKernel fast_forward(const CellInfo& cell) {
                 a.hprev = k.out[1 + ns].data<float>();
                 if (ns == 2) a.cprev = k.out[2 + ns].data<float>();
                 a.gates = k.out[1 + 2 * ns].data<float>();
-                kernels::rnn_forward_f32__fast(cell.cell, seq_of(k, cell, k.out[1 + ns]), a);
+                if (isa == Isa::kAvx512)
+                  kernels::rnn_forward_f32__avx512(cell.cell, seq_of(k), a);
+                else
+                  kernels::rnn_forward_f32__portable(cell.cell, seq_of(k), a);
               }};
 }
 
-FastKernel fast_backward(const CellInfo& cell) {
+FastKernel fast_backward(const CellInfo& cell, Isa isa) {
   const int ns = cell.states, hp = 2 + ns;  // inputs: dy, d states, rk, h_prev...
-  return {.name = std::string(cell.op) + "_backward_f32__fast",
-          .supports =
-              [cell, hp](const KernelCtx& k) {
-                return kernels::rnn_fast_supported(seq_of(k, cell, k.in[hp]));
-              },
+  return {.name = std::string(cell.op) + "_backward_f32__" + isa_name(isa),
+          .isa = isa,
+          .supports = [](const KernelCtx& k) { return kernels::rnn_fast_supported(seq_of(k)); },
           .run =
-              [cell, ns, hp](const KernelCtx& k) {
+              [cell, ns, hp, isa](const KernelCtx& k) {
                 kernels::RnnBackwardArgs a;
                 a.dy = k.in[0].data<float>();
                 a.dh = k.in[1].data<float>();
@@ -788,7 +803,10 @@ FastKernel fast_backward(const CellInfo& cell) {
                 if (cell.recurrent_bias) a.drb = k.out[2].data<float>();
                 a.dh0 = k.out[d0].data<float>();
                 if (ns == 2) a.dc0 = k.out[d0 + 1].data<float>();
-                kernels::rnn_backward_f32__fast(cell.cell, seq_of(k, cell, k.in[hp]), a);
+                if (isa == Isa::kAvx512)
+                  kernels::rnn_backward_f32__avx512(cell.cell, seq_of(k), a);
+                else
+                  kernels::rnn_backward_f32__portable(cell.cell, seq_of(k), a);
               }};
 }
 
@@ -799,14 +817,22 @@ void register_cell(const CellInfo& cell, KernelFn forward, KernelFn backward, co
                .num_inputs = -1,
                .infer = [cell](const InferCtx& c) { return infer_forward(c, cell); },
                .grad = forward_grad(cell),
+               .prepare =
+                   [cell](const PrepareCtx& c) {
+                     return prepare_rnn(c, cell, c.out[1 + cell.states].shape);
+                   },
                .reference = std::move(forward),
-               .fast = {fast_forward(cell)},
+               .fast = {fast_forward(cell, Isa::kAvx512), fast_forward(cell, Isa::kPortable)},
                .doc = doc});
   register_op({.name = std::string(cell.op) + "_backward",
                .num_inputs = -1,
                .infer = [cell](const InferCtx& c) { return infer_backward(c, cell); },
+               .prepare =
+                   [cell](const PrepareCtx& c) {
+                     return prepare_rnn(c, cell, c.in[2 + cell.states].shape);
+                   },
                .reference = std::move(backward),
-               .fast = {fast_backward(cell)},
+               .fast = {fast_backward(cell, Isa::kAvx512), fast_backward(cell, Isa::kPortable)},
                .doc = std::string("backward through time of ") + cell.op +
                       ": d x_proj, d recurrent_kernel, (d recurrent_bias), d initial states"});
 }

@@ -200,7 +200,7 @@ std::vector<ValueType> infer_transpose(const InferCtx& c) {
 void transpose_reference(const KernelCtx& k) {
   const Tensor& x = k.in[0];
   Tensor& out = k.out[0];
-  const std::vector<int> perm0 = transpose_perm("transpose", x.shape(), k.attrs);
+  const std::vector<int>& perm0 = k.params<std::vector<int>>();
   const int r = x.rank();
   const size_t es = dtype_size(x.dtype());
   if (out.numel() == 0) return;
@@ -376,13 +376,21 @@ int axis_attr(const Attrs& attrs, int r, int64_t dflt) {
   return static_cast<int>(a < 0 ? a + r : a);
 }
 
+// The axis of concat (against the output's rank) and split (the input's), prepared.
+std::any prepare_concat(const PrepareCtx& c) {
+  return AxisParam{axis_attr(c.attrs, c.out[0].shape.rank(), 0)};
+}
+std::any prepare_split(const PrepareCtx& c) {
+  return AxisParam{axis_attr(c.attrs, c.in[0].shape.rank(), 0)};
+}
+
 void concat_reference(const KernelCtx& k) {
-  concat_copy(k.out[0], k.in, axis_attr(k.attrs, k.out[0].rank(), 0), true);
+  concat_copy(k.out[0], k.in, k.params<AxisParam>().axis, true);
 }
 
 void split_reference(const KernelCtx& k) {
   concat_copy(k.in[0], std::span<const Tensor>(k.out.data(), k.out.size()),
-              axis_attr(k.attrs, k.in[0].rank(), 0), false);
+              k.params<AxisParam>().axis, false);
 }
 
 std::vector<ValueType> infer_split(const InferCtx& c) {
@@ -590,7 +598,7 @@ void slice_move(const Tensor& full, const Tensor& sliced, const SliceSpec& spec,
 }
 
 void slice_reference(const KernelCtx& k) {
-  slice_move(k.in[0], k.out[0], slice_spec("slice", k.in[0].shape(), k.attrs), false);
+  slice_move(k.in[0], k.out[0], k.params<SliceSpec>(), false);
 }
 
 std::vector<ValueType> infer_slice_grad(const InferCtx& c) {
@@ -608,7 +616,7 @@ std::vector<ValueType> infer_slice_grad(const InferCtx& c) {
 
 void slice_grad_reference(const KernelCtx& k) {
   std::memset(k.out[0].raw(), 0, k.out[0].nbytes());
-  slice_move(k.out[0], k.in[0], slice_spec("slice_grad", k.out[0].shape(), k.attrs), true);
+  slice_move(k.out[0], k.in[0], k.params<SliceSpec>(), true);
 }
 
 // ---- pad ----
@@ -634,11 +642,16 @@ std::vector<ValueType> infer_pad(const InferCtx& c) {
   return {{c.in[0].dtype, Shape(dims)}};
 }
 
+struct PadParams {
+  std::vector<int64_t> paddings;
+  double value = 0;
+};
+
 void pad_reference(const KernelCtx& k) {
   const Tensor& x = k.in[0];
   Tensor& out = k.out[0];
-  const std::vector<int64_t> p = pad_spec("pad", x.shape(), k.attrs);
-  out.fill(k.attrs.f("value", 0.0));
+  const std::vector<int64_t>& p = k.params<PadParams>().paddings;
+  out.fill(k.params<PadParams>().value);
   // x is the slice of out that starts at the `before` paddings.
   SliceSpec spec;
   for (int d = 0; d < x.rank(); ++d) {
@@ -727,7 +740,7 @@ struct GatherGeometry {
   int64_t outer, n_rows, inner, n_idx;
 };
 
-GatherGeometry gather_geometry(const Shape& params, const Tensor& indices, const Attrs& attrs) {
+GatherGeometry gather_geometry(const Shape& params, const Shape& indices, const Attrs& attrs) {
   const int axis = axis_attr(attrs, params.rank(), 0);
   return {prod(params, 0, axis), params[axis], prod(params, axis + 1, params.rank()),
           indices.numel()};
@@ -736,7 +749,7 @@ GatherGeometry gather_geometry(const Shape& params, const Tensor& indices, const
 void gather_reference(const KernelCtx& k) {
   const Tensor& params = k.in[0];
   const Tensor& indices = k.in[1];
-  const GatherGeometry geo = gather_geometry(params.shape(), indices, k.attrs);
+  const GatherGeometry& geo = k.params<GatherGeometry>();
   const size_t row = static_cast<size_t>(geo.inner) * dtype_size(params.dtype());
   const char* pp = static_cast<const char*>(params.raw());
   char* po = static_cast<char*>(k.out[0].raw());
@@ -773,7 +786,7 @@ void gather_grad_reference(const KernelCtx& k) {
   const Tensor& dy = k.in[0];
   const Tensor& indices = k.in[1];
   Tensor& out = k.out[0];
-  const GatherGeometry geo = gather_geometry(out.shape(), indices, k.attrs);
+  const GatherGeometry& geo = k.params<GatherGeometry>();
   const float* pd = dy.data<float>();
   float* po = out.data<float>();
   std::memset(po, 0, out.nbytes());
@@ -813,14 +826,21 @@ std::vector<ValueType> infer_one_hot(const InferCtx& c) {
   return {{dt, Shape(dims)}};
 }
 
+struct OneHotParams {
+  int64_t depth = 0;
+  int axis = 0;
+  double off = 0, on = 1;
+};
+
 void one_hot_reference(const KernelCtx& k) {
   const Tensor& ind = k.in[0];
   Tensor& out = k.out[0];
-  const int64_t depth = k.attrs.i("depth");
-  const int axis = axis_attr(k.attrs, ind.rank() + 1, -1);
+  const OneHotParams& oh = k.params<OneHotParams>();
+  const int64_t depth = oh.depth;
+  const int axis = oh.axis;
   const int64_t outer = prod(ind.shape(), 0, axis), inner = prod(ind.shape(), axis, ind.rank());
-  out.fill(k.attrs.f("off_value", 0.0));
-  const double on = k.attrs.f("on_value", 1.0);
+  out.fill(oh.off);
+  const double on = oh.on;
   dispatch_dtype(out.dtype(), [&](auto otag) {
     using U = decltype(otag);
     const U von = std::is_same_v<U, bool> ? static_cast<U>(on != 0) : static_cast<U>(on);
@@ -872,6 +892,9 @@ void register_shape_ops() {
                .num_inputs = 1,
                .infer = infer_transpose,
                .grad = transpose_grad,
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return transpose_perm(c.op, c.in[0].shape, c.attrs);
+               },
                .reference = transpose_reference,
                .doc = "permute dims (attr perm, default reversed)"});
   register_op({.name = "concat",
@@ -882,6 +905,7 @@ void register_shape_ops() {
                      std::vector<Value> likes(g.in.begin(), g.in.end());
                      return ops::split_like(g.dy(), likes, g.attrs.i("axis", 0));
                    },
+               .prepare = prepare_concat,
                .reference = concat_reference,
                .doc = "join inputs along axis (default 0)"});
   register_op({.name = "split",
@@ -890,6 +914,7 @@ void register_shape_ops() {
                .grad = [](const GradCtx& g) -> std::vector<Value> {
                  return {ops::concat(concat_of_dys(g), g.attrs.i("axis", 0))};
                },
+               .prepare = prepare_split,
                .reference = split_reference,
                .doc = "split along axis (attr sizes, or num equal parts)"});
   register_op({.name = "split_like",
@@ -901,6 +926,7 @@ void register_shape_ops() {
                      dx[0] = ops::concat(concat_of_dys(g), g.attrs.i("axis", 0));
                      return dx;
                    },
+               .prepare = prepare_split,
                .reference = split_reference,
                .doc = "split x along axis into pieces as large as the likes"});
   register_op({.name = "slice",
@@ -908,6 +934,9 @@ void register_shape_ops() {
                .infer = infer_slice,
                .grad = [](const GradCtx& g) -> std::vector<Value> {
                  return {ops::apply1("slice_grad", {g.dy(), g.in[0]}, g.attrs)};
+               },
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return slice_spec(c.op, c.in[0].shape, c.attrs);
                },
                .reference = slice_reference,
                .doc = "strided slice with Python semantics (attrs begin, end, strides)"});
@@ -917,12 +946,18 @@ void register_shape_ops() {
                .grad = [](const GradCtx& g) -> std::vector<Value> {
                  return {ops::apply1("slice", {g.dy()}, g.attrs), Value()};
                },
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return slice_spec(c.op, c.out[0].shape, c.attrs);
+               },
                .reference = slice_grad_reference,
                .doc = "zeros like `like` with dy written where slice reads"});
   register_op({.name = "pad",
                .num_inputs = 1,
                .infer = infer_pad,
                .grad = pad_grad,
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return PadParams{pad_spec(c.op, c.in[0].shape, c.attrs), c.attrs.f("value", 0.0)};
+               },
                .reference = pad_reference,
                .doc = "constant padding (attrs paddings [before, after]*rank, value)"});
   register_op({.name = "broadcast_to",
@@ -939,6 +974,9 @@ void register_shape_ops() {
                .grad = [](const GradCtx& g) -> std::vector<Value> {
                  return {ops::gather_grad(g.dy(), g.in[1], g.in[0], g.attrs.i("axis", 0)), Value()};
                },
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return gather_geometry(c.in[0].shape, c.in[1].shape, c.attrs);
+               },
                .reference = gather_reference,
                .doc = "pick entries of params along axis (embedding lookup)"});
   register_op({.name = "gather_grad",
@@ -947,11 +985,19 @@ void register_shape_ops() {
                .grad = [](const GradCtx& g) -> std::vector<Value> {
                  return {ops::gather(g.dy(), g.in[1], g.attrs.i("axis", 0)), Value(), Value()};
                },
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return gather_geometry(c.out[0].shape, c.in[1].shape, c.attrs);
+               },
                .reference = gather_grad_reference,
                .doc = "zeros like params with dy rows added at the indices"});
   register_op({.name = "one_hot",
                .num_inputs = 1,
                .infer = infer_one_hot,
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return OneHotParams{c.attrs.i("depth"),
+                                     axis_attr(c.attrs, c.in[0].shape.rank() + 1, -1),
+                                     c.attrs.f("off_value", 0.0), c.attrs.f("on_value", 1.0)};
+               },
                .reference = one_hot_reference,
                .doc = "one-hot encoding (attrs depth, on_value, off_value, axis, dtype)"});
 }

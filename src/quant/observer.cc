@@ -1,7 +1,7 @@
 // Host-side parts of the PyTorch observers (include/lowbit/quant/observer.h): the effective
 // integer range, the symmetric zero point, the initial state and the reduction axes. The state
 // updates are op compositions in the header; (scale, zero_point) is the op "calculate_qparams"
-// (src/ops/fake_quant_torch.cc).
+// (src/ops/quantizer_ops.cc).
 #include "lowbit/quant/observer.h"
 
 #include <cmath>
@@ -32,9 +32,11 @@ ops::QuantRange observer_quant_range(const ObserverConfig& c) {
   if (n > 256)
     LOWBIT_THROW(ValueError, "observer_quant_range: a custom range may hold at most 256 values ",
                  "(PyTorch's 8-bit observers) but [", a, ", ", b, "] holds ", n);
-  ops::QuantRange r =
-      qint8 ? ops::QuantRange{floor_half(-n), floor_half(n) - 1} : ops::QuantRange{0, n - 1};
-  if (c.reduce_range) r = {floor_half(r.quant_min), floor_half(r.quant_max)};
+  auto range = [](int64_t lo, int64_t hi) {
+    return ops::QuantRange{static_cast<int32_t>(lo), static_cast<int32_t>(hi)};
+  };
+  ops::QuantRange r = qint8 ? range(floor_half(-n), floor_half(n) - 1) : range(0, n - 1);
+  if (c.reduce_range) r = range(floor_half(r.min), floor_half(r.max));
   return r;
 }
 
@@ -42,7 +44,7 @@ int64_t symmetric_zero_point(const ObserverConfig& c) {
   if (c.dtype != TorchQDType::kQUInt8) return 0;
   if (!c.quant_min) return 128;
   const ops::QuantRange r = observer_quant_range(c);
-  return floor_half(r.quant_min + r.quant_max);
+  return floor_half(int64_t{r.min} + r.max);
 }
 
 ObserverState<Tensor> observer_initial_state(const ObserverConfig& c, int64_t channels) {

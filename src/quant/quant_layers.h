@@ -1,6 +1,6 @@
 // Registration of the QAT layer classes (FakeQuant, QuantizeWrapper, FoldedConvBatchNorm) for
-// nn::layer_from_config, so load_model rebuilds quantized models. Called once by the nn layer
-// registry (src/nn/layer_registry.cc), whatever the program links.
+// nn::layer_from_config, so load_model rebuilds quantized models. Called once through the nn
+// layer registry's hook (src/wiring/layers.cc), whatever the program links.
 #pragma once
 
 #include "lowbit/graph.h"

@@ -8,7 +8,7 @@
 
 #include "lowbit/ops.h"
 #include "lowbit/ops/fake_quant.h"
-#include "lowbit/ops/fake_quant_torch.h"
+#include "lowbit/ops/quantizer_ops.h"
 #include "lowbit/quant/observer.h"
 #include "lowbit/quant/range.h"
 #include "quant/quant_layers.h"
@@ -17,10 +17,66 @@ namespace lowbit::quant {
 
 namespace {
 
-const char* const kSchemes[] = {"tf", "torch", "lsq", "pact", "binary", "ternary", "none"};
-const char* const kTfRanges[] = {"last_value", "moving_average", "moving_average_debiased",
-                                 "all_values"};
-const char* const kTorchRanges[] = {"minmax", "moving_average", "last_value"};
+// ---- the schemes: one row each ----------------------------------------------------------------
+// Adding a scheme is adding a row (and its case in Quantizer::build/init_from/apply). The
+// quantizer looks its row up once by name; nothing else compares scheme strings.
+enum class Kind { kTf, kTorch, kLsq, kPact, kBinary, kTernary, kNone };
+struct SchemeRow {
+  const char* name;
+  Kind kind;
+  bool weights, activations;           // the roles it may quantize
+  bool has_bits;                       // bits (2..16) apply
+  bool has_symmetric;                  // sym/asym applies (shown by describe)
+  bool has_narrow;                     // narrow_range applies (shown by describe)
+  std::vector<std::string> ranges;     // tracked schemes: the valid `range` values (min/max state)
+  std::vector<std::string> variables;  // untracked schemes: their trainable state fields
+};
+const std::vector<SchemeRow>& scheme_rows() {
+  static const std::vector<SchemeRow> rows = {
+      {"tf",
+       Kind::kTf,
+       true,
+       true,
+       true,
+       true,
+       true,
+       {"last_value", "moving_average", "moving_average_debiased", "all_values"},
+       {}},
+      {"torch",
+       Kind::kTorch,
+       true,
+       true,
+       true,
+       true,
+       true,
+       {"minmax", "moving_average", "last_value"},
+       {}},
+      {"lsq", Kind::kLsq, true, true, true, true, false, {}, {"step_size"}},
+      {"pact", Kind::kPact, false, true, true, false, false, {}, {"alpha"}},
+      {"binary", Kind::kBinary, true, false, false, false, false, {}, {}},
+      {"ternary", Kind::kTernary, true, false, false, false, false, {}, {}},
+      {"none", Kind::kNone, true, true, false, false, false, {}, {}},
+  };
+  return rows;
+}
+std::string join(const std::vector<std::string>& v) {
+  std::string out;
+  for (const std::string& n : v) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+// The row of c.scheme; ValueError naming `who` and the valid names otherwise.
+const SchemeRow& scheme_row(const QuantizerConfig& c, const std::string& who = "quantizer") {
+  std::vector<std::string> names;
+  for (const SchemeRow& r : scheme_rows()) {
+    if (c.scheme == r.name) return r;
+    names.push_back(r.name);
+  }
+  LOWBIT_THROW(ValueError, who, ": scheme: expected one of ", join(names), " but found '", c.scheme,
+               "'");
+}
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
 
 template <size_t N>
 bool one_of(const std::string& s, const char* const (&names)[N]) {
@@ -40,7 +96,7 @@ std::string fmt(double v) {
   return os.str();
 }
 
-bool tracked(const QuantizerConfig& c) { return c.scheme == "tf" || c.scheme == "torch"; }
+bool tracked(const QuantizerConfig& c) { return !scheme_row(c).ranges.empty(); }
 
 // Builds a layer by tracing it once on a scratch graph (f32 placeholders: the layers wrapped
 // here take float inputs, and Embedding accepts f32 ids) and returns its output types.
@@ -120,22 +176,16 @@ QuantizerConfig default_input_quantizer() {
 
 void validate(const QuantizerConfig& c, QuantizerRole role, const std::string& who) {
   const bool weights = role == QuantizerRole::kWeight;
-  if (!one_of(c.scheme, kSchemes))
-    LOWBIT_THROW(ValueError, who, ": scheme: expected one of ", list(kSchemes), " but found '",
-                 c.scheme, "'");
-  if (c.scheme == "pact" && weights)
-    LOWBIT_THROW(ValueError, who, ": scheme 'pact' quantizes activations, not weights");
-  if ((c.scheme == "binary" || c.scheme == "ternary") && !weights)
+  const SchemeRow& row = scheme_row(c, who);
+  if (weights && !row.weights)
+    LOWBIT_THROW(ValueError, who, ": scheme '", c.scheme, "' quantizes activations, not weights");
+  if (!weights && !row.activations)
     LOWBIT_THROW(ValueError, who, ": scheme '", c.scheme, "' quantizes weights, not activations");
-  if (c.scheme != "binary" && c.scheme != "ternary" && c.scheme != "none" &&
-      (c.bits < 2 || c.bits > 16))
+  if (row.has_bits && (c.bits < 2 || c.bits > 16))
     LOWBIT_THROW(ValueError, who, ": bits: expected 2..16 but found ", c.bits);
-  if (c.scheme == "tf" && !one_of(c.range, kTfRanges))
-    LOWBIT_THROW(ValueError, who, ": range: expected one of ", list(kTfRanges),
-                 " for scheme 'tf' but found '", c.range, "'");
-  if (c.scheme == "torch" && !one_of(c.range, kTorchRanges))
-    LOWBIT_THROW(ValueError, who, ": range: expected one of ", list(kTorchRanges),
-                 " for scheme 'torch' but found '", c.range, "'");
+  if (!row.ranges.empty() && !contains(row.ranges, c.range))
+    LOWBIT_THROW(ValueError, who, ": range: expected one of ", join(row.ranges), " for scheme '",
+                 c.scheme, "' but found '", c.range, "'");
   if (!(c.ema_decay >= 0 && c.ema_decay <= 1))
     LOWBIT_THROW(ValueError, who, ": ema_decay: expected a value in [0, 1] but found ",
                  c.ema_decay);
@@ -145,9 +195,9 @@ void validate(const QuantizerConfig& c, QuantizerRole role, const std::string& w
   if (c.freeze_after < -1)
     LOWBIT_THROW(ValueError, who, ": freeze_after: expected -1 (never) or >= 0 but found ",
                  c.freeze_after);
-  if (c.scheme == "pact" && !(c.init_max > 0))
+  if (row.kind == Kind::kPact && !(c.init_max > 0))
     LOWBIT_THROW(ValueError, who, ": scheme 'pact' starts alpha at init_max, which must be > 0");
-  if (c.scheme == "pact" && c.per_channel)
+  if (row.kind == Kind::kPact && c.per_channel)
     LOWBIT_THROW(ValueError, who, ": scheme 'pact' has one alpha per tensor (per_channel false)");
 }
 
@@ -183,12 +233,12 @@ QuantizerConfig quantizer_config_from_json(const Json& j, const QuantizerConfig&
 }
 
 std::string describe(const QuantizerConfig& c) {
+  const SchemeRow& row = scheme_row(c);
   std::string s = c.scheme;
-  if (c.scheme == "none") return "none (float)";
-  if (c.scheme != "binary" && c.scheme != "ternary") s += " " + std::to_string(c.bits) + "-bit";
-  if (c.scheme == "tf" || c.scheme == "torch" || c.scheme == "lsq")
-    s += c.symmetric ? " sym" : " asym";
-  if (c.narrow_range && (c.scheme == "tf" || c.scheme == "torch")) s += " narrow";
+  if (row.kind == Kind::kNone) return "none (float)";
+  if (row.has_bits) s += " " + std::to_string(c.bits) + "-bit";
+  if (row.has_symmetric) s += c.symmetric ? " sym" : " asym";
+  if (c.narrow_range && row.has_narrow) s += " narrow";
   s += c.per_channel ? " per-channel" : " per-tensor";
   if (tracked(c)) {
     s += " " + c.range;
@@ -221,9 +271,7 @@ std::vector<std::string> state_fields(const QuantizerConfig& c) {
       return {"min", "max", "min_biased", "max_biased", "count"};
     return {"min", "max"};
   }
-  if (c.scheme == "lsq") return {"step_size"};
-  if (c.scheme == "pact") return {"alpha"};
-  return {};
+  return scheme_row(c).variables;
 }
 }  // namespace
 
@@ -258,7 +306,7 @@ void Quantizer::build(nn::Layer& owner, const Shape& shape) const {
     bool trainable = false;
     if (f == "min") init = config_.init_min;
     if (f == "max") init = config_.init_max;
-    if (config_.scheme == "torch" && (f == "min" || f == "max"))
+    if (scheme_row(config_).kind == Kind::kTorch && (f == "min" || f == "max"))
       init = f == "min" ? HUGE_VAL : -HUGE_VAL;  // PyTorch observers: nothing observed yet
     if (f == "step_size") {
       // The grid spans [-Q_N s, Q_P s]: start with Q_P s = init_max (init_from replaces it by
@@ -276,19 +324,20 @@ void Quantizer::build(nn::Layer& owner, const Shape& shape) const {
 
 void Quantizer::init_from(nn::Layer& owner, const Tensor& x) const {
   const QuantizerConfig& c = config_;
-  if (c.scheme == "tf") {
+  const Kind kind = scheme_row(c).kind;
+  if (kind == Kind::kTf) {
     const ops::MinMax<Tensor> b = ops::min_max(x, c.per_channel);
     const ops::MinMax<Tensor> r = range_target(b.min, b.max, c.symmetric, c.bits, c.narrow_range);
     get(owner, "min").value.copy_from(r.min);
     get(owner, "max").value.copy_from(r.max);
-  } else if (c.scheme == "torch") {
+  } else if (kind == Kind::kTorch) {
     ObserverConfig oc;
     oc.qscheme = c.per_channel ? QScheme::kPerChannelAffine : QScheme::kPerTensorAffine;
     oc.ch_axis = -1;
     const ObserverState<Tensor> b = batch_min_max(x, oc);
     get(owner, "min").value.copy_from(b.min_val);
     get(owner, "max").value.copy_from(b.max_val);
-  } else if (c.scheme == "lsq") {
+  } else if (kind == Kind::kLsq) {
     Tensor s = ops::lsq_init_step(x, c.bits, c.symmetric,
                                   c.per_channel ? std::optional<int>(-1) : std::nullopt);
     // An all-zero channel would get step 0 (the op needs step > 0): keep a tiny one.
@@ -299,7 +348,8 @@ void Quantizer::init_from(nn::Layer& owner, const Tensor& x) const {
 Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& owner,
                        const Value& step, int64_t quant_delay) const {
   const QuantizerConfig& c = config_;
-  if (c.scheme == "none") return x;
+  const Kind kind = scheme_row(c).kind;
+  if (kind == Kind::kNone) return x;
   const bool tracked_range = tracked(c);
   Value y;
   if (tracked_range) {
@@ -310,7 +360,7 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
     const bool update = ctx.training() && !ctx.bound(wmin).defined();
     Value mn = ctx.var(owner, wmin), mx = ctx.var(owner, wmax);
     std::vector<std::pair<Value, Value>> next;  // (state variable, new value)
-    if (c.scheme == "tf") {
+    if (kind == Kind::kTf) {
       if (update) {
         RangeConfig rc;
         rc.mode = parse_range_mode(c.range);
@@ -359,7 +409,7 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
       mn = next[0].second;  // the op reads the just-updated range (semantics 2.1)
       mx = next[1].second;
     }
-    if (c.scheme == "tf") {
+    if (kind == Kind::kTf) {
       y = c.per_channel
               ? ops::fake_quant_with_min_max_vars_per_channel(x, mn, mx, c.bits, c.narrow_range)
               : ops::fake_quant_with_min_max_vars(x, mn, mx, c.bits, c.narrow_range);
@@ -372,7 +422,7 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
               : ops::fake_quantize_per_tensor_affine(x, qp.scale, qp.zero_point, qmin, qmax);
     }
   } else {
-    if (c.scheme == "lsq") {
+    if (kind == Kind::kLsq) {
       // N of the gradient scale: the weights' count (numel when the op runs) or, for
       // activations, the features per example (the paper's choice), when known.
       int64_t n = 0;
@@ -383,9 +433,9 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
       }
       y = ops::lsq_quantize(x, ctx.var(owner, *find(owner, "step_size")), c.bits, c.symmetric,
                             c.per_channel ? std::optional<int>(-1) : std::nullopt, n);
-    } else if (c.scheme == "pact") {
+    } else if (kind == Kind::kPact) {
       y = ops::pact_quantize(x, ctx.var(owner, *find(owner, "alpha")), c.bits);
-    } else if (c.scheme == "binary") {
+    } else if (kind == Kind::kBinary) {
       y = ops::binary_quantize(x, c.per_channel);
     } else {
       y = ops::ternary_quantize(x, c.per_channel);

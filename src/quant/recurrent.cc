@@ -9,7 +9,7 @@
 #include "lowbit/nn/layers.h"
 #include "lowbit/ops.h"
 #include "lowbit/ops/fake_quant.h"
-#include "lowbit/ops/fixed_point.h"
+#include "lowbit/ops/integer_numerics.h"
 #include "lowbit/quant/range.h"
 #include "quant/quant_layers.h"
 

@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
+#include "lowbit/fixed_point.h"
+#include "lowbit/io/safetensors.h"
 #include "lowbit/ops.h"
 #include "lowbit/rng.h"
 
@@ -33,6 +37,31 @@ TEST(Tensor, DTypeConversion) {
   Tensor i = Tensor::from_vector<int64_t>({7, -3}, {2});
   EXPECT_EQ(i.to(DType::kF32).to_vector<float>(), (std::vector<float>{7, -3}));
   EXPECT_THROW(x.data<int32_t>(), DTypeError);
+}
+
+// 16-bit codes are a DType (issue 12, item 5): conversions, names, and the file formats.
+TEST(Tensor, S16CodesRoundTrip) {
+  EXPECT_EQ(dtype_size(DType::kS16), 2u);
+  EXPECT_STREQ(dtype_name(DType::kS16), "s16");
+  EXPECT_EQ(dtype_from_name("s16"), DType::kS16);
+  EXPECT_TRUE(is_integer(DType::kS16));
+  EXPECT_EQ(dtype_of<int16_t>(), DType::kS16);
+  Tensor x = Tensor::from_vector<float>({-32768.0f, -1.6f, 0.0f, 2.9f, 32767.0f}, {5});
+  Tensor q = x.to(DType::kS16);
+  EXPECT_EQ(q.to_vector<int16_t>(), (std::vector<int16_t>{-32768, -1, 0, 2, 32767}));
+  EXPECT_EQ(q.to(DType::kS32).to_vector<int32_t>(),
+            (std::vector<int32_t>{-32768, -1, 0, 2, 32767}));
+  EXPECT_EQ(q.str(), "Tensor(s16, [5]) [-32768, -1, 0, 2, 32767]");
+  const std::string path = ::testing::TempDir() + "/s16.safetensors";
+  io::write_safetensors(path, {{{"codes", q}}, {}});
+  const io::SafetensorsFile f = io::read_safetensors(path);
+  ASSERT_NE(f.find("codes"), nullptr);
+  EXPECT_EQ(f.find("codes")->dtype(), DType::kS16);
+  EXPECT_EQ(f.find("codes")->to_vector<int16_t>(), q.to_vector<int16_t>());
+  std::remove(path.c_str());
+  // The quantization vocabulary uses the same dtype for its code types.
+  EXPECT_EQ(quant::quant_range(DType::kS16), (quant::QuantRange{-32768, 32767}));
+  EXPECT_EQ(quant::quant_dtype_from_name("int16"), DType::kS16);
 }
 
 TEST(Tensor, Printing) {

@@ -71,11 +71,23 @@ TEST_P(OptimOpsSized, SgdMomentumMatchesComposedFormulaBitForBit) {
   testing::note_reference_tested("sgd_momentum_update");
 }
 
+// Every listed kernel (the AVX-512 rows where the CPU has AVX-512) against the reference.
 TEST_P(OptimOpsSized, FastKernelsEqualReferenceBitForBit) {
   Rng rng(9);
   const Shape s{GetParam()};
   Tensor w = random_tensor(s, rng), g = random_tensor(s, rng),
          m = random_tensor(s, rng, -0.1f, 0.1f), v = random_tensor(s, rng, 0.0f, 0.05f);
+  const int fast = cpu_has(Isa::kAvx512) ? 1 : 0;
+  const Attrs adam{{"beta_1", 0.9}, {"beta_2", 0.999}, {"epsilon", 1e-7}};
+  EXPECT_EQ(testing::expect_fast_matches_reference("adam_update", {w, g, m, v, scalar_f32(0.0031f)},
+                                                   adam, 0, 0),
+            fast);
+  for (bool nesterov : {false, true})
+    EXPECT_EQ(
+        testing::expect_fast_matches_reference("sgd_momentum_update", {w, g, m, scalar_f32(0.01f)},
+                                               {{"momentum", 0.9}, {"nesterov", nesterov}}, 0, 0),
+        fast);
+  // Through the ops' own entry points too.
   auto run = [&](KernelChoice c) {
     set_kernel_choice(c);
     std::vector<Tensor> r = ops::adam_update(w, g, m, v, scalar_f32(0.0031f), 0.9, 0.999, 1e-7);
@@ -86,9 +98,9 @@ TEST_P(OptimOpsSized, FastKernelsEqualReferenceBitForBit) {
     set_kernel_choice(KernelChoice::kFastest);
     return r;
   };
-  std::vector<Tensor> ref = run(KernelChoice::kReference), fast = run(KernelChoice::kFastest);
-  ASSERT_EQ(ref.size(), fast.size());
-  for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(tensors_equal(fast[i], ref[i])) << i;
+  std::vector<Tensor> ref = run(KernelChoice::kReference), got = run(KernelChoice::kFastest);
+  ASSERT_EQ(ref.size(), got.size());
+  for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(tensors_equal(got[i], ref[i])) << i;
 }
 
 // Issue 14: the same with NaN, +Inf and -Inf in the gradient and the weights (a NaN gradient

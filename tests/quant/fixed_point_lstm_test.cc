@@ -1,4 +1,4 @@
-// gemmlowp's int16 logistic and tanh (lowbit/quant/fixed_point.h; quantization-semantics.md
+// gemmlowp's int16 logistic and tanh (lowbit/fixed_point.h; quantization-semantics.md
 // 3.7): fixed points of the functions, monotonicity, symmetry and closeness to the real
 // functions over the whole int16 input range for every supported format.
 //
@@ -12,7 +12,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "lowbit/quant/fixed_point.h"
+#include "lowbit/fixed_point.h"
 
 namespace lowbit::quant {
 namespace {

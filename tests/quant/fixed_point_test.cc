@@ -1,9 +1,9 @@
-// Integer-inference primitives (lowbit/quant/fixed_point.h) against
+// Integer-inference primitives (lowbit/fixed_point.h) against
 // shared/testdata/fakequant_examples.json (every case of the integer kinds, exact; schema in
 // quantization-semantics.md section 0), the spec's worked examples (3.2, 3.3, 3.4, section 6
 // rows 14-21), exact 128-bit cross-checks of the multiply on random inputs, and the converter's
 // agreement with the TF fake-quant nudge (2.5, against ops::fake_quant_nudge).
-#include "lowbit/quant/fixed_point.h"
+#include "lowbit/fixed_point.h"
 
 #include <gtest/gtest.h>
 

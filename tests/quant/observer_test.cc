@@ -108,8 +108,8 @@ TEST(TorchObserverGolden, EveryCase) {
     const ObserverConfig cfg = config_of(p);
     const json& e = c["expected"];
     const ops::QuantRange r = quant::observer_quant_range(cfg);
-    EXPECT_EQ(r.quant_min, e["effective_quant_min"].get<int64_t>());
-    EXPECT_EQ(r.quant_max, e["effective_quant_max"].get<int64_t>());
+    EXPECT_EQ(r.min, e["effective_quant_min"].get<int64_t>());
+    EXPECT_EQ(r.max, e["effective_quant_max"].get<int64_t>());
     const std::vector<Tensor> batches = [&] {
       std::vector<Tensor> b;
       for (const json& x : c["inputs"]["batches"]) b.push_back(tensor_of(x));
@@ -192,7 +192,7 @@ TEST(TorchObserver, EffectiveRanges) {
     c.quant_min = lo;
     c.quant_max = hi;
     const ops::QuantRange r = quant::observer_quant_range(c);
-    return std::vector<int64_t>{r.quant_min, r.quant_max};
+    return std::vector<int64_t>{r.min, r.max};
   };
   using V = std::vector<int64_t>;
   EXPECT_EQ(range(TorchQDType::kQUInt8, false), V({0, 255}));
@@ -278,8 +278,7 @@ TEST(TorchObserver, UpdatesInsideAGraphWithUnknownBatch) {
   g.add_update(st.min_val, next.min_val);
   g.add_update(st.max_val, next.max_val);
   const quant::QParams<Value> qp = quant::calculate_qparams(next, c);
-  Value y =
-      ops::fake_quantize_per_tensor_affine(x, qp.scale, qp.zero_point, r.quant_min, r.quant_max);
+  Value y = ops::fake_quantize_per_tensor_affine(x, qp.scale, qp.zero_point, r.min, r.max);
   Executor ex(g, {y}, g.updates());
   const std::vector<Tensor> batches = {f32({-0.5f, 0.25f, 3.0f}, {1, 3}),
                                        f32({-1.0f, 2.0f, 0.5f, 0.1f, 0.2f, 0.3f}, {2, 3})};
@@ -289,8 +288,7 @@ TEST(TorchObserver, UpdatesInsideAGraphWithUnknownBatch) {
     eager = quant::moving_average_observer_update(eager, b, c);
     const auto q = quant::calculate_qparams(eager, c);
     EXPECT_TRUE(testing::tensors_equal(
-        got,
-        ops::fake_quantize_per_tensor_affine(b, q.scale, q.zero_point, r.quant_min, r.quant_max)));
+        got, ops::fake_quantize_per_tensor_affine(b, q.scale, q.zero_point, r.min, r.max)));
     EXPECT_TRUE(testing::tensors_equal(g.variable_tensor(st.min_val), eager.min_val));
     EXPECT_TRUE(testing::tensors_equal(g.variable_tensor(st.max_val), eager.max_val));
   }

@@ -18,7 +18,7 @@
 #include "lowbit/nn/model.h"
 #include "lowbit/nn/optimizers.h"
 #include "lowbit/ops.h"
-#include "lowbit/ops/fixed_point.h"
+#include "lowbit/ops/integer_numerics.h"
 #include "lowbit/quant/quantize_model.h"
 #include "testing/model_testing.h"
 #include "testing/op_testing.h"

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <set>
 #include <string>
 #include <vector>
@@ -48,11 +49,29 @@ struct GradCheckOptions {
 void expect_gradients_match(const std::string& op, const std::vector<Tensor>& inputs,
                             const Attrs& attrs = {}, GradCheckOptions opt = {});
 
-// Runs every fast kernel of `op` that supports these inputs and compares it with the reference
-// kernel, then again with NaN, +Inf and -Inf written into the first f32 input (NaN must match
-// NaN, infinities must be equal). Returns how many fast kernels ran.
+// Runs every listed fast kernel of `op` (or those `which` selects) whose ISA this CPU has and
+// that supports these inputs, and compares it with the reference kernel, then again with NaN,
+// +Inf and -Inf written into the first f32 input (NaN must match NaN, infinities must be
+// equal). Returns how many fast kernels ran. Each run is recorded (note_kernel_checked).
 int expect_fast_matches_reference(const std::string& op, const std::vector<Tensor>& inputs,
-                                  const Attrs& attrs = {}, double atol = 1e-5, double rtol = 1e-5);
+                                  const Attrs& attrs = {}, double atol = 1e-5, double rtol = 1e-5,
+                                  const std::function<bool(const FastKernel&)>& which = {});
+
+// Runs one listed kernel of `def` on `inputs` as the executor would (infer, prepare, supports,
+// run) into fresh `outs`; false (outs empty) when the CPU lacks its ISA or it does not support
+// the inputs.
+bool run_listed_kernel(const OpDef& def, const FastKernel& fk, const std::vector<Tensor>& inputs,
+                       const Attrs& attrs, std::vector<Tensor>& outs);
+
+// Records that kernel `fk` was compared with the reference on `inputs`. The registry test
+// requires every listed kernel (whose ISA this CPU has) to be compared on at least two input
+// signatures, one of them an edge shape (is_edge_shape).
+void note_kernel_checked(const FastKernel& fk, const std::vector<Tensor>& inputs);
+// Input 0 has fewer than 16 elements or an innermost dim that is not a multiple of 16 (a vector
+// tail for every ISA).
+bool is_edge_shape(const std::vector<Tensor>& inputs);
+// "<kernel> <input signature> <edge 0|1>" of every recorded comparison.
+std::set<std::string>& checked_kernel_cases();
 
 // Calls f and expects exception E whose message contains `needle`.
 template <class E, class F>

@@ -7,7 +7,7 @@
 //   0x08  unsigned byte  kU8        0x0C  int32          kS32
 //   0x09  signed byte    kS8        0x0D  float32        kF32
 //
-// (0x0B int16 and 0x0E float64 are valid IDX but have no DType here: UnsupportedError.)
+// (0x0B int16 and 0x0E float64 are valid IDX but not read here: UnsupportedError.)
 //
 //   Tensor images = read_idx("data/mnist/train-images-idx3-ubyte");   // u8 [8000,28,28]
 //   MnistSplit test = load_mnist("data/mnist", /*train=*/false);

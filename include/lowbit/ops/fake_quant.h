@@ -24,13 +24,14 @@
 //   [-123, -12]:      zero_point 255, nudged range [-111, 0]
 // fake_quant_nudge() returns these numbers for any (min, max).
 //
+// clang-format off
 // Forward (per element, f32, one rounding per operation):
 //   c = clamp(x, nudged_min, nudged_max)
-//   t = (c - nudged_min) * inv_scale      // args and per_channel; inv_scale =
-//   (qmax-qmin)/(max-min) t = (c - nudged_min) / scale          // vars DIVIDES (TF's kernels
-//   differ there; near ties
-//                                         // args and vars can give neighbouring grid points)
-//   y = floor((t - quant_zero) + 0.5) * scale,   quant_zero = floor(-nudged_min * inv_scale + 0.5)
+//   t = (c - nudged_min) * inv_scale    // args and per_channel; inv_scale = (qmax-qmin)/(max-min)
+//   t = (c - nudged_min) / scale        // vars DIVIDES (TF's kernels differ there: near ties,
+//                                       // args and vars can give neighbouring grid points)
+//   y = floor((t - quant_zero) + 0.5) * scale,  quant_zero = floor(-nudged_min * inv_scale + 0.5)
+// clang-format on
 // Ties go up: with scale 1 and zero point 128, -2.5 -> -2 and 2.5 -> 3.
 //
 // Backward: the straight-through estimator over the NUDGED range, boundaries included:

@@ -10,8 +10,8 @@
 //   st = quant::moving_average_observer_update(st, x, cfg);
 //   auto qp = quant::calculate_qparams(st, cfg);    // qp.scale, qp.zero_point (f32, integer)
 //   const ops::QuantRange r = quant::observer_quant_range(cfg);
-//   Tensor y = ops::fake_quantize_per_tensor_affine(x, qp.scale, qp.zero_point, r.quant_min,
-//                                                   r.quant_max);
+//   Tensor y = ops::fake_quantize_per_tensor_affine(x, qp.scale, qp.zero_point, r.min,
+//                                                   r.max);
 //
 // State: min_val, max_val, f32 rank 0 (per tensor) or [C] (per channel, C = x's size along
 // ch_axis). Batch statistics are exact (min/max). Observers are not differentiated: the op
@@ -155,9 +155,8 @@ template <Operand T>
 QParams<T> calculate_qparams(const ObserverState<T>& s, const ObserverConfig& c) {
   const ops::QuantRange r = observer_quant_range(c);
   if (is_symmetric(c.qscheme))
-    return symmetric_qparams(s.min_val, s.max_val, r.quant_min, r.quant_max,
-                             symmetric_zero_point(c), c.eps);
-  return affine_qparams(s.min_val, s.max_val, r.quant_min, r.quant_max, c.eps);
+    return symmetric_qparams(s.min_val, s.max_val, r.min, r.max, symmetric_zero_point(c), c.eps);
+  return affine_qparams(s.min_val, s.max_val, r.min, r.max, c.eps);
 }
 
 }  // namespace lowbit::quant

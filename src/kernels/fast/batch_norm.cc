@@ -3,27 +3,20 @@
 // order, so results do not depend on the thread count) with the inner loop over channels
 // vectorised; the per-element work runs in f32 with per-channel coefficients.
 // Checked against the reference kernels (src/ops/nn.cc) in tests/ops/nn_fast_test.cc.
+#include "kernels/fast/batch_norm.h"
+
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "lowbit/op.h"
-#include "ops/families.h"
-
-namespace lowbit::detail {
+namespace lowbit::kernels {
 
 namespace {
 
 constexpr int64_t kBlockRows = 256;
 constexpr int64_t kParallelElements = 1 << 15;
-
-bool channels_last_f32(const KernelCtx& k) {
-  const Tensor& x = k.in[0];
-  if (x.dtype() != DType::kF32 || x.rank() < 1) return false;
-  const int64_t axis = k.attrs.i("axis", -1);
-  return axis == -1 || axis == x.rank() - 1;
-}
 
 // Per-block partial sums, reused across calls (grows only).
 std::vector<double>& scratch(size_t n) {
@@ -51,15 +44,14 @@ void channel_sums(int64_t rows, int64_t ch, double* out, F f) {
     for (int64_t i = 0; i < J * ch; ++i) out[i] += p[b * J * ch + i];
 }
 
-void batch_norm_training_fast(const KernelCtx& k) {
-  const Tensor& xt = k.in[0];
-  const int64_t ch = xt.dim(-1);
-  const int64_t rows = ch ? xt.numel() / ch : 0;
-  const float* x = xt.data<float>();
-  const float* gamma = k.in[1].data<float>();
-  const float* beta = k.in[2].data<float>();
-  float* y = k.out[0].data<float>();
-  const double eps = k.attrs.f("epsilon", 1e-3);
+}  // namespace
+
+void batch_norm_training_nhwc_f32__portable(const BatchNormParams& p, const float* x,
+                                            const float* gamma, const float* beta, float* y,
+                                            float* mean_out, float* var_out) {
+  const int64_t ch = p.channels;
+  const int64_t rows = p.rows;
+  const double eps = p.epsilon;
   std::vector<double> sum(ch), sq(ch);
   channel_sums<1>(rows, ch, sum.data(), [&](int64_t r, double* acc) {
     const float* xr = x + r * ch;
@@ -81,8 +73,6 @@ void batch_norm_training_fast(const KernelCtx& k) {
   // y = (x - mean) * a + beta: no cancellation between x*a and mean*a (a batch of one gives beta
   // exactly, as the reference does).
   std::vector<float> a(ch), mf(ch);
-  float* mean_out = k.out[1].data<float>();
-  float* var_out = k.out[2].data<float>();
   for (int64_t c = 0; c < ch; ++c) {
     const double var = rows ? sq[c] / n : NAN;
     const double ac = gamma[c] / std::sqrt(var + eps);
@@ -102,16 +92,13 @@ void batch_norm_training_fast(const KernelCtx& k) {
   }
 }
 
-void batch_norm_training_backward_fast(const KernelCtx& k) {
-  const Tensor& xt = k.in[0];
-  const int64_t ch = xt.dim(-1);
-  const int64_t rows = ch ? xt.numel() / ch : 0;
-  const float* x = xt.data<float>();
-  const float* gamma = k.in[1].data<float>();
-  const float* mean = k.in[2].data<float>();
-  const float* var = k.in[3].data<float>();
-  const float* dy = k.in[4].data<float>();
-  const double eps = k.attrs.f("epsilon", 1e-3);
+void batch_norm_training_backward_nhwc_f32__portable(const BatchNormParams& p, const float* x,
+                                                     const float* gamma, const float* mean,
+                                                     const float* var, const float* dy, float* dx,
+                                                     float* dgamma, float* dbeta) {
+  const int64_t ch = p.channels;
+  const int64_t rows = p.rows;
+  const double eps = p.epsilon;
   std::vector<double> sums(2 * ch);
   channel_sums<2>(rows, ch, sums.data(), [&](int64_t r, double* acc) {
     const float* xr = x + r * ch;
@@ -124,8 +111,6 @@ void batch_norm_training_backward_fast(const KernelCtx& k) {
   });
   const double n = static_cast<double>(rows);
   std::vector<float> scale(ch), shift(ch), slope(ch);
-  float* dgamma = k.out[1].data<float>();
-  float* dbeta = k.out[2].data<float>();
   for (int64_t c = 0; c < ch; ++c) {
     const double r = 1 / std::sqrt(var[c] + eps);
     scale[c] = static_cast<float>(gamma[c] * r);
@@ -134,7 +119,6 @@ void batch_norm_training_backward_fast(const KernelCtx& k) {
     dgamma[c] = static_cast<float>(rows ? sums[ch + c] * r : 0);
     dbeta[c] = static_cast<float>(sums[c]);
   }
-  float* dx = k.out[0].data<float>();
   const float *ps = scale.data(), *psh = shift.data(), *psl = slope.data();
 #pragma omp parallel for schedule(static) if (rows * ch > kParallelElements)
   for (int64_t r = 0; r < rows; ++r) {
@@ -146,21 +130,4 @@ void batch_norm_training_backward_fast(const KernelCtx& k) {
   }
 }
 
-}  // namespace
-
-void register_fast_pool_kernels();   // pool.cc
-void register_fast_optim_kernels();  // optim.cc
-
-void register_fast_kernels() {
-  register_fast_pool_kernels();
-  register_fast_optim_kernels();
-  add_fast_kernel("batch_norm_training", {.name = "batch_norm_training_f32__channels_last",
-                                          .supports = channels_last_f32,
-                                          .run = batch_norm_training_fast});
-  add_fast_kernel("batch_norm_training_backward",
-                  {.name = "batch_norm_training_backward_f32__channels_last",
-                   .supports = channels_last_f32,
-                   .run = batch_norm_training_backward_fast});
-}
-
-}  // namespace lowbit::detail
+}  // namespace lowbit::kernels

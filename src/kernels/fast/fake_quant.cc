@@ -10,6 +10,8 @@
 // are added, in row order). min_max is exact in any order (min and max of a set, zeros and NaN
 // canonicalised).
 // Threads split blocks of elements, or channels, exactly as the reference does.
+#include "kernels/fast/fake_quant.h"
+
 #include <immintrin.h>
 #include <omp.h>
 
@@ -19,17 +21,13 @@
 #include <vector>
 
 #include "lowbit/threads.h"
-#include "ops/fake_quant_common.h"
-#include "ops/families.h"
 
-namespace lowbit::detail {
+namespace lowbit::kernels {
 
 namespace {
 
 // Kernels for one ISA, over a range of elements or channels; the drivers below split the work.
 struct IsaKernels {
-  const char* isa;
-  bool (*available)();
   // y[0, n) for one range; kDivide selects the vars formula.
   void (*forward)(const float* x, float* y, int64_t n, const FakeQuantParams& p, bool divide);
   // One block of the per-tensor gradient: dx[0, n) and the 16 lane sums of dy below/above the
@@ -480,29 +478,13 @@ void min_max_channels_avx2(const float* x, int64_t r0, int64_t r1, int64_t d, in
 
 #pragma GCC pop_options
 
-bool has_avx512() { return __builtin_cpu_supports("avx512f"); }
-bool has_avx2() { return __builtin_cpu_supports("avx2"); }
-
-const IsaKernels kAvx512 = {"avx512f",
-                            has_avx512,
-                            forward_avx512,
-                            backward_block_avx512,
-                            backward_avx512,
-                            forward_channels_avx512,
-                            backward_channels_avx512,
-                            min_max_avx512,
-                            min_max_channels_avx512,
-                            16};
-const IsaKernels kAvx2 = {"avx2",
-                          has_avx2,
-                          forward_avx2,
-                          backward_block_avx2,
-                          backward_avx2,
-                          forward_channels_avx2,
-                          backward_channels_avx2,
-                          min_max_avx2,
-                          min_max_channels_avx2,
-                          8};
+const IsaKernels kAvx512 = {forward_avx512,           backward_block_avx512,
+                            backward_avx512,          forward_channels_avx512,
+                            backward_channels_avx512, min_max_avx512,
+                            min_max_channels_avx512,  16};
+const IsaKernels kAvx2 = {
+    forward_avx2,           backward_block_avx2, backward_avx2,         forward_channels_avx2,
+    backward_channels_avx2, min_max_avx2,        min_max_channels_avx2, 8};
 
 // ---- drivers (threads, parameters, degenerate ranges) ---------------------------------------
 
@@ -548,8 +530,8 @@ std::pair<float, float> backward_per_tensor(const IsaKernels& isa, const float* 
   return {static_cast<float>(lo), static_cast<float>(hi)};
 }
 
-FakeQuantParams params_of(const KernelCtx& k, float min, float max) {
-  return fake_quant_params(min, max, fake_quant_num_bits(k), fake_quant_narrow(k));
+FakeQuantParams params_of(const FakeQuantConfig& k, float min, float max) {
+  return fake_quant_params(min, max, k.num_bits, k.narrow_range);
 }
 
 // Per-channel parameter arrays, and the channels whose range is [0, 0].
@@ -559,9 +541,10 @@ struct ChannelParams {
   std::vector<int64_t> zero_channels;
   std::vector<FakeQuantParams> all;
 };
-void fill_channel_params(const KernelCtx& k, int i, int64_t d, ChannelParams& cp) {
-  const float* min = k.in[i].data<float>();
-  const float* max = k.in[i + 1].data<float>();
+void fill_channel_params(const FakeQuantConfig& k, const FakeQuantIo& io, int64_t d,
+                         ChannelParams& cp) {
+  const float* min = io.min;
+  const float* max = io.max;
   cp.all.resize(d);
   for (auto& a : cp.arrays) a.resize(d);
   for (int64_t c = 0; c < d; ++c) {
@@ -577,48 +560,39 @@ void fill_channel_params(const KernelCtx& k, int i, int64_t d, ChannelParams& cp
   for (int j = 0; j < kNumChannelParams; ++j) cp.ptrs[j] = cp.arrays[j].data();
 }
 
-void run_args(const IsaKernels& isa, const KernelCtx& k) {
-  const FakeQuantParams p = params_of(k, static_cast<float>(k.attrs.f("min", -6)),
-                                      static_cast<float>(k.attrs.f("max", 6)));
-  forward_per_tensor(isa, k.in[0].data<float>(), k.out[0].data<float>(), k.in[0].numel(), p, false);
+void run_args(const IsaKernels& isa, const FakeQuantConfig& k, const FakeQuantIo& io) {
+  forward_per_tensor(isa, io.x, io.y, io.n, params_of(k, k.min, k.max), false);
 }
 
-void run_vars(const IsaKernels& isa, const KernelCtx& k) {
-  const FakeQuantParams p = params_of(k, k.in[1].data<float>()[0], k.in[2].data<float>()[0]);
-  forward_per_tensor(isa, k.in[0].data<float>(), k.out[0].data<float>(), k.in[0].numel(), p, true);
+void run_vars(const IsaKernels& isa, const FakeQuantConfig& k, const FakeQuantIo& io) {
+  forward_per_tensor(isa, io.x, io.y, io.n, params_of(k, io.min[0], io.max[0]), true);
 }
 
-void run_args_gradient(const IsaKernels& isa, const KernelCtx& k) {
-  const FakeQuantParams p = params_of(k, static_cast<float>(k.attrs.f("min", -6)),
-                                      static_cast<float>(k.attrs.f("max", 6)));
+void run_args_gradient(const IsaKernels& isa, const FakeQuantConfig& k, const FakeQuantIo& io) {
   // The sums are discarded: args has no range inputs.
-  backward_per_tensor(isa, k.in[0].data<float>(), k.in[1].data<float>(), k.out[0].data<float>(),
-                      k.in[1].numel(), p);
+  backward_per_tensor(isa, io.dy, io.x, io.y, io.n, params_of(k, k.min, k.max));
 }
 
-void run_vars_gradient(const IsaKernels& isa, const KernelCtx& k) {
-  const FakeQuantParams p = params_of(k, k.in[2].data<float>()[0], k.in[3].data<float>()[0]);
-  const auto [lo, hi] = backward_per_tensor(isa, k.in[0].data<float>(), k.in[1].data<float>(),
-                                            k.out[0].data<float>(), k.in[1].numel(), p);
-  k.out[1].data<float>()[0] = lo;
-  k.out[2].data<float>()[0] = hi;
+void run_vars_gradient(const IsaKernels& isa, const FakeQuantConfig& k, const FakeQuantIo& io) {
+  const auto [lo, hi] =
+      backward_per_tensor(isa, io.dy, io.x, io.y, io.n, params_of(k, io.min[0], io.max[0]));
+  io.lo[0] = lo;
+  io.hi[0] = hi;
 }
 
-void run_per_channel(const IsaKernels& isa, const KernelCtx& k) {
-  const ChannelRows v = channel_rows(k.in[0]);
-  const float* x = k.in[0].data<float>();
-  float* y = k.out[0].data<float>();
+void run_per_channel(const IsaKernels& isa, const FakeQuantConfig& k, const FakeQuantIo& io) {
+  const ChannelRows v = channel_rows(io);
+  const float* x = io.x;
+  float* y = io.y;
   if (v.d == 1) {
-    forward_per_tensor(isa, x, y, v.rows,
-                       params_of(k, k.in[1].data<float>()[0], k.in[2].data<float>()[0]), false);
+    forward_per_tensor(isa, x, y, v.rows, params_of(k, io.min[0], io.max[0]), false);
     return;
   }
   ChannelParams cp;
-  fill_channel_params(k, 1, v.d, cp);
+  fill_channel_params(k, io, v.d, cp);
   const int64_t block_rows = std::max<int64_t>(1, kFakeQuantSumBlock / std::max<int64_t>(v.d, 1));
   const int64_t blocks = (v.rows + block_rows - 1) / block_rows;
-#pragma omp parallel for if (blocks > 1 && k.in[0].numel() > kFakeQuantParallelGrain) \
-    schedule(static)
+#pragma omp parallel for if (blocks > 1 && io.n > kFakeQuantParallelGrain) schedule(static)
   for (int64_t b = 0; b < blocks; ++b)
     isa.forward_channels(x, y, b * block_rows, std::min(v.rows, (b + 1) * block_rows), v.d,
                          cp.ptrs);
@@ -626,16 +600,17 @@ void run_per_channel(const IsaKernels& isa, const KernelCtx& k) {
     for (int64_t r = 0; r < v.rows; ++r) y[r * v.d + c] = 0.0f;
 }
 
-void run_per_channel_gradient(const IsaKernels& isa, const KernelCtx& k) {
-  const ChannelRows v = channel_rows(k.in[1]);
-  const float* dy = k.in[0].data<float>();
-  const float* x = k.in[1].data<float>();
-  float* dx = k.out[0].data<float>();
-  float* dmin = k.out[1].data<float>();
-  float* dmax = k.out[2].data<float>();
+void run_per_channel_gradient(const IsaKernels& isa, const FakeQuantConfig& k,
+                              const FakeQuantIo& io) {
+  const ChannelRows v = channel_rows(io);
+  const float* dy = io.dy;
+  const float* x = io.x;
+  float* dx = io.y;
+  float* dmin = io.lo;
+  float* dmax = io.hi;
   if (v.d == 1) {
     // One channel: its sums run over all rows in order, i.e. one block.
-    const FakeQuantParams p = params_of(k, k.in[2].data<float>()[0], k.in[3].data<float>()[0]);
+    const FakeQuantParams p = params_of(k, io.min[0], io.max[0]);
     double lo = 0, hi = 0;
     if (p.zero)
       std::copy(dy, dy + v.rows, dx);
@@ -646,7 +621,7 @@ void run_per_channel_gradient(const IsaKernels& isa, const KernelCtx& k) {
     return;
   }
   ChannelParams cp;
-  fill_channel_params(k, 2, v.d, cp);
+  fill_channel_params(k, io, v.d, cp);
   std::vector<double> lo(v.d, 0.0), hi(v.d, 0.0);
   // Each thread sweeps all rows for a contiguous range of whole vector chunks of channels (the
   // per-channel sums keep the reference's row order whatever the thread count). Only with wide
@@ -654,9 +629,8 @@ void run_per_channel_gradient(const IsaKernels& isa, const KernelCtx& k) {
   // thread already runs at 85% of memcpy's speed).
   const int64_t chunk = isa.width;
   const int64_t chunks = (v.d + chunk - 1) / chunk;
-  const int64_t parts = k.in[1].numel() > kFakeQuantParallelGrain && v.d >= 512
-                            ? std::min<int64_t>(chunks, num_threads())
-                            : 1;
+  const int64_t parts =
+      io.n > kFakeQuantParallelGrain && v.d >= 512 ? std::min<int64_t>(chunks, num_threads()) : 1;
 #pragma omp parallel for if (parts > 1) schedule(static)
   for (int64_t part = 0; part < parts; ++part)
     isa.backward_channels(dy, x, dx, v.rows, v.d, chunks * part / parts * chunk,
@@ -672,13 +646,12 @@ void run_per_channel_gradient(const IsaKernels& isa, const KernelCtx& k) {
   }
 }
 
-void run_min_max(const IsaKernels& isa, const KernelCtx& k) {
-  const Tensor& xt = k.in[0];
-  const float* x = xt.data<float>();
-  float* lo = k.out[0].data<float>();
-  float* hi = k.out[1].data<float>();
-  if (!k.attrs.b("per_channel", false)) {
-    const int64_t n = xt.numel();
+void run_min_max(const IsaKernels& isa, const FakeQuantConfig& k, const FakeQuantIo& io) {
+  const float* x = io.x;
+  float* lo = io.lo;
+  float* hi = io.hi;
+  if (!k.per_channel) {
+    const int64_t n = io.n;
     const int64_t blocks = (n + kFakeQuantSumBlock - 1) / kFakeQuantSumBlock;
     float l = std::numeric_limits<float>::infinity(), h = -l;
     bool nan = false;
@@ -703,43 +676,45 @@ void run_min_max(const IsaKernels& isa, const KernelCtx& k) {
     hi[0] = h;
     return;
   }
-  const ChannelRows v = channel_rows(xt);
+  const ChannelRows v = channel_rows(io);
   std::fill(lo, lo + v.d, std::numeric_limits<float>::infinity());
   std::fill(hi, hi + v.d, -std::numeric_limits<float>::infinity());
   std::vector<unsigned char> nan(v.d, 0);
   const int64_t chunk = isa.width;
   const int64_t chunks = (v.d + chunk - 1) / chunk;
-#pragma omp parallel for if (chunks > 1 && xt.numel() > kFakeQuantParallelGrain) schedule(static)
+#pragma omp parallel for if (chunks > 1 && io.n > kFakeQuantParallelGrain) schedule(static)
   for (int64_t ch = 0; ch < chunks; ++ch)
     isa.min_max_channels(x, 0, v.rows, v.d, ch * chunk, std::min(v.d, (ch + 1) * chunk), lo, hi,
                          nan.data());
   for (int64_t c = 0; c < v.d; ++c) min_max_finish(&lo[c], &hi[c], nan[c] != 0);
 }
 
-// Every op this file accelerates, with its driver.
-struct Accelerated {
-  const char* op;
-  void (*run)(const IsaKernels&, const KernelCtx&);
-};
-constexpr Accelerated kAccelerated[] = {
-    {"fake_quant_with_min_max_args", run_args},
-    {"fake_quant_with_min_max_vars", run_vars},
-    {"fake_quant_with_min_max_vars_per_channel", run_per_channel},
-    {"fake_quant_with_min_max_args_gradient", run_args_gradient},
-    {"fake_quant_with_min_max_vars_gradient", run_vars_gradient},
-    {"fake_quant_with_min_max_vars_per_channel_gradient", run_per_channel_gradient},
-    {"min_max", run_min_max},
-};
-
-}  // namespace
-
-void register_fast_fake_quant_kernels() {
-  for (const IsaKernels* isa : {&kAvx512, &kAvx2}) {
-    if (!isa->available()) continue;
-    for (const Accelerated& a : kAccelerated)
-      add_fast_kernel(a.op, {.name = std::string(a.op) + "_f32__" + isa->isa,
-                             .run = [isa, run = a.run](const KernelCtx& k) { run(*isa, k); }});
+void run(const IsaKernels& isa, FakeQuantOp op, const FakeQuantConfig& k, const FakeQuantIo& io) {
+  switch (op) {
+    case FakeQuantOp::kArgs:
+      return run_args(isa, k, io);
+    case FakeQuantOp::kVars:
+      return run_vars(isa, k, io);
+    case FakeQuantOp::kPerChannel:
+      return run_per_channel(isa, k, io);
+    case FakeQuantOp::kArgsGradient:
+      return run_args_gradient(isa, k, io);
+    case FakeQuantOp::kVarsGradient:
+      return run_vars_gradient(isa, k, io);
+    case FakeQuantOp::kPerChannelGradient:
+      return run_per_channel_gradient(isa, k, io);
+    case FakeQuantOp::kMinMax:
+      return run_min_max(isa, k, io);
   }
 }
 
-}  // namespace lowbit::detail
+}  // namespace
+
+void fake_quant_f32__avx512(FakeQuantOp op, const FakeQuantConfig& config, const FakeQuantIo& io) {
+  run(kAvx512, op, config, io);
+}
+void fake_quant_f32__avx2(FakeQuantOp op, const FakeQuantConfig& config, const FakeQuantIo& io) {
+  run(kAvx2, op, config, io);
+}
+
+}  // namespace lowbit::kernels

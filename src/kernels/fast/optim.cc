@@ -5,24 +5,18 @@
 // -ffp-contract=off, and sqrt/div are correctly rounded in both), so results are bit-identical
 // to the reference kernels in src/ops/optim_ops.cc. Elementwise, so any split across threads
 // gives the same result.
+#include "kernels/fast/optim.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
 
-#include "lowbit/op.h"
-#include "ops/families.h"
-
-namespace lowbit::detail {
+namespace lowbit::kernels {
 
 namespace {
 
 constexpr int64_t kChunk = 1 << 14;  // elements per OpenMP task (64 KiB per stream)
-
-bool has_avx512() {
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok;
-}
 
 // One vector of 16 (or fewer, masked) elements. Separate functions rather than lambdas: GCC
 // does not give a lambda its enclosing function's target attribute.
@@ -94,47 +88,21 @@ void chunked(int64_t n, F body) {
   for (int64_t c = 0; c < chunks; ++c) body(c * kChunk, std::min(n, (c + 1) * kChunk));
 }
 
-void adam_fast(const KernelCtx& k) {
-  const float c1 = static_cast<float>(1.0 - k.attrs.f("beta_1"));
-  const float c2 = static_cast<float>(1.0 - k.attrs.f("beta_2"));
-  const float eps = static_cast<float>(k.attrs.f("epsilon"));
-  const float* w = k.in[0].data<float>();
-  const float* g = k.in[1].data<float>();
-  const float* m = k.in[2].data<float>();
-  const float* v = k.in[3].data<float>();
-  const float alpha = k.in[4].data<float>()[0];
-  float* wo = k.out[0].data<float>();
-  float* mo = k.out[1].data<float>();
-  float* vo = k.out[2].data<float>();
-  chunked(k.out[0].numel(), [&](int64_t b, int64_t e) {
-    adam_range(w, g, m, v, wo, mo, vo, b, e, c1, c2, eps, alpha);
+}  // namespace
+
+void adam_update_f32__avx512(const AdamParams& p, int64_t n, const float* w, const float* g,
+                             const float* m, const float* v, float alpha, float* wo, float* mo,
+                             float* vo) {
+  chunked(n, [&](int64_t b, int64_t e) {
+    adam_range(w, g, m, v, wo, mo, vo, b, e, p.c1, p.c2, p.epsilon, alpha);
   });
 }
 
-void sgd_fast(const KernelCtx& k) {
-  const float mom = static_cast<float>(k.attrs.f("momentum"));
-  const bool nesterov = k.attrs.b("nesterov", false);
-  const float* w = k.in[0].data<float>();
-  const float* g = k.in[1].data<float>();
-  const float* m = k.in[2].data<float>();
-  const float lr = k.in[3].data<float>()[0];
-  float* wo = k.out[0].data<float>();
-  float* mo = k.out[1].data<float>();
-  chunked(k.out[0].numel(),
-          [&](int64_t b, int64_t e) { sgd_range(w, g, m, wo, mo, b, e, lr, mom, nesterov); });
+void sgd_momentum_update_f32__avx512(const SgdParams& p, int64_t n, const float* w, const float* g,
+                                     const float* m, float lr, float* wo, float* mo) {
+  chunked(n, [&](int64_t b, int64_t e) {
+    sgd_range(w, g, m, wo, mo, b, e, lr, p.momentum, p.nesterov);
+  });
 }
 
-}  // namespace
-
-void register_fast_optim_kernels() {
-  // AMSGrad (a sixth input) keeps the reference kernel.
-  add_fast_kernel("adam_update",
-                  {.name = "adam_update_f32__avx512",
-                   .supports = [](const KernelCtx& k) { return has_avx512() && k.in.size() == 5; },
-                   .run = adam_fast});
-  add_fast_kernel("sgd_momentum_update", {.name = "sgd_momentum_update_f32__avx512",
-                                          .supports = [](const KernelCtx&) { return has_avx512(); },
-                                          .run = sgd_fast});
-}
-
-}  // namespace lowbit::detail
+}  // namespace lowbit::kernels

@@ -3,16 +3,15 @@
 // channel, the first maximum of each window in row-major order (strict >), exactly as the
 // reference, and accumulates into dx in the same (window-by-window) order, so results are
 // bit-identical to the reference. Work is split by image only.
+#include "kernels/fast/pool.h"
+
 #include <omp.h>
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
-#include "lowbit/op.h"
-#include "ops/conv_common.h"
-#include "ops/families.h"
-
-namespace lowbit::detail {
+namespace lowbit::kernels {
 
 namespace {
 
@@ -26,13 +25,13 @@ void window(int64_t start, int64_t k, int64_t in, int64_t* lo, int64_t* hi) {
   *hi = std::min<int64_t>(start + k, in);
 }
 
-void max_pool2d_fast(const KernelCtx& k) {
-  const kernels::Conv2DParams p = pool2d_params(k.in[0].shape(), k.attrs);
-  const float* x = k.in[0].data<float>();
-  float* y = k.out[0].data<float>();
+}  // namespace
+
+void max_pool2d_nhwc_f32__portable(const Conv2DParams& p, const float* x, float* y) {
   const int64_t C = p.in_c;
-#pragma omp parallel for schedule( \
-    static) if (k.out[0].numel() * p.k_h * p.k_w > kParallelElements && p.n > 1)
+  const int64_t out_numel = p.n * p.out_h * p.out_w * p.out_c;
+#pragma omp parallel for schedule(static) if (out_numel * p.k_h * p.k_w > kParallelElements && \
+                                              p.n > 1)
   for (int64_t n = 0; n < p.n; ++n) {
     for (int64_t oh = 0; oh < p.out_h; ++oh) {
       int64_t h0, h1;
@@ -54,14 +53,11 @@ void max_pool2d_fast(const KernelCtx& k) {
   }
 }
 
-void max_pool2d_backward_fast(const KernelCtx& k) {
-  const kernels::Conv2DParams p = pool2d_params(k.in[0].shape(), k.attrs);
-  const float* x = k.in[0].data<float>();
-  const float* dy = k.in[1].data<float>();
-  float* dx = k.out[0].data<float>();
+void max_pool2d_backward_nhwc_f32__portable(const Conv2DParams& p, const float* x, const float* dy,
+                                            float* dx) {
   const int64_t C = p.in_c;
   const int64_t image = p.in_h * p.in_w * C;
-#pragma omp parallel if (k.in[0].numel() > kParallelElements && p.n > 1)
+#pragma omp parallel if (p.n * image > kParallelElements && p.n > 1)
   {
     std::vector<float> best(C);
     std::vector<int64_t> where(C);
@@ -99,12 +95,4 @@ void max_pool2d_backward_fast(const KernelCtx& k) {
   }
 }
 
-}  // namespace
-
-void register_fast_pool_kernels() {
-  add_fast_kernel("max_pool2d", {.name = "max_pool2d_f32__nhwc", .run = max_pool2d_fast});
-  add_fast_kernel("max_pool2d_backward",
-                  {.name = "max_pool2d_backward_f32__nhwc", .run = max_pool2d_backward_fast});
-}
-
-}  // namespace lowbit::detail
+}  // namespace lowbit::kernels

@@ -111,42 +111,28 @@ inline vf vselect_pos(vf y, vf v) { return y > 0.0f ? v : 0.0f; }
 
 }  // namespace rnn_portable
 
-namespace {
-std::atomic<bool> g_portable{false};
-
-bool use_avx512() {
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok && !g_portable.load(std::memory_order_relaxed);
-}
-}  // namespace
-
 bool rnn_fast_supported(const RnnSeq& s) { return s.recurrent_dropout == nullptr; }
 
-void rnn_forward_f32__fast(RnnCell cell, const RnnSeq& s, const RnnForwardArgs& a) {
-  if (use_avx512()) {
-    if (cell == RnnCell::kLstm) rnn_avx512::lstm_forward(s, a);
-    if (cell == RnnCell::kGru) rnn_avx512::gru_forward(s, a);
-    if (cell == RnnCell::kSimple) rnn_avx512::simple_forward(s, a);
-  } else {
-    if (cell == RnnCell::kLstm) rnn_portable::lstm_forward(s, a);
-    if (cell == RnnCell::kGru) rnn_portable::gru_forward(s, a);
-    if (cell == RnnCell::kSimple) rnn_portable::simple_forward(s, a);
-  }
+void rnn_forward_f32__avx512(RnnCell cell, const RnnSeq& s, const RnnForwardArgs& a) {
+  if (cell == RnnCell::kLstm) rnn_avx512::lstm_forward(s, a);
+  if (cell == RnnCell::kGru) rnn_avx512::gru_forward(s, a);
+  if (cell == RnnCell::kSimple) rnn_avx512::simple_forward(s, a);
+}
+void rnn_forward_f32__portable(RnnCell cell, const RnnSeq& s, const RnnForwardArgs& a) {
+  if (cell == RnnCell::kLstm) rnn_portable::lstm_forward(s, a);
+  if (cell == RnnCell::kGru) rnn_portable::gru_forward(s, a);
+  if (cell == RnnCell::kSimple) rnn_portable::simple_forward(s, a);
 }
 
-void rnn_backward_f32__fast(RnnCell cell, const RnnSeq& s, const RnnBackwardArgs& a) {
-  if (use_avx512()) {
-    if (cell == RnnCell::kLstm) rnn_avx512::lstm_backward(s, a);
-    if (cell == RnnCell::kGru) rnn_avx512::gru_backward(s, a);
-    if (cell == RnnCell::kSimple) rnn_avx512::simple_backward(s, a);
-  } else {
-    if (cell == RnnCell::kLstm) rnn_portable::lstm_backward(s, a);
-    if (cell == RnnCell::kGru) rnn_portable::gru_backward(s, a);
-    if (cell == RnnCell::kSimple) rnn_portable::simple_backward(s, a);
-  }
+void rnn_backward_f32__avx512(RnnCell cell, const RnnSeq& s, const RnnBackwardArgs& a) {
+  if (cell == RnnCell::kLstm) rnn_avx512::lstm_backward(s, a);
+  if (cell == RnnCell::kGru) rnn_avx512::gru_backward(s, a);
+  if (cell == RnnCell::kSimple) rnn_avx512::simple_backward(s, a);
 }
-
-void rnn_force_portable(bool portable) { g_portable.store(portable); }
-const char* rnn_fast_isa() { return use_avx512() ? "avx512" : "portable"; }
+void rnn_backward_f32__portable(RnnCell cell, const RnnSeq& s, const RnnBackwardArgs& a) {
+  if (cell == RnnCell::kLstm) rnn_portable::lstm_backward(s, a);
+  if (cell == RnnCell::kGru) rnn_portable::gru_backward(s, a);
+  if (cell == RnnCell::kSimple) rnn_portable::simple_backward(s, a);
+}
 
 }  // namespace lowbit::kernels

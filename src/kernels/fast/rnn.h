@@ -1,7 +1,7 @@
 // Recurrence kernels (the ops are in src/ops/rnn.cc, semantics in include/lowbit/ops/rnn.h):
 // the sequence geometry shared by the reference kernels and the fast ones, and the fast
-// kernels (src/kernels/fast/rnn.cc: AVX-512 when the CPU has it, else a portable build of the
-// same loops).
+// kernels (src/kernels/fast/rnn.cc: an AVX-512 build and a portable build of the same loops,
+// each a row of the op's kernel table).
 #pragma once
 
 #include <cstdint>
@@ -62,12 +62,9 @@ struct RnnBackwardArgs {
 
 // The fast kernels handle every sequence without a recurrent dropout mask.
 bool rnn_fast_supported(const RnnSeq& s);
-void rnn_forward_f32__fast(RnnCell cell, const RnnSeq& s, const RnnForwardArgs& a);
-void rnn_backward_f32__fast(RnnCell cell, const RnnSeq& s, const RnnBackwardArgs& a);
-
-// For tests and benchmarks: run the portable build even where AVX-512 is available, and the
-// name of the build that runs ("avx512" or "portable").
-void rnn_force_portable(bool portable);
-const char* rnn_fast_isa();
+void rnn_forward_f32__avx512(RnnCell cell, const RnnSeq& s, const RnnForwardArgs& a);
+void rnn_forward_f32__portable(RnnCell cell, const RnnSeq& s, const RnnForwardArgs& a);
+void rnn_backward_f32__avx512(RnnCell cell, const RnnSeq& s, const RnnBackwardArgs& a);
+void rnn_backward_f32__portable(RnnCell cell, const RnnSeq& s, const RnnBackwardArgs& a);
 
 }  // namespace lowbit::kernels

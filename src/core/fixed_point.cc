@@ -1,6 +1,6 @@
-// Parameter preparation for the integer primitives of lowbit/quant/fixed_point.h. The formulas
+// Parameter preparation for the integer primitives of lowbit/fixed_point.h. The formulas
 // and their sources are in the header and in docs/spec/quantization-semantics.md 2.5, 3.2-3.6.
-#include "lowbit/quant/fixed_point.h"
+#include "lowbit/fixed_point.h"
 
 #include <algorithm>
 #include <cfloat>
@@ -48,6 +48,8 @@ const char* quant_dtype_name(QuantDType dtype) {
       return "uint8";
     case QuantDType::kS16:
       return "int16";
+    default:
+      break;
   }
   return "?";
 }

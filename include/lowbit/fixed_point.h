@@ -1,5 +1,7 @@
 // Integer-inference arithmetic: the fixed-point helpers an int8 converter and integer kernels use
 // to stay bit-identical with TFLite (gemmlowp arithmetic). Plain functions on scalars, not ops.
+// Part of core (the ground floor, docs/design.md): ops, kernels and quant all use it. The names
+// keep their namespace lowbit::quant (they are the quantization vocabulary).
 // Normative text: docs/spec/quantization-semantics.md, sections 2.5 and 3.1-3.6 (cited "spec
 // 3.4" below); golden vectors: shared/testdata/fakequant_examples.json.
 //
@@ -38,6 +40,7 @@
 #include <limits>
 #include <string>
 
+#include "lowbit/dtype.h"
 #include "lowbit/error.h"
 
 namespace lowbit::quant {
@@ -54,7 +57,9 @@ enum class Rounding : uint8_t { kDouble, kSingle };
 
 // Storage type of quantized codes. s8 = int8 [-128, 127] (TFLite's current scheme), u8 = uint8
 // [0, 255] (the legacy scheme), s16 = int16 [-32768, 32767] (16x8 activations, LSTM gates).
-enum class QuantDType : uint8_t { kS8, kU8, kS16 };
+// The storage type of codes: DType::kS8, kU8 or kS16 (one dtype vocabulary for tensors and
+// quantization parameters; other dtypes are not code types).
+using QuantDType = DType;
 
 // Activation fused into a kernel's output clamp (TFLite's fused_activation_function).
 enum class FusedActivation : uint8_t { kNone, kRelu, kRelu6, kReluN1To1 };

@@ -1,8 +1,10 @@
-// PyTorch-style fake quantization and learned / binary / ternary quantizers (quantization-aware
-// training). Every function works on Tensors (computed now) and on graph Values (a node is
-// appended); all are f32 in, f32 out. The numerics are those of the team's
-// quantization-semantics.md, sections 4 (PyTorch) and 5 (binary, ternary, DoReFa), bit for bit:
-// f32 arithmetic with one rounding per operation, evaluated left to right as written below.
+// The quantizer ops beyond TF's fake quant (lowbit/ops/fake_quant.h): PyTorch-style affine fake
+// quantization and its observer arithmetic (calculate_qparams), and the learned / binary /
+// ternary quantizers (LSQ, PACT, DoReFa) of quantization-aware training. Every function works on
+// Tensors (computed now) and on graph Values (a node is appended); all are f32 in, f32 out. The
+// numerics are those of the team's quantization-semantics.md, sections 4 (PyTorch) and 5 (binary,
+// ternary, DoReFa), bit for bit: f32 arithmetic with one rounding per operation, evaluated left to
+// right as written below.
 //
 //   Tensor s = Tensor::scalar(0.1f), zp = Tensor::scalar(128);
 //   Tensor y = ops::fake_quantize_per_tensor_affine(x, s, zp, 0, 255);   // quint8 grid
@@ -32,6 +34,7 @@
 #include <optional>
 #include <vector>
 
+#include "lowbit/fixed_point.h"
 #include "lowbit/ops/base.h"
 #include "lowbit/ops/elementwise.h"
 #include "lowbit/ops/reduce.h"
@@ -170,11 +173,9 @@ std::vector<T> fake_quantize_learnable_per_channel_affine_backward(
 
 // The LSQ integer range for `bits`: signed [-2^(b-1), 2^(b-1) - 1] (Q_N = 2^(b-1),
 // Q_P = 2^(b-1) - 1), bits in [2, 16]; unsigned [0, 2^b - 1] (Q_P = 2^b - 1), bits in [1, 16].
-// Throws ValueError otherwise.
-struct QuantRange {
-  int64_t quant_min = 0;
-  int64_t quant_max = 0;
-};
+// Throws ValueError otherwise. (quant::QuantRange, the one range struct:
+// include/lowbit/fixed_point.h.)
+using quant::QuantRange;
 QuantRange lsq_range(int bits, bool is_signed);
 // LSQ's step-size gradient scale g = 1 / sqrt(n * Q_P) in double (n >= 1: ValueError otherwise).
 double lsq_grad_factor(int64_t n, int bits, bool is_signed);
@@ -192,7 +193,7 @@ T lsq_quantize(const T& x, const T& step, int bits, bool is_signed = true,
                std::optional<int> channel_axis = std::nullopt, int64_t grad_n = 0) {
   const QuantRange r = lsq_range(bits, is_signed);
   detail::check_positive("lsq_quantize", "step", step);
-  Attrs attrs{{"quant_min", r.quant_min}, {"quant_max", r.quant_max}};
+  Attrs attrs{{"quant_min", r.min}, {"quant_max", r.max}};
   if (grad_n > 0)
     attrs.set("grad_factor", lsq_grad_factor(grad_n, bits, is_signed));
   else
@@ -215,9 +216,9 @@ T lsq_init_step(const T& x, int bits, bool is_signed = true,
     const int a = x.shape().axis(*channel_axis, "lsq_init_step");
     for (int d = 0; d < x.shape().rank(); ++d)
       if (d != a) axes.push_back(d);
-    if (axes.empty()) return (abs(x) * 2.0) / std::sqrt(static_cast<double>(r.quant_max));
+    if (axes.empty()) return (abs(x) * 2.0) / std::sqrt(static_cast<double>(r.max));
   }
-  return (mean(abs(x), axes) * 2.0) / std::sqrt(static_cast<double>(r.quant_max));
+  return (mean(abs(x), axes) * 2.0) / std::sqrt(static_cast<double>(r.max));
 }
 
 // ---- PACT (Choi et al. 2018, spec 4.4) ------------------------------------------------------

@@ -1,5 +1,6 @@
 // The TF fake-quant arithmetic shared by the reference kernels (src/ops/fake_quant.cc) and the
-// fast kernels (src/kernels/fast/fake_quant.cc): the nudge and the per-element formulas of
+// fast kernels (src/kernels/fast/fake_quant.cc), and the parameters and pointers of one kernel
+// call: the nudge and the per-element formulas of
 // shared quantization-semantics.md 1.2-1.4, each operation one f32 rounding (the build has
 // -ffp-contract=off). A fast kernel that evaluates the same operations in the same order on
 // SIMD lanes is bit-identical to these.
@@ -10,9 +11,31 @@
 #include <cstdint>
 #include <limits>
 
-#include "lowbit/op.h"
+namespace lowbit::kernels {
 
-namespace lowbit::detail {
+// The attributes of the TF fake-quant ops, prepared once per plan (OpDef::prepare; validated by
+// the shape rules). min/max: the args range (f32, as TF's float attributes).
+struct FakeQuantConfig {
+  int num_bits = 8;
+  bool narrow_range = false;
+  float min = -6, max = 6;
+  bool per_channel = false;  // min_max
+};
+
+// The tensors of one call, by role (unused ones null): x [n] viewed as [n / d, d] for the
+// per-channel ops (d = x's last dim, 1 for per-tensor ops); min/max the range inputs (vars, per
+// channel); y the output (y or dx); lo/hi the dmin/dmax outputs (gradients) or min_max's
+// outputs.
+struct FakeQuantIo {
+  const float* x = nullptr;
+  const float* dy = nullptr;
+  const float* min = nullptr;
+  const float* max = nullptr;
+  float* y = nullptr;
+  float* lo = nullptr;
+  float* hi = nullptr;
+  int64_t n = 0, d = 1;
+};
 
 // The order of the per-tensor gradient sums (dmin, dmax), part of the ops' definition so that
 // results do not depend on the thread count or the SIMD width: the elements are cut into blocks
@@ -87,21 +110,15 @@ inline bool fake_quant_passes(float x, const FakeQuantParams& p) {
   return p.nudged_min <= x && x <= p.nudged_max;
 }
 
-// Attribute values (validated by the shape rule).
-inline int fake_quant_num_bits(const KernelCtx& k) {
-  return static_cast<int>(k.attrs.i("num_bits", 8));
-}
-inline bool fake_quant_narrow(const KernelCtx& k) { return k.attrs.b("narrow_range", false); }
-
 // The per-channel view [rows, d] of x (d = last dim).
 struct ChannelRows {
   int64_t rows = 0;
   int64_t d = 0;
 };
-inline ChannelRows channel_rows(const Tensor& x) {
+inline ChannelRows channel_rows(const FakeQuantIo& io) {
   ChannelRows v;
-  v.d = x.dim(-1);
-  v.rows = v.d > 0 ? x.numel() / v.d : 0;
+  v.d = io.d;
+  v.rows = v.d > 0 ? io.n / v.d : 0;
   return v;
 }
 
@@ -117,7 +134,4 @@ inline void min_max_finish(float* lo, float* hi, bool saw_nan) {
   *hi = *hi + 0.0f;
 }
 
-// src/kernels/fast/fake_quant.cc; called by register_fake_quant_ops().
-void register_fast_fake_quant_kernels();
-
-}  // namespace lowbit::detail
+}  // namespace lowbit::kernels

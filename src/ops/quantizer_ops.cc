@@ -1,9 +1,10 @@
 // PyTorch-style fake quantization, LSQ, PACT, binary/ternary/DoReFa quantizers
-// (include/lowbit/ops/fake_quant_torch.h; formulas in quantization-semantics.md sections 4, 5).
-// The reference kernels are serial loops over the element formulas of fake_quant_torch_common.h;
-// the fast kernels (src/kernels/fast/fake_quant_torch.cc) vectorise the same formulas and
+// (include/lowbit/ops/quantizer_ops.h; formulas in quantization-semantics.md sections 4, 5).
+// The reference kernels are serial loops over the element formulas of
+// kernels/quantizer_formulas.h;
+// the fast kernels (src/kernels/fast/quantizer_ops.cc) vectorise the same formulas and
 // reproduce the same summation order, so they are bit-identical.
-#include "lowbit/ops/fake_quant_torch.h"
+#include "lowbit/ops/quantizer_ops.h"
 
 #include <algorithm>
 #include <array>
@@ -12,14 +13,16 @@
 #include <string>
 #include <vector>
 
+#include "kernels/fast/quantizer_ops.h"
 #include "lowbit/ops.h"
-#include "ops/fake_quant_torch_common.h"
 #include "ops/families.h"
 #include "ops/op_util.h"
 
 namespace lowbit {
 
 namespace detail {
+
+namespace fqt = kernels::fqt;
 
 void check_affine_qparams(const char* op, const Tensor& scale, const Tensor& zero_point,
                           int64_t quant_min, int64_t quant_max, bool check_zero_point) {
@@ -55,6 +58,42 @@ namespace {
 
 using fqt::Affine;
 using fqt::ChannelView;
+using fqt::TorchFakeQuantConfig;
+using fqt::TorchFakeQuantOp;
+
+// The prepare step of the affine, learnable and PACT ops: their attributes, once per plan.
+std::any prepare_torch(const PrepareCtx& c) {
+  TorchFakeQuantConfig t;
+  t.quant_min = c.attrs.i("quant_min", 0);
+  t.quant_max = c.attrs.i("quant_max", 255);
+  const int64_t a = c.attrs.i("axis", -1);
+  t.axis = static_cast<int>(a < 0 ? a + c.in[0].shape.rank() : a);
+  t.use_grad_scaling = c.attrs.b("use_grad_scaling", false);
+  t.grad_factor = c.attrs.f("grad_factor", 1.0);
+  t.bits = c.attrs.i("bits", 8);
+  return t;
+}
+const TorchFakeQuantConfig& tcfg(const KernelCtx& k) { return k.params<TorchFakeQuantConfig>(); }
+
+// The kernel table's fast rows of an op: the AVX-512, AVX2 and baseline builds of its driver.
+std::vector<FastKernel> fast_torch(const std::string& op, TorchFakeQuantOp which) {
+  return {
+      {.name = op + "_f32__avx512",
+       .isa = Isa::kAvx512,
+       .run =
+           [which](const KernelCtx& k) {
+             fqt::fake_quantize_f32__avx512(which, tcfg(k), k.in, k.out);
+           }},
+      {.name = op + "_f32__avx2",
+       .isa = Isa::kAvx2,
+       .run =
+           [which](const KernelCtx& k) {
+             fqt::fake_quantize_f32__avx2(which, tcfg(k), k.in, k.out);
+           }},
+      {.name = op + "_f32__portable", .isa = Isa::kPortable, .run = [which](const KernelCtx& k) {
+         fqt::fake_quantize_f32__portable(which, tcfg(k), k.in, k.out);
+       }}};
+}
 using fqt::kLanes;
 using fqt::kSumChunk;
 
@@ -152,7 +191,7 @@ void require_clip(const InferCtx& c) {
 float scalar_of(const Tensor& t) { return t.data<float>()[0]; }
 
 Affine affine_of(const KernelCtx& k, float scale, float zp) {
-  return fqt::make_affine(scale, zp, k.attrs.i("quant_min"), k.attrs.i("quant_max"));
+  return fqt::make_affine(scale, zp, tcfg(k).quant_min, tcfg(k).quant_max);
 }
 
 // Calls f(e, p) for every element e of x ([outer, C, inner] around the axis) with channel c's
@@ -170,7 +209,7 @@ void for_each_channel(const ChannelView& v, P params, F f) {
 // The zero point each kernel uses, by op kind.
 enum class Zp { kGiven, kRounded, kBackward };
 float zero_point_of(float z, const KernelCtx& k, Zp kind) {
-  const int64_t lo = k.attrs.i("quant_min"), hi = k.attrs.i("quant_max");
+  const int64_t lo = tcfg(k).quant_min, hi = tcfg(k).quant_max;
   switch (kind) {
     case Zp::kGiven:
       return z;
@@ -195,7 +234,7 @@ void affine_forward_ref(const KernelCtx& k, bool per_channel, Zp zp_kind) {
   const float* s = k.in[1].data<float>();
   const float* z = k.in[2].data<float>();
   for_each_channel(
-      fqt::channel_view(k.in[0].shape(), fqt::kernel_axis(k)),
+      fqt::channel_view(k.in[0].shape(), tcfg(k).axis),
       [&](int64_t c) { return affine_of(k, s[c], zero_point_of(z[c], k, zp_kind)); },
       [&](int64_t e, const Affine& p) { y[e] = fqt::fq_forward(x[e], p); });
 }
@@ -213,7 +252,7 @@ void affine_backward_ref(const KernelCtx& k, bool per_channel) {
   const float* s = k.in[2].data<float>();
   const float* z = k.in[3].data<float>();
   for_each_channel(
-      fqt::channel_view(k.in[1].shape(), fqt::kernel_axis(k)),
+      fqt::channel_view(k.in[1].shape(), tcfg(k).axis),
       [&](int64_t c) { return affine_of(k, s[c], z[c]); },
       [&](int64_t e, const Affine& p) { dx[e] = fqt::fq_backward(x[e], dy[e], p); });
 }
@@ -245,7 +284,7 @@ void learnable_backward_per_tensor_ref(const KernelCtx& k) {
   const int64_t n = k.in[1].numel();
   const Affine p =
       affine_of(k, scalar_of(k.in[2]), zero_point_of(scalar_of(k.in[3]), k, Zp::kBackward));
-  const float g = fqt::grad_factor(k.attrs, n);
+  const float g = fqt::grad_factor(tcfg(k), n);
   float* dx = k.out[0].data<float>();
   const std::array<double, 2> sums = ordered_sums<2>(n, [&](int64_t i) {
     const fqt::LearnableTerms t = fqt::learnable_backward(x[i], dy[i], p, g);
@@ -263,8 +302,8 @@ void learnable_backward_per_channel_ref(const KernelCtx& k) {
   const float* x = k.in[1].data<float>();
   const float* s = k.in[2].data<float>();
   const float* z = k.in[3].data<float>();
-  const ChannelView v = fqt::channel_view(k.in[1].shape(), fqt::kernel_axis(k));
-  const float g = fqt::grad_factor(k.attrs, k.in[1].numel());
+  const ChannelView v = fqt::channel_view(k.in[1].shape(), tcfg(k).axis);
+  const float g = fqt::grad_factor(tcfg(k), k.in[1].numel());
   float* dx = k.out[0].data<float>();
   float* ds = k.out[1].data<float>();
   float* dz = k.out[2].data<float>();
@@ -295,7 +334,7 @@ void learnable_backward_per_channel_ref(const KernelCtx& k) {
 
 // ---- PACT -----------------------------------------------------------------------------------
 
-float levels(const KernelCtx& k) { return fqt::levels(k.attrs.i("bits")); }
+float levels(const KernelCtx& k) { return fqt::levels(tcfg(k).bits); }
 
 void pact_ref(const KernelCtx& k) {
   const float* x = k.in[0].data<float>();
@@ -334,7 +373,7 @@ struct LastAxis {
 };
 LastAxis last_axis(const KernelCtx& k) {
   const Tensor& w = k.in[0];
-  if (!k.attrs.b("per_channel", true) || w.rank() == 0) return {w.numel(), 1};
+  if (!k.params<FlagParam>().value || w.rank() == 0) return {w.numel(), 1};
   const int64_t ch = w.dim(-1);
   return {ch ? w.numel() / ch : 0, ch};
 }
@@ -393,7 +432,7 @@ void dorefa_quantize_ref(const KernelCtx& k, bool clip01) {
 void ste_range_backward_ref(const KernelCtx& k) {
   const float* dy = k.in[0].data<float>();
   const float* x = k.in[1].data<float>();
-  const double lo = k.attrs.f("lo"), hi = k.attrs.f("hi");
+  const double lo = k.params<RangeParam>().lo, hi = k.params<RangeParam>().hi;
   float* dx = k.out[0].data<float>();
   for (int64_t i = 0; i < k.in[1].numel(); ++i) {
     const double v = x[i];
@@ -403,13 +442,20 @@ void ste_range_backward_ref(const KernelCtx& k) {
 
 // ---- observer qparams ----------------------------------------------------------------------
 
+struct QParamsConfig {
+  int64_t quant_min = 0, quant_max = 0;
+  bool symmetric = false;
+  float eps = 0, zero_point = 0;
+};
+
 void calculate_qparams_ref(const KernelCtx& k) {
   const float* mn = k.in[0].data<float>();
   const float* mx = k.in[1].data<float>();
-  const int64_t qmin = k.attrs.i("quant_min"), qmax = k.attrs.i("quant_max");
-  const bool symmetric = k.attrs.b("symmetric", false);
-  const float eps = static_cast<float>(k.attrs.f("eps"));
-  const float sym_zp = static_cast<float>(k.attrs.i("zero_point", 0));
+  const QParamsConfig& q = k.params<QParamsConfig>();
+  const int64_t qmin = q.quant_min, qmax = q.quant_max;
+  const bool symmetric = q.symmetric;
+  const float eps = q.eps;
+  const float sym_zp = q.zero_point;
   const float levels_affine = static_cast<float>(qmax - qmin);
   const float levels_half = static_cast<float>(static_cast<double>(qmax - qmin) / 2);
   float* scale = k.out[0].data<float>();
@@ -459,7 +505,7 @@ std::vector<ValueType> infer_weight_quantizer(const InferCtx& c) {
 
 }  // namespace
 
-void register_fake_quant_torch_ops() {
+void register_quantizer_ops() {
   // ---- affine (non-learnable) ----
   for (bool per_channel : {false, true}) {
     const std::string name =
@@ -472,8 +518,11 @@ void register_fake_quant_torch_ops() {
            return {ops::apply1(name + "_backward", {g.dy(), g.in[0], g.in[1], g.in[2]}, g.attrs),
                    Value(), Value()};
          },
+         .prepare = prepare_torch,
          .reference =
              [per_channel](const KernelCtx& k) { affine_forward_ref(k, per_channel, Zp::kGiven); },
+         .fast = fast_torch(
+             name, per_channel ? TorchFakeQuantOp::kPerChannel : TorchFakeQuantOp::kPerTensor),
          .doc = per_channel ? "PyTorch fake quant per channel: (clamp(zp + rne(x/s)) - zp) * s"
                             : "PyTorch fake quant: (clamp(zp + round_even(x * (1/s))) - zp) * s"});
     register_op(
@@ -482,7 +531,10 @@ void register_fake_quant_torch_ops() {
          .infer = [per_channel](const InferCtx& c) -> std::vector<ValueType> {
            return {infer_affine_backward(c, per_channel)};
          },
+         .prepare = prepare_torch,
          .reference = [per_channel](const KernelCtx& k) { affine_backward_ref(k, per_channel); },
+         .fast = fast_torch(name + "_backward", per_channel ? TorchFakeQuantOp::kPerChannelBackward
+                                                            : TorchFakeQuantOp::kPerTensorBackward),
          .doc = "dx of " + name + ": dy where quant_min <= zp + rne(x/s) <= quant_max"});
   }
 
@@ -497,8 +549,11 @@ void register_fake_quant_torch_ops() {
          .grad = [name](const GradCtx& g) -> std::vector<Value> {
            return ops::apply(name + "_backward", {g.dy(), g.in[0], g.in[1], g.in[2]}, g.attrs);
          },
+         .prepare = prepare_torch,
          .reference = [per_channel](
                           const KernelCtx& k) { affine_forward_ref(k, per_channel, Zp::kRounded); },
+         .fast = fast_torch(name, per_channel ? TorchFakeQuantOp::kLearnablePerChannel
+                                              : TorchFakeQuantOp::kLearnablePerTensor),
          .doc = "learnable fake quant (LSQ+): zp = clamp(rne(z)); grads dx, dscale, dzero_point"});
     register_op({.name = name + "_backward",
                  .num_inputs = 4,
@@ -511,8 +566,12 @@ void register_fake_quant_torch_ops() {
                    }
                    return {x, s, z};
                  },
+                 .prepare = prepare_torch,
                  .reference = per_channel ? learnable_backward_per_channel_ref
                                           : learnable_backward_per_tensor_ref,
+                 .fast = fast_torch(name + "_backward",
+                                    per_channel ? TorchFakeQuantOp::kLearnablePerChannelBackward
+                                                : TorchFakeQuantOp::kLearnablePerTensorBackward),
                  .doc = "dx, dscale, dzero_point of " + name + " (PyTorch's recomputation)"});
   }
 
@@ -528,7 +587,9 @@ void register_fake_quant_torch_ops() {
                .grad = [](const GradCtx& g) -> std::vector<Value> {
                  return ops::apply("pact_quantize_backward", {g.dy(), g.in[0], g.in[1]}, g.attrs);
                },
+               .prepare = prepare_torch,
                .reference = pact_ref,
+               .fast = fast_torch("pact_quantize", TorchFakeQuantOp::kPact),
                .doc = "PACT: s = alpha/(2^bits-1); round_even(clamp(x, 0, alpha) / s) * s"});
   register_op({.name = "pact_quantize_backward",
                .num_inputs = 3,
@@ -538,7 +599,9 @@ void register_fake_quant_torch_ops() {
                  require_float(c, 1, "x");
                  return {{DType::kF32, require_like(c, 0, 1, "dy", "x")}, c.in[2]};
                },
+               .prepare = prepare_torch,
                .reference = pact_backward_ref,
+               .fast = fast_torch("pact_quantize_backward", TorchFakeQuantOp::kPactBackward),
                .doc = "dx (0 <= x < alpha), dalpha (sum of dy over x >= alpha) of pact_quantize"});
 
   // ---- binary / ternary / DoReFa ----
@@ -558,12 +621,18 @@ void register_fake_quant_torch_ops() {
                  return infer_weight_quantizer(c);
                },
                .grad = clip_ste_grad,
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return FlagParam{c.attrs.b("per_channel", true)};
+               },
                .reference = binary_quantize_ref,
                .doc = "BWN/XNOR: mean|w| * sign(w) per last-axis channel or tensor; STE"});
   register_op({.name = "ternary_quantize",
                .num_inputs = 1,
                .infer = infer_weight_quantizer,
                .grad = [](const GradCtx& g) -> std::vector<Value> { return {g.dy()}; },
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return FlagParam{c.attrs.b("per_channel", true)};
+               },
                .reference = ternary_quantize_ref,
                .doc = "TWN: +-alpha beyond delta = 0.7 mean|w|, else 0; identity STE"});
   register_op({.name = "dorefa_quantize",
@@ -573,6 +642,7 @@ void register_fake_quant_torch_ops() {
                  return infer_unary(c);
                },
                .grad = [](const GradCtx& g) -> std::vector<Value> { return {g.dy()}; },
+               .prepare = prepare_torch,
                .reference = [](const KernelCtx& k) { dorefa_quantize_ref(k, false); },
                .doc = "DoReFa quantize_k: round_even(r * (2^k-1)) / (2^k-1); identity STE"});
   register_op({.name = "dorefa_activation",
@@ -584,6 +654,7 @@ void register_fake_quant_torch_ops() {
                .grad = [](const GradCtx& g) -> std::vector<Value> {
                  return {ops::ste_range_backward(g.dy(), g.in[0], 0.0, 1.0)};
                },
+               .prepare = prepare_torch,
                .reference = [](const KernelCtx& k) { dorefa_quantize_ref(k, true); },
                .doc = "DoReFa activation: quantize_k(clamp(x, 0, 1)); dy where 0 <= x <= 1"});
   register_op({.name = "ste_range_backward",
@@ -596,32 +667,38 @@ void register_fake_quant_torch_ops() {
                                 lo, " and ", hi);
                  return {{DType::kF32, require_like(c, 0, 1, "dy", "x")}};
                },
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 return RangeParam{c.attrs.f("lo"), c.attrs.f("hi")};
+               },
                .reference = ste_range_backward_ref,
                .doc = "straight-through mask: dy where lo <= x <= hi, else 0"});
 
   // ---- observers ----
-  register_op({.name = "calculate_qparams",
-               .num_inputs = 2,
-               .infer = [](const InferCtx& c) -> std::vector<ValueType> {
-                 require_float(c, 0, "min_val");
-                 const Shape s = require_like(c, 1, 0, "max_val", "min_val");
-                 const int64_t lo = c.attrs.i("quant_min"), hi = c.attrs.i("quant_max");
-                 if (lo > hi)
-                   LOWBIT_THROW(ValueError, c.op,
-                                ": attributes 'quant_min' <= 'quant_max' expected but ", "found ",
-                                lo, " > ", hi);
-                 const double eps = c.attrs.f("eps");
-                 if (!(eps >= 0))
-                   LOWBIT_THROW(ValueError, c.op,
-                                ": attribute 'eps': expected a value >= 0 but found ", eps);
-                 if (c.attrs.b("symmetric")) c.attrs.i("zero_point");
-                 const ValueType t{DType::kF32, s};
-                 return {t, t};
-               },
-               .reference = calculate_qparams_ref,
-               .doc = "observer (min, max) -> PyTorch (scale, zero_point), affine or symmetric"});
-
-  fqt::register_fast_fake_quant_torch_kernels();
+  register_op(
+      {.name = "calculate_qparams",
+       .num_inputs = 2,
+       .infer = [](const InferCtx& c) -> std::vector<ValueType> {
+         require_float(c, 0, "min_val");
+         const Shape s = require_like(c, 1, 0, "max_val", "min_val");
+         const int64_t lo = c.attrs.i("quant_min"), hi = c.attrs.i("quant_max");
+         if (lo > hi)
+           LOWBIT_THROW(ValueError, c.op, ": attributes 'quant_min' <= 'quant_max' expected but ",
+                        "found ", lo, " > ", hi);
+         const double eps = c.attrs.f("eps");
+         if (!(eps >= 0))
+           LOWBIT_THROW(ValueError, c.op, ": attribute 'eps': expected a value >= 0 but found ",
+                        eps);
+         if (c.attrs.b("symmetric")) c.attrs.i("zero_point");
+         const ValueType t{DType::kF32, s};
+         return {t, t};
+       },
+       .prepare = [](const PrepareCtx& c) -> std::any {
+         return QParamsConfig{c.attrs.i("quant_min"), c.attrs.i("quant_max"),
+                              c.attrs.b("symmetric", false), static_cast<float>(c.attrs.f("eps")),
+                              static_cast<float>(c.attrs.i("zero_point", 0))};
+       },
+       .reference = calculate_qparams_ref,
+       .doc = "observer (min, max) -> PyTorch (scale, zero_point), affine or symmetric"});
 }
 
 }  // namespace detail
@@ -632,15 +709,17 @@ QuantRange lsq_range(int bits, bool is_signed) {
   if (is_signed ? (bits < 2 || bits > 16) : (bits < 1 || bits > 16))
     LOWBIT_THROW(ValueError, "lsq_range: argument 'bits': expected a value in [", is_signed ? 2 : 1,
                  ", 16] for ", is_signed ? "signed" : "unsigned", " quantization but found ", bits);
-  if (is_signed) return {-(int64_t{1} << (bits - 1)), (int64_t{1} << (bits - 1)) - 1};
-  return {0, (int64_t{1} << bits) - 1};
+  if (is_signed)
+    return {static_cast<int32_t>(-(int64_t{1} << (bits - 1))),
+            static_cast<int32_t>((int64_t{1} << (bits - 1)) - 1)};
+  return {0, static_cast<int32_t>((int64_t{1} << bits) - 1)};
 }
 
 double lsq_grad_factor(int64_t n, int bits, bool is_signed) {
   const QuantRange r = lsq_range(bits, is_signed);
   if (n < 1)
     LOWBIT_THROW(ValueError, "lsq_grad_factor: argument 'n': expected a count >= 1 but found ", n);
-  return 1.0 / std::sqrt(static_cast<double>(n) * static_cast<double>(r.quant_max));
+  return 1.0 / std::sqrt(static_cast<double>(n) * static_cast<double>(r.max));
 }
 
 }  // namespace ops

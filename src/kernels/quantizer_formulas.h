@@ -1,6 +1,7 @@
-// The element formulas of the PyTorch-style fake-quant ops (include/lowbit/ops/fake_quant_torch.h),
-// shared by the reference kernels (src/ops/fake_quant_torch.cc) and the vectorised fast kernels
-// (src/kernels/fast/fake_quant_torch.cc). Each line is one f32 operation with one rounding
+// The element formulas of the PyTorch-style fake-quant ops (include/lowbit/ops/quantizer_ops.h),
+// shared by the reference kernels (src/ops/quantizer_ops.cc) and the vectorised fast kernels
+// (src/kernels/fast/quantizer_ops.cc), and the prepared attributes both read. Each line is one
+// f32 operation with one rounding
 // (-ffp-contract=off), so a vectorised loop over these functions is bit-identical to the scalar
 // one. Codes are kept as f32: every code and every difference of codes is an integer of
 // magnitude <= 2^24 (the shape rules bound the quantization range), hence exact, and comparing
@@ -11,9 +12,19 @@
 #include <cmath>
 #include <cstdint>
 
-#include "lowbit/op.h"
+#include "lowbit/shape.h"
 
-namespace lowbit::detail::fqt {
+namespace lowbit::kernels::fqt {
+
+// The attributes of the PyTorch-style ops, prepared once per plan (OpDef::prepare; validated
+// by the shape rules). axis: normalised against the rank of x (per-channel ops).
+struct TorchFakeQuantConfig {
+  int64_t quant_min = 0, quant_max = 255;
+  int axis = 0;
+  bool use_grad_scaling = false;
+  double grad_factor = 1.0;
+  int64_t bits = 8;  // PACT
+};
 
 // Quantization ranges must lie in [-kMaxCode, kMaxCode].
 constexpr int64_t kMaxCode = int64_t{1} << 23;
@@ -104,11 +115,11 @@ inline float zero_point_backward(float z, int64_t qmin, int64_t qmax) {
 
 // The grad_factor a learnable kernel uses: attribute "grad_factor", or with "use_grad_scaling"
 // 1/sqrt(numel(x) * quant_max) in double; then rounded to f32 as PyTorch passes it.
-inline float grad_factor(const Attrs& a, int64_t numel) {
-  if (a.b("use_grad_scaling", false))
+inline float grad_factor(const TorchFakeQuantConfig& a, int64_t numel) {
+  if (a.use_grad_scaling)
     return static_cast<float>(
-        1.0 / std::sqrt(static_cast<double>(numel) * static_cast<double>(a.i("quant_max"))));
-  return static_cast<float>(a.f("grad_factor", 1.0));
+        1.0 / std::sqrt(static_cast<double>(numel) * static_cast<double>(a.quant_max)));
+  return static_cast<float>(a.grad_factor);
 }
 
 // x seen as [outer, channels, inner] around an axis.
@@ -127,13 +138,5 @@ inline ChannelView channel_view(const Shape& s, int axis) {
   }
   return v;
 }
-inline int kernel_axis(const KernelCtx& k) {
-  const int64_t a = k.attrs.i("axis", -1);
-  return static_cast<int>(a < 0 ? a + k.in[0].rank() : a);
-}
 
-// Registers the fast kernels of src/kernels/fast/fake_quant_torch.cc (called by
-// register_fake_quant_torch_ops after the ops exist).
-void register_fast_fake_quant_torch_kernels();
-
-}  // namespace lowbit::detail::fqt
+}  // namespace lowbit::kernels::fqt

@@ -1,14 +1,15 @@
-// fake_quant_pot, fixed_logistic, fixed_tanh (include/lowbit/ops/fixed_point.h): hand-checked
+// fake_quant_pot, fixed_logistic, fixed_tanh (include/lowbit/ops/integer_numerics.h): hand-checked
 // values, idempotency on the grid, agreement with the integer functions, gradients, errors.
+#include "lowbit/ops/integer_numerics.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <vector>
 
+#include "lowbit/fixed_point.h"
 #include "lowbit/graph.h"
 #include "lowbit/ops.h"
-#include "lowbit/ops/fixed_point.h"
-#include "lowbit/quant/fixed_point.h"
 #include "lowbit/rng.h"
 #include "testing/op_testing.h"
 

@@ -7,7 +7,7 @@
 //                            the learnable backward (dx + dscale + dzp: 12 B/elem)
 // Argument: n (elements); threads: the second argument.
 //
-//   ./build/bench/fake_quant_torch_bench
+//   ./build/bench/quantizer_ops_bench
 #include <benchmark/benchmark.h>
 
 #include <cstring>
@@ -65,9 +65,17 @@ void BM_FakeQuant(benchmark::State& state, Case c) {
   std::vector<ValueType> types;
   for (const Tensor& t : in) types.push_back({t.dtype(), t.shape()});
   std::vector<Tensor> out;
-  for (const ValueType& t : infer_op(def, types, attrs)) out.emplace_back(t.shape, t.dtype);
-  const KernelCtx ctx{in, out, attrs};
-  const KernelFn& run = c.fast ? def.fast.at(0).run : def.reference;
+  const std::vector<ValueType> out_types = infer_op(def, types, attrs);
+  for (const ValueType& t : out_types) out.emplace_back(t.shape, t.dtype);
+  const std::any params = prepare_op(def, types, out_types, attrs);
+  const KernelCtx ctx{in, out, &params};
+  const FastKernel* best = choose_kernel(def, ctx, KernelChoice::kFastest);
+  if (c.fast && !best) {
+    state.SkipWithError("no fast kernel on this CPU");
+    return;
+  }
+  if (best) state.SetLabel(best->name);
+  const KernelFn& run = c.fast ? best->run : def.reference;
   for (auto _ : state) {
     run(ctx);
     benchmark::ClobberMemory();

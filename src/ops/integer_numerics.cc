@@ -1,13 +1,14 @@
 // Integer-LSTM numerics as f32 ops: fake_quant_pot, fixed_logistic, fixed_tanh
-// (include/lowbit/ops/fixed_point.h; quantization-semantics.md 3.7). The reference kernels are
-// serial loops over the integer functions of lowbit/quant/fixed_point.h; these ops run on
+// (include/lowbit/ops/integer_numerics.h; quantization-semantics.md 3.7). The reference kernels are
+// serial loops over the integer functions of lowbit/fixed_point.h; these ops run on
 // [batch, units] gate tensors, so no fast kernels.
+#include "lowbit/ops/integer_numerics.h"
+
 #include <algorithm>
 #include <cmath>
 
+#include "lowbit/fixed_point.h"
 #include "lowbit/ops.h"
-#include "lowbit/ops/fixed_point.h"
-#include "lowbit/quant/fixed_point.h"
 #include "ops/families.h"
 #include "ops/op_util.h"
 
@@ -50,7 +51,7 @@ std::vector<ValueType> infer_pot(const InferCtx& c) {
 
 void pot_reference(const KernelCtx& k) {
   const int e = scalar_int(k.in[1], -60, 60);
-  const int bits = bits_of(k.attrs);
+  const int bits = static_cast<int>(k.params<ScalarParam>().value);
   const double kmin = -std::ldexp(1.0, bits - 1), kmax = std::ldexp(1.0, bits - 1) - 1;
   const float* x = k.in[0].data<float>();
   float* y = k.out[0].data<float>();
@@ -113,12 +114,15 @@ std::vector<Value> tanh_grad(const GradCtx& g) {
 
 }  // namespace
 
-void register_fixed_point_ops() {
+void register_integer_numerics_ops() {
   register_op(
       {.name = "fake_quant_pot",
        .num_inputs = 2,
        .infer = infer_pot,
        .grad = pot_grad,
+       .prepare = [](const PrepareCtx& c) -> std::any {
+         return ScalarParam{double(bits_of(c.attrs))};
+       },
        .reference = pot_reference,
        .doc = "clamp(round_away(x / 2^e), -2^(bits-1), 2^(bits-1)-1) * 2^e (STE gradient)"});
   register_op({.name = "fixed_logistic",
