@@ -55,10 +55,10 @@ namespace lowbit::quant {
 //            quantize_multiplier caps its shift at 30 for this build.
 enum class Rounding : uint8_t { kDouble, kSingle };
 
-// Storage type of quantized codes. s8 = int8 [-128, 127] (TFLite's current scheme), u8 = uint8
-// [0, 255] (the legacy scheme), s16 = int16 [-32768, 32767] (16x8 activations, LSTM gates).
-// The storage type of codes: DType::kS8, kU8 or kS16 (one dtype vocabulary for tensors and
-// quantization parameters; other dtypes are not code types).
+// Storage type of quantized codes, one of the tensor dtypes (one vocabulary for tensors and
+// quantization parameters): DType::kS8 = int8 [-128, 127] (TFLite's current scheme), kU8 =
+// uint8 [0, 255] (the legacy scheme), kS16 = int16 [-32768, 32767] (16x8 activations, LSTM
+// gates). Other dtypes are not code types.
 using QuantDType = DType;
 
 // Activation fused into a kernel's output clamp (TFLite's fused_activation_function).

@@ -1,5 +1,6 @@
 // The op registry: every op is declared once, as an OpDef, with
-//   - its inputs (count) and attributes,
+//   - its input count (attributes belong to each node: the Attrs that infer, grad and prepare
+//     read; kernels never see them),
 //   - a shape/dtype rule (`infer`), which also validates and throws ShapeError/DTypeError,
 //   - a gradient rule (`grad`) written with other ops, so gradients are graphs too,
 //   - a prepare step (`prepare`): turns attributes and concrete input/output types into the

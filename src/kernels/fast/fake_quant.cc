@@ -2,7 +2,7 @@
 // the forward, the fused gradient (dx, dmin, dmax in one pass) and min_max.
 //
 // Bit-identical to the reference kernels (src/ops/fake_quant.cc): every lane evaluates the
-// operations of ops/fake_quant_common.h in the same order with the same IEEE instructions
+// operations of kernels/fake_quant_formulas.h in the same order with the same IEEE instructions
 // (min/max with the operand order of std::min/std::max, round-toward-minus-infinity for floor,
 // no FMA: the build has -ffp-contract=off). The sums of the gradient keep the reference's order:
 // per tensor, 16 double lanes per block (two AVX-512 or four AVX2 registers); per channel, the
