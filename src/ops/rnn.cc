@@ -760,7 +760,9 @@ FastKernel fast_forward(const CellInfo& cell, Isa isa) {
           .isa = isa,
           .supports = [](const KernelCtx& k) { return kernels::rnn_fast_supported(seq_of(k)); },
           .run =
-              [cell, isa](const KernelCtx& k) {
+              [cell, run = isa == Isa::kAvx512
+                               ? kernels::rnn_forward_f32__avx512
+                               : kernels::rnn_forward_f32__portable](const KernelCtx& k) {
                 const int ns = cell.states;
                 kernels::RnnForwardArgs a;
                 a.x_proj = k.in[0].data<float>();
@@ -775,39 +777,36 @@ FastKernel fast_forward(const CellInfo& cell, Isa isa) {
                 a.hprev = k.out[1 + ns].data<float>();
                 if (ns == 2) a.cprev = k.out[2 + ns].data<float>();
                 a.gates = k.out[1 + 2 * ns].data<float>();
-                if (isa == Isa::kAvx512)
-                  kernels::rnn_forward_f32__avx512(cell.cell, seq_of(k), a);
-                else
-                  kernels::rnn_forward_f32__portable(cell.cell, seq_of(k), a);
+                run(cell.cell, seq_of(k), a);
               }};
 }
 
 FastKernel fast_backward(const CellInfo& cell, Isa isa) {
   const int ns = cell.states, hp = 2 + ns;  // inputs: dy, d states, rk, h_prev...
-  return {.name = std::string(cell.op) + "_backward_f32__" + isa_name(isa),
-          .isa = isa,
-          .supports = [](const KernelCtx& k) { return kernels::rnn_fast_supported(seq_of(k)); },
-          .run =
-              [cell, ns, hp, isa](const KernelCtx& k) {
-                kernels::RnnBackwardArgs a;
-                a.dy = k.in[0].data<float>();
-                a.dh = k.in[1].data<float>();
-                if (ns == 2) a.dc = k.in[2].data<float>();
-                a.rk = k.in[1 + ns].data<float>();
-                a.hprev = k.in[hp].data<float>();
-                if (ns == 2) a.cprev = k.in[hp + 1].data<float>();
-                a.gates = k.in[hp + ns].data<float>();
-                a.dxp = k.out[0].data<float>();
-                a.drk = k.out[1].data<float>();
-                const int d0 = 2 + cell.recurrent_bias;
-                if (cell.recurrent_bias) a.drb = k.out[2].data<float>();
-                a.dh0 = k.out[d0].data<float>();
-                if (ns == 2) a.dc0 = k.out[d0 + 1].data<float>();
-                if (isa == Isa::kAvx512)
-                  kernels::rnn_backward_f32__avx512(cell.cell, seq_of(k), a);
-                else
-                  kernels::rnn_backward_f32__portable(cell.cell, seq_of(k), a);
-              }};
+  return {
+      .name = std::string(cell.op) + "_backward_f32__" + isa_name(isa),
+      .isa = isa,
+      .supports = [](const KernelCtx& k) { return kernels::rnn_fast_supported(seq_of(k)); },
+      .run =
+          [cell, ns, hp,
+           run = isa == Isa::kAvx512 ? kernels::rnn_backward_f32__avx512
+                                     : kernels::rnn_backward_f32__portable](const KernelCtx& k) {
+            kernels::RnnBackwardArgs a;
+            a.dy = k.in[0].data<float>();
+            a.dh = k.in[1].data<float>();
+            if (ns == 2) a.dc = k.in[2].data<float>();
+            a.rk = k.in[1 + ns].data<float>();
+            a.hprev = k.in[hp].data<float>();
+            if (ns == 2) a.cprev = k.in[hp + 1].data<float>();
+            a.gates = k.in[hp + ns].data<float>();
+            a.dxp = k.out[0].data<float>();
+            a.drk = k.out[1].data<float>();
+            const int d0 = 2 + cell.recurrent_bias;
+            if (cell.recurrent_bias) a.drb = k.out[2].data<float>();
+            a.dh0 = k.out[d0].data<float>();
+            if (ns == 2) a.dc0 = k.out[d0 + 1].data<float>();
+            run(cell.cell, seq_of(k), a);
+          }};
 }
 
 // ---- registration --------------------------------------------------------------------------

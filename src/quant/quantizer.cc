@@ -19,7 +19,7 @@ namespace {
 
 // ---- the schemes: one row each ----------------------------------------------------------------
 // Adding a scheme is adding a row (and its case in Quantizer::build/init_from/apply). The
-// quantizer looks its row up once by name; nothing else compares scheme strings.
+// quantizer looks its row up by name (scheme_row); nothing else compares scheme strings.
 enum class Kind { kTf, kTorch, kLsq, kPact, kBinary, kTernary, kNone };
 struct SchemeRow {
   const char* name;
@@ -251,6 +251,27 @@ std::string describe(const QuantizerConfig& c) {
 
 // ---- Quantizer --------------------------------------------------------------------------------
 
+RangeConfig range_config(const QuantizerConfig& c) {
+  RangeConfig rc;
+  rc.mode = parse_range_mode(c.range);
+  rc.per_channel = c.per_channel;
+  rc.symmetric = c.symmetric;
+  rc.num_bits = c.bits;
+  rc.narrow_range = c.narrow_range;
+  rc.ema_decay = c.ema_decay;
+  rc.init_min = c.init_min;
+  rc.init_max = c.init_max;
+  return rc;
+}
+
+ObserverConfig observer_config(const QuantizerConfig& c) {
+  ObserverConfig oc;
+  oc.qscheme = c.per_channel ? QScheme::kPerChannelAffine : QScheme::kPerTensorAffine;
+  oc.ch_axis = -1;
+  oc.averaging_constant = 1.0 - c.ema_decay;
+  return oc;
+}
+
 Quantizer::Quantizer(std::string prefix, QuantizerConfig config, QuantizerRole role)
     : prefix_(std::move(prefix)), config_(std::move(config)), role_(role) {}
 
@@ -299,6 +320,7 @@ void Quantizer::build(nn::Layer& owner, const Shape& shape) const {
     channels = shape[-1];
   }
   const Shape s = config_.per_channel ? Shape{channels} : Shape{};
+  const bool torch = scheme_row(config_).kind == Kind::kTorch;
   for (const std::string& f : state_fields(config_)) {
     if (find(owner, f))
       LOWBIT_THROW(ValueError, owner.name(), ": quantizer state '", prefix_ + f, "' added twice");
@@ -306,7 +328,7 @@ void Quantizer::build(nn::Layer& owner, const Shape& shape) const {
     bool trainable = false;
     if (f == "min") init = config_.init_min;
     if (f == "max") init = config_.init_max;
-    if (scheme_row(config_).kind == Kind::kTorch && (f == "min" || f == "max"))
+    if (torch && (f == "min" || f == "max"))
       init = f == "min" ? HUGE_VAL : -HUGE_VAL;  // PyTorch observers: nothing observed yet
     if (f == "step_size") {
       // The grid spans [-Q_N s, Q_P s]: start with Q_P s = init_max (init_from replaces it by
@@ -331,10 +353,7 @@ void Quantizer::init_from(nn::Layer& owner, const Tensor& x) const {
     get(owner, "min").value.copy_from(r.min);
     get(owner, "max").value.copy_from(r.max);
   } else if (kind == Kind::kTorch) {
-    ObserverConfig oc;
-    oc.qscheme = c.per_channel ? QScheme::kPerChannelAffine : QScheme::kPerTensorAffine;
-    oc.ch_axis = -1;
-    const ObserverState<Tensor> b = batch_min_max(x, oc);
+    const ObserverState<Tensor> b = batch_min_max(x, observer_config(c));
     get(owner, "min").value.copy_from(b.min_val);
     get(owner, "max").value.copy_from(b.max_val);
   } else if (kind == Kind::kLsq) {
@@ -362,15 +381,7 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
     std::vector<std::pair<Value, Value>> next;  // (state variable, new value)
     if (kind == Kind::kTf) {
       if (update) {
-        RangeConfig rc;
-        rc.mode = parse_range_mode(c.range);
-        rc.per_channel = c.per_channel;
-        rc.symmetric = c.symmetric;
-        rc.num_bits = c.bits;
-        rc.narrow_range = c.narrow_range;
-        rc.ema_decay = c.ema_decay;
-        rc.init_min = c.init_min;
-        rc.init_max = c.init_max;
+        const RangeConfig rc = range_config(c);
         RangeState<Value> s{mn, mx, {}, {}, {}};
         if (rc.mode == RangeMode::kMovingAverageDebiased) {
           s.biased_min = ctx.var(owner, *find(owner, "min_biased"));
@@ -386,10 +397,7 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
       }
     } else {
       if (update) {
-        ObserverConfig oc;
-        oc.qscheme = c.per_channel ? QScheme::kPerChannelAffine : QScheme::kPerTensorAffine;
-        oc.ch_axis = -1;
-        oc.averaging_constant = 1.0 - c.ema_decay;
+        const ObserverConfig oc = observer_config(c);
         const ObserverState<Value> s{mn, mx};
         ObserverState<Value> n = c.range == "minmax" ? minmax_observer_update(s, x, oc)
                                  : c.range == "moving_average"

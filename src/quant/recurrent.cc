@@ -55,18 +55,6 @@ const nn::Weight& inner_weight(const nn::Layer& l, const std::string& name) {
   LOWBIT_THROW(ValueError, l.name(), ": has no weight '", name, "' (not built)");
 }
 
-RangeConfig range_config(const QuantizerConfig& c) {
-  RangeConfig rc;
-  rc.mode = parse_range_mode(c.range);
-  rc.symmetric = c.symmetric;
-  rc.num_bits = c.bits;
-  rc.narrow_range = c.narrow_range;
-  rc.ema_decay = c.ema_decay;
-  rc.init_min = c.init_min;
-  rc.init_max = c.init_max;
-  return rc;
-}
-
 // nv where the batch had a valid step (any undefined: no mask, always), else old.
 Value guarded(const Value& any, const Value& nv, const Value& old) {
   return any.defined() ? ops::where(any, nv, old) : nv;
@@ -189,7 +177,8 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
                    ss.str());
   }
   const bool training = ctx.training();
-  const RangeConfig rc = range_config(act_);
+  RangeConfig rc = range_config(act_);
+  rc.per_channel = false;  // the recurrent ranges (x, h, cell) are per tensor
   const bool sequences = inner_.value("return_sequences", false);
   const bool backwards = inner_.value("go_backwards", false);
   const bool zero_output = inner_.value("zero_output_for_mask", false);

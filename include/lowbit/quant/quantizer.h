@@ -36,6 +36,8 @@
 #include <vector>
 
 #include "lowbit/nn/layer.h"
+#include "lowbit/quant/observer.h"
+#include "lowbit/quant/range.h"
 
 namespace lowbit::quant {
 
@@ -104,6 +106,16 @@ Json to_json(const QuantizerConfig& config);
 QuantizerConfig quantizer_config_from_json(const Json& j, const QuantizerConfig& defaults = {});
 // One line: "tf 8-bit sym narrow per-channel last_value".
 std::string describe(const QuantizerConfig& config);
+
+// QuantizerConfig is the one configuration a user writes. The tf and torch schemes run the
+// reference algorithms, whose arguments mirror TF's range tracker and PyTorch's observer
+// (RangeConfig, ObserverConfig, tested against their golden vectors); these derive them, the
+// one place each field is translated. range_config: mode from `range` (a tf range name, else
+// ValueError), bits, symmetric, narrow_range, per_channel, ema_decay, init_min/init_max.
+// observer_config: per-tensor or per-channel (last axis) affine, averaging constant
+// 1 - ema_decay (PyTorch's defaults for the rest).
+RangeConfig range_config(const QuantizerConfig& config);
+ObserverConfig observer_config(const QuantizerConfig& config);
 
 // ---- One quantized tensor --------------------------------------------------------------------
 //
