@@ -5,6 +5,7 @@
 #include "lowbit/ops/conv.h"
 #include "lowbit/ops/elementwise.h"
 #include "lowbit/ops/fake_quant.h"
+#include "lowbit/ops/int8.h"
 #include "lowbit/ops/linalg.h"
 #include "lowbit/ops/mask.h"
 #include "lowbit/ops/nn.h"

@@ -34,6 +34,7 @@ Registry& registry() {
     detail::register_rnn_ops();
     detail::register_mask_ops();
     detail::register_integer_numerics_ops();
+    detail::register_int8_ops();
   });
   return raw_registry();
 }

@@ -1,0 +1,368 @@
+// The integer-only inference ops (include/lowbit/ops/int8.h): shape rules that also validate
+// the quantization attributes (so a bad scale fails when the graph is built), prepare steps
+// that turn them into fixed-point output stages once per plan (TFLite's Prepare), and the
+// kernel tables. Loops: kernels/reference/int8.cc.
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/reference/int8.h"
+#include "lowbit/fixed_point.h"
+#include "lowbit/ops/int8.h"
+#include "ops/conv_common.h"
+#include "ops/families.h"
+#include "ops/op_util.h"
+
+namespace lowbit::detail {
+
+namespace {
+
+using quant::ConvOutputStage;
+using quant::FusedActivation;
+using quant::Rounding;
+
+// ---- attributes ------------------------------------------------------------------------------
+
+double scale_attr(const std::string& op, const Attrs& a, const char* name) {
+  if (!a.has(name))
+    LOWBIT_THROW(ValueError, op, ": attribute '", name, "' is required (a scale > 0)");
+  const double s = a.f(name);
+  if (!std::isfinite(s) || !(s > 0) || static_cast<float>(s) <= 0.0f)
+    LOWBIT_THROW(ValueError, op, ": attribute '", name, "': expected a finite scale > 0 but found ",
+                 s);
+  return s;
+}
+
+int32_t zero_point_attr(const std::string& op, const Attrs& a, const char* name) {
+  const int64_t zp = a.i(name, 0);
+  if (zp < -128 || zp > 127)
+    LOWBIT_THROW(ValueError, op, ": attribute '", name,
+                 "': expected an int8 zero point in [-128, 127] but found ", zp);
+  return static_cast<int32_t>(zp);
+}
+
+Rounding rounding_attr(const std::string& op, const Attrs& a) {
+  const std::string r = a.s("rounding", "double");
+  if (r == "double") return Rounding::kDouble;
+  if (r == "single") return Rounding::kSingle;
+  LOWBIT_THROW(ValueError, op, ": attribute 'rounding': expected 'double' or 'single' but found '",
+               r, "'");
+}
+
+FusedActivation activation_attr(const std::string& op, const Attrs& a) {
+  try {
+    return quant::fused_activation_from_name(a.s("activation", "none"));
+  } catch (const ValueError& e) {
+    LOWBIT_THROW(ValueError, op, ": attribute 'activation': ", e.what());
+  }
+}
+
+// The per-channel output stages of a conv or fully-connected op with `channels` outputs.
+std::vector<ConvOutputStage> output_stages(const std::string& op, const Attrs& a,
+                                           int64_t channels) {
+  const double s_in = scale_attr(op, a, "input_scale");
+  const double s_out = scale_attr(op, a, "output_scale");
+  const int32_t zp_out = zero_point_attr(op, a, "output_zero_point");
+  if (!a.has("weight_scales"))
+    LOWBIT_THROW(ValueError, op,
+                 ": attribute 'weight_scales' is required (one scale per output "
+                 "channel, or one)");
+  const std::vector<double>& sw = a.floats("weight_scales");
+  if (sw.size() != 1 && static_cast<int64_t>(sw.size()) != channels)
+    LOWBIT_THROW(ValueError, op, ": attribute 'weight_scales': expected 1 or ", channels,
+                 " scales (one per output channel) but found ", sw.size());
+  const FusedActivation act = activation_attr(op, a);
+  const Rounding rounding = rounding_attr(op, a);
+  // An optional narrower clamp: the codes of the output's grid (a 4-bit activation stored as
+  // int8 keeps its 16 codes).
+  const int64_t lo = a.i("act_min", -128), hi = a.i("act_max", 127);
+  if (lo < -128 || hi > 127 || lo > hi)
+    LOWBIT_THROW(ValueError, op,
+                 ": attributes 'act_min', 'act_max': expected -128 <= act_min <= "
+                 "act_max <= 127 but found ",
+                 lo, ", ", hi);
+  std::vector<ConvOutputStage> stages;
+  stages.reserve(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    const double s_w = sw.size() == 1 ? sw[0] : sw[c];
+    if (!std::isfinite(s_w) || !(static_cast<float>(s_w) > 0.0f))
+      LOWBIT_THROW(ValueError, op, ": attribute 'weight_scales': channel ", c,
+                   ": expected a finite scale > 0 but found ", s_w);
+    try {
+      stages.push_back(quant::make_conv_output_stage({.input_scale = static_cast<float>(s_in),
+                                                      .weight_scale = static_cast<float>(s_w),
+                                                      .output_scale = static_cast<float>(s_out),
+                                                      .output_zero_point = zp_out,
+                                                      .activation = act,
+                                                      .dtype = DType::kS8,
+                                                      .rounding = rounding}));
+    } catch (const ValueError& e) {
+      LOWBIT_THROW(ValueError, op, ": output channel ", c, ": ", e.what());
+    }
+    ConvOutputStage& st = stages.back();
+    st.act_min = std::max<int32_t>(st.act_min, static_cast<int32_t>(lo));
+    st.act_max = std::min<int32_t>(st.act_max, static_cast<int32_t>(hi));
+    if (st.act_min > st.act_max) st.act_min = st.act_max;  // an empty intersection: one code
+  }
+  return stages;
+}
+
+// The clamp of a pool's output codes (attributes act_min/act_max, default the int8 range).
+std::pair<int32_t, int32_t> clamp_attrs(const std::string& op, const Attrs& a) {
+  const int64_t lo = a.i("act_min", -128), hi = a.i("act_max", 127);
+  if (lo < -128 || hi > 127 || lo > hi)
+    LOWBIT_THROW(ValueError, op,
+                 ": attributes 'act_min', 'act_max': expected -128 <= act_min <= "
+                 "act_max <= 127 but found ",
+                 lo, ", ", hi);
+  return {static_cast<int32_t>(lo), static_cast<int32_t>(hi)};
+}
+
+void require_bias(const InferCtx& c, int i, int64_t channels) {
+  require_dtype(c, i, DType::kS32, "bias");
+  const Shape& b = c.in[i].shape;
+  if (b.rank() != 1 || !dims_compatible(b[0], channels))
+    LOWBIT_THROW(ShapeError, c.op, ": argument 'bias': expected shape [", channels,
+                 "] (one int32 per output channel) but found ", b.str());
+}
+
+// ---- qconv2d ---------------------------------------------------------------------------------
+
+std::vector<ValueType> infer_qconv2d(const InferCtx& c) {
+  require_dtype(c, 0, DType::kS8, "x");
+  require_dtype(c, 1, DType::kS8, "w");
+  const auto p = conv2d_geometry(c.op, c.in[0].shape, c.in[1].shape, c.attrs);
+  require_bias(c, 2, p.out_c);
+  zero_point_attr(c.op, c.attrs, "input_zero_point");
+  if (p.out_c != kUnknown) output_stages(c.op, c.attrs, p.out_c);
+  return {{DType::kS8, Shape{p.n, p.out_h, p.out_w, p.out_c}}};
+}
+
+std::any prepare_qconv2d(const PrepareCtx& c) {
+  kernels::QConvParams q;
+  q.geo = conv2d_geometry(c.op, c.in[0].shape, c.in[1].shape, c.attrs);
+  q.input_zero_point = zero_point_attr(c.op, c.attrs, "input_zero_point");
+  q.stages = output_stages(c.op, c.attrs, q.geo.out_c);
+  return q;
+}
+
+// ---- qfully_connected ------------------------------------------------------------------------
+
+std::vector<ValueType> infer_qfully_connected(const InferCtx& c) {
+  require_dtype(c, 0, DType::kS8, "x");
+  require_dtype(c, 1, DType::kS8, "w");
+  const Shape &x = c.in[0].shape, &w = c.in[1].shape;
+  if (x.rank() < 1 || w.rank() != 2 || !dims_compatible(x[x.rank() - 1], w[0]))
+    LOWBIT_THROW(ShapeError, c.op,
+                 ": arguments 'x' and 'w': expected x [..., K] and w [K, U] but "
+                 "found ",
+                 x.str(), " and ", w.str());
+  require_bias(c, 2, w[1]);
+  zero_point_attr(c.op, c.attrs, "input_zero_point");
+  if (w[1] != kUnknown) output_stages(c.op, c.attrs, w[1]);
+  std::vector<int64_t> d = x.dims();
+  d.back() = w[1];
+  return {{DType::kS8, Shape(std::move(d))}};
+}
+
+std::any prepare_qfully_connected(const PrepareCtx& c) {
+  const Shape &x = c.in[0].shape, &w = c.in[1].shape;
+  kernels::QFullyConnectedParams q;
+  q.depth = w[0];
+  q.units = w[1];
+  q.rows = x.numel() / (q.depth > 0 ? q.depth : 1);
+  q.input_zero_point = zero_point_attr(c.op, c.attrs, "input_zero_point");
+  q.stages = output_stages(c.op, c.attrs, q.units);
+  return q;
+}
+
+// ---- pools -----------------------------------------------------------------------------------
+
+struct QPoolParams {
+  kernels::Conv2DParams geo;
+  int32_t act_min = -128, act_max = 127;
+};
+
+std::vector<ValueType> infer_qpool2d(const InferCtx& c) {
+  require_dtype(c, 0, DType::kS8, "x");
+  const auto p = pool2d_geometry(c.op, c.in[0].shape, c.attrs);
+  clamp_attrs(c.op, c.attrs);
+  return {{DType::kS8, Shape{p.n, p.out_h, p.out_w, p.out_c}}};
+}
+
+std::any prepare_qpool2d(const PrepareCtx& c) {
+  QPoolParams q;
+  q.geo = pool2d_geometry(c.op, c.in[0].shape, c.attrs);
+  std::tie(q.act_min, q.act_max) = clamp_attrs(c.op, c.attrs);
+  return q;
+}
+
+// ---- qadd, requantize --------------------------------------------------------------------------
+
+quant::AddStage add_stage(const std::string& op, const Attrs& a) {
+  try {
+    return quant::make_add_stage(
+        {.input1_scale = static_cast<float>(scale_attr(op, a, "input1_scale")),
+         .input1_zero_point = zero_point_attr(op, a, "input1_zero_point"),
+         .input2_scale = static_cast<float>(scale_attr(op, a, "input2_scale")),
+         .input2_zero_point = zero_point_attr(op, a, "input2_zero_point"),
+         .output_scale = static_cast<float>(scale_attr(op, a, "output_scale")),
+         .output_zero_point = zero_point_attr(op, a, "output_zero_point"),
+         .activation = activation_attr(op, a),
+         .dtype = DType::kS8,
+         .rounding = rounding_attr(op, a)});
+  } catch (const ValueError& e) {
+    const std::string what = e.what();
+    if (what.rfind(op, 0) == 0) throw;
+    LOWBIT_THROW(ValueError, op, ": ", what);
+  }
+}
+
+std::vector<ValueType> infer_qadd(const InferCtx& c) {
+  require_dtype(c, 0, DType::kS8, "a");
+  require_dtype(c, 1, DType::kS8, "b");
+  const Shape &a = c.in[0].shape, &b = c.in[1].shape;
+  bool same = a.rank() == b.rank();
+  for (int d = 0; same && d < a.rank(); ++d) same = dims_compatible(a[d], b[d]);
+  if (!same)
+    LOWBIT_THROW(ShapeError, c.op, ": arguments 'a' and 'b' must have the same shape but found ",
+                 a.str(), " and ", b.str());
+  add_stage(c.op, c.attrs);
+  std::vector<int64_t> d = a.dims();
+  for (int i = 0; i < a.rank(); ++i) d[i] = merge_dim(a[i], b[i]);
+  return {{DType::kS8, Shape(std::move(d))}};
+}
+
+kernels::RequantizeStage requantize_stage(const std::string& op, const Attrs& a) {
+  kernels::RequantizeStage s;
+  s.input_zero_point = zero_point_attr(op, a, "input_zero_point");
+  s.output_zero_point = zero_point_attr(op, a, "output_zero_point");
+  s.rounding = rounding_attr(op, a);
+  const double m = static_cast<double>(static_cast<float>(scale_attr(op, a, "input_scale"))) /
+                   static_cast<double>(static_cast<float>(scale_attr(op, a, "output_scale")));
+  s.multiplier = quant::quantize_multiplier(m, s.rounding);
+  if (s.multiplier.shift > 30)
+    LOWBIT_THROW(ValueError, op, ": input_scale / output_scale = ", m,
+                 " is too large (a multiplier must be < 2^30)");
+  return s;
+}
+
+std::vector<ValueType> infer_requantize(const InferCtx& c) {
+  require_dtype(c, 0, DType::kS8, "x");
+  requantize_stage(c.op, c.attrs);
+  return {{DType::kS8, c.in[0].shape}};
+}
+
+// ---- quantize, dequantize ----------------------------------------------------------------------
+
+quant::QuantParams qparams(const std::string& op, const Attrs& a) {
+  return {static_cast<float>(scale_attr(op, a, "scale")), zero_point_attr(op, a, "zero_point")};
+}
+
+std::vector<ValueType> infer_quantize(const InferCtx& c) {
+  require_float(c, 0, "x");
+  qparams(c.op, c.attrs);
+  return {{DType::kS8, c.in[0].shape}};
+}
+std::vector<ValueType> infer_dequantize(const InferCtx& c) {
+  require_dtype(c, 0, DType::kS8, "q");
+  qparams(c.op, c.attrs);
+  return {{DType::kF32, c.in[0].shape}};
+}
+
+const int8_t* in_s8(const KernelCtx& k, int i) { return k.in[i].data<int8_t>(); }
+int8_t* out_s8(const KernelCtx& k) { return k.out[0].data<int8_t>(); }
+
+}  // namespace
+
+void register_int8_ops() {
+  register_op({.name = "qconv2d",
+               .num_inputs = 3,
+               .infer = infer_qconv2d,
+               .prepare = prepare_qconv2d,
+               .reference =
+                   [](const KernelCtx& k) {
+                     kernels::qconv2d_s8_reference(k.params<kernels::QConvParams>(), in_s8(k, 0),
+                                                   in_s8(k, 1), k.in[2].data<int32_t>(), out_s8(k));
+                   },
+               .doc = "int8 2-D convolution (NHWC x HWIO, groups), int32 bias, per-channel "
+                      "requantization"});
+  register_op({.name = "qfully_connected",
+               .num_inputs = 3,
+               .infer = infer_qfully_connected,
+               .prepare = prepare_qfully_connected,
+               .reference =
+                   [](const KernelCtx& k) {
+                     kernels::qfully_connected_s8_reference(
+                         k.params<kernels::QFullyConnectedParams>(), in_s8(k, 0), in_s8(k, 1),
+                         k.in[2].data<int32_t>(), out_s8(k));
+                   },
+               .doc = "int8 fully connected (x [..., K] . w [K, U]), int32 bias, per-unit "
+                      "requantization"});
+  register_op({.name = "qmax_pool2d",
+               .num_inputs = 1,
+               .infer = infer_qpool2d,
+               .prepare = prepare_qpool2d,
+               .reference =
+                   [](const KernelCtx& k) {
+                     const auto& q = k.params<QPoolParams>();
+                     kernels::qmax_pool2d_s8_reference(q.geo, q.act_min, q.act_max, in_s8(k, 0),
+                                                       out_s8(k));
+                   },
+               .doc = "int8 max pooling (NHWC), the input's parameters"});
+  register_op({.name = "qavg_pool2d",
+               .num_inputs = 1,
+               .infer = infer_qpool2d,
+               .prepare = prepare_qpool2d,
+               .reference =
+                   [](const KernelCtx& k) {
+                     const auto& q = k.params<QPoolParams>();
+                     kernels::qavg_pool2d_s8_reference(q.geo, q.act_min, q.act_max, in_s8(k, 0),
+                                                       out_s8(k));
+                   },
+               .doc = "int8 average pooling (NHWC, TFLite rounding), the input's parameters"});
+  register_op({.name = "qadd",
+               .num_inputs = 2,
+               .infer = infer_qadd,
+               .prepare = [](const PrepareCtx& c) -> std::any { return add_stage(c.op, c.attrs); },
+               .reference =
+                   [](const KernelCtx& k) {
+                     kernels::qadd_s8_reference(k.params<quant::AddStage>(), k.out[0].numel(),
+                                                in_s8(k, 0), in_s8(k, 1), out_s8(k));
+                   },
+               .doc = "int8 elementwise add (TFLite's quantized Add)"});
+  register_op(
+      {.name = "requantize",
+       .num_inputs = 1,
+       .infer = infer_requantize,
+       .prepare = [](const PrepareCtx& c) -> std::any { return requantize_stage(c.op, c.attrs); },
+       .reference =
+           [](const KernelCtx& k) {
+             kernels::requantize_s8_reference(k.params<kernels::RequantizeStage>(),
+                                              k.out[0].numel(), in_s8(k, 0), out_s8(k));
+           },
+       .doc = "int8 codes to other (scale, zero point)"});
+  register_op({.name = "quantize",
+               .num_inputs = 1,
+               .infer = infer_quantize,
+               .prepare = [](const PrepareCtx& c) -> std::any { return qparams(c.op, c.attrs); },
+               .reference =
+                   [](const KernelCtx& k) {
+                     kernels::quantize_s8_reference(k.params<quant::QuantParams>(),
+                                                    k.out[0].numel(), k.in[0].data<float>(),
+                                                    out_s8(k));
+                   },
+               .doc = "f32 to int8 codes (TFLite Quantize)"});
+  register_op({.name = "dequantize",
+               .num_inputs = 1,
+               .infer = infer_dequantize,
+               .prepare = [](const PrepareCtx& c) -> std::any { return qparams(c.op, c.attrs); },
+               .reference =
+                   [](const KernelCtx& k) {
+                     kernels::dequantize_s8_reference(k.params<quant::QuantParams>(),
+                                                      k.out[0].numel(), in_s8(k, 0),
+                                                      k.out[0].data<float>());
+                   },
+               .doc = "int8 codes to f32 (TFLite Dequantize)"});
+}
+
+}  // namespace lowbit::detail
