@@ -7,7 +7,13 @@
 //
 //   mnist_cnn --data data/mnist [--epochs 10] [--qat-epochs 3] [--schemes w8a8,w4a8,w2a8,w4a4]
 //             [--batch 64] [--threads 1] [--save mnist_cnn.lbm] [--min-accuracy 0.975]
-//             [--check-qat-targets]
+//             [--check-qat-targets] [--no-int8] [--inspect FILE]
+//
+// After each scheme's QAT the model is converted to an integer model (lowbit/quant/convert.h),
+// saved next to --save as <stem>_<scheme>.lbi, reloaded and evaluated: integer-model test
+// accuracy, top-1 agreement with the QAT model, file size, batch-1 latency and batch-256
+// throughput (lowbit's integer runtime, --threads). --no-int8 skips it; --inspect FILE writes
+// the first scheme's per-layer scales (IntegerModel::inspect_table) there.
 //
 // --check-qat-targets: exit with status 3 unless w8a8 is within 0.5 points of the float model's
 // test accuracy, w4a8 within 1.0 and w2a8 within 3.0 (issue 4's targets).
@@ -15,8 +21,11 @@
 // Architecture (docs/layers.md): two blocks of Conv2D(3x3, same)-BatchNorm-ReLU-MaxPool, then
 // Dropout and a Dense classifier; Adam with a cosine learning-rate decay from 2e-3. BatchNorm
 // momentum 0.9 (Keras default 0.99) so the moving statistics settle within 8,000 images.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -24,6 +33,7 @@
 #include "lowbit/data/idx.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/model.h"
+#include "lowbit/quant/convert.h"
 #include "lowbit/quant/quantize_model.h"
 #include "lowbit/threads.h"
 
@@ -34,7 +44,75 @@ namespace {
 struct Row {
   std::string scheme;
   double accuracy = 0, images_per_s = 0, seconds = 0;
+  // The integer model (schemes only; issue 13): accuracy, top-1 agreement with the QAT model,
+  // file size, batch-1 latency and batch-256 throughput of lowbit's integer runtime.
+  bool has_int8 = false;
+  double int8_accuracy = 0, int8_agreement = 0, int8_latency_us = 0, int8_images_per_s = 0;
+  int64_t int8_file_bytes = 0;
 };
+
+int64_t argmax_row(const Tensor& t, int64_t r) {
+  const int64_t c = t.shape()[1];
+  const float* p = t.data<float>() + r * c;
+  return std::max_element(p, p + c) - p;
+}
+
+// The fraction of rows where a and b pick the same class, and where a picks `labels`.
+double agreement(const Tensor& a, const Tensor& b) {
+  int64_t same = 0;
+  for (int64_t r = 0; r < a.shape()[0]; ++r) same += argmax_row(a, r) == argmax_row(b, r);
+  return static_cast<double>(same) / static_cast<double>(a.shape()[0]);
+}
+double accuracy_of(const Tensor& logits, const Tensor& labels) {
+  int64_t right = 0;
+  for (int64_t r = 0; r < logits.shape()[0]; ++r)
+    right += argmax_row(logits, r) == labels.data<int64_t>()[r];
+  return static_cast<double>(right) / static_cast<double>(logits.shape()[0]);
+}
+
+// Converts the QAT model, saves and reloads the integer file, evaluates and times it.
+void deploy(nn::Model& qat, const std::string& path, const MnistSplit& test, Row& row) {
+  quant::IntegerModel im = quant::convert_to_integer(qat);
+  im.save(path);
+  quant::IntegerModel back = quant::IntegerModel::load(path);
+  row.int8_file_bytes = static_cast<int64_t>(std::filesystem::file_size(path));
+  const Tensor yi = back.predict(test.images, 256);
+  const Tensor yq = qat.predict(test.images, 256);
+  row.has_int8 = true;
+  row.int8_accuracy = accuracy_of(yi, test.labels);
+  row.int8_agreement = agreement(yi, yq);
+  // Batch 1: the median of 200 single-image runs (after 20 warm-up runs).
+  std::vector<double> us;
+  const Tensor one = Tensor::wrap(test.images.raw(), {1, 28, 28, 1}, DType::kF32);
+  for (int i = 0; i < 220; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    back.predict(one, 1);
+    const double d =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    if (i >= 20) us.push_back(d);
+  }
+  std::sort(us.begin(), us.end());
+  row.int8_latency_us = us[us.size() / 2];
+  // Batch 256: the median images/s of 5 passes over the first 1,792 test images.
+  const int64_t n = std::min<int64_t>(1792, test.images.dim(0));
+  const Tensor xs = Tensor::wrap(test.images.raw(), {n, 28, 28, 1}, DType::kF32);
+  std::vector<double> ips;
+  back.predict(xs, 256);
+  for (int i = 0; i < 5; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    back.predict(xs, 256);
+    ips.push_back(static_cast<double>(n) /
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ips.begin(), ips.end());
+  row.int8_images_per_s = ips[ips.size() / 2];
+  std::printf(
+      "%s integer model: %s (%lld bytes), test accuracy %.2f%%, top-1 agreement with "
+      "the QAT model %.2f%%, batch-1 latency %.0f us, batch-256 %.0f images/s\n",
+      row.scheme.c_str(), path.c_str(), static_cast<long long>(row.int8_file_bytes),
+      100 * row.int8_accuracy, 100 * row.int8_agreement, row.int8_latency_us,
+      row.int8_images_per_s);
+}
 
 std::vector<std::string> split_commas(const std::string& s) {
   std::vector<std::string> out;
@@ -51,7 +129,8 @@ int main(int argc, char** argv) try {
   int epochs = 10, qat_epochs = 3, threads = 1;
   int64_t batch = 64;
   double min_accuracy = 0;
-  bool check_qat_targets = false;
+  bool check_qat_targets = false, no_int8 = false;
+  std::string inspect_path;
   int first_last_bits = 0;
   std::vector<std::string> schemes{"w8a8", "w4a8", "w2a8", "w4a4"};
   for (int i = 1; i < argc; ++i) {
@@ -80,10 +159,15 @@ int main(int argc, char** argv) try {
       check_qat_targets = true;
     else if (k == "--first-last-bits")
       first_last_bits = std::stoi(next());
+    else if (k == "--no-int8")
+      no_int8 = true;
+    else if (k == "--inspect")
+      inspect_path = next();
     else if (k == "--help" || k == "-h") {
       std::cout << "usage: mnist_cnn --data DIR [--epochs N] [--qat-epochs N] [--schemes "
                    "w8a8,w4a8,w2a8,w4a4] [--batch N] [--threads N] [--save FILE] "
-                   "[--min-accuracy X] [--check-qat-targets] [--first-last-bits N]\n";
+                   "[--min-accuracy X] [--check-qat-targets] [--first-last-bits N] [--no-int8] "
+                   "[--inspect FILE]\n";
       return 0;
     } else
       throw ValueError("unknown argument '" + k + "' (try --help)");
@@ -150,12 +234,32 @@ int main(int argc, char** argv) try {
     rows.push_back({scheme, ql["accuracy"], qimages / qs, qs});
     std::printf("%s: test accuracy %.2f%% (float %.2f%%)\n", scheme.c_str(), 100 * ql["accuracy"],
                 100 * test_logs["accuracy"]);
+    if (!no_int8) {
+      const std::filesystem::path base(save);
+      const std::string ipath =
+          (base.parent_path() / (base.stem().string() + "_" + scheme + ".lbi")).string();
+      deploy(*q, ipath, test, rows.back());
+      if (scheme == schemes.front() && !inspect_path.empty()) {
+        std::ofstream(inspect_path) << quant::IntegerModel::load(ipath).inspect_table();
+        std::printf("per-layer scales of the %s integer model: %s\n", scheme.c_str(),
+                    inspect_path.c_str());
+      }
+    }
   }
 
-  std::printf("\n%-8s %14s %10s %12s\n", "scheme", "test accuracy", "vs float", "train img/s");
-  for (const Row& r : rows)
-    std::printf("%-8s %13.2f%% %+10.2f %12.0f\n", r.scheme.c_str(), 100 * r.accuracy,
+  const auto float_bytes = static_cast<long long>(std::filesystem::file_size(save));
+  std::printf("\n%-8s %14s %10s %12s %10s %9s %11s %9s %11s\n", "scheme", "test accuracy",
+              "vs float", "train img/s", "int8 acc", "agree", "file bytes", "b1 us", "b256 img/s");
+  for (const Row& r : rows) {
+    std::printf("%-8s %13.2f%% %+10.2f %12.0f", r.scheme.c_str(), 100 * r.accuracy,
                 100 * (r.accuracy - rows[0].accuracy), r.images_per_s);
+    if (r.has_int8)
+      std::printf(" %9.2f%% %8.2f%% %11lld %9.0f %11.0f\n", 100 * r.int8_accuracy,
+                  100 * r.int8_agreement, static_cast<long long>(r.int8_file_bytes),
+                  r.int8_latency_us, r.int8_images_per_s);
+    else
+      std::printf(" %10s %9s %11lld\n", "-", "-", r.scheme == "float" ? float_bytes : 0LL);
+  }
   std::string json = "{\"example\": \"mnist_cnn\", \"threads\": " + std::to_string(threads) +
                      ", \"epochs\": " + std::to_string(epochs) +
                      ", \"qat_epochs\": " + std::to_string(qat_epochs);
@@ -163,9 +267,21 @@ int main(int argc, char** argv) try {
     char buf[256];
     std::snprintf(buf, sizeof buf,
                   ", \"%s\": {\"test_accuracy\": %.4f, \"train_images_per_sec\": %.0f, "
-                  "\"train_seconds\": %.1f}",
+                  "\"train_seconds\": %.1f",
                   r.scheme.c_str(), r.accuracy, r.images_per_s, r.seconds);
     json += buf;
+    if (r.has_int8) {
+      std::snprintf(buf, sizeof buf,
+                    ", \"int8_test_accuracy\": %.4f, \"int8_agreement\": %.4f, "
+                    "\"int8_file_bytes\": %lld, \"int8_latency_us\": %.1f, "
+                    "\"int8_images_per_sec\": %.0f",
+                    r.int8_accuracy, r.int8_agreement, static_cast<long long>(r.int8_file_bytes),
+                    r.int8_latency_us, r.int8_images_per_s);
+      json += buf;
+    } else if (r.scheme == "float") {
+      json += ", \"file_bytes\": " + std::to_string(float_bytes);
+    }
+    json += "}";
   }
   std::printf("%s}\n", json.c_str());
 

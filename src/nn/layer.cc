@@ -152,6 +152,12 @@ void CallContext::add_update(const Value& variable, const Value& new_value) {
   updates_.emplace_back(variable, new_value);
 }
 
+void CallContext::set_grid_step(const Value& v, const Value& step) { grid_steps_[v.id()] = step; }
+Value CallContext::grid_step(const Value& v) const {
+  auto it = grid_steps_.find(v.id());
+  return it == grid_steps_.end() ? Value() : it->second;
+}
+
 Value CallContext::rng_step() {
   if (!rng_step_.defined()) {
     rng_step_ = g_.variable("rng_step", rng_state_, false);
@@ -296,7 +302,10 @@ std::vector<Value> Layer::apply(const std::vector<Value>& inputs, CallContext& c
     }
   }
   Graph::Scope scope(ctx.graph(), name_);
-  return call(inputs, ctx);
+  std::vector<Value> out = call(inputs, ctx);
+  if (inputs.size() == 1 && out.size() == 1 && keeps_grid(ctx))
+    if (Value s = ctx.grid_step(inputs[0]); s.defined()) ctx.set_grid_step(out[0], s);
+  return out;
 }
 
 std::vector<Value> Layer::apply(const std::vector<Value>& inputs,

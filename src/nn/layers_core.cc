@@ -158,6 +158,7 @@ class DropoutLayer : public Layer {
     if (o_.seed < 0) o_.seed = static_cast<int64_t>(std::hash<std::string>{}(name_)&0x7fffffff);
   }
   std::string class_name() const override { return "Dropout"; }
+  bool keeps_grid(const CallContext& ctx) const override { return !ctx.training() || rate_ == 0; }
   std::vector<Value> call(const std::vector<Value>& in, CallContext& ctx) override {
     if (!ctx.training() || rate_ == 0) return {in[0]};
     return {ops::dropout(in[0], ctx.rng_step(), rate_, o_.seed, o_.noise_shape)};

@@ -29,6 +29,7 @@ class PoolLayer : public Layer {
     padding_ = detail::check_padding(o.padding, who, false);
   }
   std::string class_name() const override { return pool_class(rank_, max_); }
+  bool keeps_grid(const CallContext&) const override { return max_; }
 
   void build(const std::vector<Shape>& s) override {
     const Shape& x = s[0];

@@ -14,6 +14,7 @@ class FlattenLayer : public Layer {
  public:
   explicit FlattenLayer(FlattenOptions o) : Layer("flatten", o.name) {}
   std::string class_name() const override { return "Flatten"; }
+  bool keeps_grid(const CallContext&) const override { return true; }
   std::vector<Value> call(const std::vector<Value>& in, CallContext&) override {
     const Value& x = in[0];
     if (x.rank() == 2) return {x};
@@ -51,6 +52,7 @@ class ReshapeLayer : public Layer {
                    ints_json(target_).dump());
   }
   std::string class_name() const override { return "Reshape"; }
+  bool keeps_grid(const CallContext&) const override { return true; }
 
   void build(const std::vector<Shape>& s) override {
     const Shape& x = s[0];
@@ -130,6 +132,7 @@ class ZeroPadding2DLayer : public Layer {
                      ints_json(v).dump());
   }
   std::string class_name() const override { return "ZeroPadding2D"; }
+  bool keeps_grid(const CallContext&) const override { return true; }
   void build(const std::vector<Shape>& s) override {
     check_input(s[0].rank() == 4, "rank 4 [batch, height, width, channels]", s[0]);
   }

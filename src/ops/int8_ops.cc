@@ -4,6 +4,7 @@
 // kernel tables. Loops: kernels/reference/int8.cc.
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "kernels/reference/int8.h"
 #include "lowbit/fixed_point.h"
@@ -180,12 +181,46 @@ std::any prepare_qfully_connected(const PrepareCtx& c) {
 struct QPoolParams {
   kernels::Conv2DParams geo;
   int32_t act_min = -128, act_max = 127;
+  std::optional<kernels::QAvgRequant> requant;  // qavg_pool2d with output parameters
 };
+
+// qavg_pool2d's optional output parameters: all four of input_scale, input_zero_point,
+// output_scale, output_zero_point, or none (the input's parameters, TFLite's rounding).
+std::optional<kernels::QAvgRequant> avg_requant(const std::string& op, const Attrs& a,
+                                                int64_t window) {
+  const char* const keys[] = {"input_scale", "input_zero_point", "output_scale",
+                              "output_zero_point"};
+  int given = 0;
+  for (const char* k : keys) given += a.has(k);
+  if (given == 0) return std::nullopt;
+  if (op != "qavg_pool2d" || given != 4)
+    LOWBIT_THROW(ValueError, op,
+                 op == "qavg_pool2d"
+                     ? ": give all of input_scale, input_zero_point, output_scale and "
+                       "output_zero_point, or none (the output keeps the input's parameters)"
+                     : ": the output keeps the input's parameters; attributes input_scale, "
+                       "output_scale and their zero points are not taken");
+  kernels::QAvgRequant r;
+  r.input_zero_point = zero_point_attr(op, a, "input_zero_point");
+  r.output_zero_point = zero_point_attr(op, a, "output_zero_point");
+  r.rounding = rounding_attr(op, a);
+  const double m = static_cast<double>(static_cast<float>(scale_attr(op, a, "input_scale"))) /
+                   static_cast<double>(static_cast<float>(scale_attr(op, a, "output_scale")));
+  r.per_count.resize(static_cast<size_t>(window) + 1);
+  for (int64_t n = 1; n <= window; ++n) {
+    r.per_count[n] = quant::quantize_multiplier(m / static_cast<double>(n), r.rounding);
+    if (r.per_count[n].shift > 30)
+      LOWBIT_THROW(ValueError, op, ": input_scale / output_scale = ", m,
+                   " is too large (a multiplier must be < 2^30)");
+  }
+  return r;
+}
 
 std::vector<ValueType> infer_qpool2d(const InferCtx& c) {
   require_dtype(c, 0, DType::kS8, "x");
   const auto p = pool2d_geometry(c.op, c.in[0].shape, c.attrs);
   clamp_attrs(c.op, c.attrs);
+  avg_requant(c.op, c.attrs, p.k_h * p.k_w);
   return {{DType::kS8, Shape{p.n, p.out_h, p.out_w, p.out_c}}};
 }
 
@@ -193,7 +228,29 @@ std::any prepare_qpool2d(const PrepareCtx& c) {
   QPoolParams q;
   q.geo = pool2d_geometry(c.op, c.in[0].shape, c.attrs);
   std::tie(q.act_min, q.act_max) = clamp_attrs(c.op, c.attrs);
+  q.requant = avg_requant(c.op, c.attrs, q.geo.k_h * q.geo.k_w);
   return q;
+}
+
+// ---- fake_quant_bias -------------------------------------------------------------------------
+
+std::vector<ValueType> infer_fake_quant_bias(const InferCtx& c) {
+  require_float(c, 0, "bias");
+  require_float(c, 1, "input_step");
+  require_float(c, 2, "weight_step");
+  require_rank(c, 0, 1, "bias");
+  const Shape& si = c.in[1].shape;
+  const Shape& sw = c.in[2].shape;
+  if (si.rank() != 0)
+    LOWBIT_THROW(ShapeError, c.op, ": argument 'input_step': expected rank 0 but found ", si.str());
+  const bool ok =
+      sw.rank() == 0 || (sw.rank() == 1 && (sw[0] == kUnknown || c.in[0].shape[0] == kUnknown ||
+                                            sw[0] == c.in[0].shape[0]));
+  if (!ok)
+    LOWBIT_THROW(ShapeError, c.op,
+                 ": argument 'weight_step': expected rank 0 or [channels] matching bias ",
+                 c.in[0].shape.str(), " but found ", sw.str());
+  return {{DType::kF32, c.in[0].shape}};
 }
 
 // ---- qadd, requantize --------------------------------------------------------------------------
@@ -316,10 +373,25 @@ void register_int8_ops() {
                .reference =
                    [](const KernelCtx& k) {
                      const auto& q = k.params<QPoolParams>();
-                     kernels::qavg_pool2d_s8_reference(q.geo, q.act_min, q.act_max, in_s8(k, 0),
-                                                       out_s8(k));
+                     kernels::qavg_pool2d_s8_reference(q.geo, q.act_min, q.act_max,
+                                                       q.requant ? &*q.requant : nullptr,
+                                                       in_s8(k, 0), out_s8(k));
                    },
-               .doc = "int8 average pooling (NHWC, TFLite rounding), the input's parameters"});
+               .doc = "int8 average pooling (NHWC, TFLite rounding), the input's parameters or "
+                      "given output parameters"});
+  register_op({.name = "fake_quant_bias",
+               .num_inputs = 3,
+               .infer = infer_fake_quant_bias,
+               .grad = [](const GradCtx& g) -> std::vector<Value> {
+                 return {g.dy(), Value(), Value()};  // straight through; steps: none
+               },
+               .reference =
+                   [](const KernelCtx& k) {
+                     kernels::fake_quant_bias_f32_reference(
+                         k.in[0].numel(), k.in[0].data<float>(), k.in[1].data<float>()[0],
+                         k.in[2].data<float>(), k.in[2].rank() == 1, k.out[0].data<float>());
+                   },
+               .doc = "a bias rounded to its int32 grid s_in * s_w (QAT, straight through)"});
   register_op({.name = "qadd",
                .num_inputs = 2,
                .infer = infer_qadd,

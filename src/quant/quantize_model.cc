@@ -119,18 +119,9 @@ bool fusable_activation(const nn::Layer& l) {
 }
 
 bool pass_through(const std::string& c) {
-  static const char* const kNames[] = {"MaxPooling1D",
-                                       "MaxPooling2D",
-                                       "AveragePooling1D",
-                                       "AveragePooling2D",
-                                       "GlobalMaxPooling1D",
-                                       "GlobalMaxPooling2D",
-                                       "GlobalAveragePooling1D",
-                                       "GlobalAveragePooling2D",
-                                       "Flatten",
-                                       "Reshape",
-                                       "ZeroPadding2D",
-                                       "Dropout"};
+  static const char* const kNames[] = {"MaxPooling1D",       "MaxPooling2D", "GlobalMaxPooling1D",
+                                       "GlobalMaxPooling2D", "Flatten",      "Reshape",
+                                       "ZeroPadding2D",      "Dropout"};
   return std::any_of(std::begin(kNames), std::end(kNames), [&](const char* n) { return c == n; });
 }
 
@@ -433,6 +424,7 @@ class Rewriter {
     for (const std::string& w : quantizable_weights(l)) q[w] = weight_config(l);
     auto w =
         std::make_shared<QuantizeWrapperLayer>(clone(l, linear), q, cfg_.quant_delay, l.name());
+    w->set_quantize_bias(cfg_.quantize_bias);
     wrappers_[key] = w;
     pending_wrappers_.push_back(w.get());
     return w;
@@ -605,6 +597,7 @@ class Rewriter {
       auto f = std::make_shared<FoldedConvBatchNormLayer>(clone(*n.layer), clone(*node(bn).layer),
                                                           weight_config(*n.layer), cfg_.quant_delay,
                                                           cfg_.freeze_bn_delay, n.layer->name());
+      f->set_quantize_bias(cfg_.quantize_bias);
       pending_folds_.push_back(f.get());
       y = call(f, inputs_of(head), n.training, masks_of(head)).at(0);
     } else {

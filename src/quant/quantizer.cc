@@ -365,10 +365,14 @@ void Quantizer::init_from(nn::Layer& owner, const Tensor& x) const {
 }
 
 Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& owner,
-                       const Value& step, int64_t quant_delay) const {
+                       const Value& step, int64_t quant_delay, Value* grid_step) const {
   const QuantizerConfig& c = config_;
   const Kind kind = scheme_row(c).kind;
+  if (grid_step) *grid_step = Value();
   if (kind == Kind::kNone) return x;
+  // The grid's step as grid() computes it (float arithmetic in the same order), from the range
+  // or parameter this call quantizes with; none while a warm-up delay may pass x through.
+  const bool on_grid = !(ctx.training() && quant_delay > 0);
   const bool tracked_range = tracked(c);
   Value y;
   if (tracked_range) {
@@ -418,6 +422,12 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
       mx = next[1].second;
     }
     if (kind == Kind::kTf) {
+      if (grid_step && on_grid) {
+        const ops::FakeQuantNudge n = ops::fake_quant_nudge(0.0f, 1.0f, c.bits, c.narrow_range);
+        *grid_step =
+            (mx - mn) / ops::scalar_like(
+                            mx, static_cast<double>(static_cast<float>(n.quant_max - n.quant_min)));
+      }
       y = c.per_channel
               ? ops::fake_quant_with_min_max_vars_per_channel(x, mn, mx, c.bits, c.narrow_range)
               : ops::fake_quant_with_min_max_vars(x, mn, mx, c.bits, c.narrow_range);
@@ -439,10 +449,16 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
         for (int d = 1; d < x.rank(); ++d) n = x.shape()[d] == kUnknown ? 0 : n * x.shape()[d];
         if (x.rank() < 2) n = 0;
       }
-      y = ops::lsq_quantize(x, ctx.var(owner, *find(owner, "step_size")), c.bits, c.symmetric,
+      Value s = ctx.var(owner, *find(owner, "step_size"));
+      if (grid_step && on_grid) *grid_step = s;
+      y = ops::lsq_quantize(x, s, c.bits, c.symmetric,
                             c.per_channel ? std::optional<int>(-1) : std::nullopt, n);
     } else if (kind == Kind::kPact) {
-      y = ops::pact_quantize(x, ctx.var(owner, *find(owner, "alpha")), c.bits);
+      Value alpha = ctx.var(owner, *find(owner, "alpha"));
+      if (grid_step && on_grid)
+        *grid_step = alpha / ops::scalar_like(
+                                 alpha, static_cast<double>(static_cast<float>((1 << c.bits) - 1)));
+      y = ops::pact_quantize(x, alpha, c.bits);
     } else if (kind == Kind::kBinary) {
       y = ops::binary_quantize(x, c.per_channel);
     } else {
@@ -464,6 +480,47 @@ Tensor Quantizer::min(const nn::Layer& owner) const {
 Tensor Quantizer::max(const nn::Layer& owner) const {
   if (const nn::Weight* w = find(owner, "max")) return w->value;
   return Tensor();
+}
+
+Quantizer::Grid Quantizer::grid(const nn::Layer& owner) const {
+  const QuantizerConfig& c = config_;
+  const Kind kind = scheme_row(c).kind;
+  Grid g;
+  auto values = [&](const char* field) {
+    const nn::Weight* w = find(owner, field);
+    if (!w)
+      LOWBIT_THROW(ValueError, owner.name(), ": quantizer state '", prefix_ + field,
+                   "' is missing (layer not built)");
+    const Tensor t = w->value.to(DType::kF32);
+    return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
+  };
+  if (kind == Kind::kTf) {
+    const std::vector<float> mn = values("min"), mx = values("max");
+    for (size_t i = 0; i < mn.size(); ++i) {
+      const ops::FakeQuantNudge n = ops::fake_quant_nudge(mn[i], mx[i], c.bits, c.narrow_range);
+      g.scale.push_back(n.scale);
+      g.zero_point.push_back(n.zero_point);
+      g.qmin = n.quant_min;
+      g.qmax = n.quant_max;
+    }
+  } else if (kind == Kind::kLsq) {
+    g.scale = values("step_size");
+    g.zero_point.assign(g.scale.size(), 0);
+    const ops::QuantRange r = ops::lsq_range(c.bits, c.symmetric);
+    g.qmin = r.min;
+    g.qmax = r.max;
+  } else if (kind == Kind::kPact) {
+    const std::vector<float> alpha = values("alpha");
+    g.qmin = 0;
+    g.qmax = (1 << c.bits) - 1;
+    for (float a : alpha) g.scale.push_back(a / static_cast<float>(g.qmax));
+    g.zero_point.assign(g.scale.size(), 0);
+  } else {
+    LOWBIT_THROW(UnsupportedError, owner.name(), ": the '", c.scheme,
+                 "' quantizer has no stored grid (scale, zero point); integer conversion supports "
+                 "the tf, lsq and pact schemes");
+  }
+  return g;
 }
 
 std::string Quantizer::summary(const nn::Layer& owner) const {
@@ -513,7 +570,11 @@ std::vector<Value> FakeQuantLayer::call(const std::vector<Value>& in, nn::CallCo
     LOWBIT_THROW(DTypeError, name_, " (FakeQuant): expected an f32 input but found ",
                  dtype_name(in[0].dtype()));
   Value step = bind_step(*this, ctx);
-  return {quantizer_.apply(in[0], ctx, *this, step, quant_delay_)};
+  Value grid;
+  Value y = quantizer_.apply(in[0], ctx, *this, step, quant_delay_, &grid);
+  if (grid.defined() && grid.shape().numel() == 1)
+    ctx.set_grid_step(y, grid.rank() == 0 ? grid : ops::reshape(grid, std::vector<int64_t>{}));
+  return {y};
 }
 
 Json FakeQuantLayer::get_config() const {
@@ -596,12 +657,30 @@ T QuantizeWrapperLayer::to_channels_last(const std::string& weight, const T& w) 
 
 std::vector<Value> QuantizeWrapperLayer::call(const std::vector<Value>& in, nn::CallContext& ctx) {
   Value step = bind_step(*this, ctx);
+  // The bias grid's steps: the input's (when known) and the kernel quantizer's.
+  const std::string kernel = quantizers_.count("depthwise_kernel") ? "depthwise_kernel" : "kernel";
+  const Value in_step = quantize_bias_ && layer_->class_name() != "SeparableConv2D" &&
+                                layer_->class_name() != "Embedding"
+                            ? ctx.grid_step(in[0])
+                            : Value();
+  Value w_step;
   nn::CallContext::WeightHookScope hook(
       ctx, *layer_, [&](const nn::Weight& w, const Value& v) -> Value {
+        if (w.name == "bias" && in_step.defined()) {
+          if (!w_step.defined())  // the kernel's hook has not run yet: run it now
+            for (const nn::Weight& k : layer_->weights())
+              if (k.name == kernel) ctx.var(*layer_, k);
+          if (!w_step.defined()) return Value();
+          Graph::Scope scope(ctx.graph(), "bias_quant");
+          return ops::fake_quant_bias(v, in_step, w_step);
+        }
         auto it = quantizers_.find(w.name);
         if (it == quantizers_.end()) return Value();  // biases and the rest: unchanged
         Graph::Scope scope(ctx.graph(), w.name + "_quant");
-        Value q = it->second.apply(to_channels_last(w.name, v), ctx, *this, step, quant_delay_);
+        Value grid;
+        Value q =
+            it->second.apply(to_channels_last(w.name, v), ctx, *this, step, quant_delay_, &grid);
+        if (w.name == kernel) w_step = grid;
         return ops::reshape(q, w.value.shape().dims());
       });
   // The wrapped layer is built (build above) and shares this layer's input checks and name
@@ -616,6 +695,7 @@ Json QuantizeWrapperLayer::get_config() const {
   for (const auto& [name, quantizer] : quantizers_) q[name] = to_json(quantizer.config());
   j["weight_quantizers"] = q;
   j["quant_delay"] = quant_delay_;
+  j["quantize_bias"] = quantize_bias_;
   return j;
 }
 
@@ -764,6 +844,16 @@ std::vector<Value> FoldedConvBatchNormLayer::call(const std::vector<Value>& in,
   }
   const Shape kshape = need_weight(*conv_, kernel_name_).value.shape();
   bool bias_read = false;
+  // Bias rounding (inference form only): the input's grid step and the folded kernel's.
+  const Value in_step = quantize_bias_ && !batch_stats ? ctx.grid_step(in[0]) : Value();
+  Value w_step;
+  auto round_bias = [&](const Value& b) -> Value {
+    if (!in_step.defined()) return b;
+    if (!w_step.defined()) ctx.var(*conv_, need_weight(*conv_, kernel_name_));  // runs the hook
+    if (!w_step.defined()) return b;
+    Graph::Scope s(ctx.graph(), "bias_quant");
+    return ops::fake_quant_bias(b, in_step, w_step);
+  };
   nn::CallContext::WeightHookScope hook(
       ctx, *conv_, [&](const nn::Weight& w, const Value& v) -> Value {
         if (w.name == kernel_name_) {
@@ -772,8 +862,10 @@ std::vector<Value> FoldedConvBatchNormLayer::call(const std::vector<Value>& in,
           Value view = depthwise_view(kernel_name_, kshape, quantizer_.config().per_channel)
                            ? ops::reshape(wf, depthwise_shape(kshape).dims())
                            : wf;
-          Value q =
-              ops::reshape(quantizer_.apply(view, ctx, *this, step, quant_delay_), kshape.dims());
+          Value grid;
+          Value q = ops::reshape(quantizer_.apply(view, ctx, *this, step, quant_delay_, &grid),
+                                 kshape.dims());
+          w_step = grid;
           // Batch statistics: the conv computes u = conv(x, FQ(W_fold)·σ/γ) + b, i.e. the
           // quantized folded output z rescaled to the float conv's scale (u = z·σ/γ + b) by
           // rescaling the small kernel instead of the large output.
@@ -783,13 +875,14 @@ std::vector<Value> FoldedConvBatchNormLayer::call(const std::vector<Value>& in,
           bias_read = true;
           if (batch_stats) return Value();  // b itself: u = z·σ/γ + b
           Graph::Scope s(ctx.graph(), "fold");
-          return v * scale + shift;  // the folded bias β + (b − μ)γ/σ
+          return round_bias(v * scale + shift);  // the folded bias β + (b − μ)γ/σ
         }
         return Value();
       });
   Value z = conv_->call(in, ctx).at(0);
   Graph::Scope s(ctx.graph(), "fold");
-  if (!batch_stats) return {bias_read ? z : z + shift};  // z = conv(x, FQ(W_fold)) + folded bias
+  if (!batch_stats)  // z = conv(x, FQ(W_fold)) + folded bias
+    return {bias_read ? z : z + round_bias(shift)};
   auto r = ops::batch_norm_training(z, gamma, beta, -1, epsilon_);  // z is u here
   Value new_mm = mm * momentum_ + r.mean * (1.0 - momentum_);
   Value new_mv = mv * momentum_ + r.variance * (1.0 - momentum_);
@@ -816,6 +909,7 @@ Json FoldedConvBatchNormLayer::get_config() const {
   j["weight_quantizer"] = to_json(quantizer_.config());
   j["quant_delay"] = quant_delay_;
   j["freeze_bn_delay"] = freeze_bn_delay_;
+  j["quantize_bias"] = quantize_bias_;
   return j;
 }
 
@@ -849,6 +943,18 @@ Tensor FoldedConvBatchNormLayer::folded_bias() const {
   return shift;
 }
 
+Tensor FoldedConvBatchNormLayer::effective_kernel() const {
+  const Tensor k = folded_kernel();
+  const bool view = depthwise_view(kernel_name_, k.shape(), quantizer_.config().per_channel);
+  Graph g;
+  nn::CallContext ctx(g, false);
+  Value step = ctx.var(*this, step_weight(*this));
+  Value v = g.constant(view ? k.reshape(depthwise_shape(k.shape())) : k);
+  Value q = ops::reshape(quantizer_.apply(v, ctx, *this, step, 0), k.shape().dims());
+  Executor ex(g, {q});
+  return ex.run()[0];
+}
+
 void FoldedConvBatchNormLayer::init_from_weights() {
   Tensor k = folded_kernel();
   if (depthwise_view(kernel_name_, k.shape(), quantizer_.config().per_channel))
@@ -875,14 +981,18 @@ void register_quant_layers() {
     std::map<std::string, QuantizerConfig> q;
     for (const auto& [w, qc] : c.at("weight_quantizers").items())
       q[w] = quantizer_config_from_json(qc);
-    return QuantizeWrapper(nn::layer_from_config(c.at("layer")), q, c.value("quant_delay", 0),
-                           c.value("name", ""));
+    nn::LayerPtr l = QuantizeWrapper(nn::layer_from_config(c.at("layer")), q,
+                                     c.value("quant_delay", 0), c.value("name", ""));
+    static_cast<QuantizeWrapperLayer&>(*l).set_quantize_bias(c.value("quantize_bias", false));
+    return l;
   });
   nn::register_layer("FoldedConvBatchNorm", [](const Json& c) {
-    return FoldedConvBatchNorm(
+    nn::LayerPtr l = FoldedConvBatchNorm(
         nn::layer_from_config(c.at("layer")), nn::layer_from_config(c.at("batch_norm")),
         quantizer_config_from_json(c.at("weight_quantizer")), c.value("quant_delay", 0),
         c.value("freeze_bn_delay", -1), c.value("name", ""));
+    static_cast<FoldedConvBatchNormLayer&>(*l).set_quantize_bias(c.value("quantize_bias", false));
+    return l;
   });
 }
 

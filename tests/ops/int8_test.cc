@@ -2,7 +2,7 @@
 // same codes: the int32 accumulator from the FLOAT ops on exact small integers (conv2d, matmul,
 // pools: every value and partial sum is an integer below 2^24, so f32 is exact), then the output
 // stage of fixed_point.h (its primitives are checked against gemmlowp's golden vectors in
-// tests/core/fixed_point_test.cc). Also: every code within 1 of round(acc * M) (the double
+// tests/quant/fixed_point_test.cc). Also: every code within 1 of round(acc * M) (the double
 // rounding costs at most one), thread-count independence, and the errors.
 #include "lowbit/ops/int8.h"
 
@@ -161,6 +161,96 @@ TEST(QPool2D, MaxAndAverageMatchTheFloatPoolsOnCodes) {
   const Tensor x = Tensor::from_vector<int8_t>({-100, -50, 20, 30}, {1, 2, 2, 1});
   const Tensor y = ops::qmax_pool2d(x, {{"ksize", {1, 1}}, {"act_min", -60}});
   EXPECT_TRUE(tensors_equal(y, Tensor::from_vector<int8_t>({-60, -50, 20, 30}, {1, 2, 2, 1})));
+}
+
+// With output parameters the mean is rounded once to the output grid: round((sum - count * zp_in)
+// * s_in / (s_out * count)) + zp_out, from the float mean of the real values (single rounding:
+// within 1e-6 of an exact tie only by chance; the test's scales make no ties).
+TEST(QPool2D, AverageWithOutputParametersRoundsTheMeanOnceToTheOutputGrid) {
+  Rng rng(6);
+  const double s_in = 0.05, s_out = 0.043;
+  const int64_t zp_in = -3, zp_out = 9;
+  for (const Attrs& window : {Attrs{{"ksize", {2, 2}}},
+                              Attrs{{"ksize", {3, 3}}, {"strides", {2, 2}}, {"padding", "same"}},
+                              Attrs{{"ksize", {7, 6}}}}) {
+    const Tensor x = random_int_tensor({2, 7, 6, 5}, rng, -128, 127, DType::kS8);
+    Attrs a = window;
+    a.set("input_scale", s_in);
+    a.set("input_zero_point", zp_in);
+    a.set("output_scale", s_out);
+    a.set("output_zero_point", zp_out);
+    a.set("rounding", "single");
+    const Tensor y = ops::qavg_pool2d(x, a);
+    Tensor real = x.to(DType::kF32);
+    for (int64_t i = 0; i < real.numel(); ++i)
+      real.data<float>()[i] = static_cast<float>(
+          s_in * (static_cast<double>(real.data<float>()[i]) - static_cast<double>(zp_in)));
+    const Tensor mean = ops::avg_pool2d(real, window);
+    ASSERT_EQ(y.shape(), mean.shape());
+    int64_t off = 0;
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      const double want =
+          std::clamp(std::floor(mean.data<float>()[i] / s_out + 0.5) + static_cast<double>(zp_out),
+                     -128.0, 127.0);
+      off += std::fabs(want - y.data<int8_t>()[i]) > 0;
+      ASSERT_LE(std::fabs(want - y.data<int8_t>()[i]), 1) << i;
+    }
+    EXPECT_LE(off, y.numel() / 1000 + 1) << window.str();  // f32 ties of the check, at most
+  }
+  expect_throws_with<ValueError>(
+      [] {
+        ops::qavg_pool2d(Tensor({1, 2, 2, 1}, DType::kS8),
+                         {{"ksize", {2, 2}}, {"input_scale", 0.1}, {"output_scale", 0.2}});
+      },
+      "give all of input_scale, input_zero_point, output_scale and output_zero_point");
+  expect_throws_with<ValueError>(
+      [] {
+        ops::qmax_pool2d(Tensor({1, 2, 2, 1}, DType::kS8), {{"ksize", {2, 2}},
+                                                            {"input_scale", 0.1},
+                                                            {"input_zero_point", 0},
+                                                            {"output_scale", 0.2},
+                                                            {"output_zero_point", 0}});
+      },
+      "keeps the input's parameters");
+}
+
+TEST(FakeQuantBias, RoundsToTheInt32GridTheIntegerOpsStore) {
+  note_reference_tested("fake_quant_bias");
+  const Tensor b = Tensor::from_vector<float>({0.3f, -0.0123f, 1e-9f, 5.0f}, {4});
+  const Tensor s_in = Tensor::scalar(0.02f);
+  const Tensor s_w = Tensor::from_vector<float>({0.01f, 0.003f, 0.5f, 0.0f}, {4});
+  const Tensor y = ops::fake_quant_bias(b, s_in, s_w);
+  for (int64_t c = 0; c < 3; ++c) {
+    const float bs = quant::bias_scale(0.02f, s_w.data<float>()[c]);
+    EXPECT_EQ(y.data<float>()[c],
+              static_cast<float>(quant::quantize_bias(b.data<float>()[c], bs)) * bs)
+        << c;
+  }
+  EXPECT_EQ(y.data<float>()[0], 1500.0f * (0.02f * 0.01f));  // 0.3 / 2e-4 = 1500 exactly
+  EXPECT_EQ(y.data<float>()[2], 0.0f);                       // far below half a step
+  EXPECT_EQ(y.data<float>()[3], 5.0f);  // a zero step (no range yet): unchanged
+  // One weight step for all channels.
+  const Tensor y1 = ops::fake_quant_bias(b, s_in, Tensor::scalar(0.01f));
+  const float bs1 = quant::bias_scale(0.02f, 0.01f);
+  EXPECT_EQ(y1.data<float>()[1], static_cast<float>(quant::quantize_bias(-0.0123f, bs1)) * bs1);
+  expect_throws_with<ShapeError>(
+      [&] {
+        ops::fake_quant_bias(b, s_in, Tensor::from_vector<float>({1, 2}, {2}));
+      },
+      "weight_step");
+  expect_throws_with<ShapeError>([&] { ops::fake_quant_bias(b, s_w, s_w); }, "input_step");
+}
+
+// Straight through: with a bias step far below the finite-difference step, y = b + O(1e-6) is
+// smooth at the scale of eps and its derivative is the identity the rule says.
+TEST(FakeQuantBias, GradientIsStraightThrough) {
+  testing::GradCheckOptions only_b;
+  only_b.wrt = {0};
+  testing::expect_gradients_match(
+      "fake_quant_bias",
+      {Tensor::from_vector<float>({0.31f, -0.77f, 0.05f}, {3}), Tensor::scalar(1e-3f),
+       Tensor::from_vector<float>({1e-3f, 2e-3f, 5e-4f}, {3})},
+      {}, only_b);
 }
 
 TEST(QAdd, IsTheAddStageElementwiseAndWithinOneCodeOfTheRealSum) {

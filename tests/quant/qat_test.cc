@@ -351,8 +351,9 @@ TEST(QuantizeAwareTraining, StepsReduceTheLossAndWeightsStayFloat) {
   std::set<float> float_levels = distinct(k1);
   EXPECT_LE(levels.size(), 15u * 16u);  // <= 15 levels per output channel
   EXPECT_GT(float_levels.size(), levels.size());
-  // The model's forward computes with exactly those grid weights and quantized activations:
-  // out = FQ(FQ(relu(FQ(x) W1q + b1)) W2q + b2), by hand with eager ops.
+  // The model's forward computes with exactly those grid weights and quantized activations,
+  // and biases on their int32 grids s_in * s_w (QuantizeConfig::quantize_bias):
+  // out = FQ(FQ(relu(FQ(x) W1q + B(b1))) W2q + B(b2)), by hand with eager ops.
   auto dense1 = std::dynamic_pointer_cast<QuantizeWrapperLayer>(q->get_layer("dense_1"));
   auto fq_of = [&](const std::string& name, const Tensor& t) {
     auto l = std::dynamic_pointer_cast<FakeQuantLayer>(q->get_layer(name));
@@ -360,10 +361,19 @@ TEST(QuantizeAwareTraining, StepsReduceTheLossAndWeightsStayFloat) {
     return ops::fake_quant_with_min_max_vars(t, l->quantizer().min(*l), l->quantizer().max(*l),
                                              c.bits, c.narrow_range);
   };
+  auto step_of = [](const std::vector<float>& s) {
+    return Tensor::from_vector<float>(s, {static_cast<int64_t>(s.size())});
+  };
+  auto bias_of = [&](const QuantizeWrapperLayer& w, const std::string& input_fq) {
+    auto l = std::dynamic_pointer_cast<FakeQuantLayer>(q->get_layer(input_fq));
+    return ops::fake_quant_bias(w.layer()->weights()[1].value,
+                                Tensor::scalar(l->quantizer().grid(*l).scale.at(0)),
+                                step_of(w.quantizer("kernel").grid(w).scale));
+  };
   Tensor hidden = ops::relu(ops::matmul(fq_of("input_layer_quant", x), eff) +
-                            dense->layer()->weights()[1].value);
+                            bias_of(*dense, "input_layer_quant"));
   Tensor out = ops::matmul(fq_of("dense_quant", hidden), dense1->effective_weights().at("kernel")) +
-               dense1->layer()->weights()[1].value;
+               bias_of(*dense1, "dense_quant");
   EXPECT_TRUE(testing::tensors_equal((*q)(x), fq_of("dense_1_quant", out)));
 }
 

@@ -58,8 +58,9 @@ TEST(QuantizeModel, ResidualAddAndSharedLayerPlacement) {
       "conv2d_1_quant_1:FakeQuant<-conv2d_1",      // its own output quantizer
       "add:Add<-re_lu_quant,conv2d_1_quant_1",     // both inputs already quantized
       "add_quant:FakeQuant<-add",
-      "global_average_pooling2d:GlobalAveragePooling2D<-add_quant",  // pass-through
-      "dense:QuantizeWrapper<-global_average_pooling2d",
+      "global_average_pooling2d:GlobalAveragePooling2D<-add_quant",
+      "global_average_pooling2d_quant:FakeQuant<-global_average_pooling2d",  // a mean: new grid
+      "dense:QuantizeWrapper<-global_average_pooling2d_quant",
       "dense_quant:FakeQuant<-dense",           // quantized BEFORE softmax
       "dense_softmax:Activation<-dense_quant",  // output not quantized
   };

@@ -104,6 +104,14 @@ class CallContext {
   // The mask of input i, or an undefined Value (no mask, or i beyond input_masks).
   Value input_mask(size_t i = 0) const { return i < input_masks.size() ? input_masks[i] : Value(); }
 
+  // Quantization grids of traced values. A layer whose output lies on a per-tensor grid of step
+  // s (quant's FakeQuant) records it; Layer::apply passes it from input to output through a
+  // layer that keeps its input's grid (Layer::keeps_grid: max pooling, reshapes, inference
+  // dropout); a quantized conv/dense reads its input's step to round its bias to the int32 grid
+  // s_in * s_w the integer model stores it on (quant::QuantizeWrapper). Undefined: not known.
+  void set_grid_step(const Value& v, const Value& step);
+  Value grid_step(const Value& v) const;
+
  private:
   Graph& g_;
   bool training_;
@@ -113,6 +121,7 @@ class CallContext {
   std::vector<std::pair<Value, Value>> updates_;
   std::vector<std::pair<const Layer*, WeightHook>> hooks_;  // innermost last
   std::map<const void*, Value> hooked_;                     // weight -> hooked value
+  std::map<int, Value> grid_steps_;                         // value id -> grid step
 };
 
 struct LayerNode;
@@ -191,6 +200,10 @@ class Layer : public std::enable_shared_from_this<Layer> {
   // Embedding ids out of range. Models call it for the layers their inputs feed directly
   // (Model::validate_inputs). The default accepts everything.
   virtual void validate_input(int /*index*/, const Tensor& /*value*/) const {}
+  // True for a one-input layer whose output values are some of its input values, or zeros
+  // (max pooling, flatten, reshape, zero padding, dropout at inference): the output lies on its
+  // input's quantization grid (CallContext::grid_step), which apply() then passes on.
+  virtual bool keeps_grid(const CallContext& /*ctx*/) const { return false; }
 
   std::vector<Weight>& weights() { return weights_; }
   const std::vector<Weight>& weights() const { return weights_; }

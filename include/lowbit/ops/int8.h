@@ -30,6 +30,9 @@
 //   qadd(a, b) s8, same shape -> s8: TFLite's quantized Add (fixed_point.h AddStage); attributes
 //     input1_scale, input1_zero_point, input2_scale, input2_zero_point, output_scale,
 //     output_zero_point, activation, rounding.
+//   qavg_pool2d also takes input_scale, input_zero_point, output_scale, output_zero_point (all
+//     or none): the mean rounded once to the output's parameters, MBQM(sum - count * zp_in,
+//     s_in / (s_out * count)) + zp_out.
 //   requantize(x s8) -> s8: the same values at other parameters (input_scale,
 //     input_zero_point, output_scale, output_zero_point, rounding).
 //   quantize(x f32) -> s8 (scale, zero_point): clamp(round_away(x / scale) + zp).
@@ -71,6 +74,15 @@ T requantize(const T& x, const Attrs& attrs) {
 template <Operand T>
 T quantize(const T& x, double scale, int64_t zero_point) {
   return apply1("quantize", {x}, {{"scale", scale}, {"zero_point", zero_point}});
+}
+// Quantization-aware training of the bias the integer ops read: b f32 [C], input_step f32 []
+// (s_in, the input's grid step), weight_step f32 [] or [C] (s_w). y[c] = q * bs with
+// bs = f32(s_in * s_w[c]) and q = quant::quantize_bias(b[c], bs), the int32 code qconv2d and
+// qfully_connected get; b[c] unchanged where bs is not finite and > 0. Gradient: dy for b
+// (straight through), none for the steps.
+template <Operand T>
+T fake_quant_bias(const T& bias, const T& input_step, const T& weight_step) {
+  return apply1("fake_quant_bias", {bias, input_step, weight_step});
 }
 template <Operand T>
 T dequantize(const T& x, double scale, int64_t zero_point) {

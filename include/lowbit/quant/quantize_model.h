@@ -42,10 +42,13 @@
 // 5. Merges: an input of Add/Multiply that is not already quantized gets a FakeQuant first (one
 //    per tensor, shared by all merges that need it); Concatenate only copies values, so it gets
 //    no input quantizers and one FakeQuant on its output (TFMOT).
-// 6. Pass-through layers keep the grid of their input and get no quantizer: MaxPooling,
-//    AveragePooling and their global forms (as TFLite, which keeps the input's parameters),
-//    Flatten, Reshape, ZeroPadding2D, Dropout. An Embedding's output rows are grid values of
-//    its quantized table. Any other layer with an f32 output gets a FakeQuant after it.
+// 6. Pass-through layers keep the grid of their input and get no quantizer: MaxPooling and
+//    GlobalMaxPooling, Flatten, Reshape, ZeroPadding2D, Dropout. An Embedding's output rows are
+//    grid values of its quantized table. Any other layer with an f32 output gets a FakeQuant
+//    after it, average pooling included: a mean is off its input's grid, and the integer model
+//    rounds it once, to the FakeQuant's grid (qavg_pool2d with output parameters).
+// 7. Biases (cfg.quantize_bias, on by default): each conv/dense whose input's grid is known
+//    rounds its bias to the int32 grid s_in * s_w[c] in the forward pass (straight through).
 // "Quantized" means produced by a FakeQuant, or by a pass-through layer from a quantized input.
 //
 // Shared layers (one layer object called at several places): one wrapper, one set of weight
@@ -93,6 +96,13 @@ struct QuantizeConfig {
   bool fold_batch_norm = true;
   // Training steps after which folded batch norms use their moving statistics (-1: never).
   int64_t freeze_bn_delay = -1;
+  // Round each conv/dense bias in the forward pass to the int32 grid s_in * s_w[c] the integer
+  // model (convert_to_integer) stores it on, straight through in the backward pass, where the
+  // input's grid is known (it comes from a FakeQuant, maybe through max pooling, reshapes or
+  // dropout): the QAT model then computes the integer model's codes. At 4-bit weights s_w is
+  // coarse enough that a float bias would differ from its int32 form by several percent of an
+  // output step. false: float biases, as TF MOT and PyTorch's QAT train them.
+  bool quantize_bias = true;
   // Weight bits of the first and the last layer with weights (in topological order; skipped
   // layers do not count), e.g. 8 as the LSQ/PACT/DoReFa papers' protocol: those two layers hold
   // few weights and cost the most accuracy at very low bit widths. Unset: the same as the

@@ -151,13 +151,31 @@ class Quantizer {
   // the updated range. `step` is the owner's counter (read before its increment); quant_delay
   // > 0 makes the output x itself (identity gradient) while step < quant_delay, in training
   // mode only; trackers update throughout (semantics 2.2).
+  // `grid_step`, when given, receives the step of the grid y lies on (grid()'s scale, f32 [] or
+  // [channels], computed from the range this call used), or an undefined Value when y is not
+  // on a stored grid (torch, binary, ternary schemes; a warm-up delay in training).
   Value apply(const Value& x, nn::CallContext& ctx, const nn::Layer& owner, const Value& step,
-              int64_t quant_delay) const;
+              int64_t quant_delay, Value* grid_step = nullptr) const;
 
   // The state tensors (undefined when the scheme has none): tracked min/max, or the range a
   // learned quantizer currently spans.
   Tensor min(const nn::Layer& owner) const;
   Tensor max(const nn::Layer& owner) const;
+  // The grid this quantizer fake-quantizes onto in inference mode, from its current state: the
+  // value of code q (in [qmin, qmax]) is scale[c] * (q - zero_point[c]), one entry per channel
+  // (or one). What an integer converter stores (lowbit/quant/convert.h).
+  //   tf     the nudge of fake_quant_with_min_max_vars (semantics 1.2, f32): codes [0 or 1,
+  //          2^bits - 1], the nudged zero point and scale (max - min) / (qmax - qmin)
+  //   lsq    step_size, zero point 0, codes lsq_range(bits, symmetric)
+  //   pact   alpha / (2^bits - 1), zero point 0, codes [0, 2^bits - 1]
+  // Other schemes (torch, binary, ternary, none) have no grid of this form here: UnsupportedError
+  // naming the owner and the scheme.
+  struct Grid {
+    std::vector<float> scale;
+    std::vector<int32_t> zero_point;
+    int32_t qmin = 0, qmax = 255;
+  };
+  Grid grid(const nn::Layer& owner) const;
   // "kernel: tf 8-bit sym narrow per-channel(32) last_value, range [-0.41, 0.39]".
   std::string summary(const nn::Layer& owner) const;
 
@@ -242,6 +260,14 @@ class QuantizeWrapperLayer : public nn::Layer {
   // The weights the wrapped layer computes with (FQ of each quantized weight, inference mode),
   // evaluated eagerly: what an integer kernel would use.
   std::map<std::string, Tensor> effective_weights() const;
+  // Bias rounding (QuantizeConfig::quantize_bias): when on and the input's grid step is known
+  // (nn::CallContext::grid_step: the input comes from a FakeQuant, maybe through max pooling or
+  // a reshape), the bias is rounded in the forward pass to its int32 grid s_in * s_w[c]
+  // (ops::fake_quant_bias, straight through), as the integer model stores it: the QAT model
+  // then computes what convert_to_integer's model computes. Off: a float bias (TF MOT and
+  // PyTorch QAT). Saved as config "quantize_bias" (absent: off).
+  void set_quantize_bias(bool on) { quantize_bias_ = on; }
+  bool quantize_bias() const { return quantize_bias_; }
 
  private:
   // The kernel as the quantizer sees it (DepthwiseConv2D-style kernels flattened) and back.
@@ -251,6 +277,7 @@ class QuantizeWrapperLayer : public nn::Layer {
   nn::LayerPtr layer_;
   std::map<std::string, Quantizer> quantizers_;
   int64_t quant_delay_;
+  bool quantize_bias_ = false;
 };
 nn::LayerPtr QuantizeWrapper(nn::LayerPtr layer, std::map<std::string, QuantizerConfig> quantizers,
                              int64_t quant_delay = 0, const std::string& name = "");
@@ -304,6 +331,18 @@ class FoldedConvBatchNormLayer : public nn::Layer {
   // β + (b − μ)γ/σ of the inference form, from the current weights.
   Tensor folded_kernel() const;
   Tensor folded_bias() const;
+  // FQ(W_fold) in inference mode, evaluated eagerly: the kernel of the inference form (what an
+  // integer kernel uses), the conv's kernel shape.
+  Tensor effective_kernel() const;
+  const std::string& kernel_name() const { return kernel_name_; }
+  // Bias rounding (QuantizeConfig::quantize_bias): when on and the input's grid step is known
+  // (nn::CallContext::grid_step: the input comes from a FakeQuant, maybe through max pooling or
+  // a reshape), the folded bias of the inference form is rounded in the forward pass to its int32
+  // grid s_in * s_w[c] (ops::fake_quant_bias, straight through), as the integer model stores it:
+  // the QAT model then computes what convert_to_integer's model computes. Off: a float bias (TF MOT
+  // and PyTorch QAT). Saved as config "quantize_bias" (absent: off).
+  void set_quantize_bias(bool on) { quantize_bias_ = on; }
+  bool quantize_bias() const { return quantize_bias_; }
 
  private:
   nn::LayerPtr conv_, bn_;
@@ -311,6 +350,7 @@ class FoldedConvBatchNormLayer : public nn::Layer {
   Quantizer quantizer_;
   int64_t quant_delay_, freeze_bn_delay_;
   double epsilon_ = 1e-3, momentum_ = 0.99;
+  bool quantize_bias_ = false;
 };
 nn::LayerPtr FoldedConvBatchNorm(nn::LayerPtr conv, nn::LayerPtr batch_norm,
                                  QuantizerConfig weights = default_weight_quantizer(),

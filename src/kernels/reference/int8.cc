@@ -1,6 +1,7 @@
 #include "kernels/reference/int8.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace lowbit::kernels {
 
@@ -63,7 +64,8 @@ void qfully_connected_s8_reference(const QFullyConnectedParams& p, const int8_t*
 
 namespace {
 template <bool kMax>
-void qpool(const Conv2DParams& p, int32_t act_min, int32_t act_max, const int8_t* x, int8_t* y) {
+void qpool(const Conv2DParams& p, int32_t act_min, int32_t act_max, const QAvgRequant* r,
+           const int8_t* x, int8_t* y) {
   const int64_t total = p.n * p.out_h * p.out_w * p.in_c;
 #pragma omp parallel for schedule(static) if (total * p.k_h * p.k_w > kParallelMacs)
   for (int64_t o = 0; o < total; ++o) {
@@ -85,7 +87,17 @@ void qpool(const Conv2DParams& p, int32_t act_min, int32_t act_max, const int8_t
       }
     }
     // A window always holds a valid tap (the geometry guarantees it); count > 0.
-    const int32_t v = kMax ? best : quant::average_pool_mean(sum, count);
+    int32_t v;
+    if (kMax) {
+      v = best;
+    } else if (r) {
+      LOWBIT_DCHECK(count < static_cast<int32_t>(r->per_count.size()), "qavg_pool2d: count");
+      v = quant::multiply_by_quantized_multiplier(sum - count * r->input_zero_point,
+                                                  r->per_count[count], r->rounding) +
+          r->output_zero_point;
+    } else {
+      v = quant::average_pool_mean(sum, count);
+    }
     y[o] = static_cast<int8_t>(std::clamp(v, act_min, act_max));
   }
 }
@@ -93,11 +105,21 @@ void qpool(const Conv2DParams& p, int32_t act_min, int32_t act_max, const int8_t
 
 void qmax_pool2d_s8_reference(const Conv2DParams& p, int32_t act_min, int32_t act_max,
                               const int8_t* x, int8_t* y) {
-  qpool<true>(p, act_min, act_max, x, y);
+  qpool<true>(p, act_min, act_max, nullptr, x, y);
 }
 void qavg_pool2d_s8_reference(const Conv2DParams& p, int32_t act_min, int32_t act_max,
-                              const int8_t* x, int8_t* y) {
-  qpool<false>(p, act_min, act_max, x, y);
+                              const QAvgRequant* requant, const int8_t* x, int8_t* y) {
+  qpool<false>(p, act_min, act_max, requant, x, y);
+}
+
+void fake_quant_bias_f32_reference(int64_t n, const float* b, float s_in, const float* s_w,
+                                   bool per_channel, float* y) {
+  for (int64_t c = 0; c < n; ++c) {
+    const float bs = quant::bias_scale(s_in, s_w[per_channel ? c : 0]);
+    const bool usable = std::isfinite(b[c]) && std::isfinite(bs) && bs > 0.0f &&
+                        std::isfinite(1.0 / static_cast<double>(bs));
+    y[c] = usable ? static_cast<float>(quant::quantize_bias(b[c], bs)) * bs : b[c];
+  }
 }
 
 void qadd_s8_reference(const quant::AddStage& stage, int64_t n, const int8_t* a, const int8_t* b,

@@ -49,8 +49,23 @@ void qfully_connected_s8_reference(const QFullyConnectedParams& p, const int8_t*
 // zero, TFLite), then the clamp.
 void qmax_pool2d_s8_reference(const Conv2DParams& p, int32_t act_min, int32_t act_max,
                               const int8_t* x, int8_t* y);
+// With `requant` (an average whose output has other parameters than its input, as a FakeQuant
+// after the pool gives it): y = clamp(MBQM(sum - count * zp_in, M[count]) + zp_out), with
+// M[count] = s_in / (s_out * count): the mean rounded once, to the output grid.
+struct QAvgRequant {
+  int32_t input_zero_point = 0, output_zero_point = 0;
+  std::vector<quant::QuantizedMultiplier> per_count;  // index: the window's valid taps
+  quant::Rounding rounding = quant::Rounding::kDouble;
+};
 void qavg_pool2d_s8_reference(const Conv2DParams& p, int32_t act_min, int32_t act_max,
-                              const int8_t* x, int8_t* y);
+                              const QAvgRequant* requant, const int8_t* x, int8_t* y);
+
+// Bias rounding of quantization-aware training: y[c] = q * bs, bs = f32(s_in * s_w[c]) and q =
+// quant::quantize_bias(b[c], bs), the int32 code the integer model stores; b[c] unchanged where
+// b[c] is not finite or bs is not finite and > 0 (a range not seen yet). s_w: n entries, or
+// one (per_channel false).
+void fake_quant_bias_f32_reference(int64_t n, const float* b, float s_in, const float* s_w,
+                                   bool per_channel, float* y);
 
 // Elementwise add of two s8 tensors of n elements each (same shape): AddStage::apply.
 void qadd_s8_reference(const quant::AddStage& stage, int64_t n, const int8_t* a, const int8_t* b,

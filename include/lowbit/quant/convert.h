@@ -1,0 +1,130 @@
+// Integer-only deployment (issue 13): convert a QAT model (quant::quantize_model, trained) to an
+// IntegerModel that runs int8 codes through the integer ops of lowbit/ops/int8.h, save it as one
+// file, load it back, and explain every scale (inspect).
+//
+//   nn::ModelPtr qat = quant::quantize_model(*float_model, quant::QuantizeConfig::preset("w8a8"));
+//   qat->compile({...});  qat->fit(x, y);
+//   quant::IntegerModel im = quant::convert_to_integer(*qat);
+//   Tensor logits = im.predict(x_test);        // f32 in, f32 out; int8 inside
+//   im.save("model.lbi");                      // atomic; IntegerModel::load validates
+//   std::cout << im.inspect_table();           // per layer: scales, M, (M0, shift), clamp
+//
+// What a converted op computes (docs/integer-inference.md walks one element through it):
+//   a conv / dense of the QAT model, with its folded batch norm, its fused ReLU/ReLU6 (own
+//   activation or the next layer) and the FakeQuant after it, becomes ONE qconv2d or
+//   qfully_connected: int8 weights w = round(FQ(W) / s_w[c]) (zero point 0, the grid of the
+//   trained weight quantizer), int32 bias round(b / (s_in * s_w[c])), and the output stage
+//   M[c] = s_in * s_w[c] / s_out as (M0, shift), clamped to the activation's codes.
+//   Activation grids are the trained FakeQuant's own (Quantizer::grid): the nudged (scale, zero
+//   point) of its range, so the integer model rounds to the grid the QAT model trained on. A
+//   grid of codes [qmin, qmax] (e.g. uint8 [0, 255], 4-bit [0, 15]) is stored as int8 codes
+//   shifted by -128 - qmin, and its clamp keeps the grid's own range (a 4-bit activation stays
+//   16 codes wide).
+//   The model input's FakeQuant becomes `quantize`, the model output `dequantize`.
+//   MaxPooling2D, AveragePooling2D (TFLite's rounding), Flatten, Reshape and Dropout keep their
+//   input's parameters.
+// Anything else (a layer class without an integer form here, a float layer between quantized
+// ones, an asymmetric weight grid, a torch/binary/ternary quantizer) is refused with
+// UnsupportedError naming the layer, its class and why; nothing is silently left in float.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lowbit/attrs.h"
+#include "lowbit/fixed_point.h"
+#include "lowbit/nn/model.h"
+
+namespace lowbit::quant {
+
+struct ConvertOptions {
+  Rounding rounding = Rounding::kDouble;  // of every output stage (spec 3.4)
+};
+
+// One tensor of an integer model: an activation (data undefined) or a constant (weights,
+// biases). Codes: real = scale[c] * (q - zero_point[c]) (one entry, or one per channel of the
+// last axis); f32 tensors (the model's input and output) have none.
+struct IntegerTensor {
+  std::string name;
+  DType dtype = DType::kS8;
+  Shape shape;  // activations: dim 0 unknown (the batch)
+  std::vector<double> scale;
+  std::vector<int32_t> zero_point;
+  int32_t qmin = -128, qmax = 127;  // the codes the grid uses (activations)
+  Tensor data;                      // constants only
+};
+
+// One integer op, with where it came from.
+struct IntegerOp {
+  std::string op;           // an op of lowbit/ops/int8.h, or "reshape"
+  std::vector<int> inputs;  // tensor indices
+  int output = -1;
+  Attrs attrs;
+  std::string layer;       // the QAT layer(s) it implements, e.g. "conv2d+relu+conv2d_quant"
+  std::string activation;  // fused activation (none, relu, relu6) and from which layer
+};
+
+class IntegerModel {
+ public:
+  IntegerModel();
+  ~IntegerModel();
+  IntegerModel(IntegerModel&&) noexcept;
+  IntegerModel& operator=(IntegerModel&&) noexcept;
+
+  std::vector<IntegerTensor> tensors;
+  std::vector<IntegerOp> ops;
+  int input = -1;   // f32 [?, ...]
+  int output = -1;  // f32 [?, ...]
+  std::string name;
+
+  // Runs the model on x (f32, the QAT model's input shape) in batches; returns f32 (the
+  // dequantized output). Plans are made once per batch shape and reused.
+  Tensor predict(const Tensor& x, int64_t batch_size = 256);
+  // Runs one batch and returns the codes of every tensor the ops produce, by tensor index
+  // (undefined for constants and the input): what the per-layer agreement test compares.
+  std::vector<Tensor> run_all(const Tensor& x);
+
+  // Writes one safetensors file: the graph as JSON metadata "lowbit.integer_model" (tensors with
+  // dtype, shape, scales and zero points; ops with their attributes), then the constants.
+  // Atomic (a temporary file renamed). IoError on failure.
+  void save(const std::string& path) const;
+  // Reads and validates a file written by save: IoError for a truncated or corrupted file,
+  // ValueError naming the tensor (or op) and the field for inconsistent contents (a bias that
+  // is not s32, a scale that is not finite and > 0, a shape that does not match the graph, a
+  // multiplier out of range).
+  static IntegerModel load(const std::string& path);
+
+  // The graph JSON (what save writes as metadata).
+  std::string graph_json() const;
+  // Bytes of the constants (weights and biases as stored).
+  int64_t constant_bytes() const;
+
+  // Per conv/dense op: input, weight and output scale and zero point, the bias scale and
+  // whether it equals f32(s_in * s_w), the real multiplier M, (M0, shift), the value M0 * 2^(shift
+  // - 31) and its relative error, the clamp and the activation it came from. JSON: a list of
+  // objects, one per op; table: fixed-width text.
+  std::string inspect_json() const;
+  std::string inspect_table() const;
+
+  // One output element of conv/dense op `op` (an index into ops) on input x (one or more
+  // examples, f32), walked through the integer arithmetic as text: the int8 input and weight
+  // codes of every tap (the first `max_taps` listed), the int32 accumulator, the bias, the
+  // requantization (M, M0, shift, each rounding step), the zero point, the clamp, and the code
+  // the runtime stored (they must agree; "MISMATCH" otherwise), with the real values.
+  // `element`: a flat index into the op's output for the first example. ValueError for an op
+  // that is not qconv2d/qfully_connected or an element out of range.
+  std::string walk_element(const Tensor& x, size_t op, int64_t element, int max_taps = 6);
+
+ private:
+  struct Runtime;
+  std::unique_ptr<Runtime> rt_;
+  Runtime& runtime();
+};
+
+// The conversion described above. Throws UnsupportedError for a layer that cannot be converted
+// (naming it, its class and why), ValueError for a model that is not a quantize_model result or
+// whose ranges were never calibrated (FakeQuant step 0).
+IntegerModel convert_to_integer(const nn::Model& qat, const ConvertOptions& options = {});
+
+}  // namespace lowbit::quant

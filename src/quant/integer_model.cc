@@ -1,0 +1,627 @@
+// IntegerModel (include/lowbit/quant/convert.h): the runtime (one graph of integer ops, an
+// executor per use, plans per batch shape), the model file (safetensors with the graph as JSON
+// metadata, validated on load) and inspect.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <set>
+#include <sstream>
+
+#include "lowbit/graph.h"
+#include "lowbit/io/safetensors.h"
+#include "lowbit/nn/layer.h"
+#include "lowbit/ops.h"
+#include "lowbit/quant/convert.h"
+
+namespace lowbit::quant {
+
+using nn::Json;
+
+// ---- runtime ---------------------------------------------------------------------------------
+
+struct IntegerModel::Runtime {
+  Graph g;
+  Value x;
+  std::vector<Value> values;  // per tensor (constants included)
+  std::unique_ptr<Executor> predict, all;
+  std::vector<int> produced;  // tensors the ops write, in op order
+};
+
+IntegerModel::IntegerModel() = default;
+IntegerModel::~IntegerModel() = default;
+IntegerModel::IntegerModel(IntegerModel&&) noexcept = default;
+IntegerModel& IntegerModel::operator=(IntegerModel&&) noexcept = default;
+
+IntegerModel::Runtime& IntegerModel::runtime() {
+  if (rt_) return *rt_;
+  auto rt = std::make_unique<Runtime>();
+  rt->values.resize(tensors.size());
+  const IntegerTensor& in = tensors.at(input);
+  rt->x = rt->g.placeholder(in.name, in.dtype, in.shape);
+  rt->values[input] = rt->x;
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (tensors[i].data.defined()) rt->values[i] = rt->g.constant(tensors[i].data, tensors[i].name);
+  for (const IntegerOp& op : ops) {
+    std::vector<Value> ins;
+    for (int t : op.inputs) {
+      if (!rt->values.at(t).defined())
+        LOWBIT_THROW(ValueError, "IntegerModel: op '", op.op, "' (", op.layer, ") reads tensor '",
+                     tensors.at(t).name, "' before any op writes it");
+      ins.push_back(rt->values[t]);
+    }
+    rt->values.at(op.output) = ops::apply(op.op, ins, op.attrs).at(0);
+    rt->produced.push_back(op.output);
+  }
+  if (!rt->values.at(output).defined())
+    LOWBIT_THROW(ValueError, "IntegerModel: no op writes the output tensor '",
+                 tensors.at(output).name, "'");
+  rt_ = std::move(rt);
+  return *rt_;
+}
+
+Tensor IntegerModel::predict(const Tensor& x, int64_t batch_size) {
+  Runtime& rt = runtime();
+  const IntegerTensor& in = tensors.at(input);
+  if (x.dtype() != in.dtype || x.rank() != in.shape.rank())
+    LOWBIT_THROW(ShapeError, "IntegerModel::predict: expected x ", dtype_name(in.dtype),
+                 in.shape.str(), " but found ", dtype_name(x.dtype()), x.shape().str());
+  for (int d = 1; d < x.rank(); ++d)
+    if (in.shape[d] != kUnknown && in.shape[d] != x.shape()[d])
+      LOWBIT_THROW(ShapeError, "IntegerModel::predict: expected x ", dtype_name(in.dtype),
+                   in.shape.str(), " but found ", dtype_name(x.dtype()), x.shape().str());
+  if (batch_size < 1)
+    LOWBIT_THROW(ValueError, "IntegerModel::predict: batch_size must be >= 1 but is ", batch_size);
+  if (!rt.predict)
+    rt.predict = std::make_unique<Executor>(rt.g, std::vector<Value>{rt.values[output]});
+  const int64_t n = x.shape()[0];
+  std::vector<int64_t> od = tensors.at(output).shape.dims();
+  od[0] = n;
+  Tensor out(Shape(od), DType::kF32);
+  const int64_t row_in = n ? x.numel() / n : 0, row_out = n ? out.numel() / n : 0;
+  for (int64_t b = 0; b < n; b += batch_size) {
+    const int64_t m = std::min(batch_size, n - b);
+    std::vector<int64_t> xd = x.shape().dims();
+    xd[0] = m;
+    Tensor xb = Tensor::wrap(static_cast<float*>(x.raw()) + b * row_in, Shape(xd), DType::kF32);
+    const Tensor yb = rt.predict->run({{rt.x, xb}})[0];
+    std::copy(yb.data<float>(), yb.data<float>() + m * row_out, out.data<float>() + b * row_out);
+  }
+  return out;
+}
+
+std::vector<Tensor> IntegerModel::run_all(const Tensor& x) {
+  Runtime& rt = runtime();
+  std::vector<Value> fetches;
+  for (int t : rt.produced) fetches.push_back(rt.values[t]);
+  if (!rt.all) rt.all = std::make_unique<Executor>(rt.g, fetches);
+  const std::vector<Tensor> r = rt.all->run({{rt.x, x}});
+  std::vector<Tensor> out(tensors.size());
+  for (size_t i = 0; i < rt.produced.size(); ++i) out[rt.produced[i]] = r[i];
+  return out;
+}
+
+int64_t IntegerModel::constant_bytes() const {
+  int64_t b = 0;
+  for (const IntegerTensor& t : tensors)
+    if (t.data.defined()) b += static_cast<int64_t>(t.data.nbytes());
+  return b;
+}
+
+// ---- the file ----------------------------------------------------------------------------------
+
+namespace {
+
+constexpr const char* kMetaKey = "lowbit.integer_model";
+constexpr int kFormatVersion = 1;
+
+Json attr_json(const Attr& a) {
+  return std::visit(
+      [](const auto& v) -> Json {
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, int64_t>)
+          return Json{{"i", v}};
+        else if constexpr (std::is_same_v<T, double>)
+          return Json{{"f", v}};
+        else if constexpr (std::is_same_v<T, bool>)
+          return Json{{"b", v}};
+        else if constexpr (std::is_same_v<T, std::string>)
+          return Json{{"s", v}};
+        else if constexpr (std::is_same_v<T, std::vector<int64_t>>)
+          return Json{{"ints", v}};
+        else if constexpr (std::is_same_v<T, std::vector<double>>)
+          return Json{{"floats", v}};
+        else
+          LOWBIT_THROW(ValueError, "IntegerModel: an op attribute of this kind cannot be saved");
+      },
+      a.get());
+}
+
+Attr attr_from_json(const Json& j, const std::string& where) {
+  if (!j.is_object() || j.size() != 1)
+    LOWBIT_THROW(ValueError, where, ": expected an object with one of i, f, b, s, ints, floats");
+  const auto& [k, v] = *j.items().begin();
+  try {
+    if (k == "i") return Attr(v.get<int64_t>());
+    if (k == "f") return Attr(v.get<double>());
+    if (k == "b") return Attr(v.get<bool>());
+    if (k == "s") return Attr(v.get<std::string>());
+    if (k == "ints") return Attr(v.get<std::vector<int64_t>>());
+    if (k == "floats") return Attr(v.get<std::vector<double>>());
+  } catch (const Json::exception& e) {
+    LOWBIT_THROW(ValueError, where, ": ", e.what());
+  }
+  LOWBIT_THROW(ValueError, where, ": unknown attribute kind '", k, "'");
+}
+
+}  // namespace
+
+std::string IntegerModel::graph_json() const {
+  Json j;
+  j["format"] = "lowbit.integer_model";
+  j["version"] = kFormatVersion;
+  j["name"] = name;
+  j["input"] = input;
+  j["output"] = output;
+  Json ts = Json::array();
+  for (const IntegerTensor& t : tensors) {
+    Json e;
+    e["name"] = t.name;
+    e["dtype"] = dtype_name(t.dtype);
+    e["shape"] = t.shape.dims();
+    e["scale"] = t.scale;
+    e["zero_point"] = t.zero_point;
+    e["qmin"] = t.qmin;
+    e["qmax"] = t.qmax;
+    e["constant"] = t.data.defined();
+    ts.push_back(e);
+  }
+  j["tensors"] = ts;
+  Json os = Json::array();
+  for (const IntegerOp& op : ops) {
+    Json e;
+    e["op"] = op.op;
+    e["inputs"] = op.inputs;
+    e["output"] = op.output;
+    e["layer"] = op.layer;
+    e["activation"] = op.activation;
+    Json a = Json::object();
+    for (const auto& [k, v] : op.attrs.items()) a[k] = attr_json(v);
+    e["attrs"] = a;
+    os.push_back(e);
+  }
+  j["ops"] = os;
+  return j.dump();
+}
+
+void IntegerModel::save(const std::string& path) const {
+  io::SafetensorsFile f;
+  f.metadata[kMetaKey] = graph_json();
+  for (const IntegerTensor& t : tensors)
+    if (t.data.defined()) f.tensors.emplace_back(t.name, t.data);
+  io::write_safetensors(path, f);
+}
+
+namespace {
+
+[[noreturn]] void bad(const std::string& path, const std::string& what) {
+  LOWBIT_THROW(ValueError, "IntegerModel::load: ", path, ": ", what);
+}
+
+template <class T>
+T field(const std::string& path, const Json& j, const char* key, const std::string& where) {
+  if (!j.is_object() || !j.contains(key)) bad(path, where + ": field '" + key + "' is missing");
+  try {
+    return j.at(key).get<T>();
+  } catch (const Json::exception&) {
+    bad(path, where + ": field '" + key + "' has the wrong type");
+  }
+}
+
+}  // namespace
+
+IntegerModel IntegerModel::load(const std::string& path) {
+  const io::SafetensorsFile f = io::read_safetensors(path);
+  const auto meta = f.metadata.find(kMetaKey);
+  if (meta == f.metadata.end())
+    bad(path, std::string("no '") + kMetaKey +
+                  "' metadata: not an integer model (a float or QAT model file?)");
+  Json j;
+  try {
+    j = Json::parse(meta->second);
+  } catch (const Json::exception& e) {
+    bad(path, std::string("the graph JSON does not parse: ") + e.what());
+  }
+  if (field<std::string>(path, j, "format", "graph") != "lowbit.integer_model")
+    bad(path, "graph: field 'format' is not 'lowbit.integer_model'");
+  if (const int v = field<int>(path, j, "version", "graph"); v != kFormatVersion)
+    bad(path, "graph: version " + std::to_string(v) + " is not supported (this build reads " +
+                  std::to_string(kFormatVersion) + ")");
+  IntegerModel m;
+  m.name = field<std::string>(path, j, "name", "graph");
+  const Json ts = j.contains("tensors") ? j.at("tensors") : Json();
+  if (!ts.is_array()) bad(path, "graph: field 'tensors' must be a list");
+  std::set<std::string> used;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const Json& e = ts[i];
+    IntegerTensor t;
+    t.name = field<std::string>(path, e, "name", "tensor " + std::to_string(i));
+    const std::string where = "tensor '" + t.name + "'";
+    try {
+      t.dtype = dtype_from_name(field<std::string>(path, e, "dtype", where));
+    } catch (const Error&) {
+      bad(path, where + ": field 'dtype' is not a dtype");
+    }
+    std::vector<int64_t> dims = field<std::vector<int64_t>>(path, e, "shape", where);
+    for (int64_t d : dims)
+      if (d < kUnknown) bad(path, where + ": field 'shape' has a negative dim");
+    t.shape = Shape(dims);
+    t.scale = field<std::vector<double>>(path, e, "scale", where);
+    t.zero_point = field<std::vector<int32_t>>(path, e, "zero_point", where);
+    t.qmin = field<int32_t>(path, e, "qmin", where);
+    t.qmax = field<int32_t>(path, e, "qmax", where);
+    if (t.scale.size() != t.zero_point.size())
+      bad(path, where + ": 'scale' and 'zero_point' differ in length");
+    for (double s : t.scale)
+      if (!std::isfinite(s) || !(s > 0))
+        bad(path, where + ": field 'scale' holds " + std::to_string(s) + " (must be finite, > 0)");
+    if (t.dtype == DType::kS8) {
+      if (t.qmin < -128 || t.qmax > 127 || t.qmin > t.qmax)
+        bad(path, where + ": fields 'qmin', 'qmax' must satisfy -128 <= qmin <= qmax <= 127");
+      for (int32_t zp : t.zero_point)
+        if (zp < -128 || zp > 127) bad(path, where + ": field 'zero_point' is outside int8");
+    }
+    if (field<bool>(path, e, "constant", where)) {
+      const Tensor* d = f.find(t.name);
+      if (!d) bad(path, where + ": constant data is missing from the file");
+      if (d->dtype() != t.dtype || d->shape() != t.shape)
+        bad(path, where + ": data is " + dtype_name(d->dtype()) + d->shape().str() +
+                      " but the graph says " + dtype_name(t.dtype) + t.shape.str());
+      t.data = *d;
+      used.insert(t.name);
+    }
+    m.tensors.push_back(std::move(t));
+  }
+  const int n = static_cast<int>(m.tensors.size());
+  m.input = field<int>(path, j, "input", "graph");
+  m.output = field<int>(path, j, "output", "graph");
+  if (m.input < 0 || m.input >= n || m.output < 0 || m.output >= n)
+    bad(path, "graph: 'input' or 'output' is not a tensor index");
+  const Json os = j.contains("ops") ? j.at("ops") : Json();
+  if (!os.is_array()) bad(path, "graph: field 'ops' must be a list");
+  std::vector<bool> written(n, false);
+  written[m.input] = true;
+  for (int i = 0; i < n; ++i) written[i] = written[i] || m.tensors[i].data.defined();
+  static const std::set<std::string> kOps = {
+      "qconv2d",    "qfully_connected", "qmax_pool2d", "qavg_pool2d", "qadd",
+      "requantize", "quantize",         "dequantize",  "reshape"};
+  for (size_t i = 0; i < os.size(); ++i) {
+    const Json& e = os[i];
+    IntegerOp op;
+    const std::string where0 = "op " + std::to_string(i);
+    op.op = field<std::string>(path, e, "op", where0);
+    if (!kOps.count(op.op))
+      bad(path, where0 + ": field 'op' names no integer op ('" + op.op + "')");
+    op.layer = field<std::string>(path, e, "layer", where0);
+    const std::string where = where0 + " (" + op.op + ", " + op.layer + ")";
+    op.activation = field<std::string>(path, e, "activation", where);
+    op.inputs = field<std::vector<int>>(path, e, "inputs", where);
+    op.output = field<int>(path, e, "output", where);
+    for (int t : op.inputs) {
+      if (t < 0 || t >= n) bad(path, where + ": input " + std::to_string(t) + " is not a tensor");
+      if (!written[t])
+        bad(path, where + ": reads tensor '" + m.tensors[t].name + "' before any op writes it");
+    }
+    if (op.output < 0 || op.output >= n || written[op.output])
+      bad(path, where + ": field 'output' must be a tensor no earlier op or constant writes");
+    written[op.output] = true;
+    const Json a = e.contains("attrs") ? e.at("attrs") : Json::object();
+    if (!a.is_object()) bad(path, where + ": field 'attrs' must be an object");
+    for (const auto& [k, v] : a.items())
+      op.attrs.set(k, attr_from_json(v, "IntegerModel::load: " + path + ": " + where +
+                                            ": attribute '" + k + "'"));
+    if ((op.op == "qconv2d" || op.op == "qfully_connected") && op.inputs.size() == 3) {
+      const IntegerTensor& b = m.tensors[op.inputs[2]];
+      if (b.dtype != DType::kS32)
+        bad(path,
+            where + ": bias tensor '" + b.name + "' must be s32 but is " + dtype_name(b.dtype));
+    }
+    m.ops.push_back(std::move(op));
+  }
+  for (const auto& [name, t] : f.tensors)
+    if (!used.count(name)) bad(path, "tensor '" + name + "' is in the file but not in the graph");
+  // Build the graph now: every op's shape rule and attribute check runs (a multiplier out of
+  // range, a shape that does not match), so a bad file fails here, not at the first predict.
+  try {
+    m.runtime();
+  } catch (const Error& e) {
+    bad(path, std::string("the graph is inconsistent: ") + e.what());
+  }
+  return m;
+}
+
+// ---- inspect
+// -------------------------------------------------------------------------------------
+
+namespace {
+
+Json inspect_op(const IntegerModel& m, const IntegerOp& op) {
+  Json e;
+  e["op"] = op.op;
+  e["layer"] = op.layer;
+  const Attrs& a = op.attrs;
+  if (op.op != "qconv2d" && op.op != "qfully_connected") {
+    // The parameters the other ops read: quantize/dequantize one grid, requantize and a
+    // requantizing average pool two; pools and reshapes keep their input's.
+    if (a.has("scale")) e["grid"] = {{"scale", a.f("scale")}, {"zero_point", a.i("zero_point")}};
+    if (a.has("input_scale"))
+      e["input"] = {{"scale", a.f("input_scale")}, {"zero_point", a.i("input_zero_point")}};
+    if (a.has("output_scale")) {
+      e["output"] = {{"scale", a.f("output_scale")}, {"zero_point", a.i("output_zero_point")}};
+      const double m = a.f("input_scale") / a.f("output_scale");
+      const QuantizedMultiplier qm = quantize_multiplier(m);
+      e["M"] = m;
+      e["M0"] = qm.multiplier;
+      e["shift"] = qm.shift;
+    }
+    if (a.has("act_min")) e["clamp"] = {a.i("act_min"), a.i("act_max", 127)};
+    return e;
+  }
+  const double s_in = a.f("input_scale"), s_out = a.f("output_scale");
+  const int64_t zp_in = a.i("input_zero_point"), zp_out = a.i("output_zero_point");
+  const std::vector<double>& sw = a.floats("weight_scales");
+  const IntegerTensor& bias = m.tensors.at(op.inputs.at(2));
+  e["input"] = {{"scale", s_in}, {"zero_point", zp_in}};
+  e["output"] = {{"scale", s_out}, {"zero_point", zp_out}};
+  e["activation"] = op.activation;
+  const Rounding r = a.s("rounding", "double") == "single" ? Rounding::kSingle : Rounding::kDouble;
+  const FusedActivation act = fused_activation_from_name(a.s("activation", "none"));
+  Json ch = Json::array();
+  for (size_t c = 0; c < sw.size(); ++c) {
+    const ConvOutputStage st =
+        make_conv_output_stage({.input_scale = static_cast<float>(s_in),
+                                .weight_scale = static_cast<float>(sw[c]),
+                                .output_scale = static_cast<float>(s_out),
+                                .output_zero_point = static_cast<int32_t>(zp_out),
+                                .activation = act,
+                                .rounding = r});
+    const float want_bias_scale = bias_scale(static_cast<float>(s_in), static_cast<float>(sw[c]));
+    const double stored_bias_scale = bias.scale.size() > c ? bias.scale[c] : 0.0;
+    const double rec = quantized_multiplier_value(st.multiplier);
+    const int32_t lo = std::max<int32_t>(st.act_min, static_cast<int32_t>(a.i("act_min", -128)));
+    const int32_t hi = std::min<int32_t>(st.act_max, static_cast<int32_t>(a.i("act_max", 127)));
+    ch.push_back({{"channel", c},
+                  {"weight_scale", sw[c]},
+                  {"bias_scale", stored_bias_scale},
+                  {"bias_scale_is_s_in_times_s_w", stored_bias_scale == want_bias_scale},
+                  {"M", st.effective_multiplier},
+                  {"M0", st.multiplier.multiplier},
+                  {"shift", st.multiplier.shift},
+                  {"M_reconstructed", rec},
+                  {"M_rel_error", std::fabs(rec - st.effective_multiplier) /
+                                      std::max(st.effective_multiplier, 1e-300)},
+                  {"clamp", {lo, hi}}});
+  }
+  e["channels"] = ch;
+  return e;
+}
+
+}  // namespace
+
+std::string IntegerModel::walk_element(const Tensor& x, size_t op_index, int64_t element,
+                                       int max_taps) {
+  if (op_index >= ops.size())
+    LOWBIT_THROW(ValueError, "IntegerModel::walk_element: op ", op_index, " does not exist (",
+                 ops.size(), " ops)");
+  const IntegerOp& op = ops[op_index];
+  if (op.op != "qconv2d" && op.op != "qfully_connected")
+    LOWBIT_THROW(ValueError, "IntegerModel::walk_element: op ", op_index, " is ", op.op,
+                 "; choose a qconv2d or qfully_connected op (inspect_table lists them)");
+  const std::vector<Tensor> codes = run_all(x);
+  const Tensor& xin = op.inputs[0] == input ? Tensor() : codes.at(op.inputs[0]);
+  const Tensor& yout = codes.at(op.output);
+  if (!xin.defined())
+    LOWBIT_THROW(ValueError, "IntegerModel::walk_element: op ", op_index, " reads the f32 input");
+  const int64_t per_example = yout.numel() / yout.shape()[0];
+  if (element < 0 || element >= per_example)
+    LOWBIT_THROW(ValueError, "IntegerModel::walk_element: element ", element,
+                 " is outside the op's output ", yout.shape().str(), " (", per_example,
+                 " elements per example)");
+  const Tensor& w = tensors.at(op.inputs[1]).data;
+  const Tensor& b = tensors.at(op.inputs[2]).data;
+  const Attrs& a = op.attrs;
+  const Shape& xs = xin.shape();
+  const Shape& ws = w.shape();
+  const Shape& ys = yout.shape();
+  const int64_t cout = ys[ys.rank() - 1];
+  const int64_t c = element % cout;
+  const int32_t zp_in = static_cast<int32_t>(a.i("input_zero_point"));
+  const int8_t* xp = xin.data<int8_t>();
+  const int8_t* wp = w.data<int8_t>();
+  struct Tap {
+    std::string where;
+    int32_t x, w;
+  };
+  std::vector<Tap> taps;
+  if (op.op == "qfully_connected") {
+    const int64_t depth = ws[0];
+    const int64_t row = element / cout;
+    for (int64_t k = 0; k < depth; ++k)
+      taps.push_back({"k=" + std::to_string(k), xp[row * depth + k], wp[k * cout + c]});
+  } else {
+    const auto ints = [&](const char* k, int64_t d) {
+      std::vector<int64_t> v = a.has(k) ? a.ints(k) : std::vector<int64_t>{d, d};
+      if (v.size() == 1) v.push_back(v[0]);
+      return v;
+    };
+    const std::vector<int64_t> st = ints("strides", 1), dl = ints("dilations", 1);
+    const int64_t groups = a.i("groups", 1);
+    const int64_t cig = ws[2], cog = cout / groups, g = c / cog;
+    const int64_t ow = (element / cout) % ys[2], oh = element / (cout * ys[2]);
+    int64_t pad_top = 0, pad_left = 0;
+    if (a.s("padding", "valid") == "same") {
+      pad_top = std::max<int64_t>((ys[1] - 1) * st[0] + (ws[0] - 1) * dl[0] + 1 - xs[1], 0) / 2;
+      pad_left = std::max<int64_t>((ys[2] - 1) * st[1] + (ws[1] - 1) * dl[1] + 1 - xs[2], 0) / 2;
+    }
+    for (int64_t kh = 0; kh < ws[0]; ++kh)
+      for (int64_t kw = 0; kw < ws[1]; ++kw) {
+        const int64_t ih = oh * st[0] - pad_top + kh * dl[0];
+        const int64_t iw = ow * st[1] - pad_left + kw * dl[1];
+        if (ih < 0 || iw < 0 || ih >= xs[1] || iw >= xs[2]) continue;  // padding: x = zp_in
+        for (int64_t ci = 0; ci < cig; ++ci) {
+          const int64_t cin = g * cig + ci;
+          char where[192];
+          std::snprintf(where, sizeof where, "x[%lld,%lld,%lld] w[%lld,%lld,%lld,%lld]",
+                        static_cast<long long>(ih), static_cast<long long>(iw),
+                        static_cast<long long>(cin), static_cast<long long>(kh),
+                        static_cast<long long>(kw), static_cast<long long>(ci),
+                        static_cast<long long>(c));
+          taps.push_back({where, xp[(ih * xs[2] + iw) * xs[3] + cin],
+                          wp[((kh * ws[1] + kw) * ws[2] + ci) * ws[3] + c]});
+        }
+      }
+  }
+  const std::vector<double>& sw_all = a.floats("weight_scales");
+  const float s_in = static_cast<float>(a.f("input_scale"));
+  const float s_w = static_cast<float>(sw_all.size() == 1 ? sw_all[0] : sw_all[c]);
+  const float s_out = static_cast<float>(a.f("output_scale"));
+  const int32_t zp_out = static_cast<int32_t>(a.i("output_zero_point"));
+  const Rounding r = a.s("rounding", "double") == "single" ? Rounding::kSingle : Rounding::kDouble;
+  const ConvOutputStage stage =
+      make_conv_output_stage({.input_scale = s_in,
+                              .weight_scale = s_w,
+                              .output_scale = s_out,
+                              .output_zero_point = zp_out,
+                              .activation = fused_activation_from_name(a.s("activation", "none")),
+                              .rounding = r});
+  const int32_t lo = std::max<int32_t>(stage.act_min, static_cast<int32_t>(a.i("act_min", -128)));
+  const int32_t hi = std::min<int32_t>(stage.act_max, static_cast<int32_t>(a.i("act_max", 127)));
+  std::ostringstream os;
+  char line[512];
+  os << "op " << op_index << " " << op.op << " (" << op.layer << "), output element " << element
+     << " of " << ys.str() << ", channel " << c << "\n";
+  std::snprintf(line, sizeof line,
+                "  input s_in = %.9g, zp_in = %d; weight s_w[%lld] = %.9g, zp 0; output s_out = "
+                "%.9g, zp_out = %d\n",
+                s_in, zp_in, static_cast<long long>(c), s_w, s_out, zp_out);
+  os << line;
+  int64_t acc = 0;
+  int shown = 0;
+  for (const Tap& t : taps) {
+    acc += int64_t{t.x - zp_in} * t.w;
+    if (shown < max_taps) {
+      std::snprintf(line, sizeof line, "  %-40s (%4d - %4d) * %4d = %7d\n", t.where.c_str(), t.x,
+                    zp_in, t.w, (t.x - zp_in) * t.w);
+      os << line;
+      ++shown;
+    }
+  }
+  if (static_cast<int>(taps.size()) > shown)
+    os << "  ... " << taps.size() - shown << " more taps (" << taps.size() << " in all)\n";
+  const int32_t bias = b.data<int32_t>()[c];
+  const int64_t total = acc + bias;
+  const float bs = bias_scale(s_in, s_w);
+  std::snprintf(line, sizeof line,
+                "  accumulator sum (x - zp_in) * w = %lld; + bias %d (int32 at s_in * s_w = "
+                "%.9g, i.e. %.9g) = %lld\n",
+                static_cast<long long>(acc), bias, bs, bias * static_cast<double>(bs),
+                static_cast<long long>(total));
+  os << line;
+  const int32_t acc32 = static_cast<int32_t>(total);
+  const QuantizedMultiplier qm = stage.multiplier;
+  std::snprintf(line, sizeof line,
+                "  M = s_in * s_w / s_out = %.9g = M0 * 2^(shift - 31) with M0 = %d, shift = %d "
+                "(%.9g)\n",
+                stage.effective_multiplier, qm.multiplier, qm.shift,
+                quantized_multiplier_value(qm));
+  os << line;
+  const int32_t scaled = multiply_by_quantized_multiplier(acc32, qm, r);
+  if (r == Rounding::kDouble) {
+    const int left = qm.shift > 0 ? qm.shift : 0, right = qm.shift > 0 ? 0 : -qm.shift;
+    const int32_t shifted = static_cast<int32_t>(
+        std::clamp<int64_t>(int64_t{acc32} * (int64_t{1} << left), INT32_MIN, INT32_MAX));
+    const int32_t high = saturating_rounding_doubling_high_mul(shifted, qm.multiplier);
+    std::snprintf(line, sizeof line,
+                  "  double rounding: high_mul(%d << %d, M0) = round(%d * M0 / 2^31) = %d; "
+                  "rounding_divide_by_pot(%d, %d) = %d   (exact: %.4f)\n",
+                  acc32, left, shifted, high, high, right, scaled,
+                  static_cast<double>(acc32) * stage.effective_multiplier);
+  } else {
+    std::snprintf(line, sizeof line,
+                  "  single rounding: round(%d * M0 / 2^%d) = %d   (exact: %.4f)\n", acc32,
+                  31 - qm.shift, scaled, static_cast<double>(acc32) * stage.effective_multiplier);
+  }
+  os << line;
+  const int32_t with_zp = scaled + zp_out;
+  const int32_t code = std::clamp(with_zp, lo, hi);
+  std::snprintf(line, sizeof line, "  + zp_out %d = %d; clamp [%d, %d] (%s) = %d\n", zp_out,
+                with_zp, lo, hi, op.activation.c_str(), code);
+  os << line;
+  const int32_t stored = yout.data<int8_t>()[element];
+  std::snprintf(line, sizeof line,
+                "  stored code %d%s; real value s_out * (q - zp_out) = %.6g (float: s_in * s_w "
+                "* acc = %.6g)\n",
+                stored, stored == code ? " (equal)" : " MISMATCH", s_out * (stored - zp_out),
+                static_cast<double>(s_in) * s_w * static_cast<double>(total));
+  os << line;
+  return os.str();
+}
+
+std::string IntegerModel::inspect_json() const {
+  Json all = Json::array();
+  for (const IntegerOp& op : ops) all.push_back(inspect_op(*this, op));
+  return all.dump(2);
+}
+
+std::string IntegerModel::inspect_table() const {
+  std::ostringstream os;
+  char line[512];
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const IntegerOp& op = ops[i];
+    const Json e = inspect_op(*this, op);
+    os << "op " << i << ": " << op.op << "  " << op.layer << "\n";
+    if (!e.contains("channels")) {
+      if (e.contains("grid")) {
+        std::snprintf(line, sizeof line, "  scale %.9g zp %d\n", e["grid"]["scale"].get<double>(),
+                      e["grid"]["zero_point"].get<int>());
+        os << line;
+      }
+      if (e.contains("output")) {
+        std::snprintf(line, sizeof line,
+                      "  input  scale %.9g zp %d | output scale %.9g zp %d | M %.9g = M0 %d, "
+                      "shift %d\n",
+                      e["input"]["scale"].get<double>(), e["input"]["zero_point"].get<int>(),
+                      e["output"]["scale"].get<double>(), e["output"]["zero_point"].get<int>(),
+                      e["M"].get<double>(), e["M0"].get<int>(), e["shift"].get<int>());
+        os << line;
+      }
+      if (e.contains("clamp")) {
+        std::snprintf(line, sizeof line, "  clamp [%d, %d]\n", e["clamp"][0].get<int>(),
+                      e["clamp"][1].get<int>());
+        os << line;
+      }
+      continue;
+    }
+    std::snprintf(line, sizeof line,
+                  "  input  scale %.9g zp %d | output scale %.9g zp %d | activation %s\n",
+                  e["input"]["scale"].get<double>(), e["input"]["zero_point"].get<int>(),
+                  e["output"]["scale"].get<double>(), e["output"]["zero_point"].get<int>(),
+                  op.activation.c_str());
+    os << line;
+    std::snprintf(line, sizeof line, "  %4s %13s %13s %5s %13s %11s %6s %13s %9s %11s\n", "ch",
+                  "s_w", "bias scale", "=s*s", "M", "M0", "shift", "M0*2^(s-31)", "rel err",
+                  "clamp");
+    os << line;
+    for (const Json& c : e["channels"]) {
+      std::snprintf(
+          line, sizeof line, "  %4d %13.6e %13.6e %5s %13.6e %11d %6d %13.6e %9.2e [%d, %d]\n",
+          c["channel"].get<int>(), c["weight_scale"].get<double>(), c["bias_scale"].get<double>(),
+          c["bias_scale_is_s_in_times_s_w"].get<bool>() ? "yes" : "NO", c["M"].get<double>(),
+          c["M0"].get<int>(), c["shift"].get<int>(), c["M_reconstructed"].get<double>(),
+          c["M_rel_error"].get<double>(), c["clamp"][0].get<int>(), c["clamp"][1].get<int>());
+      os << line;
+    }
+  }
+  return os.str();
+}
+
+}  // namespace lowbit::quant
