@@ -14,6 +14,7 @@ const ort = require('onnxruntime-node');
 const args = process.argv.slice(2);
 const opt = (k, d) => { const i = args.indexOf(k); return i >= 0 ? args[i + 1] : d; };
 const dir = path.resolve(opt('--models', path.join(path.dirname(new URL(import.meta.url).pathname), 'models')));
+const PROFILE_RUNS = 3;  // profiled runs after the first; kernel counts and times are their means
 const meta = JSON.parse(fs.readFileSync(path.join(dir, 'meta.json'), 'utf8'));
 
 function readF32(f) { const b = fs.readFileSync(f); return new Float32Array(b.buffer, b.byteOffset, b.length / 4); }
@@ -28,13 +29,20 @@ async function check(name, file, ref, outScale, extra) {
     graphOptimizationLevel: 'all', extra, enableProfiling: true, profileFilePrefix: path.join(prof, 'p') });
   const x = readF32(path.join(dir, ref + '_in.f32'));
   const want = readF32(path.join(dir, ref + '_out.f32'));
-  const out = (await s.run({ input: new ort.Tensor('float32', x, m.in_shape) })).output.data;
+  const feeds = { input: new ort.Tensor('float32', x, m.in_shape) };
+  const out = (await s.run(feeds)).output.data;
+  for (let i = 0; i < PROFILE_RUNS; i++) await s.run(feeds);
   s.endProfiling();
-  const kernels = {};
+  const kernels = {}, kernelUs = {};
   for (const pf of fs.readdirSync(prof)) {
-    for (const ev of JSON.parse(fs.readFileSync(path.join(prof, pf), 'utf8')))
-      if (ev.cat === 'Node' && ev.args && ev.args.op_name && ev.name.endsWith('_kernel_time'))
-        kernels[ev.args.op_name] = (kernels[ev.args.op_name] || 0) + 1;
+    const evs = JSON.parse(fs.readFileSync(path.join(prof, pf), 'utf8'));
+    // kernel counts and times from the runs after the first one (warm-up: allocations, packing)
+    const runs = evs.filter((e) => e.cat === 'Session' && e.name === 'model_run').sort((a, b) => a.ts - b.ts);
+    const after = runs.length ? runs[0].ts + runs[0].dur : 0;
+    for (const ev of evs)
+      if (ev.cat === 'Node' && ev.ts > after && ev.args && ev.args.op_name && ev.name.endsWith('_kernel_time'))
+        kernels[ev.args.op_name] = (kernels[ev.args.op_name] || 0) + 1 / PROFILE_RUNS,
+        kernelUs[ev.args.op_name] = (kernelUs[ev.args.op_name] || 0) + ev.dur / PROFILE_RUNS;
   }
   fs.rmSync(prof, { recursive: true, force: true });
   let maxd = 0, sumd = 0;
@@ -45,7 +53,8 @@ async function check(name, file, ref, outScale, extra) {
   return { bench: 'ort_check', model: file, session_config: extra, reference: 'pytorch ' + (ref.endsWith('float') ? 'float32' : 'int8 ' + meta.engine),
     n, max_abs_diff: maxd, mean_abs_diff: sumd / want.length, int8_out_scale: outScale,
     max_diff_lsb: maxd / outScale, mean_diff_lsb: sumd / want.length / outScale,
-    argmax_agreement: agree / n, kernels_run: kernels };
+    argmax_agreement: agree / n, kernels_run: Object.fromEntries(Object.entries(kernels).map(([k, v]) => [k, Math.round(v)])),
+    kernel_time_us_per_run_1thread: Object.fromEntries(Object.entries(kernelUs).map(([k, v]) => [k, Math.round(v)])) };
 }
 
 // session.qdqisint8allowed=1: lets ORT fuse int8-activation (S8S8) QDQ groups into QLinear* ops on
