@@ -3,8 +3,18 @@
 --sample seconds (from /proc/stat, while this script only sleeps), and the top
 CPU users.  With --wait S, waits up to S seconds for fewer than --idle busy
 CPUs first.  Prints one JSON line (bench "machine_state").  Benchmarks on a
-2-core machine mean little while something else runs."""
-import argparse, json, os, time
+2-core machine mean little while something else runs.
+
+  machine_state.py --step NAME [--wait S]              # before a step
+  machine_state.py --step NAME --run -- CMD ARGS...    # runs CMD, then reports the CPU
+      time other processes used WHILE it ran (all busy CPU time minus CMD's own)"""
+import argparse, json, os, resource, subprocess, sys, time
+
+
+def stat_ticks():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v[:8]) - v[3] - v[4]  # busy ticks, all CPUs
 
 
 def busy_cpus(sample):
@@ -50,7 +60,24 @@ ap.add_argument("--step", default="")
 ap.add_argument("--sample", type=float, default=1.0)
 ap.add_argument("--wait", type=float, default=0.0)
 ap.add_argument("--idle", type=float, default=0.25, help="busy CPUs below which the machine counts as idle")
-a = ap.parse_args()
+argv, cmd = sys.argv[1:], None
+if "--run" in argv:  # --run [--] CMD ARGS...: run CMD and report others' CPU use during it
+    i = argv.index("--run"); argv, cmd = argv[:i], argv[i + 1:]
+    cmd = cmd[1:] if cmd and cmd[0] == "--" else cmd
+a = ap.parse_args(argv)
+if cmd:
+    hz = os.sysconf("SC_CLK_TCK")
+    t0, b0 = time.time(), stat_ticks()
+    rc = subprocess.call(cmd, stdout=subprocess.DEVNULL)
+    wall, busy = time.time() - t0, (stat_ticks() - b0) / hz
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = ru.ru_utime + ru.ru_stime
+    others = max(0.0, busy - own)
+    print(json.dumps({"bench": "machine_state", "step": a.step, "during": True,
+                      "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": round(wall, 1),
+                      "own_cpu_s": round(own, 1), "others_cpu_s": round(others, 1),
+                      "others_busy_cpus_mean": round(others / wall, 3), "rc": rc}), flush=True)
+    sys.exit(rc)
 t0 = time.time()
 b = busy_cpus(a.sample)
 while b >= a.idle and time.time() - t0 < a.wait:

@@ -55,6 +55,8 @@ mkdir -p "$(dirname "$RESULTS")"
 export PEER_RESULTS_DIR="$(dirname "$RESULTS")"
 OUT="$(basename "$RESULTS" .jsonl)"
 state() { "$PY" machine_state.py --step "$1" --wait "$WAIT_IDLE" | tee -a "$RESULTS"; }
+# runs a step and records the CPU time other processes took while it ran
+during() { local step="$1"; shift; "$PY" machine_state.py --step "$step" --run -- "$@" | tee -a "$RESULTS"; }
 echo "run_all.sh: results -> $RESULTS" >&2
 grep -m1 'cpu family' /proc/cpuinfo >&2 || true
 
@@ -67,9 +69,9 @@ node ort_check.mjs | tee -a "$RESULTS"
 # ---- benchmarks: 1 thread first (2-thread figures swing more on this kind of machine) ----
 for t in $THREADS; do
   state "torch_int8 threads=$t"
-  "$PY" torch_int8.py --threads "$t" --reps "$REPS" --engines "$ENGINES" --models "$MODELS" --out "$OUT" >/dev/null
+  during "torch_int8 threads=$t" "$PY" torch_int8.py --threads "$t" --reps "$REPS" --engines "$ENGINES" --models "$MODELS" --out "$OUT"
   state "ort_bench threads=$t"
-  node ort_bench.mjs --threads "$t" --reps "$REPS" --models "$MODELS" --out "$OUT" >/dev/null
+  during "ort_bench threads=$t" node ort_bench.mjs --threads "$t" --reps "$REPS" --models "$MODELS" --out "$OUT"
 done
 state "end"
 echo >&2

@@ -45,5 +45,10 @@ for key in sorted(rows, key=lambda k: (order.get(k[0], 9), -k[1], k[3], k[4])):
 if states:
     print("\nMachine state before each step (CPUs busy with other processes, of %s):" % states[0].get("cpus"))
     for s in states:
-        print("- %s %s: %.2f%s" % (s["time_utc"], s["step"], s["busy_cpus_by_others"],
-                                   "" if s["idle"] else "  (NOT idle: %s)" % ", ".join(p["comm"] for p in s["top"])))
+        if s.get("during"):
+            print("- %s %s, during: others used %.1f CPU-s in %.0f s (%.2f CPUs on average)%s" % (
+                s["time_utc"], s["step"], s["others_cpu_s"], s["wall_s"], s["others_busy_cpus_mean"],
+                "" if s["others_busy_cpus_mean"] < 0.1 else "  <- figures of this step disturbed"))
+        else:
+            print("- %s %s, before: %.2f%s" % (s["time_utc"], s["step"], s["busy_cpus_by_others"],
+                                               "" if s["idle"] else "  (NOT idle: %s)" % ", ".join(p["comm"] for p in s["top"])))
