@@ -62,8 +62,7 @@ grep -m1 'cpu family' /proc/cpuinfo >&2 || true
 
 # ---- models ----
 if [ "${FORCE_EXPORT:-0}" = 1 ] || [ ! -f models/meta.json ] || [ ! -f models/mbv2_u8s8_qdq.onnx ] || [ ! -f models/cnn_u8s8_qdq.onnx ]; then
-  # 1 thread: the CNN's training is then reproducible (test accuracy depends on the thread count), and
-  # torch.onnx.export of the quantized MobileNetV2 fails with 2 threads (a oneDNN reorder error)
+  # 1 thread: torch.onnx.export of the quantized MobileNetV2 fails with 2 threads (a oneDNN reorder error)
   OMP_NUM_THREADS=1 "$PY" export_onnx.py --try-torch-qdq 2> >(grep -v -i warn >&2) | tee -a "$RESULTS"
 fi
 node ort_check.mjs | tee -a "$RESULTS"
