@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/fast/int8.h"
 #include "kernels/reference/int8.h"
 #include "lowbit/fixed_point.h"
 #include "lowbit/ops/int8.h"
@@ -142,6 +143,7 @@ std::any prepare_qconv2d(const PrepareCtx& c) {
   q.geo = conv2d_geometry(c.op, c.in[0].shape, c.in[1].shape, c.attrs);
   q.input_zero_point = zero_point_attr(c.op, c.attrs, "input_zero_point");
   q.stages = output_stages(c.op, c.attrs, q.geo.out_c);
+  q.workspace = kernels::make_qworkspace();
   return q;
 }
 
@@ -172,6 +174,7 @@ std::any prepare_qfully_connected(const PrepareCtx& c) {
   q.rows = x.numel() / (q.depth > 0 ? q.depth : 1);
   q.input_zero_point = zero_point_attr(c.op, c.attrs, "input_zero_point");
   q.stages = output_stages(c.op, c.attrs, q.units);
+  q.workspace = kernels::make_qworkspace();
   return q;
 }
 
@@ -272,6 +275,46 @@ std::vector<ValueType> infer_dequantize(const InferCtx& c) {
 const int8_t* in_s8(const KernelCtx& k, int i) { return k.in[i].data<int8_t>(); }
 int8_t* out_s8(const KernelCtx& k) { return k.out[0].data<int8_t>(); }
 
+// A bias input of zero elements is "no bias" for the kernels.
+const int32_t* bias_s32(const KernelCtx& k) {
+  return k.in[2].numel() > 0 ? k.in[2].data<int32_t>() : nullptr;
+}
+
+// The fast rows of qconv2d / qfully_connected: AVX-512 VNNI, then AVX2 (kernels/fast/int8.h).
+using ConvKernelFn = void (*)(const kernels::QConvParams&, const int8_t*, const int8_t*,
+                              const int32_t*, int8_t*);
+using FcKernelFn = void (*)(const kernels::QFullyConnectedParams&, const int8_t*, const int8_t*,
+                            const int32_t*, int8_t*);
+
+FastKernel conv_row(const std::string& name, Isa isa, ConvKernelFn fn) {
+  return {.name = name,
+          .isa = isa,
+          .supports =
+              [](const KernelCtx& k) {
+                return kernels::qconv2d_s8_fast_supported(k.params<kernels::QConvParams>());
+              },
+          .run =
+              [fn](const KernelCtx& k) {
+                fn(k.params<kernels::QConvParams>(), in_s8(k, 0), in_s8(k, 1), bias_s32(k),
+                   out_s8(k));
+              }};
+}
+
+FastKernel fc_row(const std::string& name, Isa isa, FcKernelFn fn) {
+  return {.name = name,
+          .isa = isa,
+          .supports =
+              [](const KernelCtx& k) {
+                return kernels::qfully_connected_s8_fast_supported(
+                    k.params<kernels::QFullyConnectedParams>());
+              },
+          .run =
+              [fn](const KernelCtx& k) {
+                fn(k.params<kernels::QFullyConnectedParams>(), in_s8(k, 0), in_s8(k, 1),
+                   bias_s32(k), out_s8(k));
+              }};
+}
+
 }  // namespace
 
 void register_int8_ops() {
@@ -284,6 +327,9 @@ void register_int8_ops() {
                      kernels::qconv2d_s8_reference(k.params<kernels::QConvParams>(), in_s8(k, 0),
                                                    in_s8(k, 1), k.in[2].data<int32_t>(), out_s8(k));
                    },
+               .fast = {conv_row("qconv2d_s8__avx512_vnni", Isa::kAvx512Vnni,
+                                 kernels::qconv2d_s8__avx512_vnni),
+                        conv_row("qconv2d_s8__avx2", Isa::kAvx2, kernels::qconv2d_s8__avx2)},
                .doc = "int8 2-D convolution (NHWC x HWIO, groups), int32 bias, per-channel "
                       "requantization"});
   register_op({.name = "qfully_connected",
@@ -296,6 +342,10 @@ void register_int8_ops() {
                          k.params<kernels::QFullyConnectedParams>(), in_s8(k, 0), in_s8(k, 1),
                          k.in[2].data<int32_t>(), out_s8(k));
                    },
+               .fast = {fc_row("qfully_connected_s8__avx512_vnni", Isa::kAvx512Vnni,
+                               kernels::qfully_connected_s8__avx512_vnni),
+                        fc_row("qfully_connected_s8__avx2", Isa::kAvx2,
+                               kernels::qfully_connected_s8__avx2)},
                .doc = "int8 fully connected (x [..., K] . w [K, U]), int32 bias, per-unit "
                       "requantization"});
   register_op({.name = "qmax_pool2d",
