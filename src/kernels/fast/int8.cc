@@ -38,6 +38,7 @@ void fill_requant(const std::vector<quant::ConvOutputStage>& st, int64_t groups,
   rq.lo.assign(n, std::numeric_limits<int32_t>::min());
   rq.tshift.assign(n, 31);
   rq.single = !st.empty() && st[0].rounding == quant::Rounding::kSingle;
+  rq.any_left = false;
   for (int64_t g = 0; g < groups; ++g)
     for (int64_t j = 0; j < cog; ++j) {
       const quant::ConvOutputStage& s = st[g * cog + j];
@@ -46,6 +47,7 @@ void fill_requant(const std::vector<quant::ConvOutputStage>& st, int64_t groups,
       const int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
       rq.m0[c] = s.multiplier.multiplier;
       rq.left[c] = left;
+      rq.any_left = rq.any_left || left > 0;
       rq.hi[c] = std::numeric_limits<int32_t>::max() >> left;
       rq.lo[c] = std::numeric_limits<int32_t>::min() >> left;
       rq.right[c] = right;
@@ -146,33 +148,58 @@ void pack_gemm(const GemmIsa& isa, const GemmShape& s, const int8_t* w, const in
 // K taps in (kh, kw, ic) order, zeros up to the padded depth kp.
 template <class E, bool kU8>
 void fill_a(const GemmShape& s, const int8_t* x, int64_t r0, int m, int64_t g, int64_t kp, E* a) {
+  // Locals: the stores through E* may alias anything, so members would be reloaded per element.
   const E pad = kU8 ? static_cast<E>(s.zp + 128) : E{0};
   const int32_t off = kU8 ? 128 : -s.zp;
-  auto put = [&](E* dst, const int8_t* src, int64_t n) {
+  const int64_t K = s.K, cig = s.cig;
+  auto put = [off](E* dst, const int8_t* src, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<E>(int32_t{src[i]} + off);
   };
+  if (!s.geo) {
+    for (int r = 0; r < m; ++r) {
+      E* row = a + r * kp;
+      put(row, x + (r0 + r) * K, K);
+      std::fill(row + K, row + kp, E{0});
+    }
+    return;
+  }
+  const Conv2DParams p = *s.geo;
+  const int8_t* xg = x + g * cig;
+  int64_t ow = r0 % p.out_w, oh = (r0 / p.out_w) % p.out_h, n = r0 / (p.out_w * p.out_h);
   for (int r = 0; r < m; ++r) {
     E* row = a + r * kp;
-    const int64_t o = r0 + r;
-    if (!s.geo) {
-      put(row, x + o * s.K, s.K);
-    } else {
-      const Conv2DParams& p = *s.geo;
-      const int64_t ow = o % p.out_w, oh = (o / p.out_w) % p.out_h, n = o / (p.out_w * p.out_h);
-      E* dst = row;
-      for (int64_t kh = 0; kh < p.k_h; ++kh) {
-        const int64_t ih = oh * p.stride_h - p.pad_top + kh * p.dil_h;
-        for (int64_t kw = 0; kw < p.k_w; ++kw, dst += s.cig) {
-          const int64_t iw = ow * p.stride_w - p.pad_left + kw * p.dil_w;
-          if (!inside(ih, p.in_h) || !inside(iw, p.in_w)) {
-            std::fill(dst, dst + s.cig, pad);
-            continue;
-          }
-          put(dst, x + ((n * p.in_h + ih) * p.in_w + iw) * p.in_c + g * s.cig, s.cig);
+    E* dst = row;
+    const int64_t ih0 = oh * p.stride_h - p.pad_top, iw0 = ow * p.stride_w - p.pad_left;
+    const int8_t* xn = xg + n * p.in_h * p.in_w * p.in_c;
+    for (int64_t kh = 0; kh < p.k_h; ++kh) {
+      const int64_t ih = ih0 + kh * p.dil_h;
+      if (!inside(ih, p.in_h)) {
+        std::fill(dst, dst + p.k_w * cig, pad);
+        dst += p.k_w * cig;
+        continue;
+      }
+      const int8_t* xr = xn + ih * p.in_w * p.in_c;
+      for (int64_t kw = 0; kw < p.k_w; ++kw, dst += cig) {
+        const int64_t iw = iw0 + kw * p.dil_w;
+        if (!inside(iw, p.in_w)) {
+          std::fill(dst, dst + cig, pad);
+          continue;
         }
+        const int8_t* src = xr + iw * p.in_c;
+        if (cig == 1)
+          dst[0] = static_cast<E>(int32_t{src[0]} + off);
+        else
+          put(dst, src, cig);
       }
     }
-    std::fill(row + s.K, row + kp, E{0});
+    std::fill(row + K, row + kp, E{0});
+    if (++ow == p.out_w) {
+      ow = 0;
+      if (++oh == p.out_h) {
+        oh = 0;
+        ++n;
+      }
+    }
   }
 }
 
@@ -242,8 +269,9 @@ GemmShape fc_shape(const QFullyConnectedParams& q) {
   return s;
 }
 
+// Depthwise with one output per input channel and a small window (else the grouped GEMM).
 bool is_depthwise(const Conv2DParams& p) {
-  return p.groups > 1 && p.groups == p.in_c && p.out_c == p.in_c;
+  return p.groups > 1 && p.groups == p.in_c && p.out_c == p.in_c && p.k_h * p.k_w <= 64;
 }
 
 // The depthwise driver: packs w [taps][C] to int32 [taps][Cp] (Cp = C rounded up to `lanes`),
@@ -281,6 +309,26 @@ void run_depthwise(int tag, int lanes, DwRowsFn rows_double, DwRowsFn rows_singl
     const int64_t begin = tid * per + std::min(tid, extra);
     fn(p, x, ws, q.input_zero_point, y, begin, begin + per + (tid < extra ? 1 : 0));
   }
+}
+
+// The taps of output pixel (n, oh, ow) inside the input: offsets into x (channel 0) and into the
+// packed int32 weights [taps][cp]. Returns their count.
+constexpr int kMaxDwTaps = 64;
+inline int dw_taps(const Conv2DParams& p, int64_t n, int64_t oh, int64_t ow, int64_t cp,
+                   int64_t* xoff, int64_t* woff) {
+  int nt = 0;
+  for (int64_t kh = 0; kh < p.k_h; ++kh) {
+    const int64_t ih = oh * p.stride_h - p.pad_top + kh * p.dil_h;
+    if (!inside(ih, p.in_h)) continue;
+    for (int64_t kw = 0; kw < p.k_w; ++kw) {
+      const int64_t iw = ow * p.stride_w - p.pad_left + kw * p.dil_w;
+      if (!inside(iw, p.in_w)) continue;
+      xoff[nt] = ((n * p.in_h + ih) * p.in_w + iw) * p.in_c;
+      woff[nt] = (kh * p.k_w + kw) * cp;
+      ++nt;
+    }
+  }
+  return nt;
 }
 
 // ---- AVX-512 VNNI ------------------------------------------------------------------------------
@@ -336,11 +384,14 @@ inline __m512i requant(__m512i acc, const QRequantLanes& rq, int64_t c) {
     po = _mm512_min_epi64(_mm512_max_epi64(po, nlim), lim);
     r = _mm512_mask_blend_epi32(0xAAAA, pe, _mm512_slli_epi64(po, 32));
   } else {
-    __m512i s = _mm512_sllv_epi32(acc, ld(rq.left, c));
-    s = _mm512_mask_mov_epi32(s, _mm512_cmpgt_epi32_mask(acc, ld(rq.hi, c)),
-                              _mm512_set1_epi32(std::numeric_limits<int32_t>::max()));
-    s = _mm512_mask_mov_epi32(s, _mm512_cmplt_epi32_mask(acc, ld(rq.lo, c)),
-                              _mm512_set1_epi32(std::numeric_limits<int32_t>::min()));
+    __m512i s = acc;
+    if (rq.any_left) {
+      s = _mm512_sllv_epi32(acc, ld(rq.left, c));
+      s = _mm512_mask_mov_epi32(s, _mm512_cmpgt_epi32_mask(acc, ld(rq.hi, c)),
+                                _mm512_set1_epi32(std::numeric_limits<int32_t>::max()));
+      s = _mm512_mask_mov_epi32(s, _mm512_cmplt_epi32_mask(acc, ld(rq.lo, c)),
+                                _mm512_set1_epi32(std::numeric_limits<int32_t>::min()));
+    }
     const __m512i r30 = _mm512_set1_epi64(int64_t{1} << 30);
     const __m512i pe = _mm512_add_epi64(_mm512_mul_epi32(s, m), r30);
     const __m512i po =
@@ -405,30 +456,27 @@ constexpr TileFn kTiles[kMr] = {tile<1, kSingle>, tile<2, kSingle>, tile<3, kSin
 const GemmIsa kIsa{kTagGemmVnni, 4, kMr, kNr, true, kTiles<false>, kTiles<true>};
 
 template <bool kSingle>
-void dw_rows(const Conv2DParams& p, const int8_t* x, const QWorkspace& ws, int32_t zp, int8_t* y,
+void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int32_t zp, int8_t* y,
              int64_t row_begin, int64_t row_end) {
+  const Conv2DParams p = geo;  // locals: int8 stores may alias anything
   const int64_t C = p.in_c, cp = round_up(C, 16);
   const int32_t* w32 = reinterpret_cast<const int32_t*>(ws.b.data());
+  const int32_t* bias = ws.bias_eff.data();
   const __m512i zpv = _mm512_set1_epi32(zp);
+  int64_t xoff[kMaxDwTaps], woff[kMaxDwTaps];
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / p.out_h, oh = row % p.out_h;
     for (int64_t ow = 0; ow < p.out_w; ++ow) {
+      const int nt = dw_taps(p, n, oh, ow, cp, xoff, woff);
       int8_t* yo = y + (row * p.out_w + ow) * C;
       for (int64_t c = 0; c < C; c += 16) {
         const __mmask16 k = lanes_mask(static_cast<int>(std::min<int64_t>(16, C - c)));
-        __m512i acc = ld(ws.bias_eff, c);
-        for (int64_t kh = 0; kh < p.k_h; ++kh) {
-          const int64_t ih = oh * p.stride_h - p.pad_top + kh * p.dil_h;
-          if (!inside(ih, p.in_h)) continue;
-          for (int64_t kw = 0; kw < p.k_w; ++kw) {
-            const int64_t iw = ow * p.stride_w - p.pad_left + kw * p.dil_w;
-            if (!inside(iw, p.in_w)) continue;
-            const int8_t* px = x + ((n * p.in_h + ih) * p.in_w + iw) * C + c;
-            const __m512i xv =
-                _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, px)), zpv);
-            const __m512i wv = _mm512_loadu_si512(w32 + (kh * p.k_w + kw) * cp + c);
-            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(xv, wv));
-          }
+        __m512i acc = _mm512_loadu_si512(bias + c);
+        for (int t = 0; t < nt; ++t) {
+          const __m512i xv =
+              _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, x + xoff[t] + c)), zpv);
+          acc =
+              _mm512_add_epi32(acc, _mm512_mullo_epi32(xv, _mm512_loadu_si512(w32 + woff[t] + c)));
         }
         store(yo + c, k, requant<kSingle>(acc, ws.rq, c));
       }
@@ -481,11 +529,14 @@ inline __m256i requant(__m256i acc, const QRequantLanes& rq, int64_t c) {
     po = clamp64(po, nlim, lim);
     r = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
   } else {
-    __m256i s = _mm256_sllv_epi32(acc, ld(rq.left, c));
-    s = _mm256_blendv_epi8(s, _mm256_set1_epi32(std::numeric_limits<int32_t>::max()),
-                           _mm256_cmpgt_epi32(acc, ld(rq.hi, c)));
-    s = _mm256_blendv_epi8(s, _mm256_set1_epi32(std::numeric_limits<int32_t>::min()),
-                           _mm256_cmpgt_epi32(ld(rq.lo, c), acc));
+    __m256i s = acc;
+    if (rq.any_left) {
+      s = _mm256_sllv_epi32(acc, ld(rq.left, c));
+      s = _mm256_blendv_epi8(s, _mm256_set1_epi32(std::numeric_limits<int32_t>::max()),
+                             _mm256_cmpgt_epi32(acc, ld(rq.hi, c)));
+      s = _mm256_blendv_epi8(s, _mm256_set1_epi32(std::numeric_limits<int32_t>::min()),
+                             _mm256_cmpgt_epi32(ld(rq.lo, c), acc));
+    }
     const __m256i r30 = _mm256_set1_epi64x(int64_t{1} << 30);
     const __m256i pe = _mm256_add_epi64(_mm256_mul_epi32(s, m), r30);
     const __m256i po =
@@ -551,33 +602,30 @@ constexpr TileFn kTiles[kMr] = {tile<1, kSingle>, tile<2, kSingle>, tile<3, kSin
 const GemmIsa kIsa{kTagGemmAvx2, 2, kMr, kNr, false, kTiles<false>, kTiles<true>};
 
 template <bool kSingle>
-void dw_rows(const Conv2DParams& p, const int8_t* x, const QWorkspace& ws, int32_t zp, int8_t* y,
+void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int32_t zp, int8_t* y,
              int64_t row_begin, int64_t row_end) {
+  const Conv2DParams p = geo;  // locals: int8 stores may alias anything
   const int64_t C = p.in_c, cp = round_up(C, 8);
   const int32_t* w32 = reinterpret_cast<const int32_t*>(ws.b.data());
+  const int32_t* bias = ws.bias_eff.data();
   const __m256i zpv = _mm256_set1_epi32(zp);
+  int64_t xoff[kMaxDwTaps], woff[kMaxDwTaps];
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / p.out_h, oh = row % p.out_h;
     for (int64_t ow = 0; ow < p.out_w; ++ow) {
+      const int nt = dw_taps(p, n, oh, ow, cp, xoff, woff);
       int8_t* yo = y + (row * p.out_w + ow) * C;
       for (int64_t c = 0; c < C; c += 8) {
         const int nc = static_cast<int>(std::min<int64_t>(8, C - c));
-        __m256i acc = ld(ws.bias_eff, c);
-        for (int64_t kh = 0; kh < p.k_h; ++kh) {
-          const int64_t ih = oh * p.stride_h - p.pad_top + kh * p.dil_h;
-          if (!inside(ih, p.in_h)) continue;
-          for (int64_t kw = 0; kw < p.k_w; ++kw) {
-            const int64_t iw = ow * p.stride_w - p.pad_left + kw * p.dil_w;
-            if (!inside(iw, p.in_w)) continue;
-            const int8_t* px = x + ((n * p.in_h + ih) * p.in_w + iw) * C + c;
-            int64_t bytes = 0;
-            std::memcpy(&bytes, px, static_cast<size_t>(nc));
-            const __m256i xv = _mm256_sub_epi32(
-                _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(static_cast<long long>(bytes))), zpv);
-            const __m256i wv = _mm256_loadu_si256(
-                reinterpret_cast<const __m256i*>(w32 + (kh * p.k_w + kw) * cp + c));
-            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(xv, wv));
-          }
+        __m256i acc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bias + c));
+        for (int t = 0; t < nt; ++t) {
+          int64_t bytes = 0;
+          std::memcpy(&bytes, x + xoff[t] + c, static_cast<size_t>(nc));
+          const __m256i xv = _mm256_sub_epi32(
+              _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(static_cast<long long>(bytes))), zpv);
+          const __m256i wv =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w32 + woff[t] + c));
+          acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(xv, wv));
         }
         store(yo + c, nc, requant<kSingle>(acc, ws.rq, c));
       }

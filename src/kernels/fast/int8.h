@@ -32,6 +32,7 @@ namespace lowbit::kernels {
 struct QRequantLanes {
   std::vector<int32_t> m0, left, hi, lo, right, mask, half, zp, amin, amax, tshift;
   bool single = false;
+  bool any_left = false;  // some channel's multiplier is >= 1 (a left shift before SRDHM)
 };
 
 struct QWorkspace {
