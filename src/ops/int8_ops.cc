@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "kernels/fast/int8.h"
+#include "kernels/fast/int8_pool.h"
 #include "kernels/reference/int8.h"
 #include "lowbit/fixed_point.h"
 #include "lowbit/ops/int8.h"
@@ -199,6 +200,25 @@ std::any prepare_qpool2d(const PrepareCtx& c) {
   return q;
 }
 
+using PoolKernelFn = void (*)(const kernels::Conv2DParams&, int32_t, int32_t, const int8_t*,
+                              int8_t*);
+
+// The fast row of a pool (kernels/fast/int8_pool.h): AVX2, windows below 2^20 taps.
+FastKernel pool_row(const std::string& name, PoolKernelFn fn) {
+  return {.name = name,
+          .isa = Isa::kAvx2,
+          .supports =
+              [](const KernelCtx& k) {
+                const auto& g = k.params<QPoolParams>().geo;
+                return g.k_h * g.k_w <= kernels::kMaxFastPoolTaps;
+              },
+          .run =
+              [fn](const KernelCtx& k) {
+                const auto& q = k.params<QPoolParams>();
+                fn(q.geo, q.act_min, q.act_max, k.in[0].data<int8_t>(), k.out[0].data<int8_t>());
+              }};
+}
+
 // ---- qadd, requantize --------------------------------------------------------------------------
 
 quant::AddStage add_stage(const std::string& op, const Attrs& a) {
@@ -358,6 +378,7 @@ void register_int8_ops() {
                      kernels::qmax_pool2d_s8_reference(q.geo, q.act_min, q.act_max, in_s8(k, 0),
                                                        out_s8(k));
                    },
+               .fast = {pool_row("qmax_pool2d_nhwc_s8__avx2", kernels::qmax_pool2d_nhwc_s8__avx2)},
                .doc = "int8 max pooling (NHWC), the input's parameters"});
   register_op({.name = "qavg_pool2d",
                .num_inputs = 1,
@@ -369,6 +390,7 @@ void register_int8_ops() {
                      kernels::qavg_pool2d_s8_reference(q.geo, q.act_min, q.act_max, in_s8(k, 0),
                                                        out_s8(k));
                    },
+               .fast = {pool_row("qavg_pool2d_nhwc_s8__avx2", kernels::qavg_pool2d_nhwc_s8__avx2)},
                .doc = "int8 average pooling (NHWC, TFLite rounding), the input's parameters"});
   register_op({.name = "qadd",
                .num_inputs = 2,

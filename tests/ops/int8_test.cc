@@ -327,6 +327,42 @@ TEST(QConv2DFast, DoesNotDependOnTheThreadCount) {
   EXPECT_TRUE(tensors_equal(one, two));
 }
 
+TEST(QPool2DFast, MatchesTheReferenceOnEdgeShapes) {
+  const int rows = runnable_rows("qmax_pool2d");  // one row each, the same ISA
+  Rng rng(41);
+  const std::vector<Attrs> windows = {
+      {{"ksize", {2, 2}}},
+      {{"ksize", {2, 2}}, {"strides", {2, 2}}},
+      {{"ksize", {3, 3}}, {"strides", {2, 2}}, {"padding", "same"}},
+      {{"ksize", {3, 3}}, {"padding", "same"}, {"act_min", -20}, {"act_max", 40}},
+      {{"ksize", {2, 3}}, {"strides", {1, 2}}},
+      {{"ksize", {7, 7}}},  // a global pool of a 7x7 input
+  };
+  for (const int64_t c : {1, 5, 63, 64, 65, 130})
+    for (const int64_t n : {1, 2})
+      for (const Attrs& window : windows) {
+        const Tensor x = random_int_tensor({n, 7, 7, c}, rng, -128, 127, DType::kS8);
+        for (const char* op : {"qmax_pool2d", "qavg_pool2d"})
+          EXPECT_EQ(expect_fast_matches_reference(op, {x}, window, 0.0, 0.0), rows)
+              << op << " " << window.str() << " c " << c;
+      }
+  // Sums far from zero: every code at an extreme (rounding of negative and positive means).
+  for (const int64_t v : {-128, 127, -3}) {
+    const Tensor x = Tensor::full({1, 6, 6, 20}, static_cast<double>(v), DType::kS8);
+    for (const char* op : {"qmax_pool2d", "qavg_pool2d"})
+      EXPECT_EQ(
+          expect_fast_matches_reference(
+              op, {x}, {{"ksize", {3, 3}}, {"strides", {2, 2}}, {"padding", "same"}}, 0.0, 0.0),
+          rows);
+  }
+  // Large enough to split across threads.
+  const Tensor big = random_int_tensor({4, 28, 28, 64}, rng, -128, 127, DType::kS8);
+  for (const char* op : {"qmax_pool2d", "qavg_pool2d"})
+    EXPECT_EQ(expect_fast_matches_reference(op, {big}, {{"ksize", {2, 2}}, {"strides", {2, 2}}},
+                                            0.0, 0.0),
+              rows);
+}
+
 TEST(QPool2D, MaxAndAverageMatchTheFloatPoolsOnCodes) {
   note_reference_tested("qmax_pool2d");
   note_reference_tested("qavg_pool2d");

@@ -16,9 +16,11 @@ namespace lowbit::kernels {
 
 namespace {
 
-// Multiply-adds below which one thread does the whole op (a parallel region costs a few
-// microseconds; below this the op takes about as long).
-constexpr int64_t kParallelMacs = int64_t{1} << 21;
+// Work below which one thread does the whole op: a parallel region costs a few microseconds, and
+// tens of microseconds when the host runs the two vCPUs apart (docs/performance.md). 2^22 GEMM
+// multiply-adds take ~20 us on one core; the depthwise loop does ~10x fewer per second.
+constexpr int64_t kParallelMacs = int64_t{1} << 22;
+constexpr int64_t kParallelDepthwiseMacs = int64_t{1} << 19;
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -27,38 +29,59 @@ inline bool inside(int64_t v, int64_t size) { return v >= 0 && v < size; }
 // Packing tags (QWorkspace::packed_for).
 enum PackTag { kTagGemmVnni = 1, kTagGemmAvx2 = 2, kTagDwVnni = 3, kTagDwAvx2 = 4 };
 
+// The parameters of a channel's output stage in QRequantLanes::lanes.
+enum RqParam { kM0, kLeft, kHi, kLo, kRight, kMask, kHalf, kZp, kLo2, kHi2, kTshift, kRqParams };
+
+// The lanes of parameter `k` of the 16-channel block holding channel c (c % 16 lanes in).
+inline int64_t rq_index(int k, int64_t c) {
+  return (c >> 4) * (kRqParams * 16) + k * 16 + (c & 15);
+}
+
 // The output stages as lane arrays in packed-column order: column g * cogp + j is output
 // channel g * cog + j for j < cog; the other columns get a harmless stage (never stored).
+// lo2 / hi2 = act_min / act_max - zp: clamping there and then adding zp is the reference's
+// clamp of (int64) MBQM + zp, for every int32 MBQM.
 void fill_requant(const std::vector<quant::ConvOutputStage>& st, int64_t groups, int64_t cog,
                   int64_t cogp, QRequantLanes& rq) {
-  const size_t n = static_cast<size_t>(groups * cogp);
-  for (auto* v : {&rq.m0, &rq.left, &rq.right, &rq.mask, &rq.half, &rq.zp, &rq.amin, &rq.amax})
-    v->assign(n, 0);
-  rq.hi.assign(n, std::numeric_limits<int32_t>::max());
-  rq.lo.assign(n, std::numeric_limits<int32_t>::min());
-  rq.tshift.assign(n, 31);
+  const int64_t n = round_up(groups * cogp, 16);
+  rq.lanes.assign(static_cast<size_t>(n * kRqParams), 0);
+  int32_t* l = rq.lanes.data();
+  for (int64_t c = 0; c < n; ++c) {
+    l[rq_index(kHi, c)] = std::numeric_limits<int32_t>::max();
+    l[rq_index(kLo, c)] = std::numeric_limits<int32_t>::min();
+    l[rq_index(kTshift, c)] = 31;
+  }
   rq.single = !st.empty() && st[0].rounding == quant::Rounding::kSingle;
   rq.any_left = false;
   for (int64_t g = 0; g < groups; ++g)
     for (int64_t j = 0; j < cog; ++j) {
       const quant::ConvOutputStage& s = st[g * cog + j];
-      const size_t c = static_cast<size_t>(g * cogp + j);
+      const int64_t c = g * cogp + j;
       const int shift = s.multiplier.shift;
       const int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
-      rq.m0[c] = s.multiplier.multiplier;
-      rq.left[c] = left;
+      const int32_t mask = static_cast<int32_t>((int64_t{1} << right) - 1);
       rq.any_left = rq.any_left || left > 0;
-      rq.hi[c] = std::numeric_limits<int32_t>::max() >> left;
-      rq.lo[c] = std::numeric_limits<int32_t>::min() >> left;
-      rq.right[c] = right;
-      rq.mask[c] = static_cast<int32_t>((int64_t{1} << right) - 1);
-      rq.half[c] = rq.mask[c] >> 1;
-      rq.zp[c] = s.output_zero_point;
-      rq.amin[c] = s.act_min;
-      rq.amax[c] = s.act_max;
-      rq.tshift[c] = 31 - shift;
+      l[rq_index(kM0, c)] = s.multiplier.multiplier;
+      l[rq_index(kLeft, c)] = left;
+      l[rq_index(kHi, c)] = std::numeric_limits<int32_t>::max() >> left;
+      l[rq_index(kLo, c)] = std::numeric_limits<int32_t>::min() >> left;
+      l[rq_index(kRight, c)] = right;
+      l[rq_index(kMask, c)] = mask;
+      l[rq_index(kHalf, c)] = mask >> 1;
+      l[rq_index(kZp, c)] = s.output_zero_point;
+      l[rq_index(kLo2, c)] = s.act_min - s.output_zero_point;
+      l[rq_index(kHi2, c)] = s.act_max - s.output_zero_point;
+      l[rq_index(kTshift, c)] = 31 - shift;
     }
 }
+
+// What a kernel's output stage reads, taken once per call (the int8 stores of a kernel may alias
+// anything, so members of the workspace would be reloaded per vector).
+struct Rq {
+  const int32_t* lanes;
+  bool any_left;
+};
+inline Rq rq_of(const QWorkspace& ws) { return {ws.rq.lanes.data(), ws.rq.any_left}; }
 
 bool stages_ok(const std::vector<quant::ConvOutputStage>& st, int64_t channels) {
   if (static_cast<int64_t>(st.size()) != channels) return false;
@@ -279,24 +302,55 @@ bool is_depthwise(const Conv2DParams& p) {
 using DwRowsFn = void (*)(const Conv2DParams& p, const int8_t* x, const QWorkspace& ws, int32_t zp,
                           int8_t* y, int64_t row_begin, int64_t row_end);
 
-void run_depthwise(int tag, int lanes, DwRowsFn rows_double, DwRowsFn rows_single,
+// Packing `paired` (the AVX-512 loop): taps in pairs (t, t + 1; an odd count pairs the last with
+// a zero tap), channels in blocks of 32, per pair and block two vectors of 16 s16 pairs
+// (w[t][ch], w[t + 1][ch]) in the lane order vpunpcklwd / vpunpckhwd give the activations: s32
+// lane j = 4L + i of the "lo" vector is channel 32b + 8L + i, of the "hi" vector 32b + 8L + 4 + i.
+// Otherwise int32 [taps][cp].
+void pack_depthwise_pairs(const int8_t* w, int64_t taps, int64_t C, QWorkspace& ws) {
+  const int64_t pairs = (taps + 1) / 2, blocks = (C + 31) / 32;
+  ws.b.assign(static_cast<size_t>(pairs * blocks * 64) * sizeof(int16_t), 0);
+  int16_t* dst = reinterpret_cast<int16_t*>(ws.b.data());
+  for (int64_t pr = 0; pr < pairs; ++pr)
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int half = 0; half < 2; ++half)
+        for (int j = 0; j < 16; ++j) {
+          const int64_t ch = b * 32 + 8 * (j / 4) + 4 * half + j % 4;
+          int16_t* d = dst + ((pr * blocks + b) * 2 + half) * 32 + 2 * j;
+          for (int e = 0; e < 2; ++e) {
+            const int64_t t = 2 * pr + e;
+            d[e] = ch < C && t < taps ? int16_t{w[t * C + ch]} : int16_t{0};
+          }
+        }
+}
+
+void run_depthwise(int tag, int lanes, bool paired, DwRowsFn rows_double, DwRowsFn rows_single,
                    const QConvParams& q, const int8_t* x, const int8_t* w, const int32_t* bias,
                    int8_t* y) {
   const Conv2DParams& p = q.geo;
   QWorkspace& ws = *q.workspace;
   const int64_t C = p.in_c, taps = p.k_h * p.k_w, cp = round_up(C, lanes);
+  if (paired) {
+    // A row of zero points for the taps in the padding (x - zp = 0 there).
+    ws.a.assign(static_cast<size_t>(cp + 64), static_cast<uint8_t>(q.input_zero_point));
+  }
   if (!same_weights(ws, tag, w, taps * C, bias, C)) {
-    ws.b.assign(static_cast<size_t>(taps * cp) * sizeof(int32_t), 0);
-    int32_t* w32 = reinterpret_cast<int32_t*>(ws.b.data());
-    for (int64_t t = 0; t < taps; ++t)
-      for (int64_t c = 0; c < C; ++c) w32[t * cp + c] = w[t * C + c];
+    if (paired) {
+      pack_depthwise_pairs(w, taps, C, ws);
+    } else {
+      ws.b.assign(static_cast<size_t>(taps * cp) * sizeof(int32_t), 0);
+      int32_t* w32 = reinterpret_cast<int32_t*>(ws.b.data());
+      for (int64_t t = 0; t < taps; ++t)
+        for (int64_t c = 0; c < C; ++c) w32[t * cp + c] = w[t * C + c];
+    }
     ws.bias_eff.assign(static_cast<size_t>(cp), 0);
     for (int64_t c = 0; c < C; ++c) ws.bias_eff[c] = bias ? bias[c] : 0;
     fill_requant(q.stages, 1, C, cp, ws.rq);
   }
   const int64_t rows = p.n * p.out_h;
   const int64_t macs = rows * p.out_w * C * taps;
-  const int64_t nt = macs >= kParallelMacs ? std::min<int64_t>(omp_get_max_threads(), rows) : 1;
+  const int64_t nt =
+      macs >= kParallelDepthwiseMacs ? std::min<int64_t>(omp_get_max_threads(), rows) : 1;
   const DwRowsFn fn = ws.rq.single ? rows_single : rows_double;
   if (nt <= 1) {
     fn(p, x, ws, q.input_zero_point, y, 0, rows);
@@ -363,13 +417,16 @@ namespace vnni {
 inline __m512i ld(const std::vector<int32_t>& v, int64_t c) {
   return _mm512_loadu_si512(v.data() + c);
 }
+inline __m512i ldq(const Rq& rq, int k, int64_t c) {
+  return _mm512_loadu_si512(rq.lanes + rq_index(k, c));
+}
 
 template <bool kSingle>
-inline __m512i requant(__m512i acc, const QRequantLanes& rq, int64_t c) {
-  const __m512i m = ld(rq.m0, c);
+inline __m512i requant(__m512i acc, const Rq& rq, int64_t c) {
+  const __m512i m = ldq(rq, kM0, c);
   __m512i r;
   if constexpr (kSingle) {
-    const __m512i ts = ld(rq.tshift, c);
+    const __m512i ts = ldq(rq, kTshift, c);
     const __m512i one = _mm512_set1_epi64(1);
     const __m512i tse = _mm512_and_si512(ts, _mm512_set1_epi64(0xFFFFFFFFLL));
     const __m512i tso = _mm512_srli_epi64(ts, 32);
@@ -379,6 +436,7 @@ inline __m512i requant(__m512i acc, const QRequantLanes& rq, int64_t c) {
                            tse);
     po = _mm512_srav_epi64(_mm512_add_epi64(po, _mm512_sllv_epi64(one, _mm512_sub_epi64(tso, one))),
                            tso);
+    // The int32 saturation, narrowed to +-2^16 (the same codes after the clamp below).
     const __m512i lim = _mm512_set1_epi64(1 << 16), nlim = _mm512_set1_epi64(-(1 << 16));
     pe = _mm512_min_epi64(_mm512_max_epi64(pe, nlim), lim);
     po = _mm512_min_epi64(_mm512_max_epi64(po, nlim), lim);
@@ -386,10 +444,10 @@ inline __m512i requant(__m512i acc, const QRequantLanes& rq, int64_t c) {
   } else {
     __m512i s = acc;
     if (rq.any_left) {
-      s = _mm512_sllv_epi32(acc, ld(rq.left, c));
-      s = _mm512_mask_mov_epi32(s, _mm512_cmpgt_epi32_mask(acc, ld(rq.hi, c)),
+      s = _mm512_sllv_epi32(acc, ldq(rq, kLeft, c));
+      s = _mm512_mask_mov_epi32(s, _mm512_cmpgt_epi32_mask(acc, ldq(rq, kHi, c)),
                                 _mm512_set1_epi32(std::numeric_limits<int32_t>::max()));
-      s = _mm512_mask_mov_epi32(s, _mm512_cmplt_epi32_mask(acc, ld(rq.lo, c)),
+      s = _mm512_mask_mov_epi32(s, _mm512_cmplt_epi32_mask(acc, ldq(rq, kLo, c)),
                                 _mm512_set1_epi32(std::numeric_limits<int32_t>::min()));
     }
     const __m512i r30 = _mm512_set1_epi64(int64_t{1} << 30);
@@ -398,15 +456,13 @@ inline __m512i requant(__m512i acc, const QRequantLanes& rq, int64_t c) {
         _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(s, 32), _mm512_srli_epi64(m, 32)), r30);
     const __m512i x = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 31),
                                               _mm512_slli_epi64(_mm512_srli_epi64(po, 31), 32));
-    const __m512i rem = _mm512_and_si512(x, ld(rq.mask, c));
-    const __m512i thr = _mm512_sub_epi32(ld(rq.half, c), _mm512_srai_epi32(x, 31));
-    r = _mm512_srav_epi32(x, ld(rq.right, c));
+    const __m512i rem = _mm512_and_si512(x, ldq(rq, kMask, c));
+    const __m512i thr = _mm512_sub_epi32(ldq(rq, kHalf, c), _mm512_srai_epi32(x, 31));
+    r = _mm512_srav_epi32(x, ldq(rq, kRight, c));
     r = _mm512_mask_add_epi32(r, _mm512_cmpgt_epi32_mask(rem, thr), r, _mm512_set1_epi32(1));
-    r = _mm512_min_epi32(_mm512_max_epi32(r, _mm512_set1_epi32(-(1 << 16))),
-                         _mm512_set1_epi32(1 << 16));
   }
-  r = _mm512_add_epi32(r, ld(rq.zp, c));
-  return _mm512_min_epi32(_mm512_max_epi32(r, ld(rq.amin, c)), ld(rq.amax, c));
+  r = _mm512_min_epi32(_mm512_max_epi32(r, ldq(rq, kLo2, c)), ldq(rq, kHi2, c));
+  return _mm512_add_epi32(r, ldq(rq, kZp, c));
 }
 
 inline __mmask16 lanes_mask(int n) {
@@ -424,6 +480,7 @@ constexpr int kMr = 8, kNr = 32;
 template <int MR, bool kSingle>
 void tile(const uint8_t* a, int64_t as, const uint8_t* b, int64_t kq, const QWorkspace& ws,
           int64_t col, int8_t* y, int64_t ldy, int nvalid) {
+  const Rq rq = rq_of(ws);
   __m512i acc0[MR], acc1[MR];
   const __m512i bias0 = ld(ws.bias_eff, col), bias1 = ld(ws.bias_eff, col + 16);
   for (int r = 0; r < MR; ++r) {
@@ -443,8 +500,8 @@ void tile(const uint8_t* a, int64_t as, const uint8_t* b, int64_t kq, const QWor
   }
   const __mmask16 k0 = lanes_mask(nvalid), k1 = lanes_mask(nvalid - 16);
   for (int r = 0; r < MR; ++r) {
-    store(y + r * ldy, k0, requant<kSingle>(acc0[r], ws.rq, col));
-    if (k1) store(y + r * ldy + 16, k1, requant<kSingle>(acc1[r], ws.rq, col + 16));
+    store(y + r * ldy, k0, requant<kSingle>(acc0[r], rq, col));
+    if (k1) store(y + r * ldy + 16, k1, requant<kSingle>(acc1[r], rq, col + 16));
   }
 }
 
@@ -459,26 +516,53 @@ template <bool kSingle>
 void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int32_t zp, int8_t* y,
              int64_t row_begin, int64_t row_end) {
   const Conv2DParams p = geo;  // locals: int8 stores may alias anything
-  const int64_t C = p.in_c, cp = round_up(C, 16);
-  const int32_t* w32 = reinterpret_cast<const int32_t*>(ws.b.data());
+  const Rq rq = rq_of(ws);
+  const int64_t C = p.in_c, taps = p.k_h * p.k_w, pairs = (taps + 1) / 2, blocks = (C + 31) / 32;
+  const int16_t* wp = reinterpret_cast<const int16_t*>(ws.b.data());
   const int32_t* bias = ws.bias_eff.data();
-  const __m512i zpv = _mm512_set1_epi32(zp);
-  int64_t xoff[kMaxDwTaps], woff[kMaxDwTaps];
+  const int8_t* zrow = reinterpret_cast<const int8_t*>(ws.a.data());
+  const __m512i zpv = _mm512_set1_epi16(static_cast<int16_t>(zp));
+  const int8_t* src[kMaxDwTaps + 1];
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / p.out_h, oh = row % p.out_h;
     for (int64_t ow = 0; ow < p.out_w; ++ow) {
-      const int nt = dw_taps(p, n, oh, ow, cp, xoff, woff);
-      int8_t* yo = y + (row * p.out_w + ow) * C;
-      for (int64_t c = 0; c < C; c += 16) {
-        const __mmask16 k = lanes_mask(static_cast<int>(std::min<int64_t>(16, C - c)));
-        __m512i acc = _mm512_loadu_si512(bias + c);
-        for (int t = 0; t < nt; ++t) {
-          const __m512i xv =
-              _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, x + xoff[t] + c)), zpv);
-          acc =
-              _mm512_add_epi32(acc, _mm512_mullo_epi32(xv, _mm512_loadu_si512(w32 + woff[t] + c)));
+      // Every tap, the ones in the padding reading the zero-point row.
+      for (int64_t kh = 0, t = 0; kh < p.k_h; ++kh) {
+        const int64_t ih = oh * p.stride_h - p.pad_top + kh * p.dil_h;
+        for (int64_t kw = 0; kw < p.k_w; ++kw, ++t) {
+          const int64_t iw = ow * p.stride_w - p.pad_left + kw * p.dil_w;
+          src[t] = inside(ih, p.in_h) && inside(iw, p.in_w)
+                       ? x + ((n * p.in_h + ih) * p.in_w + iw) * C
+                       : zrow;
         }
-        store(yo + c, k, requant<kSingle>(acc, ws.rq, c));
+      }
+      src[taps] = zrow;  // the partner of an odd last tap (its weights are 0)
+      int8_t* yo = y + (row * p.out_w + ow) * C;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t c = b * 32;
+        const int nc = static_cast<int>(std::min<int64_t>(32, C - c));
+        const __mmask32 k = nc >= 32 ? ~__mmask32{0} : (__mmask32{1} << nc) - 1;
+        __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+        for (int64_t pr = 0; pr < pairs; ++pr) {
+          const __m512i x0 = _mm512_sub_epi16(
+              _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(k, src[2 * pr] + c)), zpv);
+          const __m512i x1 = _mm512_sub_epi16(
+              _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(k, src[2 * pr + 1] + c)), zpv);
+          const int16_t* wb = wp + (pr * blocks + b) * 64;
+          lo = _mm512_add_epi32(
+              lo, _mm512_madd_epi16(_mm512_unpacklo_epi16(x0, x1), _mm512_loadu_si512(wb)));
+          hi = _mm512_add_epi32(
+              hi, _mm512_madd_epi16(_mm512_unpackhi_epi16(x0, x1), _mm512_loadu_si512(wb + 32)));
+        }
+        // Back to channel order: lo holds channels 8L + 0..3 of each 128-bit lane L, hi 8L + 4..7.
+        const __m512i t0 = _mm512_shuffle_i64x2(lo, hi, 0x44);  // lo.L0 lo.L1 hi.L0 hi.L1
+        const __m512i t1 = _mm512_shuffle_i64x2(lo, hi, 0xEE);  // lo.L2 lo.L3 hi.L2 hi.L3
+        const __m512i out0 =
+            _mm512_add_epi32(_mm512_shuffle_i64x2(t0, t0, 0xD8), _mm512_loadu_si512(bias + c));
+        const __m512i out1 =
+            _mm512_add_epi32(_mm512_shuffle_i64x2(t1, t1, 0xD8), _mm512_loadu_si512(bias + c + 16));
+        store(yo + c, lanes_mask(nc), requant<kSingle>(out0, rq, c));
+        if (nc > 16) store(yo + c + 16, lanes_mask(nc - 16), requant<kSingle>(out1, rq, c + 16));
       }
     }
   }
@@ -501,6 +585,9 @@ namespace avx2 {
 inline __m256i ld(const std::vector<int32_t>& v, int64_t c) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v.data() + c));
 }
+inline __m256i ldq(const Rq& rq, int k, int64_t c) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rq.lanes + rq_index(k, c)));
+}
 
 inline __m256i sra64(__m256i v, __m256i s) {
   const __m256i sgn = _mm256_cmpgt_epi64(_mm256_setzero_si256(), v);
@@ -512,11 +599,11 @@ inline __m256i clamp64(__m256i v, __m256i lo, __m256i hi) {
 }
 
 template <bool kSingle>
-inline __m256i requant(__m256i acc, const QRequantLanes& rq, int64_t c) {
-  const __m256i m = ld(rq.m0, c);
+inline __m256i requant(__m256i acc, const Rq& rq, int64_t c) {
+  const __m256i m = ldq(rq, kM0, c);
   __m256i r;
   if constexpr (kSingle) {
-    const __m256i ts = ld(rq.tshift, c);
+    const __m256i ts = ldq(rq, kTshift, c);
     const __m256i one = _mm256_set1_epi64x(1);
     const __m256i tse = _mm256_and_si256(ts, _mm256_set1_epi64x(0xFFFFFFFFLL));
     const __m256i tso = _mm256_srli_epi64(ts, 32);
@@ -531,11 +618,11 @@ inline __m256i requant(__m256i acc, const QRequantLanes& rq, int64_t c) {
   } else {
     __m256i s = acc;
     if (rq.any_left) {
-      s = _mm256_sllv_epi32(acc, ld(rq.left, c));
+      s = _mm256_sllv_epi32(acc, ldq(rq, kLeft, c));
       s = _mm256_blendv_epi8(s, _mm256_set1_epi32(std::numeric_limits<int32_t>::max()),
-                             _mm256_cmpgt_epi32(acc, ld(rq.hi, c)));
+                             _mm256_cmpgt_epi32(acc, ldq(rq, kHi, c)));
       s = _mm256_blendv_epi8(s, _mm256_set1_epi32(std::numeric_limits<int32_t>::min()),
-                             _mm256_cmpgt_epi32(ld(rq.lo, c), acc));
+                             _mm256_cmpgt_epi32(ldq(rq, kLo, c), acc));
     }
     const __m256i r30 = _mm256_set1_epi64x(int64_t{1} << 30);
     const __m256i pe = _mm256_add_epi64(_mm256_mul_epi32(s, m), r30);
@@ -543,15 +630,13 @@ inline __m256i requant(__m256i acc, const QRequantLanes& rq, int64_t c) {
         _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(s, 32), _mm256_srli_epi64(m, 32)), r30);
     const __m256i x = _mm256_blend_epi32(_mm256_srli_epi64(pe, 31),
                                          _mm256_slli_epi64(_mm256_srli_epi64(po, 31), 32), 0xAA);
-    const __m256i rem = _mm256_and_si256(x, ld(rq.mask, c));
-    const __m256i thr = _mm256_sub_epi32(ld(rq.half, c), _mm256_srai_epi32(x, 31));
-    r = _mm256_srav_epi32(x, ld(rq.right, c));
+    const __m256i rem = _mm256_and_si256(x, ldq(rq, kMask, c));
+    const __m256i thr = _mm256_sub_epi32(ldq(rq, kHalf, c), _mm256_srai_epi32(x, 31));
+    r = _mm256_srav_epi32(x, ldq(rq, kRight, c));
     r = _mm256_sub_epi32(r, _mm256_cmpgt_epi32(rem, thr));
-    r = _mm256_min_epi32(_mm256_max_epi32(r, _mm256_set1_epi32(-(1 << 16))),
-                         _mm256_set1_epi32(1 << 16));
   }
-  r = _mm256_add_epi32(r, ld(rq.zp, c));
-  return _mm256_min_epi32(_mm256_max_epi32(r, ld(rq.amin, c)), ld(rq.amax, c));
+  r = _mm256_min_epi32(_mm256_max_epi32(r, ldq(rq, kLo2, c)), ldq(rq, kHi2, c));
+  return _mm256_add_epi32(r, ldq(rq, kZp, c));
 }
 
 // Stores the first n (1..8) lanes as int8 (every lane already lies in [-128, 127]).
@@ -572,6 +657,7 @@ constexpr int kMr = 4, kNr = 16;
 template <int MR, bool kSingle>
 void tile(const uint8_t* a, int64_t as, const uint8_t* b, int64_t kq, const QWorkspace& ws,
           int64_t col, int8_t* y, int64_t ldy, int nvalid) {
+  const Rq rq = rq_of(ws);
   __m256i acc0[MR], acc1[MR];
   const __m256i bias0 = ld(ws.bias_eff, col), bias1 = ld(ws.bias_eff, col + 8);
   for (int r = 0; r < MR; ++r) {
@@ -590,8 +676,8 @@ void tile(const uint8_t* a, int64_t as, const uint8_t* b, int64_t kq, const QWor
     }
   }
   for (int r = 0; r < MR; ++r) {
-    store(y + r * ldy, std::min(nvalid, 8), requant<kSingle>(acc0[r], ws.rq, col));
-    if (nvalid > 8) store(y + r * ldy + 8, nvalid - 8, requant<kSingle>(acc1[r], ws.rq, col + 8));
+    store(y + r * ldy, std::min(nvalid, 8), requant<kSingle>(acc0[r], rq, col));
+    if (nvalid > 8) store(y + r * ldy + 8, nvalid - 8, requant<kSingle>(acc1[r], rq, col + 8));
   }
 }
 
@@ -605,6 +691,7 @@ template <bool kSingle>
 void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int32_t zp, int8_t* y,
              int64_t row_begin, int64_t row_end) {
   const Conv2DParams p = geo;  // locals: int8 stores may alias anything
+  const Rq rq = rq_of(ws);
   const int64_t C = p.in_c, cp = round_up(C, 8);
   const int32_t* w32 = reinterpret_cast<const int32_t*>(ws.b.data());
   const int32_t* bias = ws.bias_eff.data();
@@ -627,7 +714,7 @@ void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int
               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w32 + woff[t] + c));
           acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(xv, wv));
         }
-        store(yo + c, nc, requant<kSingle>(acc, ws.rq, c));
+        store(yo + c, nc, requant<kSingle>(acc, rq, c));
       }
     }
   }
@@ -654,8 +741,8 @@ void qconv2d_s8__avx512_vnni(const QConvParams& p, const int8_t* x, const int8_t
                              const int32_t* bias, int8_t* y) {
   std::lock_guard<std::mutex> lock(p.workspace->mu);
   if (is_depthwise(p.geo))
-    return run_depthwise(kTagDwVnni, 16, vnni::dw_rows<false>, vnni::dw_rows<true>, p, x, w, bias,
-                         y);
+    return run_depthwise(kTagDwVnni, 32, true, vnni::dw_rows<false>, vnni::dw_rows<true>, p, x, w,
+                         bias, y);
   run_gemm<uint8_t, true>(vnni::kIsa, conv_shape(p), x, w, bias, p.stages, *p.workspace, y);
 }
 
@@ -663,8 +750,8 @@ void qconv2d_s8__avx2(const QConvParams& p, const int8_t* x, const int8_t* w, co
                       int8_t* y) {
   std::lock_guard<std::mutex> lock(p.workspace->mu);
   if (is_depthwise(p.geo))
-    return run_depthwise(kTagDwAvx2, 8, avx2::dw_rows<false>, avx2::dw_rows<true>, p, x, w, bias,
-                         y);
+    return run_depthwise(kTagDwAvx2, 8, false, avx2::dw_rows<false>, avx2::dw_rows<true>, p, x, w,
+                         bias, y);
   run_gemm<int16_t, false>(avx2::kIsa, conv_shape(p), x, w, bias, p.stages, *p.workspace, y);
 }
 

@@ -28,9 +28,11 @@
 
 namespace lowbit::kernels {
 
-// The per-channel output stages as lane arrays (padded to a multiple of 16 channels).
+// The per-channel output stages as lane arrays: channels in blocks of 16, per block the 16
+// values of each parameter (kernels/fast/int8.cc, enum RqParam) one after the other, so that
+// one pointer reaches them all.
 struct QRequantLanes {
-  std::vector<int32_t> m0, left, hi, lo, right, mask, half, zp, amin, amax, tshift;
+  std::vector<int32_t> lanes;
   bool single = false;
   bool any_left = false;  // some channel's multiplier is >= 1 (a left shift before SRDHM)
 };
