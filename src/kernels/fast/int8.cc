@@ -236,18 +236,21 @@ void run_gemm(const GemmIsa& isa, const GemmShape& s, const int8_t* x, const int
   const int64_t kp = round_up(s.K, isa.kg), kq = kp / isa.kg;
   const int64_t cogp = round_up(s.cog, isa.nr), npan = cogp / isa.nr;
   const int64_t a_stride = kp * static_cast<int64_t>(sizeof(E));  // bytes
-  const int64_t a_tile = round_up(a_stride * isa.mr, 64);
+  // Each thread's tile on its own cache lines (128-byte multiples from a 64-byte aligned base:
+  // no false sharing, also not with the adjacent-line prefetcher).
+  const int64_t a_tile = round_up(a_stride * isa.mr, 128);
   const int64_t tiles = (s.M + isa.mr - 1) / isa.mr;
   const int64_t macs = s.M * s.K * s.cog * s.groups;
   const int64_t nt = macs >= kParallelMacs ? std::min<int64_t>(omp_get_max_threads(), tiles) : 1;
-  if (static_cast<int64_t>(ws.a.size()) < nt * a_tile)
-    ws.a.resize(static_cast<size_t>(nt * a_tile));
+  if (static_cast<int64_t>(ws.a.size()) < nt * a_tile + 64)
+    ws.a.resize(static_cast<size_t>(nt * a_tile + 64));
+  uint8_t* const a_base = ws.a.data() + ((64 - reinterpret_cast<uintptr_t>(ws.a.data()) % 64) % 64);
   const TileFn* fns = ws.rq.single ? isa.tiles_single : isa.tiles;
   const int64_t panel_bytes = kq * isa.nr * isa.kg * static_cast<int64_t>(sizeof(E));
 #pragma omp parallel num_threads(static_cast <int>(nt)) if (nt > 1)
   {
     const int64_t tid = omp_get_thread_num(), team = omp_get_num_threads();
-    E* a = reinterpret_cast<E*>(ws.a.data() + tid * a_tile);
+    E* a = reinterpret_cast<E*>(a_base + tid * a_tile);
     const int64_t per = tiles / team, extra = tiles % team;
     const int64_t begin = tid * per + std::min(tid, extra);
     const int64_t end = begin + per + (tid < extra ? 1 : 0);
@@ -454,8 +457,9 @@ inline __m512i requant(__m512i acc, const Rq& rq, int64_t c) {
     const __m512i pe = _mm512_add_epi64(_mm512_mul_epi32(s, m), r30);
     const __m512i po =
         _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(s, 32), _mm512_srli_epi64(m, 32)), r30);
-    const __m512i x = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 31),
-                                              _mm512_slli_epi64(_mm512_srli_epi64(po, 31), 32));
+    // Odd lanes: the high half of po << 1 is bits 31..62 of po, i.e. (po >> 31) moved up.
+    const __m512i x =
+        _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 31), _mm512_slli_epi64(po, 1));
     const __m512i rem = _mm512_and_si512(x, ldq(rq, kMask, c));
     const __m512i thr = _mm512_sub_epi32(ldq(rq, kHalf, c), _mm512_srai_epi32(x, 31));
     r = _mm512_srav_epi32(x, ldq(rq, kRight, c));
@@ -472,7 +476,11 @@ inline __mmask16 lanes_mask(int n) {
 }
 
 inline void store(int8_t* y, __mmask16 k, __m512i v) {
-  _mm_mask_storeu_epi8(y, k, _mm512_cvtepi32_epi8(v));
+  const __m128i b = _mm512_cvtepi32_epi8(v);
+  if (k == 0xFFFF)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y), b);
+  else
+    _mm_mask_storeu_epi8(y, k, b);
 }
 
 constexpr int kMr = 8, kNr = 32;
@@ -542,18 +550,27 @@ void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int
         const int64_t c = b * 32;
         const int nc = static_cast<int>(std::min<int64_t>(32, C - c));
         const __mmask32 k = nc >= 32 ? ~__mmask32{0} : (__mmask32{1} << nc) - 1;
+        // Two accumulators per half (even and odd pairs): shorter vpdpwssd dependency chains.
         __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
-        for (int64_t pr = 0; pr < pairs; ++pr) {
+        __m512i lo1 = _mm512_setzero_si512(), hi1 = _mm512_setzero_si512();
+        auto pair = [&](int64_t pr, __m512i& l, __m512i& h) {
           const __m512i x0 = _mm512_sub_epi16(
               _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(k, src[2 * pr] + c)), zpv);
           const __m512i x1 = _mm512_sub_epi16(
               _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(k, src[2 * pr + 1] + c)), zpv);
           const int16_t* wb = wp + (pr * blocks + b) * 64;
-          lo = _mm512_add_epi32(
-              lo, _mm512_madd_epi16(_mm512_unpacklo_epi16(x0, x1), _mm512_loadu_si512(wb)));
-          hi = _mm512_add_epi32(
-              hi, _mm512_madd_epi16(_mm512_unpackhi_epi16(x0, x1), _mm512_loadu_si512(wb + 32)));
+          // vpdpwssd: the two s16 products of each lane added to it, exact (|sum| <= 2 * 32640).
+          l = _mm512_dpwssd_epi32(l, _mm512_unpacklo_epi16(x0, x1), _mm512_loadu_si512(wb));
+          h = _mm512_dpwssd_epi32(h, _mm512_unpackhi_epi16(x0, x1), _mm512_loadu_si512(wb + 32));
+        };
+        int64_t pr = 0;
+        for (; pr + 1 < pairs; pr += 2) {
+          pair(pr, lo, hi);
+          pair(pr + 1, lo1, hi1);
         }
+        if (pr < pairs) pair(pr, lo, hi);
+        lo = _mm512_add_epi32(lo, lo1);
+        hi = _mm512_add_epi32(hi, hi1);
         // Back to channel order: lo holds channels 8L + 0..3 of each 128-bit lane L, hi 8L + 4..7.
         const __m512i t0 = _mm512_shuffle_i64x2(lo, hi, 0x44);  // lo.L0 lo.L1 hi.L0 hi.L1
         const __m512i t1 = _mm512_shuffle_i64x2(lo, hi, 0xEE);  // lo.L2 lo.L3 hi.L2 hi.L3
@@ -628,8 +645,7 @@ inline __m256i requant(__m256i acc, const Rq& rq, int64_t c) {
     const __m256i pe = _mm256_add_epi64(_mm256_mul_epi32(s, m), r30);
     const __m256i po =
         _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(s, 32), _mm256_srli_epi64(m, 32)), r30);
-    const __m256i x = _mm256_blend_epi32(_mm256_srli_epi64(pe, 31),
-                                         _mm256_slli_epi64(_mm256_srli_epi64(po, 31), 32), 0xAA);
+    const __m256i x = _mm256_blend_epi32(_mm256_srli_epi64(pe, 31), _mm256_slli_epi64(po, 1), 0xAA);
     const __m256i rem = _mm256_and_si256(x, ldq(rq, kMask, c));
     const __m256i thr = _mm256_sub_epi32(ldq(rq, kHalf, c), _mm256_srai_epi32(x, 31));
     r = _mm256_srav_epi32(x, ldq(rq, kRight, c));

@@ -11,7 +11,9 @@
 //                  -(zp + 128) * sum_k w[k][c], so that every tap contributes (x - zp) * w.
 //   __avx2         vpmaddwd on s16 (x - zp) and s16 weights, two taps per lane (exact: each
 //                  product is at most 255 * 128 in magnitude).
-// Depthwise convolutions (groups == in_c == out_c) have their own channel-vectorised loop.
+// Depthwise convolutions (groups == in_c == out_c, windows up to 64 taps) have their own
+// channel-vectorised loop: AVX-512 pairs taps, s16 (x - zp) x s16 w by vpdpwssd, 32 channels per
+// step (taps in the padding read a row of zero points); AVX2 multiplies int32 lanes (vpmulld).
 //
 // Weights are packed into the kernel's layout into the params' workspace, which keeps a copy of
 // the weights and bias it packed: a later call with equal weights (memcmp) reuses the packing,
