@@ -6,6 +6,8 @@
 #include <cmath>
 #include <optional>
 
+#include "kernels/fast/int8.h"
+#include "kernels/fast/int8_pool.h"
 #include "kernels/reference/int8.h"
 #include "lowbit/fixed_point.h"
 #include "lowbit/ops/int8.h"
@@ -143,6 +145,7 @@ std::any prepare_qconv2d(const PrepareCtx& c) {
   q.geo = conv2d_geometry(c.op, c.in[0].shape, c.in[1].shape, c.attrs);
   q.input_zero_point = zero_point_attr(c.op, c.attrs, "input_zero_point");
   q.stages = output_stages(c.op, c.attrs, q.geo.out_c);
+  q.workspace = kernels::make_qworkspace();
   return q;
 }
 
@@ -173,6 +176,7 @@ std::any prepare_qfully_connected(const PrepareCtx& c) {
   q.rows = x.numel() / (q.depth > 0 ? q.depth : 1);
   q.input_zero_point = zero_point_attr(c.op, c.attrs, "input_zero_point");
   q.stages = output_stages(c.op, c.attrs, q.units);
+  q.workspace = kernels::make_qworkspace();
   return q;
 }
 
@@ -253,6 +257,27 @@ std::vector<ValueType> infer_fake_quant_bias(const InferCtx& c) {
   return {{DType::kF32, c.in[0].shape}};
 }
 
+using PoolKernelFn = void (*)(const kernels::Conv2DParams&, int32_t, int32_t, const int8_t*,
+                              int8_t*);
+
+// The fast row of a pool (kernels/fast/int8_pool.h): AVX2, windows below 2^20 taps.
+FastKernel pool_row(const std::string& name, PoolKernelFn fn) {
+  return {.name = name,
+          .isa = Isa::kAvx2,
+          .supports =
+              [](const KernelCtx& k) {
+                // The fast rows keep the input's parameters; a requantizing average (given
+                // output parameters) runs the reference.
+                const auto& q = k.params<QPoolParams>();
+                return !q.requant && q.geo.k_h * q.geo.k_w <= kernels::kMaxFastPoolTaps;
+              },
+          .run =
+              [fn](const KernelCtx& k) {
+                const auto& q = k.params<QPoolParams>();
+                fn(q.geo, q.act_min, q.act_max, k.in[0].data<int8_t>(), k.out[0].data<int8_t>());
+              }};
+}
+
 // ---- qadd, requantize --------------------------------------------------------------------------
 
 quant::AddStage add_stage(const std::string& op, const Attrs& a) {
@@ -329,6 +354,46 @@ std::vector<ValueType> infer_dequantize(const InferCtx& c) {
 const int8_t* in_s8(const KernelCtx& k, int i) { return k.in[i].data<int8_t>(); }
 int8_t* out_s8(const KernelCtx& k) { return k.out[0].data<int8_t>(); }
 
+// A bias input of zero elements is "no bias" for the kernels.
+const int32_t* bias_s32(const KernelCtx& k) {
+  return k.in[2].numel() > 0 ? k.in[2].data<int32_t>() : nullptr;
+}
+
+// The fast rows of qconv2d / qfully_connected: AVX-512 VNNI, then AVX2 (kernels/fast/int8.h).
+using ConvKernelFn = void (*)(const kernels::QConvParams&, const int8_t*, const int8_t*,
+                              const int32_t*, int8_t*);
+using FcKernelFn = void (*)(const kernels::QFullyConnectedParams&, const int8_t*, const int8_t*,
+                            const int32_t*, int8_t*);
+
+FastKernel conv_row(const std::string& name, Isa isa, ConvKernelFn fn) {
+  return {.name = name,
+          .isa = isa,
+          .supports =
+              [](const KernelCtx& k) {
+                return kernels::qconv2d_s8_fast_supported(k.params<kernels::QConvParams>());
+              },
+          .run =
+              [fn](const KernelCtx& k) {
+                fn(k.params<kernels::QConvParams>(), in_s8(k, 0), in_s8(k, 1), bias_s32(k),
+                   out_s8(k));
+              }};
+}
+
+FastKernel fc_row(const std::string& name, Isa isa, FcKernelFn fn) {
+  return {.name = name,
+          .isa = isa,
+          .supports =
+              [](const KernelCtx& k) {
+                return kernels::qfully_connected_s8_fast_supported(
+                    k.params<kernels::QFullyConnectedParams>());
+              },
+          .run =
+              [fn](const KernelCtx& k) {
+                fn(k.params<kernels::QFullyConnectedParams>(), in_s8(k, 0), in_s8(k, 1),
+                   bias_s32(k), out_s8(k));
+              }};
+}
+
 }  // namespace
 
 void register_int8_ops() {
@@ -341,6 +406,9 @@ void register_int8_ops() {
                      kernels::qconv2d_s8_reference(k.params<kernels::QConvParams>(), in_s8(k, 0),
                                                    in_s8(k, 1), k.in[2].data<int32_t>(), out_s8(k));
                    },
+               .fast = {conv_row("qconv2d_s8__avx512_vnni", Isa::kAvx512Vnni,
+                                 kernels::qconv2d_s8__avx512_vnni),
+                        conv_row("qconv2d_s8__avx2", Isa::kAvx2, kernels::qconv2d_s8__avx2)},
                .doc = "int8 2-D convolution (NHWC x HWIO, groups), int32 bias, per-channel "
                       "requantization"});
   register_op({.name = "qfully_connected",
@@ -353,6 +421,10 @@ void register_int8_ops() {
                          k.params<kernels::QFullyConnectedParams>(), in_s8(k, 0), in_s8(k, 1),
                          k.in[2].data<int32_t>(), out_s8(k));
                    },
+               .fast = {fc_row("qfully_connected_s8__avx512_vnni", Isa::kAvx512Vnni,
+                               kernels::qfully_connected_s8__avx512_vnni),
+                        fc_row("qfully_connected_s8__avx2", Isa::kAvx2,
+                               kernels::qfully_connected_s8__avx2)},
                .doc = "int8 fully connected (x [..., K] . w [K, U]), int32 bias, per-unit "
                       "requantization"});
   register_op({.name = "qmax_pool2d",
@@ -365,6 +437,7 @@ void register_int8_ops() {
                      kernels::qmax_pool2d_s8_reference(q.geo, q.act_min, q.act_max, in_s8(k, 0),
                                                        out_s8(k));
                    },
+               .fast = {pool_row("qmax_pool2d_nhwc_s8__avx2", kernels::qmax_pool2d_nhwc_s8__avx2)},
                .doc = "int8 max pooling (NHWC), the input's parameters"});
   register_op({.name = "qavg_pool2d",
                .num_inputs = 1,
@@ -377,6 +450,7 @@ void register_int8_ops() {
                                                        q.requant ? &*q.requant : nullptr,
                                                        in_s8(k, 0), out_s8(k));
                    },
+               .fast = {pool_row("qavg_pool2d_nhwc_s8__avx2", kernels::qavg_pool2d_nhwc_s8__avx2)},
                .doc = "int8 average pooling (NHWC, TFLite rounding), the input's parameters or "
                       "given output parameters"});
   register_op({.name = "fake_quant_bias",

@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "lowbit/fixed_point.h"
+#include "lowbit/isa.h"
+#include "lowbit/op.h"
 #include "lowbit/ops.h"
 #include "lowbit/rng.h"
 #include "lowbit/threads.h"
@@ -20,6 +22,7 @@
 namespace lowbit {
 namespace {
 
+using testing::expect_fast_matches_reference;
 using testing::expect_throws_with;
 using testing::note_reference_tested;
 using testing::random_int_tensor;
@@ -137,6 +140,227 @@ TEST(QFullyConnected, MatchesTheExactAccumulatorAndTheOutputStage) {
     acc = acc.reshape(Shape(d));
     EXPECT_TRUE(tensors_equal(got, expected_codes(acc, a))) << x_shape.str();
   }
+}
+
+// ---- fast kernels: bit for bit the reference ---------------------------------------------------
+
+struct Quant {
+  bool per_channel = true;
+  std::string act = "none";
+  int64_t zp_in = 7, zp_out = -5;
+  std::string rounding = "double";
+  double input_scale = 0.031, output_scale = 0.1;
+};
+
+Attrs fast_attrs(int64_t channels, const Quant& q) {
+  std::vector<double> sw;
+  for (int64_t c = 0; c < (q.per_channel ? channels : 1); ++c)
+    sw.push_back(0.002 + 0.0005 * static_cast<double>(c % 37));
+  return {{"input_scale", q.input_scale},   {"input_zero_point", q.zp_in},   {"weight_scales", sw},
+          {"output_scale", q.output_scale}, {"output_zero_point", q.zp_out}, {"activation", q.act},
+          {"rounding", q.rounding}};
+}
+
+// Every listed row that runs here against the reference (exact), on random codes; returns how
+// many rows ran.
+int fast_conv_case(const Shape& xs, const Shape& ws, const Attrs& window, const Quant& q,
+                   uint64_t seed) {
+  Rng rng(seed);
+  const Tensor x = random_int_tensor(xs, rng, -128, 127, DType::kS8);
+  const Tensor w = random_int_tensor(ws, rng, -128, 127, DType::kS8);
+  const Tensor b = random_int_tensor({ws[3]}, rng, -20000, 20000, DType::kS32);
+  Attrs a = fast_attrs(ws[3], q);
+  for (const auto& [k, v] : window.items()) a.set(k, v);
+  SCOPED_TRACE("x " + xs.str() + " w " + ws.str() + " " + a.str());
+  return expect_fast_matches_reference("qconv2d", {x, w, b}, a, 0.0, 0.0);
+}
+
+int fast_fc_case(const Shape& xs, int64_t units, const Quant& q, uint64_t seed) {
+  Rng rng(seed);
+  const int64_t k = xs[xs.rank() - 1];
+  const Tensor x = random_int_tensor(xs, rng, -128, 127, DType::kS8);
+  const Tensor w = random_int_tensor({k, units}, rng, -128, 127, DType::kS8);
+  const Tensor b = random_int_tensor({units}, rng, -20000, 20000, DType::kS32);
+  SCOPED_TRACE("x " + xs.str() + " units " + std::to_string(units));
+  return expect_fast_matches_reference("qfully_connected", {x, w, b}, fast_attrs(units, q), 0.0,
+                                       0.0);
+}
+
+// The rows that this CPU can run (0 on a CPU without AVX2: nothing to compare).
+int runnable_rows(const std::string& op) {
+  int n = 0;
+  for (const FastKernel& fk : find_op(op).fast) n += cpu_has(fk.isa) ? 1 : 0;
+  return n;
+}
+
+TEST(QConv2DFast, MatchesTheReferenceOnEdgeShapes) {
+  const int rows = runnable_rows("qconv2d");
+  const Attrs same{{"padding", "same"}};
+  uint64_t seed = 100;
+  // Output channels around both tile widths (16 for AVX2, 32 for AVX-512), odd input channels,
+  // batch 1 and 2, pixel counts that leave row tails.
+  for (int64_t oc : {1, 7, 15, 16, 17, 31, 32, 33, 64, 65})
+    for (int64_t ic : {1, 3, 5, 16})
+      EXPECT_EQ(fast_conv_case({oc % 2 ? 1 : 2, 5, 6, ic}, {3, 3, ic, oc}, same, {}, seed++), rows);
+  const std::vector<std::pair<std::pair<Shape, Shape>, Attrs>> windows = {
+      {{{1, 7, 7, 5}, {3, 3, 5, 7}}, {}},  // valid
+      {{{2, 9, 8, 3}, {3, 3, 3, 9}}, {{"strides", {2, 2}}, {"padding", "same"}}},
+      {{{1, 9, 9, 4}, {3, 2, 4, 33}}, {{"dilations", {2, 2}}}},
+      {{{1, 9, 9, 4}, {3, 3, 4, 5}}, {{"dilations", {2, 2}}, {"padding", "same"}}},
+      {{{2, 8, 7, 6}, {2, 2, 6, 3}}, {{"strides", {2, 1}}, {"padding", "same"}}},
+      {{{1, 4, 4, 17}, {1, 1, 17, 33}}, {}},
+      {{{2, 6, 6, 8}, {3, 3, 4, 6}}, {{"groups", 2}, {"padding", "same"}}},
+      {{{1, 6, 6, 9}, {1, 1, 3, 36}}, {{"groups", 3}}},
+      {{{1, 5, 5, 4}, {3, 3, 1, 8}}, {{"groups", 4}, {"strides", 2}}},  // multiplier 2
+      // depthwise: channels below, at and above the vector widths
+      {{{2, 6, 6, 6}, {3, 3, 1, 6}}, {{"groups", 6}, {"padding", "same"}}},
+      {{{1, 7, 7, 17}, {3, 3, 1, 17}}, {{"groups", 17}, {"padding", "same"}}},
+      {{{1, 7, 6, 33}, {3, 3, 1, 33}}, {{"groups", 33}, {"strides", 2}, {"padding", "same"}}},
+      {{{2, 9, 9, 16}, {3, 3, 1, 16}}, {{"groups", 16}, {"dilations", {2, 2}}}},
+      {{{1, 5, 5, 8}, {5, 5, 1, 8}}, {{"groups", 8}, {"padding", "same"}}},
+      // large enough to split across threads
+      {{{2, 16, 16, 32}, {3, 3, 32, 64}}, {{"padding", "same"}}},
+      {{{2, 40, 40, 96}, {3, 3, 1, 96}}, {{"groups", 96}, {"padding", "same"}}},
+  };
+  for (const auto& [shapes, window] : windows)
+    EXPECT_EQ(fast_conv_case(shapes.first, shapes.second, window, {}, seed++), rows);
+}
+
+TEST(QConv2DFast, MatchesTheReferenceForEveryOutputStage) {
+  const int rows = runnable_rows("qconv2d");
+  std::vector<Quant> quants;
+  for (const char* rounding : {"double", "single"})
+    for (const char* act : {"none", "relu", "relu6"})
+      for (const bool pc : {true, false})
+        for (const auto& [zi, zo] : std::vector<std::pair<int64_t, int64_t>>{
+                 {-128, -128}, {127, 127}, {-128, 127}, {0, 0}})
+          quants.push_back(
+              {.per_channel = pc, .act = act, .zp_in = zi, .zp_out = zo, .rounding = rounding});
+  // Multipliers >= 1 (left shifts that saturate int32), tiny ones (right shifts near 31).
+  for (const char* rounding : {"double", "single"}) {
+    quants.push_back(
+        {.zp_in = -128, .rounding = rounding, .input_scale = 1.0, .output_scale = 1e-6});
+    quants.push_back({.rounding = rounding, .input_scale = 0.5, .output_scale = 1e-3});
+    quants.push_back({.rounding = rounding, .input_scale = 1e-3, .output_scale = 1e3});
+  }
+  uint64_t seed = 300;
+  for (const Quant& q : quants) {
+    EXPECT_EQ(fast_conv_case({1, 5, 5, 3}, {3, 3, 3, 33}, {{"padding", "same"}}, q, seed++), rows);
+    EXPECT_EQ(fast_conv_case({1, 6, 6, 17}, {3, 3, 1, 17}, {{"groups", 17}, {"padding", "same"}}, q,
+                             seed++),
+              rows);
+  }
+  // A narrower clamp (act_min / act_max).
+  Attrs a{{"padding", "same"}, {"act_min", -20}, {"act_max", 30}};
+  EXPECT_EQ(fast_conv_case({1, 5, 5, 3}, {3, 3, 3, 20}, a, {}, seed++), rows);
+}
+
+TEST(QFullyConnectedFast, MatchesTheReferenceOnEdgeShapes) {
+  const int rows = runnable_rows("qfully_connected");
+  uint64_t seed = 500;
+  for (int64_t units : {1, 10, 15, 16, 17, 31, 32, 33, 100})
+    for (const Shape& xs : {Shape{1, 1}, Shape{1, 3}, Shape{3, 17}, Shape{9, 64}, Shape{2, 3, 9}})
+      EXPECT_EQ(fast_fc_case(xs, units, {}, seed++), rows);
+  EXPECT_EQ(fast_fc_case({256, 64}, 10, {}, seed++), rows);
+  EXPECT_EQ(fast_fc_case({64, 1280}, 100, {}, seed++), rows);  // split across threads
+  for (const char* rounding : {"double", "single"})
+    for (const char* act : {"none", "relu", "relu6"})
+      for (const auto& [zi, zo] :
+           std::vector<std::pair<int64_t, int64_t>>{{-128, -128}, {127, 127}, {3, -7}})
+        for (const bool pc : {true, false})
+          EXPECT_EQ(
+              fast_fc_case(
+                  {5, 19}, 33,
+                  {.per_channel = pc, .act = act, .zp_in = zi, .zp_out = zo, .rounding = rounding},
+                  seed++),
+              rows);
+}
+
+// One plan's params run twice: the packed weights are reused for equal weights and redone for
+// new ones (the workspace compares what it packed).
+TEST(QConv2DFast, RepacksWhenTheWeightsChange) {
+  for (const char* op : {"qconv2d", "qfully_connected"}) {
+    const OpDef& def = find_op(op);
+    Rng rng(77);
+    const bool conv = std::string(op) == "qconv2d";
+    const Shape xs = conv ? Shape{1, 6, 6, 8} : Shape{4, 24};
+    const Shape ws = conv ? Shape{3, 3, 8, 20} : Shape{24, 20};
+    Attrs a = fast_attrs(20, {});
+    if (conv) a.set("padding", "same");
+    const Tensor x = random_int_tensor(xs, rng, -128, 127, DType::kS8);
+    const Tensor b = random_int_tensor({20}, rng, -1000, 1000, DType::kS32);
+    std::vector<ValueType> in_t{{DType::kS8, xs}, {DType::kS8, ws}, {DType::kS32, Shape{20}}};
+    const std::vector<ValueType> out_t = infer_op(def, in_t, a);
+    for (const FastKernel& fk : def.fast) {
+      if (!cpu_has(fk.isa)) continue;
+      const std::any params = prepare_op(def, in_t, out_t, a);
+      for (int round = 0; round < 3; ++round) {
+        const Tensor w = random_int_tensor(ws, rng, -128, 127, DType::kS8);
+        for (int again = 0; again < 2; ++again) {
+          std::vector<Tensor> in{x, w, b};
+          std::vector<Tensor> fast{Tensor(out_t[0].shape, DType::kS8)};
+          std::vector<Tensor> ref{Tensor(out_t[0].shape, DType::kS8)};
+          KernelCtx kf{in, fast, &params}, kr{in, ref, &params};
+          ASSERT_TRUE(!fk.supports || fk.supports(kf)) << fk.name;
+          fk.run(kf);
+          def.reference(kr);
+          EXPECT_TRUE(tensors_equal(fast[0], ref[0])) << fk.name << " round " << round;
+        }
+      }
+    }
+  }
+}
+
+TEST(QConv2DFast, DoesNotDependOnTheThreadCount) {
+  Rng rng(19);
+  const Tensor x = random_int_tensor({2, 20, 20, 24}, rng, -128, 127, DType::kS8);
+  const Tensor w = random_int_tensor({3, 3, 24, 40}, rng, -128, 127, DType::kS8);
+  const Tensor b = random_int_tensor({40}, rng, -500, 500, DType::kS32);
+  Attrs a = fast_attrs(40, {});
+  a.set("padding", "same");
+  const int before = num_threads();
+  set_num_threads(1);
+  const Tensor one = ops::qconv2d(x, w, b, a);
+  set_num_threads(2);
+  const Tensor two = ops::qconv2d(x, w, b, a);
+  set_num_threads(before);
+  EXPECT_TRUE(tensors_equal(one, two));
+}
+
+TEST(QPool2DFast, MatchesTheReferenceOnEdgeShapes) {
+  const int rows = runnable_rows("qmax_pool2d");  // one row each, the same ISA
+  Rng rng(41);
+  const std::vector<Attrs> windows = {
+      {{"ksize", {2, 2}}},
+      {{"ksize", {2, 2}}, {"strides", {2, 2}}},
+      {{"ksize", {3, 3}}, {"strides", {2, 2}}, {"padding", "same"}},
+      {{"ksize", {3, 3}}, {"padding", "same"}, {"act_min", -20}, {"act_max", 40}},
+      {{"ksize", {2, 3}}, {"strides", {1, 2}}},
+      {{"ksize", {7, 7}}},  // a global pool of a 7x7 input
+  };
+  for (const int64_t c : {1, 5, 63, 64, 65, 130})
+    for (const int64_t n : {1, 2})
+      for (const Attrs& window : windows) {
+        const Tensor x = random_int_tensor({n, 7, 7, c}, rng, -128, 127, DType::kS8);
+        for (const char* op : {"qmax_pool2d", "qavg_pool2d"})
+          EXPECT_EQ(expect_fast_matches_reference(op, {x}, window, 0.0, 0.0), rows)
+              << op << " " << window.str() << " c " << c;
+      }
+  // Sums far from zero: every code at an extreme (rounding of negative and positive means).
+  for (const int64_t v : {-128, 127, -3}) {
+    const Tensor x = Tensor::full({1, 6, 6, 20}, static_cast<double>(v), DType::kS8);
+    for (const char* op : {"qmax_pool2d", "qavg_pool2d"})
+      EXPECT_EQ(
+          expect_fast_matches_reference(
+              op, {x}, {{"ksize", {3, 3}}, {"strides", {2, 2}}, {"padding", "same"}}, 0.0, 0.0),
+          rows);
+  }
+  // Large enough to split across threads.
+  const Tensor big = random_int_tensor({4, 28, 28, 64}, rng, -128, 127, DType::kS8);
+  for (const char* op : {"qmax_pool2d", "qavg_pool2d"})
+    EXPECT_EQ(expect_fast_matches_reference(op, {big}, {{"ksize", {2, 2}}, {"strides", {2, 2}}},
+                                            0.0, 0.0),
+              rows);
 }
 
 TEST(QPool2D, MaxAndAverageMatchTheFloatPoolsOnCodes) {

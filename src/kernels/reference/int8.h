@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "kernels/conv_params.h"
@@ -20,11 +21,16 @@
 
 namespace lowbit::kernels {
 
+// Scratch of the fast kernels (packed weights, activation tiles; kernels/fast/int8.h), made by
+// the prepare step and shared by the copies of one plan's params. The reference ignores it.
+struct QWorkspace;
+
 // conv2d / depthwise (groups) and fully connected, int8 x int8 -> int8.
 struct QConvParams {
   Conv2DParams geo;                            // NHWC x HWIO geometry, groups included
   int32_t input_zero_point = 0;                // zp_x
   std::vector<quant::ConvOutputStage> stages;  // one per output channel
+  std::shared_ptr<QWorkspace> workspace;       // fast kernels only
 };
 
 // x [n,in_h,in_w,in_c] s8, w [k_h,k_w,in_c/groups,out_c] s8, bias [out_c] s32 (nullptr: none),
@@ -38,6 +44,7 @@ struct QFullyConnectedParams {
   int64_t units = 1;  // w's last dim = y's last
   int32_t input_zero_point = 0;
   std::vector<quant::ConvOutputStage> stages;  // one per unit
+  std::shared_ptr<QWorkspace> workspace;       // fast kernels only
 };
 
 // x [rows, depth] s8, w [depth, units] s8, bias [units] s32 (nullptr: none), y [rows, units].

@@ -1,0 +1,72 @@
+// Fast int8 conv / fully-connected kernels (src/kernels/fast/int8.cc), AVX-512 VNNI and AVX2,
+// chosen at run time; bit-identical to the reference kernels of kernels/reference/int8.h.
+//
+// The int32 accumulator is the reference's exact sum in another order (integer addition is
+// associative; the vectors wrap modulo 2^32 exactly as the reference's int32 sum would if it
+// overflowed, which a valid model never does), and the output stage is
+// ConvOutputStage::apply lane by lane: the same SRDHM / RDPOT / single-rounding arithmetic on
+// 64-bit products (int8.cc explains why each vector step equals its scalar step).
+//   __avx512_vnni  vpdpbusd (u8 x s8 -> s32, four taps per lane): the activations enter as
+//                  u8 = x + 128 (x ^ 0x80), padding as zp + 128, and the bias absorbs
+//                  -(zp + 128) * sum_k w[k][c], so that every tap contributes (x - zp) * w.
+//   __avx2         vpmaddwd on s16 (x - zp) and s16 weights, two taps per lane (exact: each
+//                  product is at most 255 * 128 in magnitude).
+// Depthwise convolutions (groups == in_c == out_c, windows up to 64 taps) have their own
+// channel-vectorised loop: AVX-512 pairs taps, s16 (x - zp) x s16 w by vpdpwssd, 32 channels per
+// step (taps in the padding read a row of zero points); AVX2 multiplies int32 lanes (vpmulld).
+//
+// Weights are packed into the kernel's layout into the params' workspace, which keeps a copy of
+// the weights and bias it packed: a later call with equal weights (memcmp) reuses the packing,
+// so a plan's constant weights are packed once. A run allocates only on its first call (or when
+// the weights' size changes); the workspace's mutex serialises concurrent runs of one plan.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "kernels/reference/int8.h"
+
+namespace lowbit::kernels {
+
+// The per-channel output stages as lane arrays: channels in blocks of 16, per block the 16
+// values of each parameter (kernels/fast/int8.cc, enum RqParam) one after the other, so that
+// one pointer reaches them all.
+struct QRequantLanes {
+  std::vector<int32_t> lanes;
+  bool single = false;
+  bool any_left = false;  // some channel's multiplier is >= 1 (a left shift before SRDHM)
+};
+
+struct QWorkspace {
+  std::mutex mu;
+  int packed_for = -1;  // which kernel packed `b` (an internal tag), -1: none
+  std::vector<int8_t> w_copy;
+  std::vector<int32_t> bias_copy;
+  bool had_bias = false;
+  std::vector<uint8_t> b;         // packed weights
+  std::vector<int32_t> bias_eff;  // bias plus the zero point compensation, per channel
+  QRequantLanes rq;               // filled once
+  bool rq_ready = false;
+  std::vector<uint8_t> a;  // per-thread activation tiles
+};
+
+inline std::shared_ptr<QWorkspace> make_qworkspace() { return std::make_shared<QWorkspace>(); }
+
+// Whether the fast kernels take these parameters (the activation tile must stay small: the
+// reduction depth k_h * k_w * in_c / groups at most kMaxFastDepth).
+constexpr int64_t kMaxFastDepth = 1 << 16;
+bool qconv2d_s8_fast_supported(const QConvParams& p);
+bool qfully_connected_s8_fast_supported(const QFullyConnectedParams& p);
+
+void qconv2d_s8__avx512_vnni(const QConvParams& p, const int8_t* x, const int8_t* w,
+                             const int32_t* bias, int8_t* y);
+void qconv2d_s8__avx2(const QConvParams& p, const int8_t* x, const int8_t* w, const int32_t* bias,
+                      int8_t* y);
+void qfully_connected_s8__avx512_vnni(const QFullyConnectedParams& p, const int8_t* x,
+                                      const int8_t* w, const int32_t* bias, int8_t* y);
+void qfully_connected_s8__avx2(const QFullyConnectedParams& p, const int8_t* x, const int8_t* w,
+                               const int32_t* bias, int8_t* y);
+
+}  // namespace lowbit::kernels
