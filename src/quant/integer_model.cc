@@ -139,7 +139,9 @@ Json attr_json(const Attr& a) {
 Attr attr_from_json(const Json& j, const std::string& where) {
   if (!j.is_object() || j.size() != 1)
     LOWBIT_THROW(ValueError, where, ": expected an object with one of i, f, b, s, ints, floats");
-  const auto& [k, v] = *j.items().begin();
+  // j.items() is a temporary proxy: take the key and value by value, not through it.
+  const std::string k = j.begin().key();
+  const Json& v = j.begin().value();
   try {
     if (k == "i") return Attr(v.get<int64_t>());
     if (k == "f") return Attr(v.get<double>());
