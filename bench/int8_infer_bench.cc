@@ -1,0 +1,227 @@
+// End-to-end inference of the bench CNN (bench/bench_models.h): lowbit's float model and the
+// integer model quant::convert_to_integer makes of its w8a8 QAT version, timed the way the
+// int8 peers are (bench/peers_int8/torch_int8.py, ort_bench.mjs), so that the figures sit in
+// one table with PyTorch's and ONNX Runtime's (bench/peers_int8/run_all.sh runs all three).
+//
+//   int8_infer_bench [--threads 1,2] [--reps 9] [--min-time 0.5] [--lat-iters 400]
+//                    [--epochs 3] [--qat-epochs 1] [--scheme w8a8] [--data ../shared/data]
+//                    [--variants float32,int8] [--out FILE.jsonl]
+//
+// The model: trained --epochs epochs in float (seed 0, Adam 1e-3, batch 64, the 8k MNIST train
+// split, as the peers' model), then --qat-epochs of quantization-aware training at --scheme,
+// then converted. Timing (per thread count): warm-up first; the variants (float32, int8) are
+// interleaved rep by rep; batch 256 = images/s of back-to-back predict calls on the first 256
+// test images for >= --min-time s per rep; batch 1 = median of --lat-iters single-image predict
+// calls per rep, each timed; every figure is the median over --reps reps (min, max, all reps
+// in the JSON line). One JSON line per (variant, batch, threads), with "bench":"lowbit_int8".
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include "bench_models.h"
+#include "lowbit/data/idx.h"
+#include "lowbit/quant/convert.h"
+#include "lowbit/quant/quantize_model.h"
+#include "lowbit/threads.h"
+
+using namespace lowbit;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::string cpu_field(const std::string& key) {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind(key, 0) == 0) {
+      const size_t c = line.find(':');
+      return c == std::string::npos ? "" : line.substr(line.find_first_not_of(" \t", c + 1));
+    }
+  return "";
+}
+
+std::string summary(std::vector<double> v) {
+  std::vector<double> s = v;
+  std::sort(s.begin(), s.end());
+  const size_t n = s.size();
+  const double med = n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
+  std::ostringstream o;
+  o.precision(6);
+  o << "{\"median\": " << med << ", \"min\": " << s.front() << ", \"max\": " << s.back()
+    << ", \"n\": " << n << ", \"values\": [";
+  for (size_t i = 0; i < v.size(); ++i) o << (i ? ", " : "") << v[i];
+  o << "]}";
+  return o.str();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double accuracy(const Tensor& logits, const Tensor& labels) {
+  const int64_t n = logits.dim(0), k = logits.dim(1);
+  int64_t right = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    const float* p = logits.data<float>() + r * k;
+    right += std::max_element(p, p + k) - p == labels.data<int64_t>()[r];
+  }
+  return static_cast<double>(right) / static_cast<double>(n);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  std::string data = "../shared/data", scheme = "w8a8", out_path;
+  std::vector<int> threads{1, 2};
+  bool want_float = true, want_int8 = true;
+  int reps = 9, lat_iters = 400, epochs = 3, qat_epochs = 1;
+  double min_time = 0.5;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw ValueError("missing value after " + k);
+      return argv[++i];
+    };
+    if (k == "--data")
+      data = next();
+    else if (k == "--scheme")
+      scheme = next();
+    else if (k == "--out")
+      out_path = next();
+    else if (k == "--reps")
+      reps = std::stoi(next());
+    else if (k == "--lat-iters")
+      lat_iters = std::stoi(next());
+    else if (k == "--epochs")
+      epochs = std::stoi(next());
+    else if (k == "--qat-epochs")
+      qat_epochs = std::stoi(next());
+    else if (k == "--min-time")
+      min_time = std::stod(next());
+    else if (k == "--variants") {
+      want_float = want_int8 = false;
+      std::stringstream ss(next());
+      for (std::string v; std::getline(ss, v, ',');) {
+        if (v == "float32")
+          want_float = true;
+        else if (v == "int8")
+          want_int8 = true;
+        else
+          throw ValueError("--variants: unknown variant '" + v + "' (float32, int8)");
+      }
+    } else if (k == "--threads") {
+      threads.clear();
+      std::stringstream ss(next());
+      for (std::string t; std::getline(ss, t, ',');) threads.push_back(std::stoi(t));
+    } else
+      throw ValueError("unknown argument '" + k +
+                       "' (see the comment at the top of bench/int8_infer_bench.cc)");
+  }
+  if (reps < 1 || lat_iters < 1 || epochs < 0 || qat_epochs < 1 || min_time <= 0)
+    throw ValueError("--reps, --lat-iters and --qat-epochs must be >= 1, --epochs >= 0, "
+                     "--min-time > 0");
+
+  const MnistSplit train = load_mnist(data, true), test = load_mnist(data, false);
+  set_num_threads(1);
+  auto compile = [](nn::Model& m) {
+    m.compile({.optimizer = nn::Adam({.learning_rate = 1e-3}),
+               .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
+  };
+  std::fprintf(stderr, "int8_infer_bench: training the bench CNN (%d float + %d %s epochs)\n",
+               epochs, qat_epochs, scheme.c_str());
+  nn::ModelPtr fm = bench::build_bench_model("cnn", 0);
+  compile(*fm);
+  if (epochs > 0)
+    fm->fit(train.images, train.labels, {.epochs = epochs, .batch_size = 64, .seed = 0, .verbose = 0});
+  nn::ModelPtr qat = quant::quantize_model(*fm, quant::QuantizeConfig::preset(scheme));
+  compile(*qat);
+  qat->fit(train.images, train.labels,
+           {.epochs = qat_epochs, .batch_size = 64, .seed = 0, .verbose = 0});
+  quant::IntegerModel im = quant::convert_to_integer(*qat);
+
+  const double acc_float = accuracy(fm->predict(test.images, 256), test.labels);
+  const double acc_int8 = accuracy(im.predict(test.images, 256), test.labels);
+  std::fprintf(stderr, "int8_infer_bench: test accuracy float %.4f, int8 %.4f\n", acc_float,
+               acc_int8);
+
+  const Tensor xb = Tensor::wrap(test.images.raw(), {256, 28, 28, 1}, DType::kF32);
+  const Tensor x1 = Tensor::wrap(test.images.raw(), {1, 28, 28, 1}, DType::kF32);
+  const std::string int8_kind = "int8_" + scheme;
+  std::map<std::string, std::function<void(const Tensor&)>> run;
+  if (want_float) run["float32"] = [&](const Tensor& x) { fm->predict(x, 256); };
+  if (want_int8) run[int8_kind] = [&](const Tensor& x) { im.predict(x, 256); };
+  const std::map<std::string, double> acc{{"float32", acc_float}, {int8_kind, acc_int8}};
+
+  std::ofstream out;
+  if (!out_path.empty()) {
+    out.open(out_path, std::ios::app);
+    if (!out) throw IoError("int8_infer_bench: cannot open --out file '" + out_path + "'");
+  }
+  const std::string base = "\"cpu_family\": \"" + cpu_field("cpu family") +
+                           "\", \"cpu_model\": \"" + cpu_field("model name") + "\"";
+  auto emit = [&](const std::string& line) {
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+    if (out) out << line << "\n" << std::flush;
+  };
+
+  for (int t : threads) {
+    set_num_threads(t);
+    for (auto& [k, f] : run) {  // warm-up: plans, packed weights, caches
+      for (int i = 0; i < 5; ++i) f(xb);
+      for (int i = 0; i < 50; ++i) f(x1);
+    }
+    std::map<std::string, std::vector<double>> thr, lat;
+    for (int r = 0; r < reps; ++r)
+      for (auto& [k, f] : run) {
+        const auto t0 = Clock::now();
+        int64_t calls = 0;
+        double s = 0;
+        do {
+          f(xb);
+          ++calls;
+        } while ((s = seconds_since(t0)) < min_time);
+        thr[k].push_back(256.0 * static_cast<double>(calls) / s);
+        std::vector<double> us;
+        for (int i = 0; i < lat_iters; ++i) {
+          const auto t1 = Clock::now();
+          f(x1);
+          us.push_back(1e6 * seconds_since(t1));
+        }
+        lat[k].push_back(median(us));
+      }
+    for (auto& [k, f] : run) {
+      std::vector<double> speed_thr, speed_lat;
+      for (int r = 0; r < reps && want_float; ++r) {
+        speed_thr.push_back(thr[k][r] / thr["float32"][r]);
+        speed_lat.push_back(lat["float32"][r] / lat[k][r]);
+      }
+      const std::string head = "{\"bench\": \"lowbit_int8\", \"peer\": \"lowbit\", \"model\": "
+                               "\"cnn\", \"kind\": \"" + k + "\", \"threads\": " +
+                               std::to_string(t) + ", ";
+      const bool ratio = k != "float32" && want_float;
+      const std::string vs_float = ", \"speedup_vs_float32\": ";
+      char accs[64];
+      std::snprintf(accs, sizeof accs, ", \"test_acc\": %.4f", acc.at(k));
+      emit(head + "\"batch\": 256, \"images_per_s\": " + summary(thr[k]) + accs +
+           (ratio ? vs_float + summary(speed_thr) : "") + ", " + base + "}");
+      emit(head + "\"batch\": 1, \"latency_us\": " + summary(lat[k]) +
+           ", \"lat_iters_per_rep\": " + std::to_string(lat_iters) +
+           (ratio ? vs_float + summary(speed_lat) : "") + ", " + base + "}");
+    }
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "int8_infer_bench: %s\n", e.what());
+  return 1;
+}
