@@ -1,19 +1,26 @@
-// End-to-end inference of the bench CNN (bench/bench_models.h): lowbit's float model and the
-// integer model quant::convert_to_integer makes of its w8a8 QAT version, timed the way the
+// End-to-end inference of the int8 peers' models (bench/bench_models.h): lowbit's float model
+// and the integer model quant::convert_to_integer makes of its QAT version, timed the way the
 // int8 peers are (bench/peers_int8/torch_int8.py, ort_bench.mjs), so that the figures sit in
 // one table with PyTorch's and ONNX Runtime's (bench/peers_int8/run_all.sh runs all three).
 //
-//   int8_infer_bench [--threads 1,2] [--reps 9] [--min-time 0.5] [--lat-iters 400]
-//                    [--epochs 3] [--qat-epochs 1] [--scheme w8a8] [--data ../shared/data]
-//                    [--variants float32,int8] [--out FILE.jsonl]
+//   int8_infer_bench [--models cnn,mbv2] [--threads 1,2] [--reps 9] [--min-time 0.5]
+//                    [--lat-iters 400] [--mbv2-iters 40] [--epochs 3] [--qat-epochs 1]
+//                    [--scheme w8a8] [--data ../shared/data] [--variants float32,int8]
+//                    [--out FILE.jsonl]
 //
-// The model: trained --epochs epochs in float (seed 0, Adam 1e-3, batch 64, the 8k MNIST train
-// split, as the peers' model), then --qat-epochs of quantization-aware training at --scheme,
-// then converted. Timing (per thread count): warm-up first; the variants (float32, int8) are
-// interleaved rep by rep; batch 256 = images/s of back-to-back predict calls on the first 256
-// test images for >= --min-time s per rep; batch 1 = median of --lat-iters single-image predict
-// calls per rep, each timed; every figure is the median over --reps reps (min, max, all reps
-// in the JSON line). One JSON line per (variant, batch, threads), with "bench":"lowbit_int8".
+// cnn: trained --epochs epochs in float (seed 0, Adam 1e-3, batch 64, the 8k MNIST train split,
+// as the peers' model), then --qat-epochs of quantization-aware training at --scheme, then
+// converted; test accuracy of both in the JSON lines.
+// mbv2: MobileNetV2-1.0 224x224, seeded random weights as the peers' (no download); its BN
+// statistics re-estimated on 8 random N(0,1) batches of 4 (as the peers do, else the
+// activations vanish through the 17 blocks), then quantize_model at --scheme calibrated on
+// 4 batches of 4 random images (the peers' calibration), then converted.
+// Timing (per thread count): warm-up first; the variants (float32, int8) are interleaved rep
+// by rep; cnn batch 256 = images/s of back-to-back predict calls on the first 256 test images
+// for >= --min-time s per rep; cnn batch 1 = median of --lat-iters single-image predict calls
+// per rep, each timed; mbv2 batch 1 = median of --mbv2-iters calls per rep (ms); every figure is
+// the median over --reps reps (min, max, all reps in the JSON line). One JSON line per (model,
+// variant, batch, threads), with "bench":"lowbit_int8".
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -26,6 +33,7 @@
 #include "lowbit/data/idx.h"
 #include "lowbit/quant/convert.h"
 #include "lowbit/quant/quantize_model.h"
+#include "lowbit/rng.h"
 #include "lowbit/threads.h"
 
 using namespace lowbit;
@@ -78,14 +86,40 @@ double accuracy(const Tensor& logits, const Tensor& labels) {
   return static_cast<double>(right) / static_cast<double>(n);
 }
 
+// One model to time: its float and integer forms and the inputs of each batch size.
+struct Workload {
+  std::string model;
+  nn::ModelPtr fm;
+  quant::IntegerModel im;
+  std::map<std::string, double> acc;  // by kind, where known
+  Tensor batch;                        // batch 256 input (undefined: no throughput figure)
+  Tensor one;                          // batch 1 input
+  int lat_iters = 0;
+  bool ms = false;  // latency in ms (else µs)
+};
+
+Tensor random_images(int64_t n, uint64_t seed) {
+  Rng rng(seed);
+  Tensor x({n, 224, 224, 3}, DType::kF32);
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = rng.normal();
+  return x;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
   std::string data = "../shared/data", scheme = "w8a8", out_path;
   std::vector<int> threads{1, 2};
+  std::vector<std::string> models{"cnn"};
   bool want_float = true, want_int8 = true;
-  int reps = 9, lat_iters = 400, epochs = 3, qat_epochs = 1;
+  int reps = 9, lat_iters = 400, mbv2_iters = 40, epochs = 3, qat_epochs = 1;
   double min_time = 0.5;
+  auto split = [](const std::string& s) {
+    std::vector<std::string> v;
+    std::stringstream ss(s);
+    for (std::string t; std::getline(ss, t, ',');) v.push_back(t);
+    return v;
+  };
   for (int i = 1; i < argc; ++i) {
     const std::string k = argv[i];
     auto next = [&]() -> std::string {
@@ -102,16 +136,22 @@ int main(int argc, char** argv) try {
       reps = std::stoi(next());
     else if (k == "--lat-iters")
       lat_iters = std::stoi(next());
+    else if (k == "--mbv2-iters")
+      mbv2_iters = std::stoi(next());
     else if (k == "--epochs")
       epochs = std::stoi(next());
     else if (k == "--qat-epochs")
       qat_epochs = std::stoi(next());
     else if (k == "--min-time")
       min_time = std::stod(next());
-    else if (k == "--variants") {
+    else if (k == "--models") {
+      models = split(next());
+      for (const auto& m : models)
+        if (m != "cnn" && m != "mbv2")
+          throw ValueError("--models: unknown model '" + m + "' (cnn, mbv2)");
+    } else if (k == "--variants") {
       want_float = want_int8 = false;
-      std::stringstream ss(next());
-      for (std::string v; std::getline(ss, v, ',');) {
+      for (const auto& v : split(next())) {
         if (v == "float32")
           want_float = true;
         else if (v == "int8")
@@ -121,46 +161,64 @@ int main(int argc, char** argv) try {
       }
     } else if (k == "--threads") {
       threads.clear();
-      std::stringstream ss(next());
-      for (std::string t; std::getline(ss, t, ',');) threads.push_back(std::stoi(t));
+      for (const auto& t : split(next())) threads.push_back(std::stoi(t));
     } else
       throw ValueError("unknown argument '" + k +
                        "' (see the comment at the top of bench/int8_infer_bench.cc)");
   }
-  if (reps < 1 || lat_iters < 1 || epochs < 0 || qat_epochs < 1 || min_time <= 0)
-    throw ValueError("--reps, --lat-iters and --qat-epochs must be >= 1, --epochs >= 0, "
-                     "--min-time > 0");
+  if (reps < 1 || lat_iters < 1 || mbv2_iters < 1 || epochs < 0 || qat_epochs < 1 ||
+      min_time <= 0)
+    throw ValueError("--reps, --lat-iters, --mbv2-iters and --qat-epochs must be >= 1, "
+                     "--epochs >= 0, --min-time > 0");
 
-  const MnistSplit train = load_mnist(data, true), test = load_mnist(data, false);
   set_num_threads(1);
   auto compile = [](nn::Model& m) {
     m.compile({.optimizer = nn::Adam({.learning_rate = 1e-3}),
                .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
   };
-  std::fprintf(stderr, "int8_infer_bench: training the bench CNN (%d float + %d %s epochs)\n",
-               epochs, qat_epochs, scheme.c_str());
-  nn::ModelPtr fm = bench::build_bench_model("cnn", 0);
-  compile(*fm);
-  if (epochs > 0)
-    fm->fit(train.images, train.labels, {.epochs = epochs, .batch_size = 64, .seed = 0, .verbose = 0});
-  nn::ModelPtr qat = quant::quantize_model(*fm, quant::QuantizeConfig::preset(scheme));
-  compile(*qat);
-  qat->fit(train.images, train.labels,
-           {.epochs = qat_epochs, .batch_size = 64, .seed = 0, .verbose = 0});
-  quant::IntegerModel im = quant::convert_to_integer(*qat);
-
-  const double acc_float = accuracy(fm->predict(test.images, 256), test.labels);
-  const double acc_int8 = accuracy(im.predict(test.images, 256), test.labels);
-  std::fprintf(stderr, "int8_infer_bench: test accuracy float %.4f, int8 %.4f\n", acc_float,
-               acc_int8);
-
-  const Tensor xb = Tensor::wrap(test.images.raw(), {256, 28, 28, 1}, DType::kF32);
-  const Tensor x1 = Tensor::wrap(test.images.raw(), {1, 28, 28, 1}, DType::kF32);
+  const quant::QuantizeConfig cfg = quant::QuantizeConfig::preset(scheme);
   const std::string int8_kind = "int8_" + scheme;
-  std::map<std::string, std::function<void(const Tensor&)>> run;
-  if (want_float) run["float32"] = [&](const Tensor& x) { fm->predict(x, 256); };
-  if (want_int8) run[int8_kind] = [&](const Tensor& x) { im.predict(x, 256); };
-  const std::map<std::string, double> acc{{"float32", acc_float}, {int8_kind, acc_int8}};
+  std::vector<Workload> work;
+  for (const std::string& m : models) {
+    Workload w;
+    w.model = m;
+    if (m == "cnn") {
+      const MnistSplit train = load_mnist(data, true), test = load_mnist(data, false);
+      std::fprintf(stderr, "int8_infer_bench: training the bench CNN (%d float + %d %s epochs)\n",
+                   epochs, qat_epochs, scheme.c_str());
+      w.fm = bench::build_bench_model("cnn", 0);
+      compile(*w.fm);
+      if (epochs > 0)
+        w.fm->fit(train.images, train.labels,
+                  {.epochs = epochs, .batch_size = 64, .seed = 0, .verbose = 0});
+      nn::ModelPtr qat = quant::quantize_model(*w.fm, cfg);
+      compile(*qat);
+      qat->fit(train.images, train.labels,
+               {.epochs = qat_epochs, .batch_size = 64, .seed = 0, .verbose = 0});
+      w.im = quant::convert_to_integer(*qat);
+      w.acc["float32"] = accuracy(w.fm->predict(test.images, 256), test.labels);
+      w.acc[int8_kind] = accuracy(w.im.predict(test.images, 256), test.labels);
+      std::fprintf(stderr, "int8_infer_bench: cnn test accuracy float %.4f, int8 %.4f\n",
+                   w.acc["float32"], w.acc[int8_kind]);
+      w.batch = Tensor::wrap(test.images.raw(), {256, 28, 28, 1}, DType::kF32).clone();
+      w.one = Tensor::wrap(test.images.raw(), {1, 28, 28, 1}, DType::kF32).clone();
+      w.lat_iters = lat_iters;
+    } else {
+      std::fprintf(stderr, "int8_infer_bench: MobileNetV2 (BN statistics, %s calibration)\n",
+                   scheme.c_str());
+      w.fm = bench::build_mobilenet_v2(0);
+      for (int b = 0; b < 8; ++b) (*w.fm)(random_images(4, 100 + b), {.training = true});
+      if (want_int8) {
+        nn::ModelPtr qat = quant::quantize_model(*w.fm, cfg);
+        qat->calibrate(data::Dataset::from_tensors({random_images(16, 200)}), 4);
+        w.im = quant::convert_to_integer(*qat);
+      }
+      w.one = random_images(1, 300);
+      w.lat_iters = mbv2_iters;
+      w.ms = true;
+    }
+    work.push_back(std::move(w));
+  }
 
   std::ofstream out;
   if (!out_path.empty()) {
@@ -177,47 +235,62 @@ int main(int argc, char** argv) try {
 
   for (int t : threads) {
     set_num_threads(t);
-    for (auto& [k, f] : run) {  // warm-up: plans, packed weights, caches
-      for (int i = 0; i < 5; ++i) f(xb);
-      for (int i = 0; i < 50; ++i) f(x1);
-    }
-    std::map<std::string, std::vector<double>> thr, lat;
-    for (int r = 0; r < reps; ++r)
-      for (auto& [k, f] : run) {
-        const auto t0 = Clock::now();
-        int64_t calls = 0;
-        double s = 0;
-        do {
-          f(xb);
-          ++calls;
-        } while ((s = seconds_since(t0)) < min_time);
-        thr[k].push_back(256.0 * static_cast<double>(calls) / s);
-        std::vector<double> us;
-        for (int i = 0; i < lat_iters; ++i) {
-          const auto t1 = Clock::now();
-          f(x1);
-          us.push_back(1e6 * seconds_since(t1));
+    for (Workload& w : work) {
+      std::map<std::string, std::function<void(const Tensor&)>> run;
+      if (want_float) run["float32"] = [&](const Tensor& x) { w.fm->predict(x, 256); };
+      if (want_int8) run[int8_kind] = [&](const Tensor& x) { w.im.predict(x, 256); };
+      for (auto& [k, f] : run) {  // warm-up: plans, packed weights, caches
+        if (w.batch.defined())
+          for (int i = 0; i < 5; ++i) f(w.batch);
+        for (int i = 0; i < (w.ms ? 5 : 50); ++i) f(w.one);
+      }
+      std::map<std::string, std::vector<double>> thr, lat;
+      for (int r = 0; r < reps; ++r)
+        for (auto& [k, f] : run) {
+          if (w.batch.defined()) {
+            const auto t0 = Clock::now();
+            int64_t calls = 0;
+            double s = 0;
+            do {
+              f(w.batch);
+              ++calls;
+            } while ((s = seconds_since(t0)) < min_time);
+            thr[k].push_back(static_cast<double>(w.batch.dim(0) * calls) / s);
+          }
+          std::vector<double> d;
+          for (int i = 0; i < w.lat_iters; ++i) {
+            const auto t1 = Clock::now();
+            f(w.one);
+            d.push_back((w.ms ? 1e3 : 1e6) * seconds_since(t1));
+          }
+          lat[k].push_back(median(d));
         }
-        lat[k].push_back(median(us));
+      for (auto& [k, f] : run) {
+        const bool ratio = k != "float32" && want_float;
+        std::vector<double> speed_thr, speed_lat;
+        for (int r = 0; r < reps && ratio; ++r) {
+          if (w.batch.defined()) speed_thr.push_back(thr[k][r] / thr["float32"][r]);
+          speed_lat.push_back(lat["float32"][r] / lat[k][r]);
+        }
+        const std::string model_name = w.model == "cnn" ? "cnn" : "mobilenet_v2_1.0_224";
+        const std::string head = "{\"bench\": \"lowbit_int8\", \"peer\": \"lowbit\", \"model\": \"" +
+                                 model_name + "\", \"kind\": \"" + k +
+                                 "\", \"threads\": " + std::to_string(t) + ", ";
+        const std::string vs_float = ", \"speedup_vs_float32\": ";
+        std::string accs;
+        if (w.acc.count(k)) {
+          char b[64];
+          std::snprintf(b, sizeof b, ", \"test_acc\": %.4f", w.acc.at(k));
+          accs = b;
+        }
+        if (w.batch.defined())
+          emit(head + "\"batch\": 256, \"images_per_s\": " + summary(thr[k]) + accs +
+               (ratio ? vs_float + summary(speed_thr) : "") + ", " + base + "}");
+        emit(head + "\"batch\": 1, \"" + (w.ms ? "latency_ms" : "latency_us") +
+             "\": " + summary(lat[k]) + ", \"lat_iters_per_rep\": " +
+             std::to_string(w.lat_iters) + (ratio ? vs_float + summary(speed_lat) : "") + ", " +
+             base + "}");
       }
-    for (auto& [k, f] : run) {
-      std::vector<double> speed_thr, speed_lat;
-      for (int r = 0; r < reps && want_float; ++r) {
-        speed_thr.push_back(thr[k][r] / thr["float32"][r]);
-        speed_lat.push_back(lat["float32"][r] / lat[k][r]);
-      }
-      const std::string head = "{\"bench\": \"lowbit_int8\", \"peer\": \"lowbit\", \"model\": "
-                               "\"cnn\", \"kind\": \"" + k + "\", \"threads\": " +
-                               std::to_string(t) + ", ";
-      const bool ratio = k != "float32" && want_float;
-      const std::string vs_float = ", \"speedup_vs_float32\": ";
-      char accs[64];
-      std::snprintf(accs, sizeof accs, ", \"test_acc\": %.4f", acc.at(k));
-      emit(head + "\"batch\": 256, \"images_per_s\": " + summary(thr[k]) + accs +
-           (ratio ? vs_float + summary(speed_thr) : "") + ", " + base + "}");
-      emit(head + "\"batch\": 1, \"latency_us\": " + summary(lat[k]) +
-           ", \"lat_iters_per_rep\": " + std::to_string(lat_iters) +
-           (ratio ? vs_float + summary(speed_lat) : "") + ", " + base + "}");
     }
   }
   return 0;
