@@ -358,6 +358,69 @@ std::vector<ValueType> infer_dequantize(const InferCtx& c) {
   return {{DType::kF32, c.in[0].shape}};
 }
 
+// ---- qlogistic, qtanh, qsoftmax (fixed output parameters) --------------------------------------
+
+struct FixedOutput {
+  double scale;
+  int32_t zero_point;
+};
+FixedOutput fixed_output(const std::string& op) {
+  if (op == "qtanh") return {1.0 / 128, 0};
+  return {1.0 / 256, -128};  // qlogistic, qsoftmax
+}
+
+// The input's (scale, zero point); output_scale / output_zero_point, when given, must be the
+// op's fixed ones (TFLite enforces them too).
+std::pair<double, int32_t> nonlinear_input(const std::string& op, const Attrs& a) {
+  const double s_in = static_cast<float>(scale_attr(op, a, "input_scale"));
+  const int32_t zp_in = zero_point_attr(op, a, "input_zero_point");
+  const FixedOutput f = fixed_output(op);
+  if ((a.has("output_scale") && a.f("output_scale") != f.scale) ||
+      (a.has("output_zero_point") && a.i("output_zero_point") != f.zero_point))
+    LOWBIT_THROW(ValueError, op, ": the output parameters are fixed at scale ", f.scale,
+                 ", zero point ", f.zero_point, " but attributes ask for scale ",
+                 a.f("output_scale", f.scale), ", zero point ", a.i("output_zero_point", f.zero_point),
+                 " (drop them, or requantize the output)");
+  return {s_in, zp_in};
+}
+
+kernels::QLutStage lut_stage(const std::string& op, const Attrs& a) {
+  const auto [s_in, zp_in] = nonlinear_input(op, a);
+  kernels::QLutStage st;
+  const bool tanh = op == "qtanh";
+  for (int32_t q = -128; q <= 127; ++q) {
+    const double x = s_in * static_cast<double>(q - zp_in);
+    const double y = tanh ? 128.0 * std::tanh(x) : 256.0 / (1.0 + std::exp(-x)) - 128.0;
+    st.table[q + 128] = static_cast<int8_t>(std::clamp(std::floor(y + 0.5), -128.0, 127.0));
+  }
+  return st;
+}
+
+kernels::QSoftmaxStage softmax_stage(const std::string& op, const Attrs& a) {
+  const auto [s_in, zp_in] = nonlinear_input(op, a);
+  (void)zp_in;  // softmax sees only differences of codes
+  const double beta = a.f("beta", 1.0);
+  if (!std::isfinite(beta) || !(beta > 0))
+    LOWBIT_THROW(ValueError, op, ": attribute 'beta': expected a finite value > 0 but found ", beta);
+  kernels::QSoftmaxStage st;
+  for (int d = 0; d < 256; ++d)
+    st.exp_table[d] = static_cast<int32_t>(std::floor(std::ldexp(std::exp(-beta * s_in * d), 30) + 0.5));
+  return st;
+}
+
+std::vector<ValueType> infer_qnonlinear(const InferCtx& c) {
+  require_dtype(c, 0, DType::kS8, "x");
+  if (c.op == "qsoftmax") {
+    if (c.in[0].shape.rank() < 1)
+      LOWBIT_THROW(ShapeError, c.op, ": argument 'x' must have rank >= 1 (softmax over the last "
+                   "axis) but is a scalar");
+    softmax_stage(c.op, c.attrs);
+  } else {
+    lut_stage(c.op, c.attrs);
+  }
+  return {{DType::kS8, c.in[0].shape}};
+}
+
 const int8_t* in_s8(const KernelCtx& k, int i) { return k.in[i].data<int8_t>(); }
 int8_t* out_s8(const KernelCtx& k) { return k.out[0].data<int8_t>(); }
 
@@ -494,6 +557,42 @@ void register_int8_ops() {
                                               k.out[0].numel(), in_s8(k, 0), out_s8(k));
            },
        .doc = "int8 codes to other (scale, zero point)"});
+  register_op({.name = "qlogistic",
+               .num_inputs = 1,
+               .infer = infer_qnonlinear,
+               .prepare = [](const PrepareCtx& c) -> std::any { return lut_stage(c.op, c.attrs); },
+               .reference =
+                   [](const KernelCtx& k) {
+                     kernels::qlut_s8_reference(k.params<kernels::QLutStage>(), k.out[0].numel(),
+                                                in_s8(k, 0), out_s8(k));
+                   },
+               .doc = "int8 logistic (TFLite LOGISTIC; output scale 1/256, zero point -128), a "
+                      "256-entry table"});
+  register_op({.name = "qtanh",
+               .num_inputs = 1,
+               .infer = infer_qnonlinear,
+               .prepare = [](const PrepareCtx& c) -> std::any { return lut_stage(c.op, c.attrs); },
+               .reference =
+                   [](const KernelCtx& k) {
+                     kernels::qlut_s8_reference(k.params<kernels::QLutStage>(), k.out[0].numel(),
+                                                in_s8(k, 0), out_s8(k));
+                   },
+               .doc = "int8 tanh (TFLite TANH; output scale 1/128, zero point 0), a 256-entry "
+                      "table"});
+  register_op(
+      {.name = "qsoftmax",
+       .num_inputs = 1,
+       .infer = infer_qnonlinear,
+       .prepare = [](const PrepareCtx& c) -> std::any { return softmax_stage(c.op, c.attrs); },
+       .reference =
+           [](const KernelCtx& k) {
+             const int64_t depth = k.in[0].shape()[k.in[0].rank() - 1];
+             const int64_t rows = depth > 0 ? k.in[0].numel() / depth : 0;
+             kernels::qsoftmax_s8_reference(k.params<kernels::QSoftmaxStage>(), rows, depth,
+                                            in_s8(k, 0), out_s8(k));
+           },
+       .doc = "int8 softmax over the last axis (TFLite SOFTMAX; output scale 1/256, zero point "
+              "-128): an exp table and an exact integer division"});
   register_op({.name = "quantize",
                .num_inputs = 1,
                .infer = infer_quantize,

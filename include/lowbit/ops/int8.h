@@ -33,6 +33,20 @@
 //   qavg_pool2d also takes input_scale, input_zero_point, output_scale, output_zero_point (all
 //     or none): the mean rounded once to the output's parameters, MBQM(sum - count * zp_in,
 //     s_in / (s_out * count)) + zp_out.
+//   qlogistic(x s8) -> s8 at scale 1/256, zero point -128 (TFLite LOGISTIC's fixed output);
+//   qtanh(x s8) -> s8 at scale 1/128, zero point 0 (TFLite TANH's): attributes input_scale,
+//     input_zero_point; a 256-entry table built at prepare time, table[q] =
+//     clamp(floor(f(s_in * (q - zp_in)) / s_out + 1/2) + zp_out), the real function in f64 of
+//     the f32 input scale, rounded half up (TFLite's LUTPopulate rounds the f32 value half away
+//     from zero; the two differ only on exact ties). Within 1/2 output step of the real function.
+//   qsoftmax(x s8 [..., C]) -> s8 at scale 1/256, zero point -128 (TFLite SOFTMAX's), over the
+//     last axis; attributes input_scale, input_zero_point, beta (default 1). Integer only at run
+//     time: E(d) = floor(2^30 exp(-beta s_in d) + 1/2) for d = max_row - q in [0, 255] (a
+//     256-entry int32 table built at prepare time), S = the row's int64 sum of E, y =
+//     clamp(floor(256 E / S + 1/2) - 128) by exact integer division. Not TFLite's gemmlowp
+//     reference (exp in Q5.26, a Newton reciprocal), which can be one code off from this;
+//     within 1/2 step + 2^-21 of the real softmax of the dequantized input.
+//   For all three, output_scale / output_zero_point may be given but must be the fixed values.
 //   requantize(x s8) -> s8: the same values at other parameters (input_scale,
 //     input_zero_point, output_scale, output_zero_point, rounding).
 //   quantize(x f32) -> s8 (scale, zero_point): clamp(round_away(x / scale) + zp).
@@ -66,6 +80,18 @@ T qavg_pool2d(const T& x, const Attrs& attrs) {
 template <Operand T>
 T qadd(const T& a, const T& b, const Attrs& attrs) {
   return apply1("qadd", {a, b}, attrs);
+}
+template <Operand T>
+T qlogistic(const T& x, const Attrs& attrs) {
+  return apply1("qlogistic", {x}, attrs);
+}
+template <Operand T>
+T qtanh(const T& x, const Attrs& attrs) {
+  return apply1("qtanh", {x}, attrs);
+}
+template <Operand T>
+T qsoftmax(const T& x, const Attrs& attrs) {
+  return apply1("qsoftmax", {x}, attrs);
 }
 template <Operand T>
 T requantize(const T& x, const Attrs& attrs) {
