@@ -382,7 +382,6 @@ TEST(QPool2DFast, RequantizingAverageMatchesTheReference) {
   const std::vector<Out> outs = {{0.05, 0.04, -21, 3, "single", -128, 127},
                                  {0.05, 0.2, 17, -128, "double", -128, 127},
                                  {0.013, 0.011, 0, -40, "double", -40, 100}};
-  int checked = 0;
   for (const int64_t c : {1, 17, 64, 65})
     for (const Attrs& window : windows)
       for (const Out& o : outs) {
@@ -397,9 +396,7 @@ TEST(QPool2DFast, RequantizingAverageMatchesTheReference) {
         a.set("act_max", o.act_max);
         EXPECT_EQ(expect_fast_matches_reference("qavg_pool2d", {x}, a, 0.0, 0.0), rows)
             << a.str() << " c " << c;
-        ++checked;
       }
-  EXPECT_EQ(checked, 4 * 3 * 3);
 }
 
 TEST(QPool2D, MaxAndAverageMatchTheFloatPoolsOnCodes) {
@@ -559,16 +556,16 @@ TEST(QuantizeFast, MatchesTheReferenceOnTiesSaturationAndNonFiniteValues) {
   Rng rng(47);
   for (const int64_t n : {1, 7, 31, 32, 33, 64, 95, 1000}) {
     std::vector<float> v(static_cast<size_t>(n));
-    const float specials[] = {-1.25f, 1.25f, 0.25f, -0.25f, 0.75f,    -0.75f,  2.5f,
-                              -2.5f,  0.0f,  -0.0f, 1e-40f, -1e-40f,  1e30f,   -1e30f,
-                              INFINITY, -INFINITY, NAN, 63.75f, -64.25f, 16777216.0f};
+    const float specials[] = {-1.25f,   1.25f,     0.25f, -0.25f, 0.75f,   -0.75f,     2.5f,
+                              -2.5f,    0.0f,      -0.0f, 1e-40f, -1e-40f, 1e30f,      -1e30f,
+                              INFINITY, -INFINITY, NAN,   63.75f, -64.25f, 16777216.0f};
     for (int64_t i = 0; i < n; ++i)
       v[static_cast<size_t>(i)] =
           i % 3 == 0 ? specials[(i / 3) % std::size(specials)]
                      : static_cast<float>(rng.uniform(-80.0, 80.0));  // saturates at both ends
     const Tensor x = Tensor::from_vector<float>(v, {n});
-    for (const auto& [scale, zp] : {std::pair<double, int64_t>{0.5, 2}, {0.25, -128}, {0.3, 127},
-                                    {1.0 / 3.0, 0}})
+    for (const auto& [scale, zp] :
+         {std::pair<double, int64_t>{0.5, 2}, {0.25, -128}, {0.3, 127}, {1.0 / 3.0, 0}})
       EXPECT_EQ(expect_fast_matches_reference("quantize", {x},
                                               {{"scale", scale}, {"zero_point", zp}}, 0.0, 0.0),
                 rows)
