@@ -37,6 +37,7 @@ struct QRequantLanes {
   std::vector<int32_t> lanes;
   bool single = false;
   bool any_left = false;  // some channel's multiplier is >= 1 (a left shift before SRDHM)
+  bool lean = false;      // the shorter output stage applies (kernels/fast/int8.cc, set_lean)
 };
 
 struct QWorkspace {
@@ -59,9 +60,19 @@ inline std::shared_ptr<QWorkspace> make_qworkspace() { return std::make_shared<Q
 constexpr int64_t kMaxFastDepth = 1 << 16;
 bool qconv2d_s8_fast_supported(const QConvParams& p);
 bool qfully_connected_s8_fast_supported(const QFullyConnectedParams& p);
+// The depthwise row: groups == in_c > 1, any depth multiplier out_c / in_c, k_h <= 16.
+bool qconv2d_s8_depthwise_supported(const QConvParams& p);
+// The few-input-channels row (a network's first conv): groups == 1, in_c <= 4, dil_w == 1.
+constexpr int64_t kMaxFewInChannels = 4;
+bool qconv2d_s8_few_in_channels_supported(const QConvParams& p);
 
 void qconv2d_s8__avx512_vnni(const QConvParams& p, const int8_t* x, const int8_t* w,
                              const int32_t* bias, int8_t* y);
+// AVX-512 VNNI rows for depthwise convolutions and for few input channels (the supports above).
+void qconv2d_depthwise_s8__avx512_vnni(const QConvParams& p, const int8_t* x, const int8_t* w,
+                                       const int32_t* bias, int8_t* y);
+void qconv2d_fewc_s8__avx512_vnni(const QConvParams& p, const int8_t* x, const int8_t* w,
+                                  const int32_t* bias, int8_t* y);
 void qconv2d_s8__avx2(const QConvParams& p, const int8_t* x, const int8_t* w, const int32_t* bias,
                       int8_t* y);
 void qfully_connected_s8__avx512_vnni(const QFullyConnectedParams& p, const int8_t* x,
