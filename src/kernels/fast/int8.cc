@@ -682,31 +682,87 @@ inline RqVec rq_vec_for(const Rq& rq, int64_t c) {
 
 constexpr int64_t kMaxQuadRows = 16;  // k_h of the depthwise quad kernel (4 row groups)
 
-// The 64 channels [c0, c0 + 64) of four input rows src[0..3] (nvalid of them real, the rest 0;
-// their weights are 0) as quads in channel order: dst[4 * j + k] = src[k][c0 + j] ^ 0x80.
-inline void build_quads(const int8_t* const* src, int64_t c0, int64_t nvalid, bool four,
-                        uint8_t* dst) {
-  const __mmask64 k = nvalid >= 64 ? ~__mmask64{0} : (__mmask64{1} << nvalid) - 1;
+// Channel chunks: the output channels below round_down(out_c, 64) in chunks of 64 whose quads
+// stay in the lane order of the in-lane unpacks (no transpose): vector j of a column holds, in
+// dword 4L + i, channel c0 + 16L + 4j + i. The weights, bias and output stages are packed in that
+// "virtual" order, and the int8 results come back to channel order by vpackssdw / vpacksswb
+// (lane L of packs(packs(r0, r1), packs(r2, r3)) is r0.L r1.L r2.L r3.L: channels 16L .. 16L +
+// 15). The rest in chunks of 16 in channel order.
+inline int64_t dw_full(int64_t oc_n) { return oc_n / 64 * 64; }
+inline int64_t dw_real(int64_t v, int64_t full) {
+  if (v >= full) return v;
+  const int64_t c0 = v & ~int64_t{63}, u = v & 63;
+  return c0 + 16 * ((u >> 2) & 3) + 4 * (u >> 4) + (u & 3);
+}
+
+// The quads of four input rows src[0..3] for a chunk: 64 channels from c0 in virtual order, or
+// 16 (nvalid of them real, the rest 0: their weights are 0) in channel order;
+// dst[4 * v + k] = src[k][channel of v] ^ 0x80.
+inline void build_quads64(const int8_t* const* src, int64_t c0, bool four, uint8_t* dst) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  const __m512i r0 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src[0] + c0), flip);
-  const __m512i r1 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src[1] + c0), flip);
-  const __m512i r2 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src[2] + c0), flip);
-  const __m512i r3 =
-      four ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src[3] + c0), flip) : r2;
+  const __m512i r0 = _mm512_xor_si512(_mm512_loadu_si512(src[0] + c0), flip);
+  const __m512i r1 = _mm512_xor_si512(_mm512_loadu_si512(src[1] + c0), flip);
+  const __m512i r2 = _mm512_xor_si512(_mm512_loadu_si512(src[2] + c0), flip);
+  const __m512i r3 = four ? _mm512_xor_si512(_mm512_loadu_si512(src[3] + c0), flip) : r2;
   // Per 128-bit lane L: a0 / a1 hold the (row 0, row 1) byte pairs of channels 16L + 0..7 /
-  // 8..15, b0 / b1 those of rows 2, 3; q_i the quads of channels 16L + 4i .. 4i + 3.
+  // 8..15, b0 / b1 those of rows 2, 3; q_j the quads of channels 16L + 4j .. 4j + 3.
   const __m512i a0 = _mm512_unpacklo_epi8(r0, r1), a1 = _mm512_unpackhi_epi8(r0, r1);
   const __m512i b0 = _mm512_unpacklo_epi8(r2, r3), b1 = _mm512_unpackhi_epi8(r2, r3);
-  const __m512i q0 = _mm512_unpacklo_epi16(a0, b0), q1 = _mm512_unpackhi_epi16(a0, b0);
-  const __m512i q2 = _mm512_unpacklo_epi16(a1, b1), q3 = _mm512_unpackhi_epi16(a1, b1);
-  // A 4 x 4 transpose of 128-bit lanes: output vector L = (q0.L, q1.L, q2.L, q3.L), the quads
-  // of channels 16L .. 16L + 15.
-  const __m512i t0 = _mm512_shuffle_i64x2(q0, q1, 0x44), t1 = _mm512_shuffle_i64x2(q2, q3, 0x44);
-  const __m512i t2 = _mm512_shuffle_i64x2(q0, q1, 0xEE), t3 = _mm512_shuffle_i64x2(q2, q3, 0xEE);
-  _mm512_storeu_si512(dst, _mm512_shuffle_i64x2(t0, t1, 0x88));
-  _mm512_storeu_si512(dst + 64, _mm512_shuffle_i64x2(t0, t1, 0xDD));
-  _mm512_storeu_si512(dst + 128, _mm512_shuffle_i64x2(t2, t3, 0x88));
-  _mm512_storeu_si512(dst + 192, _mm512_shuffle_i64x2(t2, t3, 0xDD));
+  _mm512_storeu_si512(dst, _mm512_unpacklo_epi16(a0, b0));
+  _mm512_storeu_si512(dst + 64, _mm512_unpackhi_epi16(a0, b0));
+  _mm512_storeu_si512(dst + 128, _mm512_unpacklo_epi16(a1, b1));
+  _mm512_storeu_si512(dst + 192, _mm512_unpackhi_epi16(a1, b1));
+}
+inline void build_quads16(const int8_t* const* src, int64_t c0, int64_t nvalid, bool four,
+                          uint8_t* dst) {
+  const __mmask16 k = lanes_mask(static_cast<int>(std::min<int64_t>(16, nvalid)));
+  const __m128i flip = _mm_set1_epi8(static_cast<char>(0x80));
+  const __m128i r0 = _mm_xor_si128(_mm_maskz_loadu_epi8(k, src[0] + c0), flip);
+  const __m128i r1 = _mm_xor_si128(_mm_maskz_loadu_epi8(k, src[1] + c0), flip);
+  const __m128i r2 = _mm_xor_si128(_mm_maskz_loadu_epi8(k, src[2] + c0), flip);
+  const __m128i r3 = four ? _mm_xor_si128(_mm_maskz_loadu_epi8(k, src[3] + c0), flip) : r2;
+  const __m128i a0 = _mm_unpacklo_epi8(r0, r1), a1 = _mm_unpackhi_epi8(r0, r1);
+  const __m128i b0 = _mm_unpacklo_epi8(r2, r3), b1 = _mm_unpackhi_epi8(r2, r3);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_unpacklo_epi16(a0, b0));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 16), _mm_unpackhi_epi16(a0, b0));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 32), _mm_unpacklo_epi16(a1, b1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 48), _mm_unpackhi_epi16(a1, b1));
+}
+
+// The lean stage of a 64-channel chunk up to the int8 codes in channel order: the RDPOT results
+// of the four virtual vectors packed with signed saturation to int16, plus the zero point
+// (saturating), packed to int8, clamped to [act_min, act_max] bytewise. Equal to clamping the
+// int32 (x + zp): every act range lies inside [-128, 127], so saturating first changes nothing
+// (|x| >= 2^15 saturates to a code beyond the range either way).
+inline __m512i dw_lean64(const __m512i* acc, const Rq& rq, int64_t c0, const uint8_t* epi) {
+  // The four blocks' lanes follow each other: one base pointer, constant offsets.
+  const int32_t* lp = rq.lanes + rq_index(0, c0);
+  // Zen 4 runs shifts and shuffles on two of its four vector pipes: this form needs three of
+  // them per vector, not five. With |acc| <= 2^29, 2 * acc fits int32 and (2 acc m + 2^31) >>
+  // 32 = (acc m + 2^30) >> 31, the high dwords of the even and odd products (one vpermt2d);
+  // x < 0 exactly when acc < 0 but for x == 0 (acc = -1, m0 = 2^30), where RDPOT gives 0 with
+  // either sign (right >= 1), so the sign comes from a compare of acc.
+  const __m512i r31 = _mm512_set1_epi64(int64_t{1} << 31);
+  const __m512i hi = _mm512_set_epi32(31, 15, 29, 13, 27, 11, 25, 9, 23, 7, 21, 5, 19, 3, 17, 1);
+  __m512i x[4];
+  for (int j = 0; j < 4; ++j) {
+    const int32_t* l = lp + j * (kRqParams * 16);
+    const __m512i a2 = _mm512_add_epi32(acc[j], acc[j]);
+    const __m512i pe = _mm512_add_epi64(_mm512_mul_epi32(a2, _mm512_loadu_si512(l + kM0 * 16)), r31);
+    const __m512i po = _mm512_add_epi64(
+        _mm512_mul_epi32(_mm512_srli_epi64(a2, 32), _mm512_loadu_si512(l + kM0odd * 16)), r31);
+    const __m512i sx = _mm512_permutex2var_epi32(pe, hi, po);
+    const __mmask16 neg = _mm512_cmplt_epi32_mask(acc[j], _mm512_setzero_si512());
+    const __m512i t = _mm512_add_epi32(sx, _mm512_loadu_si512(l + kRnd * 16));
+    x[j] = _mm512_srav_epi32(_mm512_mask_sub_epi32(t, neg, t, _mm512_set1_epi32(1)),
+                             _mm512_loadu_si512(l + kRight * 16));
+  }
+  const __m512i p01 = _mm512_adds_epi16(_mm512_packs_epi32(x[0], x[1]), _mm512_loadu_si512(epi));
+  const __m512i p23 =
+      _mm512_adds_epi16(_mm512_packs_epi32(x[2], x[3]), _mm512_loadu_si512(epi + 64));
+  const __m512i b = _mm512_packs_epi16(p01, p23);
+  return _mm512_min_epi8(_mm512_max_epi8(b, _mm512_loadu_si512(epi + 128)),
+                         _mm512_loadu_si512(epi + 192));
 }
 
 template <int kMode>
@@ -715,10 +771,12 @@ void dwq_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, co
   const Conv2DParams p = geo;  // locals: int8 stores may alias anything
   const Rq rq = rq_of(ws);
   const int64_t C = p.in_c, oc_n = p.out_c, mult = oc_n / C, ocp = round_up(oc_n, 64);
+  const int64_t full = dw_full(oc_n);
   const int64_t groups4 = (p.k_h + 3) / 4, kw_n = p.k_w, sw = p.stride_w, dw = p.dil_w;
   const int64_t wp = (p.out_w - 1) * sw + (kw_n - 1) * dw + 1;
   const int8_t* wq = reinterpret_cast<const int8_t*>(ws.b.data());
   const int32_t* bias = ws.bias_eff.data();
+  const uint8_t* epi = ws.epi.data();
   const int8_t* rowp[kMaxQuadRows];
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / p.out_h, oh = row % p.out_h;
@@ -727,7 +785,9 @@ void dwq_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, co
       rowp[kh] = kh < p.k_h && inside(ih, p.in_h) ? x + (n * p.in_h + ih) * p.in_w * C : nullptr;
     }
     int8_t* yrow = y + row * p.out_w * oc_n;
-    for (int64_t c0 = 0; c0 < oc_n; c0 += 64) {
+    for (int64_t c0 = 0; c0 < oc_n;) {
+      const bool wide = c0 < full;
+      const int64_t cw = wide ? 64 : 16, cs = 4 * cw;  // channels, bytes per column
       // The quads of every column the row's windows touch (the padding: zero points).
       for (int64_t g = 0; g < groups4; ++g) {
         const bool four = 4 * g + 3 < p.k_h;
@@ -735,77 +795,146 @@ void dwq_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, co
           const int64_t iw = col - p.pad_left;
           const bool in = inside(iw, p.in_w);
           const int8_t* src[4];
-          for (int k = 0; k < 4; ++k) src[k] = in && rowp[4 * g + k] ? rowp[4 * g + k] + iw * C : zrow;
-          uint8_t* dst = s + (g * wp + col) * 256;
-          if (mult == 1) {
-            build_quads(src, c0, C - c0, four, dst);
+          for (int k = 0; k < 4; ++k)
+            src[k] = in && rowp[4 * g + k] ? rowp[4 * g + k] + iw * C : zrow;
+          uint8_t* dst = s + (g * wp + col) * cs;
+          if (mult == 1 && wide) {
+            build_quads64(src, c0, four, dst);
+          } else if (mult == 1) {
+            build_quads16(src, c0, C - c0, four, dst);
           } else {
-            for (int64_t j = 0; j < 64; ++j) {
-              const int64_t oc = c0 + j;
+            for (int64_t v = 0; v < cw; ++v) {
+              const int64_t oc = dw_real(c0 + v, full);
               for (int k = 0; k < 4; ++k)
-                dst[4 * j + k] = oc < oc_n ? static_cast<uint8_t>(src[k][oc / mult] ^ 0x80) : 0x80;
+                dst[4 * v + k] = oc < oc_n ? static_cast<uint8_t>(src[k][oc / mult] ^ 0x80) : 0x80;
             }
           }
         }
       }
-      const int64_t nb = std::min<int64_t>(4, (oc_n - c0 + 15) / 16);
-      for (int64_t b = 0; b < nb; ++b) {
-        const int64_t c = c0 + 16 * b;
-        const __mmask16 km = lanes_mask(static_cast<int>(std::min<int64_t>(16, oc_n - c)));
-        const RqVec v = rq_vec_for<kMode>(rq, c);
-        const __m512i bv = _mm512_loadu_si512(bias + c);
-        const uint8_t* sb = s + 64 * b;
-        int8_t* yo = yrow + c;
+      auto acc_at = [&](int64_t ow, int64_t j) {
+        const int64_t c = c0 + 16 * j;
+        const uint8_t* s0 = s + ow * sw * cs + 64 * j;
+        __m512i acc = _mm512_loadu_si512(bias + c);
+        for (int64_t g = 0; g < groups4; ++g)
+          for (int64_t kw = 0; kw < kw_n; ++kw)
+            acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(s0 + (g * wp + kw * dw) * cs),
+                                      _mm512_loadu_si512(wq + ((g * kw_n + kw) * ocp + c) * 4));
+        return acc;
+      };
+      if (wide && groups4 == 1 && kw_n == 3) {
+        // The common 3x3: the 12 weight vectors of the chunk in registers, one base pointer each
+        // for the columns, the output stages and the output.
+        const uint8_t* e = epi + (c0 / 64) * 256;
+        __m512i wv[4][3];
+        for (int j = 0; j < 4; ++j)
+          for (int kw = 0; kw < 3; ++kw)
+            wv[j][kw] = _mm512_loadu_si512(wq + (kw * ocp + c0 + 16 * j) * 4);
+        const int32_t* bc = bias + c0;
+        const int64_t step = sw * cs, d1 = dw * cs;
+        const uint8_t* s0 = s;
+        int8_t* yo = yrow + c0;
+        for (int64_t ow = 0; ow < p.out_w; ++ow, s0 += step, yo += oc_n) {
+          __m512i acc[4];
+          for (int j = 0; j < 4; ++j) {
+            __m512i a = _mm512_loadu_si512(bc + 16 * j);
+            a = _mm512_dpbusd_epi32(a, _mm512_load_si512(s0 + 64 * j), wv[j][0]);
+            a = _mm512_dpbusd_epi32(a, _mm512_load_si512(s0 + d1 + 64 * j), wv[j][1]);
+            acc[j] = _mm512_dpbusd_epi32(a, _mm512_load_si512(s0 + 2 * d1 + 64 * j), wv[j][2]);
+          }
+          __m512i out;
+          if constexpr (kMode == 2) {
+            out = dw_lean64(acc, rq, c0, e);
+          } else {
+            __m512i r[4];
+            for (int j = 0; j < 4; ++j) r[j] = requant<kMode == 1>(acc[j], rq, c0 + 16 * j);
+            out = _mm512_packs_epi16(_mm512_packs_epi32(r[0], r[1]), _mm512_packs_epi32(r[2], r[3]));
+          }
+          _mm512_storeu_si512(yo, out);
+        }
+      } else if (wide) {
+        const uint8_t* e = epi + (c0 / 64) * 256;
+        for (int64_t ow = 0; ow < p.out_w; ++ow) {
+          __m512i acc[4];
+          for (int j = 0; j < 4; ++j) acc[j] = acc_at(ow, j);
+          __m512i out;
+          if constexpr (kMode == 2) {
+            out = dw_lean64(acc, rq, c0, e);
+          } else {
+            __m512i r[4];
+            for (int j = 0; j < 4; ++j) r[j] = requant<kMode == 1>(acc[j], rq, c0 + 16 * j);
+            out = _mm512_packs_epi16(_mm512_packs_epi32(r[0], r[1]), _mm512_packs_epi32(r[2], r[3]));
+          }
+          _mm512_storeu_si512(yrow + ow * oc_n + c0, out);
+        }
+      } else {
+        const __mmask16 km = lanes_mask(static_cast<int>(std::min<int64_t>(16, oc_n - c0)));
+        const RqVec v = rq_vec_for<kMode>(rq, c0);
         if (groups4 == 1 && kw_n == 3) {
-          // The common 3x3: the three weight vectors stay in registers.
-          const __m512i w0 = _mm512_loadu_si512(wq + (0 * ocp + c) * 4);
-          const __m512i w1 = _mm512_loadu_si512(wq + (1 * ocp + c) * 4);
-          const __m512i w2 = _mm512_loadu_si512(wq + (2 * ocp + c) * 4);
-          for (int64_t ow = 0; ow < p.out_w; ++ow) {
-            const uint8_t* s0 = sb + ow * sw * 256;
-            __m512i acc = _mm512_dpbusd_epi32(bv, _mm512_loadu_si512(s0), w0);
-            acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(s0 + dw * 256), w1);
-            acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(s0 + 2 * dw * 256), w2);
-            store(yo + ow * oc_n, km, rq_mode<kMode>(acc, rq, v, c));
+          const __m512i w0 = _mm512_loadu_si512(wq + c0 * 4);
+          const __m512i w1 = _mm512_loadu_si512(wq + (ocp + c0) * 4);
+          const __m512i w2 = _mm512_loadu_si512(wq + (2 * ocp + c0) * 4);
+          const __m512i bv = _mm512_loadu_si512(bias + c0);
+          const int64_t step = sw * cs, d1 = dw * cs;
+          const uint8_t* s0 = s;
+          int8_t* yo = yrow + c0;
+          for (int64_t ow = 0; ow < p.out_w; ++ow, s0 += step, yo += oc_n) {
+            __m512i a = _mm512_dpbusd_epi32(bv, _mm512_load_si512(s0), w0);
+            a = _mm512_dpbusd_epi32(a, _mm512_load_si512(s0 + d1), w1);
+            a = _mm512_dpbusd_epi32(a, _mm512_load_si512(s0 + 2 * d1), w2);
+            store(yo, km, rq_mode<kMode>(a, rq, v, c0));
           }
         } else {
-          for (int64_t ow = 0; ow < p.out_w; ++ow) {
-            const uint8_t* s0 = sb + ow * sw * 256;
-            __m512i acc = bv;
-            for (int64_t g = 0; g < groups4; ++g)
-              for (int64_t kw = 0; kw < kw_n; ++kw)
-                acc = _mm512_dpbusd_epi32(
-                    acc, _mm512_loadu_si512(s0 + (g * wp + kw * dw) * 256),
-                    _mm512_loadu_si512(wq + ((g * kw_n + kw) * ocp + c) * 4));
-            store(yo + ow * oc_n, km, rq_mode<kMode>(acc, rq, v, c));
-          }
+          for (int64_t ow = 0; ow < p.out_w; ++ow)
+            store(yrow + ow * oc_n + c0, km, rq_mode<kMode>(acc_at(ow, 0), rq, v, c0));
         }
       }
+      c0 += cw;
     }
   }
 }
 
 void pack_dw_quads(const QConvParams& q, const int8_t* w, const int32_t* bias, QWorkspace& ws) {
   const Conv2DParams& p = q.geo;
-  const int64_t oc_n = p.out_c, ocp = round_up(oc_n, 64), kw_n = p.k_w;
+  const int64_t oc_n = p.out_c, ocp = round_up(oc_n, 64), kw_n = p.k_w, full = dw_full(oc_n);
   ws.b.assign(static_cast<size_t>(((p.k_h + 3) / 4) * kw_n * ocp * 4), 0);
   int8_t* b = reinterpret_cast<int8_t*>(ws.b.data());
   ws.bias_eff.assign(static_cast<size_t>(ocp), 0);
-  for (int64_t oc = 0; oc < oc_n; ++oc) {
+  std::vector<quant::ConvOutputStage> st(static_cast<size_t>(oc_n));  // in virtual order
+  for (int64_t v = 0; v < oc_n; ++v) {
+    const int64_t oc = dw_real(v, full);
+    st[static_cast<size_t>(v)] = q.stages[static_cast<size_t>(oc)];
     uint32_t sum = 0;
     for (int64_t kh = 0; kh < p.k_h; ++kh)
       for (int64_t kw = 0; kw < kw_n; ++kw) {
-        const int8_t v = w[(kh * kw_n + kw) * oc_n + oc];
-        b[(((kh / 4) * kw_n + kw) * ocp + oc) * 4 + kh % 4] = v;
-        sum += static_cast<uint32_t>(int32_t{v});
+        const int8_t wv = w[(kh * kw_n + kw) * oc_n + oc];
+        b[(((kh / 4) * kw_n + kw) * ocp + v) * 4 + kh % 4] = wv;
+        sum += static_cast<uint32_t>(int32_t{wv});
       }
     // Modulo 2^32, as the vector accumulators.
     uint32_t be = bias ? static_cast<uint32_t>(bias[oc]) : 0u;
     be -= static_cast<uint32_t>(q.input_zero_point + 128) * sum;
-    ws.bias_eff[static_cast<size_t>(oc)] = static_cast<int32_t>(be);
+    ws.bias_eff[static_cast<size_t>(v)] = static_cast<int32_t>(be);
   }
-  fill_requant(q.stages, 1, oc_n, ocp, ws.rq);
+  fill_requant(st, 1, oc_n, ocp, ws.rq);
   set_lean(ws.rq, q.stages, bias, p.k_h * kw_n);
+  // Per 64-channel chunk, the lean stage's epilogue in the packs' order (dw_lean64): the zero
+  // points as int16 for words (lane L, w) of packs(r0, r1) (channel 16L + w) and of packs(r2, r3)
+  // (16L + 8 + w), then act_min and act_max as bytes in channel order.
+  ws.epi.assign(static_cast<size_t>(full / 64 * 256), 0);
+  for (int64_t c0 = 0; c0 < full; c0 += 64) {
+    uint8_t* e = ws.epi.data() + c0 / 64 * 256;
+    int16_t zp[64];
+    for (int64_t L = 0; L < 4; ++L)
+      for (int64_t wd = 0; wd < 8; ++wd) {
+        zp[8 * L + wd] = static_cast<int16_t>(q.stages[c0 + 16 * L + wd].output_zero_point);
+        zp[32 + 8 * L + wd] = static_cast<int16_t>(q.stages[c0 + 16 * L + 8 + wd].output_zero_point);
+      }
+    std::memcpy(e, zp, sizeof(zp));
+    for (int64_t c = 0; c < 64; ++c) {
+      e[128 + c] = static_cast<uint8_t>(static_cast<int8_t>(q.stages[c0 + c].act_min));
+      e[192 + c] = static_cast<uint8_t>(static_cast<int8_t>(q.stages[c0 + c].act_max));
+    }
+  }
 }
 
 // Splits rows [0, rows) over nt threads, fn(begin, end, tid).

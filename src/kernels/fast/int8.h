@@ -48,6 +48,7 @@ struct QWorkspace {
   bool had_bias = false;
   std::vector<uint8_t> b;         // packed weights
   std::vector<int32_t> bias_eff;  // bias plus the zero point compensation, per channel
+  std::vector<uint8_t> epi;       // per-kernel output-stage extras (the depthwise row's)
   QRequantLanes rq;               // filled once
   bool rq_ready = false;
   std::vector<uint8_t> a;  // per-thread activation tiles
