@@ -650,18 +650,25 @@ inline RqVec rq_vec(const Rq& rq, int64_t c) {
 }
 
 // The double-rounding output stage when set_lean holds (no left shift, right >= 1, |acc| <=
-// 2^29): SRDHM as in requant, then RDPOT(x, right) = (x + 2^(right - 1) + (x < 0 ? -1 : 0)) >>
-// right (arithmetic): with x = q * 2^right + rem, 0 <= rem < 2^right, the sum is q * 2^right +
-// rem + 2^(right-1) - s, which reaches (q + 1) * 2^right exactly when rem > (2^(right-1) - 1) +
-// s, gemmlowp's test (remainder > threshold); |x| + 2^30 stays inside int32.
+// 2^29), in fewer shift and shuffle operations (Zen 4 runs those on two of its four vector pipes):
+//  SRDHM(acc, m0) = floor((acc m0 + 2^30) / 2^31) = floor((2 acc m0 + 2^31) / 2^32): 2 acc fits
+//   int32, so x is the high dword of the 64-bit 2 acc m0 + 2^31 of the even lanes and of the odd
+//   lanes (vpmuldq each), gathered by one vpermt2d; it fits int32 as |x| <= |acc|.
+//  RDPOT(x, right) = (x + 2^(right - 1) - s) >> right (arithmetic), s = 1 if x < 0: with x = q *
+//   2^right + rem, 0 <= rem < 2^right, the sum reaches (q + 1) * 2^right exactly when rem >
+//   (2^(right-1) - 1) + s, gemmlowp's test (remainder > threshold); |x| + 2^30 stays in int32.
+//   x < 0 exactly when acc < 0, except x == 0 for acc = -1 and m0 = 2^30, where the result is 0
+//   with either s (right >= 1): s comes from a compare of acc.
 inline __m512i rq_lean(__m512i acc, const RqVec& v) {
-  const __m512i r30 = _mm512_set1_epi64(int64_t{1} << 30);
-  const __m512i pe = _mm512_add_epi64(_mm512_mul_epi32(acc, v.m), r30);
-  const __m512i po = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc, 32), v.modd), r30);
-  const __m512i x =
-      _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 31), _mm512_slli_epi64(po, 1));
-  __m512i r = _mm512_srav_epi32(
-      _mm512_add_epi32(_mm512_add_epi32(x, v.rnd), _mm512_srai_epi32(x, 31)), v.right);
+  const __m512i r31 = _mm512_set1_epi64(int64_t{1} << 31);
+  const __m512i hi = _mm512_set_epi32(31, 15, 29, 13, 27, 11, 25, 9, 23, 7, 21, 5, 19, 3, 17, 1);
+  const __m512i a2 = _mm512_add_epi32(acc, acc);
+  const __m512i pe = _mm512_add_epi64(_mm512_mul_epi32(a2, v.m), r31);
+  const __m512i po = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(a2, 32), v.modd), r31);
+  const __m512i x = _mm512_permutex2var_epi32(pe, hi, po);
+  const __mmask16 neg = _mm512_cmplt_epi32_mask(acc, _mm512_setzero_si512());
+  const __m512i t = _mm512_add_epi32(x, v.rnd);
+  __m512i r = _mm512_srav_epi32(_mm512_mask_sub_epi32(t, neg, t, _mm512_set1_epi32(1)), v.right);
   r = _mm512_min_epi32(_mm512_max_epi32(r, v.lo2), v.hi2);
   return _mm512_add_epi32(r, v.zp);
 }
@@ -737,11 +744,7 @@ inline void build_quads16(const int8_t* const* src, int64_t c0, int64_t nvalid, 
 inline __m512i dw_lean64(const __m512i* acc, const Rq& rq, int64_t c0, const uint8_t* epi) {
   // The four blocks' lanes follow each other: one base pointer, constant offsets.
   const int32_t* lp = rq.lanes + rq_index(0, c0);
-  // Zen 4 runs shifts and shuffles on two of its four vector pipes: this form needs three of
-  // them per vector, not five. With |acc| <= 2^29, 2 * acc fits int32 and (2 acc m + 2^31) >>
-  // 32 = (acc m + 2^30) >> 31, the high dwords of the even and odd products (one vpermt2d);
-  // x < 0 exactly when acc < 0 but for x == 0 (acc = -1, m0 = 2^30), where RDPOT gives 0 with
-  // either sign (right >= 1), so the sign comes from a compare of acc.
+  // The arithmetic of rq_lean, then the epilogue above.
   const __m512i r31 = _mm512_set1_epi64(int64_t{1} << 31);
   const __m512i hi = _mm512_set_epi32(31, 15, 29, 13, 27, 11, 25, 9, 23, 7, 21, 5, 19, 3, 17, 1);
   __m512i x[4];
@@ -1085,7 +1088,12 @@ void fewc_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, i
       std::memset(d, padv, static_cast<size_t>(left * C));
       const int8_t* src = x + ((n * p.in_h + ih) * p.in_w + (left - p.pad_left)) * C;
       const int64_t nmid = (mid_end - left) * C;
-      for (int64_t i = 0; i < nmid; ++i) d[left * C + i] = static_cast<uint8_t>(src[i] ^ 0x80);
+      const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+      for (int64_t i = 0; i < nmid; i += 64) {
+        const __mmask64 k = nmid - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (nmid - i)) - 1;
+        _mm512_mask_storeu_epi8(d + left * C + i, k,
+                                _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src + i), flip));
+      }
       if (mid_end < wp)
         std::memset(d + mid_end * C, padv, static_cast<size_t>((wp - mid_end) * C));
     }

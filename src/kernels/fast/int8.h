@@ -12,8 +12,17 @@
 //   __avx2         vpmaddwd on s16 (x - zp) and s16 weights, two taps per lane (exact: each
 //                  product is at most 255 * 128 in magnitude).
 // Depthwise convolutions (groups == in_c == out_c, windows up to 64 taps) have their own
-// channel-vectorised loop: AVX-512 pairs taps, s16 (x - zp) x s16 w by vpdpwssd, 32 channels per
-// step (taps in the padding read a row of zero points); AVX2 multiplies int32 lanes (vpmulld).
+// channel-vectorised loop in the general rows: AVX-512 pairs taps, s16 (x - zp) x s16 w by
+// vpdpwssd, 32 channels per step (taps in the padding read a row of zero points); AVX2
+// multiplies int32 lanes (vpmulld). Two AVX-512 VNNI rows come first in the kernel table:
+//   qconv2d_depthwise_s8__avx512_vnni  groups == in_c > 1, any depth multiplier: per output row
+//     the input columns are transposed once into u8 quads of four kernel rows, so that a 3x3
+//     output is three vpdpbusd per 16 channels (the bias absorbs -(zp + 128) * sum w; padding
+//     reads the zero point, contributing 0 exactly as the reference's skipped tap);
+//   qconv2d_fewc_s8__avx512_vnni  groups == 1, in_c <= 4 (a network's first conv): padded u8
+//     input rows, each kernel row's taps read as contiguous quads, 4 pixels x 32 channels tiles.
+// Both use a shorter output stage where it is exact (double rounding, every right shift >= 1,
+// |accumulator| <= 2^29 from the bias and the depth: decided when the weights are packed).
 //
 // Weights are packed into the kernel's layout into the params' workspace, which keeps a copy of
 // the weights and bias it packed: a later call with equal weights (memcmp) reuses the packing,
