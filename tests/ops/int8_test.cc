@@ -481,6 +481,25 @@ TEST(QConv2DFast, DoesNotDependOnTheThreadCount) {
   const Tensor two = ops::qconv2d(x, w, b, a);
   set_num_threads(before);
   EXPECT_TRUE(tensors_equal(one, two));
+  // The depthwise and first-conv rows split output rows too (above 2^21 / 2^22 multiply-adds).
+  const Tensor xd = random_int_tensor({2, 40, 40, 80}, rng, -128, 127, DType::kS8);
+  const Tensor wd = random_int_tensor({3, 3, 1, 80}, rng, -128, 127, DType::kS8);
+  const Tensor bd = random_int_tensor({80}, rng, -500, 500, DType::kS32);
+  Attrs ad = fast_attrs(80, {});
+  ad.set("padding", "same");
+  ad.set("groups", 80);
+  const Tensor xf = random_int_tensor({2, 96, 96, 3}, rng, -128, 127, DType::kS8);
+  const Tensor wf = random_int_tensor({3, 3, 3, 40}, rng, -128, 127, DType::kS8);
+  const Tensor bf = random_int_tensor({40}, rng, -500, 500, DType::kS32);
+  Attrs af = fast_attrs(40, {});
+  af.set("padding", "same");
+  set_num_threads(1);
+  const Tensor d1 = ops::qconv2d(xd, wd, bd, ad), f1 = ops::qconv2d(xf, wf, bf, af);
+  set_num_threads(2);
+  const Tensor d2 = ops::qconv2d(xd, wd, bd, ad), f2 = ops::qconv2d(xf, wf, bf, af);
+  set_num_threads(before);
+  EXPECT_TRUE(tensors_equal(d1, d2));
+  EXPECT_TRUE(tensors_equal(f1, f2));
 }
 
 TEST(QPool2DFast, MatchesTheReferenceOnEdgeShapes) {
