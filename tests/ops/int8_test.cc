@@ -278,6 +278,10 @@ TEST(QConv2DFast, MatchesTheReferenceForEveryOutputStage) {
   for (const Quant& q : quants) {
     EXPECT_EQ(fast_conv_case({1, 5, 5, 3}, {3, 3, 3, 33}, same, q, seed++), rows);
     EXPECT_EQ(fast_conv_case({1, 6, 6, 17}, {3, 3, 1, 17}, dw, q, seed++), dw_rows);
+    // 81 channels: a 64-channel chunk (the depthwise row's packed order) and a 17-channel tail.
+    EXPECT_EQ(fast_conv_case({1, 5, 4, 81}, {3, 3, 1, 81}, {{"groups", 81}, {"padding", "same"}},
+                             q, seed++),
+              dw_rows);
     // Depthwise with multiplier 2, and an input with 9 channels (the general rows).
     EXPECT_EQ(fast_conv_case({1, 5, 4, 9}, {3, 3, 1, 18}, {{"groups", 9}, {"padding", "same"}}, q,
                              seed++),
@@ -288,12 +292,17 @@ TEST(QConv2DFast, MatchesTheReferenceForEveryOutputStage) {
   EXPECT_EQ(fast_conv_case({1, 5, 5, 3}, {3, 3, 3, 20}, a, {}, seed++), rows);
   Attrs ad{{"padding", "same"}, {"groups", 17}, {"act_min", -20}, {"act_max", 30}};
   EXPECT_EQ(fast_conv_case({1, 6, 6, 17}, {3, 3, 1, 17}, ad, {}, seed++), dw_rows);
+  Attrs ad81{{"padding", "same"}, {"groups", 81}, {"act_min", -20}, {"act_max", 30}};
+  EXPECT_EQ(fast_conv_case({1, 5, 4, 81}, {3, 3, 1, 81}, ad81, {}, seed++), dw_rows);
   // Biases near +-2^30: the lean output stage declines (kernels/fast/int8.cc, set_lean); the
   // accumulators may wrap modulo 2^32 as the reference's int32 arithmetic does not, so keep the
   // sums inside int32 (|bias| <= 2^30, 9 taps of at most 255 * 128).
   for (const bool pc : {true, false}) {
     const Quant q{.per_channel = pc, .act = "relu6"};
     EXPECT_EQ(fast_conv_case({1, 6, 6, 17}, {3, 3, 1, 17}, dw, q, seed++, {}, int64_t{1} << 30),
+              dw_rows);
+    EXPECT_EQ(fast_conv_case({1, 5, 4, 81}, {3, 3, 1, 81}, {{"groups", 81}, {"padding", "same"}},
+                             q, seed++, {}, int64_t{1} << 30),
               dw_rows);
     EXPECT_EQ(fast_conv_case({1, 5, 5, 3}, {3, 3, 3, 33}, same, q, seed++, {}, int64_t{1} << 30),
               rows);
