@@ -98,9 +98,9 @@ void BM_Int8(benchmark::State& state, Shape4 s, bool fast) {
       benchmark::Counter(static_cast<double>(2 * macs * state.iterations()),
                          benchmark::Counter::kIsRate, benchmark::Counter::OneK::kIs1000);
   // Activation bytes read and written (the weights are small and stay in cache).
-  state.counters["GB/s"] = benchmark::Counter(
-      static_cast<double>((in[0].numel() + out[0].numel()) * state.iterations()),
-      benchmark::Counter::kIsRate, benchmark::Counter::OneK::kIs1000);
+  state.counters["GB/s"] =
+      benchmark::Counter(static_cast<double>((in[0].numel() + out[0].numel()) * state.iterations()),
+                         benchmark::Counter::kIsRate, benchmark::Counter::OneK::kIs1000);
   set_num_threads(1);
 }
 
@@ -148,15 +148,15 @@ const Shape4 kLast{7, 7, 320, 1, 1280, 1, 1, false};
 // MobileNetV2 1.0 / 224: the first conv and the 3x3 depthwise convs of its 17 blocks (how many
 // blocks have each shape in the name's comment; mbv2_dw above is block 2).
 const Shape4 kFirst{224, 224, 3, 3, 32, 2, 1, false};
-const Shape4 kDw112{112, 112, 32, 3, 32, 1, 32, false};     // block 0
-const Shape4 kDw112s2{112, 112, 96, 3, 96, 2, 96, false};   // block 1
-const Shape4 kDw56s2{56, 56, 144, 3, 144, 2, 144, false};   // block 3
-const Shape4 kDw28{28, 28, 192, 3, 192, 1, 192, false};     // blocks 4, 5
-const Shape4 kDw28s2{28, 28, 192, 3, 192, 2, 192, false};   // block 6
-const Shape4 kDw14{14, 14, 384, 3, 384, 1, 384, false};     // blocks 7-10
-const Shape4 kDw14b{14, 14, 576, 3, 576, 1, 576, false};    // blocks 11, 12
-const Shape4 kDw14s2{14, 14, 576, 3, 576, 2, 576, false};   // block 13
-const Shape4 kDw7{7, 7, 960, 3, 960, 1, 960, false};        // blocks 14-16
+const Shape4 kDw112{112, 112, 32, 3, 32, 1, 32, false};    // block 0
+const Shape4 kDw112s2{112, 112, 96, 3, 96, 2, 96, false};  // block 1
+const Shape4 kDw56s2{56, 56, 144, 3, 144, 2, 144, false};  // block 3
+const Shape4 kDw28{28, 28, 192, 3, 192, 1, 192, false};    // blocks 4, 5
+const Shape4 kDw28s2{28, 28, 192, 3, 192, 2, 192, false};  // block 6
+const Shape4 kDw14{14, 14, 384, 3, 384, 1, 384, false};    // blocks 7-10
+const Shape4 kDw14b{14, 14, 576, 3, 576, 1, 576, false};   // blocks 11, 12
+const Shape4 kDw14s2{14, 14, 576, 3, 576, 2, 576, false};  // block 13
+const Shape4 kDw7{7, 7, 960, 3, 960, 1, 960, false};       // blocks 14-16
 
 #define LOWBIT_INT8_CNN(label, shape)                         \
   BENCHMARK_CAPTURE(BM_Int8, label##_fast, shape, true)       \

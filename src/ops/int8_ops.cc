@@ -372,9 +372,7 @@ FastKernel conv_row(const std::string& name, Isa isa, ConvKernelFn fn,
   return {.name = name,
           .isa = isa,
           .supports =
-              [supports](const KernelCtx& k) {
-                return supports(k.params<kernels::QConvParams>());
-              },
+              [supports](const KernelCtx& k) { return supports(k.params<kernels::QConvParams>()); },
           .run =
               [fn](const KernelCtx& k) {
                 fn(k.params<kernels::QConvParams>(), in_s8(k, 0), in_s8(k, 1), bias_s32(k),

@@ -279,8 +279,8 @@ TEST(QConv2DFast, MatchesTheReferenceForEveryOutputStage) {
     EXPECT_EQ(fast_conv_case({1, 5, 5, 3}, {3, 3, 3, 33}, same, q, seed++), rows);
     EXPECT_EQ(fast_conv_case({1, 6, 6, 17}, {3, 3, 1, 17}, dw, q, seed++), dw_rows);
     // 81 channels: a 64-channel chunk (the depthwise row's packed order) and a 17-channel tail.
-    EXPECT_EQ(fast_conv_case({1, 5, 4, 81}, {3, 3, 1, 81}, {{"groups", 81}, {"padding", "same"}},
-                             q, seed++),
+    EXPECT_EQ(fast_conv_case({1, 5, 4, 81}, {3, 3, 1, 81}, {{"groups", 81}, {"padding", "same"}}, q,
+                             seed++),
               dw_rows);
     // Depthwise with multiplier 2, and an input with 9 channels (the general rows).
     EXPECT_EQ(fast_conv_case({1, 5, 4, 9}, {3, 3, 1, 18}, {{"groups", 9}, {"padding", "same"}}, q,
@@ -301,8 +301,8 @@ TEST(QConv2DFast, MatchesTheReferenceForEveryOutputStage) {
     const Quant q{.per_channel = pc, .act = "relu6"};
     EXPECT_EQ(fast_conv_case({1, 6, 6, 17}, {3, 3, 1, 17}, dw, q, seed++, {}, int64_t{1} << 30),
               dw_rows);
-    EXPECT_EQ(fast_conv_case({1, 5, 4, 81}, {3, 3, 1, 81}, {{"groups", 81}, {"padding", "same"}},
-                             q, seed++, {}, int64_t{1} << 30),
+    EXPECT_EQ(fast_conv_case({1, 5, 4, 81}, {3, 3, 1, 81}, {{"groups", 81}, {"padding", "same"}}, q,
+                             seed++, {}, int64_t{1} << 30),
               dw_rows);
     EXPECT_EQ(fast_conv_case({1, 5, 5, 3}, {3, 3, 3, 33}, same, q, seed++, {}, int64_t{1} << 30),
               rows);
@@ -333,17 +333,17 @@ TEST(QConv2DFast, DepthwiseRowMatchesTheReference) {
                            {"padding", same ? "same" : "valid"}};
               const Quant q{.per_channel = seed % 2 == 0,
                             .act = seed % 3 == 0 ? "relu" : (seed % 3 == 1 ? "relu6" : "none")};
-              EXPECT_EQ(fast_conv_case({batch, h, w, c}, {k, k, 1, c * mult}, window, q, seed++,
-                                       dw_row),
-                        want);
+              EXPECT_EQ(
+                  fast_conv_case({batch, h, w, c}, {k, k, 1, c * mult}, window, q, seed++, dw_row),
+                  want);
               ++cases;
             }
   // Large enough to split across threads; a 7x7 window (two row groups of four).
   EXPECT_EQ(fast_conv_case({2, 40, 40, 96}, {3, 3, 1, 96}, {{"groups", 96}, {"padding", "same"}},
                            {}, seed++, dw_row),
             want);
-  EXPECT_EQ(fast_conv_case({1, 9, 9, 20}, {7, 7, 1, 20}, {{"groups", 20}, {"padding", "same"}},
-                           {}, seed++, dw_row),
+  EXPECT_EQ(fast_conv_case({1, 9, 9, 20}, {7, 7, 1, 20}, {{"groups", 20}, {"padding", "same"}}, {},
+                           seed++, dw_row),
             want);
   EXPECT_GT(cases, 0);
 }
@@ -365,13 +365,12 @@ TEST(QConv2DFast, FewInputChannelRowMatchesTheReference) {
             if (!same && seed % 4 == 0) continue;  // valid padding: keep the window inside
             const Quant q{.per_channel = seed % 2 == 0,
                           .act = seed % 3 == 0 ? "relu" : (seed % 3 == 1 ? "relu6" : "none")};
-            EXPECT_EQ(
-                fast_conv_case({batch, h, w, c}, {k, k, c, oc}, window, q, seed++, few_row),
-                want);
+            EXPECT_EQ(fast_conv_case({batch, h, w, c}, {k, k, c, oc}, window, q, seed++, few_row),
+                      want);
           }
   // MobileNetV2's first conv (3x3 stride 2 on 3 channels) on a smaller image, threads split it.
-  EXPECT_EQ(fast_conv_case({1, 64, 64, 3}, {3, 3, 3, 32}, {{"strides", {2, 2}}, {"padding", "same"}},
-                           {}, seed++, few_row),
+  EXPECT_EQ(fast_conv_case({1, 64, 64, 3}, {3, 3, 3, 32},
+                           {{"strides", {2, 2}}, {"padding", "same"}}, {}, seed++, few_row),
             want);
 }
 

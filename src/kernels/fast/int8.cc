@@ -107,8 +107,8 @@ void fill_requant(const std::vector<quant::ConvOutputStage>& st, int64_t groups,
 // rounding, no left shift, a right shift of at least 1 in every channel, and every accumulator
 // within +-2^29 (|bias| + depth * 255 * 128 bounds it: |x - zp| <= 255, |w| <= 128), so that the
 // SRDHM result x (|x| <= |acc|) plus 2^(right - 1) cannot leave int32.
-void set_lean(QRequantLanes& rq, const std::vector<quant::ConvOutputStage>& st,
-              const int32_t* bias, int64_t depth) {
+void set_lean(QRequantLanes& rq, const std::vector<quant::ConvOutputStage>& st, const int32_t* bias,
+              int64_t depth) {
   rq.lean = false;
   if (rq.single || rq.any_left || depth > (int64_t{1} << 20)) return;
   const int64_t limit = (int64_t{1} << 29) - depth * 255 * 128;
@@ -630,7 +630,6 @@ void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int
   }
 }
 
-
 // ---- depthwise: four kernel rows per vpdpbusd lane ---------------------------------------------
 // For one output row and a chunk of 64 output channels, the input columns the row's windows
 // touch are transposed once into quads S[g][col][oc][k] = u8 (x + 128) of kernel row 4g + k
@@ -645,8 +644,8 @@ struct RqVec {
   __m512i m, modd, rnd, right, lo2, hi2, zp;
 };
 inline RqVec rq_vec(const Rq& rq, int64_t c) {
-  return {ldq(rq, kM0, c),    ldq(rq, kM0odd, c), ldq(rq, kRnd, c), ldq(rq, kRight, c),
-          ldq(rq, kLo2, c),   ldq(rq, kHi2, c),   ldq(rq, kZp, c)};
+  return {ldq(rq, kM0, c),  ldq(rq, kM0odd, c), ldq(rq, kRnd, c), ldq(rq, kRight, c),
+          ldq(rq, kLo2, c), ldq(rq, kHi2, c),   ldq(rq, kZp, c)};
 }
 
 // The double-rounding output stage when set_lean holds (no left shift, right >= 1, |acc| <=
@@ -751,7 +750,8 @@ inline __m512i dw_lean64(const __m512i* acc, const Rq& rq, int64_t c0, const uin
   for (int j = 0; j < 4; ++j) {
     const int32_t* l = lp + j * (kRqParams * 16);
     const __m512i a2 = _mm512_add_epi32(acc[j], acc[j]);
-    const __m512i pe = _mm512_add_epi64(_mm512_mul_epi32(a2, _mm512_loadu_si512(l + kM0 * 16)), r31);
+    const __m512i pe =
+        _mm512_add_epi64(_mm512_mul_epi32(a2, _mm512_loadu_si512(l + kM0 * 16)), r31);
     const __m512i po = _mm512_add_epi64(
         _mm512_mul_epi32(_mm512_srli_epi64(a2, 32), _mm512_loadu_si512(l + kM0odd * 16)), r31);
     const __m512i sx = _mm512_permutex2var_epi32(pe, hi, po);
@@ -850,7 +850,8 @@ void dwq_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, co
           } else {
             __m512i r[4];
             for (int j = 0; j < 4; ++j) r[j] = requant<kMode == 1>(acc[j], rq, c0 + 16 * j);
-            out = _mm512_packs_epi16(_mm512_packs_epi32(r[0], r[1]), _mm512_packs_epi32(r[2], r[3]));
+            out =
+                _mm512_packs_epi16(_mm512_packs_epi32(r[0], r[1]), _mm512_packs_epi32(r[2], r[3]));
           }
           _mm512_storeu_si512(yo, out);
         }
@@ -865,7 +866,8 @@ void dwq_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, co
           } else {
             __m512i r[4];
             for (int j = 0; j < 4; ++j) r[j] = requant<kMode == 1>(acc[j], rq, c0 + 16 * j);
-            out = _mm512_packs_epi16(_mm512_packs_epi32(r[0], r[1]), _mm512_packs_epi32(r[2], r[3]));
+            out =
+                _mm512_packs_epi16(_mm512_packs_epi32(r[0], r[1]), _mm512_packs_epi32(r[2], r[3]));
           }
           _mm512_storeu_si512(yrow + ow * oc_n + c0, out);
         }
@@ -930,7 +932,8 @@ void pack_dw_quads(const QConvParams& q, const int8_t* w, const int32_t* bias, Q
     for (int64_t L = 0; L < 4; ++L)
       for (int64_t wd = 0; wd < 8; ++wd) {
         zp[8 * L + wd] = static_cast<int16_t>(q.stages[c0 + 16 * L + wd].output_zero_point);
-        zp[32 + 8 * L + wd] = static_cast<int16_t>(q.stages[c0 + 16 * L + 8 + wd].output_zero_point);
+        zp[32 + 8 * L + wd] =
+            static_cast<int16_t>(q.stages[c0 + 16 * L + 8 + wd].output_zero_point);
       }
     std::memcpy(e, zp, sizeof(zp));
     for (int64_t c = 0; c < 64; ++c) {
@@ -997,7 +1000,6 @@ void run_dw_quads(const QConvParams& q, const int8_t* x, const int8_t* w, const 
 // bytes at P[kh] + ow * stride * in_c, read as ceil(k_w * in_c / 4) quads (the bytes past the
 // window meet zero weights), and the weights are packed [kh][quad][oc][4]. Tiles of 4 pixels x
 // 32 channels, vpdpbusd on broadcast quads; the bias absorbs -(zp + 128) * sum w.
-
 
 inline int64_t fewc_quads_per_row(const Conv2DParams& p) { return (p.k_w * p.in_c + 3) / 4; }
 inline int64_t fewc_row_bytes(const Conv2DParams& p) {
@@ -1094,8 +1096,7 @@ void fewc_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, i
         _mm512_mask_storeu_epi8(d + left * C + i, k,
                                 _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src + i), flip));
       }
-      if (mid_end < wp)
-        std::memset(d + mid_end * C, padv, static_cast<size_t>((wp - mid_end) * C));
+      if (mid_end < wp) std::memset(d + mid_end * C, padv, static_cast<size_t>((wp - mid_end) * C));
     }
     int8_t* yrow = y + row * p.out_w * oc_n;
     for (int64_t c = 0; c < oc_n; c += 32) {
