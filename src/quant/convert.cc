@@ -444,7 +444,8 @@ class Converter {
     // codes were checked against): it tells a 4-bit or 2-bit weight from an int8 one.
     int32_t wmin = 127, wmax = -128;
     for (size_t c = 0; c < g.scale.size(); ++c) {
-      const int32_t zp = g.zero_point.empty() ? 0 : g.zero_point[std::min(c, g.zero_point.size() - 1)];
+      const int32_t zp =
+          g.zero_point.empty() ? 0 : g.zero_point[std::min(c, g.zero_point.size() - 1)];
       wmin = std::min(wmin, std::max<int32_t>(-128, g.qmin - zp));
       wmax = std::max(wmax, std::min<int32_t>(127, g.qmax - zp));
     }

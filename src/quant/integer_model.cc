@@ -315,9 +315,9 @@ IntegerModel IntegerModel::load(const std::string& path) {
     bad(path, "graph: field 'format' is not 'lowbit.integer_model'");
   const int version = field<int>(path, j, "version", "graph");
   if (version < kOldestFormatVersion || version > kFormatVersion)
-    bad(path, "graph: version " + std::to_string(version) +
-                  " is not supported (this build reads " + std::to_string(kOldestFormatVersion) +
-                  " to " + std::to_string(kFormatVersion) + ")");
+    bad(path, "graph: version " + std::to_string(version) + " is not supported (this build reads " +
+                  std::to_string(kOldestFormatVersion) + " to " + std::to_string(kFormatVersion) +
+                  ")");
   IntegerModel m;
   m.name = field<std::string>(path, j, "name", "graph");
   const Json ts = j.contains("tensors") ? j.at("tensors") : Json();
@@ -367,9 +367,8 @@ IntegerModel IntegerModel::load(const std::string& path) {
       const int lo = -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
       if (t.qmin < lo || t.qmax > hi)
         bad(path, where + ": fields 'qmin', 'qmax' [" + std::to_string(t.qmin) + ", " +
-                      std::to_string(t.qmax) + "] do not fit field 'bits' " +
-                      std::to_string(bits) + " ([" + std::to_string(lo) + ", " +
-                      std::to_string(hi) + "])");
+                      std::to_string(t.qmax) + "] do not fit field 'bits' " + std::to_string(bits) +
+                      " ([" + std::to_string(lo) + ", " + std::to_string(hi) + "])");
     }
     if (constant) {
       const Tensor* d = f.find(t.name);
