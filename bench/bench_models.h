@@ -61,9 +61,9 @@ inline nn::ModelPtr build_mobilenet_v2(uint64_t seed, int64_t classes = 1000) {
   struct Stage {
     int64_t t, c, n, s;
   };
-  for (const Stage& st : {Stage{1, 16, 1, 1}, Stage{6, 24, 2, 2}, Stage{6, 32, 3, 2},
-                          Stage{6, 64, 4, 2}, Stage{6, 96, 3, 1}, Stage{6, 160, 3, 2},
-                          Stage{6, 320, 1, 1}})
+  for (const Stage& st :
+       {Stage{1, 16, 1, 1}, Stage{6, 24, 2, 2}, Stage{6, 32, 3, 2}, Stage{6, 64, 4, 2},
+        Stage{6, 96, 3, 1}, Stage{6, 160, 3, 2}, Stage{6, 320, 1, 1}})
     for (int64_t i = 0; i < st.n; ++i) {
       const int64_t stride = i == 0 ? st.s : 1;
       nn::KTensor h = x;

@@ -56,24 +56,22 @@ std::string cpu_field(const std::string& key) {
   return "";
 }
 
-std::string summary(std::vector<double> v) {
-  std::vector<double> s = v;
-  std::sort(s.begin(), s.end());
-  const size_t n = s.size();
-  const double med = n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
-  std::ostringstream o;
-  o.precision(6);
-  o << "{\"median\": " << med << ", \"min\": " << s.front() << ", \"max\": " << s.back()
-    << ", \"n\": " << n << ", \"values\": [";
-  for (size_t i = 0; i < v.size(); ++i) o << (i ? ", " : "") << v[i];
-  o << "]}";
-  return o.str();
-}
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// {median, min, max, n, values} as the peers' common.summarize writes it.
+std::string summary(const std::vector<double>& v) {
+  const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+  std::ostringstream o;
+  o.precision(6);
+  o << "{\"median\": " << median(v) << ", \"min\": " << *lo << ", \"max\": " << *hi
+    << ", \"n\": " << v.size() << ", \"values\": [";
+  for (size_t i = 0; i < v.size(); ++i) o << (i ? ", " : "") << v[i];
+  o << "]}";
+  return o.str();
 }
 
 double accuracy(const Tensor& logits, const Tensor& labels) {
@@ -92,8 +90,8 @@ struct Workload {
   nn::ModelPtr fm;
   quant::IntegerModel im;
   std::map<std::string, double> acc;  // by kind, where known
-  Tensor batch;                        // batch 256 input (undefined: no throughput figure)
-  Tensor one;                          // batch 1 input
+  Tensor batch;                       // batch 256 input (undefined: no throughput figure)
+  Tensor one;                         // batch 1 input
   int lat_iters = 0;
   bool ms = false;  // latency in ms (else µs)
 };
@@ -166,10 +164,10 @@ int main(int argc, char** argv) try {
       throw ValueError("unknown argument '" + k +
                        "' (see the comment at the top of bench/int8_infer_bench.cc)");
   }
-  if (reps < 1 || lat_iters < 1 || mbv2_iters < 1 || epochs < 0 || qat_epochs < 1 ||
-      min_time <= 0)
-    throw ValueError("--reps, --lat-iters, --mbv2-iters and --qat-epochs must be >= 1, "
-                     "--epochs >= 0, --min-time > 0");
+  if (reps < 1 || lat_iters < 1 || mbv2_iters < 1 || epochs < 0 || qat_epochs < 1 || min_time <= 0)
+    throw ValueError(
+        "--reps, --lat-iters, --mbv2-iters and --qat-epochs must be >= 1, "
+        "--epochs >= 0, --min-time > 0");
 
   set_num_threads(1);
   auto compile = [](nn::Model& m) {
@@ -273,9 +271,9 @@ int main(int argc, char** argv) try {
           speed_lat.push_back(lat["float32"][r] / lat[k][r]);
         }
         const std::string model_name = w.model == "cnn" ? "cnn" : "mobilenet_v2_1.0_224";
-        const std::string head = "{\"bench\": \"lowbit_int8\", \"peer\": \"lowbit\", \"model\": \"" +
-                                 model_name + "\", \"kind\": \"" + k +
-                                 "\", \"threads\": " + std::to_string(t) + ", ";
+        const std::string head =
+            "{\"bench\": \"lowbit_int8\", \"peer\": \"lowbit\", \"model\": \"" + model_name +
+            "\", \"kind\": \"" + k + "\", \"threads\": " + std::to_string(t) + ", ";
         const std::string vs_float = ", \"speedup_vs_float32\": ";
         std::string accs;
         if (w.acc.count(k)) {
@@ -287,9 +285,8 @@ int main(int argc, char** argv) try {
           emit(head + "\"batch\": 256, \"images_per_s\": " + summary(thr[k]) + accs +
                (ratio ? vs_float + summary(speed_thr) : "") + ", " + base + "}");
         emit(head + "\"batch\": 1, \"" + (w.ms ? "latency_ms" : "latency_us") +
-             "\": " + summary(lat[k]) + ", \"lat_iters_per_rep\": " +
-             std::to_string(w.lat_iters) + (ratio ? vs_float + summary(speed_lat) : "") + ", " +
-             base + "}");
+             "\": " + summary(lat[k]) + ", \"lat_iters_per_rep\": " + std::to_string(w.lat_iters) +
+             (ratio ? vs_float + summary(speed_lat) : "") + ", " + base + "}");
       }
     }
   }

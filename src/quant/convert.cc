@@ -440,9 +440,25 @@ class Converter {
     }
     std::vector<double> scales;
     for (float s : g.scale) scales.push_back(s);
+    // The weight grid's code range, q - zero_point over its channels (within int8, which the
+    // codes were checked against): it tells a 4-bit or 2-bit weight from an int8 one.
+    int32_t wmin = 127, wmax = -128;
+    for (size_t c = 0; c < g.scale.size(); ++c) {
+      const int32_t zp =
+          g.zero_point.empty() ? 0 : g.zero_point[std::min(c, g.zero_point.size() - 1)];
+      wmin = std::min(wmin, std::max<int32_t>(-128, g.qmin - zp));
+      wmax = std::max(wmax, std::min<int32_t>(127, g.qmax - zp));
+    }
+    for (int64_t i = 0; i < wq.numel(); ++i)
+      if (pw[i] < wmin || pw[i] > wmax)
+        refuse(owner, "'" + who + "': weight code " + std::to_string(pw[i]) +
+                          " lies outside its grid's codes [" + std::to_string(wmin) + ", " +
+                          std::to_string(wmax) + "]");
     const int w_id = constant(who + "/kernel", std::move(wq));
     im_.tensors[w_id].scale = scales;
     im_.tensors[w_id].zero_point.assign(scales.size(), 0);
+    im_.tensors[w_id].qmin = wmin;
+    im_.tensors[w_id].qmax = wmax;
     const int b_id = constant(who + "/bias", std::move(bq));
     std::vector<double> bscales;
     for (int64_t c = 0; c < out_c; ++c)

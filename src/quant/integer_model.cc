@@ -100,10 +100,73 @@ std::vector<Tensor> IntegerModel::run_all(const Tensor& x) {
   return out;
 }
 
-int64_t IntegerModel::constant_bytes() const {
+int IntegerTensor::bits() const {
+  if (dtype != DType::kS8) return 8 * static_cast<int>(dtype_size(dtype));
+  for (int b : {2, 4})
+    if (qmin >= -(1 << (b - 1)) && qmax <= (1 << (b - 1)) - 1) return b;
+  return 8;
+}
+
+namespace {
+int64_t packed_size(int64_t numel, int bits) { return (numel * bits + 7) / 8; }
+void check_pack_bits(const char* fn, int bits) {
+  if (bits != 2 && bits != 4)
+    LOWBIT_THROW(ValueError, fn, ": argument 'bits': expected 2 or 4 but found ", bits);
+}
+}  // namespace
+
+Tensor pack_codes(const Tensor& codes, int bits) {
+  check_pack_bits("pack_codes", bits);
+  if (codes.dtype() != DType::kS8)
+    LOWBIT_THROW(ValueError, "pack_codes: expected s8 codes but found ", dtype_name(codes.dtype()));
+  const Tensor& c = codes;
+  const int64_t n = c.numel();
+  Tensor out = Tensor::zeros({packed_size(n, bits)}, DType::kU8);
+  const int8_t* src = c.data<int8_t>();
+  uint8_t* dst = out.data<uint8_t>();
+  const int lo = -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
+  const unsigned mask = (1u << bits) - 1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (src[i] < lo || src[i] > hi)
+      LOWBIT_THROW(ValueError, "pack_codes: code ", int{src[i]}, " at element ", i,
+                   " does not fit ", bits, " bits ([", lo, ", ", hi, "])");
+    const int64_t bit = i * bits;
+    dst[bit / 8] |= static_cast<uint8_t>((static_cast<unsigned>(src[i]) & mask) << (bit % 8));
+  }
+  return out;
+}
+
+Tensor unpack_codes(const Tensor& packed, const Shape& shape, int bits) {
+  check_pack_bits("unpack_codes", bits);
+  const int64_t n = shape.numel();
+  if (packed.dtype() != DType::kU8 || packed.rank() != 1 || packed.numel() != packed_size(n, bits))
+    LOWBIT_THROW(ValueError, "unpack_codes: ", n, " codes of ", bits, " bits need u8[",
+                 packed_size(n, bits), "] (ceil(numel * bits / 8) bytes) but found ",
+                 dtype_name(packed.dtype()), packed.shape().str());
+  const Tensor& p = packed;
+  const uint8_t* src = p.data<uint8_t>();
+  Tensor out(shape, DType::kS8);
+  int8_t* dst = out.data<int8_t>();
+  const unsigned mask = (1u << bits) - 1, sign = 1u << (bits - 1);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t bit = i * bits;
+    const unsigned v = (static_cast<unsigned>(src[bit / 8]) >> (bit % 8)) & mask;
+    dst[i] = static_cast<int8_t>(static_cast<int>(v ^ sign) - static_cast<int>(sign));
+  }
+  if (n * bits % 8 != 0 && (src[p.numel() - 1] >> (n * bits % 8)) != 0)
+    LOWBIT_THROW(ValueError, "unpack_codes: the padding bits after the last of ", n,
+                 " codes are not zero (corrupted data)");
+  return out;
+}
+
+int64_t IntegerModel::constant_bytes(bool packed) const {
   int64_t b = 0;
-  for (const IntegerTensor& t : tensors)
-    if (t.data.defined()) b += static_cast<int64_t>(t.data.nbytes());
+  for (const IntegerTensor& t : tensors) {
+    if (!t.data.defined()) continue;
+    const int bits = t.bits();
+    b += packed && t.dtype == DType::kS8 && bits < 8 ? packed_size(t.data.numel(), bits)
+                                                     : static_cast<int64_t>(t.data.nbytes());
+  }
   return b;
 }
 
@@ -112,7 +175,18 @@ int64_t IntegerModel::constant_bytes() const {
 namespace {
 
 constexpr const char* kMetaKey = "lowbit.integer_model";
-constexpr int kFormatVersion = 1;
+// Version 2 (packed low-bit weights, "bits") reads version 1 (every code in a byte) too; a
+// version-1 loader refuses version 2 by its number.
+constexpr int kFormatVersion = 2;
+constexpr int kOldestFormatVersion = 1;
+
+// The bits a constant is stored with under `options`: 2 or 4 (packed), or 0 (one code per
+// element of its dtype).
+int stored_bits(const IntegerTensor& t, const SaveOptions& options) {
+  if (!options.pack || !t.data.defined() || t.dtype != DType::kS8) return 0;
+  const int b = t.bits();
+  return b < 8 ? b : 0;
+}
 
 Json attr_json(const Attr& a) {
   return std::visit(
@@ -157,7 +231,7 @@ Attr attr_from_json(const Json& j, const std::string& where) {
 
 }  // namespace
 
-std::string IntegerModel::graph_json() const {
+std::string IntegerModel::graph_json(const SaveOptions& options) const {
   Json j;
   j["format"] = "lowbit.integer_model";
   j["version"] = kFormatVersion;
@@ -175,6 +249,7 @@ std::string IntegerModel::graph_json() const {
     e["qmin"] = t.qmin;
     e["qmax"] = t.qmax;
     e["constant"] = t.data.defined();
+    if (const int b = stored_bits(t, options)) e["bits"] = b;
     ts.push_back(e);
   }
   j["tensors"] = ts;
@@ -195,11 +270,14 @@ std::string IntegerModel::graph_json() const {
   return j.dump();
 }
 
-void IntegerModel::save(const std::string& path) const {
+void IntegerModel::save(const std::string& path, const SaveOptions& options) const {
   io::SafetensorsFile f;
-  f.metadata[kMetaKey] = graph_json();
-  for (const IntegerTensor& t : tensors)
-    if (t.data.defined()) f.tensors.emplace_back(t.name, t.data);
+  f.metadata[kMetaKey] = graph_json(options);
+  for (const IntegerTensor& t : tensors) {
+    if (!t.data.defined()) continue;
+    const int b = stored_bits(t, options);
+    f.tensors.emplace_back(t.name, b ? pack_codes(t.data, b) : t.data);
+  }
   io::write_safetensors(path, f);
 }
 
@@ -235,9 +313,11 @@ IntegerModel IntegerModel::load(const std::string& path) {
   }
   if (field<std::string>(path, j, "format", "graph") != "lowbit.integer_model")
     bad(path, "graph: field 'format' is not 'lowbit.integer_model'");
-  if (const int v = field<int>(path, j, "version", "graph"); v != kFormatVersion)
-    bad(path, "graph: version " + std::to_string(v) + " is not supported (this build reads " +
-                  std::to_string(kFormatVersion) + ")");
+  const int version = field<int>(path, j, "version", "graph");
+  if (version < kOldestFormatVersion || version > kFormatVersion)
+    bad(path, "graph: version " + std::to_string(version) + " is not supported (this build reads " +
+                  std::to_string(kOldestFormatVersion) + " to " + std::to_string(kFormatVersion) +
+                  ")");
   IntegerModel m;
   m.name = field<std::string>(path, j, "name", "graph");
   const Json ts = j.contains("tensors") ? j.at("tensors") : Json();
@@ -272,13 +352,53 @@ IntegerModel IntegerModel::load(const std::string& path) {
       for (int32_t zp : t.zero_point)
         if (zp < -128 || zp > 127) bad(path, where + ": field 'zero_point' is outside int8");
     }
-    if (field<bool>(path, e, "constant", where)) {
+    const bool constant = field<bool>(path, e, "constant", where);
+    int bits = 0;  // packed: 2 or 4
+    if (e.contains("bits")) {
+      if (version < 2) bad(path, where + ": field 'bits' (packed data) needs format version 2");
+      bits = field<int>(path, e, "bits", where);
+      if (bits != 2 && bits != 4)
+        bad(path, where + ": field 'bits' is " + std::to_string(bits) +
+                      ", an unknown bit width (packed tensors have 2 or 4)");
+      if (!constant || t.dtype != DType::kS8)
+        bad(path, where + ": field 'bits' is only for s8 constants (this is " +
+                      (constant ? std::string(dtype_name(t.dtype)) + " constant" : "no constant") +
+                      ")");
+      const int lo = -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
+      if (t.qmin < lo || t.qmax > hi)
+        bad(path, where + ": fields 'qmin', 'qmax' [" + std::to_string(t.qmin) + ", " +
+                      std::to_string(t.qmax) + "] do not fit field 'bits' " + std::to_string(bits) +
+                      " ([" + std::to_string(lo) + ", " + std::to_string(hi) + "])");
+    }
+    if (constant) {
       const Tensor* d = f.find(t.name);
       if (!d) bad(path, where + ": constant data is missing from the file");
-      if (d->dtype() != t.dtype || d->shape() != t.shape)
-        bad(path, where + ": data is " + dtype_name(d->dtype()) + d->shape().str() +
-                      " but the graph says " + dtype_name(t.dtype) + t.shape.str());
-      t.data = *d;
+      if (bits) {
+        const int64_t want = (t.shape.numel() * bits + 7) / 8;
+        if (d->dtype() != DType::kU8 || d->rank() != 1 || d->numel() != want)
+          bad(path, where + ": packed data is " + dtype_name(d->dtype()) + d->shape().str() +
+                        " but field 'bits' " + std::to_string(bits) + " and shape " +
+                        t.shape.str() + " need u8[" + std::to_string(want) +
+                        "] (ceil(numel * bits / 8) bytes)");
+        try {
+          t.data = unpack_codes(*d, t.shape, bits);  // once: the kernels read s8
+        } catch (const ValueError& err) {
+          bad(path, where + ": " + err.what());
+        }
+      } else {
+        if (d->dtype() != t.dtype || d->shape() != t.shape)
+          bad(path, where + ": data is " + dtype_name(d->dtype()) + d->shape().str() +
+                        " but the graph says " + dtype_name(t.dtype) + t.shape.str());
+        t.data = *d;
+      }
+      if (t.dtype == DType::kS8) {
+        const int8_t* q = t.data.data<int8_t>();
+        for (int64_t k = 0; k < t.data.numel(); ++k)
+          if (q[k] < t.qmin || q[k] > t.qmax)
+            bad(path, where + ": code " + std::to_string(q[k]) + " at element " +
+                          std::to_string(k) + " is outside the tensor's fields 'qmin', 'qmax' [" +
+                          std::to_string(t.qmin) + ", " + std::to_string(t.qmax) + "]");
+      }
       used.insert(t.name);
     }
     m.tensors.push_back(std::move(t));
@@ -376,6 +496,17 @@ Json inspect_op(const IntegerModel& m, const IntegerOp& op) {
   e["input"] = {{"scale", s_in}, {"zero_point", zp_in}};
   e["output"] = {{"scale", s_out}, {"zero_point", zp_out}};
   e["activation"] = op.activation;
+  {
+    const IntegerTensor& w = m.tensors.at(op.inputs.at(1));
+    const int64_t n = w.shape.numel();
+    const int bits = w.bits();
+    e["weights"] = {{"name", w.name},
+                    {"shape", w.shape.dims()},
+                    {"codes", {w.qmin, w.qmax}},
+                    {"bits", bits},
+                    {"bytes", n},
+                    {"packed_bytes", bits < 8 ? packed_size(n, bits) : n}};
+  }
   const Rounding r = a.s("rounding", "double") == "single" ? Rounding::kSingle : Rounding::kDouble;
   const FusedActivation act = fused_activation_from_name(a.s("activation", "none"));
   Json ch = Json::array();
@@ -610,6 +741,18 @@ std::string IntegerModel::inspect_table() const {
                   e["output"]["scale"].get<double>(), e["output"]["zero_point"].get<int>(),
                   op.activation.c_str());
     os << line;
+    const Json& w = e["weights"];
+    const int wbits = w["bits"].get<int>();
+    std::snprintf(line, sizeof line, "  weights %s %s: codes [%d, %d], %d-bit",
+                  w["name"].get<std::string>().c_str(),
+                  Shape(w["shape"].get<std::vector<int64_t>>()).str().c_str(),
+                  w["codes"][0].get<int>(), w["codes"][1].get<int>(), wbits);
+    os << line;
+    if (wbits < 8)
+      os << ", packed " << w["packed_bytes"].get<int64_t>() << " bytes (" << 8 / wbits
+         << " codes a byte; " << w["bytes"].get<int64_t>() << " as int8)\n";
+    else
+      os << ", " << w["bytes"].get<int64_t>() << " bytes (one code a byte)\n";
     std::snprintf(line, sizeof line, "  %4s %13s %13s %5s %13s %11s %6s %13s %9s %11s\n", "ch",
                   "s_w", "bias scale", "=s*s", "M", "M0", "shift", "M0*2^(s-31)", "rel err",
                   "clamp");
