@@ -236,6 +236,40 @@ inline int32_t multiply_by_quantized_multiplier(int32_t x, QuantizedMultiplier q
 int16_t logistic_int16(int16_t x, int input_int_bits = 3);
 int16_t tanh_int16(int16_t x, int input_int_bits);
 
+// ---- int8 softmax (spec 3.6, TFLite reference_ops::Softmax, gemmlowp fixedpoint.h) ----------
+//
+// The int32 fixed-point pieces of TFLite's reference int8 softmax, bit for bit (the default,
+// double-rounding build):
+//   exp_on_negative_values_int32(a, m): exp of a <= 0 given as a Qm.(31-m) code (m in [0, 6]),
+//     a Q0.31 result (exp(0) = INT32_MAX). The int16 algorithm above on int32 codes: a Taylor
+//     step on [-1/4, 0) around -1/8, a barrel shifter of exp(-2^k) constants, 0 below -32.
+//   one_over_one_plus_x_int32(a): 1 / (1 + a) for a Q0.31 code a in [0, 1), a Q0.31 result
+//     (three Newton-Raphson steps in Q2.29 from 48/17 - 32/17 d, d = (1 + a) / 2).
+//   reciprocal_int32(x, int_bits, &bits_over_unit): TFLite's GetReciprocal: x > 0 a Q(int_bits)
+//     code, normalised by its leading zeros h (bits_over_unit = int_bits - h) to 1 + a in
+//     [1, 2), returns one_over_one_plus_x_int32(a): 1/x = result * 2^-bits_over_unit.
+// Softmax over one row of int8 codes q[0..C-1] (output scale 1/256, zero point -128):
+//   (M, left) = QuantizeMultiplier(min(beta * s_in * 2^26, 2^31 - 1))     (> 1: left >= 0)
+//   diff_min  = -floor(31 * 2^26 / 2^left)                 (CalculateInputRadius(5, left))
+//   d = q - max(q); for d >= diff_min: e = exp_on_negative_values_int32(SRDHM(d * 2^left, M), 5)
+//   S = sum of RDPOT(e, 12) (Q12.19);  r = reciprocal_int32(S, 12, &b)
+//   y = clamp(RDPOT(SRDHM(r, e), b + 23) - 128, -128, 127); d < diff_min: y = -128.
+// make_softmax_stage prepares (M, left, diff_min); throws ValueError for a scale or beta that is
+// not finite and > 0, or beta * s_in * 2^26 <= 1 (TFLite's QuantizeMultiplierGreaterThanOne).
+// softmax_row_s8 computes one row (a row of C codes; S saturates at INT32_MAX where TFLite's
+// int32 sum would overflow, C > 4096).
+int32_t exp_on_negative_values_int32(int32_t a, int integer_bits);
+int32_t one_over_one_plus_x_int32(int32_t a);
+int32_t reciprocal_int32(int32_t x, int integer_bits, int* bits_over_unit);
+
+struct SoftmaxStage {
+  int32_t input_multiplier = 0;
+  int input_left_shift = 0;
+  int32_t diff_min = 0;
+};
+SoftmaxStage make_softmax_stage(float input_scale, double beta);
+void softmax_row_s8(const SoftmaxStage& s, int64_t depth, const int8_t* x, int8_t* y);
+
 // ---- quantize / dequantize (spec 3.6) --------------------------------------------------------
 
 // TFLite Quantize (float -> code): clamp(round_away(x / scale) + zero_point, range.min,

@@ -3,6 +3,7 @@
 #include "lowbit/fixed_point.h"
 
 #include <algorithm>
+#include <bit>
 #include <cfloat>
 #include <cmath>
 #include <ostream>
@@ -386,6 +387,150 @@ int16_t tanh_int16(int16_t x, int input_int_bits) {
   const int16_t r = reciprocal_q2(rounding_half_sum(e, static_cast<int16_t>(kMax16)));
   const int16_t t = shift_left_saturating(wrap(r - (1 << 13)), 2);
   return negative ? wrap(-int32_t{t}) : t;
+}
+
+// ---- int8 softmax (int32 gemmlowp fixed point) ------------------------------------------------
+//
+// Written from the algorithm description in the header (gemmlowp fixedpoint.h's int32
+// exp_on_negative_values and one_over_one_plus_x_for_x_in_0_1, TFLite's GetReciprocal and
+// PreprocessSoftmaxScaling). Raw int32 codes; products are SRDHM (a*b / 2^31 rounded half up).
+namespace {
+namespace fx32 {
+
+constexpr int32_t kMax32 = std::numeric_limits<int32_t>::max();
+constexpr int32_t kMin32 = std::numeric_limits<int32_t>::min();
+
+// gemmlowp's int32 additions wrap (two's complement); no call below overflows in practice.
+int32_t wrap(int64_t v) { return static_cast<int32_t>(static_cast<uint32_t>(v)); }
+int32_t mul(int32_t a, int32_t b) { return saturating_rounding_doubling_high_mul(a, b); }
+// x * 2^e, 0 < e < 31, saturating (SaturatingRoundingMultiplyByPOT for a positive exponent).
+int32_t shift_left_saturating(int32_t x, int e) {
+  const int32_t threshold = static_cast<int32_t>((int64_t{1} << (31 - e)) - 1);
+  if (x > threshold) return kMax32;
+  if (x < -threshold) return kMin32;
+  return wrap(int64_t{x} * (int64_t{1} << e));
+}
+// (a + b) / 2 rounded half away from zero (gemmlowp RoundingHalfSum).
+int32_t rounding_half_sum(int32_t a, int32_t b) {
+  const int64_t s = int64_t{a} + b;
+  return static_cast<int32_t>((s + (s >= 0 ? 1 : -1)) / 2);
+}
+
+// exp(a) for a in [-1/4, 0), Q0.31 in and out: Taylor around -1/8.
+int32_t exp_quarter(int32_t a) {
+  constexpr int32_t kExpMinusEighth = 1895147668;  // exp(-1/8)
+  constexpr int32_t kThird = 715827883;            // 1/3
+  const int32_t x = wrap(int64_t{a} + (1 << 28));  // a + 1/8
+  const int32_t x2 = mul(x, x), x3 = mul(x2, x), x4 = mul(x2, x2);
+  // x^2/2 + x^3/6 + x^4/24 = ((x^4/4 + x^3) / 3 + x^2) / 2
+  const int32_t x4_4 = rounding_divide_by_pot(x4, 2);
+  const int32_t tail =
+      rounding_divide_by_pot(wrap(int64_t{mul(wrap(int64_t{x4_4} + x3), kThird)} + x2), 1);
+  return wrap(int64_t{kExpMinusEighth} + mul(kExpMinusEighth, wrap(int64_t{x} + tail)));
+}
+
+}  // namespace fx32
+}  // namespace
+
+int32_t exp_on_negative_values_int32(int32_t a, int integer_bits) {
+  LOWBIT_DCHECK(integer_bits >= 0 && integer_bits <= 6,
+                "exp_on_negative_values_int32: integer_bits must be in [0, 6] but is ",
+                integer_bits);
+  using namespace fx32;
+  const int m = integer_bits, f = 31 - m;
+  const int32_t quarter = int32_t{1} << (f - 2);
+  // a = (a mod 1/4 - 1/4) - remainder, with a mod 1/4 - 1/4 in [-1/4, 0).
+  const int32_t low = wrap(int64_t{a & (quarter - 1)} - quarter);
+  int32_t result = exp_quarter(m > 0 ? shift_left_saturating(low, m) : low);
+  const int32_t remainder = wrap(int64_t{low} - a);  // >= 0: the multiples of 1/4 to take away
+  // exp(-2^k) for k = -2 .. 4 in Q0.31.
+  static constexpr int32_t kExpNegPow2[] = {1672461947, 1302514674, 790015084, 290630308,
+                                            39332535,   720401,     242};
+  for (int k = -2; k <= 4; ++k)
+    if (m > k && (remainder & (int32_t{1} << (f + k)))) result = mul(result, kExpNegPow2[k + 2]);
+  if (m > 5 && a < -(int32_t{1} << (36 - m))) result = 0;  // below -32: 0
+  if (a == 0) result = kMax32;
+  return result;
+}
+
+int32_t one_over_one_plus_x_int32(int32_t a) {
+  using namespace fx32;
+  const int32_t half_denominator = rounding_half_sum(a, kMax32);  // (1 + a) / 2, Q0.31
+  constexpr int32_t k48_17 = 1515870810;                          // 48/17 in Q2.29
+  constexpr int32_t kMinus32_17 = -1010580540;                    // -32/17 in Q2.29
+  int32_t x = wrap(int64_t{k48_17} + mul(half_denominator, kMinus32_17));
+  for (int i = 0; i < 3; ++i) {
+    const int32_t e = wrap((int64_t{1} << 29) - mul(half_denominator, x));  // 1 - d x, Q2.29
+    x = wrap(int64_t{x} + shift_left_saturating(mul(x, e), 2));  // x + x (1 - d x), Q4 -> Q2
+  }
+  return shift_left_saturating(x, 1);  // 2 / (1 + a) in Q2.29 read as Q1.30, to Q0.31
+}
+
+int32_t reciprocal_int32(int32_t x, int integer_bits, int* bits_over_unit) {
+  LOWBIT_DCHECK(x > 0, "reciprocal_int32: x must be > 0 but is ", x);
+  const int headroom_plus_one = std::countl_zero(static_cast<uint32_t>(x));
+  *bits_over_unit = integer_bits - headroom_plus_one;
+  const int32_t shifted_minus_one =
+      static_cast<int32_t>((static_cast<uint32_t>(x) << headroom_plus_one) - (uint32_t{1} << 31));
+  return one_over_one_plus_x_int32(shifted_minus_one);
+}
+
+SoftmaxStage make_softmax_stage(float input_scale, double beta) {
+  require_positive_scale("make_softmax_stage", "input_scale", input_scale);
+  if (!(std::isfinite(beta) && beta > 0.0))
+    LOWBIT_THROW(ValueError, "make_softmax_stage: argument 'beta': expected a finite value > 0 ",
+                 "but found ", beta);
+  // TFLite keeps beta as f32; the product in f64, capped at the largest multiplier.
+  constexpr int kScaledDiffIntegerBits = 5;
+  const double real =
+      std::min(static_cast<double>(static_cast<float>(beta)) * static_cast<double>(input_scale) *
+                   static_cast<double>(int64_t{1} << (31 - kScaledDiffIntegerBits)),
+               static_cast<double>((int64_t{1} << 31) - 1));
+  if (!(real > 1.0))
+    LOWBIT_THROW(ValueError, "make_softmax_stage: beta * input_scale * 2^26 = ", real,
+                 " must be > 1 (TFLite's QuantizeMultiplierGreaterThanOne): input_scale ",
+                 input_scale, " is too small");
+  const QuantizedMultiplier qm = quantize_multiplier(real);
+  SoftmaxStage s;
+  s.input_multiplier = qm.multiplier;
+  s.input_left_shift = qm.shift;  // >= 1, since real > 1
+  // CalculateInputRadius(5, left): the largest |d| whose rescaled value fits Q5.26.
+  const double radius = 31.0 * static_cast<double>(int64_t{1} << (31 - kScaledDiffIntegerBits)) /
+                        static_cast<double>(int64_t{1} << s.input_left_shift);
+  s.diff_min = -static_cast<int32_t>(std::floor(radius));
+  return s;
+}
+
+void softmax_row_s8(const SoftmaxStage& s, int64_t depth, const int8_t* x, int8_t* y) {
+  int32_t mx = -128;
+  for (int64_t j = 0; j < depth; ++j) mx = std::max<int32_t>(mx, x[j]);
+  auto exp_of = [&](int32_t d) {
+    // |d| * 2^left <= 31 * 2^26 for d >= diff_min: no overflow.
+    const int32_t rescaled = saturating_rounding_doubling_high_mul(
+        static_cast<int32_t>(int64_t{d} * (int64_t{1} << s.input_left_shift)), s.input_multiplier);
+    return exp_on_negative_values_int32(rescaled, 5);  // Q5.26 in, Q0.31 out
+  };
+  int64_t sum = 0;  // Q12.19
+  for (int64_t j = 0; j < depth; ++j) {
+    const int32_t d = int32_t{x[j]} - mx;
+    if (d >= s.diff_min) sum += rounding_divide_by_pot(exp_of(d), 12);
+  }
+  const int32_t sum32 = static_cast<int32_t>(std::min<int64_t>(sum, fx32::kMax32));
+  int bits_over_unit = 0;
+  const int32_t scale = reciprocal_int32(sum32, 12, &bits_over_unit);
+  const int exponent = bits_over_unit + 31 - 8;
+  for (int64_t j = 0; j < depth; ++j) {
+    const int32_t d = int32_t{x[j]} - mx;
+    int32_t code = -128;
+    if (d >= s.diff_min) {
+      const int32_t p = saturating_rounding_doubling_high_mul(scale, exp_of(d));  // in [0, 2^31)
+      // TFLite checks exponent <= 31 (a row summing to < 2^28: fewer than 512 near-maximal
+      // codes); beyond, p / 2^exponent < 1/2 rounds to 0.
+      const int32_t unsat = exponent <= 31 ? rounding_divide_by_pot(p, exponent) : 0;
+      code = std::clamp(unsat - 128, -128, 127);
+    }
+    y[j] = static_cast<int8_t>(code);
+  }
 }
 
 }  // namespace lowbit::quant

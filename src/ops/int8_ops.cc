@@ -379,40 +379,46 @@ std::pair<double, int32_t> nonlinear_input(const std::string& op, const Attrs& a
       (a.has("output_zero_point") && a.i("output_zero_point") != f.zero_point))
     LOWBIT_THROW(ValueError, op, ": the output parameters are fixed at scale ", f.scale,
                  ", zero point ", f.zero_point, " but attributes ask for scale ",
-                 a.f("output_scale", f.scale), ", zero point ", a.i("output_zero_point", f.zero_point),
-                 " (drop them, or requantize the output)");
+                 a.f("output_scale", f.scale), ", zero point ",
+                 a.i("output_zero_point", f.zero_point), " (drop them, or requantize the output)");
   return {s_in, zp_in};
 }
 
+// TFLite's PopulateLookupTable, in f32 as TFLite computes it: dequantize, the function in f32
+// (std::exp / std::tanh of float), times 1 / s_out, round half away from zero, + zp_out, clamp.
 kernels::QLutStage lut_stage(const std::string& op, const Attrs& a) {
-  const auto [s_in, zp_in] = nonlinear_input(op, a);
-  kernels::QLutStage st;
+  const auto [s_in_d, zp_in] = nonlinear_input(op, a);
+  const float s_in = static_cast<float>(s_in_d);
+  const FixedOutput out = fixed_output(op);
+  const float inverse_scale = 1.0f / static_cast<float>(out.scale);
   const bool tanh = op == "qtanh";
+  kernels::QLutStage st;
   for (int32_t q = -128; q <= 127; ++q) {
-    const double x = s_in * static_cast<double>(q - zp_in);
-    const double y = tanh ? 128.0 * std::tanh(x) : 256.0 / (1.0 + std::exp(-x)) - 128.0;
-    st.table[q + 128] = static_cast<int8_t>(std::clamp(std::floor(y + 0.5), -128.0, 127.0));
+    const float x = s_in * static_cast<float>(q - zp_in);
+    const float f = tanh ? std::tanh(x) : 1.0f / (1.0f + std::exp(-x));
+    const float rescaled = std::round(f * inverse_scale);
+    const int32_t code = static_cast<int32_t>(rescaled + static_cast<float>(out.zero_point));
+    st.table[q + 128] = static_cast<int8_t>(std::clamp(code, -128, 127));
   }
   return st;
 }
 
-kernels::QSoftmaxStage softmax_stage(const std::string& op, const Attrs& a) {
+quant::SoftmaxStage softmax_stage(const std::string& op, const Attrs& a) {
   const auto [s_in, zp_in] = nonlinear_input(op, a);
   (void)zp_in;  // softmax sees only differences of codes
-  const double beta = a.f("beta", 1.0);
-  if (!std::isfinite(beta) || !(beta > 0))
-    LOWBIT_THROW(ValueError, op, ": attribute 'beta': expected a finite value > 0 but found ", beta);
-  kernels::QSoftmaxStage st;
-  for (int d = 0; d < 256; ++d)
-    st.exp_table[d] = static_cast<int32_t>(std::floor(std::ldexp(std::exp(-beta * s_in * d), 30) + 0.5));
-  return st;
+  try {
+    return quant::make_softmax_stage(static_cast<float>(s_in), a.f("beta", 1.0));
+  } catch (const ValueError& e) {
+    LOWBIT_THROW(ValueError, op, ": ", e.what());
+  }
 }
 
 std::vector<ValueType> infer_qnonlinear(const InferCtx& c) {
   require_dtype(c, 0, DType::kS8, "x");
   if (c.op == "qsoftmax") {
     if (c.in[0].shape.rank() < 1)
-      LOWBIT_THROW(ShapeError, c.op, ": argument 'x' must have rank >= 1 (softmax over the last "
+      LOWBIT_THROW(ShapeError, c.op,
+                   ": argument 'x' must have rank >= 1 (softmax over the last "
                    "axis) but is a scalar");
     softmax_stage(c.op, c.attrs);
   } else {
@@ -597,11 +603,11 @@ void register_int8_ops() {
            [](const KernelCtx& k) {
              const int64_t depth = k.in[0].shape()[k.in[0].rank() - 1];
              const int64_t rows = depth > 0 ? k.in[0].numel() / depth : 0;
-             kernels::qsoftmax_s8_reference(k.params<kernels::QSoftmaxStage>(), rows, depth,
+             kernels::qsoftmax_s8_reference(k.params<quant::SoftmaxStage>(), rows, depth,
                                             in_s8(k, 0), out_s8(k));
            },
        .doc = "int8 softmax over the last axis (TFLite SOFTMAX; output scale 1/256, zero point "
-              "-128): an exp table and an exact integer division"});
+              "-128): TFLite's reference, gemmlowp fixed point"});
   register_op({.name = "quantize",
                .num_inputs = 1,
                .infer = infer_quantize,

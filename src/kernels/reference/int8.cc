@@ -150,21 +150,9 @@ void qlut_s8_reference(const QLutStage& s, int64_t n, const int8_t* x, int8_t* y
   for (int64_t i = 0; i < n; ++i) y[i] = s.table[int32_t{x[i]} + 128];
 }
 
-void qsoftmax_s8_reference(const QSoftmaxStage& s, int64_t rows, int64_t depth, const int8_t* x,
-                           int8_t* y) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int8_t* xr = x + r * depth;
-    int8_t* yr = y + r * depth;
-    int32_t mx = -128;
-    for (int64_t j = 0; j < depth; ++j) mx = std::max<int32_t>(mx, xr[j]);
-    int64_t sum = 0;
-    for (int64_t j = 0; j < depth; ++j) sum += s.exp_table[mx - xr[j]];
-    for (int64_t j = 0; j < depth; ++j) {
-      const int64_t e = s.exp_table[mx - xr[j]];
-      const int64_t q = (512 * e + sum) / (2 * sum);  // floor(256 e / sum + 1/2), all >= 0
-      yr[j] = static_cast<int8_t>(std::clamp<int64_t>(q - 128, -128, 127));
-    }
-  }
+void qsoftmax_s8_reference(const quant::SoftmaxStage& s, int64_t rows, int64_t depth,
+                           const int8_t* x, int8_t* y) {
+  for (int64_t r = 0; r < rows; ++r) quant::softmax_row_s8(s, depth, x + r * depth, y + r * depth);
 }
 
 }  // namespace lowbit::kernels

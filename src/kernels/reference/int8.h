@@ -90,28 +90,20 @@ struct RequantizeStage {
 void requantize_s8_reference(const RequantizeStage& s, int64_t n, const int8_t* x, int8_t* y);
 
 // The int8 nonlinearities (TFLite LOGISTIC / TANH / SOFTMAX with their fixed output
-// parameters). Each is defined by a 256-entry table built at prepare time (kernels below only
-// look codes up, and softmax adds and divides integers):
-//   logistic: table[q + 128] = clamp(floor(256 * sigmoid(s_in * (q - zp_in)) + 0.5) - 128),
-//             output scale 1/256, zero point -128;
-//   tanh:     table[q + 128] = clamp(floor(128 * tanh(s_in * (q - zp_in)) + 0.5)),
-//             output scale 1/128, zero point 0;
-// (the real function in f64 of the f32 scale, rounded half up, clamped to [-128, 127]).
+// parameters, spec 3.6).
+//   logistic, tanh: a 256-entry table built at prepare time (TFLite's PopulateLookupTable, in
+//     f32): table[q + 128] = clamp(round_away(f(s_in * (q - zp_in)) * (1 / s_out)) + zp_out)
+//     with f = 1 / (1 + exp(-x)) (s_out 1/256, zp_out -128) or tanh (1/128, 0). The kernel only
+//     looks codes up.
 struct QLutStage {
   int8_t table[256] = {};
 };
 void qlut_s8_reference(const QLutStage& s, int64_t n, const int8_t* x, int8_t* y);
 
-//   softmax over the last axis (rows of `depth` codes): exp_table[d] = floor(2^30 *
-//   exp(-beta * s_in * d) + 0.5) (int32, d = max_row - q in [0, 255]), S = the row's sum of
-//   exp_table[max_row - q] (int64), y = clamp(floor((512 * E + S) / (2 S)) - 128) with
-//   E = exp_table[max_row - q]: 256 * E / S rounded half up by exact integer division;
-//   output scale 1/256, zero point -128.
-struct QSoftmaxStage {
-  int32_t exp_table[256] = {};
-};
-void qsoftmax_s8_reference(const QSoftmaxStage& s, int64_t rows, int64_t depth, const int8_t* x,
-                           int8_t* y);
+//   softmax over the last axis (rows of `depth` codes): quant::softmax_row_s8 per row, TFLite's
+//   reference_ops::Softmax in gemmlowp fixed point (lowbit/fixed_point.h has the steps).
+void qsoftmax_s8_reference(const quant::SoftmaxStage& s, int64_t rows, int64_t depth,
+                           const int8_t* x, int8_t* y);
 
 // f32 -> s8 (TFLite Quantize: affine_quantize) and s8 -> f32 (Dequantize).
 void quantize_s8_reference(quant::QuantParams p, int64_t n, const float* x, int8_t* y);
