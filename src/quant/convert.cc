@@ -35,7 +35,24 @@ struct Pending {
   std::string activation = "none";
   std::string activation_from;
   Shape out_shape;
+  int materialized = -1;  // qlogistic / qtanh / qsoftmax: its output, once emitted unfused
 };
+
+// The integer forms of sigmoid, tanh and softmax and their fixed output parameters (TFLite's,
+// spec 3.6).
+bool is_nonlinear(const std::string& op) {
+  return op == "qlogistic" || op == "qtanh" || op == "qsoftmax";
+}
+std::optional<std::string> nonlinear_op(const std::string& activation) {
+  if (activation == "sigmoid") return "qlogistic";
+  if (activation == "tanh") return "qtanh";
+  if (activation == "softmax") return "qsoftmax";
+  return std::nullopt;
+}
+std::pair<double, int32_t> nonlinear_output(const std::string& op) {
+  return op == "qtanh" ? std::pair<double, int32_t>{1.0 / 128, 0}
+                       : std::pair<double, int32_t>{1.0 / 256, -128};
+}
 
 struct Val {
   enum Kind { kFloat, kCodes, kPending } kind = kFloat;
@@ -108,17 +125,18 @@ class Converter {
                    "' has never tracked a range (train the QAT model with fit, or "
                    "calibrate it, before converting)");
     const nn::KTensor& in = model_.inputs()[0];
-    if (in.dtype() != DType::kF32)
-      LOWBIT_THROW(UnsupportedError, "convert_to_integer: the model input must be f32 but is ",
+    if (in.dtype() != DType::kF32 && in.dtype() != DType::kS32 && in.dtype() != DType::kS64)
+      LOWBIT_THROW(UnsupportedError,
+                   "convert_to_integer: the model input must be f32 (or s32/s64 token ids) but is ",
                    dtype_name(in.dtype()));
     IntegerTensor t;
     t.name = in.node->layer->name();
-    t.dtype = DType::kF32;
+    t.dtype = in.dtype();
     t.shape = in.shape();
     im_.input = add(std::move(t));
     vals_[in.node.get()] = {Val{Val::kFloat, im_.input, nullptr}};
     const nn::KTensor& out = model_.outputs()[0];
-    const Val v = visit(out);
+    const Val v = materialize(visit(out));
     if (v.kind != Val::kCodes)
       LOWBIT_THROW(UnsupportedError, "convert_to_integer: the model output (layer '",
                    out.node->layer->name(),
@@ -166,10 +184,39 @@ class Converter {
     if (it == vals_.end()) {
       const nn::LayerNode& n = *k.node;
       std::vector<Val> in;
-      for (const nn::KTensor& i : n.inputs) in.push_back(visit(i));
+      const bool fq = n.layer->class_name() == "FakeQuant";
+      for (const nn::KTensor& i : n.inputs) in.push_back(fq ? visit(i) : materialize(visit(i)));
       it = vals_.emplace(k.node.get(), convert(n, in)).first;
     }
     return it->second.at(k.index);
+  }
+
+  // A pending sigmoid/tanh/softmax read by anything but a FakeQuant: its op with the fixed
+  // output parameters, emitted once (its tensor named after the activation layer).
+  Val materialize(const Val& v) {
+    if (v.kind != Val::kPending || !is_nonlinear(v.pending->op)) return v;
+    Pending& p = *v.pending;
+    if (p.materialized < 0) {
+      const auto [scale, zp] = nonlinear_output(p.op);
+      IntegerTensor t;
+      t.name = p.layers;
+      t.shape = p.out_shape;
+      t.scale = {scale};
+      t.zero_point = {zp};
+      p.materialized = add(std::move(t));
+      emit(p.op, {p.input}, p.materialized, nonlinear_attrs(p), p.layers, "");
+    }
+    return {Val::kCodes, p.materialized, nullptr};
+  }
+  Attrs nonlinear_attrs(const Pending& p) const {
+    const IntegerTensor& x = im_.tensors[p.input];
+    const auto [scale, zp] = nonlinear_output(p.op);
+    Attrs a = {{"input_scale", x.scale[0]},
+               {"input_zero_point", static_cast<int64_t>(x.zero_point[0])},
+               {"output_scale", scale},
+               {"output_zero_point", static_cast<int64_t>(zp)}};
+    if (p.op == "qsoftmax") a.set("beta", 1.0);
+    return a;
   }
 
   // A copy: later add() calls may reallocate im_.tensors.
@@ -187,6 +234,9 @@ class Converter {
     const Shape out_shape = n.outputs.at(0).shape;
     if (cls == "FakeQuant")
       return {fake_quant(static_cast<const FakeQuantLayer&>(l), in.at(0), out_shape)};
+    if (cls == "QuantizeWrapper" &&
+        static_cast<const QuantizeWrapperLayer&>(l).layer()->class_name() == "Embedding")
+      return {embedding(static_cast<const QuantizeWrapperLayer&>(l), in.at(0), out_shape)};
     if (cls == "QuantizeWrapper") {
       const auto& w = static_cast<const QuantizeWrapperLayer&>(l);
       const nn::Layer& inner = *w.layer();
@@ -206,10 +256,31 @@ class Converter {
                       f.quantizer().grid(f), f.folded_bias(), own_activation(*f.conv()),
                       out_shape)};
     }
+    if (cls == "Activation") {
+      const std::string act = l.get_config().value("activation", "");
+      if (const std::optional<std::string> op = nonlinear_op(act)) {
+        // Waits for the FakeQuant after it (quantize_model puts one on the fixed grid), whose
+        // name its output takes; read by anything else it is emitted on its own.
+        const IntegerTensor x = codes(l, in.at(0));
+        if (*op == "qsoftmax" && out_shape.rank() < 1) refuse(l, "softmax of a scalar");
+        auto p = std::make_shared<Pending>();
+        p->op = *op;
+        p->cls = cls;
+        p->layers = l.name();
+        p->input = in.at(0).tensor;
+        p->out_shape = out_shape;
+        return {Val{Val::kPending, -1, p}};
+      }
+      if (!fused_name(act))
+        refuse(l, "activation '" + act +
+                      "' has no integer form (convertible: relu, relu6, linear fused into the "
+                      "conv/dense before; sigmoid, tanh, softmax)");
+    }
     if (cls == "ReLU" || cls == "Activation") {
       const std::optional<std::string> a = layer_activation(l);
       if (!a) refuse(l, "only ReLU, ReLU6 and linear activations have an integer form here");
-      if (in.at(0).kind != Val::kPending || in.at(0).pending->op == "qavg_pool2d")
+      if (in.at(0).kind != Val::kPending ||
+          (in.at(0).pending->op != "qconv2d" && in.at(0).pending->op != "qfully_connected"))
         refuse(l,
                "an activation is converted fused into the conv/dense before it; this one "
                "follows no conv/dense");
@@ -270,8 +341,9 @@ class Converter {
     if (cls == "InputLayer") refuse(l, "a second model input");
     refuse(l,
            "no integer form for this layer class yet (convertible: Conv2D, DepthwiseConv2D, "
-           "Dense with their folded batch norms, ReLU/ReLU6, MaxPooling2D, "
-           "AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape, Dropout, FakeQuant)");
+           "Dense with their folded batch norms, ReLU/ReLU6, Activation sigmoid/tanh/softmax, "
+           "Embedding, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, "
+           "Reshape, Dropout, FakeQuant)");
   }
 
   Val pending(const nn::Layer& l, const nn::Layer& inner, const IntegerTensor& x, int x_tensor,
@@ -288,8 +360,8 @@ class Converter {
     const std::optional<std::string> a = fused_name(activation);
     if (!a)
       refuse(l, "its own activation '" + activation +
-                    "' has no integer form here (quantize_model moves softmax, sigmoid and tanh "
-                    "after a FakeQuant; those layers are not convertible yet)");
+                    "' has no integer form fused into the layer (quantize_model splits softmax, "
+                    "sigmoid and tanh into their own Activation layer after a FakeQuant)");
     p->activation = *a;
     p->activation_from = *a == "none" ? "" : inner.name();
     const Json c = inner.get_config();
@@ -397,9 +469,103 @@ class Converter {
     return {Val::kCodes, out, nullptr};
   }
 
+  // The pending sigmoid/tanh/softmax with the FakeQuant after it: one op when that FakeQuant's
+  // grid is the fixed output grid (quantize_model's), else the op and a requantize to it.
+  Val finish_nonlinear(const nn::Layer& fq, const Pending& p, IntegerTensor out_t) {
+    const auto [scale, zp] = nonlinear_output(p.op);
+    out_t.shape = p.out_shape;
+    const bool fixed = out_t.scale[0] == scale && out_t.zero_point[0] == zp && out_t.qmin == -128 &&
+                       out_t.qmax == 127;
+    const std::string layers = p.layers + "+" + fq.name();
+    if (fixed) {
+      const int out = add(std::move(out_t));
+      emit(p.op, {p.input}, out, nonlinear_attrs(p), layers, "");
+      return {Val::kCodes, out, nullptr};
+    }
+    const int mid = materialize(Val{Val::kPending, -1, std::make_shared<Pending>(p)}).tensor;
+    const IntegerTensor t = out_t;
+    const int out = add(std::move(out_t));
+    emit("requantize", {mid}, out,
+         {{"input_scale", scale},
+          {"input_zero_point", static_cast<int64_t>(zp)},
+          {"output_scale", t.scale[0]},
+          {"output_zero_point", static_cast<int64_t>(t.zero_point[0])},
+          {"rounding", opt_.rounding == Rounding::kSingle ? "single" : "double"}},
+         fq.name(), "");
+    return {Val::kCodes, out, nullptr};
+  }
+
+  // Embedding (a QuantizeWrapper with a per-tensor table quantizer): the table's codes as an
+  // s8 constant and a gather of its rows by the ids, whose output keeps the table's grid (no
+  // FakeQuant follows an Embedding). f32 ids are truncated to s32 first (a cast), as the layer
+  // does.
+  Val embedding(const QuantizeWrapperLayer& w, const Val& ids, const Shape& out_shape) {
+    const nn::Layer& inner = *w.layer();
+    if (ids.kind != Val::kFloat)
+      refuse(w, "an Embedding reads token ids (the model input), not quantized values");
+    if (inner.get_config().value("mask_zero", false))
+      refuse(w, "mask_zero: masks have no integer form here");
+    if (!w.quantizers().count("embeddings")) refuse(w, "its table is not quantized");
+    const Quantizer::Grid g = w.quantizer("embeddings").grid(w);
+    if (g.scale.size() != 1)
+      refuse(w, "its table is quantized per channel (" + std::to_string(g.scale.size()) +
+                    " scales): the gathered rows would need a per-channel activation grid; "
+                    "quantize the table per tensor (quantize_model's default for Embedding)");
+    if (g.qmax - g.qmin > 255)
+      refuse(w, "its table grid has " + std::to_string(g.qmax - g.qmin + 1) +
+                    " codes; int8 holds at most 256 (use <= 8-bit weights)");
+    const double s = g.scale[0];
+    if (!(s > 0) || !std::isfinite(s))
+      refuse(w, "its table grid has scale " + std::to_string(s) + " (an all-zero table?)");
+    // Stored with zero point 0 when the grid's codes fit int8 around it (symmetric grids, as
+    // TFLite stores weights), else shifted as an activation grid (codes from -128).
+    const int32_t zp_g = g.zero_point[0];
+    const int32_t off = g.qmin - zp_g >= -128 && g.qmax - zp_g <= 127 ? -zp_g : -128 - g.qmin;
+    const Tensor table = w.effective_weights().at("embeddings").to(DType::kF32);
+    Tensor codes(table.shape(), DType::kS8);
+    const float* pt = table.data<float>();
+    int8_t* pc = codes.data<int8_t>();
+    for (int64_t i = 0; i < table.numel(); ++i) {
+      const double v = static_cast<double>(pt[i]) / s;
+      const double q = std::round(v);
+      if (std::fabs(v - q) > 1e-3)
+        refuse(w, "table entry " + std::to_string(i) + " (" + std::to_string(pt[i]) +
+                      ") is not on its grid of step " + std::to_string(s));
+      const double code = q + zp_g + off;
+      if (code < g.qmin + off || code > g.qmax + off)
+        refuse(w, "table entry " + std::to_string(i) + " lies outside its grid's codes");
+      pc[i] = static_cast<int8_t>(code);
+    }
+    const int t_id = constant(w.name() + "/embeddings", std::move(codes));
+    im_.tensors[t_id].scale = {s};
+    im_.tensors[t_id].zero_point = {zp_g + off};
+    im_.tensors[t_id].qmin = g.qmin + off;
+    im_.tensors[t_id].qmax = g.qmax + off;
+    int id_t = ids.tensor;
+    const IntegerTensor in = im_.tensors[ids.tensor];
+    if (in.dtype == DType::kF32) {
+      IntegerTensor c;
+      c.name = w.name() + "_ids";
+      c.dtype = DType::kS32;
+      c.shape = in.shape;
+      id_t = add(std::move(c));
+      emit("cast", {ids.tensor}, id_t, {{"dtype", DType::kS32}}, w.name(), "");
+    } else if (in.dtype != DType::kS32 && in.dtype != DType::kS64) {
+      refuse(w, std::string("ids of dtype ") + dtype_name(in.dtype) + " (expected s32, s64, f32)");
+    }
+    IntegerTensor o = im_.tensors[t_id];
+    o.name = w.name();
+    o.shape = out_shape;
+    o.data = Tensor();
+    const int out = add(std::move(o));
+    emit("gather", {t_id, id_t}, out, {{"axis", int64_t{0}}}, w.name(), "");
+    return {Val::kCodes, out, nullptr};
+  }
+
   // The pending conv/dense with its output grid: int8 weights, int32 bias, one op.
   Val finish(const nn::Layer& fq, const Pending& p, IntegerTensor out_t) {
     if (p.op == "qavg_pool2d") return finish_pool(fq, p, std::move(out_t));
+    if (is_nonlinear(p.op)) return finish_nonlinear(fq, p, std::move(out_t));
     const IntegerTensor x = im_.tensors[p.input];  // a copy: constant() may reallocate
     const Shape& ks = p.kernel.shape();
     const int64_t out_c = ks[ks.rank() - 1];

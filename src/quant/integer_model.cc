@@ -71,6 +71,7 @@ Tensor IntegerModel::predict(const Tensor& x, int64_t batch_size) {
                    in.shape.str(), " but found ", dtype_name(x.dtype()), x.shape().str());
   if (batch_size < 1)
     LOWBIT_THROW(ValueError, "IntegerModel::predict: batch_size must be >= 1 but is ", batch_size);
+  check_ids(x);
   if (!rt.predict)
     rt.predict = std::make_unique<Executor>(rt.g, std::vector<Value>{rt.values[output]});
   const int64_t n = x.shape()[0];
@@ -82,14 +83,36 @@ Tensor IntegerModel::predict(const Tensor& x, int64_t batch_size) {
     const int64_t m = std::min(batch_size, n - b);
     std::vector<int64_t> xd = x.shape().dims();
     xd[0] = m;
-    Tensor xb = Tensor::wrap(static_cast<float*>(x.raw()) + b * row_in, Shape(xd), DType::kF32);
+    Tensor xb = Tensor::wrap(static_cast<char*>(x.raw()) + b * row_in * dtype_size(x.dtype()),
+                             Shape(xd), x.dtype());
     const Tensor yb = rt.predict->run({{rt.x, xb}})[0];
     std::copy(yb.data<float>(), yb.data<float>() + m * row_out, out.data<float>() + b * row_out);
   }
   return out;
 }
 
+// Token ids must index their table (the gather kernel cannot throw): every gather that reads
+// the model input (directly or through a cast, which truncates f32 ids toward zero).
+void IntegerModel::check_ids(const Tensor& x) const {
+  for (const IntegerOp& op : ops) {
+    if (op.op != "gather" || op.inputs.size() != 2) continue;
+    int ids = op.inputs[1];
+    for (const IntegerOp& c : ops)
+      if (c.op == "cast" && c.output == ids && !c.inputs.empty()) ids = c.inputs[0];
+    if (ids != input) continue;
+    const int64_t rows = tensors.at(op.inputs[0]).shape[0];
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const double id = std::trunc(x.get_as_double(i));
+      if (!(id >= 0 && id < static_cast<double>(rows)))
+        LOWBIT_THROW(ValueError, "IntegerModel: op '", op.op, "' (", op.layer,
+                     "): expected ids in [0, ", rows, ") but found ", x.get_as_double(i),
+                     " at flat position ", i, " of input shape ", x.shape().str());
+    }
+  }
+}
+
 std::vector<Tensor> IntegerModel::run_all(const Tensor& x) {
+  check_ids(x);
   Runtime& rt = runtime();
   std::vector<Value> fetches;
   for (int t : rt.produced) fetches.push_back(rt.values[t]);
@@ -204,6 +227,8 @@ Json attr_json(const Attr& a) {
           return Json{{"ints", v}};
         else if constexpr (std::is_same_v<T, std::vector<double>>)
           return Json{{"floats", v}};
+        else if constexpr (std::is_same_v<T, DType>)
+          return Json{{"dtype", dtype_name(v)}};
         else
           LOWBIT_THROW(ValueError, "IntegerModel: an op attribute of this kind cannot be saved");
       },
@@ -223,6 +248,7 @@ Attr attr_from_json(const Json& j, const std::string& where) {
     if (k == "s") return Attr(v.get<std::string>());
     if (k == "ints") return Attr(v.get<std::vector<int64_t>>());
     if (k == "floats") return Attr(v.get<std::vector<double>>());
+    if (k == "dtype") return Attr(dtype_from_name(v.get<std::string>()));
   } catch (const Json::exception& e) {
     LOWBIT_THROW(ValueError, where, ": ", e.what());
   }
@@ -294,6 +320,50 @@ T field(const std::string& path, const Json& j, const char* key, const std::stri
     return j.at(key).get<T>();
   } catch (const Json::exception&) {
     bad(path, where + ": field '" + key + "' has the wrong type");
+  }
+}
+
+// The parameters the nonlinear ops and the embedding gather imply, against the tensor records
+// (the ops' own shape rules check their attributes when the graph is built): qlogistic, qtanh,
+// qsoftmax read their input's (scale, zero point) and write the fixed output parameters; a
+// gather reads an s8 table constant whose grid its output keeps; a cast makes s32/s64 ids.
+void check_op_params(const std::string& path, const std::string& where, const IntegerModel& m,
+                     const IntegerOp& op) {
+  const bool nonlinear = op.op == "qlogistic" || op.op == "qtanh" || op.op == "qsoftmax";
+  if (nonlinear) {
+    if (op.inputs.size() != 1) bad(path, where + ": expected 1 input");
+    const IntegerTensor& x = m.tensors[op.inputs[0]];
+    const IntegerTensor& y = m.tensors[op.output];
+    const double fixed_scale = op.op == "qtanh" ? 1.0 / 128 : 1.0 / 256;
+    const int32_t fixed_zp = op.op == "qtanh" ? 0 : -128;
+    if (y.dtype != DType::kS8 || y.scale.size() != 1 || y.scale[0] != fixed_scale ||
+        y.zero_point[0] != fixed_zp || y.qmin != -128 || y.qmax != 127)
+      bad(path, where + ": output tensor '" + y.name + "' must be s8 at the fixed scale " +
+                    std::to_string(fixed_scale) + ", zero point " + std::to_string(fixed_zp) +
+                    ", codes [-128, 127]");
+    if (x.dtype != DType::kS8 || x.scale.size() != 1 || !op.attrs.has("input_scale") ||
+        op.attrs.f("input_scale") != x.scale[0] ||
+        op.attrs.i("input_zero_point", 0) != x.zero_point[0])
+      bad(path, where +
+                    ": attributes 'input_scale', 'input_zero_point' must be those of input "
+                    "tensor '" +
+                    x.name + "'");
+  }
+  if (op.op == "gather") {
+    if (op.inputs.size() != 2) bad(path, where + ": expected 2 inputs (table, ids)");
+    const IntegerTensor& t = m.tensors[op.inputs[0]];
+    const IntegerTensor& y = m.tensors[op.output];
+    if (!t.data.defined() || t.dtype != DType::kS8 || t.scale.size() != 1)
+      bad(path, where + ": the table '" + t.name + "' must be an s8 constant with one scale");
+    if (y.scale != t.scale || y.zero_point != t.zero_point)
+      bad(path, where + ": output tensor '" + y.name +
+                    "' must keep the table's scale and zero "
+                    "point");
+  }
+  if (op.op == "cast") {
+    const DType d = op.attrs.has("dtype") ? op.attrs.dtype("dtype") : DType::kF32;
+    if (d != DType::kS32 && d != DType::kS64)
+      bad(path, where + ": a cast makes s32 or s64 ids only");
   }
 }
 
@@ -416,7 +486,7 @@ IntegerModel IntegerModel::load(const std::string& path) {
   static const std::set<std::string> kOps = {
       "qconv2d",    "qfully_connected", "qmax_pool2d", "qavg_pool2d", "qadd",
       "requantize", "quantize",         "dequantize",  "reshape",     "qlogistic",
-      "qtanh",      "qsoftmax"};
+      "qtanh",      "qsoftmax",         "gather",      "cast"};
   for (size_t i = 0; i < os.size(); ++i) {
     const Json& e = os[i];
     IntegerOp op;
@@ -442,6 +512,7 @@ IntegerModel IntegerModel::load(const std::string& path) {
     for (const auto& [k, v] : a.items())
       op.attrs.set(k, attr_from_json(v, "IntegerModel::load: " + path + ": " + where +
                                             ": attribute '" + k + "'"));
+    check_op_params(path, where, m, op);
     if ((op.op == "qconv2d" || op.op == "qfully_connected") && op.inputs.size() == 3) {
       const IntegerTensor& b = m.tensors[op.inputs[2]];
       if (b.dtype != DType::kS32)

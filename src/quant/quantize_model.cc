@@ -97,6 +97,28 @@ bool quantized_before(const std::string& activation) {
          activation == "hard_sigmoid" || activation == "tanh";
 }
 
+// The fixed output grid of the integer form of sigmoid, tanh and softmax (TFLite's LOGISTIC,
+// TANH, SOFTMAX; semantics 3.6), as a tf FakeQuant range that never moves: 8-bit codes
+// [0, 255] of step 1/256 from 0 (int8 zero point -128), or of step 1/128 from -1 (tanh: int8
+// zero point 0). Other functions: none.
+std::optional<QuantizerConfig> fixed_output_quantizer(const std::string& activation) {
+  QuantizerConfig c;
+  c.scheme = "tf";
+  c.bits = 8;
+  c.range = "fixed";
+  if (activation == "sigmoid" || activation == "softmax") {
+    c.init_min = 0.0;
+    c.init_max = 255.0 / 256.0;
+    return c;
+  }
+  if (activation == "tanh") {
+    c.init_min = -1.0;
+    c.init_max = 127.0 / 128.0;
+    return c;
+  }
+  return std::nullopt;
+}
+
 bool conv_like(const std::string& c) {
   return c == "Dense" || c == "Conv1D" || c == "Conv2D" || c == "DepthwiseConv2D" ||
          c == "SeparableConv2D";
@@ -239,6 +261,10 @@ class Rewriter {
     QuantizerConfig c = cfg_.weights;
     if (cfg_.first_last_weight_bits && (&l == first_weighted_ || &l == last_weighted_))
       c.bits = *cfg_.first_last_weight_bits;
+    // An Embedding's rows are its output activations: one grid for the whole table (per
+    // tensor), so the gathered rows share one (scale, zero point), as an integer gather needs.
+    // Only an explicit override makes it per channel (per output feature).
+    if (l.class_name() == "Embedding") c.per_channel = false;
     if (const LayerOverride* o = override_of(l.name())) {
       if (o->scheme && *o->scheme != "pact") c = with_scheme(c, *o->scheme);
       if (o->weight_bits) c.bits = *o->weight_bits;
@@ -483,7 +509,7 @@ class Rewriter {
     }
     if (c == "Activation" && quantized_before(n.layer->get_config().value("activation", ""))) {
       nn::KTensor y = call1(clone(*n.layer), quantized_input(n.in.at(0), i), n.training);
-      env_[{i, 0}] = {y, false, {}};  // fixed output parameters
+      fixed_output(i, n.layer->get_config().value("activation", ""), y, n.layer->name());
       return;
     }
     std::vector<nn::KTensor> out = call(clone(*n.layer), inputs_of(i), n.training, masks_of(i));
@@ -618,7 +644,22 @@ class Rewriter {
       split_activations_[key] =
           nn::Activation(act, {.name = unique_name(n.layer->name() + "_" + act)});
     y = call1(split_activations_[key], y, n.training);
-    env_[{head, 0}] = {y, false, {}};
+    fixed_output(head, act, y, split_activations_[key]->name());
+  }
+
+  // The output of sigmoid, tanh or softmax (node i's output 0): a FakeQuant on the function's
+  // fixed grid (fixed_output_quantizer), so the QAT model computes the codes of the integer
+  // op; other functions (log_softmax, hard_sigmoid), or activations quantized with scheme
+  // "none", stay unquantized.
+  void fixed_output(int i, const std::string& activation, const nn::KTensor& y,
+                    const std::string& producer) {
+    const std::optional<QuantizerConfig> fixed = fixed_output_quantizer(activation);
+    if (!fixed || activation_config(i, i).scheme == "none") {
+      env_[{i, 0}] = {y, false, {}};
+      return;
+    }
+    auto fq = FakeQuant(*fixed, cfg_.quant_delay, unique_name(producer + "_quant"));
+    env_[{i, 0}] = {call1(fq, y, std::nullopt), true, y};
   }
 
   const nn::Model& model_;

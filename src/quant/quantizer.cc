@@ -40,7 +40,7 @@ const std::vector<SchemeRow>& scheme_rows() {
        true,
        true,
        true,
-       {"last_value", "moving_average", "moving_average_debiased", "all_values"},
+       {"last_value", "moving_average", "moving_average_debiased", "all_values", "fixed"},
        {}},
       {"torch",
        Kind::kTorch,
@@ -195,6 +195,9 @@ void validate(const QuantizerConfig& c, QuantizerRole role, const std::string& w
   if (c.freeze_after < -1)
     LOWBIT_THROW(ValueError, who, ": freeze_after: expected -1 (never) or >= 0 but found ",
                  c.freeze_after);
+  if (c.range == "fixed" && !(c.init_min <= 0 && 0 <= c.init_max && c.init_min < c.init_max))
+    LOWBIT_THROW(ValueError, who, ": range 'fixed' keeps [init_min, init_max], which must hold 0 ",
+                 "and be non-empty, but is [", c.init_min, ", ", c.init_max, "]");
   if (row.kind == Kind::kPact && !(c.init_max > 0))
     LOWBIT_THROW(ValueError, who, ": scheme 'pact' starts alpha at init_max, which must be > 0");
   if (row.kind == Kind::kPact && c.per_channel)
@@ -380,7 +383,8 @@ Value Quantizer::apply(const Value& x, nn::CallContext& ctx, const nn::Layer& ow
     const nn::Weight& wmax = *find(owner, "max");
     // A second use of this state in one trace (a shared layer called again) reads the range
     // the first use computed; updates are recorded once.
-    const bool update = ctx.training() && !ctx.bound(wmin).defined();
+    // A "fixed" range (a function's fixed output grid) is never updated.
+    const bool update = ctx.training() && !ctx.bound(wmin).defined() && c.range != "fixed";
     Value mn = ctx.var(owner, wmin), mx = ctx.var(owner, wmax);
     std::vector<std::pair<Value, Value>> next;  // (state variable, new value)
     if (kind == Kind::kTf) {
@@ -585,6 +589,7 @@ Json FakeQuantLayer::get_config() const {
 }
 
 bool FakeQuantLayer::awaiting_calibration() const {
+  if (quantizer_.config().range == "fixed") return false;  // nothing to calibrate
   for (const auto& w : weights_)
     if (w.name == "step") return w.value.get_as_double(0) == 0;
   return false;  // not built

@@ -61,8 +61,9 @@ TEST(QuantizeModel, ResidualAddAndSharedLayerPlacement) {
       "global_average_pooling2d:GlobalAveragePooling2D<-add_quant",
       "global_average_pooling2d_quant:FakeQuant<-global_average_pooling2d",  // a mean: new grid
       "dense:QuantizeWrapper<-global_average_pooling2d_quant",
-      "dense_quant:FakeQuant<-dense",           // quantized BEFORE softmax
-      "dense_softmax:Activation<-dense_quant",  // output not quantized
+      "dense_quant:FakeQuant<-dense",  // quantized BEFORE softmax
+      "dense_softmax:Activation<-dense_quant",
+      "dense_softmax_quant:FakeQuant<-dense_softmax",  // softmax's fixed grid (1/256)
   };
   EXPECT_EQ(structure(*q), want);
 

@@ -26,6 +26,18 @@
 //   The model input's FakeQuant becomes `quantize`, the model output `dequantize`.
 //   MaxPooling2D, AveragePooling2D (TFLite's rounding), Flatten, Reshape and Dropout keep their
 //   input's parameters.
+//   Activation sigmoid / tanh / softmax (quantize_model splits them off their Dense/Conv and
+//   puts a FakeQuant on their fixed grid after them) becomes qlogistic / qtanh / qsoftmax
+//   (lowbit/ops/int8.h) with TFLite's fixed output parameters: scale 1/256, zero point -128
+//   (sigmoid, softmax over the last axis) or 1/128, 0 (tanh); tables as TFLite's
+//   PopulateLookupTable, softmax in TFLite's reference gemmlowp fixed point. A FakeQuant after
+//   it on another grid adds a requantize. Other activations (softplus, log_softmax, ...) are
+//   refused.
+//   Embedding (a QuantizeWrapper with a per-tensor table quantizer, quantize_model's default for
+//   it) becomes a gather of its int8 table codes (a constant, zero point 0 for a symmetric
+//   grid) by the ids; its output keeps the table's (scale, zero point). The model input may
+//   then be s32/s64 ids, or f32 ids (a cast to s32 first, truncating as the layer does);
+//   predict refuses ids outside the table. mask_zero and per-channel tables are refused.
 // Anything else (a layer class without an integer form here, a float layer between quantized
 // ones, an asymmetric weight grid, a torch/binary/ternary quantizer) is refused with
 // UnsupportedError naming the layer, its class and why; nothing is silently left in float.
@@ -158,6 +170,7 @@ class IntegerModel {
  private:
   struct Runtime;
   std::unique_ptr<Runtime> rt_;
+  void check_ids(const Tensor& x) const;  // ValueError for a token id outside its table
   Runtime& runtime();
 };
 

@@ -11,13 +11,14 @@
 //
 // 1. Weights. Dense, Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D (both kernels) and
 //    Embedding become QuantizeWrapper(layer): their kernels are fake-quantized before the
-//    layer reads them. Biases never. A conv/dense followed by BatchNormalization is folded
-//    instead (rule 3). SimpleRNN too (kernel and recurrent_kernel), with a FakeQuant on each
-//    output. LSTM and GRU become QuantizedLSTM / QuantizedGRU (lowbit/quant/recurrent.h: the
-//    integer LSTM step of semantics 3.7 in float), which read their input unquantized (they
-//    quantize x themselves) and whose output and h state are on h's int8 grid (no FakeQuant
-//    after; an LSTM's returned cell state is int16 and counts as unquantized); during
-//    quant_delay they run the float cell. Bidirectional(LSTM | GRU) becomes a
+//    layer reads them. An Embedding table is quantized per tensor (its rows are the output
+//    activations, one grid) unless an override sets per_channel. Biases never. A conv/dense
+//    followed by BatchNormalization is folded instead (rule 3). SimpleRNN too (kernel and
+//    recurrent_kernel), with a FakeQuant on each output. LSTM and GRU become QuantizedLSTM /
+//    QuantizedGRU (lowbit/quant/recurrent.h: the integer LSTM step of semantics 3.7 in float),
+//    which read their input unquantized (they quantize x themselves) and whose output and h state
+//    are on h's int8 grid (no FakeQuant after; an LSTM's returned cell state is int16 and counts as
+//    unquantized); during quant_delay they run the float cell. Bidirectional(LSTM | GRU) becomes a
 //    QuantizedBidirectional (two such directions; a merged output gets a FakeQuant after);
 //    Bidirectional(SimpleRNN) stays float.
 // 2. Activations: one FakeQuant at the END of each fused pattern, never between its parts:
@@ -30,9 +31,14 @@
 //    `activation` argument ends its pattern: relu, linear and the rest are quantized after it;
 //    softmax, log_softmax, sigmoid, hard_sigmoid and tanh BEFORE it (the layer is rebuilt with
 //    activation linear, then FakeQuant, then an Activation layer "<name>_<activation>"): their
-//    integer outputs have fixed parameters (semantics 2.3, 3.6), so their outputs are not
-//    quantized; neither are those of standalone Activation layers of these functions, whose
-//    inputs are quantized if not already.
+//    integer outputs have fixed parameters (semantics 2.3, 3.6). Standalone Activation layers
+//    of these functions get their inputs quantized if not already. The output of sigmoid,
+//    softmax and tanh then gets a FakeQuant "<activation layer>_quant" on that fixed grid (tf,
+//    8 bit, range "fixed", never tracked): [0, 255/256] in steps of 1/256 (int8 scale 1/256,
+//    zero point -128) for sigmoid and softmax, [-1, 127/128] in steps of 1/128 (int8 1/128,
+//    zero point 0) for tanh, so the QAT model computes the integer ops' codes; whatever the
+//    activation scheme or bits (scheme "none": no quantizer). log_softmax and hard_sigmoid
+//    outputs stay unquantized (no integer form).
 // 3. Batch-norm folding (cfg.fold_batch_norm): a Dense/Conv1D/Conv2D/DepthwiseConv2D with
 //    linear activation called once, whose output's only consumer is a BatchNormalization over
 //    the last axis called once, becomes FoldedConvBatchNorm (see quantizer.h). Otherwise (a

@@ -64,7 +64,9 @@ using nn::Json;
 //            output channel; see QuantizeWrapper for DepthwiseConv2D).
 // range      how a tracked range follows the data (tf and torch schemes):
 //   tf:    "last_value" (weights), "moving_average" (EMA without bias correction, TFMOT),
-//          "moving_average_debiased" (TF1 contrib.quantize), "all_values" (model inputs).
+//          "moving_average_debiased" (TF1 contrib.quantize), "all_values" (model inputs),
+//          "fixed" (never updated: [init_min, init_max], which must hold 0; the fixed output
+//          grids of sigmoid, tanh and softmax that quantize_model places).
 //   torch: "minmax" (running min/max), "moving_average" (first batch, then EMA with
 //          averaging constant 1 - ema_decay), "last_value".
 // ema_decay  moving-average decay (TF 0.999; PyTorch's averaging constant 0.01 is decay 0.99).
