@@ -86,7 +86,8 @@ RnnArgs rnn_args(const std::string& op, const Attrs& a) {
 std::vector<QuantizedMultiplier> gate_multipliers(const std::string& op, const Attrs& a,
                                                   const char* name, double s_side, int gates) {
   if (!a.has(name))
-    LOWBIT_THROW(ValueError, op, ": attribute '", name, "' is required (one weight scale per gate)");
+    LOWBIT_THROW(ValueError, op, ": attribute '", name,
+                 "' is required (one weight scale per gate)");
   const std::vector<double>& sw = a.floats(name);
   if (static_cast<int>(sw.size()) != gates)
     LOWBIT_THROW(ValueError, op, ": attribute '", name, "': expected ", gates,
@@ -275,7 +276,8 @@ void qrnn_reference(const QRnnParams& q, const int8_t* x, const int8_t* wx, cons
         }
         const int32_t *z = gate, *r = gate + U;
         if (!q.reset_after)  // r h requantized to h's parameters before its matmul
-          for (int64_t k = 0; k < U; ++k) rh[k] = clamp8(rdpot(r[k] * (h[k] - q.zp_h), 15) + q.zp_h);
+          for (int64_t k = 0; k < U; ++k)
+            rh[k] = clamp8(rdpot(r[k] * (h[k] - q.zp_h), 15) + q.zp_h);
         for (int64_t j = 0; j < U; ++j) {
           const int64_t col = 2 * U + j;
           const int32_t px = sat16(mbqm(dot_x(xt, col), q.mx[2]));

@@ -301,14 +301,16 @@ class Converter {
   // 0 already).
   Val masking(const nn::Layer& l, const Val& in) {
     if (in.kind != Val::kFloat)
-      refuse(l, "a Masking layer converts only on the float model input (quantize_model puts "
-                "it there, before the input's quantizer)");
+      refuse(l,
+             "a Masking layer converts only on the float model input (quantize_model puts "
+             "it there, before the input's quantizer)");
     const double mv = l.get_config().value("mask_value", 0.0);
     IntegerTensor t;
     t.name = l.name() + "/mask";
     t.dtype = DType::kBool;
     const Shape& xs = im_.tensors[in.tensor].shape;
-    if (xs.rank() != 3) refuse(l, "a Masking layer needs x [batch, timesteps, features], found " + xs.str());
+    if (xs.rank() != 3)
+      refuse(l, "a Masking layer needs x [batch, timesteps, features], found " + xs.str());
     t.shape = Shape{kUnknown, xs[1]};
     const int m = add(std::move(t));
     emit("timestep_mask", {in.tensor}, m, {{"mask_value", mv}}, l.name(), "");
@@ -346,7 +348,8 @@ class Converter {
   Tensor recurrent_weights(const QuantizedRecurrentLayer& l, const Tensor& fq, const char* which,
                            int64_t gates, std::vector<double>& scales) {
     const int bits = l.weight_bits();
-    if (bits > 8) refuse(l, "its weights are " + std::to_string(bits) + "-bit; int8 holds at most 8");
+    if (bits > 8)
+      refuse(l, "its weights are " + std::to_string(bits) + "-bit; int8 holds at most 8");
     Tensor mn, mx;
     for (const nn::Weight& w : l.weights()) {
       if (w.name == std::string(which) + "_min") mn = w.value.to(DType::kF32);
@@ -390,9 +393,10 @@ class Converter {
       refuse(l, "return_state is not converted (the integer op returns the output only)");
     if (in.kind == Val::kPending) codes(l, in);
     if (in.mask == kReversedMask || (in.mask < 0 && n.inputs.at(0).has_mask()))
-      refuse(l, "its input carries a timestep mask the integer model does not compute (masks "
-                "convert from a Masking layer on the model input, through layers that pass "
-                "them on; not the reversed mask of a go_backwards sequence)");
+      refuse(l,
+             "its input carries a timestep mask the integer model does not compute (masks "
+             "convert from a Masking layer on the model input, through layers that pass "
+             "them on; not the reversed mask of a go_backwards sequence)");
     const int64_t gates = lstm ? 4 : 3;
     const int64_t units = c.at("units").get<int64_t>();
     const Shape& xs = im_.tensors[in.tensor].shape;
@@ -434,7 +438,8 @@ class Converter {
     }
     std::vector<double> swx, swh;
     Tensor wx = recurrent_weights(l, l.quantized_kernel(), "kernel", gates, swx);
-    Tensor wh = recurrent_weights(l, l.quantized_recurrent_kernel(), "recurrent_kernel", gates, swh);
+    Tensor wh =
+        recurrent_weights(l, l.quantized_recurrent_kernel(), "recurrent_kernel", gates, swh);
     const bool reset_after = lstm || c.value("reset_after", true);
     // Biases: int32 at s_side * s_W,g (semantics 3.7), the recurrent one only for a GRU with
     // reset_after.

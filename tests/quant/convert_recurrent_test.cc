@@ -131,10 +131,10 @@ int op_index(const quant::IntegerModel& im, const std::string& op) {
 
 // min_equal: 0.999 for a returned sequence (every step's codes). The last output alone carries
 // the divergence of all T = 8 steps before it (a one-code difference in h feeds the next steps),
-// measured at ~0.2% of codes: 0.995 there. And a GRU with reset_after = false (0.995): its r h requantization
-// meets exact ties (r (q_h - zp_h) an odd multiple of 2^14, r a multiple of 128 codes), which
-// the integer step rounds away from zero and the QAT layer's f32 fake quant,
-// floor((r h - nudged_min) / s_h - zp + 0.5) with r h rounded to f32, sends either way.
+// measured at ~0.2% of codes: 0.995 there. And a GRU with reset_after = false (0.995): its r h
+// requantization meets exact ties (r (q_h - zp_h) an odd multiple of 2^14, r a multiple of 128
+// codes), which the integer step rounds away from zero and the QAT layer's f32 fake quant, floor((r
+// h - nudged_min) / s_h - zp + 0.5) with r h rounded to f32, sends either way.
 void expect_recurrent_agreement(const Rnn& r, double min_equal = 0.999) {
   SCOPED_TRACE(describe(r));
   auto q = trained_qat(r);
@@ -251,12 +251,11 @@ int8_t lstm_step_by_hand(int32_t q_x, int32_t& c, int32_t h, int p) {
   const int32_t f = quant::logistic_int16(static_cast<int16_t>(gate(wf)));
   const int32_t g = quant::tanh_int16(static_cast<int16_t>(gate(wc)), 3);
   const int32_t o = quant::logistic_int16(static_cast<int16_t>(gate(wo)));
-  c = std::clamp(quant::rounding_divide_by_pot(f * c, 15) +
-                     quant::rounding_divide_by_pot(i * g, 15 + p),
-                 -32768, 32767);
+  c = std::clamp(
+      quant::rounding_divide_by_pot(f * c, 15) + quant::rounding_divide_by_pot(i * g, 15 + p),
+      -32768, 32767);
   const int32_t th = quant::tanh_int16(static_cast<int16_t>(c), p);
-  return static_cast<int8_t>(
-      std::clamp(mbqm(o * th, std::ldexp(1.0, -30) * 128.0), -128, 127));
+  return static_cast<int8_t>(std::clamp(mbqm(o * th, std::ldexp(1.0, -30) * 128.0), -128, 127));
 }
 
 TEST(QLstmOp, OneUnitStepsAndMasksByHand) {
@@ -274,7 +273,8 @@ TEST(QLstmOp, OneUnitStepsAndMasksByHand) {
   const bool mv[8] = {true, false, true, true, false, false, true, false};
   std::copy(mv, mv + 8, mask.data<bool>());
   for (bool zero_output : {false, true}) {
-    const Tensor y = run_op("qlstm", {x, wx, wh, bias, mask}, lstm_attrs(true, false, zero_output))[0];
+    const Tensor y =
+        run_op("qlstm", {x, wx, wh, bias, mask}, lstm_attrs(true, false, zero_output))[0];
     ASSERT_EQ(y.shape(), Shape({2, 4, 1}));
     for (int b = 0; b < 2; ++b) {
       int32_t c = 0, h = 0, last = 0;
@@ -308,36 +308,54 @@ TEST(QLstmOp, ChecksArgumentsAndAttributes) {
   Tensor wx({1, 4}, DType::kS8), wh({1, 4}, DType::kS8), bias = Tensor::zeros({4}, DType::kS32);
   Tensor x({2, 4, 1}, DType::kS8);
   expect_throws_with<DTypeError>(
-      [&] { run_op("qlstm", {x.to(DType::kF32), wx, wh, bias}, lstm_attrs(true)); }, "'x'");
+      [&] {
+        run_op("qlstm", {x.to(DType::kF32), wx, wh, bias}, lstm_attrs(true));
+      },
+      "'x'");
   expect_throws_with<ShapeError>(
-      [&] { run_op("qlstm", {x, wx, Tensor({1, 3}, DType::kS8), bias}, lstm_attrs(true)); },
+      [&] {
+        run_op("qlstm", {x, wx, Tensor({1, 3}, DType::kS8), bias}, lstm_attrs(true));
+      },
       "'w_h'");
   expect_throws_with<ShapeError>(
-      [&] { run_op("qlstm", {x, Tensor({2, 4}, DType::kS8), wh, bias}, lstm_attrs(true)); },
+      [&] {
+        run_op("qlstm", {x, Tensor({2, 4}, DType::kS8), wh, bias}, lstm_attrs(true));
+      },
       "'w_x'");
   expect_throws_with<DTypeError>(
-      [&] { run_op("qlstm", {x, wx, wh, Tensor::zeros({4})}, lstm_attrs(true)); }, "'bias'");
+      [&] {
+        run_op("qlstm", {x, wx, wh, Tensor::zeros({4})}, lstm_attrs(true));
+      },
+      "'bias'");
   expect_throws_with<ShapeError>(
-      [&] { run_op("qlstm", {x, wx, wh, bias, Tensor({2, 3}, DType::kBool)}, lstm_attrs(true)); },
+      [&] {
+        run_op("qlstm", {x, wx, wh, bias, Tensor({2, 3}, DType::kBool)}, lstm_attrs(true));
+      },
       "'mask'");
   Attrs a = lstm_attrs(true);
   a.set("cell_int_bits", int64_t{7});
   expect_throws_with<ValueError>([&] { run_op("qlstm", {x, wx, wh, bias}, a); }, "cell_int_bits");
   a = lstm_attrs(true);
   a.set("input_weight_scales", std::vector<double>{0.01, 0.01});
-  expect_throws_with<ValueError>([&] { run_op("qlstm", {x, wx, wh, bias}, a); },
-                                 "input_weight_scales");
+  expect_throws_with<ValueError>(
+      [&] {
+        run_op("qlstm", {x, wx, wh, bias}, a);
+      },
+      "input_weight_scales");
   a = lstm_attrs(true);
   a.set("hidden_scale", -1.0);
   expect_throws_with<ValueError>([&] { run_op("qlstm", {x, wx, wh, bias}, a); }, "hidden_scale");
-  expect_throws_with<ValueError>([&] { run_op("qgru", {x, wx, wh, bias}, lstm_attrs(true)); },
-                                 "arguments");
+  expect_throws_with<ValueError>(
+      [&] {
+        run_op("qgru", {x, wx, wh, bias}, lstm_attrs(true));
+      },
+      "arguments");
 }
 
 TEST(TimestepMaskOp, AnyFeatureDiffersFromTheMaskValue) {
   Tensor x = Tensor::zeros({1, 3, 2});
-  x.data<float>()[1] = 2.0f;                                   // step 0: valid
-  x.data<float>()[4] = x.data<float>()[5] = 0.5f;              // step 2: all 0.5
+  x.data<float>()[1] = 2.0f;                       // step 0: valid
+  x.data<float>()[4] = x.data<float>()[5] = 0.5f;  // step 2: all 0.5
   const Tensor m0 = run_op("timestep_mask", {x}, {{"mask_value", 0.0}})[0];
   const Tensor m5 = run_op("timestep_mask", {x}, {{"mask_value", 0.5}})[0];
   EXPECT_EQ(m0.dtype(), DType::kBool);
@@ -381,8 +399,9 @@ TEST(ConvertRecurrent, ModelFileRoundTripAndLoaderChecks) {
     j["ops"][k]["attrs"]["input_weight_scales"] = {{"floats", {0.1, 0.2}}};
   });
   expect_throws_with<ValueError>([&] { quant::IntegerModel::load(p1); }, "input_weight_scales");
-  const std::string p2 = rewrite(
-      [&](nn::Json& j) { j["ops"][k]["attrs"]["hidden_zero_point"] = {{"i", 300}}; });
+  const std::string p2 = rewrite([&](nn::Json& j) {
+    j["ops"][k]["attrs"]["hidden_zero_point"] = {{"i", 300}};
+  });
   expect_throws_with<ValueError>([&] { quant::IntegerModel::load(p2); }, "hidden_zero_point");
   const std::string p3 = rewrite([&](nn::Json& j) {
     j["ops"][k]["attrs"]["cell_int_bits"] = {{"i", 2}};  // a GRU has no cell
