@@ -307,7 +307,10 @@ void run_qrnn(const KernelCtx& k) {
   const auto& q = k.params<QRnnParams>();
   const int nin = q.lstm ? 4 : 5;
   const int32_t* bx = k.in[3].numel() > 0 ? k.in[3].data<int32_t>() : nullptr;
-  const int32_t* bh = !q.lstm && k.in[4].numel() > 0 ? k.in[4].data<int32_t>() : nullptr;
+  // A GRU with reset_after = false has its biases on the input side only (spec 3.7): the
+  // recurrent_bias argument is not read.
+  const int32_t* bh =
+      !q.lstm && q.reset_after && k.in[4].numel() > 0 ? k.in[4].data<int32_t>() : nullptr;
   const bool* mask = q.has_mask ? k.in[nin].data<bool>() : nullptr;
   qrnn_reference(q, k.in[0].data<int8_t>(), k.in[1].data<int8_t>(), k.in[2].data<int8_t>(), bx, bh,
                  mask, k.out[0].data<int8_t>());

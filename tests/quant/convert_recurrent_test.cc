@@ -259,6 +259,7 @@ int8_t lstm_step_by_hand(int32_t q_x, int32_t& c, int32_t h, int p) {
 }
 
 TEST(QLstmOp, OneUnitStepsAndMasksByHand) {
+  testing::note_reference_tested("qlstm");
   Tensor wx({1, 4}, DType::kS8), wh({1, 4}, DType::kS8);
   const int8_t wxv[4] = {100, 50, -80, 30};
   for (int g = 0; g < 4; ++g) {
@@ -352,7 +353,68 @@ TEST(QLstmOp, ChecksArgumentsAndAttributes) {
       "arguments");
 }
 
+// One GRU unit, one feature, hidden zero point 5: the spec's GRU step written out here.
+TEST(QGruOp, OneUnitStepsByHandResetAfterAndBefore) {
+  testing::note_reference_tested("qgru");
+  const double sx = 0.02, sh = 1.0 / 100, sw = 0.01;
+  const int32_t zpx = 4, zph = 5;
+  const int8_t wxv[3] = {90, -60, 110}, whv[3] = {-40, 70, 80};
+  const int32_t bxv[3] = {300, -200, 100}, bhv[3] = {-50, 400, 250};
+  Tensor wx({1, 3}, DType::kS8), wh({1, 3}, DType::kS8);
+  Tensor bx({3}, DType::kS32), bh({3}, DType::kS32);
+  for (int g = 0; g < 3; ++g) {
+    wx.data<int8_t>()[g] = wxv[g];
+    wh.data<int8_t>()[g] = whv[g];
+    bx.data<int32_t>()[g] = bxv[g];
+    bh.data<int32_t>()[g] = bhv[g];
+  }
+  Tensor x({1, 3, 1}, DType::kS8);
+  const int8_t xv[3] = {100, -90, 30};
+  std::copy(xv, xv + 3, x.data<int8_t>());
+  auto mbqm = [](int32_t acc, double m) {
+    return quant::multiply_by_quantized_multiplier(acc, quant::quantize_multiplier(m));
+  };
+  auto s16 = [](int64_t v) { return static_cast<int32_t>(std::clamp<int64_t>(v, -32768, 32767)); };
+  const double mx = static_cast<float>(sw * sx) * 4096.0;
+  const double mh = static_cast<double>(static_cast<float>(sw) * static_cast<float>(sh)) * 4096.0;
+  for (bool reset_after : {true, false}) {
+    Attrs a{{"input_scale", sx},
+            {"input_zero_point", int64_t{zpx}},
+            {"hidden_scale", sh},
+            {"hidden_zero_point", int64_t{zph}},
+            {"input_weight_scales", std::vector<double>{sw, sw, sw}},
+            {"recurrent_weight_scales", std::vector<double>{sw, sw, sw}},
+            {"reset_after", reset_after},
+            {"return_sequences", true}};
+    const Tensor y = run_op("qgru", {x, wx, wh, bx, bh}, a)[0];
+    ASSERT_EQ(y.shape(), Shape({1, 3, 1}));
+    int32_t h = zph;
+    for (int t = 0; t < 3; ++t) {
+      // the recurrent bias only with reset_after (the op is given both; v1 ignores it)
+      const int32_t rb[3] = {reset_after ? bhv[0] : 0, reset_after ? bhv[1] : 0,
+                             reset_after ? bhv[2] : 0};
+      auto px = [&](int g) { return s16(mbqm(bxv[g] + wxv[g] * (xv[t] - zpx), mx)); };
+      auto ph = [&](int g, int32_t hq) { return mbqm(rb[g] + whv[g] * (hq - zph), mh); };
+      const int32_t z = quant::logistic_int16(static_cast<int16_t>(s16(px(0) + ph(0, h))));
+      const int32_t r = quant::logistic_int16(static_cast<int16_t>(s16(px(1) + ph(1, h))));
+      int32_t pre;
+      if (reset_after) {
+        pre = s16(px(2) + quant::rounding_divide_by_pot(r * s16(ph(2, h)), 15));
+      } else {
+        const int32_t rh =
+            std::clamp(quant::rounding_divide_by_pot(r * (h - zph), 15) + zph, -128, 127);
+        pre = s16(px(2) + s16(ph(2, rh)));
+      }
+      const int32_t hh = quant::tanh_int16(static_cast<int16_t>(pre), 3);
+      const int32_t acc = z * (h - zph) + mbqm((32767 - z) * hh, std::ldexp(1.0, -15) / sh);
+      h = std::clamp(quant::rounding_divide_by_pot(acc, 15) + zph, -128, 127);
+      EXPECT_EQ(y.data<int8_t>()[t], h) << t << " reset_after " << reset_after;
+    }
+  }
+}
+
 TEST(TimestepMaskOp, AnyFeatureDiffersFromTheMaskValue) {
+  testing::note_reference_tested("timestep_mask");
   Tensor x = Tensor::zeros({1, 3, 2});
   x.data<float>()[1] = 2.0f;                       // step 0: valid
   x.data<float>()[4] = x.data<float>()[5] = 0.5f;  // step 2: all 0.5

@@ -44,7 +44,8 @@
 //        [, mask]) -> s8 [B,T,U] (return_sequences, in processing order) or [B,U]
 //     Gate blocks side by side in Keras' order (LSTM i, f, c, o; GRU z, r, h); weights
 //     symmetric, one scale per gate block; biases at s_side * s_W,g (the LSTM's and a
-//     reset_after = false GRU's candidate bias on the input side only). h0 = 0, c0 = 0.
+//     reset_after = false GRU's biases on the input side only: its recurrent_bias is not
+//     read). h0 = 0, c0 = 0.
 //     Attributes: input_scale, input_zero_point (x), hidden_scale, hidden_zero_point (h and the
 //     output: one grid), input_weight_scales and recurrent_weight_scales (G f64 each),
 //     cell_int_bits p in [0, 6] (qlstm: cell codes at 2^(p-15)), reset_after (qgru, default
