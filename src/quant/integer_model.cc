@@ -414,8 +414,8 @@ IntegerModel IntegerModel::load(const std::string& path) {
   written[m.input] = true;
   for (int i = 0; i < n; ++i) written[i] = written[i] || m.tensors[i].data.defined();
   static const std::set<std::string> kOps = {
-      "qconv2d",    "qfully_connected", "qmax_pool2d", "qavg_pool2d", "qadd",
-      "requantize", "quantize",         "dequantize",  "reshape"};
+      "qconv2d",  "qfully_connected", "qmax_pool2d", "qavg_pool2d", "qadd", "requantize",
+      "quantize", "dequantize",       "reshape",     "qlstm",       "qgru", "timestep_mask"};
   for (size_t i = 0; i < os.size(); ++i) {
     const Json& e = os[i];
     IntegerOp op;
@@ -441,6 +441,17 @@ IntegerModel IntegerModel::load(const std::string& path) {
     for (const auto& [k, v] : a.items())
       op.attrs.set(k, attr_from_json(v, "IntegerModel::load: " + path + ": " + where +
                                             ": attribute '" + k + "'"));
+    if (op.op == "qlstm" || op.op == "qgru") {
+      // x, w_x, w_h, bias(es) [, mask]: the op's shape rule checks them all when the graph is
+      // built below; here the biases, so the message names the tensor.
+      const size_t nb = op.op == "qlstm" ? 1 : 2;
+      for (size_t k = 3; k < 3 + nb && k < op.inputs.size(); ++k) {
+        const IntegerTensor& b = m.tensors[op.inputs[k]];
+        if (b.dtype != DType::kS32)
+          bad(path,
+              where + ": bias tensor '" + b.name + "' must be s32 but is " + dtype_name(b.dtype));
+      }
+    }
     if ((op.op == "qconv2d" || op.op == "qfully_connected") && op.inputs.size() == 3) {
       const IntegerTensor& b = m.tensors[op.inputs[2]];
       if (b.dtype != DType::kS32)

@@ -512,7 +512,15 @@ TEST(ConvertToInteger, RefusesWhatHasNoIntegerFormNamingTheLayer) {
   Tensor y = Tensor::zeros({4, 3});
   q->compile({.optimizer = nn::Adam({}), .loss = nn::MeanSquaredError()});
   q->fit(x, y, {.epochs = 1, .verbose = 0});
-  expect_throws_with<UnsupportedError>([&] { quant::convert_to_integer(*q); }, "QuantizedLSTM");
+  // The LSTM converts (tests/quant/convert_recurrent_test.cc); a bidirectional one does not.
+  EXPECT_EQ(quant::convert_to_integer(*q).ops.at(1).op, "qlstm");
+  auto b = nn::Sequential::create(
+      {nn::InputSpec({6, 4}), nn::Bidirectional(nn::LSTM(5)), nn::Dense(3)}, "birnn");
+  auto qb = quant::quantize_model(*b);
+  qb->compile({.optimizer = nn::Adam({}), .loss = nn::MeanSquaredError()});
+  qb->fit(x, y, {.epochs = 1, .verbose = 0});
+  expect_throws_with<UnsupportedError>([&] { quant::convert_to_integer(*qb); },
+                                       "QuantizedBidirectional");
 }
 
 }  // namespace

@@ -26,6 +26,17 @@
 //   The model input's FakeQuant becomes `quantize`, the model output `dequantize`.
 //   MaxPooling2D, AveragePooling2D (TFLite's rounding), Flatten, Reshape and Dropout keep their
 //   input's parameters.
+//   A QuantizedLSTM / QuantizedGRU becomes ONE qlstm / qgru over the sequence (spec 3.7
+//   "8x8_16", docs/integer-inference.md "The integer LSTM and GRU"): x quantized (or
+//   requantized) to the layer's x grid, int8 weights per gate block (FQ(W) / s_W,g), int32
+//   biases at s_side * s_W,g, gate sums Q3.12, the cell at 2^(p-15), the output on the layer's h
+//   grid; return_sequences, go_backwards, zero_output_for_mask, GRU reset_after true or false.
+//   A Masking layer on the model input becomes timestep_mask (the step mask from the floats);
+//   the mask travels to the recurrent op through layers that pass it on. Not converted:
+//   Bidirectional, initial states, return_state, a mask the integer model does not compute
+//   (a go_backwards sequence's), a FakeQuant of a Masking output with mask_value != 0.
+// The model has one f32 input: a model whose masks come from a second input (e.g.
+// examples/rgb_missing.cc's MissingFeatures) converts only from the layer after them.
 // Anything else (a layer class without an integer form here, a float layer between quantized
 // ones, an asymmetric weight grid, a torch/binary/ternary quantizer) is refused with
 // UnsupportedError naming the layer, its class and why; nothing is silently left in float.
