@@ -36,6 +36,10 @@
 #include "lowbit/fixed_point.h"
 #include "lowbit/nn/model.h"
 
+namespace lowbit::io {
+struct SafetensorsFile;
+}
+
 namespace lowbit::quant {
 
 struct ConvertOptions {
@@ -94,6 +98,10 @@ class IntegerModel {
   // is not s32, a scale that is not finite and > 0, a shape that does not match the graph, a
   // multiplier out of range).
   static IntegerModel load(const std::string& path);
+  // The same from a whole file's bytes in memory (the same checks: load reads the file and
+  // shares this code); `name` stands for the path in the messages.
+  static IntegerModel load_bytes(const void* data, size_t size,
+                                 const std::string& name = "<memory>");
 
   // The graph JSON (what save writes as metadata).
   std::string graph_json() const;
@@ -119,6 +127,7 @@ class IntegerModel {
  private:
   struct Runtime;
   std::unique_ptr<Runtime> rt_;
+  static IntegerModel from_safetensors(const io::SafetensorsFile& f, const std::string& path);
   Runtime& runtime();
 };
 

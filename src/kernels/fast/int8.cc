@@ -414,6 +414,10 @@ inline int dw_taps(const Conv2DParams& p, int64_t n, int64_t oh, int64_t ow, int
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")
+// clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"))), apply_to = function)
+#endif
 
 namespace vnni {
 
@@ -587,6 +591,9 @@ void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int
 
 }  // namespace vnni
 
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 #pragma GCC diagnostic pop
 
@@ -596,6 +603,10 @@ void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int
 
 #pragma GCC push_options
 #pragma GCC target("avx2")
+// clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#endif
 
 namespace avx2 {
 
@@ -738,6 +749,9 @@ void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int
 
 }  // namespace avx2
 
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 
 }  // namespace
