@@ -50,6 +50,10 @@
 #include "lowbit/fixed_point.h"
 #include "lowbit/nn/model.h"
 
+namespace lowbit::io {
+struct SafetensorsFile;
+}
+
 namespace lowbit::quant {
 
 struct ConvertOptions {
@@ -143,6 +147,10 @@ class IntegerModel {
   // [qmin, qmax]). Packed weights are unpacked here, once: the model runs the same s8 codes as
   // before it was saved.
   static IntegerModel load(const std::string& path);
+  // The same from a whole file's bytes in memory (the same checks: load reads the file and
+  // shares this code); `name` stands for the path in the messages.
+  static IntegerModel load_bytes(const void* data, size_t size,
+                                 const std::string& name = "<memory>");
 
   // The graph JSON (what save writes as metadata, with the same options).
   std::string graph_json(const SaveOptions& options = {}) const;
@@ -169,6 +177,7 @@ class IntegerModel {
  private:
   struct Runtime;
   std::unique_ptr<Runtime> rt_;
+  static IntegerModel from_safetensors(const io::SafetensorsFile& f, const std::string& path);
   Runtime& runtime();
 };
 
