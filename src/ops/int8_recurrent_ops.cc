@@ -59,6 +59,7 @@ struct QRnnParams {
   int32_t zp_x = 0, zp_h = 0;
   int cell_bits = 0;  // LSTM: p, the cell's integer bits (cell scale 2^(p-15))
   bool reset_after = true, sequences = false, backwards = false, zero_output = false;
+  bool reverse_output = false;  // go_backwards sequences: output at the input's time index
   bool has_mask = false;
   std::vector<QuantizedMultiplier> mx, mh;  // per gate: s_x s_Wx,g / 2^-12, s_h s_Wh,g / 2^-12
   QuantizedMultiplier m_out;                // LSTM: 2^-30 / s_h; GRU: 2^-15 / s_h
@@ -134,6 +135,10 @@ QRnnParams rnn_params(const std::string& op, const Attrs& a) {
   q.sequences = a.b("return_sequences", false);
   q.backwards = a.b("go_backwards", false);
   q.zero_output = a.b("zero_output_for_mask", false);
+  q.reverse_output = a.b("reverse_output", false);
+  if (q.reverse_output && !(q.sequences && q.backwards))
+    LOWBIT_THROW(ValueError, op, ": attribute 'reverse_output' needs return_sequences and ",
+                 "go_backwards (it undoes the reversal of a backward sequence)");
   return q;
 }
 
@@ -241,7 +246,7 @@ void qrnn_reference(const QRnnParams& q, const int8_t* x, const int8_t* wx, cons
     }
     for (int64_t st = 0; st < T; ++st) {
       const int64_t t = q.backwards ? T - 1 - st : st;
-      int8_t* out = q.sequences ? y + (b * T + st) * U : nullptr;
+      int8_t* out = q.sequences ? y + (b * T + (q.reverse_output ? t : st)) * U : nullptr;
       if (mask && !mask[b * T + t]) {
         // Masked: h and c keep their codes; the output repeats the last valid one (zp_h before
         // the first; always zp_h with zero_output_for_mask). Nothing reads x_t.

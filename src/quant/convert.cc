@@ -24,7 +24,7 @@ using nn::Json;
 
 // A conv or dense whose output stage is not known yet.
 struct Pending {
-  std::string op;        // qconv2d | qfully_connected | qavg_pool2d
+  std::string op;        // qconv2d | qfully_connected | qavg_pool2d | bidirectional
   std::string layers;    // the QAT layers it implements so far, joined with '+'
   std::string cls;       // the conv/dense class
   int input = -1;        // code tensor
@@ -37,6 +37,9 @@ struct Pending {
   std::string activation = "none";
   std::string activation_from;
   Shape out_shape;
+  // bidirectional: the two directions' code tensors (input, input2) and the merge mode
+  int input2 = -1;
+  std::string merge;
 };
 
 struct Val {
@@ -222,7 +225,8 @@ class Converter {
     if (cls == "ReLU" || cls == "Activation") {
       const std::optional<std::string> a = layer_activation(l);
       if (!a) refuse(l, "only ReLU, ReLU6 and linear activations have an integer form here");
-      if (in.at(0).kind != Val::kPending || in.at(0).pending->op == "qavg_pool2d")
+      if (in.at(0).kind != Val::kPending || in.at(0).pending->op == "qavg_pool2d" ||
+          in.at(0).pending->op == "bidirectional")
         refuse(l,
                "an activation is converted fused into the conv/dense before it; this one "
                "follows no conv/dense");
@@ -237,9 +241,8 @@ class Converter {
     if (cls == "QuantizedLSTM" || cls == "QuantizedGRU")
       return {recurrent(static_cast<const QuantizedRecurrentLayer&>(l), n, in.at(0), out_shape)};
     if (cls == "QuantizedBidirectional")
-      refuse(l,
-             "a bidirectional LSTM/GRU has no integer form yet (convert each direction as its "
-             "own QuantizedLSTM/QuantizedGRU)");
+      return bidirectional(static_cast<const QuantizedBidirectionalLayer&>(l), n, in.at(0),
+                           out_shape);
     if (cls == "AveragePooling2D" || cls == "GlobalAveragePooling2D") {
       // A mean is off its input's grid: it waits for the FakeQuant after it (quantize_model
       // puts one there) and is rounded once, to that grid.
@@ -292,7 +295,7 @@ class Converter {
            "no integer form for this layer class yet (convertible: Conv2D, DepthwiseConv2D, "
            "Dense with their folded batch norms, ReLU/ReLU6, MaxPooling2D, "
            "AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape, Dropout, FakeQuant, "
-           "Masking of the model input, QuantizedLSTM, QuantizedGRU)");
+           "Masking of the model input, QuantizedLSTM, QuantizedGRU, QuantizedBidirectional)");
   }
 
   // Masking of the float model input: the timestep mask (timestep_mask op) travels with the
@@ -384,7 +387,7 @@ class Converter {
   // QuantizedLSTM / QuantizedGRU: one qlstm / qgru over the sequence (spec 3.7), x quantized
   // (or requantized) to the layer's own x grid, the output on its h grid.
   Val recurrent(const QuantizedRecurrentLayer& l, const nn::LayerNode& n, const Val& in,
-                const Shape& out_shape) {
+                const Shape& out_shape, bool reverse_output = false) {
     const bool lstm = l.class_name() == "QuantizedLSTM";
     const Json c = l.layer()->get_config();
     if (n.inputs.size() > 1)
@@ -492,12 +495,97 @@ class Converter {
       a.set("cell_int_bits", static_cast<int64_t>(l.cell_int_bits()));
     else
       a.set("reset_after", reset_after);
+    if (reverse_output) a.set("reverse_output", true);
     const int out = add(std::move(ht));
     emit(lstm ? "qlstm" : "qgru", std::move(inputs), out, std::move(a), l.name(), "");
     Val v{Val::kCodes, out, nullptr};
     if (in.mask >= 0 && c.value("return_sequences", false))
-      v.mask = c.value("go_backwards", false) ? kReversedMask : in.mask;
+      v.mask = c.value("go_backwards", false) && !reverse_output ? kReversedMask : in.mask;
     return v;
+  }
+
+  // QuantizedBidirectional: one qlstm/qgru per direction (the backward one with go_backwards
+  // and, for sequences, reverse_output: Keras' reversal of the backward sequence), each on its
+  // own h grid. merge_mode none: the two outputs; concat, sum, ave: pending until the FakeQuant
+  // quantize_model puts after the merge, whose grid the merge is computed on (finish_merge).
+  std::vector<Val> bidirectional(const QuantizedBidirectionalLayer& l, const nn::LayerNode& n,
+                                 const Val& in, const Shape& out_shape) {
+    const Json c = l.get_config();
+    const std::string mode = c.contains("merge_mode") && c.at("merge_mode").is_string()
+                                 ? c.at("merge_mode").get<std::string>()
+                                 : std::string("none");
+    if (mode == "mul")
+      refuse(l,
+             "merge_mode 'mul' has no integer form (no int8 multiply op; concat, sum, ave and "
+             "none convert)");
+    const Json fc = l.forward_layer()->layer()->get_config();
+    const bool seq = fc.value("return_sequences", false);
+    if (fc.value("return_state", false))
+      refuse(l, "return_state is not converted (the integer op returns the output only)");
+    if (in.kind == Val::kPending) codes(l, in);
+    const Shape& xs = im_.tensors[in.tensor].shape;
+    if (xs.rank() != 3) refuse(l, "expected x [batch, timesteps, features], found " + xs.str());
+    const int64_t units = fc.at("units").get<int64_t>();
+    const Shape ds = seq ? Shape{kUnknown, xs[1], units} : Shape{kUnknown, units};
+    const Val vf = recurrent(*l.forward_layer(), n, in, ds);
+    const Val vb = recurrent(*l.backward_layer(), n, in, ds, seq);
+    if (mode == "none") return {vf, vb};
+    auto p = std::make_shared<Pending>();
+    p->op = "bidirectional";
+    p->cls = "Bidirectional";
+    p->layers = l.name();
+    p->input = vf.tensor;
+    p->input2 = vb.tensor;
+    p->merge = mode;
+    p->out_shape = out_shape;
+    Val v{Val::kPending, -1, p};
+    v.mask = seq ? in.mask : -1;
+    return {v};
+  }
+
+  // The merge of a bidirectional layer with the grid of the FakeQuant after it: concat
+  // requantizes each direction to that grid (what the FakeQuant does to each half) and joins
+  // them; sum and ave are one qadd (ave: both input scales halved, the same real values / 2).
+  Val finish_merge(const nn::Layer& fq, const Pending& p, IntegerTensor out_t) {
+    const IntegerTensor a = im_.tensors[p.input], b = im_.tensors[p.input2];
+    const std::string layers = p.layers + "+" + fq.name();
+    const std::string rounding = opt_.rounding == Rounding::kSingle ? "single" : "double";
+    out_t.shape = p.out_shape;
+    if (p.merge == "concat") {
+      std::vector<int> parts;
+      for (int k = 0; k < 2; ++k) {
+        const IntegerTensor& src = k == 0 ? a : b;
+        IntegerTensor t = out_t;
+        t.name = src.name + "_requantized";
+        t.shape = src.shape;
+        const int id = add(std::move(t));
+        emit("requantize", {k == 0 ? p.input : p.input2}, id,
+             {{"input_scale", src.scale[0]},
+              {"input_zero_point", static_cast<int64_t>(src.zero_point[0])},
+              {"output_scale", out_t.scale[0]},
+              {"output_zero_point", static_cast<int64_t>(out_t.zero_point[0])},
+              {"rounding", rounding}},
+             layers, "");
+        parts.push_back(id);
+      }
+      const int out = add(std::move(out_t));
+      emit("concat", parts, out, {{"axis", int64_t{-1}}}, layers, "");
+      return {Val::kCodes, out, nullptr};
+    }
+    const double k = p.merge == "ave" ? 0.5 : 1.0;
+    const IntegerTensor o = out_t;
+    const int out = add(std::move(out_t));
+    emit("qadd", {p.input, p.input2}, out,
+         {{"input1_scale", a.scale[0] * k},
+          {"input1_zero_point", static_cast<int64_t>(a.zero_point[0])},
+          {"input2_scale", b.scale[0] * k},
+          {"input2_zero_point", static_cast<int64_t>(b.zero_point[0])},
+          {"output_scale", o.scale[0]},
+          {"output_zero_point", static_cast<int64_t>(o.zero_point[0])},
+          {"activation", "none"},
+          {"rounding", rounding}},
+         layers, "");
+    return {Val::kCodes, out, nullptr};
   }
 
   Val pending(const nn::Layer& l, const nn::Layer& inner, const IntegerTensor& x, int x_tensor,
@@ -631,6 +719,7 @@ class Converter {
   // The pending conv/dense with its output grid: int8 weights, int32 bias, one op.
   Val finish(const nn::Layer& fq, const Pending& p, IntegerTensor out_t) {
     if (p.op == "qavg_pool2d") return finish_pool(fq, p, std::move(out_t));
+    if (p.op == "bidirectional") return finish_merge(fq, p, std::move(out_t));
     const IntegerTensor x = im_.tensors[p.input];  // a copy: constant() may reallocate
     const Shape& ks = p.kernel.shape();
     const int64_t out_c = ks[ks.rank() - 1];

@@ -372,31 +372,39 @@ const std::map<std::string, std::map<std::string, char>>& op_attributes() {
     a.insert(b.begin(), b.end());
     return a;
   };
-  static const std::map<std::string, char> kDense = with(
-      {{"input_scale", 'f'}, {"input_zero_point", 'i'}, {"weight_scales", 'F'},
-       {"activation", 's'}, {"act_min", 'i'}, {"act_max", 'i'}},
-      kOut);
+  static const std::map<std::string, char> kDense = with({{"input_scale", 'f'},
+                                                          {"input_zero_point", 'i'},
+                                                          {"weight_scales", 'F'},
+                                                          {"activation", 's'},
+                                                          {"act_min", 'i'},
+                                                          {"act_max", 'i'}},
+                                                         kOut);
   static const std::map<std::string, char> kPool = {
       {"ksize", 'W'}, {"strides", 'W'}, {"padding", 's'}, {"act_min", 'i'}, {"act_max", 'i'}};
   static const std::map<std::string, char> kRnn = {
-      {"input_scale", 'f'},         {"input_zero_point", 'i'},
-      {"hidden_scale", 'f'},        {"hidden_zero_point", 'i'},
-      {"input_weight_scales", 'F'}, {"recurrent_weight_scales", 'F'},
-      {"return_sequences", 'b'},    {"go_backwards", 'b'},
-      {"zero_output_for_mask", 'b'}};
+      {"input_scale", 'f'},       {"input_zero_point", 'i'},    {"hidden_scale", 'f'},
+      {"hidden_zero_point", 'i'}, {"input_weight_scales", 'F'}, {"recurrent_weight_scales", 'F'},
+      {"return_sequences", 'b'},  {"go_backwards", 'b'},        {"zero_output_for_mask", 'b'},
+      {"reverse_output", 'b'}};
   static const std::map<std::string, std::map<std::string, char>> kOps = {
-      {"qconv2d", with(kDense, {{"strides", 'W'}, {"dilations", 'W'}, {"padding", 's'},
-                                {"pads", 'W'}, {"groups", 'i'}})},
+      {"qconv2d", with(kDense, {{"strides", 'W'},
+                                {"dilations", 'W'},
+                                {"padding", 's'},
+                                {"pads", 'W'},
+                                {"groups", 'i'}})},
       {"qfully_connected", kDense},
       {"qmax_pool2d", kPool},
       {"qavg_pool2d", with(with(kPool, kOut), {{"input_scale", 'f'}, {"input_zero_point", 'i'}})},
-      {"qadd", with(kOut, {{"input1_scale", 'f'}, {"input1_zero_point", 'i'},
-                           {"input2_scale", 'f'}, {"input2_zero_point", 'i'},
+      {"qadd", with(kOut, {{"input1_scale", 'f'},
+                           {"input1_zero_point", 'i'},
+                           {"input2_scale", 'f'},
+                           {"input2_zero_point", 'i'},
                            {"activation", 's'}})},
       {"requantize", with(kOut, {{"input_scale", 'f'}, {"input_zero_point", 'i'}})},
       {"quantize", {{"scale", 'f'}, {"zero_point", 'i'}}},
       {"dequantize", {{"scale", 'f'}, {"zero_point", 'i'}}},
       {"reshape", {{"shape", 'L'}}},
+      {"concat", {{"axis", 'i'}}},
       {"qlstm", with(kRnn, {{"cell_int_bits", 'i'}})},
       {"qgru", with(kRnn, {{"reset_after", 'b'}})},
       {"timestep_mask", {{"mask_value", 'f'}}}};
@@ -434,9 +442,12 @@ void check_attr(const std::string& path, const std::string& where, const std::st
       return;
     case 'W': {
       std::vector<int64_t> l;
-      if (const auto* i = std::get_if<int64_t>(&v)) l = {*i};
-      else if (const auto* p = std::get_if<std::vector<int64_t>>(&v)) l = *p;
-      else bad(path, at + ": expected an int or a list of ints");
+      if (const auto* i = std::get_if<int64_t>(&v))
+        l = {*i};
+      else if (const auto* p = std::get_if<std::vector<int64_t>>(&v))
+        l = *p;
+      else
+        bad(path, at + ": expected an int or a list of ints");
       for (int64_t x : l)
         if (x < 0 || x > kMaxWindow) bad(path, at + ": expected values in [0, 65536]");
       if (k == "ksize" && l.size() == 2 && l[0] * l[1] > (int64_t{1} << 20))
@@ -589,7 +600,8 @@ IntegerModel IntegerModel::from_safetensors(const io::SafetensorsFile& f, const 
       bad(path, "graph: input tensor '" + in.name +
                     "' must be f32 [?, ...] (an activation, the batch dim unknown)");
     for (int d = 1; d < in.shape.rank(); ++d)
-      if (in.shape[d] == kUnknown) bad(path, "graph: input tensor '" + in.name + "' has an unknown dim after the batch");
+      if (in.shape[d] == kUnknown)
+        bad(path, "graph: input tensor '" + in.name + "' has an unknown dim after the batch");
     if (out.dtype != DType::kF32 || out.shape.rank() < 1 || out.shape[0] != kUnknown)
       bad(path, "graph: output tensor '" + out.name + "' must be f32 [?, ...]");
   }

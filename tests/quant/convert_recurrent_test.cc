@@ -212,6 +212,86 @@ TEST(ConvertRecurrent, GruResetBeforeLastUnmaskedAgreesWithQat) {
       {.gru = true, .reset_after = false, .sequences = false, .masking = false});
 }
 
+// Masking -> Bidirectional(LSTM/GRU(6), merge) -> Dense(2): the merged output (on the grid of
+// the FakeQuant quantize_model puts after the merge) against the integer model's.
+void expect_bidirectional_agreement(bool gru, const std::string& merge, bool seq) {
+  SCOPED_TRACE(std::string(gru ? "GRU " : "LSTM ") + merge + (seq ? " sequences" : " last"));
+  nn::reset_layer_names();
+  nn::set_random_seed(4);
+  nn::KTensor x = nn::Input({kT, kF});
+  nn::KTensor h = (*nn::Masking())(x);
+  nn::LayerPtr inner =
+      gru ? nn::GRU(6, {.return_sequences = seq}) : nn::LSTM(6, {.return_sequences = seq});
+  h = (*nn::Bidirectional(inner, {.merge_mode = merge}))(h);
+  nn::KTensor y = (*nn::Dense(2))(h);
+  auto f = nn::Model::create({x}, {y}, "birnn");
+  auto q = quant::quantize_model(*f);
+  q->compile({.optimizer = nn::Adam({.learning_rate = 0.01}), .loss = nn::MeanSquaredError()});
+  const Tensor xs = sequences(384, 11, true);
+  Rng rng(12);
+  q->fit(xs, random_tensor(with_batch(y.shape(), 384), rng, -1.0f, 1.0f),
+         {.epochs = 1, .batch_size = 64, .verbose = 0});
+  quant::IntegerModel im = quant::convert_to_integer(*q);
+  const std::string rop = gru ? "qgru" : "qlstm";
+  std::vector<std::string> kinds;
+  for (const auto& op : im.ops) kinds.push_back(op.op);
+  std::vector<std::string> want{"timestep_mask", "quantize", rop, "quantize", rop};
+  if (merge == "concat")
+    want.insert(want.end(), {"requantize", "requantize", "concat"});
+  else
+    want.push_back("qadd");
+  want.insert(want.end(), {"qfully_connected", "dequantize"});
+  EXPECT_EQ(kinds, want);
+  EXPECT_EQ(im.ops[4].attrs.b("go_backwards", false), true);
+  EXPECT_EQ(im.ops[4].attrs.b("reverse_output", false), seq);
+  const int k = op_index(im, merge == "concat" ? "concat" : "qadd");
+  ASSERT_GE(k, 0);
+
+  const Tensor xt = sequences(seq ? 512 : 2048, 99, true);
+  auto probe = nn::Model::create(q->inputs(), {find_output(*q, "bidirectional_quant")}, "probe");
+  const Tensor want_h = probe->predict(xt, 256);
+  const std::vector<Tensor> all = im.run_all(xt);
+  const quant::IntegerTensor& ht = im.tensors[im.ops[k].output];
+  const Tensor& got = all[im.ops[k].output];
+  ASSERT_EQ(got.shape(), want_h.shape());
+  const std::vector<int> w = codes_of(want_h, ht);
+  int64_t equal = 0, worst = 0;
+  for (int64_t e = 0; e < got.numel(); ++e) {
+    const int64_t d = std::llabs(int64_t{got.data<int8_t>()[e]} - w[e]);
+    equal += d == 0;
+    worst = std::max(worst, d);
+  }
+  const double frac = static_cast<double>(equal) / static_cast<double>(got.numel());
+  std::printf(
+      "Bidirectional(%s) %s%s: %lld of %lld output codes equal (%.5f), max difference %lld\n",
+      gru ? "GRU" : "LSTM", merge.c_str(), seq ? " sequences" : " last",
+      static_cast<long long>(equal), static_cast<long long>(got.numel()), frac,
+      static_cast<long long>(worst));
+  EXPECT_GE(frac, 0.999) << equal << " of " << got.numel();
+  EXPECT_LE(worst, 1);
+  // End to end.
+  const Tensor yq = q->predict(xt, 256), yi = im.predict(xt, 256);
+  const quant::IntegerTensor& ot = im.tensors[im.ops[im.ops.size() - 1].inputs[0]];
+  int64_t off = 0;
+  for (int64_t e = 0; e < yq.numel(); ++e)
+    off += std::fabs(yq.data<float>()[e] - yi.data<float>()[e]) > 0.5 * ot.scale[0];
+  // the Dense after it: its own (float bias) rounding, as above
+  EXPECT_LE(static_cast<double>(off) / static_cast<double>(yq.numel()), 0.01);
+}
+
+TEST(ConvertRecurrent, BidirectionalLstmConcatSequencesAgreesWithQat) {
+  expect_bidirectional_agreement(false, "concat", true);
+}
+TEST(ConvertRecurrent, BidirectionalGruConcatLastAgreesWithQat) {
+  expect_bidirectional_agreement(true, "concat", false);
+}
+TEST(ConvertRecurrent, BidirectionalLstmSumLastAgreesWithQat) {
+  expect_bidirectional_agreement(false, "sum", false);
+}
+TEST(ConvertRecurrent, BidirectionalGruAveSequencesAgreesWithQat) {
+  expect_bidirectional_agreement(true, "ave", true);
+}
+
 // ---- the op on hand-made cases ----
 
 Attrs lstm_attrs(bool sequences, bool backwards = false, bool zero_output = false) {
@@ -478,9 +558,9 @@ TEST(ConvertRecurrent, RefusesWhatHasNoIntegerFormNamingTheLayer) {
   };
   {
     nn::KTensor in = nn::Input({kT, kF});
-    nn::KTensor h = (*nn::Bidirectional(nn::LSTM(3)))(in);
+    nn::KTensor h = (*nn::Bidirectional(nn::LSTM(3), {.merge_mode = "mul"}))(in);
     auto f = nn::Model::create({in}, {(*nn::Dense(2))(h)});
-    expect_throws_with<UnsupportedError>([&] { fit_and_convert(f); }, "QuantizedBidirectional");
+    expect_throws_with<UnsupportedError>([&] { fit_and_convert(f); }, "merge_mode 'mul'");
   }
   {
     nn::KTensor in = nn::Input({kT, kF});

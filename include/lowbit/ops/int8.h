@@ -49,7 +49,10 @@
 //     Attributes: input_scale, input_zero_point (x), hidden_scale, hidden_zero_point (h and the
 //     output: one grid), input_weight_scales and recurrent_weight_scales (G f64 each),
 //     cell_int_bits p in [0, 6] (qlstm: cell codes at 2^(p-15)), reset_after (qgru, default
-//     true), return_sequences, go_backwards, zero_output_for_mask (bools, default false).
+//     true), return_sequences, go_backwards, zero_output_for_mask (bools, default false),
+//     reverse_output (with return_sequences and go_backwards only: the output of the step that
+//     read x[:, t] is stored at t, the input's time order, as Keras' Bidirectional reverses
+//     its backward sequence).
 //     Gate sums Q3.12 (int16), gates Q0.15 by gemmlowp's logistic_int16/tanh_int16. At a step
 //     with mask false h and c keep their codes and the output repeats the last valid output
 //     (hidden_zero_point before the first valid step, or always with zero_output_for_mask).
