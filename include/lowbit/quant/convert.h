@@ -32,9 +32,14 @@
 //   biases at s_side * s_W,g, gate sums Q3.12, the cell at 2^(p-15), the output on the layer's h
 //   grid; return_sequences, go_backwards, zero_output_for_mask, GRU reset_after true or false.
 //   A Masking layer on the model input becomes timestep_mask (the step mask from the floats);
-//   the mask travels to the recurrent op through layers that pass it on. Not converted:
-//   Bidirectional, initial states, return_state, a mask the integer model does not compute
-//   (a go_backwards sequence's), a FakeQuant of a Masking output with mask_value != 0.
+//   the mask travels to the recurrent op through layers that pass it on. The QAT layer's forward
+//   is the op's integer arithmetic, so the codes agree exactly (recurrent.h "Exactness").
+//   A QuantizedBidirectional becomes one qlstm/qgru per direction (the backward one with
+//   go_backwards and, for sequences, reverse_output), merged on the grid of the FakeQuant after
+//   it: concat = requantize each + concat, sum / ave = qadd (ave: input scales halved); merge
+//   none: the two outputs. Not converted: merge_mode mul, initial states, return_state, a mask
+//   the integer model does not compute (a go_backwards sequence's), a FakeQuant of a Masking
+//   output with mask_value != 0.
 // The model has one f32 input: a model whose masks come from a second input (e.g.
 // examples/rgb_missing.cc's MissingFeatures) converts only from the layer after them.
 // Anything else (a layer class without an integer form here, a float layer between quantized
