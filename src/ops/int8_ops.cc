@@ -281,8 +281,9 @@ FastKernel pool_row(const std::string& name, PoolKernelFn fn) {
 // ---- qadd, requantize --------------------------------------------------------------------------
 
 quant::AddStage add_stage(const std::string& op, const Attrs& a) {
+  const auto [lo, hi] = clamp_attrs(op, a);
   try {
-    return quant::make_add_stage(
+    quant::AddStage st = quant::make_add_stage(
         {.input1_scale = static_cast<float>(scale_attr(op, a, "input1_scale")),
          .input1_zero_point = zero_point_attr(op, a, "input1_zero_point"),
          .input2_scale = static_cast<float>(scale_attr(op, a, "input2_scale")),
@@ -292,6 +293,11 @@ quant::AddStage add_stage(const std::string& op, const Attrs& a) {
          .activation = activation_attr(op, a),
          .dtype = DType::kS8,
          .rounding = rounding_attr(op, a)});
+    // The optional narrower clamp of a low-bit output grid, intersected with the activation's.
+    st.act_min = std::max(st.act_min, lo);
+    st.act_max = std::min(st.act_max, hi);
+    if (st.act_min > st.act_max) st.act_min = st.act_max;  // an empty intersection: one code
+    return st;
   } catch (const ValueError& e) {
     const std::string what = e.what();
     if (what.rfind(op, 0) == 0) throw;
@@ -319,6 +325,7 @@ kernels::RequantizeStage requantize_stage(const std::string& op, const Attrs& a)
   s.input_zero_point = zero_point_attr(op, a, "input_zero_point");
   s.output_zero_point = zero_point_attr(op, a, "output_zero_point");
   s.rounding = rounding_attr(op, a);
+  std::tie(s.qmin, s.qmax) = clamp_attrs(op, a);
   const double m = static_cast<double>(static_cast<float>(scale_attr(op, a, "input_scale"))) /
                    static_cast<double>(static_cast<float>(scale_attr(op, a, "output_scale")));
   s.multiplier = quant::quantize_multiplier(m, s.rounding);

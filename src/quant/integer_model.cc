@@ -294,8 +294,8 @@ IntegerModel IntegerModel::load(const std::string& path) {
   written[m.input] = true;
   for (int i = 0; i < n; ++i) written[i] = written[i] || m.tensors[i].data.defined();
   static const std::set<std::string> kOps = {
-      "qconv2d",    "qfully_connected", "qmax_pool2d", "qavg_pool2d", "qadd",
-      "requantize", "quantize",         "dequantize",  "reshape"};
+      "qconv2d",  "qfully_connected", "qmax_pool2d", "qavg_pool2d", "qadd", "requantize",
+      "quantize", "dequantize",       "reshape",     "concat"};
   for (size_t i = 0; i < os.size(); ++i) {
     const Json& e = os[i];
     IntegerOp op;
@@ -357,8 +357,13 @@ Json inspect_op(const IntegerModel& m, const IntegerOp& op) {
     if (a.has("scale")) e["grid"] = {{"scale", a.f("scale")}, {"zero_point", a.i("zero_point")}};
     if (a.has("input_scale"))
       e["input"] = {{"scale", a.f("input_scale")}, {"zero_point", a.i("input_zero_point")}};
-    if (a.has("output_scale")) {
+    for (const char* k : {"input1", "input2"})  // qadd
+      if (a.has(std::string(k) + "_scale"))
+        e[k] = {{"scale", a.f(std::string(k) + "_scale")},
+                {"zero_point", a.i(std::string(k) + "_zero_point")}};
+    if (a.has("output_scale"))
       e["output"] = {{"scale", a.f("output_scale")}, {"zero_point", a.i("output_zero_point")}};
+    if (a.has("output_scale") && a.has("input_scale")) {
       const double m = a.f("input_scale") / a.f("output_scale");
       const QuantizedMultiplier qm = quantize_multiplier(m);
       e["M"] = m;
@@ -587,7 +592,17 @@ std::string IntegerModel::inspect_table() const {
                       e["grid"]["zero_point"].get<int>());
         os << line;
       }
-      if (e.contains("output")) {
+      if (e.contains("input1")) {  // qadd
+        std::snprintf(line, sizeof line,
+                      "  input1 scale %.9g zp %d | input2 scale %.9g zp %d | output scale %.9g "
+                      "zp %d | activation %s\n",
+                      e["input1"]["scale"].get<double>(), e["input1"]["zero_point"].get<int>(),
+                      e["input2"]["scale"].get<double>(), e["input2"]["zero_point"].get<int>(),
+                      e["output"]["scale"].get<double>(), e["output"]["zero_point"].get<int>(),
+                      op.activation.c_str());
+        os << line;
+      }
+      if (e.contains("M")) {
         std::snprintf(line, sizeof line,
                       "  input  scale %.9g zp %d | output scale %.9g zp %d | M %.9g = M0 %d, "
                       "shift %d\n",
