@@ -14,15 +14,14 @@
 // model rewritten by quant::quantize_model, trained the same way (issue 4 asks for QAT <= 1.25x
 // the float step time at w8a8).
 //
-// (a) CNN: Conv2D(32,3,same)-BN-ReLU, Conv2D(64,3,s2,same)-BN-ReLU, Conv2D(64,3,s2,same)-BN-ReLU,
-//     GlobalAveragePooling2D, Dense(10) on 28x28x1 (convs without bias, as the peer: BN follows)
-// (b) MLP: 784-256-256-10 with ReLU
+// The models (bench/bench_models.h): (a) the bench CNN, (b) the MLP 784-256-256-10.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
 
+#include "bench_models.h"
 #include "lowbit/data/idx.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/model.h"
@@ -33,28 +32,8 @@ using namespace lowbit;
 
 namespace {
 
-nn::ModelPtr build_float(const std::string& which, uint64_t seed) {
-  nn::set_random_seed(seed);
-  if (which == "cnn") {
-    auto conv_bn_relu = [](int64_t filters, int64_t stride) -> std::vector<nn::LayerPtr> {
-      return {nn::Conv2D(filters, 3, {.strides = stride, .padding = "same", .use_bias = false}),
-              nn::BatchNormalization(), nn::ReLU()};
-    };
-    std::vector<nn::LayerPtr> layers{nn::InputSpec({28, 28, 1})};
-    for (auto [f, s] : {std::pair<int64_t, int64_t>{32, 1}, {64, 2}, {64, 2}})
-      for (auto& l : conv_bn_relu(f, s)) layers.push_back(l);
-    layers.push_back(nn::GlobalAveragePooling2D());
-    layers.push_back(nn::Dense(10));
-    return nn::Sequential::create(layers, "bench_cnn");
-  }
-  return nn::Sequential::create(
-      {nn::InputSpec({28, 28, 1}), nn::Flatten(), nn::Dense(256, {.activation = "relu"}),
-       nn::Dense(256, {.activation = "relu"}), nn::Dense(10)},
-      "bench_mlp");
-}
-
 nn::ModelPtr build(const std::string& which, const std::string& variant, uint64_t seed) {
-  nn::ModelPtr m = build_float(which, seed);
+  nn::ModelPtr m = bench::build_bench_model(which, seed);
   if (variant == "float") return m;
   quant::QuantizeConfig cfg;
   if (variant == "none") {

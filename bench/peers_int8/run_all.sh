@@ -5,6 +5,10 @@
 #   bash run_all.sh                         # threads 1 and 2, results/int8_peers_<UTC stamp>.jsonl
 #   THREADS=1 REPS=15 WAIT_IDLE=900 bash run_all.sh
 #
+# With lowbit's bench/int8_infer_bench built (LOWBIT_BENCH, default ../../build/bench/
+# int8_infer_bench; LOWBIT=0 skips it), lowbit's float and integer bench CNN run in the same
+# steps, and the table gets lowbit's ratios to each peer (side by side, one machine, one run).
+#
 # Environment: THREADS ("1 2"), REPS (9), ENGINES (onednn; "onednn,qnnpack" adds QNNPACK),
 # WAIT_IDLE (seconds to wait for an idle machine before each step, default 300; 0: don't wait),
 # RESULTS (the .jsonl path), FORCE_EXPORT=1 (re-export the ONNX models), MODELS (cnn,mbv2).
@@ -60,6 +64,12 @@ during() { local step="$1"; shift; "$PY" machine_state.py --step "$step" --run -
 echo "run_all.sh: results -> $RESULTS" >&2
 grep -m1 'cpu family' /proc/cpuinfo >&2 || true
 
+LOWBIT_BENCH="${LOWBIT_BENCH:-$HERE/../../build/bench/int8_infer_bench}"
+if [ "${LOWBIT:-1}" = 1 ]; then
+  [ -x "$LOWBIT_BENCH" ] ||
+    fail "lowbit's bench not found at $LOWBIT_BENCH: build it (cmake --build build --target int8_infer_bench), set LOWBIT_BENCH, or LOWBIT=0 to run the peers only"
+fi
+
 # ---- models ----
 if [ "${FORCE_EXPORT:-0}" = 1 ] || [ ! -f models/meta.json ] || [ ! -f models/mbv2_u8s8_qdq.onnx ] || [ ! -f models/cnn_u8s8_qdq.onnx ]; then
   # 1 thread: torch.onnx.export of the quantized MobileNetV2 fails with 2 threads (a oneDNN reorder error)
@@ -73,6 +83,11 @@ for t in $THREADS; do
   during "torch_int8 threads=$t" "$PY" torch_int8.py --threads "$t" --reps "$REPS" --engines "$ENGINES" --models "$MODELS" --out "$OUT"
   state "ort_bench threads=$t"
   during "ort_bench threads=$t" node ort_bench.mjs --threads "$t" --reps "$REPS" --models "$MODELS" --out "$OUT"
+  if [ "${LOWBIT:-1}" = 1 ]; then
+    state "lowbit_int8 threads=$t"
+    # the lines go to stdout and (--out) into the results file
+    during "lowbit_int8 threads=$t" "$LOWBIT_BENCH" --threads "$t" --reps "$REPS" --data "$DATA" --out "$RESULTS" >/dev/null
+  fi
 done
 state "end"
 echo >&2

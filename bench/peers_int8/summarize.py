@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Markdown table of the medians in a results .jsonl written by run_all.sh
-(torch_int8.py and ort_bench.mjs lines; machine_state lines summarised below).
+(torch_int8.py, ort_bench.mjs and lowbit's int8_infer_bench lines; machine_state
+lines summarised below), then lowbit's ratios to each peer's best int8 variant.
 
   python3 summarize.py results/int8_peers_<stamp>.jsonl"""
 import json, sys
@@ -15,7 +16,7 @@ for fn in sys.argv[1:]:
         if r.get("bench") == "machine_state":
             states.append(r)
             continue
-        if r.get("bench") not in ("torch_int8", "ort_int8"):
+        if r.get("bench") not in ("torch_int8", "ort_int8", "lowbit_int8"):
             continue
         cpu = cpu or (r.get("cpu_family"), r.get("cpu_model"))
         for k, unit in (("images_per_s", "img/s"), ("latency_us", "µs"), ("latency_ms", "ms")):
@@ -42,6 +43,36 @@ for key in sorted(rows, key=lambda k: (order.get(k[0], 9), -k[1], k[3], k[4])):
     model, batch, unit, peer, kind = key
     cells = [fmt(rows[key].get(t), unit) for t in threads]
     print("| %s | %d | %s | %s | %s | %s |" % (model, batch, unit, peer, kind, " | ".join(cells)))
+# lowbit's int8 against each peer's best int8 variant and against lowbit's own float, per
+# (model, batch, threads): speed ratios (> 1: lowbit faster), from the medians.
+def best(peer, model, batch, unit, t):
+    vals = [(v[t]["median"], kind) for (m, b, u, p, kind), v in rows.items()
+            if m == model and b == batch and u == unit and p == peer and t in v and "float" not in kind
+            and kind != "s8s8_fused"]
+    if not vals:
+        return None
+    return (max if unit == "img/s" else min)(vals)
+
+
+lowbit_keys = [k for k in rows if k[3] == "lowbit" and "int8" in k[4]]
+if lowbit_keys:
+    print("\nlowbit's int8 speed relative to (> 1: lowbit faster; medians of the same run):\n")
+    print("| model | batch | threads | lowbit int8 | vs lowbit float32 | vs PyTorch int8 (best) | vs ORT int8 (best) |")
+    print("|---|---|---|---|---|---|---|")
+    for key in sorted(lowbit_keys, key=lambda k: (order.get(k[0], 9), -k[1])):
+        model, batch, unit, _, kind = key
+        for t in threads:
+            if t not in rows[key]:
+                continue
+            mine = rows[key][t]["median"]
+            ratio = (lambda other: mine / other) if unit == "img/s" else (lambda other: other / mine)
+            cells = []
+            f = rows.get((model, batch, unit, "lowbit", "float32"), {}).get(t)
+            cells.append("%.2fx" % ratio(f["median"]) if f else "–")
+            for peer in ("pytorch", "onnxruntime"):
+                b = best(peer, model, batch, unit, t)
+                cells.append("%.2fx (%s %s)" % (ratio(b[0]), b[1], fmt({"median": b[0]}, unit)) if b else "–")
+            print("| %s | %d | %d | %s %s | %s |" % (model, batch, t, fmt({"median": mine}, unit), unit, " | ".join(cells)))
 if states:
     print("\nMachine state before each step (CPUs busy with other processes, of %s):" % states[0].get("cpus"))
     for s in states:

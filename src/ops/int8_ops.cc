@@ -8,6 +8,7 @@
 
 #include "kernels/fast/int8.h"
 #include "kernels/fast/int8_pool.h"
+#include "kernels/fast/int8_quantize.h"
 #include "kernels/reference/int8.h"
 #include "lowbit/fixed_point.h"
 #include "lowbit/ops/int8.h"
@@ -257,24 +258,30 @@ std::vector<ValueType> infer_fake_quant_bias(const InferCtx& c) {
   return {{DType::kF32, c.in[0].shape}};
 }
 
-using PoolKernelFn = void (*)(const kernels::Conv2DParams&, int32_t, int32_t, const int8_t*,
-                              int8_t*);
+using PoolKernelFn = void (*)(const kernels::Conv2DParams&, int32_t, int32_t,
+                              const kernels::QAvgRequant*, const int8_t*, int8_t*);
 
-// The fast row of a pool (kernels/fast/int8_pool.h): AVX2, windows below 2^20 taps.
+// qmax_pool2d's fast kernel in the pools' signature (a max never requantizes).
+void qmax_pool2d_fast(const kernels::Conv2DParams& p, int32_t act_min, int32_t act_max,
+                      const kernels::QAvgRequant*, const int8_t* x, int8_t* y) {
+  kernels::qmax_pool2d_nhwc_s8__avx2(p, act_min, act_max, x, y);
+}
+
+// The fast row of a pool (kernels/fast/int8_pool.h): AVX2, windows below 2^20 taps; the
+// average row also takes a requantizing average (given output parameters).
 FastKernel pool_row(const std::string& name, PoolKernelFn fn) {
   return {.name = name,
           .isa = Isa::kAvx2,
           .supports =
               [](const KernelCtx& k) {
-                // The fast rows keep the input's parameters; a requantizing average (given
-                // output parameters) runs the reference.
                 const auto& q = k.params<QPoolParams>();
-                return !q.requant && q.geo.k_h * q.geo.k_w <= kernels::kMaxFastPoolTaps;
+                return q.geo.k_h * q.geo.k_w <= kernels::kMaxFastPoolTaps;
               },
           .run =
               [fn](const KernelCtx& k) {
                 const auto& q = k.params<QPoolParams>();
-                fn(q.geo, q.act_min, q.act_max, k.in[0].data<int8_t>(), k.out[0].data<int8_t>());
+                fn(q.geo, q.act_min, q.act_max, q.requant ? &*q.requant : nullptr,
+                   k.in[0].data<int8_t>(), k.out[0].data<int8_t>());
               }};
 }
 
@@ -444,7 +451,7 @@ void register_int8_ops() {
                      kernels::qmax_pool2d_s8_reference(q.geo, q.act_min, q.act_max, in_s8(k, 0),
                                                        out_s8(k));
                    },
-               .fast = {pool_row("qmax_pool2d_nhwc_s8__avx2", kernels::qmax_pool2d_nhwc_s8__avx2)},
+               .fast = {pool_row("qmax_pool2d_nhwc_s8__avx2", qmax_pool2d_fast)},
                .doc = "int8 max pooling (NHWC), the input's parameters"});
   register_op({.name = "qavg_pool2d",
                .num_inputs = 1,
@@ -504,6 +511,14 @@ void register_int8_ops() {
                                                     k.out[0].numel(), k.in[0].data<float>(),
                                                     out_s8(k));
                    },
+               .fast = {{.name = "quantize_f32_s8__avx2",
+                         .isa = Isa::kAvx2,
+                         .run =
+                             [](const KernelCtx& k) {
+                               kernels::quantize_f32_s8__avx2(k.params<quant::QuantParams>(),
+                                                              k.out[0].numel(),
+                                                              k.in[0].data<float>(), out_s8(k));
+                             }}},
                .doc = "f32 to int8 codes (TFLite Quantize)"});
   register_op({.name = "dequantize",
                .num_inputs = 1,

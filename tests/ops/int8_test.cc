@@ -363,6 +363,42 @@ TEST(QPool2DFast, MatchesTheReferenceOnEdgeShapes) {
               rows);
 }
 
+TEST(QPool2DFast, RequantizingAverageMatchesTheReference) {
+  // Given output parameters: the fast row's sums with the reference's output stage, for both
+  // roundings, multipliers above and below 1, partial windows (same padding) and clamps.
+  const int rows = runnable_rows("qavg_pool2d");
+  Rng rng(43);
+  const std::vector<Attrs> windows = {
+      {{"ksize", {2, 2}}, {"strides", {2, 2}}},
+      {{"ksize", {3, 3}}, {"strides", {2, 2}}, {"padding", "same"}},
+      {{"ksize", {7, 7}}},  // the global pooling of the bench CNN
+  };
+  struct Out {
+    double in_scale, out_scale;
+    int64_t zp_in, zp_out;
+    const char* rounding;
+    int64_t act_min, act_max;
+  };
+  const std::vector<Out> outs = {{0.05, 0.04, -21, 3, "single", -128, 127},
+                                 {0.05, 0.2, 17, -128, "double", -128, 127},
+                                 {0.013, 0.011, 0, -40, "double", -40, 100}};
+  for (const int64_t c : {1, 17, 64, 65})
+    for (const Attrs& window : windows)
+      for (const Out& o : outs) {
+        const Tensor x = random_int_tensor({2, 7, 7, c}, rng, -128, 127, DType::kS8);
+        Attrs a = window;
+        a.set("input_scale", o.in_scale);
+        a.set("input_zero_point", o.zp_in);
+        a.set("output_scale", o.out_scale);
+        a.set("output_zero_point", o.zp_out);
+        a.set("rounding", o.rounding);
+        a.set("act_min", o.act_min);
+        a.set("act_max", o.act_max);
+        EXPECT_EQ(expect_fast_matches_reference("qavg_pool2d", {x}, a, 0.0, 0.0), rows)
+            << a.str() << " c " << c;
+      }
+}
+
 TEST(QPool2D, MaxAndAverageMatchTheFloatPoolsOnCodes) {
   note_reference_tested("qmax_pool2d");
   note_reference_tested("qavg_pool2d");
@@ -549,6 +585,28 @@ TEST(QuantizeDequantize, FollowTfliteRounding) {
   const Tensor d = ops::dequantize(q, 0.5, 2);
   EXPECT_TRUE(
       tensors_equal(d, Tensor::from_vector<float>({-1.5f, 0.5f, 0.5f, 62.5f, -65.f, 0.f}, {6})));
+}
+
+TEST(QuantizeFast, MatchesTheReferenceOnTiesSaturationAndNonFiniteValues) {
+  const int rows = runnable_rows("quantize");
+  Rng rng(47);
+  for (const int64_t n : {1, 7, 31, 32, 33, 64, 95, 1000}) {
+    std::vector<float> v(static_cast<size_t>(n));
+    const float specials[] = {-1.25f,   1.25f,     0.25f, -0.25f, 0.75f,   -0.75f,     2.5f,
+                              -2.5f,    0.0f,      -0.0f, 1e-40f, -1e-40f, 1e30f,      -1e30f,
+                              INFINITY, -INFINITY, NAN,   63.75f, -64.25f, 16777216.0f};
+    for (int64_t i = 0; i < n; ++i)
+      v[static_cast<size_t>(i)] =
+          i % 3 == 0 ? specials[(i / 3) % std::size(specials)]
+                     : static_cast<float>(rng.uniform(-80.0, 80.0));  // saturates at both ends
+    const Tensor x = Tensor::from_vector<float>(v, {n});
+    for (const auto& [scale, zp] :
+         {std::pair<double, int64_t>{0.5, 2}, {0.25, -128}, {0.3, 127}, {1.0 / 3.0, 0}})
+      EXPECT_EQ(expect_fast_matches_reference("quantize", {x},
+                                              {{"scale", scale}, {"zero_point", zp}}, 0.0, 0.0),
+                rows)
+          << "n " << n << " scale " << scale << " zp " << zp;
+  }
 }
 
 TEST(Int8Ops, RefuseBadInputsNamingTheArgument) {

@@ -2,7 +2,9 @@
 // of 64: vpmaxsb for max; for avg loops written for GCC to vectorise with AVX2 (vpmovsxbd,
 // vpaddd, vdivpd).
 //   max: the largest code of the valid taps (from -128), then the clamp; as the reference.
-//   avg: the int32 sum of the valid taps (exact in any order), then average_pool_mean's
+//   avg: the int32 sum of the valid taps (exact in any order); with output parameters (a
+//        requantizing average) the reference's own scalar output stage on that sum,
+//        MBQM(sum - count * zp_in, per_count[count]) + zp_out; else average_pool_mean's
 //        rounding, s > 0 ? (s + c/2) / c : (s - c/2) / c truncated, computed as the f64 quotient
 //        truncated: both operands are exact in f64, and where the true quotient is not an
 //        integer it lies at least 1/c from one while the f64 rounding error is below
@@ -32,8 +34,9 @@ void window(int64_t start, int64_t k, int64_t in, int64_t* lo, int64_t* hi) {
 
 template <bool kMax>
 __attribute__((target("avx2"))) void pool_rows(const Conv2DParams& geo, int32_t act_min,
-                                               int32_t act_max, const int8_t* x, int8_t* y,
-                                               int64_t row_begin, int64_t row_end) {
+                                               int32_t act_max, const QAvgRequant* rq,
+                                               const int8_t* x, int8_t* y, int64_t row_begin,
+                                               int64_t row_end) {
   const Conv2DParams p = geo;  // locals: the int8 stores may alias anything
   const int64_t C = p.in_c;
   for (int64_t row = row_begin; row < row_end; ++row) {
@@ -81,6 +84,17 @@ __attribute__((target("avx2"))) void pool_rows(const Conv2DParams& geo, int32_t 
               const int8_t* xi = x + ((n * p.in_h + ih) * p.in_w + iw) * C + c0;
               for (int64_t c = 0; c < nc; ++c) sum[c] += xi[c];
             }
+          if (rq) {
+            const quant::QuantizedMultiplier m = rq->per_count[static_cast<size_t>(count)];
+            const int32_t zsum = count * rq->input_zero_point;
+            for (int64_t c = 0; c < nc; ++c) {
+              const int32_t v =
+                  quant::multiply_by_quantized_multiplier(sum[c] - zsum, m, rq->rounding) +
+                  rq->output_zero_point;
+              yo[c0 + c] = static_cast<int8_t>(std::clamp(v, act_min, act_max));
+            }
+            continue;
+          }
           const int32_t half = count / 2;
           const double dc = static_cast<double>(count);
           for (int64_t c = 0; c < nc; ++c) {
@@ -97,23 +111,24 @@ __attribute__((target("avx2"))) void pool_rows(const Conv2DParams& geo, int32_t 
 #pragma GCC pop_options
 
 template <bool kMax>
-void run_pool(const Conv2DParams& p, int32_t act_min, int32_t act_max, const int8_t* x, int8_t* y) {
+void run_pool(const Conv2DParams& p, int32_t act_min, int32_t act_max, const QAvgRequant* rq,
+              const int8_t* x, int8_t* y) {
   const int64_t rows = p.n * p.out_h;
   const int64_t work = rows * p.out_w * p.in_c * p.k_h * p.k_w;
 #pragma omp parallel for schedule(static) if (work > kParallelTaps && rows > 1)
-  for (int64_t r = 0; r < rows; ++r) pool_rows<kMax>(p, act_min, act_max, x, y, r, r + 1);
+  for (int64_t r = 0; r < rows; ++r) pool_rows<kMax>(p, act_min, act_max, rq, x, y, r, r + 1);
 }
 
 }  // namespace
 
 void qmax_pool2d_nhwc_s8__avx2(const Conv2DParams& p, int32_t act_min, int32_t act_max,
                                const int8_t* x, int8_t* y) {
-  run_pool<true>(p, act_min, act_max, x, y);
+  run_pool<true>(p, act_min, act_max, nullptr, x, y);
 }
 
 void qavg_pool2d_nhwc_s8__avx2(const Conv2DParams& p, int32_t act_min, int32_t act_max,
-                               const int8_t* x, int8_t* y) {
-  run_pool<false>(p, act_min, act_max, x, y);
+                               const QAvgRequant* requant, const int8_t* x, int8_t* y) {
+  run_pool<false>(p, act_min, act_max, requant, x, y);
 }
 
 }  // namespace lowbit::kernels
