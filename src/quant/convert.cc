@@ -22,17 +22,17 @@ using nn::Json;
 
 // A conv or dense whose output stage is not known yet.
 struct Pending {
-  std::string op;        // qconv2d | qfully_connected | qavg_pool2d
-  std::string layers;    // the QAT layers it implements so far, joined with '+'
-  std::string cls;       // the conv/dense class
-  int input = -1;        // code tensor
-  Tensor kernel;         // FQ(W), f32, in the integer op's layout (HWIO with groups / [K, U])
-  Quantizer::Grid grid;  // of the kernel
-  Tensor bias;           // f32 [out] or undefined
-  Attrs window;          // qconv2d: strides, dilations, padding, groups; qavg_pool2d: ksize,
-                         // strides, padding
-  Shape pool_shape;      // qavg_pool2d of a global pooling: its [?, 1, 1, C] before the reshape
-  Shape conv_shape;      // qconv2d of a Conv1D: its [?, 1, T', F] before the reshape
+  std::string op;           // qconv2d | qfully_connected | qavg_pool2d
+  std::string layers;       // the QAT layers it implements so far, joined with '+'
+  std::string cls;          // the conv/dense class
+  int input = -1;           // code tensor
+  Tensor kernel;            // FQ(W), f32, in the integer op's layout (HWIO with groups / [K, U])
+  Quantizer::Grid grid;     // of the kernel
+  Tensor bias;              // f32 [out] or undefined
+  Attrs window;             // qconv2d: strides, dilations, padding, groups; qavg_pool2d: ksize,
+                            // strides, padding
+  Shape pool_shape;         // qavg_pool2d of a global pooling: its [?, 1, 1, C] before the reshape
+  Shape conv_shape;         // qconv2d of a Conv1D: its [?, 1, T', F] before the reshape
   std::vector<int> inputs;  // qadd (two), concat (each input): code tensors
   int64_t axis = -1;        // concat
   std::string activation = "none";
@@ -499,7 +499,12 @@ class Converter {
   }
 
   // The pending Concatenate and its output grid: each input on another grid requantized to it
-  // (TFLite's int8 concatenation wants every input on the output's parameters), then concat.
+  // (TFLite's int8 concatenation wants every input on the output's parameters, spec 3.6), then
+  // concat. Always one rounding, whatever ConvertOptions::rounding says: the QAT model rounds
+  // each value once (its FakeQuant), and M = s_in / s_out is near 1 or below, where gemmlowp's
+  // first rounding (to an integer, before a right shift of 1 or more bits) would move a code
+  // near a tie by one in up to a quarter of the cases; TFLite has no requantizing
+  // concatenation to be compatible with.
   Val finish_concat(const nn::Layer& fq, const Pending& p, IntegerTensor out_t) {
     const std::string layers = p.layers + "+" + fq.name();
     std::vector<int> parts;
@@ -521,7 +526,7 @@ class Converter {
             {"output_zero_point", static_cast<int64_t>(out_t.zero_point[0])},
             {"act_min", static_cast<int64_t>(out_t.qmin)},
             {"act_max", static_cast<int64_t>(out_t.qmax)},
-            {"rounding", opt_.rounding == Rounding::kSingle ? "single" : "double"}},
+            {"rounding", "single"}},
            layers, "");
       parts.push_back(id);
     }

@@ -294,8 +294,8 @@ IntegerModel IntegerModel::load(const std::string& path) {
   written[m.input] = true;
   for (int i = 0; i < n; ++i) written[i] = written[i] || m.tensors[i].data.defined();
   static const std::set<std::string> kOps = {
-      "qconv2d",  "qfully_connected", "qmax_pool2d", "qavg_pool2d", "qadd", "requantize",
-      "quantize", "dequantize",       "reshape",     "concat"};
+      "qconv2d",    "qfully_connected", "qmax_pool2d", "qavg_pool2d", "qadd",
+      "requantize", "quantize",         "dequantize",  "reshape",     "concat"};
   for (size_t i = 0; i < os.size(); ++i) {
     const Json& e = os[i];
     IntegerOp op;

@@ -597,14 +597,13 @@ class Rewriter {
     auto& parts = separable_[&sep];
     if (parts.first) return parts;
     const Json c = sep.get_config();
-    auto dw = nn::DepthwiseConv2D(
-        nn::Ints(config_ints(c, "kernel_size")),
-        {.strides = nn::Ints(config_ints(c, "strides")),
-         .padding = c.value("padding", "valid"),
-         .depth_multiplier = c.value("depth_multiplier", int64_t{1}),
-         .dilation_rate = nn::Ints(config_ints(c, "dilation_rate")),
-         .use_bias = false,
-         .name = unique_name(sep.name() + "_depthwise")});
+    auto dw = nn::DepthwiseConv2D(nn::Ints(config_ints(c, "kernel_size")),
+                                  {.strides = nn::Ints(config_ints(c, "strides")),
+                                   .padding = c.value("padding", "valid"),
+                                   .depth_multiplier = c.value("depth_multiplier", int64_t{1}),
+                                   .dilation_rate = nn::Ints(config_ints(c, "dilation_rate")),
+                                   .use_bias = false,
+                                   .name = unique_name(sep.name() + "_depthwise")});
     auto pw = nn::Conv2D(c.at("filters").get<int64_t>(), 1,
                          {.activation = c.value("activation", "linear"),
                           .use_bias = c.value("use_bias", true),

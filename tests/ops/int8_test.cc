@@ -563,14 +563,14 @@ TEST(QAdd, ActMinActMaxNarrowTheClamp) {
   const Tensor b = Tensor::from_vector<int8_t>({0, 0, 0, 0, 0, 0}, {6});
   // Both inputs at 0.1 / zp 0, the output at 0.1 / zp -120: y = a - 120 clamped to the
   // 16 codes [-128, -113]; with relu the clamp starts at zp -120 instead.
-  Attrs at{{"input1_scale", 0.1}, {"input1_zero_point", 0},    {"input2_scale", 0.1},
+  Attrs at{{"input1_scale", 0.1},    {"input1_zero_point", 0}, {"input2_scale", 0.1},
            {"input2_zero_point", 0}, {"output_scale", 0.1},    {"output_zero_point", -120},
            {"act_min", -128},        {"act_max", -113},        {"rounding", "single"}};
-  EXPECT_TRUE(tensors_equal(ops::qadd(a, b, at),
-                            Tensor::from_vector<int8_t>({-128, -128, -120, -117, -113, -113}, {6})));
+  EXPECT_TRUE(tensors_equal(
+      ops::qadd(a, b, at), Tensor::from_vector<int8_t>({-128, -128, -120, -117, -113, -113}, {6})));
   at.set("activation", "relu");
-  EXPECT_TRUE(tensors_equal(ops::qadd(a, b, at),
-                            Tensor::from_vector<int8_t>({-120, -120, -120, -117, -113, -113}, {6})));
+  EXPECT_TRUE(tensors_equal(
+      ops::qadd(a, b, at), Tensor::from_vector<int8_t>({-120, -120, -120, -117, -113, -113}, {6})));
   at.set("act_max", 200);
   expect_throws_with<ValueError>([&] { ops::qadd(a, b, at); }, "qadd: attributes 'act_min'");
 }
