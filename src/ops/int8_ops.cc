@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "kernels/fast/int8.h"
+#include "kernels/fast/int8_add.h"
 #include "kernels/fast/int8_pool.h"
 #include "kernels/fast/int8_quantize.h"
 #include "kernels/reference/int8.h"
@@ -312,6 +313,25 @@ quant::AddStage add_stage(const std::string& op, const Attrs& a) {
   }
 }
 
+using AddKernelFn = void (*)(const quant::AddStage&, int64_t, const int8_t*, const int8_t*,
+                             int8_t*);
+
+// The fast rows of qadd (kernels/fast/int8_add.h): AVX-512, then AVX2; a stage with a left
+// shift (a multiplier that rounded up to 1) runs the reference.
+FastKernel add_row(const std::string& name, Isa isa, AddKernelFn fn) {
+  return {.name = name,
+          .isa = isa,
+          .supports =
+              [](const KernelCtx& k) {
+                return kernels::qadd_s8_fast_supported(k.params<quant::AddStage>());
+              },
+          .run =
+              [fn](const KernelCtx& k) {
+                fn(k.params<quant::AddStage>(), k.out[0].numel(), k.in[0].data<int8_t>(),
+                   k.in[1].data<int8_t>(), k.out[0].data<int8_t>());
+              }};
+}
+
 std::vector<ValueType> infer_qadd(const InferCtx& c) {
   require_dtype(c, 0, DType::kS8, "a");
   require_dtype(c, 1, DType::kS8, "b");
@@ -489,6 +509,8 @@ void register_int8_ops() {
                      kernels::qadd_s8_reference(k.params<quant::AddStage>(), k.out[0].numel(),
                                                 in_s8(k, 0), in_s8(k, 1), out_s8(k));
                    },
+               .fast = {add_row("qadd_s8__avx512", Isa::kAvx512, kernels::qadd_s8__avx512),
+                        add_row("qadd_s8__avx2", Isa::kAvx2, kernels::qadd_s8__avx2)},
                .doc = "int8 elementwise add (TFLite's quantized Add)"});
   register_op(
       {.name = "requantize",
