@@ -316,8 +316,8 @@ class Converter {
     if (cls == "InputLayer") refuse(l, "a second model input");
     refuse(l,
            "no integer form for this layer class yet (convertible: Conv1D, Conv2D, "
-           "DepthwiseConv2D, SeparableConv2D as quantize_model splits it, Dense (rank 2 or 3 "
-           "inputs) with their folded batch norms, ReLU/ReLU6, Add, Concatenate, MaxPooling2D, "
+           "DepthwiseConv2D, SeparableConv2D as quantize_model splits it, Dense (inputs of any "
+           "rank) with their folded batch norms, ReLU/ReLU6, Add, Concatenate, MaxPooling2D, "
            "AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape, Dropout, FakeQuant)");
   }
 

@@ -400,6 +400,11 @@ TEST(ConvertStructural, ModelFileSavesTheNewOpsAndRefusesWrongAttributes) {
   quant::IntegerModel back = quant::IntegerModel::load(path);
   EXPECT_EQ(back.graph_json(), im.graph_json());
   EXPECT_TRUE(testing::tensors_equal(back.predict(xs), im.predict(xs)));
+  // inspect explains the qadd's three grids and the requantize's multiplier.
+  const std::string table = im.inspect_table();
+  EXPECT_NE(table.find("input1 scale"), std::string::npos) << table;
+  EXPECT_NE(table.find("requantize"), std::string::npos) << table;
+  EXPECT_NO_THROW(nn::Json::parse(im.inspect_json()));
 
   auto op_index = [&](const std::string& kind) {
     for (size_t i = 0; i < im.ops.size(); ++i)
