@@ -428,19 +428,30 @@ class Converter {
            "");
       return {Val::kCodes, out, nullptr};
     }
-    if (in.kind == Val::kCodes) {
-      const IntegerTensor x = im_.tensors[in.tensor];
-      const int out = add(t);
-      emit("requantize", {in.tensor}, out,
-           {{"input_scale", x.scale[0]},
-            {"input_zero_point", static_cast<int64_t>(x.zero_point[0])},
-            {"output_scale", t.scale[0]},
-            {"output_zero_point", static_cast<int64_t>(t.zero_point[0])},
-            {"rounding", opt_.rounding == Rounding::kSingle ? "single" : "double"}},
-           l.name(), "");
-      return {Val::kCodes, out, nullptr};
-    }
+    if (in.kind == Val::kCodes) return {Val::kCodes, requantize(in.tensor, t, l.name()), nullptr};
     return finish(l, *in.pending, std::move(t));
+  }
+
+  // Codes of tensor `x` on the grid of `to` (a new tensor, returned): one requantize, clamped to
+  // the grid's codes (a low-bit grid keeps its range). Always one rounding, whatever
+  // ConvertOptions::rounding says: the QAT model rounds each value once (its FakeQuant), and M
+  // = s_in / s_out is near 1 or below (a FakeQuant after a Concatenate spans its inputs'
+  // ranges), where gemmlowp's first rounding (to an integer, before a right shift of 1 or more
+  // bits) would move a code near a tie by one in up to a quarter of the cases; TFLite has no
+  // requantizing op here to be compatible with (its int8 CONCATENATION needs one grid).
+  int requantize(int x_tensor, IntegerTensor to, const std::string& layers) {
+    const IntegerTensor x = im_.tensors[x_tensor];
+    const int out = add(to);
+    emit("requantize", {x_tensor}, out,
+         {{"input_scale", x.scale[0]},
+          {"input_zero_point", static_cast<int64_t>(x.zero_point[0])},
+          {"output_scale", to.scale[0]},
+          {"output_zero_point", static_cast<int64_t>(to.zero_point[0])},
+          {"act_min", static_cast<int64_t>(to.qmin)},
+          {"act_max", static_cast<int64_t>(to.qmax)},
+          {"rounding", "single"}},
+         layers, "");
+    return out;
   }
 
   // The pending average pool with its output grid: one qavg_pool2d rounding the mean to it
@@ -499,36 +510,27 @@ class Converter {
   }
 
   // The pending Concatenate and its output grid: each input on another grid requantized to it
-  // (TFLite's int8 concatenation wants every input on the output's parameters, spec 3.6), then
-  // concat. Always one rounding, whatever ConvertOptions::rounding says: the QAT model rounds
-  // each value once (its FakeQuant), and M = s_in / s_out is near 1 or below, where gemmlowp's
-  // first rounding (to an integer, before a right shift of 1 or more bits) would move a code
-  // near a tie by one in up to a quarter of the cases; TFLite has no requantizing
-  // concatenation to be compatible with.
+  // (TFLite's int8 concatenation wants every input on the output's parameters, spec 3.6; see
+  // requantize for its rounding), then concat.
   Val finish_concat(const nn::Layer& fq, const Pending& p, IntegerTensor out_t) {
     const std::string layers = p.layers + "+" + fq.name();
     std::vector<int> parts;
+    std::map<int, int> requantized;  // an input read twice is requantized once
     for (size_t i = 0; i < p.inputs.size(); ++i) {
-      const IntegerTensor x = im_.tensors[p.inputs[i]];
+      const IntegerTensor x = im_.tensors[p.inputs[i]];  // a copy: add() may reallocate
       if (x.scale == out_t.scale && x.zero_point == out_t.zero_point && x.qmin == out_t.qmin &&
           x.qmax == out_t.qmax) {
         parts.push_back(p.inputs[i]);  // already on the output's grid: FakeQuant is the identity
         continue;
       }
-      IntegerTensor r = out_t;
-      r.name = p.layers + "/input" + std::to_string(i) + "_requantized";
-      r.shape = x.shape;
-      const int id = add(std::move(r));
-      emit("requantize", {p.inputs[i]}, id,
-           {{"input_scale", x.scale[0]},
-            {"input_zero_point", static_cast<int64_t>(x.zero_point[0])},
-            {"output_scale", out_t.scale[0]},
-            {"output_zero_point", static_cast<int64_t>(out_t.zero_point[0])},
-            {"act_min", static_cast<int64_t>(out_t.qmin)},
-            {"act_max", static_cast<int64_t>(out_t.qmax)},
-            {"rounding", "single"}},
-           layers, "");
-      parts.push_back(id);
+      auto it = requantized.find(p.inputs[i]);
+      if (it == requantized.end()) {
+        IntegerTensor r = out_t;
+        r.name = p.layers + "/input" + std::to_string(i) + "_requantized";
+        r.shape = x.shape;
+        it = requantized.emplace(p.inputs[i], requantize(p.inputs[i], std::move(r), layers)).first;
+      }
+      parts.push_back(it->second);
     }
     out_t.shape = p.out_shape;
     const int out = add(std::move(out_t));

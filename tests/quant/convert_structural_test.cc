@@ -299,7 +299,11 @@ TEST(ConvertStructural, ConcatenateRequantizesItsInputsAndAgreesWithQat) {
   EXPECT_EQ(count_of(im, "concat"), 2);
   // The first concat's two inputs come from different FakeQuants: both requantized; the second
   // reads one tensor on another grid than its own FakeQuant's: requantized once, used twice.
-  EXPECT_GE(count_of(im, "requantize"), 2);
+  EXPECT_EQ(count_of(im, "requantize"), 3);
+  const quant::IntegerOp& second = im.ops[im.ops.size() - 5];  // then pool, reshape, fc, deq
+  ASSERT_EQ(second.op, "concat");
+  ASSERT_EQ(second.inputs.size(), 2u);
+  EXPECT_EQ(second.inputs[0], second.inputs[1]);
   for (const auto& op : im.ops) {
     if (op.op == "requantize" && op.layer.rfind("concatenate", 0) == 0) {
       EXPECT_EQ(op.attrs.s("rounding"), "single") << op.layer;
@@ -374,6 +378,37 @@ TEST(ConvertStructural, DenseOnRank3InputsIsOneQfullyConnected) {
   EXPECT_EQ(im.tensors[im.ops[2].output].shape, (Shape{kUnknown, 10, 12}));
   const Agreement a = expect_agreement(*q, im, s.x, nullptr);
   EXPECT_EQ(a.by_op.at("qfully_connected"), 3);
+}
+
+// 4-bit activations (w4a4): every grid has 16 codes, stored as int8 with the clamp of its own
+// range; qadd and the concat's requantize keep it (act_min/act_max), and still agree with QAT.
+TEST(ConvertStructural, FourBitGridsKeepTheirClampThroughAddAndConcatenate) {
+  nn::set_random_seed(18);
+  nn::KTensor in = nn::Input({10, 10, 2});
+  nn::KTensor a = (*nn::Conv2D(6, 3, {.padding = "same", .activation = "relu"}))(in);
+  nn::KTensor b = (*nn::Conv2D(6, 3, {.padding = "same"}))(in);
+  nn::KTensor x = (*nn::Add())({a, b});
+  x = (*nn::Concatenate())({x, (*nn::Conv2D(3, 1, {.activation = "relu"}))(a)});
+  x = (*nn::Conv2D(4, 3, {.strides = 2}))(x);
+  auto f = nn::Model::create({in}, {(*nn::Flatten())(x)}, "four_bit_net");
+  auto q = quant::quantize_model(*f, quant::QuantizeConfig::preset("w4a4"));
+  Rng rng(5);
+  const Tensor xs = testing::random_tensor({256, 10, 10, 2}, rng, -1.0f, 1.0f);
+  q->calibrate(data::Dataset::from_tensors({xs}), 32);
+  quant::IntegerModel im = quant::convert_to_integer(*q, {.rounding = quant::Rounding::kSingle});
+  int checked = 0;
+  for (const auto& op : im.ops) {
+    if (op.op != "qadd" && op.op != "requantize") continue;
+    const quant::IntegerTensor& t = im.tensors[op.output];
+    EXPECT_EQ(t.qmax - t.qmin, 15) << op.layer;
+    EXPECT_EQ(op.attrs.i("act_min"), t.qmin) << op.layer;
+    EXPECT_EQ(op.attrs.i("act_max"), t.qmax) << op.layer;
+    ++checked;
+  }
+  EXPECT_GE(checked, 2);
+  const Agreement ag = expect_agreement(*q, im, xs, nullptr);
+  EXPECT_EQ(ag.by_op.at("qadd"), 1);
+  EXPECT_EQ(ag.by_op.at("concat"), 1);
 }
 
 TEST(ConvertStructural, ModelFileSavesTheNewOpsAndRefusesWrongAttributes) {

@@ -36,7 +36,7 @@
 //   int8 CONCATENATION needs one grid), always with single rounding (the QAT model rounds each
 //   value once), then one `concat` copies the codes.
 //   The model input's FakeQuant becomes `quantize`, the model output `dequantize`; a FakeQuant
-//   on codes of another grid `requantize`.
+//   on codes of another grid `requantize` (single rounding, clamped to the grid's codes).
 //   MaxPooling2D, Flatten, Reshape and Dropout keep their input's parameters; AveragePooling2D
 //   and GlobalAveragePooling2D round the mean once, to the grid of the FakeQuant after them.
 // Anything else (a layer class without an integer form here, a float layer between quantized
