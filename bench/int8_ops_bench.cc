@@ -6,11 +6,12 @@
 //     cnn_conv3  3x3 64 -> 64, stride 2, same     cnn_dense  64 -> 10 (after global avg pool)
 //   MobileNetV2-style, batch 1:
 //     mbv2_expand 1x1 112x112x16 -> 96            mbv2_dw 3x3 depthwise 56x56x144, stride 1
-//     mbv2_last 1x1 7x7x320 -> 1280
+//     mbv2_last 1x1 7x7x320 -> 1280              mbv2_first 3x3 224x224x3 -> 32, stride 2
+//     mbv2_dw_b<i>: the 3x3 depthwise conv of block i (every distinct shape of the 17 blocks)
 //   BM_QAdd: qadd on MobileNetV2's first and last residual shapes, each fast row and the
-//     reference, in elements/s (one thread).
-// Arguments: batch, threads. Codes are uniform random; per-channel weight scales, double
-// rounding, ReLU.
+//     reference, in elements/s.
+// GB/s counts the activation bytes read and written. Arguments: batch, threads. Codes are
+// uniform random; per-channel weight scales, double rounding, ReLU.
 //
 // BM_PeakVnni: the int8 peak of one core, 16 independent vpdpbusd zmm chains (64 u8 x s8
 // multiply-adds each), in GOP/s = 2 * MACs / time.
@@ -98,6 +99,10 @@ void BM_Int8(benchmark::State& state, Shape4 s, bool fast) {
   state.counters["GOP/s"] =
       benchmark::Counter(static_cast<double>(2 * macs * state.iterations()),
                          benchmark::Counter::kIsRate, benchmark::Counter::OneK::kIs1000);
+  // Activation bytes read and written (the weights are small and stay in cache).
+  state.counters["GB/s"] =
+      benchmark::Counter(static_cast<double>((in[0].numel() + out[0].numel()) * state.iterations()),
+                         benchmark::Counter::kIsRate, benchmark::Counter::OneK::kIs1000);
   set_num_threads(1);
 }
 
@@ -180,6 +185,18 @@ const Shape4 kDense{1, 1, 64, 1, 10, 1, 1, true};
 const Shape4 kExpand{112, 112, 16, 1, 96, 1, 1, false};
 const Shape4 kDepthwise{56, 56, 144, 3, 144, 1, 144, false};
 const Shape4 kLast{7, 7, 320, 1, 1280, 1, 1, false};
+// MobileNetV2 1.0 / 224: the first conv and the 3x3 depthwise convs of its 17 blocks (how many
+// blocks have each shape in the name's comment; mbv2_dw above is block 2).
+const Shape4 kFirst{224, 224, 3, 3, 32, 2, 1, false};
+const Shape4 kDw112{112, 112, 32, 3, 32, 1, 32, false};    // block 0
+const Shape4 kDw112s2{112, 112, 96, 3, 96, 2, 96, false};  // block 1
+const Shape4 kDw56s2{56, 56, 144, 3, 144, 2, 144, false};  // block 3
+const Shape4 kDw28{28, 28, 192, 3, 192, 1, 192, false};    // blocks 4, 5
+const Shape4 kDw28s2{28, 28, 192, 3, 192, 2, 192, false};  // block 6
+const Shape4 kDw14{14, 14, 384, 3, 384, 1, 384, false};    // blocks 7-10
+const Shape4 kDw14b{14, 14, 576, 3, 576, 1, 576, false};   // blocks 11, 12
+const Shape4 kDw14s2{14, 14, 576, 3, 576, 2, 576, false};  // block 13
+const Shape4 kDw7{7, 7, 960, 3, 960, 1, 960, false};       // blocks 14-16
 
 #define LOWBIT_INT8_CNN(label, shape)                         \
   BENCHMARK_CAPTURE(BM_Int8, label##_fast, shape, true)       \
@@ -207,6 +224,16 @@ LOWBIT_INT8_CNN(cnn_dense, kDense);
 LOWBIT_INT8_B1(mbv2_expand, kExpand);
 LOWBIT_INT8_B1(mbv2_dw, kDepthwise);
 LOWBIT_INT8_B1(mbv2_last, kLast);
+LOWBIT_INT8_B1(mbv2_first, kFirst);
+LOWBIT_INT8_B1(mbv2_dw_b0, kDw112);
+LOWBIT_INT8_B1(mbv2_dw_b1, kDw112s2);
+LOWBIT_INT8_B1(mbv2_dw_b3, kDw56s2);
+LOWBIT_INT8_B1(mbv2_dw_b4, kDw28);
+LOWBIT_INT8_B1(mbv2_dw_b6, kDw28s2);
+LOWBIT_INT8_B1(mbv2_dw_b7, kDw14);
+LOWBIT_INT8_B1(mbv2_dw_b11, kDw14b);
+LOWBIT_INT8_B1(mbv2_dw_b13, kDw14s2);
+LOWBIT_INT8_B1(mbv2_dw_b14, kDw7);
 
 }  // namespace
 }  // namespace lowbit

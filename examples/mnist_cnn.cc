@@ -11,8 +11,11 @@
 //
 // After each scheme's QAT the model is converted to an integer model (lowbit/quant/convert.h),
 // saved next to --save as <stem>_<scheme>.lbi, reloaded and evaluated: integer-model test
-// accuracy, top-1 agreement with the QAT model, file size, batch-1 latency and batch-256
-// throughput (lowbit's integer runtime, --threads). --no-int8 skips it; --inspect FILE writes
+// accuracy, top-1 agreement with the QAT model, batch-1 latency and batch-256 throughput
+// (lowbit's integer runtime, --threads), and the sizes: the float model's weights (f32), the
+// integer file with one byte per int8 code, and the file as saved, 4- and 2-bit weights packed
+// two or four codes a byte (JSON: "float_weight_bytes", "int8_unpacked_bytes",
+// "int8_file_bytes"). --no-int8 skips it; --inspect FILE writes
 // the first scheme's per-layer scales (IntegerModel::inspect_table) there.
 //
 // --check-qat-targets: exit with status 3 unless w8a8 is within 0.5 points of the float model's
@@ -48,7 +51,8 @@ struct Row {
   // file size, batch-1 latency and batch-256 throughput of lowbit's integer runtime.
   bool has_int8 = false;
   double int8_accuracy = 0, int8_agreement = 0, int8_latency_us = 0, int8_images_per_s = 0;
-  int64_t int8_file_bytes = 0;
+  int64_t int8_file_bytes = 0;      // the saved .lbi (low-bit weights packed)
+  int64_t int8_unpacked_bytes = 0;  // the same model saved with one byte per int8 code
 };
 
 int64_t argmax_row(const Tensor& t, int64_t r) {
@@ -76,6 +80,10 @@ void deploy(nn::Model& qat, const std::string& path, const MnistSplit& test, Row
   im.save(path);
   quant::IntegerModel back = quant::IntegerModel::load(path);
   row.int8_file_bytes = static_cast<int64_t>(std::filesystem::file_size(path));
+  const std::string unpacked = path + ".unpacked.tmp";  // only measured
+  im.save(unpacked, {.pack = false});
+  row.int8_unpacked_bytes = static_cast<int64_t>(std::filesystem::file_size(unpacked));
+  std::filesystem::remove(unpacked);
   const Tensor yi = back.predict(test.images, 256);
   const Tensor yq = qat.predict(test.images, 256);
   row.has_int8 = true;
@@ -107,11 +115,12 @@ void deploy(nn::Model& qat, const std::string& path, const MnistSplit& test, Row
   std::sort(ips.begin(), ips.end());
   row.int8_images_per_s = ips[ips.size() / 2];
   std::printf(
-      "%s integer model: %s (%lld bytes), test accuracy %.2f%%, top-1 agreement with "
+      "%s integer model: %s (%lld bytes; %lld unpacked), test accuracy %.2f%%, top-1 agreement "
+      "with "
       "the QAT model %.2f%%, batch-1 latency %.0f us, batch-256 %.0f images/s\n",
       row.scheme.c_str(), path.c_str(), static_cast<long long>(row.int8_file_bytes),
-      100 * row.int8_accuracy, 100 * row.int8_agreement, row.int8_latency_us,
-      row.int8_images_per_s);
+      static_cast<long long>(row.int8_unpacked_bytes), 100 * row.int8_accuracy,
+      100 * row.int8_agreement, row.int8_latency_us, row.int8_images_per_s);
 }
 
 std::vector<std::string> split_commas(const std::string& s) {
@@ -248,23 +257,32 @@ int main(int argc, char** argv) try {
   }
 
   const auto float_bytes = static_cast<long long>(std::filesystem::file_size(save));
-  std::printf("\n%-8s %14s %10s %12s %10s %9s %11s %9s %11s\n", "scheme", "test accuracy",
-              "vs float", "train img/s", "int8 acc", "agree", "file bytes", "b1 us", "b256 img/s");
+  long long float_weight_bytes = 0;  // the f32 weights alone (the .lbm adds the optimizer state)
+  for (const auto& [name, w] : model->named_weights())
+    float_weight_bytes += static_cast<long long>(w->value.nbytes());
+  std::printf("\n%-8s %14s %10s %12s %10s %9s %9s %9s %9s %9s %11s\n", "scheme", "test accuracy",
+              "vs float", "train img/s", "int8 acc", "agree", "float B", "int8 B", "packed B",
+              "b1 us", "b256 img/s");
   for (const Row& r : rows) {
     std::printf("%-8s %13.2f%% %+10.2f %12.0f", r.scheme.c_str(), 100 * r.accuracy,
                 100 * (r.accuracy - rows[0].accuracy), r.images_per_s);
     if (r.has_int8)
-      std::printf(" %9.2f%% %8.2f%% %11lld %9.0f %11.0f\n", 100 * r.int8_accuracy,
-                  100 * r.int8_agreement, static_cast<long long>(r.int8_file_bytes),
-                  r.int8_latency_us, r.int8_images_per_s);
+      std::printf(
+          " %9.2f%% %8.2f%% %9lld %9lld %9lld %9.0f %11.0f\n", 100 * r.int8_accuracy,
+          100 * r.int8_agreement, float_weight_bytes, static_cast<long long>(r.int8_unpacked_bytes),
+          static_cast<long long>(r.int8_file_bytes), r.int8_latency_us, r.int8_images_per_s);
     else
-      std::printf(" %10s %9s %11lld\n", "-", "-", r.scheme == "float" ? float_bytes : 0LL);
+      std::printf(" %10s %9s %9lld\n", "-", "-", r.scheme == "float" ? float_weight_bytes : 0LL);
   }
+  std::printf(
+      "(float B: the f32 weights; int8 B: the integer file, one byte per code; packed B: "
+      "the saved file, 4- and 2-bit weights packed; %s: %lld bytes with optimizer state)\n",
+      save.c_str(), float_bytes);
   std::string json = "{\"example\": \"mnist_cnn\", \"threads\": " + std::to_string(threads) +
                      ", \"epochs\": " + std::to_string(epochs) +
                      ", \"qat_epochs\": " + std::to_string(qat_epochs);
   for (const Row& r : rows) {
-    char buf[256];
+    char buf[512];
     std::snprintf(buf, sizeof buf,
                   ", \"%s\": {\"test_accuracy\": %.4f, \"train_images_per_sec\": %.0f, "
                   "\"train_seconds\": %.1f",
@@ -273,13 +291,17 @@ int main(int argc, char** argv) try {
     if (r.has_int8) {
       std::snprintf(buf, sizeof buf,
                     ", \"int8_test_accuracy\": %.4f, \"int8_agreement\": %.4f, "
+                    "\"float_weight_bytes\": %lld, \"int8_unpacked_bytes\": %lld, "
                     "\"int8_file_bytes\": %lld, \"int8_latency_us\": %.1f, "
                     "\"int8_images_per_sec\": %.0f",
-                    r.int8_accuracy, r.int8_agreement, static_cast<long long>(r.int8_file_bytes),
-                    r.int8_latency_us, r.int8_images_per_s);
+                    r.int8_accuracy, r.int8_agreement, float_weight_bytes,
+                    static_cast<long long>(r.int8_unpacked_bytes),
+                    static_cast<long long>(r.int8_file_bytes), r.int8_latency_us,
+                    r.int8_images_per_s);
       json += buf;
     } else if (r.scheme == "float") {
-      json += ", \"file_bytes\": " + std::to_string(float_bytes);
+      json += ", \"file_bytes\": " + std::to_string(float_bytes) +
+              ", \"weight_bytes\": " + std::to_string(float_weight_bytes);
     }
     json += "}";
   }

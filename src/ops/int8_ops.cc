@@ -399,13 +399,14 @@ using ConvKernelFn = void (*)(const kernels::QConvParams&, const int8_t*, const 
 using FcKernelFn = void (*)(const kernels::QFullyConnectedParams&, const int8_t*, const int8_t*,
                             const int32_t*, int8_t*);
 
-FastKernel conv_row(const std::string& name, Isa isa, ConvKernelFn fn) {
+using ConvSupportsFn = bool (*)(const kernels::QConvParams&);
+
+FastKernel conv_row(const std::string& name, Isa isa, ConvKernelFn fn,
+                    ConvSupportsFn supports = kernels::qconv2d_s8_fast_supported) {
   return {.name = name,
           .isa = isa,
           .supports =
-              [](const KernelCtx& k) {
-                return kernels::qconv2d_s8_fast_supported(k.params<kernels::QConvParams>());
-              },
+              [supports](const KernelCtx& k) { return supports(k.params<kernels::QConvParams>()); },
           .run =
               [fn](const KernelCtx& k) {
                 fn(k.params<kernels::QConvParams>(), in_s8(k, 0), in_s8(k, 1), bias_s32(k),
@@ -440,7 +441,15 @@ void register_int8_ops() {
                      kernels::qconv2d_s8_reference(k.params<kernels::QConvParams>(), in_s8(k, 0),
                                                    in_s8(k, 1), k.in[2].data<int32_t>(), out_s8(k));
                    },
-               .fast = {conv_row("qconv2d_s8__avx512_vnni", Isa::kAvx512Vnni,
+               // The depthwise and few-input-channel rows first: each declines what it does
+               // not specialise in, which the general rows then take.
+               .fast = {conv_row("qconv2d_depthwise_s8__avx512_vnni", Isa::kAvx512Vnni,
+                                 kernels::qconv2d_depthwise_s8__avx512_vnni,
+                                 kernels::qconv2d_s8_depthwise_supported),
+                        conv_row("qconv2d_fewc_s8__avx512_vnni", Isa::kAvx512Vnni,
+                                 kernels::qconv2d_fewc_s8__avx512_vnni,
+                                 kernels::qconv2d_s8_few_in_channels_supported),
+                        conv_row("qconv2d_s8__avx512_vnni", Isa::kAvx512Vnni,
                                  kernels::qconv2d_s8__avx512_vnni),
                         conv_row("qconv2d_s8__avx2", Isa::kAvx2, kernels::qconv2d_s8__avx2)},
                .doc = "int8 2-D convolution (NHWC x HWIO, groups), int32 bias, per-channel "

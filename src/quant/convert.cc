@@ -12,7 +12,9 @@
 #include <optional>
 
 #include "lowbit/ops.h"
+#include "lowbit/ops/fake_quant.h"
 #include "lowbit/quant/quantizer.h"
+#include "lowbit/quant/recurrent.h"
 
 namespace lowbit::quant {
 
@@ -44,7 +46,12 @@ struct Val {
   enum Kind { kFloat, kCodes, kPending } kind = kFloat;
   int tensor = -1;
   std::shared_ptr<Pending> pending;
+  // The timestep mask travelling with it: a bool [?, T] tensor, -1 none, kReversedMask: the
+  // QAT tensor carries a mask the integer model does not have (a go_backwards sequence's, which
+  // is the input's reversed).
+  int mask = -1;
 };
+constexpr int kReversedMask = -2;
 
 [[noreturn]] void refuse(const nn::Layer& l, const std::string& why) {
   LOWBIT_THROW(UnsupportedError, "convert_to_integer: layer '", l.name(), "' (", l.class_name(),
@@ -170,7 +177,13 @@ class Converter {
       const nn::LayerNode& n = *k.node;
       std::vector<Val> in;
       for (const nn::KTensor& i : n.inputs) in.push_back(visit(i));
-      it = vals_.emplace(k.node.get(), convert(n, in)).first;
+      std::vector<Val> out = convert(n, in);
+      // A layer that passes its input's mask on (Keras' default rule: Dense, Dropout, a
+      // FakeQuant, ...): the same bool tensor.
+      for (size_t o = 0; o < out.size(); ++o)
+        if (out[o].mask == -1 && !in.empty() && o < n.output_masked.size() && n.output_masked[o])
+          out[o].mask = in[0].mask;
+      it = vals_.emplace(k.node.get(), std::move(out)).first;
     }
     return it->second.at(k.index);
   }
@@ -224,6 +237,13 @@ class Converter {
       return {Val{Val::kPending, -1, p}};
     }
     if (cls == "Dropout") return {in.at(0)};  // inference: the identity
+    if (cls == "Masking") return {masking(l, in.at(0))};
+    if (cls == "QuantizedLSTM" || cls == "QuantizedGRU")
+      return {recurrent(static_cast<const QuantizedRecurrentLayer&>(l), n, in.at(0), out_shape)};
+    if (cls == "QuantizedBidirectional")
+      refuse(l,
+             "a bidirectional LSTM/GRU has no integer form yet (convert each direction as its "
+             "own QuantizedLSTM/QuantizedGRU)");
     if (cls == "AveragePooling2D" || cls == "GlobalAveragePooling2D") {
       // A mean is off its input's grid: it waits for the FakeQuant after it (quantize_model
       // puts one there) and is rounded once, to that grid.
@@ -318,7 +338,213 @@ class Converter {
            "no integer form for this layer class yet (convertible: Conv1D, Conv2D, "
            "DepthwiseConv2D, SeparableConv2D as quantize_model splits it, Dense (inputs of any "
            "rank) with their folded batch norms, ReLU/ReLU6, Add, Concatenate, MaxPooling2D, "
-           "AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape, Dropout, FakeQuant)");
+           "AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape, Dropout, FakeQuant, "
+           "Masking of the model input, QuantizedLSTM, QuantizedGRU)");
+  }
+
+  // Masking of the float model input: the timestep mask (timestep_mask op) travels with the
+  // unchanged float tensor. Keras' Masking also zeroes masked steps: the recurrent op never
+  // reads them, and a FakeQuant of them is refused below unless mask_value is 0 (then they are
+  // 0 already).
+  Val masking(const nn::Layer& l, const Val& in) {
+    if (in.kind != Val::kFloat)
+      refuse(l,
+             "a Masking layer converts only on the float model input (quantize_model puts "
+             "it there, before the input's quantizer)");
+    const double mv = l.get_config().value("mask_value", 0.0);
+    IntegerTensor t;
+    t.name = l.name() + "/mask";
+    t.dtype = DType::kBool;
+    const Shape& xs = im_.tensors[in.tensor].shape;
+    if (xs.rank() != 3)
+      refuse(l, "a Masking layer needs x [batch, timesteps, features], found " + xs.str());
+    t.shape = Shape{kUnknown, xs[1]};
+    const int m = add(std::move(t));
+    emit("timestep_mask", {in.tensor}, m, {{"mask_value", mv}}, l.name(), "");
+    masking_value_[m] = mv;
+    Val v = in;
+    v.mask = m;
+    return v;
+  }
+
+  // An int8 grid of the recurrent layer's own tracker (x or h).
+  IntegerTensor tracker_grid(const QuantizedRecurrentLayer& l, const std::string& which,
+                             const std::string& name, const Shape& shape) {
+    const QuantizerConfig& a = l.activations();
+    if (a.bits != 8 || a.narrow_range)
+      refuse(l, which + ": the integer LSTM/GRU takes 8-bit wide-range x and h grids, found " +
+                    std::to_string(a.bits) + "-bit" + (a.narrow_range ? " narrow" : ""));
+    float mn = 0, mx = 0;
+    for (const nn::Weight& w : l.weights()) {
+      if (w.name == which + "_min") mn = static_cast<float>(w.value.get_as_double(0));
+      if (w.name == which + "_max") mx = static_cast<float>(w.value.get_as_double(0));
+    }
+    const ops::FakeQuantNudge nd = ops::fake_quant_nudge(mn, mx, a.bits, a.narrow_range);
+    Quantizer::Grid g;
+    g.scale = {nd.scale};
+    g.zero_point = {nd.zero_point};
+    g.qmin = nd.quant_min;
+    g.qmax = nd.quant_max;
+    IntegerTensor t = grid_tensor(l, g, shape);
+    t.name = name;
+    return t;
+  }
+
+  // FQ(W) [rows, G*U] (the QAT layer's own per-gate-block weights) as int8 codes and the G
+  // block scales.
+  Tensor recurrent_weights(const QuantizedRecurrentLayer& l, const Tensor& fq, const char* which,
+                           int64_t gates, std::vector<double>& scales) {
+    const int bits = l.weight_bits();
+    if (bits > 8)
+      refuse(l, "its weights are " + std::to_string(bits) + "-bit; int8 holds at most 8");
+    Tensor mn, mx;
+    for (const nn::Weight& w : l.weights()) {
+      if (w.name == std::string(which) + "_min") mn = w.value.to(DType::kF32);
+      if (w.name == std::string(which) + "_max") mx = w.value.to(DType::kF32);
+    }
+    const Tensor f = fq.to(DType::kF32);
+    const int64_t rows = f.shape()[0], cols = f.shape()[1], u = cols / gates;
+    scales.clear();
+    for (int64_t g = 0; g < gates; ++g) {
+      const ops::FakeQuantNudge nd =
+          ops::fake_quant_nudge(mn.data<float>()[g], mx.data<float>()[g], bits, true);
+      if (!(nd.scale > 0) || !std::isfinite(nd.scale))
+        refuse(l, std::string(which) + ": gate block " + std::to_string(g) +
+                      " has scale 0 (an all-zero range)");
+      scales.push_back(nd.scale);
+    }
+    Tensor q(f.shape(), DType::kS8);
+    for (int64_t i = 0; i < rows * cols; ++i) {
+      const double s = scales[(i % cols) / u];
+      const double v = static_cast<double>(f.data<float>()[i]) / s;
+      const double code = std::round(v);
+      if (std::fabs(v - code) > 1e-3)
+        refuse(l, std::string(which) + ": weight " + std::to_string(i) + " is not on its grid");
+      if (code < -127 || code > 127)
+        refuse(l, std::string(which) + ": weight codes reach " + std::to_string(code) +
+                      " (an asymmetric weight grid; the integer LSTM/GRU takes symmetric ones)");
+      q.data<int8_t>()[i] = static_cast<int8_t>(code);
+    }
+    return q;
+  }
+
+  // QuantizedLSTM / QuantizedGRU: one qlstm / qgru over the sequence (spec 3.7), x quantized
+  // (or requantized) to the layer's own x grid, the output on its h grid.
+  Val recurrent(const QuantizedRecurrentLayer& l, const nn::LayerNode& n, const Val& in,
+                const Shape& out_shape) {
+    const bool lstm = l.class_name() == "QuantizedLSTM";
+    const Json c = l.layer()->get_config();
+    if (n.inputs.size() > 1)
+      refuse(l, "initial states are not converted (the integer LSTM/GRU starts from h = 0, c = 0)");
+    if (c.value("return_state", false))
+      refuse(l, "return_state is not converted (the integer op returns the output only)");
+    if (in.kind == Val::kPending) codes(l, in);
+    if (in.mask == kReversedMask || (in.mask < 0 && n.inputs.at(0).has_mask()))
+      refuse(l,
+             "its input carries a timestep mask the integer model does not compute (masks "
+             "convert from a Masking layer on the model input, through layers that pass "
+             "them on; not the reversed mask of a go_backwards sequence)");
+    const int64_t gates = lstm ? 4 : 3;
+    const int64_t units = c.at("units").get<int64_t>();
+    const Shape& xs = im_.tensors[in.tensor].shape;
+    if (xs.rank() != 3 || xs[1] == kUnknown || xs[2] == kUnknown)
+      refuse(l, "expected x [batch, timesteps, features] with known dims, found " + xs.str());
+    // x codes on the layer's x grid.
+    IntegerTensor xt = tracker_grid(l, "x", l.name() + "/x_quant", xs);
+    int x_id;
+    if (in.kind == Val::kFloat) {
+      x_id = add(xt);
+      emit("quantize", {in.tensor}, x_id,
+           {{"scale", xt.scale[0]}, {"zero_point", static_cast<int64_t>(xt.zero_point[0])}},
+           l.name() + "/x_quant", "");
+    } else {
+      const IntegerTensor src = im_.tensors[in.tensor];
+      if (static_cast<float>(src.scale[0]) == static_cast<float>(xt.scale[0]) &&
+          src.zero_point[0] == xt.zero_point[0]) {
+        x_id = in.tensor;
+      } else {
+        x_id = add(xt);
+        emit("requantize", {in.tensor}, x_id,
+             {{"input_scale", src.scale[0]},
+              {"input_zero_point", static_cast<int64_t>(src.zero_point[0])},
+              {"output_scale", xt.scale[0]},
+              {"output_zero_point", static_cast<int64_t>(xt.zero_point[0])},
+              {"rounding", opt_.rounding == Rounding::kSingle ? "single" : "double"}},
+             l.name() + "/x_quant", "");
+      }
+    }
+    const IntegerTensor x = im_.tensors[x_id];
+    IntegerTensor ht = tracker_grid(l, "h", l.name(), out_shape);
+    if (lstm) {
+      double cmax = 0;
+      for (const nn::Weight& w : l.weights())
+        if (w.name == "cell_max_abs") cmax = w.value.get_as_double(0);
+      if (!(cmax <= 64.0))
+        refuse(l, "its cell state reaches max|c| = " + std::to_string(cmax) +
+                      " > 64: the integer cell holds at most Q6.9 (p <= 6)");
+    }
+    std::vector<double> swx, swh;
+    Tensor wx = recurrent_weights(l, l.quantized_kernel(), "kernel", gates, swx);
+    Tensor wh =
+        recurrent_weights(l, l.quantized_recurrent_kernel(), "recurrent_kernel", gates, swh);
+    const bool reset_after = lstm || c.value("reset_after", true);
+    // Biases: int32 at s_side * s_W,g (semantics 3.7), the recurrent one only for a GRU with
+    // reset_after.
+    Tensor bias_f;
+    if (c.value("use_bias", true))
+      for (const nn::Weight& w : l.layer()->weights())
+        if (w.name == "bias") bias_f = w.value.to(DType::kF32);
+    const int64_t gu = gates * units;
+    Tensor bx({gu}, DType::kS32), bh({gu}, DType::kS32);
+    std::vector<double> bxs, bhs;
+    for (int64_t col = 0; col < gu; ++col) {
+      const int64_t g = col / units;
+      const float sx = bias_scale(static_cast<float>(x.scale[0]), static_cast<float>(swx[g]));
+      const float sh = bias_scale(static_cast<float>(ht.scale[0]), static_cast<float>(swh[g]));
+      bxs.push_back(sx);
+      bhs.push_back(sh);
+      const bool two = !lstm && reset_after;
+      bx.data<int32_t>()[col] = bias_f.defined() ? quantize_bias(bias_f.data<float>()[col], sx) : 0;
+      bh.data<int32_t>()[col] =
+          bias_f.defined() && two ? quantize_bias(bias_f.data<float>()[gu + col], sh) : 0;
+    }
+    const std::string who = l.name();
+    const int wx_id = constant(who + "/kernel", std::move(wx));
+    im_.tensors[wx_id].scale = swx;
+    im_.tensors[wx_id].zero_point.assign(swx.size(), 0);
+    const int wh_id = constant(who + "/recurrent_kernel", std::move(wh));
+    im_.tensors[wh_id].scale = swh;
+    im_.tensors[wh_id].zero_point.assign(swh.size(), 0);
+    const int bx_id = constant(who + (lstm ? "/bias" : "/input_bias"), std::move(bx));
+    im_.tensors[bx_id].scale = bxs;
+    im_.tensors[bx_id].zero_point.assign(bxs.size(), 0);
+    std::vector<int> inputs{x_id, wx_id, wh_id, bx_id};
+    if (!lstm) {
+      const int bh_id = constant(who + "/recurrent_bias", std::move(bh));
+      im_.tensors[bh_id].scale = bhs;
+      im_.tensors[bh_id].zero_point.assign(bhs.size(), 0);
+      inputs.push_back(bh_id);
+    }
+    if (in.mask >= 0) inputs.push_back(in.mask);
+    Attrs a{{"input_scale", x.scale[0]},
+            {"input_zero_point", static_cast<int64_t>(x.zero_point[0])},
+            {"hidden_scale", ht.scale[0]},
+            {"hidden_zero_point", static_cast<int64_t>(ht.zero_point[0])},
+            {"input_weight_scales", swx},
+            {"recurrent_weight_scales", swh},
+            {"return_sequences", c.value("return_sequences", false)},
+            {"go_backwards", c.value("go_backwards", false)},
+            {"zero_output_for_mask", c.value("zero_output_for_mask", false)}};
+    if (lstm)
+      a.set("cell_int_bits", static_cast<int64_t>(l.cell_int_bits()));
+    else
+      a.set("reset_after", reset_after);
+    const int out = add(std::move(ht));
+    emit(lstm ? "qlstm" : "qgru", std::move(inputs), out, std::move(a), l.name(), "");
+    Val v{Val::kCodes, out, nullptr};
+    if (in.mask >= 0 && c.value("return_sequences", false))
+      v.mask = c.value("go_backwards", false) ? kReversedMask : in.mask;
+    return v;
   }
 
   Val pending(const nn::Layer& l, const nn::Layer& inner, const IntegerTensor& x, int x_tensor,
@@ -421,6 +647,11 @@ class Converter {
   Val fake_quant(const FakeQuantLayer& l, const Val& in, const Shape& shape) {
     const Quantizer::Grid g = l.quantizer().grid(l);
     IntegerTensor t = grid_tensor(l, g, shape);
+    if (in.kind == Val::kFloat && in.mask >= 0 && masking_value_.count(in.mask) &&
+        masking_value_.at(in.mask) != 0.0)
+      refuse(l, "it quantizes a Masking output with mask_value " +
+                    std::to_string(masking_value_.at(in.mask)) +
+                    " != 0 (Masking zeroes masked steps; the integer model does not)");
     if (in.kind == Val::kFloat) {
       const int out = add(t);
       emit("quantize", {in.tensor}, out,
@@ -583,9 +814,25 @@ class Converter {
     }
     std::vector<double> scales;
     for (float s : g.scale) scales.push_back(s);
+    // The weight grid's code range, q - zero_point over its channels (within int8, which the
+    // codes were checked against): it tells a 4-bit or 2-bit weight from an int8 one.
+    int32_t wmin = 127, wmax = -128;
+    for (size_t c = 0; c < g.scale.size(); ++c) {
+      const int32_t zp =
+          g.zero_point.empty() ? 0 : g.zero_point[std::min(c, g.zero_point.size() - 1)];
+      wmin = std::min(wmin, std::max<int32_t>(-128, g.qmin - zp));
+      wmax = std::max(wmax, std::min<int32_t>(127, g.qmax - zp));
+    }
+    for (int64_t i = 0; i < wq.numel(); ++i)
+      if (pw[i] < wmin || pw[i] > wmax)
+        refuse(owner, "'" + who + "': weight code " + std::to_string(pw[i]) +
+                          " lies outside its grid's codes [" + std::to_string(wmin) + ", " +
+                          std::to_string(wmax) + "]");
     const int w_id = constant(who + "/kernel", std::move(wq));
     im_.tensors[w_id].scale = scales;
     im_.tensors[w_id].zero_point.assign(scales.size(), 0);
+    im_.tensors[w_id].qmin = wmin;
+    im_.tensors[w_id].qmax = wmax;
     const int b_id = constant(who + "/bias", std::move(bq));
     std::vector<double> bscales;
     for (int64_t c = 0; c < out_c; ++c)
@@ -625,6 +872,7 @@ class Converter {
   ConvertOptions opt_;
   IntegerModel im_;
   std::map<const nn::LayerNode*, std::vector<Val>> vals_;
+  std::map<int, double> masking_value_;  // mask tensor -> the Masking layer's mask_value
 };
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -49,7 +51,15 @@ IntegerModel::Runtime& IntegerModel::runtime() {
                      tensors.at(t).name, "' before any op writes it");
       ins.push_back(rt->values[t]);
     }
-    rt->values.at(op.output) = ops::apply(op.op, ins, op.attrs).at(0);
+    const Value y = ops::apply(op.op, ins, op.attrs).at(0);
+    // What the op computes must be what the tensor declares: predict sizes its output from the
+    // declared shape and reads it as f32.
+    const IntegerTensor& t = tensors.at(op.output);
+    if (y.dtype() != t.dtype || y.shape() != t.shape)
+      LOWBIT_THROW(ValueError, "IntegerModel: op '", op.op, "' (", op.layer, ") computes ",
+                   dtype_name(y.dtype()), y.shape().str(), " but its output tensor '", t.name,
+                   "' is declared ", dtype_name(t.dtype), t.shape.str());
+    rt->values.at(op.output) = y;
     rt->produced.push_back(op.output);
   }
   if (!rt->values.at(output).defined())
@@ -100,10 +110,73 @@ std::vector<Tensor> IntegerModel::run_all(const Tensor& x) {
   return out;
 }
 
-int64_t IntegerModel::constant_bytes() const {
+int IntegerTensor::bits() const {
+  if (dtype != DType::kS8) return 8 * static_cast<int>(dtype_size(dtype));
+  for (int b : {2, 4})
+    if (qmin >= -(1 << (b - 1)) && qmax <= (1 << (b - 1)) - 1) return b;
+  return 8;
+}
+
+namespace {
+int64_t packed_size(int64_t numel, int bits) { return (numel * bits + 7) / 8; }
+void check_pack_bits(const char* fn, int bits) {
+  if (bits != 2 && bits != 4)
+    LOWBIT_THROW(ValueError, fn, ": argument 'bits': expected 2 or 4 but found ", bits);
+}
+}  // namespace
+
+Tensor pack_codes(const Tensor& codes, int bits) {
+  check_pack_bits("pack_codes", bits);
+  if (codes.dtype() != DType::kS8)
+    LOWBIT_THROW(ValueError, "pack_codes: expected s8 codes but found ", dtype_name(codes.dtype()));
+  const Tensor& c = codes;
+  const int64_t n = c.numel();
+  Tensor out = Tensor::zeros({packed_size(n, bits)}, DType::kU8);
+  const int8_t* src = c.data<int8_t>();
+  uint8_t* dst = out.data<uint8_t>();
+  const int lo = -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
+  const unsigned mask = (1u << bits) - 1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (src[i] < lo || src[i] > hi)
+      LOWBIT_THROW(ValueError, "pack_codes: code ", int{src[i]}, " at element ", i,
+                   " does not fit ", bits, " bits ([", lo, ", ", hi, "])");
+    const int64_t bit = i * bits;
+    dst[bit / 8] |= static_cast<uint8_t>((static_cast<unsigned>(src[i]) & mask) << (bit % 8));
+  }
+  return out;
+}
+
+Tensor unpack_codes(const Tensor& packed, const Shape& shape, int bits) {
+  check_pack_bits("unpack_codes", bits);
+  const int64_t n = shape.numel();
+  if (packed.dtype() != DType::kU8 || packed.rank() != 1 || packed.numel() != packed_size(n, bits))
+    LOWBIT_THROW(ValueError, "unpack_codes: ", n, " codes of ", bits, " bits need u8[",
+                 packed_size(n, bits), "] (ceil(numel * bits / 8) bytes) but found ",
+                 dtype_name(packed.dtype()), packed.shape().str());
+  const Tensor& p = packed;
+  const uint8_t* src = p.data<uint8_t>();
+  Tensor out(shape, DType::kS8);
+  int8_t* dst = out.data<int8_t>();
+  const unsigned mask = (1u << bits) - 1, sign = 1u << (bits - 1);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t bit = i * bits;
+    const unsigned v = (static_cast<unsigned>(src[bit / 8]) >> (bit % 8)) & mask;
+    dst[i] = static_cast<int8_t>(static_cast<int>(v ^ sign) - static_cast<int>(sign));
+  }
+  if (n * bits % 8 != 0 && (src[p.numel() - 1] >> (n * bits % 8)) != 0)
+    LOWBIT_THROW(ValueError, "unpack_codes: the padding bits after the last of ", n,
+                 " codes are not zero (corrupted data)");
+  return out;
+}
+
+int64_t IntegerModel::constant_bytes(bool packed) const {
   int64_t b = 0;
-  for (const IntegerTensor& t : tensors)
-    if (t.data.defined()) b += static_cast<int64_t>(t.data.nbytes());
+  for (const IntegerTensor& t : tensors) {
+    if (!t.data.defined()) continue;
+    const int bits = t.bits();
+    b += packed && t.dtype == DType::kS8 && bits < 8 ? packed_size(t.data.numel(), bits)
+                                                     : static_cast<int64_t>(t.data.nbytes());
+  }
   return b;
 }
 
@@ -112,7 +185,18 @@ int64_t IntegerModel::constant_bytes() const {
 namespace {
 
 constexpr const char* kMetaKey = "lowbit.integer_model";
-constexpr int kFormatVersion = 1;
+// Version 2 (packed low-bit weights, "bits") reads version 1 (every code in a byte) too; a
+// version-1 loader refuses version 2 by its number.
+constexpr int kFormatVersion = 2;
+constexpr int kOldestFormatVersion = 1;
+
+// The bits a constant is stored with under `options`: 2 or 4 (packed), or 0 (one code per
+// element of its dtype).
+int stored_bits(const IntegerTensor& t, const SaveOptions& options) {
+  if (!options.pack || !t.data.defined() || t.dtype != DType::kS8) return 0;
+  const int b = t.bits();
+  return b < 8 ? b : 0;
+}
 
 Json attr_json(const Attr& a) {
   return std::visit(
@@ -136,6 +220,38 @@ Json attr_json(const Attr& a) {
       a.get());
 }
 
+// An integer of JSON, in T's range: false for a float (1e30 converted to an integer would be
+// undefined behaviour), a bool, or an integer T cannot hold (a version of 2^32 + 1 must not read
+// as 1).
+template <class T>
+bool json_int(const Json& v, T* out) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<T>::max())) return false;
+    *out = static_cast<T>(u);
+    return true;
+  }
+  const int64_t i = v.get<int64_t>();
+  if (i < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+      i > static_cast<int64_t>(std::numeric_limits<T>::max()))
+    return false;
+  *out = static_cast<T>(i);
+  return true;
+}
+
+template <class T>
+bool json_ints(const Json& v, std::vector<T>* out) {
+  if (!v.is_array()) return false;
+  out->clear();
+  for (const Json& e : v) {
+    T x;
+    if (!json_int(e, &x)) return false;
+    out->push_back(x);
+  }
+  return true;
+}
+
 Attr attr_from_json(const Json& j, const std::string& where) {
   if (!j.is_object() || j.size() != 1)
     LOWBIT_THROW(ValueError, where, ": expected an object with one of i, f, b, s, ints, floats");
@@ -143,11 +259,19 @@ Attr attr_from_json(const Json& j, const std::string& where) {
   const std::string k = j.begin().key();
   const Json& v = j.begin().value();
   try {
-    if (k == "i") return Attr(v.get<int64_t>());
+    if (k == "i") {
+      int64_t i;
+      if (!json_int(v, &i)) LOWBIT_THROW(ValueError, where, ": expected an int64 integer");
+      return Attr(i);
+    }
     if (k == "f") return Attr(v.get<double>());
     if (k == "b") return Attr(v.get<bool>());
     if (k == "s") return Attr(v.get<std::string>());
-    if (k == "ints") return Attr(v.get<std::vector<int64_t>>());
+    if (k == "ints") {
+      std::vector<int64_t> l;
+      if (!json_ints(v, &l)) LOWBIT_THROW(ValueError, where, ": expected a list of int64 integers");
+      return Attr(std::move(l));
+    }
     if (k == "floats") return Attr(v.get<std::vector<double>>());
   } catch (const Json::exception& e) {
     LOWBIT_THROW(ValueError, where, ": ", e.what());
@@ -157,7 +281,7 @@ Attr attr_from_json(const Json& j, const std::string& where) {
 
 }  // namespace
 
-std::string IntegerModel::graph_json() const {
+std::string IntegerModel::graph_json(const SaveOptions& options) const {
   Json j;
   j["format"] = "lowbit.integer_model";
   j["version"] = kFormatVersion;
@@ -175,6 +299,7 @@ std::string IntegerModel::graph_json() const {
     e["qmin"] = t.qmin;
     e["qmax"] = t.qmax;
     e["constant"] = t.data.defined();
+    if (const int b = stored_bits(t, options)) e["bits"] = b;
     ts.push_back(e);
   }
   j["tensors"] = ts;
@@ -195,11 +320,14 @@ std::string IntegerModel::graph_json() const {
   return j.dump();
 }
 
-void IntegerModel::save(const std::string& path) const {
+void IntegerModel::save(const std::string& path, const SaveOptions& options) const {
   io::SafetensorsFile f;
-  f.metadata[kMetaKey] = graph_json();
-  for (const IntegerTensor& t : tensors)
-    if (t.data.defined()) f.tensors.emplace_back(t.name, t.data);
+  f.metadata[kMetaKey] = graph_json(options);
+  for (const IntegerTensor& t : tensors) {
+    if (!t.data.defined()) continue;
+    const int b = stored_bits(t, options);
+    f.tensors.emplace_back(t.name, b ? pack_codes(t.data, b) : t.data);
+  }
   io::write_safetensors(path, f);
 }
 
@@ -212,17 +340,152 @@ namespace {
 template <class T>
 T field(const std::string& path, const Json& j, const char* key, const std::string& where) {
   if (!j.is_object() || !j.contains(key)) bad(path, where + ": field '" + key + "' is missing");
-  try {
-    return j.at(key).get<T>();
-  } catch (const Json::exception&) {
-    bad(path, where + ": field '" + key + "' has the wrong type");
+  const Json& v = j.at(key);
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    T x;
+    if (!json_int(v, &x)) bad(path, where + ": field '" + key + "' is not an integer in range");
+    return x;
+  } else if constexpr (std::is_same_v<T, std::vector<int>> ||
+                       std::is_same_v<T, std::vector<int32_t>> ||
+                       std::is_same_v<T, std::vector<int64_t>>) {
+    T x;
+    if (!json_ints(v, &x))
+      bad(path, where + ": field '" + key + "' is not a list of integers in range");
+    return x;
+  } else {
+    try {
+      return v.get<T>();
+    } catch (const Json::exception&) {
+      bad(path, where + ": field '" + key + "' has the wrong type");
+    }
+  }
+}
+
+// The attributes each op takes and their kinds: anything else is refused by name, so that no
+// later reader (inspect, the kernels' prepare steps) meets an attribute of a kind it does not
+// expect. Kinds: 'i' int, 'f' number, 's' string, 'F' list of numbers, 'W' a window int or list
+// of ints (strides, dilations, ksize, pads), 'L' a list of ints (reshape's shape).
+const std::map<std::string, std::map<std::string, char>>& op_attributes() {
+  static const std::map<std::string, char> kOut = {
+      {"output_scale", 'f'}, {"output_zero_point", 'i'}, {"rounding", 's'}};
+  auto with = [](std::map<std::string, char> a, const std::map<std::string, char>& b) {
+    a.insert(b.begin(), b.end());
+    return a;
+  };
+  static const std::map<std::string, char> kDense = with({{"input_scale", 'f'},
+                                                          {"input_zero_point", 'i'},
+                                                          {"weight_scales", 'F'},
+                                                          {"activation", 's'},
+                                                          {"act_min", 'i'},
+                                                          {"act_max", 'i'}},
+                                                         kOut);
+  static const std::map<std::string, char> kPool = {
+      {"ksize", 'W'}, {"strides", 'W'}, {"padding", 's'}, {"act_min", 'i'}, {"act_max", 'i'}};
+  static const std::map<std::string, char> kRnn = {
+      {"input_scale", 'f'},       {"input_zero_point", 'i'},    {"hidden_scale", 'f'},
+      {"hidden_zero_point", 'i'}, {"input_weight_scales", 'F'}, {"recurrent_weight_scales", 'F'},
+      {"return_sequences", 'b'},  {"go_backwards", 'b'},        {"zero_output_for_mask", 'b'}};
+  static const std::map<std::string, std::map<std::string, char>> kOps = {
+      {"qconv2d", with(kDense, {{"strides", 'W'},
+                                {"dilations", 'W'},
+                                {"padding", 's'},
+                                {"pads", 'W'},
+                                {"groups", 'i'}})},
+      {"qfully_connected", kDense},
+      {"qmax_pool2d", kPool},
+      {"qavg_pool2d", with(with(kPool, kOut), {{"input_scale", 'f'}, {"input_zero_point", 'i'}})},
+      {"qadd", with(kOut, {{"input1_scale", 'f'},
+                           {"input1_zero_point", 'i'},
+                           {"input2_scale", 'f'},
+                           {"input2_zero_point", 'i'},
+                           {"activation", 's'},
+                           {"act_min", 'i'},
+                           {"act_max", 'i'}})},
+      {"requantize",
+       with(kOut,
+            {{"input_scale", 'f'}, {"input_zero_point", 'i'}, {"act_min", 'i'}, {"act_max", 'i'}})},
+      {"concat", {{"axis", 'i'}}},
+      {"quantize", {{"scale", 'f'}, {"zero_point", 'i'}}},
+      {"dequantize", {{"scale", 'f'}, {"zero_point", 'i'}}},
+      {"reshape", {{"shape", 'L'}}},
+      {"qlstm", with(kRnn, {{"cell_int_bits", 'i'}})},
+      {"qgru", with(kRnn, {{"reset_after", 'b'}})},
+      {"timestep_mask", {{"mask_value", 'f'}}}};
+  return kOps;
+}
+
+// Checks one attribute against its kind, with bounds that keep the shape rules' arithmetic
+// (window sizes times dilations, a pool's per-window-size table, reshape's element count) far
+// from overflow and huge allocations.
+void check_attr(const std::string& path, const std::string& where, const std::string& k, char kind,
+                const Attr& a) {
+  const Attr::Variant& v = a.get();
+  const std::string at = where + ": attribute '" + k + "'";
+  constexpr int64_t kMaxWindow = 1 << 16;  // strides, dilations, ksize, pads
+  constexpr int64_t kMaxElems = int64_t{1} << 40;
+  switch (kind) {
+    case 'i':
+      if (!std::holds_alternative<int64_t>(v)) bad(path, at + ": expected an int");
+      if (k == "groups" && (std::get<int64_t>(v) < 1 || std::get<int64_t>(v) > kMaxWindow))
+        bad(path, at + ": expected 1 <= groups <= 65536");
+      return;
+    case 'f':
+      if (!std::holds_alternative<double>(v) && !std::holds_alternative<int64_t>(v))
+        bad(path, at + ": expected a number");
+      return;
+    case 's':
+      if (!std::holds_alternative<std::string>(v)) bad(path, at + ": expected a string");
+      return;
+    case 'b':
+      if (!std::holds_alternative<bool>(v)) bad(path, at + ": expected true or false");
+      return;
+    case 'F':
+      if (!std::holds_alternative<std::vector<double>>(v))
+        bad(path, at + ": expected a list of numbers");
+      return;
+    case 'W': {
+      std::vector<int64_t> l;
+      if (const auto* i = std::get_if<int64_t>(&v))
+        l = {*i};
+      else if (const auto* p = std::get_if<std::vector<int64_t>>(&v))
+        l = *p;
+      else
+        bad(path, at + ": expected an int or a list of ints");
+      for (int64_t x : l)
+        if (x < 0 || x > kMaxWindow) bad(path, at + ": expected values in [0, 65536]");
+      if (k == "ksize" && l.size() == 2 && l[0] * l[1] > (int64_t{1} << 20))
+        bad(path, at + ": a window of more than 2^20 taps");
+      if (k == "ksize" && l.size() == 1 && l[0] * l[0] > (int64_t{1} << 20))
+        bad(path, at + ": a window of more than 2^20 taps");
+      return;
+    }
+    case 'L': {
+      const auto* l = std::get_if<std::vector<int64_t>>(&v);
+      if (!l) bad(path, at + ": expected a list of ints");
+      int64_t n = 1;
+      for (int64_t x : *l) {
+        if (x < kUnknown) bad(path, at + ": a dim below -1");
+        if (x > 0 && n > kMaxElems / x) bad(path, at + ": more than 2^40 elements");
+        if (x > 0) n *= x;
+      }
+      return;
+    }
+    default:
+      bad(path, at + ": unknown kind");
   }
 }
 
 }  // namespace
 
 IntegerModel IntegerModel::load(const std::string& path) {
-  const io::SafetensorsFile f = io::read_safetensors(path);
+  return from_safetensors(io::read_safetensors(path), path);
+}
+
+IntegerModel IntegerModel::load_bytes(const void* data, size_t size, const std::string& name) {
+  return from_safetensors(io::read_safetensors_bytes(data, size, name), name);
+}
+
+IntegerModel IntegerModel::from_safetensors(const io::SafetensorsFile& f, const std::string& path) {
   const auto meta = f.metadata.find(kMetaKey);
   if (meta == f.metadata.end())
     bad(path, std::string("no '") + kMetaKey +
@@ -235,9 +498,11 @@ IntegerModel IntegerModel::load(const std::string& path) {
   }
   if (field<std::string>(path, j, "format", "graph") != "lowbit.integer_model")
     bad(path, "graph: field 'format' is not 'lowbit.integer_model'");
-  if (const int v = field<int>(path, j, "version", "graph"); v != kFormatVersion)
-    bad(path, "graph: version " + std::to_string(v) + " is not supported (this build reads " +
-                  std::to_string(kFormatVersion) + ")");
+  const int version = field<int>(path, j, "version", "graph");
+  if (version < kOldestFormatVersion || version > kFormatVersion)
+    bad(path, "graph: version " + std::to_string(version) + " is not supported (this build reads " +
+                  std::to_string(kOldestFormatVersion) + " to " + std::to_string(kFormatVersion) +
+                  ")");
   IntegerModel m;
   m.name = field<std::string>(path, j, "name", "graph");
   const Json ts = j.contains("tensors") ? j.at("tensors") : Json();
@@ -272,13 +537,53 @@ IntegerModel IntegerModel::load(const std::string& path) {
       for (int32_t zp : t.zero_point)
         if (zp < -128 || zp > 127) bad(path, where + ": field 'zero_point' is outside int8");
     }
-    if (field<bool>(path, e, "constant", where)) {
+    const bool constant = field<bool>(path, e, "constant", where);
+    int bits = 0;  // packed: 2 or 4
+    if (e.contains("bits")) {
+      if (version < 2) bad(path, where + ": field 'bits' (packed data) needs format version 2");
+      bits = field<int>(path, e, "bits", where);
+      if (bits != 2 && bits != 4)
+        bad(path, where + ": field 'bits' is " + std::to_string(bits) +
+                      ", an unknown bit width (packed tensors have 2 or 4)");
+      if (!constant || t.dtype != DType::kS8)
+        bad(path, where + ": field 'bits' is only for s8 constants (this is " +
+                      (constant ? std::string(dtype_name(t.dtype)) + " constant" : "no constant") +
+                      ")");
+      const int lo = -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
+      if (t.qmin < lo || t.qmax > hi)
+        bad(path, where + ": fields 'qmin', 'qmax' [" + std::to_string(t.qmin) + ", " +
+                      std::to_string(t.qmax) + "] do not fit field 'bits' " + std::to_string(bits) +
+                      " ([" + std::to_string(lo) + ", " + std::to_string(hi) + "])");
+    }
+    if (constant) {
       const Tensor* d = f.find(t.name);
       if (!d) bad(path, where + ": constant data is missing from the file");
-      if (d->dtype() != t.dtype || d->shape() != t.shape)
-        bad(path, where + ": data is " + dtype_name(d->dtype()) + d->shape().str() +
-                      " but the graph says " + dtype_name(t.dtype) + t.shape.str());
-      t.data = *d;
+      if (bits) {
+        const int64_t want = (t.shape.numel() * bits + 7) / 8;
+        if (d->dtype() != DType::kU8 || d->rank() != 1 || d->numel() != want)
+          bad(path, where + ": packed data is " + dtype_name(d->dtype()) + d->shape().str() +
+                        " but field 'bits' " + std::to_string(bits) + " and shape " +
+                        t.shape.str() + " need u8[" + std::to_string(want) +
+                        "] (ceil(numel * bits / 8) bytes)");
+        try {
+          t.data = unpack_codes(*d, t.shape, bits);  // once: the kernels read s8
+        } catch (const ValueError& err) {
+          bad(path, where + ": " + err.what());
+        }
+      } else {
+        if (d->dtype() != t.dtype || d->shape() != t.shape)
+          bad(path, where + ": data is " + dtype_name(d->dtype()) + d->shape().str() +
+                        " but the graph says " + dtype_name(t.dtype) + t.shape.str());
+        t.data = *d;
+      }
+      if (t.dtype == DType::kS8) {
+        const int8_t* q = t.data.data<int8_t>();
+        for (int64_t k = 0; k < t.data.numel(); ++k)
+          if (q[k] < t.qmin || q[k] > t.qmax)
+            bad(path, where + ": code " + std::to_string(q[k]) + " at element " +
+                          std::to_string(k) + " is outside the tensor's fields 'qmin', 'qmax' [" +
+                          std::to_string(t.qmin) + ", " + std::to_string(t.qmax) + "]");
+      }
       used.insert(t.name);
     }
     m.tensors.push_back(std::move(t));
@@ -288,14 +593,27 @@ IntegerModel IntegerModel::load(const std::string& path) {
   m.output = field<int>(path, j, "output", "graph");
   if (m.input < 0 || m.input >= n || m.output < 0 || m.output >= n)
     bad(path, "graph: 'input' or 'output' is not a tensor index");
+  // predict feeds f32 [batch, ...] and returns f32 [batch, ...]: the input an activation of
+  // known dims after the batch, both f32.
+  {
+    const IntegerTensor& in = m.tensors[m.input];
+    const IntegerTensor& out = m.tensors[m.output];
+    if (in.dtype != DType::kF32 || in.data.defined() || in.shape.rank() < 1 ||
+        in.shape[0] != kUnknown)
+      bad(path, "graph: input tensor '" + in.name +
+                    "' must be f32 [?, ...] (an activation, the batch dim unknown)");
+    for (int d = 1; d < in.shape.rank(); ++d)
+      if (in.shape[d] == kUnknown)
+        bad(path, "graph: input tensor '" + in.name + "' has an unknown dim after the batch");
+    if (out.dtype != DType::kF32 || out.shape.rank() < 1 || out.shape[0] != kUnknown)
+      bad(path, "graph: output tensor '" + out.name + "' must be f32 [?, ...]");
+  }
   const Json os = j.contains("ops") ? j.at("ops") : Json();
   if (!os.is_array()) bad(path, "graph: field 'ops' must be a list");
   std::vector<bool> written(n, false);
   written[m.input] = true;
   for (int i = 0; i < n; ++i) written[i] = written[i] || m.tensors[i].data.defined();
-  static const std::set<std::string> kOps = {
-      "qconv2d",    "qfully_connected", "qmax_pool2d", "qavg_pool2d", "qadd",
-      "requantize", "quantize",         "dequantize",  "reshape",     "concat"};
+  const auto& kOps = op_attributes();
   for (size_t i = 0; i < os.size(); ++i) {
     const Json& e = os[i];
     IntegerOp op;
@@ -318,9 +636,26 @@ IntegerModel IntegerModel::load(const std::string& path) {
     written[op.output] = true;
     const Json a = e.contains("attrs") ? e.at("attrs") : Json::object();
     if (!a.is_object()) bad(path, where + ": field 'attrs' must be an object");
-    for (const auto& [k, v] : a.items())
+    const std::map<std::string, char>& takes = kOps.at(op.op);
+    for (const auto& [k, v] : a.items()) {
+      const auto kind = takes.find(k);
+      if (kind == takes.end())
+        bad(path, where + ": attribute '" + k + "' is not one that " + op.op + " takes");
       op.attrs.set(k, attr_from_json(v, "IntegerModel::load: " + path + ": " + where +
                                             ": attribute '" + k + "'"));
+      check_attr(path, where, k, kind->second, op.attrs.items().at(k));
+    }
+    if (op.op == "qlstm" || op.op == "qgru") {
+      // x, w_x, w_h, bias(es) [, mask]: the op's shape rule checks them all when the graph is
+      // built below; here the biases, so the message names the tensor.
+      const size_t nb = op.op == "qlstm" ? 1 : 2;
+      for (size_t k = 3; k < 3 + nb && k < op.inputs.size(); ++k) {
+        const IntegerTensor& b = m.tensors[op.inputs[k]];
+        if (b.dtype != DType::kS32)
+          bad(path,
+              where + ": bias tensor '" + b.name + "' must be s32 but is " + dtype_name(b.dtype));
+      }
+    }
     if ((op.op == "qconv2d" || op.op == "qfully_connected") && op.inputs.size() == 3) {
       const IntegerTensor& b = m.tensors[op.inputs[2]];
       if (b.dtype != DType::kS32)
@@ -380,6 +715,17 @@ Json inspect_op(const IntegerModel& m, const IntegerOp& op) {
   e["input"] = {{"scale", s_in}, {"zero_point", zp_in}};
   e["output"] = {{"scale", s_out}, {"zero_point", zp_out}};
   e["activation"] = op.activation;
+  {
+    const IntegerTensor& w = m.tensors.at(op.inputs.at(1));
+    const int64_t n = w.shape.numel();
+    const int bits = w.bits();
+    e["weights"] = {{"name", w.name},
+                    {"shape", w.shape.dims()},
+                    {"codes", {w.qmin, w.qmax}},
+                    {"bits", bits},
+                    {"bytes", n},
+                    {"packed_bytes", bits < 8 ? packed_size(n, bits) : n}};
+  }
   const Rounding r = a.s("rounding", "double") == "single" ? Rounding::kSingle : Rounding::kDouble;
   const FusedActivation act = fused_activation_from_name(a.s("activation", "none"));
   Json ch = Json::array();
@@ -624,6 +970,18 @@ std::string IntegerModel::inspect_table() const {
                   e["output"]["scale"].get<double>(), e["output"]["zero_point"].get<int>(),
                   op.activation.c_str());
     os << line;
+    const Json& w = e["weights"];
+    const int wbits = w["bits"].get<int>();
+    std::snprintf(line, sizeof line, "  weights %s %s: codes [%d, %d], %d-bit",
+                  w["name"].get<std::string>().c_str(),
+                  Shape(w["shape"].get<std::vector<int64_t>>()).str().c_str(),
+                  w["codes"][0].get<int>(), w["codes"][1].get<int>(), wbits);
+    os << line;
+    if (wbits < 8)
+      os << ", packed " << w["packed_bytes"].get<int64_t>() << " bytes (" << 8 / wbits
+         << " codes a byte; " << w["bytes"].get<int64_t>() << " as int8)\n";
+    else
+      os << ", " << w["bytes"].get<int64_t>() << " bytes (one code a byte)\n";
     std::snprintf(line, sizeof line, "  %4s %13s %13s %5s %13s %11s %6s %13s %9s %11s\n", "ch",
                   "s_w", "bias scale", "=s*s", "M", "M0", "shift", "M0*2^(s-31)", "rel err",
                   "clamp");

@@ -9,6 +9,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "lowbit/fixed_point.h"
@@ -164,15 +167,40 @@ Attrs fast_attrs(int64_t channels, const Quant& q) {
 // Every listed row that runs here against the reference (exact), on random codes; returns how
 // many rows ran.
 int fast_conv_case(const Shape& xs, const Shape& ws, const Attrs& window, const Quant& q,
-                   uint64_t seed) {
+                   uint64_t seed, const std::function<bool(const FastKernel&)>& which = {},
+                   int64_t bias_range = 20000) {
   Rng rng(seed);
   const Tensor x = random_int_tensor(xs, rng, -128, 127, DType::kS8);
   const Tensor w = random_int_tensor(ws, rng, -128, 127, DType::kS8);
-  const Tensor b = random_int_tensor({ws[3]}, rng, -20000, 20000, DType::kS32);
+  const Tensor b = random_int_tensor({ws[3]}, rng, -bias_range, bias_range, DType::kS32);
   Attrs a = fast_attrs(ws[3], q);
   for (const auto& [k, v] : window.items()) a.set(k, v);
   SCOPED_TRACE("x " + xs.str() + " w " + ws.str() + " " + a.str());
-  return expect_fast_matches_reference("qconv2d", {x, w, b}, a, 0.0, 0.0);
+  return expect_fast_matches_reference("qconv2d", {x, w, b}, a, 0.0, 0.0, which);
+}
+
+// The qconv2d rows that must run on this geometry: the general rows always, the depthwise row
+// when groups == in_c > 1 (k_h <= 16), the few-input-channel row when groups == 1, in_c <= 4
+// and the dilation along w is 1 (kernels/fast/int8.h).
+int conv_rows(const Shape& xs, const Shape& ws, const Attrs& window) {
+  const int64_t groups = window.has("groups") ? window.i("groups") : 1;
+  const int64_t in_c = xs[3];
+  const int64_t dil_w = window.has("dilations") ? window.ints("dilations")[1] : 1;
+  int n = 0;
+  for (const FastKernel& fk : find_op("qconv2d").fast) {
+    if (!cpu_has(fk.isa)) continue;
+    if (fk.name.find("depthwise") != std::string::npos)
+      n += groups > 1 && groups == in_c && ws[0] <= 16;
+    else if (fk.name.find("fewc") != std::string::npos)
+      n += groups == 1 && in_c <= 4 && dil_w == 1;
+    else
+      ++n;
+  }
+  return n;
+}
+
+bool row_named(const FastKernel& fk, const char* part) {
+  return fk.name.find(part) != std::string::npos;
 }
 
 int fast_fc_case(const Shape& xs, int64_t units, const Quant& q, uint64_t seed) {
@@ -194,14 +222,14 @@ int runnable_rows(const std::string& op) {
 }
 
 TEST(QConv2DFast, MatchesTheReferenceOnEdgeShapes) {
-  const int rows = runnable_rows("qconv2d");
   const Attrs same{{"padding", "same"}};
   uint64_t seed = 100;
   // Output channels around both tile widths (16 for AVX2, 32 for AVX-512), odd input channels,
   // batch 1 and 2, pixel counts that leave row tails.
   for (int64_t oc : {1, 7, 15, 16, 17, 31, 32, 33, 64, 65})
     for (int64_t ic : {1, 3, 5, 16})
-      EXPECT_EQ(fast_conv_case({oc % 2 ? 1 : 2, 5, 6, ic}, {3, 3, ic, oc}, same, {}, seed++), rows);
+      EXPECT_EQ(fast_conv_case({oc % 2 ? 1 : 2, 5, 6, ic}, {3, 3, ic, oc}, same, {}, seed++),
+                conv_rows({1, 5, 6, ic}, {3, 3, ic, oc}, same));
   const std::vector<std::pair<std::pair<Shape, Shape>, Attrs>> windows = {
       {{{1, 7, 7, 5}, {3, 3, 5, 7}}, {}},  // valid
       {{{2, 9, 8, 3}, {3, 3, 3, 9}}, {{"strides", {2, 2}}, {"padding", "same"}}},
@@ -223,11 +251,14 @@ TEST(QConv2DFast, MatchesTheReferenceOnEdgeShapes) {
       {{{2, 40, 40, 96}, {3, 3, 1, 96}}, {{"groups", 96}, {"padding", "same"}}},
   };
   for (const auto& [shapes, window] : windows)
-    EXPECT_EQ(fast_conv_case(shapes.first, shapes.second, window, {}, seed++), rows);
+    EXPECT_EQ(fast_conv_case(shapes.first, shapes.second, window, {}, seed++),
+              conv_rows(shapes.first, shapes.second, window));
 }
 
 TEST(QConv2DFast, MatchesTheReferenceForEveryOutputStage) {
-  const int rows = runnable_rows("qconv2d");
+  const Attrs same{{"padding", "same"}}, dw{{"groups", 17}, {"padding", "same"}};
+  const int rows = conv_rows({1, 5, 5, 3}, {3, 3, 3, 33}, same);
+  const int dw_rows = conv_rows({1, 6, 6, 17}, {3, 3, 1, 17}, dw);
   std::vector<Quant> quants;
   for (const char* rounding : {"double", "single"})
     for (const char* act : {"none", "relu", "relu6"})
@@ -245,14 +276,129 @@ TEST(QConv2DFast, MatchesTheReferenceForEveryOutputStage) {
   }
   uint64_t seed = 300;
   for (const Quant& q : quants) {
-    EXPECT_EQ(fast_conv_case({1, 5, 5, 3}, {3, 3, 3, 33}, {{"padding", "same"}}, q, seed++), rows);
-    EXPECT_EQ(fast_conv_case({1, 6, 6, 17}, {3, 3, 1, 17}, {{"groups", 17}, {"padding", "same"}}, q,
+    EXPECT_EQ(fast_conv_case({1, 5, 5, 3}, {3, 3, 3, 33}, same, q, seed++), rows);
+    EXPECT_EQ(fast_conv_case({1, 6, 6, 17}, {3, 3, 1, 17}, dw, q, seed++), dw_rows);
+    // 81 channels: a 64-channel chunk (the depthwise row's packed order) and a 17-channel tail.
+    EXPECT_EQ(fast_conv_case({1, 5, 4, 81}, {3, 3, 1, 81}, {{"groups", 81}, {"padding", "same"}}, q,
                              seed++),
-              rows);
+              dw_rows);
+    // Depthwise with multiplier 2, and an input with 9 channels (the general rows).
+    EXPECT_EQ(fast_conv_case({1, 5, 4, 9}, {3, 3, 1, 18}, {{"groups", 9}, {"padding", "same"}}, q,
+                             seed++),
+              conv_rows({1, 5, 4, 9}, {3, 3, 1, 18}, {{"groups", 9}}));
   }
   // A narrower clamp (act_min / act_max).
   Attrs a{{"padding", "same"}, {"act_min", -20}, {"act_max", 30}};
   EXPECT_EQ(fast_conv_case({1, 5, 5, 3}, {3, 3, 3, 20}, a, {}, seed++), rows);
+  Attrs ad{{"padding", "same"}, {"groups", 17}, {"act_min", -20}, {"act_max", 30}};
+  EXPECT_EQ(fast_conv_case({1, 6, 6, 17}, {3, 3, 1, 17}, ad, {}, seed++), dw_rows);
+  Attrs ad81{{"padding", "same"}, {"groups", 81}, {"act_min", -20}, {"act_max", 30}};
+  EXPECT_EQ(fast_conv_case({1, 5, 4, 81}, {3, 3, 1, 81}, ad81, {}, seed++), dw_rows);
+  // Biases near +-2^30: the lean output stage declines (kernels/fast/int8.cc, set_lean); the
+  // accumulators may wrap modulo 2^32 as the reference's int32 arithmetic does not, so keep the
+  // sums inside int32 (|bias| <= 2^30, 9 taps of at most 255 * 128).
+  for (const bool pc : {true, false}) {
+    const Quant q{.per_channel = pc, .act = "relu6"};
+    EXPECT_EQ(fast_conv_case({1, 6, 6, 17}, {3, 3, 1, 17}, dw, q, seed++, {}, int64_t{1} << 30),
+              dw_rows);
+    EXPECT_EQ(fast_conv_case({1, 5, 4, 81}, {3, 3, 1, 81}, {{"groups", 81}, {"padding", "same"}}, q,
+                             seed++, {}, int64_t{1} << 30),
+              dw_rows);
+    EXPECT_EQ(fast_conv_case({1, 5, 5, 3}, {3, 3, 3, 33}, same, q, seed++, {}, int64_t{1} << 30),
+              rows);
+  }
+}
+
+// The depthwise row (groups == in_c) on the edge shapes of its loops: channels around the 16-lane
+// blocks and the 64-channel chunks, depth multipliers 1 and 2, kernels 1x1 / 3x3 / 5x5, strides,
+// dilation, same / valid padding, batch 1 and 3, inputs smaller than the kernel (same padding).
+TEST(QConv2DFast, DepthwiseRowMatchesTheReference) {
+  const int want = cpu_has(Isa::kAvx512Vnni) ? 1 : 0;
+  auto dw_row = [](const FastKernel& fk) { return row_named(fk, "depthwise"); };
+  uint64_t seed = 900;
+  int cases = 0;
+  for (int64_t c : {2, 15, 16, 17, 31, 32, 33, 65, 145})
+    for (int64_t mult : {1, 2})
+      for (int64_t k : {1, 3, 5})
+        for (int64_t stride : {1, 2})
+          for (int64_t dil : {1, 2})
+            for (const bool same : {true, false}) {
+              const int64_t k_eff = (k - 1) * dil + 1;
+              // Same padding: alternately a 4 x 3 input (smaller than a 5x5 window) and 7 x 6.
+              const int64_t h = same ? (seed % 2 ? 4 : 7) : k_eff + 1, w = same ? h - 1 : k_eff;
+              const int64_t batch = seed % 3 == 0 ? 3 : 1;
+              Attrs window{{"groups", c},
+                           {"strides", {stride, stride}},
+                           {"dilations", {dil, dil}},
+                           {"padding", same ? "same" : "valid"}};
+              const Quant q{.per_channel = seed % 2 == 0,
+                            .act = seed % 3 == 0 ? "relu" : (seed % 3 == 1 ? "relu6" : "none")};
+              EXPECT_EQ(
+                  fast_conv_case({batch, h, w, c}, {k, k, 1, c * mult}, window, q, seed++, dw_row),
+                  want);
+              ++cases;
+            }
+  // Large enough to split across threads; a 7x7 window (two row groups of four).
+  EXPECT_EQ(fast_conv_case({2, 40, 40, 96}, {3, 3, 1, 96}, {{"groups", 96}, {"padding", "same"}},
+                           {}, seed++, dw_row),
+            want);
+  EXPECT_EQ(fast_conv_case({1, 9, 9, 20}, {7, 7, 1, 20}, {{"groups", 20}, {"padding", "same"}}, {},
+                           seed++, dw_row),
+            want);
+  EXPECT_GT(cases, 0);
+}
+
+// The few-input-channel row (groups == 1, in_c <= 4): the first conv of a network.
+TEST(QConv2DFast, FewInputChannelRowMatchesTheReference) {
+  const int want = cpu_has(Isa::kAvx512Vnni) ? 1 : 0;
+  auto few_row = [](const FastKernel& fk) { return row_named(fk, "fewc"); };
+  uint64_t seed = 1900;
+  for (int64_t c : {1, 2, 3, 4})
+    for (int64_t oc : {1, 15, 16, 17, 32, 33, 65})
+      for (int64_t k : {1, 3, 5})
+        for (int64_t stride : {1, 2})
+          for (const bool same : {true, false}) {
+            const int64_t h = same ? (seed % 2 ? 4 : 9) : k + 2, w = same ? h - 1 : k + 5;
+            const int64_t batch = seed % 3 == 0 ? 3 : 1;
+            Attrs window{{"strides", {stride, stride}}, {"padding", same ? "same" : "valid"}};
+            if (seed % 4 == 0) window.set("dilations", std::vector<int64_t>{2, 1});
+            if (!same && seed % 4 == 0) continue;  // valid padding: keep the window inside
+            const Quant q{.per_channel = seed % 2 == 0,
+                          .act = seed % 3 == 0 ? "relu" : (seed % 3 == 1 ? "relu6" : "none")};
+            EXPECT_EQ(fast_conv_case({batch, h, w, c}, {k, k, c, oc}, window, q, seed++, few_row),
+                      want);
+          }
+  // MobileNetV2's first conv (3x3 stride 2 on 3 channels) on a smaller image, threads split it.
+  EXPECT_EQ(fast_conv_case({1, 64, 64, 3}, {3, 3, 3, 32},
+                           {{"strides", {2, 2}}, {"padding", "same"}}, {}, seed++, few_row),
+            want);
+}
+
+// The executor's choice (KernelChoice::kFastest) on MobileNetV2's depthwise shape and on a
+// first conv is the specialised row, where the CPU has it.
+TEST(QConv2DFast, ChoosesTheDepthwiseAndFewChannelRows) {
+  if (!cpu_has(Isa::kAvx512Vnni)) GTEST_SKIP() << "no AVX-512 VNNI";
+  const OpDef& def = find_op("qconv2d");
+  auto chosen = [&](const Shape& xs, const Shape& ws, const Attrs& window) {
+    Attrs a = fast_attrs(ws[3], {});
+    for (const auto& [k, v] : window.items()) a.set(k, v);
+    std::vector<ValueType> in_t{{DType::kS8, xs}, {DType::kS8, ws}, {DType::kS32, Shape{ws[3]}}};
+    const std::vector<ValueType> out_t = infer_op(def, in_t, a);
+    std::vector<Tensor> in{Tensor(xs, DType::kS8), Tensor(ws, DType::kS8),
+                           Tensor(Shape{ws[3]}, DType::kS32)};
+    std::vector<Tensor> out{Tensor(out_t[0].shape, DType::kS8)};
+    const std::any params = prepare_op(def, in_t, out_t, a);
+    const FastKernel* fk = choose_kernel(def, KernelCtx{in, out, &params}, KernelChoice::kFastest);
+    return fk ? fk->name : std::string("reference");
+  };
+  EXPECT_EQ(chosen({1, 56, 56, 144}, {3, 3, 1, 144}, {{"groups", 144}, {"padding", "same"}}),
+            "qconv2d_depthwise_s8__avx512_vnni");
+  EXPECT_EQ(chosen({1, 224, 224, 3}, {3, 3, 3, 32}, {{"strides", {2, 2}}, {"padding", "same"}}),
+            "qconv2d_fewc_s8__avx512_vnni");
+  EXPECT_EQ(chosen({1, 28, 28, 1}, {3, 3, 1, 32}, {{"padding", "same"}}),
+            "qconv2d_fewc_s8__avx512_vnni");
+  EXPECT_EQ(chosen({1, 28, 28, 32}, {3, 3, 32, 64}, {{"padding", "same"}}),
+            "qconv2d_s8__avx512_vnni");
 }
 
 TEST(QFullyConnectedFast, MatchesTheReferenceOnEdgeShapes) {
@@ -279,14 +425,26 @@ TEST(QFullyConnectedFast, MatchesTheReferenceOnEdgeShapes) {
 // One plan's params run twice: the packed weights are reused for equal weights and redone for
 // new ones (the workspace compares what it packed).
 TEST(QConv2DFast, RepacksWhenTheWeightsChange) {
-  for (const char* op : {"qconv2d", "qfully_connected"}) {
+  struct Case {
+    const char* op;
+    Shape xs, ws;
+    int64_t groups;
+  };
+  // A general conv, a depthwise one, a first conv (3 input channels), a fully connected layer.
+  const Case cases[] = {{"qconv2d", {1, 6, 6, 8}, {3, 3, 8, 20}, 1},
+                        {"qconv2d", {1, 6, 6, 20}, {3, 3, 1, 20}, 20},
+                        {"qconv2d", {1, 6, 6, 3}, {3, 3, 3, 20}, 1},
+                        {"qfully_connected", {4, 24}, {24, 20}, 1}};
+  std::map<std::string, int> ran;
+  for (const Case& cs : cases) {
+    const char* op = cs.op;
     const OpDef& def = find_op(op);
     Rng rng(77);
     const bool conv = std::string(op) == "qconv2d";
-    const Shape xs = conv ? Shape{1, 6, 6, 8} : Shape{4, 24};
-    const Shape ws = conv ? Shape{3, 3, 8, 20} : Shape{24, 20};
+    const Shape xs = cs.xs, ws = cs.ws;
     Attrs a = fast_attrs(20, {});
     if (conv) a.set("padding", "same");
+    if (cs.groups > 1) a.set("groups", cs.groups);
     const Tensor x = random_int_tensor(xs, rng, -128, 127, DType::kS8);
     const Tensor b = random_int_tensor({20}, rng, -1000, 1000, DType::kS32);
     std::vector<ValueType> in_t{{DType::kS8, xs}, {DType::kS8, ws}, {DType::kS32, Shape{20}}};
@@ -301,7 +459,8 @@ TEST(QConv2DFast, RepacksWhenTheWeightsChange) {
           std::vector<Tensor> fast{Tensor(out_t[0].shape, DType::kS8)};
           std::vector<Tensor> ref{Tensor(out_t[0].shape, DType::kS8)};
           KernelCtx kf{in, fast, &params}, kr{in, ref, &params};
-          ASSERT_TRUE(!fk.supports || fk.supports(kf)) << fk.name;
+          if (fk.supports && !fk.supports(kf)) continue;  // a specialised row, another shape
+          ++ran[fk.name];
           fk.run(kf);
           def.reference(kr);
           EXPECT_TRUE(tensors_equal(fast[0], ref[0])) << fk.name << " round " << round;
@@ -309,6 +468,11 @@ TEST(QConv2DFast, RepacksWhenTheWeightsChange) {
       }
     }
   }
+  for (const char* op : {"qconv2d", "qfully_connected"})
+    for (const FastKernel& fk : find_op(op).fast)
+      if (cpu_has(fk.isa)) {
+        EXPECT_GT(ran[fk.name], 0) << fk.name;
+      }
 }
 
 TEST(QConv2DFast, DoesNotDependOnTheThreadCount) {
@@ -325,6 +489,25 @@ TEST(QConv2DFast, DoesNotDependOnTheThreadCount) {
   const Tensor two = ops::qconv2d(x, w, b, a);
   set_num_threads(before);
   EXPECT_TRUE(tensors_equal(one, two));
+  // The depthwise and first-conv rows split output rows too (above 2^21 / 2^22 multiply-adds).
+  const Tensor xd = random_int_tensor({2, 40, 40, 80}, rng, -128, 127, DType::kS8);
+  const Tensor wd = random_int_tensor({3, 3, 1, 80}, rng, -128, 127, DType::kS8);
+  const Tensor bd = random_int_tensor({80}, rng, -500, 500, DType::kS32);
+  Attrs ad = fast_attrs(80, {});
+  ad.set("padding", "same");
+  ad.set("groups", 80);
+  const Tensor xf = random_int_tensor({2, 96, 96, 3}, rng, -128, 127, DType::kS8);
+  const Tensor wf = random_int_tensor({3, 3, 3, 40}, rng, -128, 127, DType::kS8);
+  const Tensor bf = random_int_tensor({40}, rng, -500, 500, DType::kS32);
+  Attrs af = fast_attrs(40, {});
+  af.set("padding", "same");
+  set_num_threads(1);
+  const Tensor d1 = ops::qconv2d(xd, wd, bd, ad), f1 = ops::qconv2d(xf, wf, bf, af);
+  set_num_threads(2);
+  const Tensor d2 = ops::qconv2d(xd, wd, bd, ad), f2 = ops::qconv2d(xf, wf, bf, af);
+  set_num_threads(before);
+  EXPECT_TRUE(tensors_equal(d1, d2));
+  EXPECT_TRUE(tensors_equal(f1, f2));
 }
 
 TEST(QPool2DFast, MatchesTheReferenceOnEdgeShapes) {

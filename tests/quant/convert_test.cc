@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 
 #include "lowbit/data/idx.h"
@@ -249,12 +250,281 @@ TEST(IntegerModelFile, RoundTripsAndRefusesBadFiles) {
   rewrite([&](nn::Json& g) { tensor_named(g, "/kernel")["shape"][0] = 5; }, "but the graph says");
   rewrite([&](nn::Json& g) { g["ops"][2]["inputs"][0] = 999; }, "is not a tensor");
   rewrite([&](nn::Json& g) { g.erase("version"); }, "field 'version' is missing");
+  // What the fuzzer (fuzz/integer_model_load_fuzz.cc, docs/fuzzing.md) found, each refused by
+  // name: a 2^32 + 1 that an int read as 1, a float where an integer goes (undefined behaviour
+  // when converted), an attribute no op takes (inspect read it as another kind), an input that
+  // is not f32 (predict read its bytes as floats), a declared shape other than what the op
+  // computes (predict copied that many elements), a pool window of 2^32 taps (its shape rule
+  // allocated a table per window size).
+  rewrite([&](nn::Json& g) { g["version"] = 4294967297ull; }, "field 'version' is not an integer");
+  rewrite([&](nn::Json& g) { tensor_named(g, "/kernel")["shape"][0] = 1e30; },
+          "field 'shape' is not a list of integers");
+  rewrite([&](nn::Json& g) { g["ops"][1]["attrs"]["input_zero_point"] = {{"i", 1e30}}; },
+          "expected an int64 integer");
+  rewrite([&](nn::Json& g) { g["ops"][1]["attrs"]["scale"] = {{"s", "x"}}; },
+          "attribute 'scale' is not one that qconv2d takes");
+  rewrite([&](nn::Json& g) { g["ops"][2]["attrs"]["ksize"] = {{"ints", {65536, 65536}}}; },
+          "more than 2^20 taps");
+  rewrite([&](nn::Json& g) { g["tensors"][g["input"].get<int>()]["dtype"] = "s8"; },
+          "must be f32 [?, ...]");
+  rewrite(
+      [&](nn::Json& g) {
+        g["tensors"][g["ops"][1]["output"].get<int>()]["shape"] = {-1, 99, 99, 8};
+      },
+      "computes s8[?,");
+
+  // load_bytes: the same model from memory, the same refusals.
+  {
+    std::ifstream in(path, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    quant::IntegerModel mem = quant::IntegerModel::load_bytes(bytes.data(), bytes.size());
+    EXPECT_EQ(mem.graph_json(), im.graph_json());
+    EXPECT_TRUE(testing::tensors_equal(mem.predict(x), im.predict(x)));
+    EXPECT_THROW(quant::IntegerModel::load_bytes(bytes.data(), bytes.size() - 100), IoError);
+  }
+  // A safetensors header claiming 1e12 elements (or a float dim) is refused, not allocated.
+  auto header_only = [](const std::string& h) {
+    std::string b(8, '\0');
+    for (int i = 0; i < 8; ++i) b[i] = static_cast<char>((h.size() >> (8 * i)) & 0xff);
+    return b + h;
+  };
+  for (const auto& [header, needle] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"w":{"dtype":"I8","shape":[1000000,1000000],"data_offsets":[0,0]}})", "needs"},
+           {R"({"w":{"dtype":"I8","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}})",
+            "more than 2^40"},
+           {R"({"w":{"dtype":"I8","shape":[1e30],"data_offsets":[0,0]}})", "'shape' holds"},
+           {R"({"w":{"dtype":"I8","shape":[1],"data_offsets":[-1,0]}})", "lies outside the data"}}) {
+    const std::string b = header_only(header);
+    expect_throws_with<IoError>([&] { io::read_safetensors_bytes(b.data(), b.size()); }, needle);
+  }
   expect_throws_with<ValueError>(
       [&] {
         f->save(dir + "/float.lbm");
         quant::IntegerModel::load(dir + "/float.lbm");
       },
       "not an integer model");
+}
+
+// The packed layout of docs/integer-inference.md, byte by byte: little end first, two's
+// complement fields, zero padding.
+TEST(PackedCodes, LayoutIsLittleEndFirstTwosComplementZeroPadded) {
+  const Tensor four = Tensor::from_vector<int8_t>({-8, 7, -1, 0, 3}, {5});
+  const Tensor p4 = quant::pack_codes(four, 4);
+  ASSERT_EQ(p4.dtype(), DType::kU8);
+  ASSERT_EQ(p4.numel(), 3);
+  EXPECT_EQ(p4.data<uint8_t>()[0], 0x78);  // -8 = 0x8 low nibble, 7 high
+  EXPECT_EQ(p4.data<uint8_t>()[1], 0x0F);  // -1 = 0xF low, 0 high
+  EXPECT_EQ(p4.data<uint8_t>()[2], 0x03);  // 3, then four zero padding bits
+  EXPECT_TRUE(testing::tensors_equal(quant::unpack_codes(p4, {5}, 4), four));
+  const Tensor two = Tensor::from_vector<int8_t>({-2, 1, -1, 0, 1}, {5});
+  const Tensor p2 = quant::pack_codes(two, 2);
+  ASSERT_EQ(p2.numel(), 2);
+  EXPECT_EQ(p2.data<uint8_t>()[0], 0x36);  // 0b00'11'01'10: -2, 1, -1, 0 from bit 0 up
+  EXPECT_EQ(p2.data<uint8_t>()[1], 0x01);
+  EXPECT_TRUE(testing::tensors_equal(quant::unpack_codes(p2, {5}, 2), two));
+  // Every code of each width survives, at every position within a byte.
+  for (int bits : {2, 4}) {
+    std::vector<int8_t> all;
+    for (int r = 0; r < 3; ++r)
+      for (int c = -(1 << (bits - 1)); c < (1 << (bits - 1)); ++c)
+        all.push_back(static_cast<int8_t>(c));
+    const Tensor t = Tensor::from_vector<int8_t>(all, {static_cast<int64_t>(all.size())});
+    EXPECT_TRUE(testing::tensors_equal(
+        quant::unpack_codes(quant::pack_codes(t, bits), t.shape(), bits), t));
+  }
+  expect_throws_with<ValueError>(
+      [&] { quant::pack_codes(Tensor::from_vector<int8_t>({8}, {1}), 4); }, "does not fit 4 bits");
+  expect_throws_with<ValueError>([&] { quant::pack_codes(four, 3); }, "expected 2 or 4");
+  expect_throws_with<ValueError>([&] { quant::unpack_codes(p4, {7, 1}, 4); }, "need u8[4]");
+  expect_throws_with<ValueError>([&] { quant::unpack_codes(p4, {4}, 4); }, "need u8[2]");
+  Tensor dirty = p4.clone();
+  dirty.data<uint8_t>()[2] = 0x13;
+  expect_throws_with<ValueError>([&] { quant::unpack_codes(dirty, {5}, 4); }, "padding bits");
+}
+
+// Bytes after the safetensors header: the stored constants.
+int64_t data_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  unsigned char len[8];
+  in.read(reinterpret_cast<char*>(len), 8);
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(len[i]) << (8 * i);
+  return static_cast<int64_t>(std::filesystem::file_size(path) - 8 - n);
+}
+
+// w4a8 and w2a8 models: 4- and 2-bit weights are stored packed, the file is smaller by exactly
+// what packing saves, and the loaded model holds the same codes and computes the same outputs.
+TEST(IntegerModelFile, LowBitWeightsArePackedAndRunBitIdentically) {
+  auto f = small_cnn(false);
+  const std::string dir = ::testing::TempDir();
+  const Tensor x = Tensor::wrap(mnist().test.images.raw(), {200, 28, 28, 1}, DType::kF32);
+  for (const std::string preset : {"w4a8", "w2a8"}) {
+    SCOPED_TRACE(preset);
+    auto q = qat_of(*f, preset);
+    quant::IntegerModel im = quant::convert_to_integer(*q);
+    // Every kernel's code range, from its grid: w4a8 4-bit narrow [-7, 7] everywhere; w2a8 lsq
+    // 2-bit [-2, 1] inside, the first and last layer at 8 bits (the preset's protocol).
+    std::vector<int> bits;
+    int64_t saved = 0;
+    for (const quant::IntegerTensor& t : im.tensors) {
+      if (!t.data.defined() || t.dtype != DType::kS8) continue;
+      bits.push_back(t.bits());
+      if (t.bits() < 8) saved += t.data.numel() - (t.data.numel() * t.bits() + 7) / 8;
+    }
+    const std::vector<int> want_bits =
+        preset == "w4a8" ? std::vector<int>{4, 4, 4, 4} : std::vector<int>{8, 2, 2, 8};
+    EXPECT_EQ(bits, want_bits);
+    ASSERT_GT(saved, 0);
+    const std::string packed = dir + "/packed_" + preset + ".lbi";
+    const std::string unpacked = dir + "/unpacked_" + preset + ".lbi";
+    im.save(packed);
+    im.save(unpacked, {.pack = false});
+    EXPECT_EQ(data_bytes(unpacked) - data_bytes(packed), saved);
+    EXPECT_EQ(data_bytes(unpacked), im.constant_bytes());
+    EXPECT_EQ(data_bytes(packed), im.constant_bytes(true));
+    EXPECT_LT(std::filesystem::file_size(packed), std::filesystem::file_size(unpacked));
+    // In the file a packed kernel is U8 [ceil(numel * bits / 8)].
+    const io::SafetensorsFile raw = io::read_safetensors(packed);
+    for (const quant::IntegerTensor& t : im.tensors) {
+      if (!t.data.defined() || t.bits() == 8 || t.dtype != DType::kS8) continue;
+      const Tensor* d = raw.find(t.name);
+      ASSERT_NE(d, nullptr) << t.name;
+      EXPECT_EQ(d->dtype(), DType::kU8) << t.name;
+      EXPECT_EQ(d->numel(), (t.data.numel() * t.bits() + 7) / 8) << t.name;
+    }
+    for (const std::string& path : {packed, unpacked}) {
+      quant::IntegerModel back = quant::IntegerModel::load(path);
+      ASSERT_EQ(back.tensors.size(), im.tensors.size());
+      for (size_t i = 0; i < im.tensors.size(); ++i) {
+        if (!im.tensors[i].data.defined()) continue;
+        EXPECT_TRUE(testing::tensors_equal(back.tensors[i].data, im.tensors[i].data))
+            << im.tensors[i].name;
+        EXPECT_EQ(back.tensors[i].qmin, im.tensors[i].qmin);
+        EXPECT_EQ(back.tensors[i].qmax, im.tensors[i].qmax);
+      }
+      EXPECT_EQ(back.graph_json(), im.graph_json());
+      const std::vector<Tensor> want = im.run_all(x), got = back.run_all(x);
+      for (size_t i = 0; i < want.size(); ++i)
+        if (want[i].defined()) {
+          EXPECT_TRUE(testing::tensors_equal(got[i], want[i])) << i;
+        }
+      EXPECT_TRUE(testing::tensors_equal(back.predict(x), im.predict(x)));
+    }
+    // The inspect JSON names each weight's bit width.
+    std::vector<int> inspected;
+    for (const nn::Json& op : nn::Json::parse(im.inspect_json()))
+      if (op.contains("weights")) inspected.push_back(op["weights"]["bits"].get<int>());
+    EXPECT_EQ(inspected, bits);
+  }
+}
+
+// A packed file the loader must refuse, each named by tensor and field; and version-1 files
+// (every code a byte, no code ranges on weights) still load.
+TEST(IntegerModelFile, RefusesBadPackedTensorsAndReadsVersionOne) {
+  auto f = small_cnn(false);
+  auto q = qat_of(*f, "w4a8");
+  quant::IntegerModel im = quant::convert_to_integer(*q);
+  const std::string dir = ::testing::TempDir();
+  const std::string path = dir + "/packed_bad.lbi";
+  im.save(path);
+  const std::string kernel = im.tensors.at(im.ops.at(1).inputs.at(1)).name;  // the first conv's
+  auto rewrite = [&](const std::function<void(nn::Json&, io::SafetensorsFile&)>& edit) {
+    io::SafetensorsFile file = io::read_safetensors(path);
+    nn::Json g = nn::Json::parse(file.metadata.at("lowbit.integer_model"));
+    edit(g, file);
+    file.metadata["lowbit.integer_model"] = g.dump();
+    io::write_safetensors(dir + "/bad.lbi", file);
+    return dir + "/bad.lbi";
+  };
+  auto refused = [&](const std::function<void(nn::Json&, io::SafetensorsFile&)>& edit,
+                     const std::string& needle) {
+    const std::string bad = rewrite(edit);
+    expect_throws_with<ValueError>([&] { quant::IntegerModel::load(bad); }, needle);
+  };
+  auto entry = [&](nn::Json& g, const std::string& name) -> nn::Json& {
+    for (nn::Json& t : g["tensors"])
+      if (t["name"] == name) return t;
+    throw std::runtime_error("no tensor " + name);
+  };
+  auto data = [&](io::SafetensorsFile& file, const std::string& name) -> Tensor& {
+    for (auto& [k, t] : file.tensors)
+      if (k == name) return t;
+    throw std::runtime_error("no data " + name);
+  };
+  {
+    nn::Json g = nn::Json::parse(im.graph_json());
+    ASSERT_EQ(entry(g, kernel)["bits"], 4);
+  }
+  // One byte short (a consistent safetensors entry, the wrong size for 72 codes of 4 bits).
+  refused(
+      [&](nn::Json&, io::SafetensorsFile& file) {
+        Tensor& d = data(file, kernel);
+        Tensor shorter({d.numel() - 1}, DType::kU8);
+        std::copy(d.data<uint8_t>(), d.data<uint8_t>() + shorter.numel(), shorter.data<uint8_t>());
+        d = shorter;
+      },
+      "'" + kernel + "': packed data is u8[35] but field 'bits' 4 and shape [3,3,1,8] need u8[36]");
+  // Claimed as 2-bit: its codes [-7, 7] do not fit.
+  refused([&](nn::Json& g, io::SafetensorsFile&) { entry(g, kernel)["bits"] = 2; },
+          "'" + kernel + "': fields 'qmin', 'qmax' [-7, 7] do not fit field 'bits' 2");
+  refused([&](nn::Json& g, io::SafetensorsFile&) { entry(g, kernel)["bits"] = 3; },
+          "'" + kernel + "': field 'bits' is 3, an unknown bit width");
+  refused([&](nn::Json& g, io::SafetensorsFile&) { entry(g, kernel)["qmin"] = -9; },
+          "do not fit field 'bits' 4");
+  // A code outside the declared range: -8 fits the nibble but not the grid [-7, 7].
+  refused(
+      [&](nn::Json&, io::SafetensorsFile& file) {
+        Tensor& d = data(file, kernel);
+        Tensor c = d.clone();
+        c.data<uint8_t>()[0] = static_cast<uint8_t>((c.data<uint8_t>()[0] & 0xF0) | 0x8);
+        d = c;
+      },
+      "'" + kernel +
+          "': code -8 at element 0 is outside the tensor's fields 'qmin', 'qmax' [-7, 7]");
+  refused(
+      [&](nn::Json& g, io::SafetensorsFile&) {
+        for (nn::Json& t : g["tensors"])
+          if (t["name"].get<std::string>().ends_with("/bias")) {
+            t["bits"] = 4;
+            break;
+          }
+      },
+      "field 'bits' is only for s8 constants (this is s32 constant)");
+  refused([&](nn::Json& g, io::SafetensorsFile&) { g["version"] = 3; },
+          "version 3 is not supported (this build reads 1 to 2)");
+  refused([&](nn::Json& g, io::SafetensorsFile&) { g["version"] = 1; },
+          "field 'bits' (packed data) needs format version 2");
+  // Truncated in its data: the safetensors reader refuses it.
+  const auto size = std::filesystem::file_size(path);
+  std::filesystem::copy_file(path, dir + "/packed_trunc.lbi",
+                             std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::resize_file(dir + "/packed_trunc.lbi", size - 3);
+  EXPECT_THROW(quant::IntegerModel::load(dir + "/packed_trunc.lbi"), IoError);
+
+  // Version 1, as the first loader's save wrote it: no "bits", every code a byte, the weight
+  // tensors with the default code range [-128, 127]. It loads and computes the same.
+  const std::string unpacked = dir + "/unpacked_v1.lbi";
+  im.save(unpacked, {.pack = false});
+  io::SafetensorsFile v1 = io::read_safetensors(unpacked);
+  nn::Json g = nn::Json::parse(v1.metadata.at("lowbit.integer_model"));
+  g["version"] = 1;
+  for (nn::Json& t : g["tensors"]) {
+    ASSERT_FALSE(t.contains("bits"));
+    if (t["constant"].get<bool>()) {
+      t["qmin"] = -128;
+      t["qmax"] = 127;
+    }
+  }
+  v1.metadata["lowbit.integer_model"] = g.dump();
+  io::write_safetensors(unpacked, v1);
+  quant::IntegerModel old = quant::IntegerModel::load(unpacked);
+  const Tensor x = Tensor::wrap(mnist().test.images.raw(), {100, 28, 28, 1}, DType::kF32);
+  EXPECT_TRUE(testing::tensors_equal(old.predict(x), im.predict(x)));
+  for (size_t i = 0; i < im.tensors.size(); ++i) {
+    if (im.tensors[i].data.defined()) {
+      EXPECT_TRUE(testing::tensors_equal(old.tensors[i].data, im.tensors[i].data));
+    }
+  }
 }
 
 TEST(IntegerModelInspect, ExplainsEveryScale) {
@@ -290,7 +560,15 @@ TEST(ConvertToInteger, RefusesWhatHasNoIntegerFormNamingTheLayer) {
   Tensor y = Tensor::zeros({4, 3});
   q->compile({.optimizer = nn::Adam({}), .loss = nn::MeanSquaredError()});
   q->fit(x, y, {.epochs = 1, .verbose = 0});
-  expect_throws_with<UnsupportedError>([&] { quant::convert_to_integer(*q); }, "QuantizedLSTM");
+  // The LSTM converts (tests/quant/convert_recurrent_test.cc); a bidirectional one does not.
+  EXPECT_EQ(quant::convert_to_integer(*q).ops.at(1).op, "qlstm");
+  auto b = nn::Sequential::create(
+      {nn::InputSpec({6, 4}), nn::Bidirectional(nn::LSTM(5)), nn::Dense(3)}, "birnn");
+  auto qb = quant::quantize_model(*b);
+  qb->compile({.optimizer = nn::Adam({}), .loss = nn::MeanSquaredError()});
+  qb->fit(x, y, {.epochs = 1, .verbose = 0});
+  expect_throws_with<UnsupportedError>([&] { quant::convert_to_integer(*qb); },
+                                       "QuantizedBidirectional");
 }
 
 }  // namespace

@@ -2,8 +2,9 @@
 // build/demo/mnist_cnn_w8a8.lbi) holds, layer by layer: input, weight and output scale and zero
 // point, the bias scale and whether it equals s_in * s_w, the real multiplier M, its (M0, shift)
 // and the value they reconstruct with its relative error, the clamp and the activation it came
-// from. With --walk, one output element of one op computed step by step from the int8 codes of
-// an MNIST test image (docs/integer-inference.md is this program's output on the demo model).
+// from; per weight tensor its code range and bit width (8, or 4 and 2: stored packed). With
+// --walk, one output element of one op computed step by step from the int8 codes of an MNIST
+// test image (docs/integer-inference.md is this program's output on the demo model).
 //
 //   lowbit-inspect MODEL.lbi                   the table
 //   lowbit-inspect MODEL.lbi --json            the same as JSON (a list, one object per op)
@@ -13,6 +14,7 @@
 //        --taps: how many multiply-adds to list (default 9).
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <string>
 
@@ -75,8 +77,10 @@ int main(int argc, char** argv) {
       if (json) {
         std::cout << m.inspect_json() << "\n";
       } else {
-        std::cout << m.name << ": " << m.ops.size() << " ops, " << m.constant_bytes()
-                  << " bytes of weights and biases\n";
+        std::cout << m.name << ": " << m.ops.size() << " ops, " << m.constant_bytes(true)
+                  << " bytes of weights and biases with 4- and 2-bit weights packed, "
+                  << m.constant_bytes() << " unpacked (one byte per int8 code); file "
+                  << std::filesystem::file_size(model) << " bytes\n";
         std::cout << m.inspect_table();
       }
       return 0;

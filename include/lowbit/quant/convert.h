@@ -6,15 +6,18 @@
 //   qat->compile({...});  qat->fit(x, y);
 //   quant::IntegerModel im = quant::convert_to_integer(*qat);
 //   Tensor logits = im.predict(x_test);        // f32 in, f32 out; int8 inside
-//   im.save("model.lbi");                      // atomic; IntegerModel::load validates
+//   im.save("model.lbi");                      // atomic; 4- and 2-bit weights packed
+//   im = quant::IntegerModel::load("model.lbi");  // validates; unpacks once
 //   std::cout << im.inspect_table();           // per layer: scales, M, (M0, shift), clamp
 //
 // What a converted op computes (docs/integer-inference.md walks one element through it):
 //   a conv / dense of the QAT model, with its folded batch norm, its fused ReLU/ReLU6 (own
 //   activation or the next layer) and the FakeQuant after it, becomes ONE qconv2d or
 //   qfully_connected: int8 weights w = round(FQ(W) / s_w[c]) (zero point 0, the grid of the
-//   trained weight quantizer), int32 bias round(b / (s_in * s_w[c])), and the output stage
-//   M[c] = s_in * s_w[c] / s_out as (M0, shift), clamped to the activation's codes.
+//   trained weight quantizer, whose code range becomes the tensor's [qmin, qmax]: a 4-bit or
+//   2-bit weight stays 4 or 2 bits wide in the file), int32 bias round(b / (s_in * s_w[c])),
+//   and the output stage M[c] = s_in * s_w[c] / s_out as (M0, shift), clamped to the
+//   activation's codes.
 //   Activation grids are the trained FakeQuant's own (Quantizer::grid): the nudged (scale, zero
 //   point) of its range, so the integer model rounds to the grid the QAT model trained on. A
 //   grid of codes [qmin, qmax] (e.g. uint8 [0, 255], 4-bit [0, 15]) is stored as int8 codes
@@ -39,6 +42,17 @@
 //   on codes of another grid `requantize` (single rounding, clamped to the grid's codes).
 //   MaxPooling2D, Flatten, Reshape and Dropout keep their input's parameters; AveragePooling2D
 //   and GlobalAveragePooling2D round the mean once, to the grid of the FakeQuant after them.
+//   A QuantizedLSTM / QuantizedGRU becomes ONE qlstm / qgru over the sequence (spec 3.7
+//   "8x8_16", docs/integer-inference.md "The integer LSTM and GRU"): x quantized (or
+//   requantized) to the layer's x grid, int8 weights per gate block (FQ(W) / s_W,g), int32
+//   biases at s_side * s_W,g, gate sums Q3.12, the cell at 2^(p-15), the output on the layer's h
+//   grid; return_sequences, go_backwards, zero_output_for_mask, GRU reset_after true or false.
+//   A Masking layer on the model input becomes timestep_mask (the step mask from the floats);
+//   the mask travels to the recurrent op through layers that pass it on. Not converted:
+//   Bidirectional, initial states, return_state, a mask the integer model does not compute
+//   (a go_backwards sequence's), a FakeQuant of a Masking output with mask_value != 0.
+// The model has one f32 input: a model whose masks come from a second input (e.g.
+// examples/rgb_missing.cc's MissingFeatures) converts only from the layer after them.
 // Anything else (a layer class without an integer form here, a float layer between quantized
 // ones, an Add of three or more inputs, a concatenation along the batch axis, an activation that
 // follows no conv/dense/Add, an asymmetric weight grid, a torch/binary/ternary quantizer) is
@@ -53,6 +67,10 @@
 #include "lowbit/attrs.h"
 #include "lowbit/fixed_point.h"
 #include "lowbit/nn/model.h"
+
+namespace lowbit::io {
+struct SafetensorsFile;
+}
 
 namespace lowbit::quant {
 
@@ -69,8 +87,35 @@ struct IntegerTensor {
   Shape shape;  // activations: dim 0 unknown (the batch)
   std::vector<double> scale;
   std::vector<int32_t> zero_point;
-  int32_t qmin = -128, qmax = 127;  // the codes the grid uses (activations)
-  Tensor data;                      // constants only
+  // The codes the grid uses: for activations the (shifted) grid's; for an s8 weight constant
+  // the trained weight grid's code range (e.g. [-7, 7] for 4-bit narrow tf, [-2, 1] for 2-bit
+  // lsq), which decides how the file stores it (bits()).
+  int32_t qmin = -128, qmax = 127;
+  Tensor data;  // constants only (always unpacked: one s8 code per element, as the kernels read)
+
+  // The code width: for s8, the smallest of 2, 4, 8 whose two's complement range
+  // [-2^(b-1), 2^(b-1) - 1] holds [qmin, qmax]; for other dtypes 8 * the dtype's size.
+  int bits() const;
+};
+
+// Packed storage of low-bit codes (the model file's "bits" tensors). Codes are packed in
+// element order (row-major), each as its `bits` low two's complement bits, the first code in
+// the lowest bits of byte 0 ("little end first"): with bits = 4, element 2k is the low nibble
+// of byte k and element 2k + 1 the high nibble; with bits = 2, element 4k + j is bits
+// [2j, 2j + 1] of byte k. The last byte is padded with zero bits: ceil(numel * bits / 8) bytes.
+// pack_codes: s8 codes, each in [-2^(bits-1), 2^(bits-1) - 1], to u8 [ceil(numel * bits / 8)];
+// ValueError for bits not 2 or 4, a dtype other than s8, or a code that does not fit.
+Tensor pack_codes(const Tensor& codes, int bits);
+// unpack_codes: the inverse, to s8 of `shape` (sign-extended); ValueError for bits not 2 or 4,
+// packed data that is not u8 of rank 1 with exactly ceil(numel * bits / 8) bytes, or nonzero
+// padding bits.
+Tensor unpack_codes(const Tensor& packed, const Shape& shape, int bits);
+
+// How IntegerModel::save stores the constants.
+struct SaveOptions {
+  // Pack every s8 weight whose code range fits 4 or 2 bits (IntegerTensor::bits), two or four
+  // codes per byte. false: one byte per code (the file then still is version 2, without "bits").
+  bool pack = true;
 };
 
 // One integer op, with where it came from.
@@ -103,20 +148,33 @@ class IntegerModel {
   // (undefined for constants and the input): what the per-layer agreement test compares.
   std::vector<Tensor> run_all(const Tensor& x);
 
-  // Writes one safetensors file: the graph as JSON metadata "lowbit.integer_model" (tensors with
-  // dtype, shape, scales and zero points; ops with their attributes), then the constants.
+  // Writes one safetensors file (format version 2, docs/integer-inference.md "Formats and
+  // files"): the graph as JSON metadata "lowbit.integer_model" (tensors with dtype, shape,
+  // scales, zero points and code range; ops with their attributes), then the constants. A
+  // weight whose codes fit 4 or 2 bits is stored packed (pack_codes): in the safetensors header
+  // it is U8 [ceil(numel * bits / 8)], and its graph entry keeps the logical dtype s8 and shape
+  // and adds "bits": 4 or 2. options.pack = false stores every code in a byte.
   // Atomic (a temporary file renamed). IoError on failure.
-  void save(const std::string& path) const;
-  // Reads and validates a file written by save: IoError for a truncated or corrupted file,
-  // ValueError naming the tensor (or op) and the field for inconsistent contents (a bias that
-  // is not s32, a scale that is not finite and > 0, a shape that does not match the graph, a
-  // multiplier out of range).
+  void save(const std::string& path, const SaveOptions& options = {}) const;
+  // Reads and validates a file written by save (format version 2, or version 1: no packed
+  // tensors): IoError for a truncated or corrupted file, ValueError naming the tensor (or op)
+  // and the field for inconsistent contents (a bias that is not s32, a scale that is not finite
+  // and > 0, a shape that does not match the graph, a multiplier out of range; a packed tensor
+  // with an unknown 'bits', a byte count other than ceil(numel * bits / 8), nonzero padding, a
+  // code range 'qmin'/'qmax' that does not fit its bits; an s8 constant with a code outside its
+  // [qmin, qmax]). Packed weights are unpacked here, once: the model runs the same s8 codes as
+  // before it was saved.
   static IntegerModel load(const std::string& path);
+  // The same from a whole file's bytes in memory (the same checks: load reads the file and
+  // shares this code); `name` stands for the path in the messages.
+  static IntegerModel load_bytes(const void* data, size_t size,
+                                 const std::string& name = "<memory>");
 
-  // The graph JSON (what save writes as metadata).
-  std::string graph_json() const;
-  // Bytes of the constants (weights and biases as stored).
-  int64_t constant_bytes() const;
+  // The graph JSON (what save writes as metadata, with the same options).
+  std::string graph_json(const SaveOptions& options = {}) const;
+  // Bytes of the constants (weights and biases): unpacked, one byte per s8 code as the kernels
+  // read them (packed = false), or as save stores them by default (packed = true).
+  int64_t constant_bytes(bool packed = false) const;
 
   // Per conv/dense op: input, weight and output scale and zero point, the bias scale and
   // whether it equals f32(s_in * s_w), the real multiplier M, (M0, shift), the value M0 * 2^(shift
@@ -137,6 +195,7 @@ class IntegerModel {
  private:
   struct Runtime;
   std::unique_ptr<Runtime> rt_;
+  static IntegerModel from_safetensors(const io::SafetensorsFile& f, const std::string& path);
   Runtime& runtime();
 };
 

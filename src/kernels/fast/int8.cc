@@ -21,16 +21,41 @@ namespace {
 // multiply-adds take ~20 us on one core; the depthwise loop does ~10x fewer per second.
 constexpr int64_t kParallelMacs = int64_t{1} << 22;
 constexpr int64_t kParallelDepthwiseMacs = int64_t{1} << 19;
+constexpr int64_t kParallelDepthwiseQuadMacs = int64_t{1} << 21;  // the quad loop: ~5x faster
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 inline bool inside(int64_t v, int64_t size) { return v >= 0 && v < size; }
 
 // Packing tags (QWorkspace::packed_for).
-enum PackTag { kTagGemmVnni = 1, kTagGemmAvx2 = 2, kTagDwVnni = 3, kTagDwAvx2 = 4 };
+enum PackTag {
+  kTagGemmVnni = 1,
+  kTagGemmAvx2 = 2,
+  kTagDwVnni = 3,
+  kTagDwAvx2 = 4,
+  kTagDwQuadVnni = 5,
+  kTagFewCinVnni = 6
+};
 
 // The parameters of a channel's output stage in QRequantLanes::lanes.
-enum RqParam { kM0, kLeft, kHi, kLo, kRight, kMask, kHalf, kZp, kLo2, kHi2, kTshift, kRqParams };
+// kM0odd: lane 2i holds the m0 of lane 2i + 1 (vpmuldq reads the even lanes); kRnd: 2^(right - 1)
+// (0 for right == 0), for the lean output stage (rq_lean).
+enum RqParam {
+  kM0,
+  kLeft,
+  kHi,
+  kLo,
+  kRight,
+  kMask,
+  kHalf,
+  kZp,
+  kLo2,
+  kHi2,
+  kTshift,
+  kM0odd,
+  kRnd,
+  kRqParams
+};
 
 // The lanes of parameter `k` of the 16-channel block holding channel c (c % 16 lanes in).
 inline int64_t rq_index(int k, int64_t c) {
@@ -72,7 +97,27 @@ void fill_requant(const std::vector<quant::ConvOutputStage>& st, int64_t groups,
       l[rq_index(kLo2, c)] = s.act_min - s.output_zero_point;
       l[rq_index(kHi2, c)] = s.act_max - s.output_zero_point;
       l[rq_index(kTshift, c)] = 31 - shift;
+      l[rq_index(kRnd, c)] = right > 0 ? int32_t{1} << (right - 1) : 0;
     }
+  for (int64_t c = 0; c < n; c += 2) l[rq_index(kM0odd, c)] = l[rq_index(kM0, c + 1)];
+  rq.lean = false;
+}
+
+// Whether the lean output stage (vnni::rq_lean) equals the full one for these stages: double
+// rounding, no left shift, a right shift of at least 1 in every channel, and every accumulator
+// within +-2^29 (|bias| + depth * 255 * 128 bounds it: |x - zp| <= 255, |w| <= 128), so that the
+// SRDHM result x (|x| <= |acc|) plus 2^(right - 1) cannot leave int32.
+void set_lean(QRequantLanes& rq, const std::vector<quant::ConvOutputStage>& st, const int32_t* bias,
+              int64_t depth) {
+  rq.lean = false;
+  if (rq.single || rq.any_left || depth > (int64_t{1} << 20)) return;
+  const int64_t limit = (int64_t{1} << 29) - depth * 255 * 128;
+  for (size_t c = 0; c < st.size(); ++c) {
+    if (st[c].multiplier.shift >= 0) return;
+    const int64_t b = bias ? bias[c] : 0;
+    if (b > limit || -b > limit) return;
+  }
+  rq.lean = true;
 }
 
 // What a kernel's output stage reads, taken once per call (the int8 stores of a kernel may alias
@@ -414,6 +459,10 @@ inline int dw_taps(const Conv2DParams& p, int64_t n, int64_t oh, int64_t ow, int
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")
+// clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"))), apply_to = function)
+#endif
 
 namespace vnni {
 
@@ -585,8 +634,514 @@ void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int
   }
 }
 
+// ---- depthwise: four kernel rows per vpdpbusd lane ---------------------------------------------
+// For one output row and a chunk of 64 output channels, the input columns the row's windows
+// touch are transposed once into quads S[g][col][oc][k] = u8 (x + 128) of kernel row 4g + k
+// (padding, and kernel rows past k_h, read the zero point: zp + 128). An output pixel is then
+// k_w * ceil(k_h / 4) vpdpbusd per 16 channels against the weights packed [g][kw][oc][k]
+// (zero past k_h), and a column built once serves every window over it. The bias absorbs
+// -(zp + 128) * sum w over all taps, so a tap in the padding (zp + 128) contributes 0, as the
+// reference's skipped tap: the sum is the reference's exactly (mod 2^32).
+
+// The lean output stage's lane parameters of one 16-channel block, loaded once per block.
+struct RqVec {
+  __m512i m, modd, rnd, right, lo2, hi2, zp;
+};
+inline RqVec rq_vec(const Rq& rq, int64_t c) {
+  return {ldq(rq, kM0, c),  ldq(rq, kM0odd, c), ldq(rq, kRnd, c), ldq(rq, kRight, c),
+          ldq(rq, kLo2, c), ldq(rq, kHi2, c),   ldq(rq, kZp, c)};
+}
+
+// The double-rounding output stage when set_lean holds (no left shift, right >= 1, |acc| <=
+// 2^29), in fewer shift and shuffle operations (Zen 4 runs those on two of its four vector pipes):
+//  SRDHM(acc, m0) = floor((acc m0 + 2^30) / 2^31) = floor((2 acc m0 + 2^31) / 2^32): 2 acc fits
+//   int32, so x is the high dword of the 64-bit 2 acc m0 + 2^31 of the even lanes and of the odd
+//   lanes (vpmuldq each), gathered by one vpermt2d; it fits int32 as |x| <= |acc|.
+//  RDPOT(x, right) = (x + 2^(right - 1) - s) >> right (arithmetic), s = 1 if x < 0: with x = q *
+//   2^right + rem, 0 <= rem < 2^right, the sum reaches (q + 1) * 2^right exactly when rem >
+//   (2^(right-1) - 1) + s, gemmlowp's test (remainder > threshold); |x| + 2^30 stays in int32.
+//   x < 0 exactly when acc < 0, except x == 0 for acc = -1 and m0 = 2^30, where the result is 0
+//   with either s (right >= 1): s comes from a compare of acc.
+inline __m512i rq_lean(__m512i acc, const RqVec& v) {
+  const __m512i r31 = _mm512_set1_epi64(int64_t{1} << 31);
+  const __m512i hi = _mm512_set_epi32(31, 15, 29, 13, 27, 11, 25, 9, 23, 7, 21, 5, 19, 3, 17, 1);
+  const __m512i a2 = _mm512_add_epi32(acc, acc);
+  const __m512i pe = _mm512_add_epi64(_mm512_mul_epi32(a2, v.m), r31);
+  const __m512i po = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(a2, 32), v.modd), r31);
+  const __m512i x = _mm512_permutex2var_epi32(pe, hi, po);
+  const __mmask16 neg = _mm512_cmplt_epi32_mask(acc, _mm512_setzero_si512());
+  const __m512i t = _mm512_add_epi32(x, v.rnd);
+  __m512i r = _mm512_srav_epi32(_mm512_mask_sub_epi32(t, neg, t, _mm512_set1_epi32(1)), v.right);
+  r = _mm512_min_epi32(_mm512_max_epi32(r, v.lo2), v.hi2);
+  return _mm512_add_epi32(r, v.zp);
+}
+
+// kMode: 0 double rounding, 1 single, 2 lean (double rounding where set_lean holds).
+template <int kMode>
+inline __m512i rq_mode(__m512i acc, const Rq& rq, const RqVec& v, int64_t c) {
+  if constexpr (kMode == 2)
+    return rq_lean(acc, v);
+  else
+    return requant<kMode == 1>(acc, rq, c);
+}
+template <int kMode>
+inline RqVec rq_vec_for(const Rq& rq, int64_t c) {
+  if constexpr (kMode == 2) return rq_vec(rq, c);
+  return RqVec{};
+}
+
+constexpr int64_t kMaxQuadRows = 16;  // k_h of the depthwise quad kernel (4 row groups)
+
+// Channel chunks: the output channels below round_down(out_c, 64) in chunks of 64 whose quads
+// stay in the lane order of the in-lane unpacks (no transpose): vector j of a column holds, in
+// dword 4L + i, channel c0 + 16L + 4j + i. The weights, bias and output stages are packed in that
+// "virtual" order, and the int8 results come back to channel order by vpackssdw / vpacksswb
+// (lane L of packs(packs(r0, r1), packs(r2, r3)) is r0.L r1.L r2.L r3.L: channels 16L .. 16L +
+// 15). The rest in chunks of 16 in channel order.
+inline int64_t dw_full(int64_t oc_n) { return oc_n / 64 * 64; }
+inline int64_t dw_real(int64_t v, int64_t full) {
+  if (v >= full) return v;
+  const int64_t c0 = v & ~int64_t{63}, u = v & 63;
+  return c0 + 16 * ((u >> 2) & 3) + 4 * (u >> 4) + (u & 3);
+}
+
+// The quads of four input rows src[0..3] for a chunk: 64 channels from c0 in virtual order, or
+// 16 (nvalid of them real, the rest 0: their weights are 0) in channel order;
+// dst[4 * v + k] = src[k][channel of v] ^ 0x80.
+inline void build_quads64(const int8_t* const* src, int64_t c0, bool four, uint8_t* dst) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i r0 = _mm512_xor_si512(_mm512_loadu_si512(src[0] + c0), flip);
+  const __m512i r1 = _mm512_xor_si512(_mm512_loadu_si512(src[1] + c0), flip);
+  const __m512i r2 = _mm512_xor_si512(_mm512_loadu_si512(src[2] + c0), flip);
+  const __m512i r3 = four ? _mm512_xor_si512(_mm512_loadu_si512(src[3] + c0), flip) : r2;
+  // Per 128-bit lane L: a0 / a1 hold the (row 0, row 1) byte pairs of channels 16L + 0..7 /
+  // 8..15, b0 / b1 those of rows 2, 3; q_j the quads of channels 16L + 4j .. 4j + 3.
+  const __m512i a0 = _mm512_unpacklo_epi8(r0, r1), a1 = _mm512_unpackhi_epi8(r0, r1);
+  const __m512i b0 = _mm512_unpacklo_epi8(r2, r3), b1 = _mm512_unpackhi_epi8(r2, r3);
+  _mm512_storeu_si512(dst, _mm512_unpacklo_epi16(a0, b0));
+  _mm512_storeu_si512(dst + 64, _mm512_unpackhi_epi16(a0, b0));
+  _mm512_storeu_si512(dst + 128, _mm512_unpacklo_epi16(a1, b1));
+  _mm512_storeu_si512(dst + 192, _mm512_unpackhi_epi16(a1, b1));
+}
+inline void build_quads16(const int8_t* const* src, int64_t c0, int64_t nvalid, bool four,
+                          uint8_t* dst) {
+  const __mmask16 k = lanes_mask(static_cast<int>(std::min<int64_t>(16, nvalid)));
+  const __m128i flip = _mm_set1_epi8(static_cast<char>(0x80));
+  const __m128i r0 = _mm_xor_si128(_mm_maskz_loadu_epi8(k, src[0] + c0), flip);
+  const __m128i r1 = _mm_xor_si128(_mm_maskz_loadu_epi8(k, src[1] + c0), flip);
+  const __m128i r2 = _mm_xor_si128(_mm_maskz_loadu_epi8(k, src[2] + c0), flip);
+  const __m128i r3 = four ? _mm_xor_si128(_mm_maskz_loadu_epi8(k, src[3] + c0), flip) : r2;
+  const __m128i a0 = _mm_unpacklo_epi8(r0, r1), a1 = _mm_unpackhi_epi8(r0, r1);
+  const __m128i b0 = _mm_unpacklo_epi8(r2, r3), b1 = _mm_unpackhi_epi8(r2, r3);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_unpacklo_epi16(a0, b0));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 16), _mm_unpackhi_epi16(a0, b0));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 32), _mm_unpacklo_epi16(a1, b1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 48), _mm_unpackhi_epi16(a1, b1));
+}
+
+// The lean stage of a 64-channel chunk up to the int8 codes in channel order: the RDPOT results
+// of the four virtual vectors packed with signed saturation to int16, plus the zero point
+// (saturating), packed to int8, clamped to [act_min, act_max] bytewise. Equal to clamping the
+// int32 (x + zp): every act range lies inside [-128, 127], so saturating first changes nothing
+// (|x| >= 2^15 saturates to a code beyond the range either way).
+inline __m512i dw_lean64(const __m512i* acc, const Rq& rq, int64_t c0, const uint8_t* epi) {
+  // The four blocks' lanes follow each other: one base pointer, constant offsets.
+  const int32_t* lp = rq.lanes + rq_index(0, c0);
+  // The arithmetic of rq_lean, then the epilogue above.
+  const __m512i r31 = _mm512_set1_epi64(int64_t{1} << 31);
+  const __m512i hi = _mm512_set_epi32(31, 15, 29, 13, 27, 11, 25, 9, 23, 7, 21, 5, 19, 3, 17, 1);
+  __m512i x[4];
+  for (int j = 0; j < 4; ++j) {
+    const int32_t* l = lp + j * (kRqParams * 16);
+    const __m512i a2 = _mm512_add_epi32(acc[j], acc[j]);
+    const __m512i pe =
+        _mm512_add_epi64(_mm512_mul_epi32(a2, _mm512_loadu_si512(l + kM0 * 16)), r31);
+    const __m512i po = _mm512_add_epi64(
+        _mm512_mul_epi32(_mm512_srli_epi64(a2, 32), _mm512_loadu_si512(l + kM0odd * 16)), r31);
+    const __m512i sx = _mm512_permutex2var_epi32(pe, hi, po);
+    const __mmask16 neg = _mm512_cmplt_epi32_mask(acc[j], _mm512_setzero_si512());
+    const __m512i t = _mm512_add_epi32(sx, _mm512_loadu_si512(l + kRnd * 16));
+    x[j] = _mm512_srav_epi32(_mm512_mask_sub_epi32(t, neg, t, _mm512_set1_epi32(1)),
+                             _mm512_loadu_si512(l + kRight * 16));
+  }
+  const __m512i p01 = _mm512_adds_epi16(_mm512_packs_epi32(x[0], x[1]), _mm512_loadu_si512(epi));
+  const __m512i p23 =
+      _mm512_adds_epi16(_mm512_packs_epi32(x[2], x[3]), _mm512_loadu_si512(epi + 64));
+  const __m512i b = _mm512_packs_epi16(p01, p23);
+  return _mm512_min_epi8(_mm512_max_epi8(b, _mm512_loadu_si512(epi + 128)),
+                         _mm512_loadu_si512(epi + 192));
+}
+
+template <int kMode>
+void dwq_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, const int8_t* zrow,
+              uint8_t* s, int8_t* y, int64_t row_begin, int64_t row_end) {
+  const Conv2DParams p = geo;  // locals: int8 stores may alias anything
+  const Rq rq = rq_of(ws);
+  const int64_t C = p.in_c, oc_n = p.out_c, mult = oc_n / C, ocp = round_up(oc_n, 64);
+  const int64_t full = dw_full(oc_n);
+  const int64_t groups4 = (p.k_h + 3) / 4, kw_n = p.k_w, sw = p.stride_w, dw = p.dil_w;
+  const int64_t wp = (p.out_w - 1) * sw + (kw_n - 1) * dw + 1;
+  const int8_t* wq = reinterpret_cast<const int8_t*>(ws.b.data());
+  const int32_t* bias = ws.bias_eff.data();
+  const uint8_t* epi = ws.epi.data();
+  const int8_t* rowp[kMaxQuadRows];
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t n = row / p.out_h, oh = row % p.out_h;
+    for (int64_t kh = 0; kh < groups4 * 4; ++kh) {
+      const int64_t ih = oh * p.stride_h - p.pad_top + kh * p.dil_h;
+      rowp[kh] = kh < p.k_h && inside(ih, p.in_h) ? x + (n * p.in_h + ih) * p.in_w * C : nullptr;
+    }
+    int8_t* yrow = y + row * p.out_w * oc_n;
+    for (int64_t c0 = 0; c0 < oc_n;) {
+      const bool wide = c0 < full;
+      const int64_t cw = wide ? 64 : 16, cs = 4 * cw;  // channels, bytes per column
+      // The quads of every column the row's windows touch (the padding: zero points).
+      for (int64_t g = 0; g < groups4; ++g) {
+        const bool four = 4 * g + 3 < p.k_h;
+        for (int64_t col = 0; col < wp; ++col) {
+          const int64_t iw = col - p.pad_left;
+          const bool in = inside(iw, p.in_w);
+          const int8_t* src[4];
+          for (int k = 0; k < 4; ++k)
+            src[k] = in && rowp[4 * g + k] ? rowp[4 * g + k] + iw * C : zrow;
+          uint8_t* dst = s + (g * wp + col) * cs;
+          if (mult == 1 && wide) {
+            build_quads64(src, c0, four, dst);
+          } else if (mult == 1) {
+            build_quads16(src, c0, C - c0, four, dst);
+          } else {
+            for (int64_t v = 0; v < cw; ++v) {
+              const int64_t oc = dw_real(c0 + v, full);
+              for (int k = 0; k < 4; ++k)
+                dst[4 * v + k] = oc < oc_n ? static_cast<uint8_t>(src[k][oc / mult] ^ 0x80) : 0x80;
+            }
+          }
+        }
+      }
+      auto acc_at = [&](int64_t ow, int64_t j) {
+        const int64_t c = c0 + 16 * j;
+        const uint8_t* s0 = s + ow * sw * cs + 64 * j;
+        __m512i acc = _mm512_loadu_si512(bias + c);
+        for (int64_t g = 0; g < groups4; ++g)
+          for (int64_t kw = 0; kw < kw_n; ++kw)
+            acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(s0 + (g * wp + kw * dw) * cs),
+                                      _mm512_loadu_si512(wq + ((g * kw_n + kw) * ocp + c) * 4));
+        return acc;
+      };
+      if (wide && groups4 == 1 && kw_n == 3) {
+        // The common 3x3: the 12 weight vectors of the chunk in registers, one base pointer each
+        // for the columns, the output stages and the output.
+        const uint8_t* e = epi + (c0 / 64) * 256;
+        __m512i wv[4][3];
+        for (int j = 0; j < 4; ++j)
+          for (int kw = 0; kw < 3; ++kw)
+            wv[j][kw] = _mm512_loadu_si512(wq + (kw * ocp + c0 + 16 * j) * 4);
+        const int32_t* bc = bias + c0;
+        const int64_t step = sw * cs, d1 = dw * cs;
+        const uint8_t* s0 = s;
+        int8_t* yo = yrow + c0;
+        for (int64_t ow = 0; ow < p.out_w; ++ow, s0 += step, yo += oc_n) {
+          __m512i acc[4];
+          for (int j = 0; j < 4; ++j) {
+            __m512i a = _mm512_loadu_si512(bc + 16 * j);
+            a = _mm512_dpbusd_epi32(a, _mm512_load_si512(s0 + 64 * j), wv[j][0]);
+            a = _mm512_dpbusd_epi32(a, _mm512_load_si512(s0 + d1 + 64 * j), wv[j][1]);
+            acc[j] = _mm512_dpbusd_epi32(a, _mm512_load_si512(s0 + 2 * d1 + 64 * j), wv[j][2]);
+          }
+          __m512i out;
+          if constexpr (kMode == 2) {
+            out = dw_lean64(acc, rq, c0, e);
+          } else {
+            __m512i r[4];
+            for (int j = 0; j < 4; ++j) r[j] = requant<kMode == 1>(acc[j], rq, c0 + 16 * j);
+            out =
+                _mm512_packs_epi16(_mm512_packs_epi32(r[0], r[1]), _mm512_packs_epi32(r[2], r[3]));
+          }
+          _mm512_storeu_si512(yo, out);
+        }
+      } else if (wide) {
+        const uint8_t* e = epi + (c0 / 64) * 256;
+        for (int64_t ow = 0; ow < p.out_w; ++ow) {
+          __m512i acc[4];
+          for (int j = 0; j < 4; ++j) acc[j] = acc_at(ow, j);
+          __m512i out;
+          if constexpr (kMode == 2) {
+            out = dw_lean64(acc, rq, c0, e);
+          } else {
+            __m512i r[4];
+            for (int j = 0; j < 4; ++j) r[j] = requant<kMode == 1>(acc[j], rq, c0 + 16 * j);
+            out =
+                _mm512_packs_epi16(_mm512_packs_epi32(r[0], r[1]), _mm512_packs_epi32(r[2], r[3]));
+          }
+          _mm512_storeu_si512(yrow + ow * oc_n + c0, out);
+        }
+      } else {
+        const __mmask16 km = lanes_mask(static_cast<int>(std::min<int64_t>(16, oc_n - c0)));
+        const RqVec v = rq_vec_for<kMode>(rq, c0);
+        if (groups4 == 1 && kw_n == 3) {
+          const __m512i w0 = _mm512_loadu_si512(wq + c0 * 4);
+          const __m512i w1 = _mm512_loadu_si512(wq + (ocp + c0) * 4);
+          const __m512i w2 = _mm512_loadu_si512(wq + (2 * ocp + c0) * 4);
+          const __m512i bv = _mm512_loadu_si512(bias + c0);
+          const int64_t step = sw * cs, d1 = dw * cs;
+          const uint8_t* s0 = s;
+          int8_t* yo = yrow + c0;
+          for (int64_t ow = 0; ow < p.out_w; ++ow, s0 += step, yo += oc_n) {
+            __m512i a = _mm512_dpbusd_epi32(bv, _mm512_load_si512(s0), w0);
+            a = _mm512_dpbusd_epi32(a, _mm512_load_si512(s0 + d1), w1);
+            a = _mm512_dpbusd_epi32(a, _mm512_load_si512(s0 + 2 * d1), w2);
+            store(yo, km, rq_mode<kMode>(a, rq, v, c0));
+          }
+        } else {
+          for (int64_t ow = 0; ow < p.out_w; ++ow)
+            store(yrow + ow * oc_n + c0, km, rq_mode<kMode>(acc_at(ow, 0), rq, v, c0));
+        }
+      }
+      c0 += cw;
+    }
+  }
+}
+
+void pack_dw_quads(const QConvParams& q, const int8_t* w, const int32_t* bias, QWorkspace& ws) {
+  const Conv2DParams& p = q.geo;
+  const int64_t oc_n = p.out_c, ocp = round_up(oc_n, 64), kw_n = p.k_w, full = dw_full(oc_n);
+  ws.b.assign(static_cast<size_t>(((p.k_h + 3) / 4) * kw_n * ocp * 4), 0);
+  int8_t* b = reinterpret_cast<int8_t*>(ws.b.data());
+  ws.bias_eff.assign(static_cast<size_t>(ocp), 0);
+  std::vector<quant::ConvOutputStage> st(static_cast<size_t>(oc_n));  // in virtual order
+  for (int64_t v = 0; v < oc_n; ++v) {
+    const int64_t oc = dw_real(v, full);
+    st[static_cast<size_t>(v)] = q.stages[static_cast<size_t>(oc)];
+    uint32_t sum = 0;
+    for (int64_t kh = 0; kh < p.k_h; ++kh)
+      for (int64_t kw = 0; kw < kw_n; ++kw) {
+        const int8_t wv = w[(kh * kw_n + kw) * oc_n + oc];
+        b[(((kh / 4) * kw_n + kw) * ocp + v) * 4 + kh % 4] = wv;
+        sum += static_cast<uint32_t>(int32_t{wv});
+      }
+    // Modulo 2^32, as the vector accumulators.
+    uint32_t be = bias ? static_cast<uint32_t>(bias[oc]) : 0u;
+    be -= static_cast<uint32_t>(q.input_zero_point + 128) * sum;
+    ws.bias_eff[static_cast<size_t>(v)] = static_cast<int32_t>(be);
+  }
+  fill_requant(st, 1, oc_n, ocp, ws.rq);
+  set_lean(ws.rq, q.stages, bias, p.k_h * kw_n);
+  // Per 64-channel chunk, the lean stage's epilogue in the packs' order (dw_lean64): the zero
+  // points as int16 for words (lane L, w) of packs(r0, r1) (channel 16L + w) and of packs(r2, r3)
+  // (16L + 8 + w), then act_min and act_max as bytes in channel order.
+  ws.epi.assign(static_cast<size_t>(full / 64 * 256), 0);
+  for (int64_t c0 = 0; c0 < full; c0 += 64) {
+    uint8_t* e = ws.epi.data() + c0 / 64 * 256;
+    int16_t zp[64];
+    for (int64_t L = 0; L < 4; ++L)
+      for (int64_t wd = 0; wd < 8; ++wd) {
+        zp[8 * L + wd] = static_cast<int16_t>(q.stages[c0 + 16 * L + wd].output_zero_point);
+        zp[32 + 8 * L + wd] =
+            static_cast<int16_t>(q.stages[c0 + 16 * L + 8 + wd].output_zero_point);
+      }
+    std::memcpy(e, zp, sizeof(zp));
+    for (int64_t c = 0; c < 64; ++c) {
+      e[128 + c] = static_cast<uint8_t>(static_cast<int8_t>(q.stages[c0 + c].act_min));
+      e[192 + c] = static_cast<uint8_t>(static_cast<int8_t>(q.stages[c0 + c].act_max));
+    }
+  }
+}
+
+// Splits rows [0, rows) over nt threads, fn(begin, end, tid).
+template <class F>
+void split_rows(int64_t rows, int64_t nt, F&& fn) {
+  if (nt <= 1) {
+    fn(int64_t{0}, rows, int64_t{0});
+    return;
+  }
+#pragma omp parallel num_threads(static_cast <int>(nt))
+  {
+    const int64_t tid = omp_get_thread_num(), team = omp_get_num_threads();
+    const int64_t per = rows / team, extra = rows % team;
+    const int64_t begin = tid * per + std::min(tid, extra);
+    fn(begin, begin + per + (tid < extra ? 1 : 0), tid);
+  }
+}
+
+// Per-thread scratch of `per` bytes (128-byte multiples from a 64-byte aligned base) after
+// `head` bytes; grows ws.a only when too small (the first call of a plan).
+uint8_t* scratch(QWorkspace& ws, int64_t head, int64_t per, int64_t nt) {
+  const int64_t need = round_up(head, 128) + nt * round_up(per, 128) + 64;
+  if (static_cast<int64_t>(ws.a.size()) < need) ws.a.resize(static_cast<size_t>(need));
+  return ws.a.data() + ((64 - reinterpret_cast<uintptr_t>(ws.a.data()) % 64) % 64);
+}
+
+void run_dw_quads(const QConvParams& q, const int8_t* x, const int8_t* w, const int32_t* bias,
+                  int8_t* y) {
+  const Conv2DParams& p = q.geo;
+  QWorkspace& ws = *q.workspace;
+  if (p.n * p.out_h * p.out_w * p.out_c == 0) return;
+  if (!same_weights(ws, kTagDwQuadVnni, w, p.k_h * p.k_w * p.out_c, bias, p.out_c))
+    pack_dw_quads(q, w, bias, ws);
+  const int64_t wp = (p.out_w - 1) * p.stride_w + (p.k_w - 1) * p.dil_w + 1;
+  const int64_t per = ((p.k_h + 3) / 4) * wp * 256;
+  const int64_t rows = p.n * p.out_h;
+  const int64_t macs = rows * p.out_w * p.out_c * p.k_h * p.k_w;
+  const int64_t nt =
+      macs >= kParallelDepthwiseQuadMacs ? std::min<int64_t>(omp_get_max_threads(), rows) : 1;
+  const int64_t head = round_up(p.in_c, 64);
+  uint8_t* base = scratch(ws, head, per, nt);
+  // A row of zero points for the taps in the padding.
+  std::memset(base, static_cast<uint8_t>(q.input_zero_point), static_cast<size_t>(head));
+  const int8_t* zrow = reinterpret_cast<const int8_t*>(base);
+  uint8_t* s0 = base + round_up(head, 128);
+  using Fn = void (*)(const Conv2DParams&, const int8_t*, const QWorkspace&, const int8_t*,
+                      uint8_t*, int8_t*, int64_t, int64_t);
+  const Fn fn = ws.rq.lean ? dwq_rows<2> : ws.rq.single ? dwq_rows<1> : dwq_rows<0>;
+  split_rows(rows, nt, [&](int64_t begin, int64_t end, int64_t tid) {
+    fn(p, x, ws, zrow, s0 + tid * round_up(per, 128), y, begin, end);
+  });
+}
+
+// ---- few input channels (in_c <= 4): a direct kernel -------------------------------------------
+// Per output row, the k_h input rows are copied once into padded u8 rows P[kh] (x + 128, the
+// padding zp + 128); the taps of kernel row kh of pixel ow are then the k_w * in_c contiguous
+// bytes at P[kh] + ow * stride * in_c, read as ceil(k_w * in_c / 4) quads (the bytes past the
+// window meet zero weights), and the weights are packed [kh][quad][oc][4]. Tiles of 4 pixels x
+// 32 channels, vpdpbusd on broadcast quads; the bias absorbs -(zp + 128) * sum w.
+
+inline int64_t fewc_quads_per_row(const Conv2DParams& p) { return (p.k_w * p.in_c + 3) / 4; }
+inline int64_t fewc_row_bytes(const Conv2DParams& p) {
+  const int64_t wp = (p.out_w - 1) * p.stride_w + p.k_w;
+  return round_up(wp * p.in_c + 4, 64);
+}
+
+void pack_fewc(const QConvParams& q, const int8_t* w, const int32_t* bias, QWorkspace& ws) {
+  const Conv2DParams& p = q.geo;
+  const int64_t oc_n = p.out_c, ocp = round_up(oc_n, 32), qr = fewc_quads_per_row(p);
+  const int64_t taps_row = p.k_w * p.in_c;
+  ws.b.assign(static_cast<size_t>(p.k_h * qr * ocp * 4), 0);
+  int8_t* b = reinterpret_cast<int8_t*>(ws.b.data());
+  ws.bias_eff.assign(static_cast<size_t>(ocp), 0);
+  for (int64_t oc = 0; oc < oc_n; ++oc) {
+    uint32_t sum = 0;
+    for (int64_t kh = 0; kh < p.k_h; ++kh)
+      for (int64_t t = 0; t < taps_row; ++t) {  // t = kw * in_c + ic: HWIO order
+        const int8_t v = w[(kh * taps_row + t) * oc_n + oc];
+        b[((kh * qr + t / 4) * ocp + oc) * 4 + t % 4] = v;
+        sum += static_cast<uint32_t>(int32_t{v});
+      }
+    uint32_t be = bias ? static_cast<uint32_t>(bias[oc]) : 0u;
+    be -= static_cast<uint32_t>(q.input_zero_point + 128) * sum;
+    ws.bias_eff[static_cast<size_t>(oc)] = static_cast<int32_t>(be);
+  }
+  fill_requant(q.stages, 1, oc_n, ocp, ws.rq);
+  set_lean(ws.rq, q.stages, bias, p.k_h * taps_row);
+}
+
+// MR pixels from ow0 of the row whose padded input rows are `prow` (stride rb), columns
+// [c, c + 32) (nvalid valid).
+template <int MR, int kMode>
+inline void fewc_tile(const Conv2DParams& p, const uint8_t* prow, int64_t rb, const int8_t* wq,
+                      int64_t ocp, const QWorkspace& ws, const Rq& rq, int64_t ow0, int64_t c,
+                      int nvalid, int8_t* yrow) {
+  const int64_t qr = fewc_quads_per_row(p), step = p.stride_w * p.in_c;
+  const __m512i b0 = _mm512_loadu_si512(ws.bias_eff.data() + c);
+  const __m512i b1 = _mm512_loadu_si512(ws.bias_eff.data() + c + 16);
+  __m512i acc0[MR], acc1[MR];
+  for (int r = 0; r < MR; ++r) {
+    acc0[r] = b0;
+    acc1[r] = b1;
+  }
+  for (int64_t kh = 0; kh < p.k_h; ++kh) {
+    const uint8_t* pr = prow + kh * rb + ow0 * step;
+    for (int64_t j = 0; j < qr; ++j) {
+      const int8_t* wj = wq + ((kh * qr + j) * ocp + c) * 4;
+      const __m512i w0 = _mm512_loadu_si512(wj), w1 = _mm512_loadu_si512(wj + 64);
+      for (int r = 0; r < MR; ++r) {
+        int32_t quad;
+        std::memcpy(&quad, pr + r * step + 4 * j, 4);
+        const __m512i av = _mm512_set1_epi32(quad);
+        acc0[r] = _mm512_dpbusd_epi32(acc0[r], av, w0);
+        acc1[r] = _mm512_dpbusd_epi32(acc1[r], av, w1);
+      }
+    }
+  }
+  const RqVec v0 = rq_vec_for<kMode>(rq, c), v1 = rq_vec_for<kMode>(rq, c + 16);
+  const __mmask16 k0 = lanes_mask(nvalid), k1 = lanes_mask(nvalid - 16);
+  for (int r = 0; r < MR; ++r) {
+    int8_t* yo = yrow + (ow0 + r) * p.out_c + c;
+    store(yo, k0, rq_mode<kMode>(acc0[r], rq, v0, c));
+    if (k1) store(yo + 16, k1, rq_mode<kMode>(acc1[r], rq, v1, c + 16));
+  }
+}
+
+template <int kMode>
+void fewc_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int32_t zp,
+               uint8_t* prow, int64_t row_begin, int64_t row_end, int8_t* y) {
+  const Conv2DParams p = geo;
+  const Rq rq = rq_of(ws);
+  const int64_t C = p.in_c, oc_n = p.out_c, ocp = round_up(oc_n, 32), rb = fewc_row_bytes(p);
+  const int64_t wp = (p.out_w - 1) * p.stride_w + p.k_w;
+  const int8_t* wq = reinterpret_cast<const int8_t*>(ws.b.data());
+  const uint8_t padv = static_cast<uint8_t>(zp + 128);
+  const int64_t left = std::min<int64_t>(p.pad_left, wp);
+  const int64_t mid_end = std::min<int64_t>(wp, p.pad_left + p.in_w);  // columns [left, mid_end)
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t n = row / p.out_h, oh = row % p.out_h;
+    for (int64_t kh = 0; kh < p.k_h; ++kh) {
+      const int64_t ih = oh * p.stride_h - p.pad_top + kh * p.dil_h;
+      uint8_t* d = prow + kh * rb;
+      if (!inside(ih, p.in_h)) {
+        std::memset(d, padv, static_cast<size_t>(wp * C));
+        continue;
+      }
+      std::memset(d, padv, static_cast<size_t>(left * C));
+      const int8_t* src = x + ((n * p.in_h + ih) * p.in_w + (left - p.pad_left)) * C;
+      const int64_t nmid = (mid_end - left) * C;
+      const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+      for (int64_t i = 0; i < nmid; i += 64) {
+        const __mmask64 k = nmid - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (nmid - i)) - 1;
+        _mm512_mask_storeu_epi8(d + left * C + i, k,
+                                _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src + i), flip));
+      }
+      if (mid_end < wp) std::memset(d + mid_end * C, padv, static_cast<size_t>((wp - mid_end) * C));
+    }
+    int8_t* yrow = y + row * p.out_w * oc_n;
+    for (int64_t c = 0; c < oc_n; c += 32) {
+      const int nvalid = static_cast<int>(std::min<int64_t>(32, oc_n - c));
+      int64_t ow = 0;
+      for (; ow + 4 <= p.out_w; ow += 4)
+        fewc_tile<4, kMode>(p, prow, rb, wq, ocp, ws, rq, ow, c, nvalid, yrow);
+      for (; ow < p.out_w; ++ow)
+        fewc_tile<1, kMode>(p, prow, rb, wq, ocp, ws, rq, ow, c, nvalid, yrow);
+    }
+  }
+}
+
+void run_fewc(const QConvParams& q, const int8_t* x, const int8_t* w, const int32_t* bias,
+              int8_t* y) {
+  const Conv2DParams& p = q.geo;
+  QWorkspace& ws = *q.workspace;
+  if (p.n * p.out_h * p.out_w * p.out_c == 0) return;
+  if (!same_weights(ws, kTagFewCinVnni, w, p.k_h * p.k_w * p.in_c * p.out_c, bias, p.out_c))
+    pack_fewc(q, w, bias, ws);
+  const int64_t rb = fewc_row_bytes(p), per = p.k_h * rb;
+  const int64_t rows = p.n * p.out_h;
+  const int64_t macs = rows * p.out_w * p.out_c * p.k_h * p.k_w * p.in_c;
+  const int64_t nt = macs >= kParallelMacs ? std::min<int64_t>(omp_get_max_threads(), rows) : 1;
+  uint8_t* base = scratch(ws, 0, per, nt);
+  // The slack past each padded row meets zero weights; give it a value once.
+  using Fn = void (*)(const Conv2DParams&, const int8_t*, const QWorkspace&, int32_t, uint8_t*,
+                      int64_t, int64_t, int8_t*);
+  const Fn fn = ws.rq.lean ? fewc_rows<2> : ws.rq.single ? fewc_rows<1> : fewc_rows<0>;
+  split_rows(rows, nt, [&](int64_t begin, int64_t end, int64_t tid) {
+    uint8_t* prow = base + tid * round_up(per, 128);
+    std::memset(prow, 0x80, static_cast<size_t>(per));
+    fn(p, x, ws, q.input_zero_point, prow, begin, end, y);
+  });
+}
+
 }  // namespace vnni
 
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 #pragma GCC diagnostic pop
 
@@ -596,6 +1151,10 @@ void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int
 
 #pragma GCC push_options
 #pragma GCC target("avx2")
+// clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#endif
 
 namespace avx2 {
 
@@ -738,6 +1297,9 @@ void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int
 
 }  // namespace avx2
 
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 
 }  // namespace
@@ -747,6 +1309,18 @@ bool qconv2d_s8_fast_supported(const QConvParams& p) {
   return p.workspace != nullptr && stages_ok(p.stages, g.out_c) && g.groups >= 1 &&
          g.in_c % g.groups == 0 && g.out_c % g.groups == 0 &&
          g.k_h * g.k_w * (g.in_c / g.groups) <= kMaxFastDepth;
+}
+
+bool qconv2d_s8_depthwise_supported(const QConvParams& p) {
+  const Conv2DParams& g = p.geo;
+  return qconv2d_s8_fast_supported(p) && g.groups > 1 && g.groups == g.in_c &&
+         g.out_c % g.in_c == 0 && g.k_h <= vnni::kMaxQuadRows;
+}
+
+bool qconv2d_s8_few_in_channels_supported(const QConvParams& p) {
+  const Conv2DParams& g = p.geo;
+  return qconv2d_s8_fast_supported(p) && g.groups == 1 && g.in_c <= kMaxFewInChannels &&
+         g.dil_w == 1;
 }
 
 bool qfully_connected_s8_fast_supported(const QFullyConnectedParams& p) {
@@ -760,6 +1334,18 @@ void qconv2d_s8__avx512_vnni(const QConvParams& p, const int8_t* x, const int8_t
     return run_depthwise(kTagDwVnni, 32, true, vnni::dw_rows<false>, vnni::dw_rows<true>, p, x, w,
                          bias, y);
   run_gemm<uint8_t, true>(vnni::kIsa, conv_shape(p), x, w, bias, p.stages, *p.workspace, y);
+}
+
+void qconv2d_depthwise_s8__avx512_vnni(const QConvParams& p, const int8_t* x, const int8_t* w,
+                                       const int32_t* bias, int8_t* y) {
+  std::lock_guard<std::mutex> lock(p.workspace->mu);
+  vnni::run_dw_quads(p, x, w, bias, y);
+}
+
+void qconv2d_fewc_s8__avx512_vnni(const QConvParams& p, const int8_t* x, const int8_t* w,
+                                  const int32_t* bias, int8_t* y) {
+  std::lock_guard<std::mutex> lock(p.workspace->mu);
+  vnni::run_fewc(p, x, w, bias, y);
 }
 
 void qconv2d_s8__avx2(const QConvParams& p, const int8_t* x, const int8_t* w, const int32_t* bias,

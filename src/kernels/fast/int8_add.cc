@@ -9,7 +9,7 @@ namespace lowbit::kernels {
 
 namespace {
 
-constexpr int64_t kParallelElements = int64_t{1} << 16;
+[[maybe_unused]] constexpr int64_t kParallelElements = int64_t{1} << 16;
 constexpr int64_t kBlock = int64_t{1} << 14;  // a multiple of every vector width
 
 // One MBQM (right shift only) as lane constants: the multiplier, and for double rounding the
@@ -45,6 +45,10 @@ void for_blocks(int64_t n, F&& body) {
 
 #pragma GCC push_options
 #pragma GCC target("avx2")
+// clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#endif
 
 struct Avx2Mbqm {
   __m256i m, mask, half, round;
@@ -120,6 +124,9 @@ void add_avx2(const quant::AddStage& st, int64_t begin, int64_t end, const int8_
   for (; i < end; ++i) y[i] = static_cast<int8_t>(st.apply(a[i], b[i]));
 }
 
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 
 }  // namespace
@@ -133,6 +140,10 @@ void add_avx2(const quant::AddStage& st, int64_t begin, int64_t end, const int8_
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl")
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl"))), \
+                             apply_to = function)
+#endif
 
 namespace {
 
@@ -206,6 +217,9 @@ void qadd_s8__avx512(const quant::AddStage& stage, int64_t n, const int8_t* a, c
   });
 }
 
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 #pragma GCC diagnostic pop
 
