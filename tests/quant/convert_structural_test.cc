@@ -17,9 +17,11 @@
 #include "lowbit/data/idx.h"
 #include "lowbit/graph.h"
 #include "lowbit/io/safetensors.h"
+#include "lowbit/isa.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/losses.h"
 #include "lowbit/nn/optimizers.h"
+#include "lowbit/op.h"
 #include "lowbit/ops.h"
 #include "lowbit/quant/convert.h"
 #include "lowbit/quant/quantize_model.h"
@@ -260,6 +262,23 @@ void expect_add_converts(quant::Rounding rounding) {
   for (const auto& op : im.ops)
     if (op.op == "qadd") acts.push_back(op.activation.substr(0, op.activation.find(' ')));
   EXPECT_EQ(acts, (std::vector<std::string>{"relu", "none"}));  // the ReLU after the first
+  // The converted stages are ones the fast rows take (no multiplier rounded up to 1): every
+  // row this CPU has runs them (and matches the reference, tests/ops/int8_test.cc).
+  Rng rng(9);
+  for (const auto& op : im.ops) {
+    if (op.op != "qadd") continue;
+    std::vector<int64_t> dims = im.tensors[op.inputs[0]].shape.dims();
+    dims[0] = 2;
+    const std::vector<Tensor> in{
+        testing::random_int_tensor(Shape(dims), rng, -128, 127, DType::kS8),
+        testing::random_int_tensor(Shape(dims), rng, -128, 127, DType::kS8)};
+    for (const FastKernel& fk : find_op("qadd").fast) {
+      std::vector<Tensor> outs;
+      EXPECT_EQ(testing::run_listed_kernel(find_op("qadd"), fk, in, op.attrs, outs),
+                cpu_has(fk.isa))
+          << fk.name << " " << op.layer;
+    }
+  }
   const bool single = rounding == quant::Rounding::kSingle;
   const Agreement a = expect_agreement(q, im, mnist().test.images, &mnist().test.labels,
                                        single ? 0.999 : 0.99, single ? 0.999 : 0.995);
