@@ -519,6 +519,17 @@ TEST(ConvertStructural, RefusesWhatHasNoIntegerFormNamingTheLayer) {
     expect_throws_with<UnsupportedError>([&] { convert(in, (*nn::Flatten())(y)); },
                                          "layer 'relu_after_cat' (ReLU)");
   }
+  {
+    // A Conv1D over an unknown number of steps: the qconv2d's width must be known.
+    nn::KTensor in = nn::Input(Shape{kUnknown, 3});
+    nn::KTensor y = (*nn::Dense(1))((*nn::Conv1D(2, 3, {.name = "conv_any_t"}))(in));
+    auto f = nn::Model::create({in}, {y}, "refused_t");
+    auto q = quant::quantize_model(*f);
+    q->calibrate(data::Dataset::from_tensors({testing::random_tensor({32, 8, 3}, rng)}), 16);
+    expect_throws_with<UnsupportedError>(
+        [&] { quant::convert_to_integer(*q); },
+        "layer 'conv_any_t' (QuantizeWrapper): a Conv1D needs a known number of steps");
+  }
 }
 
 }  // namespace
