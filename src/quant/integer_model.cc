@@ -372,28 +372,39 @@ const std::map<std::string, std::map<std::string, char>>& op_attributes() {
     a.insert(b.begin(), b.end());
     return a;
   };
-  static const std::map<std::string, char> kDense = with(
-      {{"input_scale", 'f'}, {"input_zero_point", 'i'}, {"weight_scales", 'F'},
-       {"activation", 's'}, {"act_min", 'i'}, {"act_max", 'i'}},
-      kOut);
+  static const std::map<std::string, char> kDense = with({{"input_scale", 'f'},
+                                                          {"input_zero_point", 'i'},
+                                                          {"weight_scales", 'F'},
+                                                          {"activation", 's'},
+                                                          {"act_min", 'i'},
+                                                          {"act_max", 'i'}},
+                                                         kOut);
   static const std::map<std::string, char> kPool = {
       {"ksize", 'W'}, {"strides", 'W'}, {"padding", 's'}, {"act_min", 'i'}, {"act_max", 'i'}};
   static const std::map<std::string, char> kRnn = {
-      {"input_scale", 'f'},         {"input_zero_point", 'i'},
-      {"hidden_scale", 'f'},        {"hidden_zero_point", 'i'},
-      {"input_weight_scales", 'F'}, {"recurrent_weight_scales", 'F'},
-      {"return_sequences", 'b'},    {"go_backwards", 'b'},
-      {"zero_output_for_mask", 'b'}};
+      {"input_scale", 'f'},       {"input_zero_point", 'i'},    {"hidden_scale", 'f'},
+      {"hidden_zero_point", 'i'}, {"input_weight_scales", 'F'}, {"recurrent_weight_scales", 'F'},
+      {"return_sequences", 'b'},  {"go_backwards", 'b'},        {"zero_output_for_mask", 'b'}};
   static const std::map<std::string, std::map<std::string, char>> kOps = {
-      {"qconv2d", with(kDense, {{"strides", 'W'}, {"dilations", 'W'}, {"padding", 's'},
-                                {"pads", 'W'}, {"groups", 'i'}})},
+      {"qconv2d", with(kDense, {{"strides", 'W'},
+                                {"dilations", 'W'},
+                                {"padding", 's'},
+                                {"pads", 'W'},
+                                {"groups", 'i'}})},
       {"qfully_connected", kDense},
       {"qmax_pool2d", kPool},
       {"qavg_pool2d", with(with(kPool, kOut), {{"input_scale", 'f'}, {"input_zero_point", 'i'}})},
-      {"qadd", with(kOut, {{"input1_scale", 'f'}, {"input1_zero_point", 'i'},
-                           {"input2_scale", 'f'}, {"input2_zero_point", 'i'},
-                           {"activation", 's'}})},
-      {"requantize", with(kOut, {{"input_scale", 'f'}, {"input_zero_point", 'i'}})},
+      {"qadd", with(kOut, {{"input1_scale", 'f'},
+                           {"input1_zero_point", 'i'},
+                           {"input2_scale", 'f'},
+                           {"input2_zero_point", 'i'},
+                           {"activation", 's'},
+                           {"act_min", 'i'},
+                           {"act_max", 'i'}})},
+      {"requantize",
+       with(kOut,
+            {{"input_scale", 'f'}, {"input_zero_point", 'i'}, {"act_min", 'i'}, {"act_max", 'i'}})},
+      {"concat", {{"axis", 'i'}}},
       {"quantize", {{"scale", 'f'}, {"zero_point", 'i'}}},
       {"dequantize", {{"scale", 'f'}, {"zero_point", 'i'}}},
       {"reshape", {{"shape", 'L'}}},
@@ -434,9 +445,12 @@ void check_attr(const std::string& path, const std::string& where, const std::st
       return;
     case 'W': {
       std::vector<int64_t> l;
-      if (const auto* i = std::get_if<int64_t>(&v)) l = {*i};
-      else if (const auto* p = std::get_if<std::vector<int64_t>>(&v)) l = *p;
-      else bad(path, at + ": expected an int or a list of ints");
+      if (const auto* i = std::get_if<int64_t>(&v))
+        l = {*i};
+      else if (const auto* p = std::get_if<std::vector<int64_t>>(&v))
+        l = *p;
+      else
+        bad(path, at + ": expected an int or a list of ints");
       for (int64_t x : l)
         if (x < 0 || x > kMaxWindow) bad(path, at + ": expected values in [0, 65536]");
       if (k == "ksize" && l.size() == 2 && l[0] * l[1] > (int64_t{1} << 20))
@@ -589,7 +603,8 @@ IntegerModel IntegerModel::from_safetensors(const io::SafetensorsFile& f, const 
       bad(path, "graph: input tensor '" + in.name +
                     "' must be f32 [?, ...] (an activation, the batch dim unknown)");
     for (int d = 1; d < in.shape.rank(); ++d)
-      if (in.shape[d] == kUnknown) bad(path, "graph: input tensor '" + in.name + "' has an unknown dim after the batch");
+      if (in.shape[d] == kUnknown)
+        bad(path, "graph: input tensor '" + in.name + "' has an unknown dim after the batch");
     if (out.dtype != DType::kF32 || out.shape.rank() < 1 || out.shape[0] != kUnknown)
       bad(path, "graph: output tensor '" + out.name + "' must be f32 [?, ...]");
   }
@@ -677,8 +692,13 @@ Json inspect_op(const IntegerModel& m, const IntegerOp& op) {
     if (a.has("scale")) e["grid"] = {{"scale", a.f("scale")}, {"zero_point", a.i("zero_point")}};
     if (a.has("input_scale"))
       e["input"] = {{"scale", a.f("input_scale")}, {"zero_point", a.i("input_zero_point")}};
-    if (a.has("output_scale") && a.has("input_scale")) {  // requantize, qavg_pool2d
+    for (const char* k : {"input1", "input2"})  // qadd
+      if (a.has(std::string(k) + "_scale"))
+        e[k] = {{"scale", a.f(std::string(k) + "_scale")},
+                {"zero_point", a.i(std::string(k) + "_zero_point")}};
+    if (a.has("output_scale"))
       e["output"] = {{"scale", a.f("output_scale")}, {"zero_point", a.i("output_zero_point")}};
+    if (a.has("output_scale") && a.has("input_scale")) {
       const double m = a.f("input_scale") / a.f("output_scale");
       const QuantizedMultiplier qm = quantize_multiplier(m);
       e["M"] = m;
@@ -918,7 +938,17 @@ std::string IntegerModel::inspect_table() const {
                       e["grid"]["zero_point"].get<int>());
         os << line;
       }
-      if (e.contains("output")) {
+      if (e.contains("input1")) {  // qadd
+        std::snprintf(line, sizeof line,
+                      "  input1 scale %.9g zp %d | input2 scale %.9g zp %d | output scale %.9g "
+                      "zp %d | activation %s\n",
+                      e["input1"]["scale"].get<double>(), e["input1"]["zero_point"].get<int>(),
+                      e["input2"]["scale"].get<double>(), e["input2"]["zero_point"].get<int>(),
+                      e["output"]["scale"].get<double>(), e["output"]["zero_point"].get<int>(),
+                      op.activation.c_str());
+        os << line;
+      }
+      if (e.contains("M")) {
         std::snprintf(line, sizeof line,
                       "  input  scale %.9g zp %d | output scale %.9g zp %d | M %.9g = M0 %d, "
                       "shift %d\n",
