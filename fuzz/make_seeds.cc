@@ -12,6 +12,7 @@
 
 #include "lowbit/data/dataset.h"
 #include "lowbit/nn/layers.h"
+#include "lowbit/nn/masking.h"
 #include "lowbit/nn/model.h"
 #include "lowbit/quant/convert.h"
 #include "lowbit/quant/quantize_model.h"
@@ -76,6 +77,13 @@ int main(int argc, char** argv) {
                 nn::GlobalAveragePooling2D(), nn::Dense(2, {.activation = "relu"}),
                 nn::Dense(2)},
                "w8a8", quant::Rounding::kDouble);
+    // The recurrent ops (qlstm, qgru, timestep_mask): [time, features] sequences.
+    write_seed(dir, "masked_lstm", {4, 3},
+               {nn::Masking(), nn::LSTM(3, {.return_sequences = true}), nn::Flatten(),
+                nn::Dense(2)},
+               "w8a8", quant::Rounding::kDouble);
+    write_seed(dir, "gru", {3, 2}, {nn::GRU(2, {.reset_after = false}), nn::Dense(2)}, "w8a8",
+               quant::Rounding::kDouble);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "integer_model_seeds: %s\n", e.what());
     return 1;

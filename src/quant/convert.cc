@@ -24,7 +24,7 @@ using nn::Json;
 
 // A conv or dense whose output stage is not known yet.
 struct Pending {
-  std::string op;        // qconv2d | qfully_connected | qavg_pool2d | bidirectional
+  std::string op;        // qconv2d | qfully_connected | qavg_pool2d | qadd | concat | bidirectional
   std::string layers;    // the QAT layers it implements so far, joined with '+'
   std::string cls;       // the conv/dense class
   int input = -1;        // code tensor
@@ -34,6 +34,9 @@ struct Pending {
   Attrs window;          // qconv2d: strides, dilations, padding, groups; qavg_pool2d: ksize,
                          // strides, padding
   Shape pool_shape;      // qavg_pool2d of a global pooling: its [?, 1, 1, C] before the reshape
+  Shape conv_shape;      // qconv2d of a Conv1D: its [?, 1, T', F] before the reshape
+  std::vector<int> inputs;  // qadd (two), concat (each input): code tensors
+  int64_t axis = -1;        // concat
   std::string activation = "none";
   std::string activation_from;
   Shape out_shape;
@@ -226,10 +229,12 @@ class Converter {
       const std::optional<std::string> a = layer_activation(l);
       if (!a) refuse(l, "only ReLU, ReLU6 and linear activations have an integer form here");
       if (in.at(0).kind != Val::kPending || in.at(0).pending->op == "qavg_pool2d" ||
-          in.at(0).pending->op == "bidirectional")
+          in.at(0).pending->op == "bidirectional" ||
+
+          in.at(0).pending->op == "concat")
         refuse(l,
-               "an activation is converted fused into the conv/dense before it; this one "
-               "follows no conv/dense");
+               "an activation is converted fused into the conv/dense/Add before it; this one "
+               "follows no conv/dense/Add");
       auto p = std::make_shared<Pending>(*in.at(0).pending);
       p->activation = combine(p->activation, *a);
       p->activation_from = l.name();
@@ -269,6 +274,48 @@ class Converter {
       }
       return {Val{Val::kPending, -1, p}};
     }
+    if (cls == "Add") {
+      // Its inputs are quantized (quantize_model puts a FakeQuant before each that is not), its
+      // sum waits for the optional fused ReLU/ReLU6 and the FakeQuant after it: one qadd.
+      if (in.size() != 2)
+        refuse(l, "an Add of " + std::to_string(in.size()) +
+                      " inputs has no integer form here (qadd takes two: chain two-input Adds)");
+      const IntegerTensor a = codes(l, in[0]), b = codes(l, in[1]);
+      if (a.shape != b.shape)
+        refuse(l, "its inputs have shapes " + a.shape.str() + " and " + b.shape.str() +
+                      "; qadd needs equal shapes (no broadcasting)");
+      auto p = std::make_shared<Pending>();
+      p->op = "qadd";
+      p->cls = cls;
+      p->layers = l.name();
+      p->inputs = {in[0].tensor, in[1].tensor};
+      p->input = in[0].tensor;
+      p->out_shape = out_shape;
+      return {Val{Val::kPending, -1, p}};
+    }
+    if (cls == "Concatenate") {
+      // quantize_model puts no quantizer on its inputs and one FakeQuant after it: each input
+      // is requantized to that FakeQuant's grid (when on another grid), then the codes copied.
+      auto p = std::make_shared<Pending>();
+      p->op = "concat";
+      p->cls = cls;
+      p->layers = l.name();
+      for (const Val& v : in) {
+        codes(l, v);
+        p->inputs.push_back(v.tensor);
+      }
+      p->input = p->inputs.at(0);
+      const int64_t rank = out_shape.rank();
+      int64_t axis = l.get_config().value("axis", int64_t{-1});
+      if (axis < 0) axis += rank;
+      if (axis <= 0 || axis >= rank)
+        refuse(l, "concatenation along axis " + std::to_string(axis) +
+                      " (the batch axis, or outside rank " + std::to_string(rank) +
+                      ") has no integer form");
+      p->axis = axis;
+      p->out_shape = out_shape;
+      return {Val{Val::kPending, -1, p}};
+    }
     if (cls == "MaxPooling2D") {
       const IntegerTensor x = codes(l, in.at(0));
       const Json c = l.get_config();
@@ -292,8 +339,9 @@ class Converter {
     }
     if (cls == "InputLayer") refuse(l, "a second model input");
     refuse(l,
-           "no integer form for this layer class yet (convertible: Conv2D, DepthwiseConv2D, "
-           "Dense with their folded batch norms, ReLU/ReLU6, MaxPooling2D, "
+           "no integer form for this layer class yet (convertible: Conv1D, Conv2D, "
+           "DepthwiseConv2D, SeparableConv2D as quantize_model splits it, Dense (inputs of any "
+           "rank) with their folded batch norms, ReLU/ReLU6, Add, Concatenate, MaxPooling2D, "
            "AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape, Dropout, FakeQuant, "
            "Masking of the model input, QuantizedLSTM, QuantizedGRU, QuantizedBidirectional)");
   }
@@ -591,7 +639,6 @@ class Converter {
   Val pending(const nn::Layer& l, const nn::Layer& inner, const IntegerTensor& x, int x_tensor,
               const Tensor& kernel, const Quantizer::Grid& grid, const Tensor& bias,
               const std::string& activation, const Shape& out_shape) {
-    (void)x;
     auto p = std::make_shared<Pending>();
     p->cls = inner.class_name();
     p->layers = l.name();
@@ -623,9 +670,44 @@ class Converter {
                    {"dilations", json_ints(c, "dilation_rate")},
                    {"padding", c.value("padding", "valid")},
                    {"groups", groups}};
+    } else if (p->cls == "Conv1D") {
+      // A qconv2d on [N, 1, T, C]: the kernel [K, Cin/g, F] as [1, K, Cin/g, F], the window on
+      // the width axis; "causal" pads (K - 1) * dilation steps on the left only.
+      p->op = "qconv2d";
+      const Shape& ks = kernel.shape();
+      p->kernel = kernel.reshape(Shape{1, ks[0], ks[1], ks[2]});
+      const std::vector<int64_t> st = json_ints(c, "strides"), dl = json_ints(c, "dilation_rate");
+      const int64_t s = st.empty() ? 1 : st[0], d = dl.empty() ? 1 : dl[0];
+      const std::string padding = c.value("padding", "valid");
+      p->window = {{"strides", std::vector<int64_t>{1, s}},
+                   {"dilations", std::vector<int64_t>{1, d}},
+                   {"groups", c.value("groups", int64_t{1})}};
+      if (padding == "causal")
+        p->window.set("padding", "explicit")
+            .set("pads", std::vector<int64_t>{0, 0, (ks[0] - 1) * d, 0});
+      else
+        p->window.set("padding", padding);
+      const Shape& xs = x.shape;
+      if (xs.rank() != 3 || xs[1] == kUnknown || out_shape[1] == kUnknown)
+        refuse(l, "a Conv1D needs a known number of steps (input " + xs.str() + ", output " +
+                      out_shape.str() + ")");
+      IntegerTensor x4 = x;
+      x4.name = l.name() + "_as_2d";
+      x4.shape = Shape{kUnknown, 1, xs[1], xs[2]};
+      const int x4_id = add(std::move(x4));
+      emit("reshape", {x_tensor}, x4_id, {{"shape", std::vector<int64_t>{-1, 1, xs[1], xs[2]}}},
+           l.name(), "");
+      p->input = x4_id;
+      p->conv_shape = Shape{kUnknown, 1, out_shape[1], out_shape[2]};
+    } else if (p->cls == "SeparableConv2D") {
+      refuse(l,
+             "a SeparableConv2D QAT'd as one layer (no quantizer between its depthwise and "
+             "pointwise parts) has no integer form; quantize_model now splits it into "
+             "DepthwiseConv2D + FakeQuant + Conv2D: re-run quantize_model on the float model");
     } else {
       refuse(l, "weighted layer class '" + p->cls +
-                    "' has no integer form yet (convertible: Conv2D, DepthwiseConv2D, Dense)");
+                    "' has no integer form yet (convertible: Conv1D, Conv2D, DepthwiseConv2D, "
+                    "Dense)");
     }
     return Val{Val::kPending, -1, p};
   }
@@ -666,19 +748,30 @@ class Converter {
            "");
       return {Val::kCodes, out, nullptr};
     }
-    if (in.kind == Val::kCodes) {
-      const IntegerTensor x = im_.tensors[in.tensor];
-      const int out = add(t);
-      emit("requantize", {in.tensor}, out,
-           {{"input_scale", x.scale[0]},
-            {"input_zero_point", static_cast<int64_t>(x.zero_point[0])},
-            {"output_scale", t.scale[0]},
-            {"output_zero_point", static_cast<int64_t>(t.zero_point[0])},
-            {"rounding", opt_.rounding == Rounding::kSingle ? "single" : "double"}},
-           l.name(), "");
-      return {Val::kCodes, out, nullptr};
-    }
+    if (in.kind == Val::kCodes) return {Val::kCodes, requantize(in.tensor, t, l.name()), nullptr};
     return finish(l, *in.pending, std::move(t));
+  }
+
+  // Codes of tensor `x` on the grid of `to` (a new tensor, returned): one requantize, clamped to
+  // the grid's codes (a low-bit grid keeps its range). Always one rounding, whatever
+  // ConvertOptions::rounding says: the QAT model rounds each value once (its FakeQuant), and M
+  // = s_in / s_out is near 1 or below (a FakeQuant after a Concatenate spans its inputs'
+  // ranges), where gemmlowp's first rounding (to an integer, before a right shift of 1 or more
+  // bits) would move a code near a tie by one in up to a quarter of the cases; TFLite has no
+  // requantizing op here to be compatible with (its int8 CONCATENATION needs one grid).
+  int requantize(int x_tensor, IntegerTensor to, const std::string& layers) {
+    const IntegerTensor x = im_.tensors[x_tensor];
+    const int out = add(to);
+    emit("requantize", {x_tensor}, out,
+         {{"input_scale", x.scale[0]},
+          {"input_zero_point", static_cast<int64_t>(x.zero_point[0])},
+          {"output_scale", to.scale[0]},
+          {"output_zero_point", static_cast<int64_t>(to.zero_point[0])},
+          {"act_min", static_cast<int64_t>(to.qmin)},
+          {"act_max", static_cast<int64_t>(to.qmax)},
+          {"rounding", "single"}},
+         layers, "");
+    return out;
   }
 
   // The pending average pool with its output grid: one qavg_pool2d rounding the mean to it
@@ -716,10 +809,61 @@ class Converter {
     return {Val::kCodes, out, nullptr};
   }
 
+  // The pending Add (with its fused activation) and its output grid: one qadd.
+  Val finish_add(const nn::Layer& fq, const Pending& p, IntegerTensor out_t) {
+    const IntegerTensor a = im_.tensors[p.inputs.at(0)], b = im_.tensors[p.inputs.at(1)];
+    out_t.shape = p.out_shape;
+    Attrs at{{"input1_scale", a.scale[0]},
+             {"input1_zero_point", static_cast<int64_t>(a.zero_point[0])},
+             {"input2_scale", b.scale[0]},
+             {"input2_zero_point", static_cast<int64_t>(b.zero_point[0])},
+             {"output_scale", out_t.scale[0]},
+             {"output_zero_point", static_cast<int64_t>(out_t.zero_point[0])},
+             {"activation", p.activation},
+             {"act_min", static_cast<int64_t>(out_t.qmin)},
+             {"act_max", static_cast<int64_t>(out_t.qmax)},
+             {"rounding", opt_.rounding == Rounding::kSingle ? "single" : "double"}};
+    const int out = add(std::move(out_t));
+    emit("qadd", p.inputs, out, std::move(at), p.layers + "+" + fq.name(),
+         p.activation + (p.activation_from.empty() ? "" : " (" + p.activation_from + ")"));
+    return {Val::kCodes, out, nullptr};
+  }
+
+  // The pending Concatenate and its output grid: each input on another grid requantized to it
+  // (TFLite's int8 concatenation wants every input on the output's parameters, spec 3.6; see
+  // requantize for its rounding), then concat.
+  Val finish_concat(const nn::Layer& fq, const Pending& p, IntegerTensor out_t) {
+    const std::string layers = p.layers + "+" + fq.name();
+    std::vector<int> parts;
+    std::map<int, int> requantized;  // an input read twice is requantized once
+    for (size_t i = 0; i < p.inputs.size(); ++i) {
+      const IntegerTensor x = im_.tensors[p.inputs[i]];  // a copy: add() may reallocate
+      if (x.scale == out_t.scale && x.zero_point == out_t.zero_point && x.qmin == out_t.qmin &&
+          x.qmax == out_t.qmax) {
+        parts.push_back(p.inputs[i]);  // already on the output's grid: FakeQuant is the identity
+        continue;
+      }
+      auto it = requantized.find(p.inputs[i]);
+      if (it == requantized.end()) {
+        IntegerTensor r = out_t;
+        r.name = p.layers + "/input" + std::to_string(i) + "_requantized";
+        r.shape = x.shape;
+        it = requantized.emplace(p.inputs[i], requantize(p.inputs[i], std::move(r), layers)).first;
+      }
+      parts.push_back(it->second);
+    }
+    out_t.shape = p.out_shape;
+    const int out = add(std::move(out_t));
+    emit("concat", parts, out, {{"axis", p.axis}}, layers, "");
+    return {Val::kCodes, out, nullptr};
+  }
+
   // The pending conv/dense with its output grid: int8 weights, int32 bias, one op.
   Val finish(const nn::Layer& fq, const Pending& p, IntegerTensor out_t) {
     if (p.op == "qavg_pool2d") return finish_pool(fq, p, std::move(out_t));
     if (p.op == "bidirectional") return finish_merge(fq, p, std::move(out_t));
+    if (p.op == "qadd") return finish_add(fq, p, std::move(out_t));
+    if (p.op == "concat") return finish_concat(fq, p, std::move(out_t));
     const IntegerTensor x = im_.tensors[p.input];  // a copy: constant() may reallocate
     const Shape& ks = p.kernel.shape();
     const int64_t out_c = ks[ks.rank() - 1];
@@ -786,9 +930,9 @@ class Converter {
     im_.tensors[b_id].scale = bscales;
     im_.tensors[b_id].zero_point.assign(bscales.size(), 0);
 
-    out_t.shape = p.out_shape;
+    out_t.shape = p.conv_shape.rank() ? p.conv_shape : p.out_shape;
     const IntegerTensor o = out_t;
-    const int out = add(std::move(out_t));
+    const int conv_out = add(std::move(out_t));
     Attrs a = p.window;
     a.set("input_scale", x.scale[0]);
     a.set("input_zero_point", static_cast<int64_t>(x.zero_point[0]));
@@ -799,8 +943,18 @@ class Converter {
     a.set("act_min", static_cast<int64_t>(o.qmin));
     a.set("act_max", static_cast<int64_t>(o.qmax));
     a.set("rounding", opt_.rounding == Rounding::kSingle ? "single" : "double");
-    emit(p.op, {p.input, w_id, b_id}, out, std::move(a), p.layers + "+" + fq.name(),
+    emit(p.op, {p.input, w_id, b_id}, conv_out, std::move(a), p.layers + "+" + fq.name(),
          p.activation + (p.activation_from.empty() ? "" : " (" + p.activation_from + ")"));
+    if (p.conv_shape.rank() == 0) return {Val::kCodes, conv_out, nullptr};
+    // A Conv1D: back from [?, 1, T', F] to [?, T', F].
+    IntegerTensor back = o;
+    back.name = fq.name();
+    back.shape = p.out_shape;
+    im_.tensors[conv_out].name = p.layers + "_2d";
+    std::vector<int64_t> dims = p.out_shape.dims();
+    dims[0] = -1;
+    const int out = add(std::move(back));
+    emit("reshape", {conv_out}, out, {{"shape", dims}}, p.layers + "+" + fq.name(), "");
     return {Val::kCodes, out, nullptr};
   }
 

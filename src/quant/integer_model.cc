@@ -399,12 +399,16 @@ const std::map<std::string, std::map<std::string, char>>& op_attributes() {
                            {"input1_zero_point", 'i'},
                            {"input2_scale", 'f'},
                            {"input2_zero_point", 'i'},
-                           {"activation", 's'}})},
-      {"requantize", with(kOut, {{"input_scale", 'f'}, {"input_zero_point", 'i'}})},
+                           {"activation", 's'},
+                           {"act_min", 'i'},
+                           {"act_max", 'i'}})},
+      {"requantize",
+       with(kOut,
+            {{"input_scale", 'f'}, {"input_zero_point", 'i'}, {"act_min", 'i'}, {"act_max", 'i'}})},
+      {"concat", {{"axis", 'i'}}},
       {"quantize", {{"scale", 'f'}, {"zero_point", 'i'}}},
       {"dequantize", {{"scale", 'f'}, {"zero_point", 'i'}}},
       {"reshape", {{"shape", 'L'}}},
-      {"concat", {{"axis", 'i'}}},
       {"qlstm", with(kRnn, {{"cell_int_bits", 'i'}})},
       {"qgru", with(kRnn, {{"reset_after", 'b'}})},
       {"timestep_mask", {{"mask_value", 'f'}}}};
@@ -689,8 +693,13 @@ Json inspect_op(const IntegerModel& m, const IntegerOp& op) {
     if (a.has("scale")) e["grid"] = {{"scale", a.f("scale")}, {"zero_point", a.i("zero_point")}};
     if (a.has("input_scale"))
       e["input"] = {{"scale", a.f("input_scale")}, {"zero_point", a.i("input_zero_point")}};
-    if (a.has("output_scale") && a.has("input_scale")) {  // requantize, qavg_pool2d
+    for (const char* k : {"input1", "input2"})  // qadd
+      if (a.has(std::string(k) + "_scale"))
+        e[k] = {{"scale", a.f(std::string(k) + "_scale")},
+                {"zero_point", a.i(std::string(k) + "_zero_point")}};
+    if (a.has("output_scale"))
       e["output"] = {{"scale", a.f("output_scale")}, {"zero_point", a.i("output_zero_point")}};
+    if (a.has("output_scale") && a.has("input_scale")) {
       const double m = a.f("input_scale") / a.f("output_scale");
       const QuantizedMultiplier qm = quantize_multiplier(m);
       e["M"] = m;
@@ -930,7 +939,17 @@ std::string IntegerModel::inspect_table() const {
                       e["grid"]["zero_point"].get<int>());
         os << line;
       }
-      if (e.contains("output")) {
+      if (e.contains("input1")) {  // qadd
+        std::snprintf(line, sizeof line,
+                      "  input1 scale %.9g zp %d | input2 scale %.9g zp %d | output scale %.9g "
+                      "zp %d | activation %s\n",
+                      e["input1"]["scale"].get<double>(), e["input1"]["zero_point"].get<int>(),
+                      e["input2"]["scale"].get<double>(), e["input2"]["zero_point"].get<int>(),
+                      e["output"]["scale"].get<double>(), e["output"]["zero_point"].get<int>(),
+                      op.activation.c_str());
+        os << line;
+      }
+      if (e.contains("M")) {
         std::snprintf(line, sizeof line,
                       "  input  scale %.9g zp %d | output scale %.9g zp %d | M %.9g = M0 %d, "
                       "shift %d\n",

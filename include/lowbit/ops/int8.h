@@ -29,12 +29,16 @@
 //     default the int8 range).
 //   qadd(a, b) s8, same shape -> s8: TFLite's quantized Add (fixed_point.h AddStage); attributes
 //     input1_scale, input1_zero_point, input2_scale, input2_zero_point, output_scale,
-//     output_zero_point, activation, rounding.
+//     output_zero_point, activation, rounding, and optional act_min, act_max (intersected with
+//     the activation's clamp).
 //   qavg_pool2d also takes input_scale, input_zero_point, output_scale, output_zero_point (all
 //     or none): the mean rounded once to the output's parameters, MBQM(sum - count * zp_in,
 //     s_in / (s_out * count)) + zp_out.
 //   requantize(x s8) -> s8: the same values at other parameters (input_scale,
-//     input_zero_point, output_scale, output_zero_point, rounding).
+//     input_zero_point, output_scale, output_zero_point, rounding; optional act_min, act_max:
+//     the clamp, default the int8 range). With the plain `concat` (ops/shape_ops.h, any dtype)
+//     it is TFLite's int8 concatenation: each input whose parameters differ from the output's
+//     requantized to them, then the codes copied.
 //   quantize(x f32) -> s8 (scale, zero_point): clamp(round_away(x / scale) + zp).
 //   dequantize(q s8) -> f32 (scale, zero_point): scale * (q - zp).
 //

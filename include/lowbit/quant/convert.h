@@ -23,9 +23,25 @@
 //   grid of codes [qmin, qmax] (e.g. uint8 [0, 255], 4-bit [0, 15]) is stored as int8 codes
 //   shifted by -128 - qmin, and its clamp keeps the grid's own range (a 4-bit activation stays
 //   16 codes wide).
-//   The model input's FakeQuant becomes `quantize`, the model output `dequantize`.
-//   MaxPooling2D, AveragePooling2D (TFLite's rounding), Flatten, Reshape and Dropout keep their
-//   input's parameters.
+//   Conv2D, DepthwiseConv2D (groups = channels) and Dense on inputs of any rank (rank 3: one
+//   qfully_connected over the last axis, [?, T, K] -> [?, T, U]). Conv1D: a qconv2d on the
+//   input reshaped to [?, 1, T, C] (kernel [1, K, C/groups, F], strides and dilation on the
+//   width axis; "causal" is explicit padding of (K - 1) * dilation steps on the left), then a
+//   reshape back to [?, T', F]. SeparableConv2D, which quantize_model splits as TF-MOT does
+//   (DepthwiseConv2D "<name>_depthwise" + FakeQuant + 1x1 Conv2D "<name>"): two qconv2d with an
+//   int8 tensor between, as TFLite deploys it.
+//   Add of two inputs of one shape (quantize_model quantizes each), with its fused ReLU/ReLU6
+//   and the FakeQuant after it: one qadd, TFLite's int8 ADD (spec 3.6): each input rescaled to
+//   2 * max(s1, s2) / 2^20 by its own multiplier, summed, requantized by the output multiplier,
+//   all with ConvertOptions::rounding (double by default, as TFLite).
+//   Concatenate (any axis but the batch axis; no quantizer on its inputs, one FakeQuant after,
+//   as TFMOT): each input on another grid than that FakeQuant's is requantized to it (TFLite's
+//   int8 CONCATENATION needs one grid), always with single rounding (the QAT model rounds each
+//   value once), then one `concat` copies the codes.
+//   The model input's FakeQuant becomes `quantize`, the model output `dequantize`; a FakeQuant
+//   on codes of another grid `requantize` (single rounding, clamped to the grid's codes).
+//   MaxPooling2D, Flatten, Reshape and Dropout keep their input's parameters; AveragePooling2D
+//   and GlobalAveragePooling2D round the mean once, to the grid of the FakeQuant after them.
 //   A QuantizedLSTM / QuantizedGRU becomes ONE qlstm / qgru over the sequence (spec 3.7
 //   "8x8_16", docs/integer-inference.md "The integer LSTM and GRU"): x quantized (or
 //   requantized) to the layer's x grid, int8 weights per gate block (FQ(W) / s_W,g), int32
@@ -43,8 +59,10 @@
 // The model has one f32 input: a model whose masks come from a second input (e.g.
 // examples/rgb_missing.cc's MissingFeatures) converts only from the layer after them.
 // Anything else (a layer class without an integer form here, a float layer between quantized
-// ones, an asymmetric weight grid, a torch/binary/ternary quantizer) is refused with
-// UnsupportedError naming the layer, its class and why; nothing is silently left in float.
+// ones, an Add of three or more inputs, a concatenation along the batch axis, an activation that
+// follows no conv/dense/Add, an asymmetric weight grid, a torch/binary/ternary quantizer) is
+// refused with UnsupportedError naming the layer, its class and why; nothing is silently left
+// in float.
 #pragma once
 
 #include <memory>
