@@ -259,12 +259,21 @@ TEST(IntegerModelFile, RoundTripsAndRefusesBadFiles) {
   rewrite([&](nn::Json& g) { g["version"] = 4294967297ull; }, "field 'version' is not an integer");
   rewrite([&](nn::Json& g) { tensor_named(g, "/kernel")["shape"][0] = 1e30; },
           "field 'shape' is not a list of integers");
-  rewrite([&](nn::Json& g) { g["ops"][1]["attrs"]["input_zero_point"] = {{"i", 1e30}}; },
-          "expected an int64 integer");
-  rewrite([&](nn::Json& g) { g["ops"][1]["attrs"]["scale"] = {{"s", "x"}}; },
-          "attribute 'scale' is not one that qconv2d takes");
-  rewrite([&](nn::Json& g) { g["ops"][2]["attrs"]["ksize"] = {{"ints", {65536, 65536}}}; },
-          "more than 2^20 taps");
+  rewrite(
+      [&](nn::Json& g) {
+        g["ops"][1]["attrs"]["input_zero_point"] = {{"i", 1e30}};
+      },
+      "expected an int64 integer");
+  rewrite(
+      [&](nn::Json& g) {
+        g["ops"][1]["attrs"]["scale"] = {{"s", "x"}};
+      },
+      "attribute 'scale' is not one that qconv2d takes");
+  rewrite(
+      [&](nn::Json& g) {
+        g["ops"][2]["attrs"]["ksize"] = {{"ints", {65536, 65536}}};
+      },
+      "more than 2^20 taps");
   rewrite([&](nn::Json& g) { g["tensors"][g["input"].get<int>()]["dtype"] = "s8"; },
           "must be f32 [?, ...]");
   rewrite(
@@ -293,7 +302,8 @@ TEST(IntegerModelFile, RoundTripsAndRefusesBadFiles) {
            {R"({"w":{"dtype":"I8","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}})",
             "more than 2^40"},
            {R"({"w":{"dtype":"I8","shape":[1e30],"data_offsets":[0,0]}})", "'shape' holds"},
-           {R"({"w":{"dtype":"I8","shape":[1],"data_offsets":[-1,0]}})", "lies outside the data"}}) {
+           {R"({"w":{"dtype":"I8","shape":[1],"data_offsets":[-1,0]}})",
+            "lies outside the data"}}) {
     const std::string b = header_only(header);
     expect_throws_with<IoError>([&] { io::read_safetensors_bytes(b.data(), b.size()); }, needle);
   }
@@ -560,15 +570,16 @@ TEST(ConvertToInteger, RefusesWhatHasNoIntegerFormNamingTheLayer) {
   Tensor y = Tensor::zeros({4, 3});
   q->compile({.optimizer = nn::Adam({}), .loss = nn::MeanSquaredError()});
   q->fit(x, y, {.epochs = 1, .verbose = 0});
-  // The LSTM converts (tests/quant/convert_recurrent_test.cc); a bidirectional one does not.
+  // The LSTM converts (tests/quant/convert_recurrent_test.cc); a bidirectional one with
+  // merge_mode mul does not (concat, sum, ave, none do).
   EXPECT_EQ(quant::convert_to_integer(*q).ops.at(1).op, "qlstm");
   auto b = nn::Sequential::create(
-      {nn::InputSpec({6, 4}), nn::Bidirectional(nn::LSTM(5)), nn::Dense(3)}, "birnn");
+      {nn::InputSpec({6, 4}), nn::Bidirectional(nn::LSTM(5), {.merge_mode = "mul"}), nn::Dense(3)},
+      "birnn");
   auto qb = quant::quantize_model(*b);
   qb->compile({.optimizer = nn::Adam({}), .loss = nn::MeanSquaredError()});
   qb->fit(x, y, {.epochs = 1, .verbose = 0});
-  expect_throws_with<UnsupportedError>([&] { quant::convert_to_integer(*qb); },
-                                       "QuantizedBidirectional");
+  expect_throws_with<UnsupportedError>([&] { quant::convert_to_integer(*qb); }, "merge_mode 'mul'");
 }
 
 }  // namespace
