@@ -292,7 +292,6 @@ void fixed_hidden_reference(const KernelCtx& k) {
   }
 }
 
-std::vector<Value> no_grad(const GradCtx& g) { return std::vector<Value>(g.in.size()); }
 std::any keep_attrs(const PrepareCtx& c) { return c.attrs; }
 
 }  // namespace
@@ -314,24 +313,24 @@ void register_integer_numerics_ops() {
   register_op({.name = "fixed_matmul",
                .num_inputs = -1,
                .infer = infer_fixed_matmul,
-               .grad = no_grad,
                .prepare = keep_attrs,
                .reference = fixed_matmul_reference,
-               .doc = "the integer LSTM's Q3.12 partial sum of grid values (no gradient)"});
+               .doc = "the integer LSTM's Q3.12 partial sum of grid values (no gradient rule: use "
+                      "it as the value of straight_through)"});
   register_op({.name = "fake_quant_pot_mul",
                .num_inputs = 3,
                .infer = [](const InferCtx& c) { return infer_same_shapes(c, 2, 1); },
-               .grad = no_grad,
                .prepare = keep_attrs,
                .reference = pot_mul_reference,
-               .doc = "fake_quant_pot of the exact product a b (no gradient)"});
+               .doc = "fake_quant_pot of the exact product a b (no gradient rule: use it as the "
+                      "value of straight_through)"});
   register_op({.name = "fixed_hidden",
                .num_inputs = -1,
                .infer = infer_fixed_hidden,
-               .grad = no_grad,
                .prepare = keep_attrs,
                .reference = fixed_hidden_reference,
-               .doc = "the integer LSTM/GRU's new h code on h's grid (no gradient)"});
+               .doc = "the integer LSTM/GRU's new h code on h's grid (no gradient rule: use it as "
+                      "the value of straight_through)"});
 
   register_op(
       {.name = "fake_quant_pot",

@@ -126,6 +126,29 @@ TEST(StraightThrough, ForwardIsTheValueGradientGoesToThePath) {
   EXPECT_TRUE(tensors_equal(r[2], f32({0, 0, 0})));   // none to the value
 }
 
+// Against finite differences: with the value tied to the path (y = straight_through(x, x), the
+// forward is x), the rule's gradient must be the derivative of the forward, dL/dx = w.
+TEST(StraightThrough, GradientMatchesFiniteDifferencesWhenTheValueIsThePath) {
+  testing::gradchecked_ops().insert("straight_through");
+  Graph g;
+  Value x = g.placeholder("x", DType::kF32, Shape{4});
+  const Tensor w = f32({0.5f, -1.25f, 2.0f, 3.0f});
+  Value loss = ops::sum(ops::straight_through(x, x) * g.constant(w));
+  Value dx = gradients(loss, {x})[0];
+  Executor ex(g, {loss, dx});
+  const Tensor x0 = f32({0.3f, -0.7f, 1.1f, 0.0f});
+  const Tensor analytic = ex.run({{x, x0}})[1];
+  const float eps = 1e-2f;
+  for (int64_t i = 0; i < 4; ++i) {
+    Tensor xp = x0.clone(), xm = x0.clone();
+    xp.data<float>()[i] += eps;
+    xm.data<float>()[i] -= eps;
+    const float fd =
+        (ex.run({{x, xp}})[0].data<float>()[0] - ex.run({{x, xm}})[0].data<float>()[0]) / (2 * eps);
+    EXPECT_NEAR(analytic.data<float>()[i], fd, 1e-4f) << i;
+  }
+}
+
 // The qlstm partial sum written out: codes, int32 bias, (M0, shift) with double rounding.
 TEST(FixedMatmul, IsTheIntegerPartialSumOfTheCodes) {
   note_reference_tested("fixed_matmul");
