@@ -1,5 +1,5 @@
-// int8 qconv2d / qfully_connected (include/lowbit/ops/int8.h): the fast kernel the executor would
-// choose (AVX-512 VNNI, else AVX2) against the reference, kernels called directly on
+// int8 qconv2d / qfully_connected / qadd (include/lowbit/ops/int8.h): the fast kernel the executor
+// would choose (AVX-512 VNNI, else AVX2) against the reference, kernels called directly on
 // preallocated outputs with params prepared once (as a plan does), in GOP/s = 2 * MACs / time.
 //   bench CNN (input 28x28x1), batch 1 and 256:
 //     cnn_conv1  3x3 1 -> 32, same, ReLU          cnn_conv2  3x3 32 -> 64, stride 2, same, ReLU
@@ -8,6 +8,8 @@
 //     mbv2_expand 1x1 112x112x16 -> 96            mbv2_dw 3x3 depthwise 56x56x144, stride 1
 //     mbv2_last 1x1 7x7x320 -> 1280              mbv2_first 3x3 224x224x3 -> 32, stride 2
 //     mbv2_dw_b<i>: the 3x3 depthwise conv of block i (every distinct shape of the 17 blocks)
+//   BM_QAdd: qadd on MobileNetV2's first and last residual shapes, each fast row and the
+//     reference, in elements/s.
 // GB/s counts the activation bytes read and written. Arguments: batch, threads. Codes are
 // uniform random; per-channel weight scales, double rounding, ReLU.
 //
@@ -103,6 +105,44 @@ void BM_Int8(benchmark::State& state, Shape4 s, bool fast) {
                          benchmark::Counter::kIsRate, benchmark::Counter::OneK::kIs1000);
   set_num_threads(1);
 }
+
+// qadd on a MobileNetV2 residual tensor [1, h, w, c] (elements/s), each listed row against the
+// reference: `row` is a fast kernel's name, or "" for the reference.
+void BM_QAdd(benchmark::State& state, int64_t h, int64_t w, int64_t c, std::string row) {
+  const std::vector<Tensor> in = {random_codes({1, h, w, c}, 4, -128, 127, DType::kS8),
+                                  random_codes({1, h, w, c}, 5, -128, 127, DType::kS8)};
+  const Attrs attrs{{"input1_scale", 0.031},  {"input1_zero_point", -3}, {"input2_scale", 0.047},
+                    {"input2_zero_point", 9}, {"output_scale", 0.06},    {"output_zero_point", -1}};
+  const OpDef& def = find_op("qadd");
+  std::vector<ValueType> types;
+  for (const Tensor& t : in) types.push_back({t.dtype(), t.shape()});
+  const std::vector<ValueType> out_types = infer_op(def, types, attrs);
+  std::vector<Tensor> out{Tensor(out_types[0].shape, out_types[0].dtype)};
+  const std::any params = prepare_op(def, types, out_types, attrs);
+  const KernelCtx ctx{in, out, &params};
+  const KernelFn* run = &def.reference;
+  for (const FastKernel& fk : def.fast)
+    if (fk.name == row) {
+      if (!cpu_has(fk.isa)) {
+        state.SkipWithError("this CPU lacks the row's ISA");
+        return;
+      }
+      run = &fk.run;
+    }
+  for (auto _ : state) {
+    (*run)(ctx);
+    benchmark::ClobberMemory();
+  }
+  state.counters["elements/s"] =
+      benchmark::Counter(static_cast<double>(h * w * c * state.iterations()),
+                         benchmark::Counter::kIsRate, benchmark::Counter::OneK::kIs1000);
+}
+BENCHMARK_CAPTURE(BM_QAdd, mbv2_56x56x24_avx512, 56, 56, 24, "qadd_s8__avx512")->UseRealTime();
+BENCHMARK_CAPTURE(BM_QAdd, mbv2_56x56x24_avx2, 56, 56, 24, "qadd_s8__avx2")->UseRealTime();
+BENCHMARK_CAPTURE(BM_QAdd, mbv2_56x56x24_reference, 56, 56, 24, "")->UseRealTime();
+BENCHMARK_CAPTURE(BM_QAdd, mbv2_7x7x160_avx512, 7, 7, 160, "qadd_s8__avx512")->UseRealTime();
+BENCHMARK_CAPTURE(BM_QAdd, mbv2_7x7x160_avx2, 7, 7, 160, "qadd_s8__avx2")->UseRealTime();
+BENCHMARK_CAPTURE(BM_QAdd, mbv2_7x7x160_reference, 7, 7, 160, "")->UseRealTime();
 
 #define LOWBIT_X16(M) \
   M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15)

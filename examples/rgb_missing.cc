@@ -28,17 +28,29 @@
 //   lstm_feature_masks   FeatureDropout(--feature-dropout) -> MissingFeatures -> LSTM(32) ->
 //                        Dense(3), FeatureMaskedMeanSquaredError;
 //   lstm_feature_masks_qat_w8a8   the previous model through quant::quantize_model with the
-//                        "w8a8" preset, fine-tuned for --qat-epochs.
+//                        "w8a8" preset, fine-tuned for --qat-epochs;
+//   lstm_feature_masks_int8   the QAT model converted to integer-only inference
+//                        (quant::convert_to_integer: int8 LSTM "8x8_16", int8 Dense), saved as a
+//                        .lbi file and loaded back. convert_to_integer takes one f32 input and
+//                        has no integer form for MissingFeatures (a float fill and indicators
+//                        from a second, bool input) nor for FeatureDropout (training only): the
+//                        integer model is the rest, Masking(0) -> LSTM -> Dense, fed
+//                        MissingFeatures' output computed on the host. Masking(0) gives exactly
+//                        MissingFeatures' timestep mask (a step with a present channel has an
+//                        indicator 1; one with none is all zeros).
 //
 //   rgb_missing [--epochs 12] [--qat-epochs 3] [--seed 1] [--missing 0.35]
 //               [--feature-dropout 0.15] [--train 2048] [--check]
 // --check exits with status 2 unless lstm_feature_masks has a test MSE at most 0.8x that of
-// last_value and of lstm_zero_fill, and the QAT model's MSE is at most 1.25x the float model's
-// (+ 2e-4 absolute, for very small errors).
+// last_value and of lstm_zero_fill, the QAT model's MSE is at most 1.25x the float model's
+// (+ 2e-4 absolute, for very small errors), and the integer model's at most 1.1x the QAT one's
+// (+ 2e-4).
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <limits>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -48,6 +60,7 @@
 #include "lowbit/nn/masking.h"
 #include "lowbit/nn/model.h"
 #include "lowbit/ops.h"
+#include "lowbit/quant/convert.h"
 #include "lowbit/quant/quantize_model.h"
 #include "lowbit/rng.h"
 
@@ -162,6 +175,42 @@ nn::ModelPtr feature_mask_lstm(double feature_dropout) {
   return model;
 }
 
+// The integer model of the trained QAT model: its layers after MissingFeatures (the QAT
+// QuantizedLSTM, the Dense wrapper and the output FakeQuant, shared, not copied) behind a
+// Masking(0) on a [T, 6] input; and a float model computing MissingFeatures' output.
+struct Deployed {
+  quant::IntegerModel im;
+  nn::ModelPtr features;  // (x, feature mask) -> MissingFeatures output [B, T, 6]
+};
+
+Deployed deploy(const nn::Model& qat) {
+  const nn::KTensor out = qat.outputs()[0];
+  const nn::KTensor dense = out.node->inputs.at(0);
+  const nn::KTensor lstm = dense.node->inputs.at(0);
+  const nn::KTensor mf = lstm.node->inputs.at(0);
+  const std::string want[4] = {"FakeQuant", "QuantizeWrapper", "QuantizedLSTM", "MissingFeatures"};
+  const nn::KTensor chain[4] = {out, dense, lstm, mf};
+  for (int i = 0; i < 4; ++i)
+    if (chain[i].node->layer->class_name() != want[i])
+      throw std::runtime_error("rgb_missing: unexpected QAT model structure: '" +
+                               chain[i].node->layer->name() + "' is a " +
+                               chain[i].node->layer->class_name() + ", expected " + want[i]);
+  nn::KTensor x = nn::Input({kSteps, 2 * kChannels});
+  nn::KTensor h = (*nn::Masking(0.0))(x);
+  h = (*lstm.node->layer)(h);
+  h = (*dense.node->layer)(h);
+  h = (*out.node->layer)(h);
+  auto tail = nn::Model::create({x}, {h}, "rgb_lstm_tail");
+  Deployed d;
+  const std::string path =
+      (std::filesystem::temp_directory_path() / "rgb_missing_lstm.lbi").string();
+  quant::convert_to_integer(*tail).save(path);
+  d.im = quant::IntegerModel::load(path);
+  std::filesystem::remove(path);
+  d.features = nn::Model::create(qat.inputs(), {mf}, "rgb_missing_features");
+  return d;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -236,6 +285,11 @@ int main(int argc, char** argv) {
     rows.push_back({"lstm_feature_masks_qat_w8a8",
                     errors(qat->predict_on_batch({test.x_filled, test.present})[0], test.truth)});
 
+    // Integer-only deployment of the QAT model (what converts: see deploy()).
+    Deployed dep = deploy(*qat);
+    const Tensor features = dep.features->predict_on_batch({test.x_filled, test.present})[0];
+    rows.push_back({"lstm_feature_masks_int8", errors(dep.im.predict(features), test.truth)});
+
     std::printf(
         "next-RGB prediction, %lld test sequences x %lld steps, each channel missing "
         "with p = %.2f;\nerrors against the ground-truth next RGB (missing channels "
@@ -259,7 +313,7 @@ int main(int argc, char** argv) {
 
     if (check) {
       const double base = rows[0].e.mse, zero_fill = rows[1].e.mse, masks = rows[3].e.mse,
-                   qat_mse = rows[4].e.mse;
+                   qat_mse = rows[4].e.mse, int_mse = rows[5].e.mse;
       bool ok = true;
       if (!(masks <= 0.8 * base && masks <= 0.8 * zero_fill)) {
         std::fprintf(stderr,
@@ -271,6 +325,11 @@ int main(int argc, char** argv) {
       if (!(qat_mse <= 1.25 * masks + 2e-4)) {
         std::fprintf(stderr, "check failed: QAT MSE %.6f is not within 1.25 x %.6f + 2e-4\n",
                      qat_mse, masks);
+        ok = false;
+      }
+      if (!(int_mse <= 1.1 * qat_mse + 2e-4)) {
+        std::fprintf(stderr, "check failed: integer MSE %.6f is not within 1.1 x %.6f + 2e-4\n",
+                     int_mse, qat_mse);
         ok = false;
       }
       if (!ok) return 2;

@@ -226,6 +226,21 @@ function compilerFile(cxx, name) {
   return compilerCache.get(key);
 }
 
+// clang's folder of runtime libraries (sanitizers, libFuzzer), or null.
+const runtimeDirCache = new Map();
+function clangRuntimeDir(cxx) {
+  if (!runtimeDirCache.has(cxx)) {
+    let out = null;
+    try {
+      out = run(cxx, ["-print-runtime-dir"]).trim();
+    } catch {
+      // no answer: the runtimes stay unchecked
+    }
+    runtimeDirCache.set(cxx, out && isDir(out) ? out : null);
+  }
+  return runtimeDirCache.get(cxx);
+}
+
 let problems = 0;
 for (const dir of buildDirs) {
   const rel = path.relative(process.cwd(), path.resolve(dir)) || dir;
@@ -274,6 +289,7 @@ for (const dir of buildDirs) {
   for (const cmd of commands) {
     if (!/\s-o\s/.test(cmd) || /\s-c\s/.test(cmd) || !/(^|\/)(c\+\+|g\+\+|clang\+\+)[-0-9.]*\s/.test(cmd)) continue;
     const tokens = cmd.split(/\s+/);
+    const clang = /(^|\/)clang\+\+[-0-9.]*$/.test(cxx);
     const out = tokens[tokens.indexOf("-o") + 1];
     executables.push(path.resolve(dir, out));
     const why = `the linker used it (${rel}/${out})`;
@@ -281,10 +297,17 @@ for (const dir of buildDirs) {
       if (path.isAbsolute(t) && /\.(so(\.[0-9.]+)?|a)$/.test(t)) note(t, why);
       const l = /^-l(.+)$/.exec(t);
       if (l) note(compilerFile(cxx, `lib${l[1]}.so`) ?? compilerFile(cxx, `lib${l[1]}.a`), why);
-      if (t === "-fopenmp") note(compilerFile(cxx, "libgomp.so"), why);
+      if (t === "-fopenmp") note(compilerFile(cxx, clang ? "libomp.so" : "libgomp.so"), why);
+      if (/^-fopenmp=/.test(t)) note(compilerFile(cxx, `${t.slice(9)}.so`), why);
       const san = /^-fsanitize=(.+)$/.exec(t);
       if (san) {
         for (const s of san[1].split(",")) {
+          if (clang) {
+            // clang links its static runtimes from its runtime folder (libclang-rt-*-dev).
+            const rt = { address: "asan", undefined: "ubsan_standalone", fuzzer: "fuzzer", thread: "tsan", leak: "lsan" }[s];
+            if (rt && clangRuntimeDir(cxx)) note(path.join(clangRuntimeDir(cxx), `libclang_rt.${rt}-x86_64.a`), why);
+            continue;
+          }
           const lib = { address: "libasan.so", undefined: "libubsan.so", thread: "libtsan.so", leak: "liblsan.so" }[s];
           if (lib) note(compilerFile(cxx, lib), why);
         }

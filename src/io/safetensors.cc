@@ -8,6 +8,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 namespace lowbit::io {
@@ -90,17 +92,43 @@ void write_safetensors(const std::string& path, const SafetensorsFile& file) {
   }
 }
 
-SafetensorsFile read_safetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) LOWBIT_THROW(IoError, "load: cannot open '", path, "': ", std::strerror(errno));
-  in.seekg(0, std::ios::end);
-  const uint64_t size = static_cast<uint64_t>(in.tellg());
-  in.seekg(0);
+namespace {
+
+// Where the bytes come from: a file (read at offsets) or a buffer in memory. `read` copies n
+// bytes at offset `off` (off + n <= size, checked by the caller) and returns false on failure.
+struct Source {
+  uint64_t size;
+  std::function<bool(uint64_t off, void* dst, size_t n)> read;
+};
+
+// A list of integers (a shape, data offsets): JSON integers only, in int64's range (a float
+// such as 1e30 converted to an integer would be undefined behaviour).
+std::vector<int64_t> int_list(const std::string& path, const std::string& tensor,
+                              const nlohmann::json& j, const char* field) {
+  if (!j.is_array())
+    LOWBIT_THROW(IoError, "load: '", path, "': tensor '", tensor, "': '", field,
+                 "' is not a list");
+  std::vector<int64_t> out;
+  for (const nlohmann::json& v : j) {
+    if (!v.is_number_integer() ||
+        (v.is_number_unsigned() &&
+         v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())))
+      LOWBIT_THROW(IoError, "load: '", path, "': tensor '", tensor, "': '", field,
+                   "' holds something other than an integer in int64's range");
+    out.push_back(v.get<int64_t>());
+  }
+  return out;
+}
+
+// The one parser of both read_safetensors and read_safetensors_bytes: every check is here.
+// `path` names the source in the messages.
+SafetensorsFile parse(const std::string& path, const Source& src) {
+  const uint64_t size = src.size;
   if (size < 8)
     LOWBIT_THROW(IoError, "load: '", path, "' is truncated: ", size,
                  " bytes, not even the 8-byte header length");
   unsigned char len[8];
-  in.read(reinterpret_cast<char*>(len), 8);
+  if (!src.read(0, len, 8)) LOWBIT_THROW(IoError, "load: '", path, "': reading the header failed");
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(len[i]) << (8 * i);
   if (n > size - 8)
@@ -108,7 +136,8 @@ SafetensorsFile read_safetensors(const std::string& path) {
                  "' is truncated or not a safetensors file: the header claims ", n,
                  " bytes but the file has ", size - 8, " after the length");
   std::string h(n, '\0');
-  in.read(h.data(), static_cast<std::streamsize>(n));
+  if (n && !src.read(8, h.data(), n))
+    LOWBIT_THROW(IoError, "load: '", path, "': reading the header failed");
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(h);
@@ -129,6 +158,8 @@ SafetensorsFile read_safetensors(const std::string& path) {
   try {
     for (auto it = header.begin(); it != header.end(); ++it) {
       if (it.key() == "__metadata__") {
+        if (!it->is_object())
+          LOWBIT_THROW(IoError, "load: '", path, "': '__metadata__' is not a JSON object");
         for (auto m = it->begin(); m != it->end(); ++m) f.metadata[m.key()] = m->get<std::string>();
         continue;
       }
@@ -137,20 +168,39 @@ SafetensorsFile read_safetensors(const std::string& path) {
       if (!parse_dtype(it->at("dtype").get<std::string>(), &e.dtype))
         LOWBIT_THROW(IoError, "load: '", path, "': tensor '", e.name, "' has unsupported dtype '",
                      it->at("dtype").get<std::string>(), "'");
-      e.shape = Shape(it->at("shape").get<std::vector<int64_t>>());
-      for (int64_t d : e.shape.dims())
+      const auto dims = int_list(path, e.name, it->at("shape"), "shape");
+      // The element count, checked before anything multiplies it: no dim may be negative, the
+      // product of the non-zero dims must stay below 2^40 (so that no product formed later, a
+      // zero dim or not, can overflow) and the bytes the shape needs must be in the data (a
+      // header claiming 1e12 elements is refused here, not allocated).
+      constexpr uint64_t kMaxElems = uint64_t{1} << 40;
+      uint64_t nonzero = 1;
+      bool has_zero = false;
+      for (int64_t d : dims) {
         if (d < 0)
           LOWBIT_THROW(IoError, "load: '", path, "': tensor '", e.name, "' has a negative dim");
-      auto off = it->at("data_offsets").get<std::vector<uint64_t>>();
-      if (off.size() != 2 || off[0] > off[1] || off[1] > data_size)
+        if (d == 0) {
+          has_zero = true;
+          continue;
+        }
+        if (nonzero > kMaxElems / static_cast<uint64_t>(d))
+          LOWBIT_THROW(IoError, "load: '", path, "': tensor '", e.name,
+                       "' has a shape of more than 2^40 elements");
+        nonzero *= static_cast<uint64_t>(d);
+      }
+      const uint64_t elems = has_zero ? 0 : nonzero;
+      e.shape = Shape(dims);
+      const auto off = int_list(path, e.name, it->at("data_offsets"), "data_offsets");
+      if (off.size() != 2 || off[0] < 0 || off[0] > off[1] ||
+          static_cast<uint64_t>(off[1]) > data_size)
         LOWBIT_THROW(IoError, "load: '", path, "' is truncated or corrupted: tensor '", e.name,
                      "' lies outside the data (", data_size, " bytes)");
-      e.begin = off[0];
-      e.end = off[1];
-      if (e.end - e.begin != static_cast<uint64_t>(e.shape.numel()) * dtype_size(e.dtype))
+      e.begin = static_cast<uint64_t>(off[0]);
+      e.end = static_cast<uint64_t>(off[1]);
+      const uint64_t dsize = dtype_size(e.dtype);
+      if (e.end - e.begin != elems * dsize)
         LOWBIT_THROW(IoError, "load: '", path, "': tensor '", e.name, "' has ", e.end - e.begin,
-                     " bytes but its shape ", e.shape.str(), " needs ",
-                     e.shape.numel() * dtype_size(e.dtype));
+                     " bytes but its shape ", e.shape.str(), " needs ", elems * dsize);
       entries.push_back(e);
     }
   } catch (const nlohmann::json::exception& e) {
@@ -164,9 +214,8 @@ SafetensorsFile read_safetensors(const std::string& path) {
                    "' and '", entries[i].name, "' overlap");
   for (const Entry& e : entries) {
     Tensor t(e.shape, e.dtype);
-    in.seekg(static_cast<std::streamoff>(8 + n + e.begin));
-    in.read(static_cast<char*>(t.raw()), static_cast<std::streamsize>(t.nbytes()));
-    if (!in) LOWBIT_THROW(IoError, "load: '", path, "': reading tensor '", e.name, "' failed");
+    if (t.nbytes() && !src.read(8 + n + e.begin, t.raw(), t.nbytes()))
+      LOWBIT_THROW(IoError, "load: '", path, "': reading tensor '", e.name, "' failed");
     if (e.dtype == DType::kBool)
       for (int64_t i = 0; i < t.numel(); ++i)
         if (static_cast<uint8_t*>(t.raw())[i] > 1)
@@ -175,6 +224,29 @@ SafetensorsFile read_safetensors(const std::string& path) {
     f.tensors.emplace_back(e.name, std::move(t));
   }
   return f;
+}
+
+}  // namespace
+
+SafetensorsFile read_safetensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) LOWBIT_THROW(IoError, "load: cannot open '", path, "': ", std::strerror(errno));
+  in.seekg(0, std::ios::end);
+  const uint64_t size = static_cast<uint64_t>(in.tellg());
+  in.seekg(0);
+  return parse(path, {size, [&](uint64_t off, void* dst, size_t n) {
+                        in.seekg(static_cast<std::streamoff>(off));
+                        in.read(static_cast<char*>(dst), static_cast<std::streamsize>(n));
+                        return static_cast<bool>(in);
+                      }});
+}
+
+SafetensorsFile read_safetensors_bytes(const void* data, size_t size, const std::string& name) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  return parse(name, {size, [p](uint64_t off, void* dst, size_t n) {
+                        std::memcpy(dst, p + off, n);
+                        return true;
+                      }});
 }
 
 }  // namespace lowbit::io

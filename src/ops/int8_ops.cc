@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "kernels/fast/int8.h"
+#include "kernels/fast/int8_add.h"
 #include "kernels/fast/int8_pool.h"
 #include "kernels/fast/int8_quantize.h"
 #include "kernels/reference/int8.h"
@@ -288,8 +289,9 @@ FastKernel pool_row(const std::string& name, PoolKernelFn fn) {
 // ---- qadd, requantize --------------------------------------------------------------------------
 
 quant::AddStage add_stage(const std::string& op, const Attrs& a) {
+  const auto [lo, hi] = clamp_attrs(op, a);
   try {
-    return quant::make_add_stage(
+    quant::AddStage st = quant::make_add_stage(
         {.input1_scale = static_cast<float>(scale_attr(op, a, "input1_scale")),
          .input1_zero_point = zero_point_attr(op, a, "input1_zero_point"),
          .input2_scale = static_cast<float>(scale_attr(op, a, "input2_scale")),
@@ -299,11 +301,35 @@ quant::AddStage add_stage(const std::string& op, const Attrs& a) {
          .activation = activation_attr(op, a),
          .dtype = DType::kS8,
          .rounding = rounding_attr(op, a)});
+    // The optional narrower clamp of a low-bit output grid, intersected with the activation's.
+    st.act_min = std::max(st.act_min, lo);
+    st.act_max = std::min(st.act_max, hi);
+    if (st.act_min > st.act_max) st.act_min = st.act_max;  // an empty intersection: one code
+    return st;
   } catch (const ValueError& e) {
     const std::string what = e.what();
     if (what.rfind(op, 0) == 0) throw;
     LOWBIT_THROW(ValueError, op, ": ", what);
   }
+}
+
+using AddKernelFn = void (*)(const quant::AddStage&, int64_t, const int8_t*, const int8_t*,
+                             int8_t*);
+
+// The fast rows of qadd (kernels/fast/int8_add.h): AVX-512, then AVX2; a stage with a left
+// shift (a multiplier that rounded up to 1) runs the reference.
+FastKernel add_row(const std::string& name, Isa isa, AddKernelFn fn) {
+  return {.name = name,
+          .isa = isa,
+          .supports =
+              [](const KernelCtx& k) {
+                return kernels::qadd_s8_fast_supported(k.params<quant::AddStage>());
+              },
+          .run =
+              [fn](const KernelCtx& k) {
+                fn(k.params<quant::AddStage>(), k.out[0].numel(), k.in[0].data<int8_t>(),
+                   k.in[1].data<int8_t>(), k.out[0].data<int8_t>());
+              }};
 }
 
 std::vector<ValueType> infer_qadd(const InferCtx& c) {
@@ -326,6 +352,7 @@ kernels::RequantizeStage requantize_stage(const std::string& op, const Attrs& a)
   s.input_zero_point = zero_point_attr(op, a, "input_zero_point");
   s.output_zero_point = zero_point_attr(op, a, "output_zero_point");
   s.rounding = rounding_attr(op, a);
+  std::tie(s.qmin, s.qmax) = clamp_attrs(op, a);
   const double m = static_cast<double>(static_cast<float>(scale_attr(op, a, "input_scale"))) /
                    static_cast<double>(static_cast<float>(scale_attr(op, a, "output_scale")));
   s.multiplier = quant::quantize_multiplier(m, s.rounding);
@@ -560,6 +587,8 @@ void register_int8_ops() {
                      kernels::qadd_s8_reference(k.params<quant::AddStage>(), k.out[0].numel(),
                                                 in_s8(k, 0), in_s8(k, 1), out_s8(k));
                    },
+               .fast = {add_row("qadd_s8__avx512", Isa::kAvx512, kernels::qadd_s8__avx512),
+                        add_row("qadd_s8__avx2", Isa::kAvx2, kernels::qadd_s8__avx2)},
                .doc = "int8 elementwise add (TFLite's quantized Add)"});
   register_op(
       {.name = "requantize",

@@ -35,6 +35,7 @@ Registry& registry() {
     detail::register_mask_ops();
     detail::register_integer_numerics_ops();
     detail::register_int8_ops();
+    detail::register_int8_recurrent_ops();
   });
   return raw_registry();
 }

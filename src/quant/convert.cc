@@ -12,7 +12,9 @@
 #include <optional>
 
 #include "lowbit/ops.h"
+#include "lowbit/ops/fake_quant.h"
 #include "lowbit/quant/quantizer.h"
+#include "lowbit/quant/recurrent.h"
 
 namespace lowbit::quant {
 
@@ -22,7 +24,7 @@ using nn::Json;
 
 // A conv or dense whose output stage is not known yet.
 struct Pending {
-  std::string op;        // qconv2d | qfully_connected | qavg_pool2d
+  std::string op;        // qconv2d | qfully_connected | qavg_pool2d | qadd | concat | bidirectional
   std::string layers;    // the QAT layers it implements so far, joined with '+'
   std::string cls;       // the conv/dense class
   int input = -1;        // code tensor
@@ -32,10 +34,16 @@ struct Pending {
   Attrs window;          // qconv2d: strides, dilations, padding, groups; qavg_pool2d: ksize,
                          // strides, padding
   Shape pool_shape;      // qavg_pool2d of a global pooling: its [?, 1, 1, C] before the reshape
+  Shape conv_shape;      // qconv2d of a Conv1D: its [?, 1, T', F] before the reshape
+  std::vector<int> inputs;  // qadd (two), concat (each input): code tensors
+  int64_t axis = -1;        // concat
   std::string activation = "none";
   std::string activation_from;
   Shape out_shape;
   int materialized = -1;  // qlogistic / qtanh / qsoftmax: its output, once emitted unfused
+  // bidirectional: the two directions' code tensors (input, input2) and the merge mode
+  int input2 = -1;
+  std::string merge;
 };
 
 // The integer forms of sigmoid, tanh and softmax and their fixed output parameters (TFLite's,
@@ -58,7 +66,12 @@ struct Val {
   enum Kind { kFloat, kCodes, kPending } kind = kFloat;
   int tensor = -1;
   std::shared_ptr<Pending> pending;
+  // The timestep mask travelling with it: a bool [?, T] tensor, -1 none, kReversedMask: the
+  // QAT tensor carries a mask the integer model does not have (a go_backwards sequence's, which
+  // is the input's reversed).
+  int mask = -1;
 };
+constexpr int kReversedMask = -2;
 
 [[noreturn]] void refuse(const nn::Layer& l, const std::string& why) {
   LOWBIT_THROW(UnsupportedError, "convert_to_integer: layer '", l.name(), "' (", l.class_name(),
@@ -186,7 +199,13 @@ class Converter {
       std::vector<Val> in;
       const bool fq = n.layer->class_name() == "FakeQuant";
       for (const nn::KTensor& i : n.inputs) in.push_back(fq ? visit(i) : materialize(visit(i)));
-      it = vals_.emplace(k.node.get(), convert(n, in)).first;
+      std::vector<Val> out = convert(n, in);
+      // A layer that passes its input's mask on (Keras' default rule: Dense, Dropout, a
+      // FakeQuant, ...): the same bool tensor.
+      for (size_t o = 0; o < out.size(); ++o)
+        if (out[o].mask == -1 && !in.empty() && o < n.output_masked.size() && n.output_masked[o])
+          out[o].mask = in[0].mask;
+      it = vals_.emplace(k.node.get(), std::move(out)).first;
     }
     return it->second.at(k.index);
   }
@@ -280,10 +299,11 @@ class Converter {
       const std::optional<std::string> a = layer_activation(l);
       if (!a) refuse(l, "only ReLU, ReLU6 and linear activations have an integer form here");
       if (in.at(0).kind != Val::kPending ||
-          (in.at(0).pending->op != "qconv2d" && in.at(0).pending->op != "qfully_connected"))
+          (in.at(0).pending->op != "qconv2d" && in.at(0).pending->op != "qfully_connected" &&
+           in.at(0).pending->op != "qadd"))
         refuse(l,
-               "an activation is converted fused into the conv/dense before it; this one "
-               "follows no conv/dense");
+               "an activation is converted fused into the conv/dense/Add before it; this one "
+               "follows no conv/dense/Add");
       auto p = std::make_shared<Pending>(*in.at(0).pending);
       p->activation = combine(p->activation, *a);
       p->activation_from = l.name();
@@ -291,6 +311,12 @@ class Converter {
       return {Val{Val::kPending, -1, p}};
     }
     if (cls == "Dropout") return {in.at(0)};  // inference: the identity
+    if (cls == "Masking") return {masking(l, in.at(0))};
+    if (cls == "QuantizedLSTM" || cls == "QuantizedGRU")
+      return {recurrent(static_cast<const QuantizedRecurrentLayer&>(l), n, in.at(0), out_shape)};
+    if (cls == "QuantizedBidirectional")
+      return bidirectional(static_cast<const QuantizedBidirectionalLayer&>(l), n, in.at(0),
+                           out_shape);
     if (cls == "AveragePooling2D" || cls == "GlobalAveragePooling2D") {
       // A mean is off its input's grid: it waits for the FakeQuant after it (quantize_model
       // puts one there) and is rounded once, to that grid.
@@ -317,6 +343,48 @@ class Converter {
       }
       return {Val{Val::kPending, -1, p}};
     }
+    if (cls == "Add") {
+      // Its inputs are quantized (quantize_model puts a FakeQuant before each that is not), its
+      // sum waits for the optional fused ReLU/ReLU6 and the FakeQuant after it: one qadd.
+      if (in.size() != 2)
+        refuse(l, "an Add of " + std::to_string(in.size()) +
+                      " inputs has no integer form here (qadd takes two: chain two-input Adds)");
+      const IntegerTensor a = codes(l, in[0]), b = codes(l, in[1]);
+      if (a.shape != b.shape)
+        refuse(l, "its inputs have shapes " + a.shape.str() + " and " + b.shape.str() +
+                      "; qadd needs equal shapes (no broadcasting)");
+      auto p = std::make_shared<Pending>();
+      p->op = "qadd";
+      p->cls = cls;
+      p->layers = l.name();
+      p->inputs = {in[0].tensor, in[1].tensor};
+      p->input = in[0].tensor;
+      p->out_shape = out_shape;
+      return {Val{Val::kPending, -1, p}};
+    }
+    if (cls == "Concatenate") {
+      // quantize_model puts no quantizer on its inputs and one FakeQuant after it: each input
+      // is requantized to that FakeQuant's grid (when on another grid), then the codes copied.
+      auto p = std::make_shared<Pending>();
+      p->op = "concat";
+      p->cls = cls;
+      p->layers = l.name();
+      for (const Val& v : in) {
+        codes(l, v);
+        p->inputs.push_back(v.tensor);
+      }
+      p->input = p->inputs.at(0);
+      const int64_t rank = out_shape.rank();
+      int64_t axis = l.get_config().value("axis", int64_t{-1});
+      if (axis < 0) axis += rank;
+      if (axis <= 0 || axis >= rank)
+        refuse(l, "concatenation along axis " + std::to_string(axis) +
+                      " (the batch axis, or outside rank " + std::to_string(rank) +
+                      ") has no integer form");
+      p->axis = axis;
+      p->out_shape = out_shape;
+      return {Val{Val::kPending, -1, p}};
+    }
     if (cls == "MaxPooling2D") {
       const IntegerTensor x = codes(l, in.at(0));
       const Json c = l.get_config();
@@ -340,16 +408,307 @@ class Converter {
     }
     if (cls == "InputLayer") refuse(l, "a second model input");
     refuse(l,
-           "no integer form for this layer class yet (convertible: Conv2D, DepthwiseConv2D, "
-           "Dense with their folded batch norms, ReLU/ReLU6, Activation sigmoid/tanh/softmax, "
-           "Embedding, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, "
-           "Reshape, Dropout, FakeQuant)");
+           "no integer form for this layer class yet (convertible: Conv1D, Conv2D, "
+           "DepthwiseConv2D, SeparableConv2D as quantize_model splits it, Dense (inputs of any "
+           "rank) with their folded batch norms, ReLU/ReLU6, Activation sigmoid/tanh/softmax, "
+           "Embedding, Add, Concatenate, MaxPooling2D, "
+           "AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape, Dropout, FakeQuant, "
+           "Masking of the model input, QuantizedLSTM, QuantizedGRU, QuantizedBidirectional)");
+  }
+
+  // Masking of the float model input: the timestep mask (timestep_mask op) travels with the
+  // unchanged float tensor. Keras' Masking also zeroes masked steps: the recurrent op never
+  // reads them, and a FakeQuant of them is refused below unless mask_value is 0 (then they are
+  // 0 already).
+  Val masking(const nn::Layer& l, const Val& in) {
+    if (in.kind != Val::kFloat)
+      refuse(l,
+             "a Masking layer converts only on the float model input (quantize_model puts "
+             "it there, before the input's quantizer)");
+    const double mv = l.get_config().value("mask_value", 0.0);
+    IntegerTensor t;
+    t.name = l.name() + "/mask";
+    t.dtype = DType::kBool;
+    const Shape& xs = im_.tensors[in.tensor].shape;
+    if (xs.rank() != 3)
+      refuse(l, "a Masking layer needs x [batch, timesteps, features], found " + xs.str());
+    t.shape = Shape{kUnknown, xs[1]};
+    const int m = add(std::move(t));
+    emit("timestep_mask", {in.tensor}, m, {{"mask_value", mv}}, l.name(), "");
+    masking_value_[m] = mv;
+    Val v = in;
+    v.mask = m;
+    return v;
+  }
+
+  // An int8 grid of the recurrent layer's own tracker (x or h).
+  IntegerTensor tracker_grid(const QuantizedRecurrentLayer& l, const std::string& which,
+                             const std::string& name, const Shape& shape) {
+    const QuantizerConfig& a = l.activations();
+    if (a.bits != 8 || a.narrow_range)
+      refuse(l, which + ": the integer LSTM/GRU takes 8-bit wide-range x and h grids, found " +
+                    std::to_string(a.bits) + "-bit" + (a.narrow_range ? " narrow" : ""));
+    float mn = 0, mx = 0;
+    for (const nn::Weight& w : l.weights()) {
+      if (w.name == which + "_min") mn = static_cast<float>(w.value.get_as_double(0));
+      if (w.name == which + "_max") mx = static_cast<float>(w.value.get_as_double(0));
+    }
+    const ops::FakeQuantNudge nd = ops::fake_quant_nudge(mn, mx, a.bits, a.narrow_range);
+    Quantizer::Grid g;
+    g.scale = {nd.scale};
+    g.zero_point = {nd.zero_point};
+    g.qmin = nd.quant_min;
+    g.qmax = nd.quant_max;
+    IntegerTensor t = grid_tensor(l, g, shape);
+    t.name = name;
+    return t;
+  }
+
+  // FQ(W) [rows, G*U] (the QAT layer's own per-gate-block weights) as int8 codes and the G
+  // block scales.
+  Tensor recurrent_weights(const QuantizedRecurrentLayer& l, const Tensor& fq, const char* which,
+                           int64_t gates, std::vector<double>& scales) {
+    const int bits = l.weight_bits();
+    if (bits > 8)
+      refuse(l, "its weights are " + std::to_string(bits) + "-bit; int8 holds at most 8");
+    Tensor mn, mx;
+    for (const nn::Weight& w : l.weights()) {
+      if (w.name == std::string(which) + "_min") mn = w.value.to(DType::kF32);
+      if (w.name == std::string(which) + "_max") mx = w.value.to(DType::kF32);
+    }
+    const Tensor f = fq.to(DType::kF32);
+    const int64_t rows = f.shape()[0], cols = f.shape()[1], u = cols / gates;
+    scales.clear();
+    for (int64_t g = 0; g < gates; ++g) {
+      const ops::FakeQuantNudge nd =
+          ops::fake_quant_nudge(mn.data<float>()[g], mx.data<float>()[g], bits, true);
+      if (!(nd.scale > 0) || !std::isfinite(nd.scale))
+        refuse(l, std::string(which) + ": gate block " + std::to_string(g) +
+                      " has scale 0 (an all-zero range)");
+      scales.push_back(nd.scale);
+    }
+    Tensor q(f.shape(), DType::kS8);
+    for (int64_t i = 0; i < rows * cols; ++i) {
+      const double s = scales[(i % cols) / u];
+      const double v = static_cast<double>(f.data<float>()[i]) / s;
+      const double code = std::round(v);
+      if (std::fabs(v - code) > 1e-3)
+        refuse(l, std::string(which) + ": weight " + std::to_string(i) + " is not on its grid");
+      if (code < -127 || code > 127)
+        refuse(l, std::string(which) + ": weight codes reach " + std::to_string(code) +
+                      " (an asymmetric weight grid; the integer LSTM/GRU takes symmetric ones)");
+      q.data<int8_t>()[i] = static_cast<int8_t>(code);
+    }
+    return q;
+  }
+
+  // QuantizedLSTM / QuantizedGRU: one qlstm / qgru over the sequence (spec 3.7), x quantized
+  // (or requantized) to the layer's own x grid, the output on its h grid.
+  Val recurrent(const QuantizedRecurrentLayer& l, const nn::LayerNode& n, const Val& in,
+                const Shape& out_shape, bool reverse_output = false) {
+    const bool lstm = l.class_name() == "QuantizedLSTM";
+    const Json c = l.layer()->get_config();
+    if (n.inputs.size() > 1)
+      refuse(l, "initial states are not converted (the integer LSTM/GRU starts from h = 0, c = 0)");
+    if (c.value("return_state", false))
+      refuse(l, "return_state is not converted (the integer op returns the output only)");
+    if (in.kind == Val::kPending) codes(l, in);
+    if (in.mask == kReversedMask || (in.mask < 0 && n.inputs.at(0).has_mask()))
+      refuse(l,
+             "its input carries a timestep mask the integer model does not compute (masks "
+             "convert from a Masking layer on the model input, through layers that pass "
+             "them on; not the reversed mask of a go_backwards sequence)");
+    const int64_t gates = lstm ? 4 : 3;
+    const int64_t units = c.at("units").get<int64_t>();
+    const Shape& xs = im_.tensors[in.tensor].shape;
+    if (xs.rank() != 3 || xs[1] == kUnknown || xs[2] == kUnknown)
+      refuse(l, "expected x [batch, timesteps, features] with known dims, found " + xs.str());
+    // x codes on the layer's x grid.
+    IntegerTensor xt = tracker_grid(l, "x", l.name() + "/x_quant", xs);
+    int x_id;
+    if (in.kind == Val::kFloat) {
+      x_id = add(xt);
+      emit("quantize", {in.tensor}, x_id,
+           {{"scale", xt.scale[0]}, {"zero_point", static_cast<int64_t>(xt.zero_point[0])}},
+           l.name() + "/x_quant", "");
+    } else {
+      const IntegerTensor src = im_.tensors[in.tensor];
+      if (static_cast<float>(src.scale[0]) == static_cast<float>(xt.scale[0]) &&
+          src.zero_point[0] == xt.zero_point[0]) {
+        x_id = in.tensor;
+      } else {
+        x_id = add(xt);
+        emit("requantize", {in.tensor}, x_id,
+             {{"input_scale", src.scale[0]},
+              {"input_zero_point", static_cast<int64_t>(src.zero_point[0])},
+              {"output_scale", xt.scale[0]},
+              {"output_zero_point", static_cast<int64_t>(xt.zero_point[0])},
+              {"rounding", opt_.rounding == Rounding::kSingle ? "single" : "double"}},
+             l.name() + "/x_quant", "");
+      }
+    }
+    const IntegerTensor x = im_.tensors[x_id];
+    IntegerTensor ht = tracker_grid(l, "h", l.name(), out_shape);
+    if (lstm) {
+      double cmax = 0;
+      for (const nn::Weight& w : l.weights())
+        if (w.name == "cell_max_abs") cmax = w.value.get_as_double(0);
+      if (!(cmax <= 64.0))
+        refuse(l, "its cell state reaches max|c| = " + std::to_string(cmax) +
+                      " > 64: the integer cell holds at most Q6.9 (p <= 6)");
+    }
+    std::vector<double> swx, swh;
+    Tensor wx = recurrent_weights(l, l.quantized_kernel(), "kernel", gates, swx);
+    Tensor wh =
+        recurrent_weights(l, l.quantized_recurrent_kernel(), "recurrent_kernel", gates, swh);
+    const bool reset_after = lstm || c.value("reset_after", true);
+    // Biases: int32 at s_side * s_W,g (semantics 3.7), the recurrent one only for a GRU with
+    // reset_after.
+    Tensor bias_f;
+    if (c.value("use_bias", true))
+      for (const nn::Weight& w : l.layer()->weights())
+        if (w.name == "bias") bias_f = w.value.to(DType::kF32);
+    const int64_t gu = gates * units;
+    Tensor bx({gu}, DType::kS32), bh({gu}, DType::kS32);
+    std::vector<double> bxs, bhs;
+    for (int64_t col = 0; col < gu; ++col) {
+      const int64_t g = col / units;
+      const float sx = bias_scale(static_cast<float>(x.scale[0]), static_cast<float>(swx[g]));
+      const float sh = bias_scale(static_cast<float>(ht.scale[0]), static_cast<float>(swh[g]));
+      bxs.push_back(sx);
+      bhs.push_back(sh);
+      const bool two = !lstm && reset_after;
+      bx.data<int32_t>()[col] = bias_f.defined() ? quantize_bias(bias_f.data<float>()[col], sx) : 0;
+      bh.data<int32_t>()[col] =
+          bias_f.defined() && two ? quantize_bias(bias_f.data<float>()[gu + col], sh) : 0;
+    }
+    const std::string who = l.name();
+    const int wx_id = constant(who + "/kernel", std::move(wx));
+    im_.tensors[wx_id].scale = swx;
+    im_.tensors[wx_id].zero_point.assign(swx.size(), 0);
+    const int wh_id = constant(who + "/recurrent_kernel", std::move(wh));
+    im_.tensors[wh_id].scale = swh;
+    im_.tensors[wh_id].zero_point.assign(swh.size(), 0);
+    const int bx_id = constant(who + (lstm ? "/bias" : "/input_bias"), std::move(bx));
+    im_.tensors[bx_id].scale = bxs;
+    im_.tensors[bx_id].zero_point.assign(bxs.size(), 0);
+    std::vector<int> inputs{x_id, wx_id, wh_id, bx_id};
+    if (!lstm) {
+      const int bh_id = constant(who + "/recurrent_bias", std::move(bh));
+      im_.tensors[bh_id].scale = bhs;
+      im_.tensors[bh_id].zero_point.assign(bhs.size(), 0);
+      inputs.push_back(bh_id);
+    }
+    if (in.mask >= 0) inputs.push_back(in.mask);
+    Attrs a{{"input_scale", x.scale[0]},
+            {"input_zero_point", static_cast<int64_t>(x.zero_point[0])},
+            {"hidden_scale", ht.scale[0]},
+            {"hidden_zero_point", static_cast<int64_t>(ht.zero_point[0])},
+            {"input_weight_scales", swx},
+            {"recurrent_weight_scales", swh},
+            {"return_sequences", c.value("return_sequences", false)},
+            {"go_backwards", c.value("go_backwards", false)},
+            {"zero_output_for_mask", c.value("zero_output_for_mask", false)}};
+    if (lstm)
+      a.set("cell_int_bits", static_cast<int64_t>(l.cell_int_bits()));
+    else
+      a.set("reset_after", reset_after);
+    if (reverse_output) a.set("reverse_output", true);
+    const int out = add(std::move(ht));
+    emit(lstm ? "qlstm" : "qgru", std::move(inputs), out, std::move(a), l.name(), "");
+    Val v{Val::kCodes, out, nullptr};
+    if (in.mask >= 0 && c.value("return_sequences", false))
+      v.mask = c.value("go_backwards", false) && !reverse_output ? kReversedMask : in.mask;
+    return v;
+  }
+
+  // QuantizedBidirectional: one qlstm/qgru per direction (the backward one with go_backwards
+  // and, for sequences, reverse_output: Keras' reversal of the backward sequence), each on its
+  // own h grid. merge_mode none: the two outputs; concat, sum, ave: pending until the FakeQuant
+  // quantize_model puts after the merge, whose grid the merge is computed on (finish_merge).
+  std::vector<Val> bidirectional(const QuantizedBidirectionalLayer& l, const nn::LayerNode& n,
+                                 const Val& in, const Shape& out_shape) {
+    const Json c = l.get_config();
+    const std::string mode = c.contains("merge_mode") && c.at("merge_mode").is_string()
+                                 ? c.at("merge_mode").get<std::string>()
+                                 : std::string("none");
+    if (mode == "mul")
+      refuse(l,
+             "merge_mode 'mul' has no integer form (no int8 multiply op; concat, sum, ave and "
+             "none convert)");
+    const Json fc = l.forward_layer()->layer()->get_config();
+    const bool seq = fc.value("return_sequences", false);
+    if (fc.value("return_state", false))
+      refuse(l, "return_state is not converted (the integer op returns the output only)");
+    if (in.kind == Val::kPending) codes(l, in);
+    const Shape& xs = im_.tensors[in.tensor].shape;
+    if (xs.rank() != 3) refuse(l, "expected x [batch, timesteps, features], found " + xs.str());
+    const int64_t units = fc.at("units").get<int64_t>();
+    const Shape ds = seq ? Shape{kUnknown, xs[1], units} : Shape{kUnknown, units};
+    const Val vf = recurrent(*l.forward_layer(), n, in, ds);
+    const Val vb = recurrent(*l.backward_layer(), n, in, ds, seq);
+    if (mode == "none") return {vf, vb};
+    auto p = std::make_shared<Pending>();
+    p->op = "bidirectional";
+    p->cls = "Bidirectional";
+    p->layers = l.name();
+    p->input = vf.tensor;
+    p->input2 = vb.tensor;
+    p->merge = mode;
+    p->out_shape = out_shape;
+    Val v{Val::kPending, -1, p};
+    v.mask = seq ? in.mask : -1;
+    return {v};
+  }
+
+  // The merge of a bidirectional layer with the grid of the FakeQuant after it: concat
+  // requantizes each direction to that grid (what the FakeQuant does to each half) and joins
+  // them; sum and ave are one qadd (ave: both input scales halved, the same real values / 2).
+  Val finish_merge(const nn::Layer& fq, const Pending& p, IntegerTensor out_t) {
+    const IntegerTensor a = im_.tensors[p.input], b = im_.tensors[p.input2];
+    const std::string layers = p.layers + "+" + fq.name();
+    const std::string rounding = opt_.rounding == Rounding::kSingle ? "single" : "double";
+    out_t.shape = p.out_shape;
+    if (p.merge == "concat") {
+      std::vector<int> parts;
+      for (int k = 0; k < 2; ++k) {
+        const IntegerTensor& src = k == 0 ? a : b;
+        IntegerTensor t = out_t;
+        t.name = src.name + "_requantized";
+        t.shape = src.shape;
+        const int id = add(std::move(t));
+        emit("requantize", {k == 0 ? p.input : p.input2}, id,
+             {{"input_scale", src.scale[0]},
+              {"input_zero_point", static_cast<int64_t>(src.zero_point[0])},
+              {"output_scale", out_t.scale[0]},
+              {"output_zero_point", static_cast<int64_t>(out_t.zero_point[0])},
+              {"rounding", rounding}},
+             layers, "");
+        parts.push_back(id);
+      }
+      const int out = add(std::move(out_t));
+      emit("concat", parts, out, {{"axis", int64_t{-1}}}, layers, "");
+      return {Val::kCodes, out, nullptr};
+    }
+    const double k = p.merge == "ave" ? 0.5 : 1.0;
+    const IntegerTensor o = out_t;
+    const int out = add(std::move(out_t));
+    emit("qadd", {p.input, p.input2}, out,
+         {{"input1_scale", a.scale[0] * k},
+          {"input1_zero_point", static_cast<int64_t>(a.zero_point[0])},
+          {"input2_scale", b.scale[0] * k},
+          {"input2_zero_point", static_cast<int64_t>(b.zero_point[0])},
+          {"output_scale", o.scale[0]},
+          {"output_zero_point", static_cast<int64_t>(o.zero_point[0])},
+          {"activation", "none"},
+          {"rounding", rounding}},
+         layers, "");
+    return {Val::kCodes, out, nullptr};
   }
 
   Val pending(const nn::Layer& l, const nn::Layer& inner, const IntegerTensor& x, int x_tensor,
               const Tensor& kernel, const Quantizer::Grid& grid, const Tensor& bias,
               const std::string& activation, const Shape& out_shape) {
-    (void)x;
     auto p = std::make_shared<Pending>();
     p->cls = inner.class_name();
     p->layers = l.name();
@@ -381,9 +740,44 @@ class Converter {
                    {"dilations", json_ints(c, "dilation_rate")},
                    {"padding", c.value("padding", "valid")},
                    {"groups", groups}};
+    } else if (p->cls == "Conv1D") {
+      // A qconv2d on [N, 1, T, C]: the kernel [K, Cin/g, F] as [1, K, Cin/g, F], the window on
+      // the width axis; "causal" pads (K - 1) * dilation steps on the left only.
+      p->op = "qconv2d";
+      const Shape& ks = kernel.shape();
+      p->kernel = kernel.reshape(Shape{1, ks[0], ks[1], ks[2]});
+      const std::vector<int64_t> st = json_ints(c, "strides"), dl = json_ints(c, "dilation_rate");
+      const int64_t s = st.empty() ? 1 : st[0], d = dl.empty() ? 1 : dl[0];
+      const std::string padding = c.value("padding", "valid");
+      p->window = {{"strides", std::vector<int64_t>{1, s}},
+                   {"dilations", std::vector<int64_t>{1, d}},
+                   {"groups", c.value("groups", int64_t{1})}};
+      if (padding == "causal")
+        p->window.set("padding", "explicit")
+            .set("pads", std::vector<int64_t>{0, 0, (ks[0] - 1) * d, 0});
+      else
+        p->window.set("padding", padding);
+      const Shape& xs = x.shape;
+      if (xs.rank() != 3 || xs[1] == kUnknown || out_shape[1] == kUnknown)
+        refuse(l, "a Conv1D needs a known number of steps (input " + xs.str() + ", output " +
+                      out_shape.str() + ")");
+      IntegerTensor x4 = x;
+      x4.name = l.name() + "_as_2d";
+      x4.shape = Shape{kUnknown, 1, xs[1], xs[2]};
+      const int x4_id = add(std::move(x4));
+      emit("reshape", {x_tensor}, x4_id, {{"shape", std::vector<int64_t>{-1, 1, xs[1], xs[2]}}},
+           l.name(), "");
+      p->input = x4_id;
+      p->conv_shape = Shape{kUnknown, 1, out_shape[1], out_shape[2]};
+    } else if (p->cls == "SeparableConv2D") {
+      refuse(l,
+             "a SeparableConv2D QAT'd as one layer (no quantizer between its depthwise and "
+             "pointwise parts) has no integer form; quantize_model now splits it into "
+             "DepthwiseConv2D + FakeQuant + Conv2D: re-run quantize_model on the float model");
     } else {
       refuse(l, "weighted layer class '" + p->cls +
-                    "' has no integer form yet (convertible: Conv2D, DepthwiseConv2D, Dense)");
+                    "' has no integer form yet (convertible: Conv1D, Conv2D, DepthwiseConv2D, "
+                    "Dense)");
     }
     return Val{Val::kPending, -1, p};
   }
@@ -412,6 +806,11 @@ class Converter {
   Val fake_quant(const FakeQuantLayer& l, const Val& in, const Shape& shape) {
     const Quantizer::Grid g = l.quantizer().grid(l);
     IntegerTensor t = grid_tensor(l, g, shape);
+    if (in.kind == Val::kFloat && in.mask >= 0 && masking_value_.count(in.mask) &&
+        masking_value_.at(in.mask) != 0.0)
+      refuse(l, "it quantizes a Masking output with mask_value " +
+                    std::to_string(masking_value_.at(in.mask)) +
+                    " != 0 (Masking zeroes masked steps; the integer model does not)");
     if (in.kind == Val::kFloat) {
       const int out = add(t);
       emit("quantize", {in.tensor}, out,
@@ -419,19 +818,30 @@ class Converter {
            "");
       return {Val::kCodes, out, nullptr};
     }
-    if (in.kind == Val::kCodes) {
-      const IntegerTensor x = im_.tensors[in.tensor];
-      const int out = add(t);
-      emit("requantize", {in.tensor}, out,
-           {{"input_scale", x.scale[0]},
-            {"input_zero_point", static_cast<int64_t>(x.zero_point[0])},
-            {"output_scale", t.scale[0]},
-            {"output_zero_point", static_cast<int64_t>(t.zero_point[0])},
-            {"rounding", opt_.rounding == Rounding::kSingle ? "single" : "double"}},
-           l.name(), "");
-      return {Val::kCodes, out, nullptr};
-    }
+    if (in.kind == Val::kCodes) return {Val::kCodes, requantize(in.tensor, t, l.name()), nullptr};
     return finish(l, *in.pending, std::move(t));
+  }
+
+  // Codes of tensor `x` on the grid of `to` (a new tensor, returned): one requantize, clamped to
+  // the grid's codes (a low-bit grid keeps its range). Always one rounding, whatever
+  // ConvertOptions::rounding says: the QAT model rounds each value once (its FakeQuant), and M
+  // = s_in / s_out is near 1 or below (a FakeQuant after a Concatenate spans its inputs'
+  // ranges), where gemmlowp's first rounding (to an integer, before a right shift of 1 or more
+  // bits) would move a code near a tie by one in up to a quarter of the cases; TFLite has no
+  // requantizing op here to be compatible with (its int8 CONCATENATION needs one grid).
+  int requantize(int x_tensor, IntegerTensor to, const std::string& layers) {
+    const IntegerTensor x = im_.tensors[x_tensor];
+    const int out = add(to);
+    emit("requantize", {x_tensor}, out,
+         {{"input_scale", x.scale[0]},
+          {"input_zero_point", static_cast<int64_t>(x.zero_point[0])},
+          {"output_scale", to.scale[0]},
+          {"output_zero_point", static_cast<int64_t>(to.zero_point[0])},
+          {"act_min", static_cast<int64_t>(to.qmin)},
+          {"act_max", static_cast<int64_t>(to.qmax)},
+          {"rounding", "single"}},
+         layers, "");
+    return out;
   }
 
   // The pending average pool with its output grid: one qavg_pool2d rounding the mean to it
@@ -483,16 +893,7 @@ class Converter {
       return {Val::kCodes, out, nullptr};
     }
     const int mid = materialize(Val{Val::kPending, -1, std::make_shared<Pending>(p)}).tensor;
-    const IntegerTensor t = out_t;
-    const int out = add(std::move(out_t));
-    emit("requantize", {mid}, out,
-         {{"input_scale", scale},
-          {"input_zero_point", static_cast<int64_t>(zp)},
-          {"output_scale", t.scale[0]},
-          {"output_zero_point", static_cast<int64_t>(t.zero_point[0])},
-          {"rounding", opt_.rounding == Rounding::kSingle ? "single" : "double"}},
-         fq.name(), "");
-    return {Val::kCodes, out, nullptr};
+    return {Val::kCodes, requantize(mid, std::move(out_t), fq.name()), nullptr};
   }
 
   // Embedding (a QuantizeWrapper with a per-tensor table quantizer): the table's codes as an
@@ -562,10 +963,62 @@ class Converter {
     return {Val::kCodes, out, nullptr};
   }
 
+  // The pending Add (with its fused activation) and its output grid: one qadd.
+  Val finish_add(const nn::Layer& fq, const Pending& p, IntegerTensor out_t) {
+    const IntegerTensor a = im_.tensors[p.inputs.at(0)], b = im_.tensors[p.inputs.at(1)];
+    out_t.shape = p.out_shape;
+    Attrs at{{"input1_scale", a.scale[0]},
+             {"input1_zero_point", static_cast<int64_t>(a.zero_point[0])},
+             {"input2_scale", b.scale[0]},
+             {"input2_zero_point", static_cast<int64_t>(b.zero_point[0])},
+             {"output_scale", out_t.scale[0]},
+             {"output_zero_point", static_cast<int64_t>(out_t.zero_point[0])},
+             {"activation", p.activation},
+             {"act_min", static_cast<int64_t>(out_t.qmin)},
+             {"act_max", static_cast<int64_t>(out_t.qmax)},
+             {"rounding", opt_.rounding == Rounding::kSingle ? "single" : "double"}};
+    const int out = add(std::move(out_t));
+    emit("qadd", p.inputs, out, std::move(at), p.layers + "+" + fq.name(),
+         p.activation + (p.activation_from.empty() ? "" : " (" + p.activation_from + ")"));
+    return {Val::kCodes, out, nullptr};
+  }
+
+  // The pending Concatenate and its output grid: each input on another grid requantized to it
+  // (TFLite's int8 concatenation wants every input on the output's parameters, spec 3.6; see
+  // requantize for its rounding), then concat.
+  Val finish_concat(const nn::Layer& fq, const Pending& p, IntegerTensor out_t) {
+    const std::string layers = p.layers + "+" + fq.name();
+    std::vector<int> parts;
+    std::map<int, int> requantized;  // an input read twice is requantized once
+    for (size_t i = 0; i < p.inputs.size(); ++i) {
+      const IntegerTensor x = im_.tensors[p.inputs[i]];  // a copy: add() may reallocate
+      if (x.scale == out_t.scale && x.zero_point == out_t.zero_point && x.qmin == out_t.qmin &&
+          x.qmax == out_t.qmax) {
+        parts.push_back(p.inputs[i]);  // already on the output's grid: FakeQuant is the identity
+        continue;
+      }
+      auto it = requantized.find(p.inputs[i]);
+      if (it == requantized.end()) {
+        IntegerTensor r = out_t;
+        r.name = p.layers + "/input" + std::to_string(i) + "_requantized";
+        r.shape = x.shape;
+        it = requantized.emplace(p.inputs[i], requantize(p.inputs[i], std::move(r), layers)).first;
+      }
+      parts.push_back(it->second);
+    }
+    out_t.shape = p.out_shape;
+    const int out = add(std::move(out_t));
+    emit("concat", parts, out, {{"axis", p.axis}}, layers, "");
+    return {Val::kCodes, out, nullptr};
+  }
+
   // The pending conv/dense with its output grid: int8 weights, int32 bias, one op.
   Val finish(const nn::Layer& fq, const Pending& p, IntegerTensor out_t) {
     if (p.op == "qavg_pool2d") return finish_pool(fq, p, std::move(out_t));
     if (is_nonlinear(p.op)) return finish_nonlinear(fq, p, std::move(out_t));
+    if (p.op == "bidirectional") return finish_merge(fq, p, std::move(out_t));
+    if (p.op == "qadd") return finish_add(fq, p, std::move(out_t));
+    if (p.op == "concat") return finish_concat(fq, p, std::move(out_t));
     const IntegerTensor x = im_.tensors[p.input];  // a copy: constant() may reallocate
     const Shape& ks = p.kernel.shape();
     const int64_t out_c = ks[ks.rank() - 1];
@@ -632,9 +1085,9 @@ class Converter {
     im_.tensors[b_id].scale = bscales;
     im_.tensors[b_id].zero_point.assign(bscales.size(), 0);
 
-    out_t.shape = p.out_shape;
+    out_t.shape = p.conv_shape.rank() ? p.conv_shape : p.out_shape;
     const IntegerTensor o = out_t;
-    const int out = add(std::move(out_t));
+    const int conv_out = add(std::move(out_t));
     Attrs a = p.window;
     a.set("input_scale", x.scale[0]);
     a.set("input_zero_point", static_cast<int64_t>(x.zero_point[0]));
@@ -645,8 +1098,18 @@ class Converter {
     a.set("act_min", static_cast<int64_t>(o.qmin));
     a.set("act_max", static_cast<int64_t>(o.qmax));
     a.set("rounding", opt_.rounding == Rounding::kSingle ? "single" : "double");
-    emit(p.op, {p.input, w_id, b_id}, out, std::move(a), p.layers + "+" + fq.name(),
+    emit(p.op, {p.input, w_id, b_id}, conv_out, std::move(a), p.layers + "+" + fq.name(),
          p.activation + (p.activation_from.empty() ? "" : " (" + p.activation_from + ")"));
+    if (p.conv_shape.rank() == 0) return {Val::kCodes, conv_out, nullptr};
+    // A Conv1D: back from [?, 1, T', F] to [?, T', F].
+    IntegerTensor back = o;
+    back.name = fq.name();
+    back.shape = p.out_shape;
+    im_.tensors[conv_out].name = p.layers + "_2d";
+    std::vector<int64_t> dims = p.out_shape.dims();
+    dims[0] = -1;
+    const int out = add(std::move(back));
+    emit("reshape", {conv_out}, out, {{"shape", dims}}, p.layers + "+" + fq.name(), "");
     return {Val::kCodes, out, nullptr};
   }
 
@@ -654,6 +1117,7 @@ class Converter {
   ConvertOptions opt_;
   IntegerModel im_;
   std::map<const nn::LayerNode*, std::vector<Val>> vals_;
+  std::map<int, double> masking_value_;  // mask tensor -> the Masking layer's mask_value
 };
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -49,7 +51,15 @@ IntegerModel::Runtime& IntegerModel::runtime() {
                      tensors.at(t).name, "' before any op writes it");
       ins.push_back(rt->values[t]);
     }
-    rt->values.at(op.output) = ops::apply(op.op, ins, op.attrs).at(0);
+    const Value y = ops::apply(op.op, ins, op.attrs).at(0);
+    // What the op computes must be what the tensor declares: predict sizes its output from the
+    // declared shape and reads it as f32.
+    const IntegerTensor& t = tensors.at(op.output);
+    if (y.dtype() != t.dtype || y.shape() != t.shape)
+      LOWBIT_THROW(ValueError, "IntegerModel: op '", op.op, "' (", op.layer, ") computes ",
+                   dtype_name(y.dtype()), y.shape().str(), " but its output tensor '", t.name,
+                   "' is declared ", dtype_name(t.dtype), t.shape.str());
+    rt->values.at(op.output) = y;
     rt->produced.push_back(op.output);
   }
   if (!rt->values.at(output).defined())
@@ -235,6 +245,38 @@ Json attr_json(const Attr& a) {
       a.get());
 }
 
+// An integer of JSON, in T's range: false for a float (1e30 converted to an integer would be
+// undefined behaviour), a bool, or an integer T cannot hold (a version of 2^32 + 1 must not read
+// as 1).
+template <class T>
+bool json_int(const Json& v, T* out) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<T>::max())) return false;
+    *out = static_cast<T>(u);
+    return true;
+  }
+  const int64_t i = v.get<int64_t>();
+  if (i < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+      i > static_cast<int64_t>(std::numeric_limits<T>::max()))
+    return false;
+  *out = static_cast<T>(i);
+  return true;
+}
+
+template <class T>
+bool json_ints(const Json& v, std::vector<T>* out) {
+  if (!v.is_array()) return false;
+  out->clear();
+  for (const Json& e : v) {
+    T x;
+    if (!json_int(e, &x)) return false;
+    out->push_back(x);
+  }
+  return true;
+}
+
 Attr attr_from_json(const Json& j, const std::string& where) {
   if (!j.is_object() || j.size() != 1)
     LOWBIT_THROW(ValueError, where, ": expected an object with one of i, f, b, s, ints, floats");
@@ -242,11 +284,19 @@ Attr attr_from_json(const Json& j, const std::string& where) {
   const std::string k = j.begin().key();
   const Json& v = j.begin().value();
   try {
-    if (k == "i") return Attr(v.get<int64_t>());
+    if (k == "i") {
+      int64_t i;
+      if (!json_int(v, &i)) LOWBIT_THROW(ValueError, where, ": expected an int64 integer");
+      return Attr(i);
+    }
     if (k == "f") return Attr(v.get<double>());
     if (k == "b") return Attr(v.get<bool>());
     if (k == "s") return Attr(v.get<std::string>());
-    if (k == "ints") return Attr(v.get<std::vector<int64_t>>());
+    if (k == "ints") {
+      std::vector<int64_t> l;
+      if (!json_ints(v, &l)) LOWBIT_THROW(ValueError, where, ": expected a list of int64 integers");
+      return Attr(std::move(l));
+    }
     if (k == "floats") return Attr(v.get<std::vector<double>>());
     if (k == "dtype") return Attr(dtype_from_name(v.get<std::string>()));
   } catch (const Json::exception& e) {
@@ -316,10 +366,151 @@ namespace {
 template <class T>
 T field(const std::string& path, const Json& j, const char* key, const std::string& where) {
   if (!j.is_object() || !j.contains(key)) bad(path, where + ": field '" + key + "' is missing");
-  try {
-    return j.at(key).get<T>();
-  } catch (const Json::exception&) {
-    bad(path, where + ": field '" + key + "' has the wrong type");
+  const Json& v = j.at(key);
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    T x;
+    if (!json_int(v, &x)) bad(path, where + ": field '" + key + "' is not an integer in range");
+    return x;
+  } else if constexpr (std::is_same_v<T, std::vector<int>> ||
+                       std::is_same_v<T, std::vector<int32_t>> ||
+                       std::is_same_v<T, std::vector<int64_t>>) {
+    T x;
+    if (!json_ints(v, &x))
+      bad(path, where + ": field '" + key + "' is not a list of integers in range");
+    return x;
+  } else {
+    try {
+      return v.get<T>();
+    } catch (const Json::exception&) {
+      bad(path, where + ": field '" + key + "' has the wrong type");
+    }
+  }
+}
+
+// The attributes each op takes and their kinds: anything else is refused by name, so that no
+// later reader (inspect, the kernels' prepare steps) meets an attribute of a kind it does not
+// expect. Kinds: 'i' int, 'f' number, 's' string, 'F' list of numbers, 'W' a window int or list
+// of ints (strides, dilations, ksize, pads), 'L' a list of ints (reshape's shape).
+const std::map<std::string, std::map<std::string, char>>& op_attributes() {
+  static const std::map<std::string, char> kOut = {
+      {"output_scale", 'f'}, {"output_zero_point", 'i'}, {"rounding", 's'}};
+  auto with = [](std::map<std::string, char> a, const std::map<std::string, char>& b) {
+    a.insert(b.begin(), b.end());
+    return a;
+  };
+  static const std::map<std::string, char> kDense = with({{"input_scale", 'f'},
+                                                          {"input_zero_point", 'i'},
+                                                          {"weight_scales", 'F'},
+                                                          {"activation", 's'},
+                                                          {"act_min", 'i'},
+                                                          {"act_max", 'i'}},
+                                                         kOut);
+  static const std::map<std::string, char> kPool = {
+      {"ksize", 'W'}, {"strides", 'W'}, {"padding", 's'}, {"act_min", 'i'}, {"act_max", 'i'}};
+  static const std::map<std::string, char> kUnary = {{"input_scale", 'f'},
+                                                     {"input_zero_point", 'i'},
+                                                     {"output_scale", 'f'},
+                                                     {"output_zero_point", 'i'}};
+  static const std::map<std::string, char> kRnn = {
+      {"input_scale", 'f'},       {"input_zero_point", 'i'},    {"hidden_scale", 'f'},
+      {"hidden_zero_point", 'i'}, {"input_weight_scales", 'F'}, {"recurrent_weight_scales", 'F'},
+      {"return_sequences", 'b'},  {"go_backwards", 'b'},        {"zero_output_for_mask", 'b'},
+      {"reverse_output", 'b'}};
+  static const std::map<std::string, std::map<std::string, char>> kOps = {
+      {"qconv2d", with(kDense, {{"strides", 'W'},
+                                {"dilations", 'W'},
+                                {"padding", 's'},
+                                {"pads", 'W'},
+                                {"groups", 'i'}})},
+      {"qfully_connected", kDense},
+      {"qmax_pool2d", kPool},
+      {"qavg_pool2d", with(with(kPool, kOut), {{"input_scale", 'f'}, {"input_zero_point", 'i'}})},
+      {"qadd", with(kOut, {{"input1_scale", 'f'},
+                           {"input1_zero_point", 'i'},
+                           {"input2_scale", 'f'},
+                           {"input2_zero_point", 'i'},
+                           {"activation", 's'},
+                           {"act_min", 'i'},
+                           {"act_max", 'i'}})},
+      {"requantize",
+       with(kOut,
+            {{"input_scale", 'f'}, {"input_zero_point", 'i'}, {"act_min", 'i'}, {"act_max", 'i'}})},
+      {"concat", {{"axis", 'i'}}},
+      {"quantize", {{"scale", 'f'}, {"zero_point", 'i'}}},
+      {"dequantize", {{"scale", 'f'}, {"zero_point", 'i'}}},
+      {"reshape", {{"shape", 'L'}}},
+      {"qlstm", with(kRnn, {{"cell_int_bits", 'i'}})},
+      {"qgru", with(kRnn, {{"reset_after", 'b'}})},
+      {"timestep_mask", {{"mask_value", 'f'}}},
+      {"qlogistic", kUnary},
+      {"qtanh", kUnary},
+      {"qsoftmax", with(kUnary, {{"beta", 'f'}})},
+      {"gather", {{"axis", 'i'}}},
+      {"cast", {{"dtype", 'd'}}}};
+  return kOps;
+}
+
+// Checks one attribute against its kind, with bounds that keep the shape rules' arithmetic
+// (window sizes times dilations, a pool's per-window-size table, reshape's element count) far
+// from overflow and huge allocations.
+void check_attr(const std::string& path, const std::string& where, const std::string& k, char kind,
+                const Attr& a) {
+  const Attr::Variant& v = a.get();
+  const std::string at = where + ": attribute '" + k + "'";
+  constexpr int64_t kMaxWindow = 1 << 16;  // strides, dilations, ksize, pads
+  constexpr int64_t kMaxElems = int64_t{1} << 40;
+  switch (kind) {
+    case 'i':
+      if (!std::holds_alternative<int64_t>(v)) bad(path, at + ": expected an int");
+      if (k == "groups" && (std::get<int64_t>(v) < 1 || std::get<int64_t>(v) > kMaxWindow))
+        bad(path, at + ": expected 1 <= groups <= 65536");
+      return;
+    case 'f':
+      if (!std::holds_alternative<double>(v) && !std::holds_alternative<int64_t>(v))
+        bad(path, at + ": expected a number");
+      return;
+    case 's':
+      if (!std::holds_alternative<std::string>(v)) bad(path, at + ": expected a string");
+      return;
+    case 'b':
+      if (!std::holds_alternative<bool>(v)) bad(path, at + ": expected true or false");
+      return;
+    case 'd':
+      if (!std::holds_alternative<DType>(v)) bad(path, at + ": expected a dtype");
+      return;
+    case 'F':
+      if (!std::holds_alternative<std::vector<double>>(v))
+        bad(path, at + ": expected a list of numbers");
+      return;
+    case 'W': {
+      std::vector<int64_t> l;
+      if (const auto* i = std::get_if<int64_t>(&v))
+        l = {*i};
+      else if (const auto* p = std::get_if<std::vector<int64_t>>(&v))
+        l = *p;
+      else
+        bad(path, at + ": expected an int or a list of ints");
+      for (int64_t x : l)
+        if (x < 0 || x > kMaxWindow) bad(path, at + ": expected values in [0, 65536]");
+      if (k == "ksize" && l.size() == 2 && l[0] * l[1] > (int64_t{1} << 20))
+        bad(path, at + ": a window of more than 2^20 taps");
+      if (k == "ksize" && l.size() == 1 && l[0] * l[0] > (int64_t{1} << 20))
+        bad(path, at + ": a window of more than 2^20 taps");
+      return;
+    }
+    case 'L': {
+      const auto* l = std::get_if<std::vector<int64_t>>(&v);
+      if (!l) bad(path, at + ": expected a list of ints");
+      int64_t n = 1;
+      for (int64_t x : *l) {
+        if (x < kUnknown) bad(path, at + ": a dim below -1");
+        if (x > 0 && n > kMaxElems / x) bad(path, at + ": more than 2^40 elements");
+        if (x > 0) n *= x;
+      }
+      return;
+    }
+    default:
+      bad(path, at + ": unknown kind");
   }
 }
 
@@ -355,6 +546,8 @@ void check_op_params(const std::string& path, const std::string& where, const In
     const IntegerTensor& y = m.tensors[op.output];
     if (!t.data.defined() || t.dtype != DType::kS8 || t.scale.size() != 1)
       bad(path, where + ": the table '" + t.name + "' must be an s8 constant with one scale");
+    if (t.shape.rank() < 1 || t.shape[0] < 1)
+      bad(path, where + ": the table '" + t.name + "' must have at least one row");
     if (y.scale != t.scale || y.zero_point != t.zero_point)
       bad(path, where + ": output tensor '" + y.name +
                     "' must keep the table's scale and zero "
@@ -370,7 +563,14 @@ void check_op_params(const std::string& path, const std::string& where, const In
 }  // namespace
 
 IntegerModel IntegerModel::load(const std::string& path) {
-  const io::SafetensorsFile f = io::read_safetensors(path);
+  return from_safetensors(io::read_safetensors(path), path);
+}
+
+IntegerModel IntegerModel::load_bytes(const void* data, size_t size, const std::string& name) {
+  return from_safetensors(io::read_safetensors_bytes(data, size, name), name);
+}
+
+IntegerModel IntegerModel::from_safetensors(const io::SafetensorsFile& f, const std::string& path) {
   const auto meta = f.metadata.find(kMetaKey);
   if (meta == f.metadata.end())
     bad(path, std::string("no '") + kMetaKey +
@@ -478,15 +678,29 @@ IntegerModel IntegerModel::load(const std::string& path) {
   m.output = field<int>(path, j, "output", "graph");
   if (m.input < 0 || m.input >= n || m.output < 0 || m.output >= n)
     bad(path, "graph: 'input' or 'output' is not a tensor index");
+  // predict feeds f32 [batch, ...] (or an Embedding's s32/s64 ids) and returns f32 [batch, ...]:
+  // the input an activation of known dims after the batch.
+  {
+    const IntegerTensor& in = m.tensors[m.input];
+    const IntegerTensor& out = m.tensors[m.output];
+    const bool in_dtype_ok =
+        in.dtype == DType::kF32 || in.dtype == DType::kS32 || in.dtype == DType::kS64;
+    if (!in_dtype_ok || in.data.defined() || in.shape.rank() < 1 || in.shape[0] != kUnknown)
+      bad(path, "graph: input tensor '" + in.name +
+                    "' must be f32 [?, ...], or s32/s64 ids of an Embedding (an activation, the "
+                    "batch dim unknown)");
+    for (int d = 1; d < in.shape.rank(); ++d)
+      if (in.shape[d] == kUnknown)
+        bad(path, "graph: input tensor '" + in.name + "' has an unknown dim after the batch");
+    if (out.dtype != DType::kF32 || out.shape.rank() < 1 || out.shape[0] != kUnknown)
+      bad(path, "graph: output tensor '" + out.name + "' must be f32 [?, ...]");
+  }
   const Json os = j.contains("ops") ? j.at("ops") : Json();
   if (!os.is_array()) bad(path, "graph: field 'ops' must be a list");
   std::vector<bool> written(n, false);
   written[m.input] = true;
   for (int i = 0; i < n; ++i) written[i] = written[i] || m.tensors[i].data.defined();
-  static const std::set<std::string> kOps = {
-      "qconv2d",    "qfully_connected", "qmax_pool2d", "qavg_pool2d", "qadd",
-      "requantize", "quantize",         "dequantize",  "reshape",     "qlogistic",
-      "qtanh",      "qsoftmax",         "gather",      "cast"};
+  const auto& kOps = op_attributes();
   for (size_t i = 0; i < os.size(); ++i) {
     const Json& e = os[i];
     IntegerOp op;
@@ -509,9 +723,26 @@ IntegerModel IntegerModel::load(const std::string& path) {
     written[op.output] = true;
     const Json a = e.contains("attrs") ? e.at("attrs") : Json::object();
     if (!a.is_object()) bad(path, where + ": field 'attrs' must be an object");
-    for (const auto& [k, v] : a.items())
+    const std::map<std::string, char>& takes = kOps.at(op.op);
+    for (const auto& [k, v] : a.items()) {
+      const auto kind = takes.find(k);
+      if (kind == takes.end())
+        bad(path, where + ": attribute '" + k + "' is not one that " + op.op + " takes");
       op.attrs.set(k, attr_from_json(v, "IntegerModel::load: " + path + ": " + where +
                                             ": attribute '" + k + "'"));
+      check_attr(path, where, k, kind->second, op.attrs.items().at(k));
+    }
+    if (op.op == "qlstm" || op.op == "qgru") {
+      // x, w_x, w_h, bias(es) [, mask]: the op's shape rule checks them all when the graph is
+      // built below; here the biases, so the message names the tensor.
+      const size_t nb = op.op == "qlstm" ? 1 : 2;
+      for (size_t k = 3; k < 3 + nb && k < op.inputs.size(); ++k) {
+        const IntegerTensor& b = m.tensors[op.inputs[k]];
+        if (b.dtype != DType::kS32)
+          bad(path,
+              where + ": bias tensor '" + b.name + "' must be s32 but is " + dtype_name(b.dtype));
+      }
+    }
     check_op_params(path, where, m, op);
     if ((op.op == "qconv2d" || op.op == "qfully_connected") && op.inputs.size() == 3) {
       const IntegerTensor& b = m.tensors[op.inputs[2]];
@@ -521,6 +752,14 @@ IntegerModel IntegerModel::load(const std::string& path) {
     }
     m.ops.push_back(std::move(op));
   }
+  // Integer ids in: only an Embedding's gather (as its ids) or a cast may read them.
+  if (m.tensors[m.input].dtype != DType::kF32)
+    for (const IntegerOp& op : m.ops)
+      for (size_t k = 0; k < op.inputs.size(); ++k)
+        if (op.inputs[k] == m.input && !(op.op == "gather" && k == 1) && op.op != "cast")
+          bad(path, "graph: input tensor '" + m.tensors[m.input].name + "' is " +
+                        dtype_name(m.tensors[m.input].dtype) + " (token ids), but op '" + op.op +
+                        "' (" + op.layer + ") reads it; only a gather's ids or a cast may");
   for (const auto& [name, t] : f.tensors)
     if (!used.count(name)) bad(path, "tensor '" + name + "' is in the file but not in the graph");
   // Build the graph now: every op's shape rule and attribute check runs (a multiplier out of
@@ -549,8 +788,13 @@ Json inspect_op(const IntegerModel& m, const IntegerOp& op) {
     if (a.has("scale")) e["grid"] = {{"scale", a.f("scale")}, {"zero_point", a.i("zero_point")}};
     if (a.has("input_scale"))
       e["input"] = {{"scale", a.f("input_scale")}, {"zero_point", a.i("input_zero_point")}};
-    if (a.has("output_scale")) {
+    for (const char* k : {"input1", "input2"})  // qadd
+      if (a.has(std::string(k) + "_scale"))
+        e[k] = {{"scale", a.f(std::string(k) + "_scale")},
+                {"zero_point", a.i(std::string(k) + "_zero_point")}};
+    if (a.has("output_scale"))
       e["output"] = {{"scale", a.f("output_scale")}, {"zero_point", a.i("output_zero_point")}};
+    if (a.has("output_scale") && a.has("input_scale")) {
       const double m = a.f("input_scale") / a.f("output_scale");
       const QuantizedMultiplier qm = quantize_multiplier(m);
       e["M"] = m;
@@ -790,7 +1034,17 @@ std::string IntegerModel::inspect_table() const {
                       e["grid"]["zero_point"].get<int>());
         os << line;
       }
-      if (e.contains("output")) {
+      if (e.contains("input1")) {  // qadd
+        std::snprintf(line, sizeof line,
+                      "  input1 scale %.9g zp %d | input2 scale %.9g zp %d | output scale %.9g "
+                      "zp %d | activation %s\n",
+                      e["input1"]["scale"].get<double>(), e["input1"]["zero_point"].get<int>(),
+                      e["input2"]["scale"].get<double>(), e["input2"]["zero_point"].get<int>(),
+                      e["output"]["scale"].get<double>(), e["output"]["zero_point"].get<int>(),
+                      op.activation.c_str());
+        os << line;
+      }
+      if (e.contains("M")) {
         std::snprintf(line, sizeof line,
                       "  input  scale %.9g zp %d | output scale %.9g zp %d | M %.9g = M0 %d, "
                       "shift %d\n",

@@ -257,7 +257,9 @@ class Rewriter {
     return o && o->skip;
   }
 
-  QuantizerConfig weight_config(const nn::Layer& l) const {
+  QuantizerConfig weight_config(const nn::Layer& part) const {
+    auto it = origin_.find(&part);  // a part of a split layer: the float layer's settings
+    const nn::Layer& l = it == origin_.end() ? part : *it->second;
     QuantizerConfig c = cfg_.weights;
     if (cfg_.first_last_weight_bits && (&l == first_weighted_ || &l == last_weighted_))
       c.bits = *cfg_.first_last_weight_bits;
@@ -604,9 +606,71 @@ class Rewriter {
       env_[{i, static_cast<int>(k)}] = {out[k], !(cls(n) == "LSTM" && k == 2), {}};
   }
 
+  std::vector<int64_t> config_ints(const Json& c, const char* key) const {
+    std::vector<int64_t> v;
+    if (c.at(key).is_array())
+      for (const auto& e : c.at(key)) v.push_back(e.get<int64_t>());
+    else
+      v.push_back(c.at(key).get<int64_t>());
+    return v;
+  }
+
+  // A SeparableConv2D as its two parts (TF-MOT's SeparableConv transform): a DepthwiseConv2D
+  // "<name>_depthwise" (the depthwise kernel, strides, padding, dilation; no bias, linear) and a
+  // 1x1 Conv2D "<name>" (the pointwise kernel, the bias, the activation). Float layers, built on
+  // the separable's input shape and holding its weights; made once per separable layer.
+  std::pair<nn::LayerPtr, nn::LayerPtr> separable_parts(const nn::Layer& sep, const Shape& x) {
+    auto& parts = separable_[&sep];
+    if (parts.first) return parts;
+    const Json c = sep.get_config();
+    auto dw = nn::DepthwiseConv2D(nn::Ints(config_ints(c, "kernel_size")),
+                                  {.strides = nn::Ints(config_ints(c, "strides")),
+                                   .padding = c.value("padding", "valid"),
+                                   .depth_multiplier = c.value("depth_multiplier", int64_t{1}),
+                                   .dilation_rate = nn::Ints(config_ints(c, "dilation_rate")),
+                                   .use_bias = false,
+                                   .name = unique_name(sep.name() + "_depthwise")});
+    auto pw = nn::Conv2D(c.at("filters").get<int64_t>(), 1,
+                         {.activation = c.value("activation", "linear"),
+                          .use_bias = c.value("use_bias", true),
+                          .name = sep.name()});
+    std::vector<int64_t> dims(x.dims().begin() + 1, x.dims().end());
+    (*pw)((*dw)(nn::Input(Shape(dims))));  // builds both
+    auto weight = [&](const char* name) -> const Tensor& {
+      for (const nn::Weight& w : sep.weights())
+        if (w.name == name) return w.value;
+      LOWBIT_THROW(ValueError, "quantize_model: SeparableConv2D '", sep.name(), "' has no weight '",
+                   name, "'");
+    };
+    for (nn::Weight& w : dw->weights())
+      if (w.name == "depthwise_kernel") w.value.copy_from(weight("depthwise_kernel"));
+    for (nn::Weight& w : pw->weights()) {
+      if (w.name == "kernel") w.value.copy_from(weight("pointwise_kernel"));
+      if (w.name == "bias") w.value.copy_from(weight("bias"));
+    }
+    origin_[dw.get()] = &sep;
+    origin_[pw.get()] = &sep;
+    parts = {dw, pw};
+    return parts;
+  }
+
   void emit_conv_pattern(int head) {
     const FlatNode& n = node(head);
-    const std::string act = own_activation(*n.layer);
+    // The layer whose kernel the pattern's output stage reads: the layer itself, or the
+    // pointwise part of a SeparableConv2D, whose depthwise part is quantized first (its output
+    // is an int8 tensor of the integer model: DEPTHWISE_CONV_2D then CONV_2D).
+    nn::LayerPtr conv = n.layer;
+    std::vector<nn::KTensor> conv_in = inputs_of(head), conv_masks = masks_of(head);
+    if (cls(n) == "SeparableConv2D") {
+      const auto [dw, pw] = separable_parts(*n.layer, conv_in.at(0).shape());
+      nn::KTensor d = call(wrapper(*dw, false), conv_in, n.training, conv_masks).at(0);
+      auto fq = FakeQuant(activation_config(head, head), cfg_.quant_delay,
+                          unique_name(dw->name() + "_quant"));
+      conv_in = {call1(fq, d, std::nullopt)};
+      conv_masks = {};
+      conv = pw;
+    }
+    const std::string act = own_activation(*conv);
     int bn = -1;
     if (act == "linear") {
       const int b = sole_consumer(head);
@@ -615,19 +679,19 @@ class Rewriter {
     }
     int end = bn >= 0 ? bn : head;
     const int a = act == "linear" ? fused_activation_after(end) : -1;
-    const bool fold = bn >= 0 && cfg_.fold_batch_norm && foldable(cls(n)) &&
+    const bool fold = bn >= 0 && cfg_.fold_batch_norm && foldable(conv->class_name()) &&
                       calls_.at(n.layer.get()) == 1 && calls_.at(node(bn).layer.get()) == 1;
     const bool split = quantized_before(act);  // softmax & co: FakeQuant before the function
     nn::KTensor y;
     if (fold) {
-      auto f = std::make_shared<FoldedConvBatchNormLayer>(clone(*n.layer), clone(*node(bn).layer),
-                                                          weight_config(*n.layer), cfg_.quant_delay,
-                                                          cfg_.freeze_bn_delay, n.layer->name());
+      auto f = std::make_shared<FoldedConvBatchNormLayer>(clone(*conv), clone(*node(bn).layer),
+                                                          weight_config(*conv), cfg_.quant_delay,
+                                                          cfg_.freeze_bn_delay, conv->name());
       f->set_quantize_bias(cfg_.quantize_bias);
       pending_folds_.push_back(f.get());
-      y = call(f, inputs_of(head), n.training, masks_of(head)).at(0);
+      y = call(f, conv_in, n.training, conv_masks).at(0);
     } else {
-      y = call(wrapper(*n.layer, split), inputs_of(head), n.training, masks_of(head)).at(0);
+      y = call(wrapper(*conv, split), conv_in, n.training, conv_masks).at(0);
       if (bn >= 0) y = call1(clone(*node(bn).layer), y, node(bn).training);
     }
     if (bn >= 0) done_[bn] = true;
@@ -682,6 +746,8 @@ class Rewriter {
   std::vector<FoldedConvBatchNormLayer*> pending_folds_;
   std::map<const nn::Layer*, nn::LayerPtr> recurrent_;
   std::vector<QuantizedRecurrentLayer*> pending_recurrent_;
+  std::map<const nn::Layer*, std::pair<nn::LayerPtr, nn::LayerPtr>> separable_;
+  std::map<const nn::Layer*, const nn::Layer*> origin_;  // separable parts -> the float layer
 };
 
 }  // namespace

@@ -135,7 +135,7 @@ void QuantizedRecurrentLayer::build(const std::vector<Shape>& s) {
 }
 
 Value QuantizedRecurrentLayer::quantize_blocks(const Value& w, const std::string& name,
-                                               nn::CallContext& ctx) {
+                                               nn::CallContext& ctx, Value* steps) {
   const nn::Weight &wmin = state(name + "_min"), &wmax = state(name + "_max");
   const bool update = ctx.training() && !ctx.bound(wmin).defined();
   Value mn = ctx.var(*this, wmin), mx = ctx.var(*this, wmax);
@@ -149,6 +149,8 @@ Value QuantizedRecurrentLayer::quantize_blocks(const Value& w, const std::string
     mx = r.max;
   }
   Value q = ops::fake_quant_with_min_max_vars_per_channel(v, mn, mx, weight_bits_, true);
+  // The grid steps as fake_quant_nudge computes them (f32): (max - min) / (2^bits - 2).
+  if (steps) *steps = (mx - mn) / ops::scalar_like(mx, std::ldexp(1.0, weight_bits_) - 2.0);
   return blocks_unview(q, gates_, units_);
 }
 
@@ -223,7 +225,12 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
 
   // x: int8 asymmetric, range updated from this batch (0 at masked steps changes nothing: the
   // target range always contains 0).
-  Value xq;
+  // A tf grid's step as fake_quant_nudge computes it (f32): (max - min) / (qmax - qmin).
+  auto grid_step = [&](const Value& mn, const Value& mx) {
+    return (mx - mn) /
+           ops::scalar_like(mx, std::ldexp(1.0, act_.bits) - (act_.narrow_range ? 2 : 1));
+  };
+  Value xq, xq_grid, x_step;
   {
     Graph::Scope scope(graph, "x_quant");
     const bool update = training && !ctx.bound(state("x_min")).defined();
@@ -241,22 +248,26 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
       mn = nmn;
       mx = nmx;
     }
-    xq = sel(ops::fake_quant_with_min_max_vars(x, mn, mx, act_.bits, act_.narrow_range), x);
+    xq_grid = ops::fake_quant_with_min_max_vars(x, mn, mx, act_.bits, act_.narrow_range);
+    x_step = grid_step(mn, mx);
+    xq = sel(xq_grid, x);
   }
 
   // Weights per gate block; biases float.
   const nn::Weight& wk = inner_weight(*layer_, "kernel");
   const nn::Weight& wr = inner_weight(*layer_, "recurrent_kernel");
-  Value kernel, rkernel;
+  Value kernel, rkernel, kq, rkq, kstep, rkstep;  // kq, rkq: quantized also during a delay
   {
     Graph::Scope scope(graph, "kernel_quant");
     Value k = ctx.var(*layer_, wk);
-    kernel = sel(quantize_blocks(k, "kernel", ctx), k);
+    kq = quantize_blocks(k, "kernel", ctx, &kstep);
+    kernel = sel(kq, k);
   }
   {
     Graph::Scope scope(graph, "recurrent_kernel_quant");
     Value k = ctx.var(*layer_, wr);
-    rkernel = sel(quantize_blocks(k, "recurrent_kernel", ctx), k);
+    rkq = quantize_blocks(k, "recurrent_kernel", ctx, &rkstep);
+    rkernel = sel(rkq, k);
   }
   Value input_bias, recurrent_bias;
   if (inner_.value("use_bias", true)) {
@@ -274,9 +285,23 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
   Value e12 = graph.constant(Tensor::scalar(-12.0f), "q3_12_exponent");
   Value three = graph.constant(Tensor::scalar(3.0f), "gate_int_bits");
   auto P = [&](const Value& v) { return sel(ops::fake_quant_pot(v, e12), v); };  // Q3.12 grid
+  // The forward is the integer step's arithmetic exactly (ops::fixed_matmul, fixed_hidden,
+  // fake_quant_pot_mul: int32 bias, (M0, shift) multipliers, exact products, the op's
+  // rounding and saturation), the gradient that of the float expression of the same value
+  // (ops::straight_through); `exact` only where the inputs are on their grids (no dropout).
+  auto exact = [&](const Value& path, const Value& value, const Value& warm_value) {
+    return sel(ops::straight_through(path, value), warm_value);
+  };
   Value xp = ops::matmul(xd, kernel);
   if (input_bias.defined()) xp = xp + input_bias;
-  Value ax = P(xp);  // input partial sums of every step [B, T, G*U]
+  Value ax;  // input partial sums of every step [B, T, G*U]
+  if (drop) {
+    ax = P(xp);
+  } else {
+    const int64_t depth = x.shape()[2];
+    Value e = ops::fixed_matmul(ops::reshape(xq_grid, {-1, depth}), x_step, kq, kstep, input_bias);
+    ax = exact(ops::fake_quant_pot(xp, e12), ops::reshape(e, {-1, steps, g * u}), xp);
+  }
 
   // h: one int8 quantizer for the outputs and the recurrent input, read before this batch's
   // update (the recurrence needs it from step 1 on); the cell exponent likewise.
@@ -284,6 +309,21 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
   Value hmin = ctx.var(*this, state("h_min")), hmax = ctx.var(*this, state("h_max"));
   auto FQh = [&](const Value& v) {
     return sel(ops::fake_quant_with_min_max_vars(v, hmin, hmax, act_.bits, act_.narrow_range), v);
+  };
+  const Value h_step = grid_step(hmin, hmax);
+  // The new h code of the integer step (form lstm, gru, reset) with the gradient of FQh(path).
+  auto H = [&](const std::vector<Value>& in, const std::string& form, const Value& path) {
+    return exact(ops::fake_quant_with_min_max_vars(path, hmin, hmax, act_.bits, act_.narrow_range),
+                 ops::fixed_hidden(in, hmin, hmax, form, act_.bits, act_.narrow_range), path);
+  };
+  // A recurrent partial sum: exact unless recurrent dropout moved h off its grid.
+  auto R = [&](const Value& hv, const Value& w, const Value& wq, const Value& wsteps,
+               const Value& bias, bool saturate) {
+    Value mm = ops::matmul(hv, w);
+    if (bias.defined()) mm = mm + bias;
+    if (rdrop) return saturate ? P(mm) : mm;
+    Value path = saturate ? ops::fake_quant_pot(mm, e12) : mm;
+    return exact(path, ops::fixed_matmul(hv, h_step, wq, wsteps, bias, saturate), mm);
   };
   Value cmax, p, cell_exp;
   bool update_c = false;
@@ -294,6 +334,11 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
     cell_exp = p - 15.0;
   }
   auto C = [&](const Value& v) { return sel(ops::fake_quant_pot(v, cell_exp), v); };  // 2^(p-15)
+  // A product of two int16 codes rounded to the grid 2^e (RDPOT), exactly.
+  auto Cm = [&](const Value& a, const Value& b, const Value& e) {
+    Value v = a * b;
+    return exact(ops::fake_quant_pot(v, e), ops::fake_quant_pot_mul(a, b, e), v);
+  };
 
   Value zero =
       ops::reshape(ops::zeros_like(ops::slice(xp, {0, 0, 0}, {ops::kSliceMax, 1, u})), {-1, u});
@@ -305,10 +350,14 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
   auto block = [&](const Value& v, int64_t k0, int64_t k1) {
     return ops::slice(v, {0, k0 * u}, {ops::kSliceMax, k1 * u});
   };
-  Value rk_zr, rk_h;  // GRU reset_after = false: the candidate's recurrent matmul is separate
-  if (!reset_after) {
+  Value rk_zr, rk_h, rkq_zr, rkq_h, rks_zr, rks_h;  // GRU reset_after = false: the candidate's
+  if (!reset_after) {                               // recurrent matmul is separate
     rk_zr = ops::slice(rkernel, {0, 0}, {ops::kSliceMax, 2 * u});
     rk_h = ops::slice(rkernel, {0, 2 * u}, {ops::kSliceMax, 3 * u});
+    rkq_zr = ops::slice(rkq, {0, 0}, {ops::kSliceMax, 2 * u});
+    rkq_h = ops::slice(rkq, {0, 2 * u}, {ops::kSliceMax, 3 * u});
+    rks_zr = ops::slice(rkstep, {0}, {2});
+    rks_h = ops::slice(rkstep, {2}, {3});
   }
   std::vector<Value> outs, h_stats, c_stats;
   Value last = zero;
@@ -318,33 +367,38 @@ std::vector<Value> QuantizedRecurrentLayer::call(const std::vector<Value>& in,
     Value ax_t = ops::reshape(ops::slice(ax, {0, t, 0}, {ops::kSliceMax, t + 1, ops::kSliceMax}),
                               {-1, g * u});
     Value hin = rdm.defined() ? h * rdm : h;
-    Value h_pre, c_new, c_sum;
+    Value h_pre, h_new, c_new, c_sum;
     if (lstm_) {
-      Value a = P(ax_t + P(ops::matmul(hin, rkernel)));  // Q3.12, saturated to [-8, 8)
+      // Q3.12: the recurrent partial sum is not saturated before it is added (TFLite)
+      Value a = P(ax_t + R(hin, rkernel, rkq, rkstep, Value(), false));
       Value ig = logistic(block(a, 0, 1)), fg = logistic(block(a, 1, 2));
       Value gg = tanh_q(block(a, 2, 3), three), og = logistic(block(a, 3, 4));
-      c_sum = C(fg * c) + C(ig * gg);
+      c_sum = Cm(fg, c, cell_exp) + Cm(ig, gg, cell_exp);
       c_new = C(c_sum);
-      h_pre = og * tanh_q(c_new, p);
+      Value tc = tanh_q(c_new, p);
+      h_pre = og * tc;
+      h_new = H({og, tc}, "lstm", h_pre);
     } else {
       Value zr, hh;
       if (reset_after) {
-        Value rec = ops::matmul(hin, rkernel);
-        if (recurrent_bias.defined()) rec = rec + recurrent_bias;
-        Value ah = P(rec);
+        // z, r: the recurrent sums unsaturated; the candidate's saturated (spec 3.7 GRU)
+        Value ah = R(hin, rkernel, rkq, rkstep, recurrent_bias, false);
         zr = logistic(P(block(ax_t, 0, 2) + block(ah, 0, 2)));
         Value r = block(zr, 1, 2);
-        hh = tanh_q(P(block(ax_t, 2, 3) + P(r * block(ah, 2, 3))), three);
+        Value rp = rdrop ? P(r * P(block(ah, 2, 3))) : Cm(r, P(block(ah, 2, 3)), e12);
+        hh = tanh_q(P(block(ax_t, 2, 3) + rp), three);
       } else {
-        zr = logistic(P(block(ax_t, 0, 2) + P(ops::matmul(hin, rk_zr))));
-        Value rh = FQh(block(zr, 1, 2) * hin);  // r h requantized with h's parameters
-        hh = tanh_q(P(block(ax_t, 2, 3) + P(ops::matmul(rh, rk_h))), three);
+        zr = logistic(P(block(ax_t, 0, 2) + R(hin, rk_zr, rkq_zr, rks_zr, Value(), false)));
+        Value r = block(zr, 1, 2);
+        // r h requantized with h's parameters
+        Value rh = rdrop ? FQh(r * hin) : H({r, hin}, "reset", r * hin);
+        hh = tanh_q(P(block(ax_t, 2, 3) + R(rh, rk_h, rkq_h, rks_h, Value(), true)), three);
       }
       Value z = block(zr, 0, 1);
       // 1 - z: the code 32767 - z (the float cell's 1 - z during the delay)
       h_pre = z * h + sel((1.0 - std::ldexp(1.0, -15)) - z, 1.0 - z) * hh;
+      h_new = H({z, h, hh}, "gru", h_pre);
     }
-    Value h_new = FQh(h_pre);
     if (mask.defined()) {
       Value m = ops::reshape(ops::slice(mask, {0, t}, {ops::kSliceMax, t + 1}), {-1, 1});
       h = ops::where(m, h_new, h);

@@ -711,6 +711,84 @@ TEST(QAdd, IsTheAddStageElementwiseAndWithinOneCodeOfTheRealSum) {
   }
 }
 
+// The fast qadd rows bit for bit against the reference: lengths around the vector widths (8
+// and 32 for AVX2, 16 for AVX-512) and the thread blocks (2^14), both roundings, scale ratios
+// from equal to 1:100 (either input the larger), zero points at the int8 ends, output scales
+// small enough to saturate, fused ReLU/ReLU6 and a narrow act_min/act_max clamp; codes at both
+// int8 ends in every case.
+TEST(QAddFast, MatchesTheReferenceOnEdgeShapesAndSaturation) {
+  const int rows = runnable_rows("qadd");
+  Rng rng(61);
+  const std::vector<Attrs> stages = {
+      {{"input1_scale", 0.02},
+       {"input1_zero_point", -3},
+       {"input2_scale", 0.035},
+       {"input2_zero_point", 10},
+       {"output_scale", 0.05},
+       {"output_zero_point", 1}},
+      {{"input1_scale", 0.1},
+       {"input1_zero_point", -128},
+       {"input2_scale", 0.1},
+       {"input2_zero_point", 127},
+       {"output_scale", 0.1},
+       {"output_zero_point", -128},
+       {"rounding", "single"}},
+      {{"input1_scale", 0.5},
+       {"input1_zero_point", 0},
+       {"input2_scale", 0.005},
+       {"input2_zero_point", -128},
+       {"output_scale", 0.01},
+       {"output_zero_point", 5},
+       {"activation", "relu"}},  // saturates: the output step is 1/50 of input 1's
+      {{"input1_scale", 0.003},
+       {"input1_zero_point", 127},
+       {"input2_scale", 0.3},
+       {"input2_zero_point", 0},
+       {"output_scale", 0.07},
+       {"output_zero_point", -20},
+       {"activation", "relu6"},
+       {"rounding", "single"}},
+      {{"input1_scale", 0.04},
+       {"input1_zero_point", 3},
+       {"input2_scale", 0.04},
+       {"input2_zero_point", 3},
+       {"output_scale", 0.0101},
+       {"output_zero_point", -120},
+       {"act_min", -128},
+       {"act_max", -113}},  // a 4-bit output grid stored as int8
+      {{"input1_scale", 1.0},
+       {"input1_zero_point", 0},
+       {"input2_scale", 1.0},
+       {"input2_zero_point", 0},
+       {"output_scale", 2.0},
+       {"output_zero_point", 0}},  // exact ties: (q1 + q2) / 2
+      {{"input1_scale", 1.0},
+       {"input1_zero_point", 0},
+       {"input2_scale", 1.0},
+       {"input2_zero_point", 0},
+       {"output_scale", 2.0},
+       {"output_zero_point", 0},
+       {"rounding", "single"}},
+  };
+  for (const int64_t n :
+       {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 16383, 16384, 16385, 70001}) {
+    Tensor a = random_int_tensor({n}, rng, -128, 127, DType::kS8);
+    Tensor b = random_int_tensor({n}, rng, -128, 127, DType::kS8);
+    const int8_t ends[] = {-128, 127, -127, 126, 0};
+    for (int64_t i = 0; i < n; i += 3) {
+      a.data<int8_t>()[i] = ends[(i / 3) % 5];
+      b.data<int8_t>()[i] = ends[(i / 3 + 1) % 5];
+    }
+    for (const Attrs& at : stages)
+      EXPECT_EQ(expect_fast_matches_reference("qadd", {a, b}, at, 0.0, 0.0), rows)
+          << "n " << n << " " << at.str();
+  }
+  // A 4-D tensor of MobileNetV2's residual shape (24 channels: a tail in every row).
+  const Tensor a = random_int_tensor({1, 14, 14, 24}, rng, -128, 127, DType::kS8);
+  const Tensor b = random_int_tensor({1, 14, 14, 24}, rng, -128, 127, DType::kS8);
+  EXPECT_EQ(expect_fast_matches_reference("qadd", {a, b}, stages[0], 0.0, 0.0), rows);
+}
+
 TEST(Requantize, RescalesCodesAndClamps) {
   note_reference_tested("requantize");
   const Tensor x = Tensor::from_vector<int8_t>({-128, -1, 0, 1, 10, 127}, {6});
@@ -720,6 +798,42 @@ TEST(Requantize, RescalesCodesAndClamps) {
                                        {"output_scale", 0.1},
                                        {"output_zero_point", -3}});
   EXPECT_TRUE(tensors_equal(y, Tensor::from_vector<int8_t>({-128, -5, -3, -1, 17, 127}, {6})));
+  // act_min/act_max: the codes of a 4-bit grid stored as int8 ([-128, -113]).
+  const Tensor y4 = ops::requantize(x, {{"input_scale", 0.2},
+                                        {"input_zero_point", 0},
+                                        {"output_scale", 0.1},
+                                        {"output_zero_point", -120},
+                                        {"act_min", -128},
+                                        {"act_max", -113}});
+  EXPECT_TRUE(
+      tensors_equal(y4, Tensor::from_vector<int8_t>({-128, -122, -120, -118, -113, -113}, {6})));
+  expect_throws_with<ValueError>(
+      [&] {
+        ops::requantize(x, {{"input_scale", 0.2},
+                            {"input_zero_point", 0},
+                            {"output_scale", 0.1},
+                            {"output_zero_point", 0},
+                            {"act_min", 5},
+                            {"act_max", 4}});
+      },
+      "'act_min', 'act_max'");
+}
+
+TEST(QAdd, ActMinActMaxNarrowTheClamp) {
+  const Tensor a = Tensor::from_vector<int8_t>({-128, -20, 0, 3, 50, 127}, {6});
+  const Tensor b = Tensor::from_vector<int8_t>({0, 0, 0, 0, 0, 0}, {6});
+  // Both inputs at 0.1 / zp 0, the output at 0.1 / zp -120: y = a - 120 clamped to the
+  // 16 codes [-128, -113]; with relu the clamp starts at zp -120 instead.
+  Attrs at{{"input1_scale", 0.1},    {"input1_zero_point", 0}, {"input2_scale", 0.1},
+           {"input2_zero_point", 0}, {"output_scale", 0.1},    {"output_zero_point", -120},
+           {"act_min", -128},        {"act_max", -113},        {"rounding", "single"}};
+  EXPECT_TRUE(tensors_equal(
+      ops::qadd(a, b, at), Tensor::from_vector<int8_t>({-128, -128, -120, -117, -113, -113}, {6})));
+  at.set("activation", "relu");
+  EXPECT_TRUE(tensors_equal(
+      ops::qadd(a, b, at), Tensor::from_vector<int8_t>({-120, -120, -120, -117, -113, -113}, {6})));
+  at.set("act_max", 200);
+  expect_throws_with<ValueError>([&] { ops::qadd(a, b, at); }, "qadd: attributes 'act_min'");
 }
 
 TEST(QuantizeDequantize, FollowTfliteRounding) {

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 
 #include "lowbit/data/idx.h"
@@ -249,6 +250,63 @@ TEST(IntegerModelFile, RoundTripsAndRefusesBadFiles) {
   rewrite([&](nn::Json& g) { tensor_named(g, "/kernel")["shape"][0] = 5; }, "but the graph says");
   rewrite([&](nn::Json& g) { g["ops"][2]["inputs"][0] = 999; }, "is not a tensor");
   rewrite([&](nn::Json& g) { g.erase("version"); }, "field 'version' is missing");
+  // What the fuzzer (fuzz/integer_model_load_fuzz.cc, docs/fuzzing.md) found, each refused by
+  // name: a 2^32 + 1 that an int read as 1, a float where an integer goes (undefined behaviour
+  // when converted), an attribute no op takes (inspect read it as another kind), an input that
+  // is not f32 (predict read its bytes as floats), a declared shape other than what the op
+  // computes (predict copied that many elements), a pool window of 2^32 taps (its shape rule
+  // allocated a table per window size).
+  rewrite([&](nn::Json& g) { g["version"] = 4294967297ull; }, "field 'version' is not an integer");
+  rewrite([&](nn::Json& g) { tensor_named(g, "/kernel")["shape"][0] = 1e30; },
+          "field 'shape' is not a list of integers");
+  rewrite(
+      [&](nn::Json& g) {
+        g["ops"][1]["attrs"]["input_zero_point"] = {{"i", 1e30}};
+      },
+      "expected an int64 integer");
+  rewrite(
+      [&](nn::Json& g) {
+        g["ops"][1]["attrs"]["scale"] = {{"s", "x"}};
+      },
+      "attribute 'scale' is not one that qconv2d takes");
+  rewrite(
+      [&](nn::Json& g) {
+        g["ops"][2]["attrs"]["ksize"] = {{"ints", {65536, 65536}}};
+      },
+      "more than 2^20 taps");
+  rewrite([&](nn::Json& g) { g["tensors"][g["input"].get<int>()]["dtype"] = "s8"; },
+          "must be f32 [?, ...]");
+  rewrite(
+      [&](nn::Json& g) {
+        g["tensors"][g["ops"][1]["output"].get<int>()]["shape"] = {-1, 99, 99, 8};
+      },
+      "computes s8[?,");
+
+  // load_bytes: the same model from memory, the same refusals.
+  {
+    std::ifstream in(path, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    quant::IntegerModel mem = quant::IntegerModel::load_bytes(bytes.data(), bytes.size());
+    EXPECT_EQ(mem.graph_json(), im.graph_json());
+    EXPECT_TRUE(testing::tensors_equal(mem.predict(x), im.predict(x)));
+    EXPECT_THROW(quant::IntegerModel::load_bytes(bytes.data(), bytes.size() - 100), IoError);
+  }
+  // A safetensors header claiming 1e12 elements (or a float dim) is refused, not allocated.
+  auto header_only = [](const std::string& h) {
+    std::string b(8, '\0');
+    for (int i = 0; i < 8; ++i) b[i] = static_cast<char>((h.size() >> (8 * i)) & 0xff);
+    return b + h;
+  };
+  for (const auto& [header, needle] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"w":{"dtype":"I8","shape":[1000000,1000000],"data_offsets":[0,0]}})", "needs"},
+           {R"({"w":{"dtype":"I8","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}})",
+            "more than 2^40"},
+           {R"({"w":{"dtype":"I8","shape":[1e30],"data_offsets":[0,0]}})", "'shape' holds"},
+           {R"({"w":{"dtype":"I8","shape":[1],"data_offsets":[-1,0]}})",
+            "lies outside the data"}}) {
+    const std::string b = header_only(header);
+    expect_throws_with<IoError>([&] { io::read_safetensors_bytes(b.data(), b.size()); }, needle);
+  }
   expect_throws_with<ValueError>(
       [&] {
         f->save(dir + "/float.lbm");
@@ -512,7 +570,16 @@ TEST(ConvertToInteger, RefusesWhatHasNoIntegerFormNamingTheLayer) {
   Tensor y = Tensor::zeros({4, 3});
   q->compile({.optimizer = nn::Adam({}), .loss = nn::MeanSquaredError()});
   q->fit(x, y, {.epochs = 1, .verbose = 0});
-  expect_throws_with<UnsupportedError>([&] { quant::convert_to_integer(*q); }, "QuantizedLSTM");
+  // The LSTM converts (tests/quant/convert_recurrent_test.cc); a bidirectional one with
+  // merge_mode mul does not (concat, sum, ave, none do).
+  EXPECT_EQ(quant::convert_to_integer(*q).ops.at(1).op, "qlstm");
+  auto b = nn::Sequential::create(
+      {nn::InputSpec({6, 4}), nn::Bidirectional(nn::LSTM(5), {.merge_mode = "mul"}), nn::Dense(3)},
+      "birnn");
+  auto qb = quant::quantize_model(*b);
+  qb->compile({.optimizer = nn::Adam({}), .loss = nn::MeanSquaredError()});
+  qb->fit(x, y, {.epochs = 1, .verbose = 0});
+  expect_throws_with<UnsupportedError>([&] { quant::convert_to_integer(*qb); }, "merge_mode 'mul'");
 }
 
 }  // namespace

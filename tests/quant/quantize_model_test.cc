@@ -339,16 +339,21 @@ TEST(QuantizeModel, DepthwiseAndSeparableKernelsArePerOutputChannel) {
       "input_layer_quant:FakeQuant<-input_layer",
       "depthwise_conv2d:QuantizeWrapper<-input_layer_quant",
       "depthwise_conv2d_quant:FakeQuant<-depthwise_conv2d",
-      "separable_conv2d:QuantizeWrapper<-depthwise_conv2d_quant",
+      "separable_conv2d_depthwise:QuantizeWrapper<-depthwise_conv2d_quant",
+      "separable_conv2d_depthwise_quant:FakeQuant<-separable_conv2d_depthwise",
+      "separable_conv2d:QuantizeWrapper<-separable_conv2d_depthwise_quant",
       "separable_conv2d_quant:FakeQuant<-separable_conv2d",
   };
   EXPECT_EQ(structure(*q), want);
   auto dw = layer_as<QuantizeWrapperLayer>(*q, "depthwise_conv2d");
   // [3, 3, 3, 2] feeds 3 * 2 output channels: one range each.
   EXPECT_EQ(dw->quantizer("depthwise_kernel").min(*dw).shape(), Shape({6}));
+  // The SeparableConv2D is split (TF-MOT): its depthwise part, then a 1x1 Conv2D.
+  auto sep_dw = layer_as<QuantizeWrapperLayer>(*q, "separable_conv2d_depthwise");
+  EXPECT_EQ(sep_dw->quantizer("depthwise_kernel").min(*sep_dw).shape(), Shape({12}));
   auto sep = layer_as<QuantizeWrapperLayer>(*q, "separable_conv2d");
-  EXPECT_EQ(sep->quantizer("depthwise_kernel").min(*sep).shape(), Shape({12}));
-  EXPECT_EQ(sep->quantizer("pointwise_kernel").min(*sep).shape(), Shape({5}));
+  EXPECT_EQ(sep->layer()->class_name(), "Conv2D");
+  EXPECT_EQ(sep->quantizer("kernel").min(*sep).shape(), Shape({5}));
   // Output channel c*M + m of the depthwise kernel has the range of w[:, :, c, m].
   const Tensor k = dw->layer()->weights()[0].value;
   const Tensor kmax = dw->quantizer("depthwise_kernel").max(*dw);

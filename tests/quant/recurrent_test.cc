@@ -12,12 +12,14 @@
 #include <set>
 
 #include "lowbit/data/dataset.h"
+#include "lowbit/fixed_point.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/losses.h"
 #include "lowbit/nn/masking.h"
 #include "lowbit/nn/model.h"
 #include "lowbit/nn/optimizers.h"
 #include "lowbit/ops.h"
+#include "lowbit/ops/fake_quant.h"
 #include "lowbit/ops/integer_numerics.h"
 #include "lowbit/quant/quantize_model.h"
 #include "testing/model_testing.h"
@@ -135,32 +137,74 @@ TEST(QuantizedRecurrent, LSTMForwardIsTheIntegerStepComputedByHand) {
   Tensor h0 = random_tensor({3, 4}, rng, -1, 1), c0 = random_tensor({3, 4}, rng, -5, 5);
   std::vector<Tensor> got = s.q->predict_on_batch({x, h0, c0});
 
-  // By hand, eagerly, from the semantics' formulas.
+  // By hand, from the integer step's formulas (spec 3.7) on the codes: what qlstm computes.
   const Tensor xmin = state(l, "x_min"), xmax = state(l, "x_max");
   const Tensor hmin = state(l, "h_min"), hmax = state(l, "h_max");
-  auto FQh = [&](const Tensor& v) { return ops::fake_quant_with_min_max_vars(v, hmin, hmax); };
-  auto P = [](const Tensor& v) { return ops::fake_quant_pot(v, -12); };
-  auto C = [](const Tensor& v) { return ops::fake_quant_pot(v, 2 - 15); };
+  const ops::FakeQuantNudge nx =
+      ops::fake_quant_nudge(xmin.get_as_double(0), xmax.get_as_double(0));
+  const ops::FakeQuantNudge nh =
+      ops::fake_quant_nudge(hmin.get_as_double(0), hmax.get_as_double(0));
   const Tensor K = l.quantized_kernel(), R = l.quantized_recurrent_kernel();
   const Tensor b = inner(l, "bias");
-  Tensor h = FQh(h0), c = C(c0);
-  std::vector<Tensor> ys;
-  for (int64_t t = 0; t < 2; ++t) {
-    Tensor xt = ops::reshape(ops::slice(x, {0, t, 0}, {3, t + 1, 3}), {3, 3});
-    Tensor xq = ops::fake_quant_with_min_max_vars(xt, xmin, xmax);
-    Tensor a = P(P(ops::matmul(xq, K) + b) + P(ops::matmul(h, R)));
-    auto gate = [&](int k) { return ops::slice(a, {0, 4 * k}, {3, 4 * k + 4}); };
-    Tensor i = ops::fixed_logistic(gate(0)), f = ops::fixed_logistic(gate(1));
-    Tensor g = ops::fixed_tanh(gate(2), 3), o = ops::fixed_logistic(gate(3));
-    // Gate sums are on the Q3.12 grid within [-8, 8).
-    EXPECT_TRUE(all_integers(a, std::ldexp(1.0, -12), -32768, 32767));
-    c = C(C(f * c) + C(i * g));
-    h = FQh(o * ops::fixed_tanh(c, 2));
-    ys.push_back(h);
+  std::vector<float> swx, swh;
+  for (int64_t k = 0; k < 4; ++k) {
+    swx.push_back(ops::fake_quant_nudge(state(l, "kernel_min").get_as_double(k),
+                                        state(l, "kernel_max").get_as_double(k), 8, true)
+                      .scale);
+    swh.push_back(ops::fake_quant_nudge(state(l, "recurrent_kernel_min").get_as_double(k),
+                                        state(l, "recurrent_kernel_max").get_as_double(k), 8, true)
+                      .scale);
   }
-  EXPECT_TRUE(tensors_equal(got[0], ops::stack(ys, 1)));
-  EXPECT_TRUE(tensors_equal(got[1], h));
-  EXPECT_TRUE(tensors_equal(got[2], c));
+  auto code = [](double v, double s) { return static_cast<int32_t>(std::lround(v / s)); };
+  auto mbqm = [](int64_t acc, double m) {
+    return quant::multiply_by_quantized_multiplier(static_cast<int32_t>(acc),
+                                                   quant::quantize_multiplier(m));
+  };
+  auto s16 = [](int64_t v) { return static_cast<int32_t>(std::clamp<int64_t>(v, -32768, 32767)); };
+  const Tensor hq0 = ops::fake_quant_with_min_max_vars(h0, hmin, hmax);
+  const Tensor cq0 = ops::fake_quant_pot(c0, 2 - 15);
+  for (int64_t n = 0; n < 3; ++n) {
+    std::vector<int32_t> h(4), c(4);
+    for (int64_t j = 0; j < 4; ++j) {
+      h[j] = code(hq0.get_as_double(n * 4 + j), nh.scale);  // q_h - zp_h
+      c[j] = code(cq0.get_as_double(n * 4 + j), std::ldexp(1.0, -13));
+    }
+    for (int64_t t = 0; t < 2; ++t) {
+      std::vector<int32_t> a(16);
+      for (int64_t col = 0; col < 16; ++col) {
+        const int64_t g = col / 4;
+        const float bs = swx[g] * nx.scale;
+        int64_t ax = quant::quantize_bias(b.data<float>()[col], bs), ah = 0;
+        for (int64_t d = 0; d < 3; ++d) {
+          const Tensor xq = ops::fake_quant_with_min_max_vars(
+              Tensor::scalar(x.data<float>()[(n * 2 + t) * 3 + d]), xmin, xmax);
+          ax += int64_t{code(xq.get_as_double(0), nx.scale)} *
+                code(K.get_as_double(d * 16 + col), swx[g]);
+        }
+        for (int64_t k = 0; k < 4; ++k)
+          ah += int64_t{h[k]} * code(R.get_as_double(k * 16 + col), swh[g]);
+        a[col] = s16(int64_t{s16(mbqm(ax, std::ldexp(double(bs), 12)))} +
+                     mbqm(ah, std::ldexp(double(swh[g] * nh.scale), 12)));
+      }
+      for (int64_t j = 0; j < 4; ++j) {
+        const int32_t i = quant::logistic_int16(static_cast<int16_t>(a[j]));
+        const int32_t f = quant::logistic_int16(static_cast<int16_t>(a[4 + j]));
+        const int32_t g = quant::tanh_int16(static_cast<int16_t>(a[8 + j]), 3);
+        const int32_t o = quant::logistic_int16(static_cast<int16_t>(a[12 + j]));
+        c[j] = s16(int64_t{quant::rounding_divide_by_pot(f * c[j], 15)} +
+                   quant::rounding_divide_by_pot(i * g, 15 + 2));
+        const int32_t th = quant::tanh_int16(static_cast<int16_t>(c[j]), 2);
+        h[j] = std::clamp(mbqm(int64_t{o} * th, std::ldexp(1.0, -30) / double(nh.scale)),
+                          nh.quant_min - nh.zero_point, nh.quant_max - nh.zero_point);
+        EXPECT_EQ(code(got[0].get_as_double((n * 2 + t) * 4 + j), nh.scale), h[j])
+            << n << " " << t << " " << j;
+      }
+    }
+    for (int64_t j = 0; j < 4; ++j) {
+      EXPECT_EQ(code(got[1].get_as_double(n * 4 + j), nh.scale), h[j]);
+      EXPECT_EQ(code(got[2].get_as_double(n * 4 + j), std::ldexp(1.0, -13)), c[j]);
+    }
+  }
   // The cell state is on the int16 grid 2^(p-15), p = 2.
   EXPECT_TRUE(all_integers(got[2], std::ldexp(1.0, -13), -32768, 32767));
   // Weights: per gate block, the int8 narrow symmetric grid of that block's range.

@@ -8,7 +8,7 @@ set -euo pipefail
 ROOT="${1:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
 cd "$ROOT"
 fail=0
-files=$(find README.md docs include src examples tests bench scripts tools -type f \
+files=$(find README.md docs include src examples tests bench scripts tools fuzz -type f \
   \( -name '*.md' -o -name '*.h' -o -name '*.cc' -o -name '*.inc' -o -name '*.mjs' -o -path 'scripts/*' \) \
   -not -path 'docs/spec/*' -not -path '*/fixtures/*' 2>/dev/null | sort)
 [[ -n $files ]] || { echo "docs_check: no files found under $ROOT (not a git checkout?)" >&2; exit 1; }
@@ -19,7 +19,7 @@ if grep -n 'shared/docs' $files; then
 fi
 # 2. Repository paths that do not exist (a path is a top-level folder of the repository and a
 #    file name with an extension; globs and placeholders such as <name> are skipped).
-dirs='docs|src|include|examples|tests|scripts|tools|bench|cmake'
+dirs='docs|src|include|examples|tests|scripts|tools|bench|cmake|fuzz'
 while IFS=: read -r file line path; do
   path="${path%.}"
   [[ $path == *'*'* || $path == *'<'* ]] && continue

@@ -25,5 +25,9 @@ void write_safetensors(const std::string& path, const SafetensorsFile& file);
 // truncated, header length beyond the file, bad JSON, unknown dtype, offsets out of range or
 // overlapping, size not matching the shape).
 SafetensorsFile read_safetensors(const std::string& path);
+// The same from `size` bytes in memory (a whole file's contents), with the same checks; `name`
+// stands for the path in the messages.
+SafetensorsFile read_safetensors_bytes(const void* data, size_t size,
+                                       const std::string& name = "<memory>");
 
 }  // namespace lowbit::io

@@ -29,7 +29,8 @@
 //     default the int8 range).
 //   qadd(a, b) s8, same shape -> s8: TFLite's quantized Add (fixed_point.h AddStage); attributes
 //     input1_scale, input1_zero_point, input2_scale, input2_zero_point, output_scale,
-//     output_zero_point, activation, rounding.
+//     output_zero_point, activation, rounding, and optional act_min, act_max (intersected with
+//     the activation's clamp).
 //   qavg_pool2d also takes input_scale, input_zero_point, output_scale, output_zero_point (all
 //     or none): the mean rounded once to the output's parameters, MBQM(sum - count * zp_in,
 //     s_in / (s_out * count)) + zp_out.
@@ -48,9 +49,32 @@
 //     within 1/2 step + 2^-21 of the real softmax of the dequantized input.
 //   For all three, output_scale / output_zero_point may be given but must be the fixed values.
 //   requantize(x s8) -> s8: the same values at other parameters (input_scale,
-//     input_zero_point, output_scale, output_zero_point, rounding).
+//     input_zero_point, output_scale, output_zero_point, rounding; optional act_min, act_max:
+//     the clamp, default the int8 range). With the plain `concat` (ops/shape_ops.h, any dtype)
+//     it is TFLite's int8 concatenation: each input whose parameters differ from the output's
+//     requantized to them, then the codes copied.
 //   quantize(x f32) -> s8 (scale, zero_point): clamp(round_away(x / scale) + zp).
 //   dequantize(q s8) -> f32 (scale, zero_point): scale * (q - zp).
+//
+// Recurrent (spec 3.7 "8x8_16"; src/ops/int8_recurrent_ops.cc; docs/integer-inference.md):
+//   qlstm(x s8 [B,T,D], w_x s8 [D,4U], w_h s8 [U,4U], bias s32 [4U] [, mask bool [B,T]])
+//   qgru(x, w_x s8 [D,3U], w_h s8 [U,3U], input_bias s32 [3U], recurrent_bias s32 [3U]
+//        [, mask]) -> s8 [B,T,U] (return_sequences, in processing order) or [B,U]
+//     Gate blocks side by side in Keras' order (LSTM i, f, c, o; GRU z, r, h); weights
+//     symmetric, one scale per gate block; biases at s_side * s_W,g (the LSTM's and a
+//     reset_after = false GRU's biases on the input side only: its recurrent_bias is not
+//     read). h0 = 0, c0 = 0.
+//     Attributes: input_scale, input_zero_point (x), hidden_scale, hidden_zero_point (h and the
+//     output: one grid), input_weight_scales and recurrent_weight_scales (G f64 each),
+//     cell_int_bits p in [0, 6] (qlstm: cell codes at 2^(p-15)), reset_after (qgru, default
+//     true), return_sequences, go_backwards, zero_output_for_mask (bools, default false),
+//     reverse_output (with return_sequences and go_backwards only: the output of the step that
+//     read x[:, t] is stored at t, the input's time order, as Keras' Bidirectional reverses
+//     its backward sequence).
+//     Gate sums Q3.12 (int16), gates Q0.15 by gemmlowp's logistic_int16/tanh_int16. At a step
+//     with mask false h and c keep their codes and the output repeats the last valid output
+//     (hidden_zero_point before the first valid step, or always with zero_output_for_mask).
+//   timestep_mask(x f32 [B,T,D]) -> bool [B,T]: any(x[b,t,:] != mask_value) (Keras Masking).
 // None is differentiable (integer outputs). Errors when applied: DTypeError for an argument of
 // another dtype, ShapeError for mismatched shapes (naming the argument), ValueError for a
 // missing or invalid quantization attribute (a scale that is not finite and > 0, a zero point
@@ -109,6 +133,22 @@ T quantize(const T& x, double scale, int64_t zero_point) {
 template <Operand T>
 T fake_quant_bias(const T& bias, const T& input_step, const T& weight_step) {
   return apply1("fake_quant_bias", {bias, input_step, weight_step});
+}
+// The integer LSTM / GRU (above); `mask` may be undefined (no mask).
+template <Operand T>
+T qlstm(const T& x, const T& w_x, const T& w_h, const T& bias, const T& mask, const Attrs& attrs) {
+  if (!mask.defined()) return apply1("qlstm", {x, w_x, w_h, bias}, attrs);
+  return apply1("qlstm", {x, w_x, w_h, bias, mask}, attrs);
+}
+template <Operand T>
+T qgru(const T& x, const T& w_x, const T& w_h, const T& input_bias, const T& recurrent_bias,
+       const T& mask, const Attrs& attrs) {
+  if (!mask.defined()) return apply1("qgru", {x, w_x, w_h, input_bias, recurrent_bias}, attrs);
+  return apply1("qgru", {x, w_x, w_h, input_bias, recurrent_bias, mask}, attrs);
+}
+template <Operand T>
+T timestep_mask(const T& x, double mask_value) {
+  return apply1("timestep_mask", {x}, {{"mask_value", mask_value}});
 }
 template <Operand T>
 T dequantize(const T& x, double scale, int64_t zero_point) {

@@ -30,6 +30,9 @@
 // int_bits that is not a scalar, ValueError for bits outside [2, 16].
 #pragma once
 
+#include <string>
+#include <vector>
+
 #include "lowbit/ops/base.h"
 
 namespace lowbit::ops {
@@ -55,6 +58,48 @@ T fixed_tanh(const T& x, const T& int_bits) {
 template <Operand T>
 T fixed_tanh(const T& x, int int_bits) {
   return fixed_tanh(x, scalar_like(x, int_bits));
+}
+
+// The integer LSTM/GRU step exactly (quant/recurrent.cc), forward only (no gradient: combine
+// them with straight_through, whose gradient is that of a float expression of the same value):
+//   straight_through(path, value)   y = value; dy goes to path only (shapes equal).
+//   fixed_matmul(x, x_step, w, w_steps, bias, saturate = true)   x f32 [n, k] on the grid
+//       x_step (f32 []), w [k, g*u] with gate block j on the grid w_steps[j] (f32 [g]), bias f32
+//       [g*u] or undefined: the qlstm/qgru partial sum MBQM(round(b / bs) + sum kx kw, M) with
+//       kx = x / x_step, kw = w / w_steps[j], bs = f32(x_step w_steps[j]), M = bs / 2^-12 as
+//       (M0, shift) (double rounding), int32 arithmetic; saturated to int16 (saturate) and
+//       returned as code * 2^-12.
+//   fake_quant_pot_mul(a, b, exponent, bits = 16)   fake_quant_pot(a * b) with the product
+//       exact (f64): RDPOT of a product of two int16 codes.
+//   fixed_hidden(..., h_min, h_max, form, num_bits = 8, narrow_range = false)   the new h of
+//       the step on h's fake-quant grid (fake_quant_nudge of h_min, h_max), returned as
+//       fake_quant_with_min_max_vars returns that code: form "lstm" (o, t): MBQM(o t, 2^-30 /
+//       s_h); "gru" (z, h, hh): RDPOT(z k_h + MBQM((32767 - z) hh, 2^-15 / s_h), 15); "reset"
+//       (r, h): RDPOT(r k_h, 15); gates Q0.15 codes, k_h = h / s_h; clamped to the grid.
+// Garbage inputs (off-grid, huge, NaN) give garbage but never undefined behaviour.
+template <Operand T>
+T straight_through(const T& path, const T& value) {
+  return apply1("straight_through", {path, value});
+}
+template <Operand T>
+T fixed_matmul(const T& x, const T& x_step, const T& w, const T& w_steps, const T& bias,
+               bool saturate = true) {
+  if (!bias.defined())
+    return apply1("fixed_matmul", {x, x_step, w, w_steps}, {{"saturate", saturate}});
+  return apply1("fixed_matmul", {x, x_step, w, w_steps, bias}, {{"saturate", saturate}});
+}
+template <Operand T>
+T fake_quant_pot_mul(const T& a, const T& b, const T& exponent, int bits = 16) {
+  return apply1("fake_quant_pot_mul", {a, b, exponent}, {{"bits", bits}});
+}
+template <Operand T>
+T fixed_hidden(const std::vector<T>& gates_and_h, const T& h_min, const T& h_max,
+               const std::string& form, int num_bits = 8, bool narrow_range = false) {
+  std::vector<T> in = gates_and_h;
+  in.push_back(h_min);
+  in.push_back(h_max);
+  return apply1("fixed_hidden", in,
+                {{"form", form}, {"num_bits", num_bits}, {"narrow_range", narrow_range}});
 }
 
 }  // namespace lowbit::ops

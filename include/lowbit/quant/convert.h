@@ -23,9 +23,21 @@
 //   grid of codes [qmin, qmax] (e.g. uint8 [0, 255], 4-bit [0, 15]) is stored as int8 codes
 //   shifted by -128 - qmin, and its clamp keeps the grid's own range (a 4-bit activation stays
 //   16 codes wide).
-//   The model input's FakeQuant becomes `quantize`, the model output `dequantize`.
-//   MaxPooling2D, AveragePooling2D (TFLite's rounding), Flatten, Reshape and Dropout keep their
-//   input's parameters.
+//   Conv2D, DepthwiseConv2D (groups = channels) and Dense on inputs of any rank (rank 3: one
+//   qfully_connected over the last axis, [?, T, K] -> [?, T, U]). Conv1D: a qconv2d on the
+//   input reshaped to [?, 1, T, C] (kernel [1, K, C/groups, F], strides and dilation on the
+//   width axis; "causal" is explicit padding of (K - 1) * dilation steps on the left), then a
+//   reshape back to [?, T', F]. SeparableConv2D, which quantize_model splits as TF-MOT does
+//   (DepthwiseConv2D "<name>_depthwise" + FakeQuant + 1x1 Conv2D "<name>"): two qconv2d with an
+//   int8 tensor between, as TFLite deploys it.
+//   Add of two inputs of one shape (quantize_model quantizes each), with its fused ReLU/ReLU6
+//   and the FakeQuant after it: one qadd, TFLite's int8 ADD (spec 3.6): each input rescaled to
+//   2 * max(s1, s2) / 2^20 by its own multiplier, summed, requantized by the output multiplier,
+//   all with ConvertOptions::rounding (double by default, as TFLite).
+//   Concatenate (any axis but the batch axis; no quantizer on its inputs, one FakeQuant after,
+//   as TFMOT): each input on another grid than that FakeQuant's is requantized to it (TFLite's
+//   int8 CONCATENATION needs one grid), always with single rounding (the QAT model rounds each
+//   value once), then one `concat` copies the codes.
 //   Activation sigmoid / tanh / softmax (quantize_model splits them off their Dense/Conv and
 //   puts a FakeQuant on their fixed grid after them) becomes qlogistic / qtanh / qsoftmax
 //   (lowbit/ops/int8.h) with TFLite's fixed output parameters: scale 1/256, zero point -128
@@ -38,9 +50,31 @@
 //   grid) by the ids; its output keeps the table's (scale, zero point). The model input may
 //   then be s32/s64 ids, or f32 ids (a cast to s32 first, truncating as the layer does);
 //   predict refuses ids outside the table. mask_zero and per-channel tables are refused.
+//   The model input's FakeQuant becomes `quantize`, the model output `dequantize`; a FakeQuant
+//   on codes of another grid `requantize` (single rounding, clamped to the grid's codes).
+//   MaxPooling2D, Flatten, Reshape and Dropout keep their input's parameters; AveragePooling2D
+//   and GlobalAveragePooling2D round the mean once, to the grid of the FakeQuant after them.
+//   A QuantizedLSTM / QuantizedGRU becomes ONE qlstm / qgru over the sequence (spec 3.7
+//   "8x8_16", docs/integer-inference.md "The integer LSTM and GRU"): x quantized (or
+//   requantized) to the layer's x grid, int8 weights per gate block (FQ(W) / s_W,g), int32
+//   biases at s_side * s_W,g, gate sums Q3.12, the cell at 2^(p-15), the output on the layer's h
+//   grid; return_sequences, go_backwards, zero_output_for_mask, GRU reset_after true or false.
+//   A Masking layer on the model input becomes timestep_mask (the step mask from the floats);
+//   the mask travels to the recurrent op through layers that pass it on. The QAT layer's forward
+//   is the op's integer arithmetic, so the codes agree exactly (recurrent.h "Exactness").
+//   A QuantizedBidirectional becomes one qlstm/qgru per direction (the backward one with
+//   go_backwards and, for sequences, reverse_output), merged on the grid of the FakeQuant after
+//   it: concat = requantize each + concat, sum / ave = qadd (ave: input scales halved); merge
+//   none: the two outputs. Not converted: merge_mode mul, initial states, return_state, a mask
+//   the integer model does not compute (a go_backwards sequence's), a FakeQuant of a Masking
+//   output with mask_value != 0.
+// The model has one input (f32, or the ids of an Embedding): a model whose masks come from a second input (e.g.
+// examples/rgb_missing.cc's MissingFeatures) converts only from the layer after them.
 // Anything else (a layer class without an integer form here, a float layer between quantized
-// ones, an asymmetric weight grid, a torch/binary/ternary quantizer) is refused with
-// UnsupportedError naming the layer, its class and why; nothing is silently left in float.
+// ones, an Add of three or more inputs, a concatenation along the batch axis, an activation that
+// follows no conv/dense/Add, an asymmetric weight grid, a torch/binary/ternary quantizer) is
+// refused with UnsupportedError naming the layer, its class and why; nothing is silently left
+// in float.
 #pragma once
 
 #include <memory>
@@ -50,6 +84,10 @@
 #include "lowbit/attrs.h"
 #include "lowbit/fixed_point.h"
 #include "lowbit/nn/model.h"
+
+namespace lowbit::io {
+struct SafetensorsFile;
+}
 
 namespace lowbit::quant {
 
@@ -144,6 +182,10 @@ class IntegerModel {
   // [qmin, qmax]). Packed weights are unpacked here, once: the model runs the same s8 codes as
   // before it was saved.
   static IntegerModel load(const std::string& path);
+  // The same from a whole file's bytes in memory (the same checks: load reads the file and
+  // shares this code); `name` stands for the path in the messages.
+  static IntegerModel load_bytes(const void* data, size_t size,
+                                 const std::string& name = "<memory>");
 
   // The graph JSON (what save writes as metadata, with the same options).
   std::string graph_json(const SaveOptions& options = {}) const;
@@ -171,6 +213,7 @@ class IntegerModel {
   struct Runtime;
   std::unique_ptr<Runtime> rt_;
   void check_ids(const Tensor& x) const;  // ValueError for a token id outside its table
+  static IntegerModel from_safetensors(const io::SafetensorsFile& f, const std::string& path);
   Runtime& runtime();
 };
 

@@ -9,12 +9,17 @@
 // are copied, so the float model is left intact (fine-tune several schemes from one float
 // model). Where quantizers go (docs/quantization.md; semantics 2.2-2.4):
 //
-// 1. Weights. Dense, Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D (both kernels) and
-//    Embedding become QuantizeWrapper(layer): their kernels are fake-quantized before the
-//    layer reads them. An Embedding table is quantized per tensor (its rows are the output
-//    activations, one grid) unless an override sets per_channel. Biases never. A conv/dense
-//    followed by BatchNormalization is folded instead (rule 3). SimpleRNN too (kernel and
-//    recurrent_kernel), with a FakeQuant on each output. LSTM and GRU become QuantizedLSTM /
+// 1. Weights. Dense, Conv1D, Conv2D, DepthwiseConv2D and Embedding become
+//    QuantizeWrapper(layer): their kernels are fake-quantized before the layer reads them. An
+//    Embedding table is quantized per tensor (its rows are the output activations, one grid)
+//    unless an override sets per_channel. Biases never. A SeparableConv2D is split in two as TF-MOT's SeparableConv transform does
+//    (and TFLite deploys it, DEPTHWISE_CONV_2D then CONV_2D with an int8 tensor between): a
+//    DepthwiseConv2D "<name>_depthwise" (its depthwise kernel, strides, padding, dilation; no
+//    bias, linear), a FakeQuant "<name>_depthwise_quant" (an activation quantizer), then a 1x1
+//    Conv2D "<name>" (its pointwise kernel, bias and activation), each part a QuantizeWrapper
+//    with the separable's weight settings; the pattern of rule 2 continues from the Conv2D. A
+//    conv/dense followed by BatchNormalization is folded instead (rule 3). SimpleRNN too (kernel
+//    and recurrent_kernel), with a FakeQuant on each output. LSTM and GRU become QuantizedLSTM /
 //    QuantizedGRU (lowbit/quant/recurrent.h: the integer LSTM step of semantics 3.7 in float),
 //    which read their input unquantized (they quantize x themselves) and whose output and h state
 //    are on h's int8 grid (no FakeQuant after; an LSTM's returned cell state is int16 and counts as
@@ -41,8 +46,9 @@
 //    outputs stay unquantized (no integer form).
 // 3. Batch-norm folding (cfg.fold_batch_norm): a Dense/Conv1D/Conv2D/DepthwiseConv2D with
 //    linear activation called once, whose output's only consumer is a BatchNormalization over
-//    the last axis called once, becomes FoldedConvBatchNorm (see quantizer.h). Otherwise (a
-//    SeparableConv2D, a shared layer, folding off) the BN stays a float layer inside the pattern.
+//    the last axis called once, becomes FoldedConvBatchNorm (see quantizer.h); after a
+//    SeparableConv2D the BN folds into its pointwise Conv2D. Otherwise (a shared layer, folding
+//    off) the BN stays a float layer inside the pattern.
 // 4. Model inputs (f32, unless every consumer is an Embedding): FakeQuant with cfg.input
 //    (all_values), named "<input>_quant".
 // 5. Merges: an input of Add/Multiply that is not already quantized gets a FakeQuant first (one

@@ -29,6 +29,17 @@
 //     reset_after = false: r h is requantized with h's quantizer before its matmul, and the
 //     candidate's recurrent partial sum carries no bias.
 //
+// Exactness: the forward is the integer op's (qlstm/qgru) arithmetic, not a float rounding of
+// the formulas above: the partial sums are ops::fixed_matmul of the codes (the bias rounded to
+// its int32 grid s_side s_W,g, the (M0, shift) multiplier f32(s_side s_W,g) / 2^-12 with double
+// rounding; the recurrent sum of a gate is not saturated before it is added, the GRU
+// candidate's is), the products f c, i g, r p_h are rounded exactly (ops::fake_quant_pot_mul),
+// and the new h (and r h) code is the op's (ops::fixed_hidden: MBQM, RDPOT, ties away from
+// zero). Each such value goes through ops::straight_through: its gradient is that of the float
+// expression written above (FQ's, P's and C's straight-through estimators). With dropout or
+// recurrent_dropout in training the inputs are off their grids and the float expressions are
+// the forward there (the integer model has no dropout).
+//
 // The cell exponent p (LSTM) is the smallest integer in [0, 6] with 2^p >= m, m the cell's
 // tracked max |c| ("cell_max_abs", EMA over the sums before saturation, so it can grow). Since
 // c depends on p, the forward of a training step uses the ranges of h and the cell as they were
@@ -108,7 +119,8 @@ class QuantizedRecurrentLayer : public nn::Layer {
  private:
   const nn::Weight& state(const std::string& name) const;
   nn::Weight& state(const std::string& name);
-  Value quantize_blocks(const Value& w, const std::string& name, nn::CallContext& ctx);
+  Value quantize_blocks(const Value& w, const std::string& name, nn::CallContext& ctx,
+                        Value* steps = nullptr);
 
   nn::LayerPtr layer_;
   QuantizerConfig act_;

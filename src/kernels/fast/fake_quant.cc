@@ -64,6 +64,10 @@ enum ChannelParam { kMin, kMax, kMul, kQuantZero, kScale, kNumChannelParams };
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC push_options
 #pragma GCC target("avx512f")
+// clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+#endif
 
 inline __m512 fq512(__m512 x, __m512 lo, __m512 hi, __m512 mul, __m512 qz, __m512 scale,
                     bool divide) {
@@ -248,6 +252,9 @@ void min_max_channels_avx512(const float* x, int64_t r0, int64_t r1, int64_t d, 
   }
 }
 
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 #pragma GCC diagnostic pop
 
@@ -255,6 +262,10 @@ void min_max_channels_avx512(const float* x, int64_t r0, int64_t r1, int64_t d, 
 
 #pragma GCC push_options
 #pragma GCC target("avx2")
+// clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#endif
 
 inline __m256 fq256(__m256 x, __m256 lo, __m256 hi, __m256 mul, __m256 qz, __m256 scale,
                     bool divide) {
@@ -476,6 +487,9 @@ void min_max_channels_avx2(const float* x, int64_t r0, int64_t r1, int64_t d, in
     }
 }
 
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 
 const IsaKernels kAvx512 = {forward_avx512,           backward_block_avx512,

@@ -459,6 +459,10 @@ inline int dw_taps(const Conv2DParams& p, int64_t n, int64_t oh, int64_t ow, int
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")
+// clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"))), apply_to = function)
+#endif
 
 namespace vnni {
 
@@ -1135,6 +1139,9 @@ void run_fewc(const QConvParams& q, const int8_t* x, const int8_t* w, const int3
 
 }  // namespace vnni
 
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 #pragma GCC diagnostic pop
 
@@ -1144,6 +1151,10 @@ void run_fewc(const QConvParams& q, const int8_t* x, const int8_t* w, const int3
 
 #pragma GCC push_options
 #pragma GCC target("avx2")
+// clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#endif
 
 namespace avx2 {
 
@@ -1286,6 +1297,9 @@ void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int
 
 }  // namespace avx2
 
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 
 }  // namespace

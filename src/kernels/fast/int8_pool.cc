@@ -31,6 +31,10 @@ void window(int64_t start, int64_t k, int64_t in, int64_t* lo, int64_t* hi) {
 
 #pragma GCC push_options
 #pragma GCC target("avx2")
+// clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#endif
 
 template <bool kMax>
 __attribute__((target("avx2"))) void pool_rows(const Conv2DParams& geo, int32_t act_min,
@@ -108,6 +112,9 @@ __attribute__((target("avx2"))) void pool_rows(const Conv2DParams& geo, int32_t 
   }
 }
 
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 
 template <bool kMax>

@@ -47,13 +47,27 @@ static_assert(kLanes == 8);
 namespace avx512 {
 #pragma GCC push_options
 #pragma GCC target("avx512f")
+// clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+#endif
 #include "kernels/fast/quantizer_loops.inc"
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 }  // namespace avx512
 namespace avx2 {
 #pragma GCC push_options
 #pragma GCC target("avx2")
+// clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#endif
 #include "kernels/fast/quantizer_loops.inc"
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 }  // namespace avx2
 namespace portable {

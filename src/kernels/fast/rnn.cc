@@ -24,6 +24,10 @@ namespace lowbit::kernels {
 namespace rnn_avx512 {
 #pragma GCC push_options
 #pragma GCC target("avx512f")
+// clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+#endif
 
 using vf = __m512;
 using vmask_t = __mmask16;
@@ -79,6 +83,9 @@ inline vf vselect_pos(vf y, vf v) {
 
 #include "kernels/fast/rnn_kernels.inc"
 
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 }  // namespace rnn_avx512
 
