@@ -86,7 +86,7 @@ for t in $THREADS; do
   if [ "${LOWBIT:-1}" = 1 ]; then
     state "lowbit_int8 threads=$t"
     # the lines go to stdout and (--out) into the results file
-    during "lowbit_int8 threads=$t" "$LOWBIT_BENCH" --threads "$t" --reps "$REPS" --data "$DATA" --out "$RESULTS" >/dev/null
+    during "lowbit_int8 threads=$t" "$LOWBIT_BENCH" --threads "$t" --reps "$REPS" --models "$MODELS" --data "$DATA" --out "$RESULTS" >/dev/null
   fi
 done
 state "end"
