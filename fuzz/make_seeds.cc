@@ -62,26 +62,24 @@ int main(int argc, char** argv) {
     const std::string dir = argv[1];
     std::filesystem::create_directories(dir);
     write_seed(dir, "conv_pool_dense", {6, 6, 1},
-               {nn::Conv2D(2, 3, {.padding = "same", .use_bias = false}),
-                nn::BatchNormalization(), nn::ReLU(), nn::MaxPooling2D(2), nn::Flatten(),
-                nn::Dropout(0.2), nn::Dense(3)},
+               {nn::Conv2D(2, 3, {.padding = "same", .use_bias = false}), nn::BatchNormalization(),
+                nn::ReLU(), nn::MaxPooling2D(2), nn::Flatten(), nn::Dropout(0.2), nn::Dense(3)},
                "w8a8", quant::Rounding::kDouble);
-    write_seed(dir, "depthwise_avgpool", {4, 4, 2},
-               {nn::DepthwiseConv2D(3, {.padding = "same", .use_bias = false}),
-                nn::BatchNormalization(), nn::ReLU({.max_value = 6.0}),
-                nn::Conv2D(2, 1, {.activation = "relu"}), nn::AveragePooling2D(2),
-                nn::Flatten(), nn::Dense(2)},
-               "w4a8", quant::Rounding::kSingle);
+    write_seed(
+        dir, "depthwise_avgpool", {4, 4, 2},
+        {nn::DepthwiseConv2D(3, {.padding = "same", .use_bias = false}), nn::BatchNormalization(),
+         nn::ReLU({.max_value = 6.0}), nn::Conv2D(2, 1, {.activation = "relu"}),
+         nn::AveragePooling2D(2), nn::Flatten(), nn::Dense(2)},
+        "w4a8", quant::Rounding::kSingle);
     write_seed(dir, "strided_gap", {5, 5, 1},
                {nn::Conv2D(3, 2, {.strides = {2, 2}, .padding = "valid"}), nn::ReLU(),
-                nn::GlobalAveragePooling2D(), nn::Dense(2, {.activation = "relu"}),
-                nn::Dense(2)},
+                nn::GlobalAveragePooling2D(), nn::Dense(2, {.activation = "relu"}), nn::Dense(2)},
                "w8a8", quant::Rounding::kDouble);
     // The recurrent ops (qlstm, qgru, timestep_mask): [time, features] sequences.
-    write_seed(dir, "masked_lstm", {4, 3},
-               {nn::Masking(), nn::LSTM(3, {.return_sequences = true}), nn::Flatten(),
-                nn::Dense(2)},
-               "w8a8", quant::Rounding::kDouble);
+    write_seed(
+        dir, "masked_lstm", {4, 3},
+        {nn::Masking(), nn::LSTM(3, {.return_sequences = true}), nn::Flatten(), nn::Dense(2)},
+        "w8a8", quant::Rounding::kDouble);
     write_seed(dir, "gru", {3, 2}, {nn::GRU(2, {.reset_after = false}), nn::Dense(2)}, "w8a8",
                quant::Rounding::kDouble);
   } catch (const std::exception& e) {

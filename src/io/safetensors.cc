@@ -106,8 +106,7 @@ struct Source {
 std::vector<int64_t> int_list(const std::string& path, const std::string& tensor,
                               const nlohmann::json& j, const char* field) {
   if (!j.is_array())
-    LOWBIT_THROW(IoError, "load: '", path, "': tensor '", tensor, "': '", field,
-                 "' is not a list");
+    LOWBIT_THROW(IoError, "load: '", path, "': tensor '", tensor, "': '", field, "' is not a list");
   std::vector<int64_t> out;
   for (const nlohmann::json& v : j) {
     if (!v.is_number_integer() ||

@@ -17,6 +17,6 @@ void register_rnn_ops();         // src/ops/rnn.cc
 void register_mask_ops();        // src/ops/mask.cc (sequence_mask, lengths_from_mask)
 // src/ops/integer_numerics.cc (fake_quant_pot, fixed_logistic, fixed_tanh: integer-LSTM numerics)
 void register_integer_numerics_ops();
-void register_int8_ops();  // src/ops/int8_ops.cc (integer-only inference)
+void register_int8_ops();            // src/ops/int8_ops.cc (integer-only inference)
 void register_int8_recurrent_ops();  // src/ops/int8_recurrent_ops.cc (qlstm, qgru, timestep_mask)
 }  // namespace lowbit::detail

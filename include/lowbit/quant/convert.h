@@ -68,8 +68,8 @@
 //   none: the two outputs. Not converted: merge_mode mul, initial states, return_state, a mask
 //   the integer model does not compute (a go_backwards sequence's), a FakeQuant of a Masking
 //   output with mask_value != 0.
-// The model has one input (f32, or the ids of an Embedding): a model whose masks come from a second input (e.g.
-// examples/rgb_missing.cc's MissingFeatures) converts only from the layer after them.
+// The model has one input (f32, or the ids of an Embedding): a model whose masks come from a second
+// input (e.g. examples/rgb_missing.cc's MissingFeatures) converts only from the layer after them.
 // Anything else (a layer class without an integer form here, a float layer between quantized
 // ones, an Add of three or more inputs, a concatenation along the batch axis, an activation that
 // follows no conv/dense/Add, an asymmetric weight grid, a torch/binary/ternary quantizer) is

@@ -12,20 +12,20 @@
 // 1. Weights. Dense, Conv1D, Conv2D, DepthwiseConv2D and Embedding become
 //    QuantizeWrapper(layer): their kernels are fake-quantized before the layer reads them. An
 //    Embedding table is quantized per tensor (its rows are the output activations, one grid)
-//    unless an override sets per_channel. Biases never. A SeparableConv2D is split in two as TF-MOT's SeparableConv transform does
-//    (and TFLite deploys it, DEPTHWISE_CONV_2D then CONV_2D with an int8 tensor between): a
-//    DepthwiseConv2D "<name>_depthwise" (its depthwise kernel, strides, padding, dilation; no
-//    bias, linear), a FakeQuant "<name>_depthwise_quant" (an activation quantizer), then a 1x1
-//    Conv2D "<name>" (its pointwise kernel, bias and activation), each part a QuantizeWrapper
-//    with the separable's weight settings; the pattern of rule 2 continues from the Conv2D. A
-//    conv/dense followed by BatchNormalization is folded instead (rule 3). SimpleRNN too (kernel
-//    and recurrent_kernel), with a FakeQuant on each output. LSTM and GRU become QuantizedLSTM /
-//    QuantizedGRU (lowbit/quant/recurrent.h: the integer LSTM step of semantics 3.7 in float),
-//    which read their input unquantized (they quantize x themselves) and whose output and h state
-//    are on h's int8 grid (no FakeQuant after; an LSTM's returned cell state is int16 and counts as
-//    unquantized); during quant_delay they run the float cell. Bidirectional(LSTM | GRU) becomes a
-//    QuantizedBidirectional (two such directions; a merged output gets a FakeQuant after);
-//    Bidirectional(SimpleRNN) stays float.
+//    unless an override sets per_channel. Biases never. A SeparableConv2D is split in two as
+//    TF-MOT's SeparableConv transform does (and TFLite deploys it, DEPTHWISE_CONV_2D then CONV_2D
+//    with an int8 tensor between): a DepthwiseConv2D "<name>_depthwise" (its depthwise kernel,
+//    strides, padding, dilation; no bias, linear), a FakeQuant "<name>_depthwise_quant" (an
+//    activation quantizer), then a 1x1 Conv2D "<name>" (its pointwise kernel, bias and activation),
+//    each part a QuantizeWrapper with the separable's weight settings; the pattern of rule 2
+//    continues from the Conv2D. A conv/dense followed by BatchNormalization is folded instead (rule
+//    3). SimpleRNN too (kernel and recurrent_kernel), with a FakeQuant on each output. LSTM and GRU
+//    become QuantizedLSTM / QuantizedGRU (lowbit/quant/recurrent.h: the integer LSTM step of
+//    semantics 3.7 in float), which read their input unquantized (they quantize x themselves) and
+//    whose output and h state are on h's int8 grid (no FakeQuant after; an LSTM's returned cell
+//    state is int16 and counts as unquantized); during quant_delay they run the float cell.
+//    Bidirectional(LSTM | GRU) becomes a QuantizedBidirectional (two such directions; a merged
+//    output gets a FakeQuant after); Bidirectional(SimpleRNN) stays float.
 // 2. Activations: one FakeQuant at the END of each fused pattern, never between its parts:
 //      conv|dense [+ BatchNormalization] [+ activation]
 //      BatchNormalization [+ activation]       (one not after a conv)

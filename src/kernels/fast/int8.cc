@@ -461,7 +461,8 @@ inline int dw_taps(const Conv2DParams& p, int64_t n, int64_t oh, int64_t ow, int
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")
 // clang ignores GCC target pragmas: the same region as a clang attribute (the fuzz build).
 #ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"))), apply_to = function)
+#pragma clang attribute push( \
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"))), apply_to = function)
 #endif
 
 namespace vnni {
