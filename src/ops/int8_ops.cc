@@ -601,28 +601,23 @@ void register_int8_ops() {
                                               k.out[0].numel(), in_s8(k, 0), out_s8(k));
            },
        .doc = "int8 codes to other (scale, zero point)"});
-  register_op({.name = "qlogistic",
-               .num_inputs = 1,
-               .infer = infer_qnonlinear,
-               .prepare = [](const PrepareCtx& c) -> std::any { return lut_stage(c.op, c.attrs); },
-               .reference =
-                   [](const KernelCtx& k) {
-                     kernels::qlut_s8_reference(k.params<kernels::QLutStage>(), k.out[0].numel(),
-                                                in_s8(k, 0), out_s8(k));
-                   },
-               .doc = "int8 logistic (TFLite LOGISTIC; output scale 1/256, zero point -128), a "
-                      "256-entry table"});
-  register_op({.name = "qtanh",
-               .num_inputs = 1,
-               .infer = infer_qnonlinear,
-               .prepare = [](const PrepareCtx& c) -> std::any { return lut_stage(c.op, c.attrs); },
-               .reference =
-                   [](const KernelCtx& k) {
-                     kernels::qlut_s8_reference(k.params<kernels::QLutStage>(), k.out[0].numel(),
-                                                in_s8(k, 0), out_s8(k));
-                   },
-               .doc = "int8 tanh (TFLite TANH; output scale 1/128, zero point 0), a 256-entry "
-                      "table"});
+  // qlogistic and qtanh: the same 256-entry table op, built at prepare for each function.
+  for (const auto& [name, doc] :
+       {std::pair<const char*, const char*>{"qlogistic",
+                                            "int8 logistic (TFLite LOGISTIC; output scale 1/256, "
+                                            "zero point -128), a 256-entry table"},
+        {"qtanh", "int8 tanh (TFLite TANH; output scale 1/128, zero point 0), a 256-entry table"}})
+    register_op(
+        {.name = name,
+         .num_inputs = 1,
+         .infer = infer_qnonlinear,
+         .prepare = [](const PrepareCtx& c) -> std::any { return lut_stage(c.op, c.attrs); },
+         .reference =
+             [](const KernelCtx& k) {
+               kernels::qlut_s8_reference(k.params<kernels::QLutStage>(), k.out[0].numel(),
+                                          in_s8(k, 0), out_s8(k));
+             },
+         .doc = doc});
   register_op(
       {.name = "qsoftmax",
        .num_inputs = 1,
