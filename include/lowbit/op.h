@@ -46,6 +46,12 @@ struct PrepareCtx {
   std::span<const ValueType> in;
   std::span<const ValueType> out;
   const Attrs& attrs;
+  // Per input, the tensor of the graph constant it is bound to, or nullptr (a fed, variable or
+  // computed input; empty when the op runs eagerly). A constant's data is fixed once its graph
+  // is planned, so what depends only on it (packed weights) may be made once and not checked
+  // again per call.
+  std::span<const Tensor* const> constants = {};
+  bool is_constant(size_t i) const { return i < constants.size() && constants[i] != nullptr; }
 };
 
 // Inputs, preallocated outputs (shapes from `infer`, concrete) and the parameters `prepare`
@@ -121,7 +127,7 @@ KernelChoice kernel_choice();
 
 // Runs `def`'s prepare step (an empty std::any when it has none).
 std::any prepare_op(const OpDef& def, std::span<const ValueType> in, std::span<const ValueType> out,
-                    const Attrs& attrs);
+                    const Attrs& attrs, std::span<const Tensor* const> constants = {});
 // The fast kernel that runs ctx under `choice`: the first whose ISA the CPU has and that
 // supports ctx; nullptr: the reference.
 const FastKernel* choose_kernel(const OpDef& def, const KernelCtx& ctx, KernelChoice choice);

@@ -187,15 +187,19 @@ struct Executor::Impl {
         continue;
       }
       std::vector<ValueType> in;
+      std::vector<const Tensor*> constants;
       for (int vid : n.inputs) {
         in.push_back({g.value_info(vid).type.dtype, p.shapes[vid]});
+        constants.push_back(p.bind[vid] == Bind::kConstant
+                                ? &g.node(g.value_info(vid).node).attrs.tensor("value")
+                                : nullptr);
         int root = p.bind[vid] == Bind::kView ? p.view_root[vid] : vid;
         last[root] = static_cast<int>(step);
       }
       std::vector<ValueType> out;
       try {
         out = infer_op(*n.op, in, n.attrs);
-        p.params[step] = prepare_op(*n.op, in, out, n.attrs);
+        p.params[step] = prepare_op(*n.op, in, out, n.attrs, constants);
       } catch (const Error& e) {
         throw GraphError(std::string("while planning node '") + n.name + "': " + e.what());
       }

@@ -148,6 +148,7 @@ std::any prepare_qconv2d(const PrepareCtx& c) {
   q.input_zero_point = zero_point_attr(c.op, c.attrs, "input_zero_point");
   q.stages = output_stages(c.op, c.attrs, q.geo.out_c);
   q.workspace = kernels::make_qworkspace();
+  q.workspace->constant_weights = c.is_constant(1) && c.is_constant(2);
   return q;
 }
 
@@ -179,6 +180,7 @@ std::any prepare_qfully_connected(const PrepareCtx& c) {
   q.input_zero_point = zero_point_attr(c.op, c.attrs, "input_zero_point");
   q.stages = output_stages(c.op, c.attrs, q.units);
   q.workspace = kernels::make_qworkspace();
+  q.workspace->constant_weights = c.is_constant(1) && c.is_constant(2);
   return q;
 }
 

@@ -102,9 +102,9 @@ void set_kernel_choice(KernelChoice c) { g_choice = c; }
 KernelChoice kernel_choice() { return g_choice; }
 
 std::any prepare_op(const OpDef& def, std::span<const ValueType> in, std::span<const ValueType> out,
-                    const Attrs& attrs) {
+                    const Attrs& attrs, std::span<const Tensor* const> constants) {
   if (!def.prepare) return {};
-  PrepareCtx ctx{def.name, in, out, attrs};
+  PrepareCtx ctx{def.name, in, out, attrs, constants};
   return def.prepare(ctx);
 }
 

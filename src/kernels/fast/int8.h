@@ -55,6 +55,10 @@ struct QWorkspace {
   std::vector<int8_t> w_copy;
   std::vector<int32_t> bias_copy;
   bool had_bias = false;
+  // The weights and bias are graph constants (PrepareCtx::constants): once packed, a call does
+  // not compare them with w_copy / bias_copy again (at batch 1 that comparison read every
+  // weight byte twice per call: ~7 MB per MobileNetV2 inference).
+  bool constant_weights = false;
   std::vector<uint8_t> b;         // packed weights
   std::vector<int32_t> bias_eff;  // bias plus the zero point compensation, per channel
   std::vector<uint8_t> epi;       // per-kernel output-stage extras (the depthwise row's)
