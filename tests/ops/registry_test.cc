@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -224,6 +225,46 @@ TEST(Registry, PrepareRunsOncePerPlan) {
   ex.run({{x, Tensor::full({4}, 1.0)}});  // the first plan again: prepared already
   EXPECT_EQ(prepared, 2);
   testing::note_reference_tested("test_counting_neg");
+}
+
+// prepare sees which inputs are graph constants (and their values): a fed placeholder and a
+// computed value are not; eagerly (run_op) nothing is.
+TEST(Registry, PrepareSeesWhichInputsAreConstants) {
+  static std::vector<std::vector<float>> seen;  // per prepare: per input, its first value or NaN
+  const OpDef& add = find_op("add");
+  register_op({.name = "test_constant_add",
+               .num_inputs = 2,
+               .infer = add.infer,
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 std::vector<float> v;
+                 for (size_t i = 0; i < c.in.size(); ++i)
+                   v.push_back(c.is_constant(i) ? c.constants[i]->data<float>()[0] : std::nanf(""));
+                 seen.push_back(v);
+                 return {};
+               },
+               .reference =
+                   [](const KernelCtx& k) {
+                     for (int64_t i = 0; i < k.out[0].numel(); ++i)
+                       k.out[0].data<float>()[i] =
+                           k.in[0].data<float>()[i] + k.in[1].data<float>()[i];
+                   },
+               .doc = "add, recording which inputs its prepare saw as constants (a test op)"});
+  Graph g;
+  Value x = g.placeholder("x", DType::kF32, {3});
+  Value c = g.constant(Tensor::full({3}, 7.0), "seven");
+  Value y = ops::apply1("test_constant_add", {x, c});
+  Value z = ops::apply1("test_constant_add", {y, ops::neg(x)});
+  Executor ex(g, {z});
+  const std::vector<Tensor> out = ex.run({{x, Tensor::full({3}, 1.0)}});
+  EXPECT_EQ(out[0].data<float>()[2], 7.0f);  // (1 + 7) + (-1)
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_TRUE(std::isnan(seen[0][0]));
+  EXPECT_EQ(seen[0][1], 7.0f);
+  EXPECT_TRUE(std::isnan(seen[1][0]) && std::isnan(seen[1][1]));
+  run_op("test_constant_add", {Tensor::full({3}, 1.0), Tensor::full({3}, 2.0)}, {});
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_TRUE(std::isnan(seen[2][0]) && std::isnan(seen[2][1]));
+  testing::note_reference_tested("test_constant_add");
 }
 
 TEST(Isa, NamesRoundTripAndTheCpuAnswersConsistently) {
