@@ -181,6 +181,10 @@ struct GemmIsa {
   bool u8;                     // A is u8 = x + 128 (and B s8), else A is s16 = x - zp (and B s16)
   const TileFn* tiles;         // tiles[m - 1], double rounding
   const TileFn* tiles_single;  // single rounding
+  const TileFn* tiles_lean;    // double rounding where set_lean holds; nullptr: use tiles
+  // Copies n codes as u8 x + 128 (the im2col of the u8 ISAs in the ISA's vectors); nullptr: a
+  // plain loop.
+  void (*put_u8)(uint8_t* dst, const int8_t* src, int64_t n);
 };
 
 // Packs w ([K][out_c], group g using columns g * cog ...) into panels [g][panel][K / kg][nr][kg]
@@ -211,17 +215,24 @@ void pack_gemm(const GemmIsa& isa, const GemmShape& s, const int8_t* w, const in
       ws.bias_eff[static_cast<size_t>(g * cogp + j)] = static_cast<int32_t>(be);
     }
   fill_requant(stages, s.groups, s.cog, cogp, ws.rq);
+  set_lean(ws.rq, stages, bias, s.K);
 }
 
 // The A rows [r0, r0 + m) of group g: u8 x + 128 (padding zp + 128) or s16 x - zp (padding 0),
 // K taps in (kh, kw, ic) order, zeros up to the padded depth kp.
+// A window row whose k_w taps are all inside the input is one run of k_w * cig codes when the
+// taps are adjacent (groups == 1, dil_w == 1): copied at once.
 template <class E, bool kU8>
-void fill_a(const GemmShape& s, const int8_t* x, int64_t r0, int m, int64_t g, int64_t kp, E* a) {
+void fill_a(const GemmShape& s, const int8_t* x, int64_t r0, int m, int64_t g, int64_t kp, E* a,
+            void (*put_u8)(uint8_t*, const int8_t*, int64_t)) {
   // Locals: the stores through E* may alias anything, so members would be reloaded per element.
   const E pad = kU8 ? static_cast<E>(s.zp + 128) : E{0};
   const int32_t off = kU8 ? 128 : -s.zp;
   const int64_t K = s.K, cig = s.cig;
-  auto put = [off](E* dst, const int8_t* src, int64_t n) {
+  auto put = [off, put_u8](E* dst, const int8_t* src, int64_t n) {
+    if constexpr (kU8) {
+      if (put_u8) return put_u8(reinterpret_cast<uint8_t*>(dst), src, n);
+    }
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<E>(int32_t{src[i]} + off);
   };
   if (!s.geo) {
@@ -233,6 +244,7 @@ void fill_a(const GemmShape& s, const int8_t* x, int64_t r0, int m, int64_t g, i
     return;
   }
   const Conv2DParams p = *s.geo;
+  const bool adjacent = p.groups == 1 && p.dil_w == 1;
   const int8_t* xg = x + g * cig;
   int64_t ow = r0 % p.out_w, oh = (r0 / p.out_w) % p.out_h, n = r0 / (p.out_w * p.out_h);
   for (int r = 0; r < m; ++r) {
@@ -248,6 +260,11 @@ void fill_a(const GemmShape& s, const int8_t* x, int64_t r0, int m, int64_t g, i
         continue;
       }
       const int8_t* xr = xn + ih * p.in_w * p.in_c;
+      if (adjacent && iw0 >= 0 && iw0 + p.k_w <= p.in_w) {
+        put(dst, xr + iw0 * p.in_c, p.k_w * cig);
+        dst += p.k_w * cig;
+        continue;
+      }
       for (int64_t kw = 0; kw < p.k_w; ++kw, dst += cig) {
         const int64_t iw = iw0 + kw * p.dil_w;
         if (!inside(iw, p.in_w)) {
@@ -291,7 +308,9 @@ void run_gemm(const GemmIsa& isa, const GemmShape& s, const int8_t* x, const int
   if (static_cast<int64_t>(ws.a.size()) < nt * a_tile + 64)
     ws.a.resize(static_cast<size_t>(nt * a_tile + 64));
   uint8_t* const a_base = ws.a.data() + ((64 - reinterpret_cast<uintptr_t>(ws.a.data()) % 64) % 64);
-  const TileFn* fns = ws.rq.single ? isa.tiles_single : isa.tiles;
+  const TileFn* fns = ws.rq.single                     ? isa.tiles_single
+                      : ws.rq.lean && isa.tiles_lean ? isa.tiles_lean
+                                                     : isa.tiles;
   const int64_t panel_bytes = kq * isa.nr * isa.kg * static_cast<int64_t>(sizeof(E));
 #pragma omp parallel num_threads(static_cast <int>(nt)) if (nt > 1)
   {
@@ -304,7 +323,7 @@ void run_gemm(const GemmIsa& isa, const GemmShape& s, const int8_t* x, const int
       const int64_t r0 = t * isa.mr;
       const int m = static_cast<int>(std::min<int64_t>(isa.mr, s.M - r0));
       for (int64_t g = 0; g < s.groups; ++g) {
-        fill_a<E, kU8>(s, x, r0, m, g, kp, a);
+        fill_a<E, kU8>(s, x, r0, m, g, kp, a, isa.put_u8);
         for (int64_t p = 0; p < npan; ++p) {
           const int nvalid = static_cast<int>(std::min<int64_t>(isa.nr, s.cog - p * isa.nr));
           fns[m - 1](reinterpret_cast<const uint8_t*>(a), a_stride,
@@ -543,42 +562,6 @@ inline void store(int8_t* y, __mmask16 k, __m512i v) {
     _mm_mask_storeu_epi8(y, k, b);
 }
 
-constexpr int kMr = 8, kNr = 32;
-
-template <int MR, bool kSingle>
-void tile(const uint8_t* a, int64_t as, const uint8_t* b, int64_t kq, const QWorkspace& ws,
-          int64_t col, int8_t* y, int64_t ldy, int nvalid) {
-  const Rq rq = rq_of(ws);
-  __m512i acc0[MR], acc1[MR];
-  const __m512i bias0 = ld(ws.bias_eff, col), bias1 = ld(ws.bias_eff, col + 16);
-  for (int r = 0; r < MR; ++r) {
-    acc0[r] = bias0;
-    acc1[r] = bias1;
-  }
-  for (int64_t q = 0; q < kq; ++q) {
-    const __m512i w0 = _mm512_loadu_si512(b + q * 128);
-    const __m512i w1 = _mm512_loadu_si512(b + q * 128 + 64);
-    for (int r = 0; r < MR; ++r) {
-      int32_t quad;
-      std::memcpy(&quad, a + r * as + q * 4, 4);
-      const __m512i av = _mm512_set1_epi32(quad);
-      acc0[r] = dpbusd(acc0[r], av, w0);
-      acc1[r] = dpbusd(acc1[r], av, w1);
-    }
-  }
-  const __mmask16 k0 = lanes_mask(nvalid), k1 = lanes_mask(nvalid - 16);
-  for (int r = 0; r < MR; ++r) {
-    store(y + r * ldy, k0, requant<kSingle>(acc0[r], rq, col));
-    if (k1) store(y + r * ldy + 16, k1, requant<kSingle>(acc1[r], rq, col + 16));
-  }
-}
-
-template <bool kSingle>
-constexpr TileFn kTiles[kMr] = {tile<1, kSingle>, tile<2, kSingle>, tile<3, kSingle>,
-                                tile<4, kSingle>, tile<5, kSingle>, tile<6, kSingle>,
-                                tile<7, kSingle>, tile<8, kSingle>};
-
-const GemmIsa kIsa{kTagGemmVnni, 4, kMr, kNr, true, kTiles<false>, kTiles<true>};
 
 template <bool kSingle>
 void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int32_t zp, int8_t* y,
@@ -700,6 +683,57 @@ inline RqVec rq_vec_for(const Rq& rq, int64_t c) {
   if constexpr (kMode == 2) return rq_vec(rq, c);
   return RqVec{};
 }
+
+constexpr int kMr = 8, kNr = 32;
+
+void put_u8(uint8_t* dst, const int8_t* src, int64_t n) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64)
+    _mm512_storeu_si512(dst + i, _mm512_xor_si512(_mm512_loadu_si512(src + i), flip));
+  if (i < n) {
+    const __mmask64 k = (__mmask64{1} << (n - i)) - 1;
+    _mm512_mask_storeu_epi8(dst + i, k, _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src + i), flip));
+  }
+}
+
+// kMode as rq_mode: 0 double rounding, 1 single, 2 lean (pack_gemm's set_lean).
+template <int MR, int kMode>
+void tile(const uint8_t* a, int64_t as, const uint8_t* b, int64_t kq, const QWorkspace& ws,
+          int64_t col, int8_t* y, int64_t ldy, int nvalid) {
+  const Rq rq = rq_of(ws);
+  __m512i acc0[MR], acc1[MR];
+  const __m512i bias0 = ld(ws.bias_eff, col), bias1 = ld(ws.bias_eff, col + 16);
+  for (int r = 0; r < MR; ++r) {
+    acc0[r] = bias0;
+    acc1[r] = bias1;
+  }
+  for (int64_t q = 0; q < kq; ++q) {
+    const __m512i w0 = _mm512_loadu_si512(b + q * 128);
+    const __m512i w1 = _mm512_loadu_si512(b + q * 128 + 64);
+    for (int r = 0; r < MR; ++r) {
+      int32_t quad;
+      std::memcpy(&quad, a + r * as + q * 4, 4);
+      const __m512i av = _mm512_set1_epi32(quad);
+      acc0[r] = dpbusd(acc0[r], av, w0);
+      acc1[r] = dpbusd(acc1[r], av, w1);
+    }
+  }
+  const __mmask16 k0 = lanes_mask(nvalid), k1 = lanes_mask(nvalid - 16);
+  const RqVec v0 = rq_vec_for<kMode>(rq, col);
+  for (int r = 0; r < MR; ++r) store(y + r * ldy, k0, rq_mode<kMode>(acc0[r], rq, v0, col));
+  if (k1) {
+    const RqVec v1 = rq_vec_for<kMode>(rq, col + 16);
+    for (int r = 0; r < MR; ++r)
+      store(y + r * ldy + 16, k1, rq_mode<kMode>(acc1[r], rq, v1, col + 16));
+  }
+}
+
+template <int kMode>
+constexpr TileFn kTiles[kMr] = {tile<1, kMode>, tile<2, kMode>, tile<3, kMode>, tile<4, kMode>,
+                                tile<5, kMode>, tile<6, kMode>, tile<7, kMode>, tile<8, kMode>};
+
+const GemmIsa kIsa{kTagGemmVnni, 4, kMr, kNr, true, kTiles<0>, kTiles<1>, kTiles<2>, put_u8};
 
 constexpr int64_t kMaxQuadRows = 16;  // k_h of the depthwise quad kernel (4 row groups)
 
@@ -1271,7 +1305,8 @@ template <bool kSingle>
 constexpr TileFn kTiles[kMr] = {tile<1, kSingle>, tile<2, kSingle>, tile<3, kSingle>,
                                 tile<4, kSingle>};
 
-const GemmIsa kIsa{kTagGemmAvx2, 2, kMr, kNr, false, kTiles<false>, kTiles<true>};
+const GemmIsa kIsa{kTagGemmAvx2, 2, kMr, kNr, false, kTiles<false>, kTiles<true>, nullptr,
+                   nullptr};
 
 template <bool kSingle>
 void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int32_t zp, int8_t* y,
