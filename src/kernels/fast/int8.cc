@@ -261,6 +261,9 @@ void fill_a(const GemmShape& s, const int8_t* x, int64_t r0, int m, int64_t g, i
       }
       const int8_t* xr = xn + ih * p.in_w * p.in_c;
       if (adjacent && iw0 >= 0 && iw0 + p.k_w <= p.in_w) {
+        // The window row of the pixel a tile ahead (the next tile reads it; the input streams).
+        __builtin_prefetch(xr + (iw0 + m * p.stride_w) * p.in_c);
+        __builtin_prefetch(xr + (iw0 + m * p.stride_w) * p.in_c + 64);
         put(dst, xr + iw0 * p.in_c, p.k_w * cig);
         dst += p.k_w * cig;
         continue;
