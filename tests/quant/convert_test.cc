@@ -39,8 +39,21 @@ const Mnist& mnist() {
   return m;
 }
 
+// The first `n` training images and labels (0: all 8,000). The file and inspect tests need a
+// trained, calibrated model but not its accuracy: they train on 1,024 (a fifth of the time,
+// which under ASan is most of the suite's).
+constexpr int64_t kFewImages = 1024;
+std::pair<Tensor, Tensor> train_split(int64_t n) {
+  const MnistSplit& t = mnist().train;
+  if (n == 0 || n >= t.images.shape()[0]) return {t.images, t.labels};
+  std::vector<int64_t> xd = t.images.shape().dims(), yd = t.labels.shape().dims();
+  xd[0] = yd[0] = n;
+  return {Tensor::wrap(t.images.raw(), Shape(xd), t.images.dtype()),
+          Tensor::wrap(t.labels.raw(), Shape(yd), t.labels.dtype())};
+}
+
 // A small version of the demo CNN (examples/mnist_cnn.cc) with every convertible layer kind.
-nn::ModelPtr small_cnn(bool depthwise) {
+nn::ModelPtr small_cnn(bool depthwise, int64_t images = 0) {
   nn::set_random_seed(7);
   std::vector<nn::LayerPtr> layers{
       nn::InputSpec({28, 28, 1}), nn::Conv2D(8, 3, {.padding = "same", .use_bias = false}),
@@ -62,16 +75,18 @@ nn::ModelPtr small_cnn(bool depthwise) {
   m->compile({.optimizer = nn::Adam({.learning_rate = 2e-3}),
               .loss = nn::SparseCategoricalCrossentropy({.from_logits = true}),
               .metrics = {"accuracy"}});
-  m->fit(mnist().train.images, mnist().train.labels, {.epochs = 1, .batch_size = 64, .verbose = 0});
+  const auto [x, y] = train_split(images);
+  m->fit(x, y, {.epochs = 1, .batch_size = 64, .verbose = 0});
   return m;
 }
 
-nn::ModelPtr qat_of(const nn::Model& f, const std::string& preset) {
+nn::ModelPtr qat_of(const nn::Model& f, const std::string& preset, int64_t images = 0) {
   nn::ModelPtr q = quant::quantize_model(f, quant::QuantizeConfig::preset(preset));
   q->compile({.optimizer = nn::Adam({.learning_rate = 5e-4}),
               .loss = nn::SparseCategoricalCrossentropy({.from_logits = true}),
               .metrics = {"accuracy"}});
-  q->fit(mnist().train.images, mnist().train.labels, {.epochs = 1, .batch_size = 64, .verbose = 0});
+  const auto [x, y] = train_split(images);
+  q->fit(x, y, {.epochs = 1, .batch_size = 64, .verbose = 0});
   return q;
 }
 
@@ -212,8 +227,8 @@ TEST(ConvertToInteger, DepthwiseAveragePoolingAndFourBitWeights) {
 }
 
 TEST(IntegerModelFile, RoundTripsAndRefusesBadFiles) {
-  auto f = small_cnn(false);
-  auto q = qat_of(*f, "w8a8");
+  auto f = small_cnn(false, kFewImages);
+  auto q = qat_of(*f, "w8a8", kFewImages);
   quant::IntegerModel im = quant::convert_to_integer(*q);
   const std::string dir = ::testing::TempDir();
   const std::string path = dir + "/convert_test.lbi";
@@ -365,12 +380,12 @@ int64_t data_bytes(const std::string& path) {
 // w4a8 and w2a8 models: 4- and 2-bit weights are stored packed, the file is smaller by exactly
 // what packing saves, and the loaded model holds the same codes and computes the same outputs.
 TEST(IntegerModelFile, LowBitWeightsArePackedAndRunBitIdentically) {
-  auto f = small_cnn(false);
+  auto f = small_cnn(false, kFewImages);
   const std::string dir = ::testing::TempDir();
   const Tensor x = Tensor::wrap(mnist().test.images.raw(), {200, 28, 28, 1}, DType::kF32);
   for (const std::string preset : {"w4a8", "w2a8"}) {
     SCOPED_TRACE(preset);
-    auto q = qat_of(*f, preset);
+    auto q = qat_of(*f, preset, kFewImages);
     quant::IntegerModel im = quant::convert_to_integer(*q);
     // Every kernel's code range, from its grid: w4a8 4-bit narrow [-7, 7] everywhere; w2a8 lsq
     // 2-bit [-2, 1] inside, the first and last layer at 8 bits (the preset's protocol).
@@ -431,8 +446,8 @@ TEST(IntegerModelFile, LowBitWeightsArePackedAndRunBitIdentically) {
 // A packed file the loader must refuse, each named by tensor and field; and version-1 files
 // (every code a byte, no code ranges on weights) still load.
 TEST(IntegerModelFile, RefusesBadPackedTensorsAndReadsVersionOne) {
-  auto f = small_cnn(false);
-  auto q = qat_of(*f, "w4a8");
+  auto f = small_cnn(false, kFewImages);
+  auto q = qat_of(*f, "w4a8", kFewImages);
   quant::IntegerModel im = quant::convert_to_integer(*q);
   const std::string dir = ::testing::TempDir();
   const std::string path = dir + "/packed_bad.lbi";
@@ -538,8 +553,8 @@ TEST(IntegerModelFile, RefusesBadPackedTensorsAndReadsVersionOne) {
 }
 
 TEST(IntegerModelInspect, ExplainsEveryScale) {
-  auto f = small_cnn(false);
-  auto q = qat_of(*f, "w8a8");
+  auto f = small_cnn(false, kFewImages);
+  auto q = qat_of(*f, "w8a8", kFewImages);
   quant::IntegerModel im = quant::convert_to_integer(*q);
   const nn::Json j = nn::Json::parse(im.inspect_json());
   int convs = 0;
