@@ -197,6 +197,12 @@ const Shape4 kDw14{14, 14, 384, 3, 384, 1, 384, false};    // blocks 7-10
 const Shape4 kDw14b{14, 14, 576, 3, 576, 1, 576, false};   // blocks 11, 12
 const Shape4 kDw14s2{14, 14, 576, 3, 576, 2, 576, false};  // block 13
 const Shape4 kDw7{7, 7, 960, 3, 960, 1, 960, false};       // blocks 14-16
+// Its 1x1 convs other than mbv2_expand / mbv2_last: expands (few input channels, output-stage
+// bound) and projections (deep, few output channels).
+const Shape4 kExpand56{56, 56, 24, 1, 144, 1, 1, false};   // blocks 2 (and 3)
+const Shape4 kProj112{112, 112, 32, 1, 16, 1, 1, false};   // block 0
+const Shape4 kProj14{14, 14, 384, 1, 64, 1, 1, false};     // blocks 7-9
+const Shape4 kProj7{7, 7, 960, 1, 160, 1, 1, false};       // blocks 14, 15
 
 #define LOWBIT_INT8_CNN(label, shape)                         \
   BENCHMARK_CAPTURE(BM_Int8, label##_fast, shape, true)       \
@@ -233,6 +239,10 @@ LOWBIT_INT8_B1(mbv2_dw_b6, kDw28s2);
 LOWBIT_INT8_B1(mbv2_dw_b7, kDw14);
 LOWBIT_INT8_B1(mbv2_dw_b11, kDw14b);
 LOWBIT_INT8_B1(mbv2_dw_b13, kDw14s2);
+LOWBIT_INT8_B1(mbv2_expand_b2, kExpand56);
+LOWBIT_INT8_B1(mbv2_project_b0, kProj112);
+LOWBIT_INT8_B1(mbv2_project_b7, kProj14);
+LOWBIT_INT8_B1(mbv2_project_b14, kProj7);
 LOWBIT_INT8_B1(mbv2_dw_b14, kDw7);
 
 }  // namespace

@@ -167,6 +167,9 @@ struct GemmShape {
   int64_t K = 0;                      // reduction depth per group
   int64_t groups = 1, cig = 0, cog = 0, out_c = 0;
   int32_t zp = 0;
+  // A conv whose A rows are the input's pixels as they lie (1x1, stride 1, no padding, one
+  // group): row r is x + r * K, as for a fully connected layer.
+  bool rows_are_pixels = false;
 };
 
 // One tile: m (<= mr) rows of A (stride a_stride bytes), one panel of nr packed columns; writes
@@ -235,7 +238,11 @@ void fill_a(const GemmShape& s, const int8_t* x, int64_t r0, int m, int64_t g, i
     }
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<E>(int32_t{src[i]} + off);
   };
-  if (!s.geo) {
+  if (!s.geo || s.rows_are_pixels) {
+    if (kp == K) {  // one run: the tile's rows are adjacent in x and in a
+      put(a, x + r0 * K, m * K);
+      return;
+    }
     for (int r = 0; r < m; ++r) {
       E* row = a + r * kp;
       put(row, x + (r0 + r) * K, K);
@@ -349,6 +356,9 @@ GemmShape conv_shape(const QConvParams& q) {
   s.K = p.k_h * p.k_w * s.cig;
   s.out_c = p.out_c;
   s.zp = q.input_zero_point;
+  s.rows_are_pixels = p.k_h == 1 && p.k_w == 1 && p.stride_h == 1 && p.stride_w == 1 &&
+                      p.pad_top == 0 && p.pad_left == 0 && p.groups == 1 && p.out_h == p.in_h &&
+                      p.out_w == p.in_w;
   return s;
 }
 
@@ -488,26 +498,31 @@ inline int dw_taps(const Conv2DParams& p, int64_t n, int64_t oh, int64_t ow, int
     __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"))), apply_to = function)
 #endif
 
+// The output-stage helpers are forced inline: a call between a tile's loop and its stores makes
+// every accumulator a spill (GCC inlined rq_vec in some tiles and not in others; the 1x1 convs
+// with 16-32 input channels then spent more time saving registers than multiplying).
+#define LOWBIT_VNNI_INLINE inline __attribute__((always_inline))
+
 namespace vnni {
 
 // acc + the four u8 x s8 products of each 32-bit lane of a and b (vpdpbusd), in place. GCC 12
 // allocates registers for the intrinsic's result apart from its accumulator: in a tile of 16
 // accumulators that became a register copy per vpdpbusd and a spill per iteration (the 8x32
 // GEMM tile ran at ~70% of the core's peak). Tying the accumulator (+v) keeps it in place.
-inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
+LOWBIT_VNNI_INLINE __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
   return acc;
 }
 
-inline __m512i ld(const std::vector<int32_t>& v, int64_t c) {
+LOWBIT_VNNI_INLINE __m512i ld(const std::vector<int32_t>& v, int64_t c) {
   return _mm512_loadu_si512(v.data() + c);
 }
-inline __m512i ldq(const Rq& rq, int k, int64_t c) {
+LOWBIT_VNNI_INLINE __m512i ldq(const Rq& rq, int k, int64_t c) {
   return _mm512_loadu_si512(rq.lanes + rq_index(k, c));
 }
 
 template <bool kSingle>
-inline __m512i requant(__m512i acc, const Rq& rq, int64_t c) {
+LOWBIT_VNNI_INLINE __m512i requant(__m512i acc, const Rq& rq, int64_t c) {
   const __m512i m = ldq(rq, kM0, c);
   __m512i r;
   if constexpr (kSingle) {
@@ -551,13 +566,13 @@ inline __m512i requant(__m512i acc, const Rq& rq, int64_t c) {
   return _mm512_add_epi32(r, ldq(rq, kZp, c));
 }
 
-inline __mmask16 lanes_mask(int n) {
+LOWBIT_VNNI_INLINE __mmask16 lanes_mask(int n) {
   return n >= 16  ? static_cast<__mmask16>(0xFFFF)
          : n <= 0 ? static_cast<__mmask16>(0)
                   : static_cast<__mmask16>((1u << n) - 1);
 }
 
-inline void store(int8_t* y, __mmask16 k, __m512i v) {
+LOWBIT_VNNI_INLINE void store(int8_t* y, __mmask16 k, __m512i v) {
   const __m128i b = _mm512_cvtepi32_epi8(v);
   if (k == 0xFFFF)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(y), b);
@@ -644,7 +659,7 @@ void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int
 struct RqVec {
   __m512i m, modd, rnd, right, lo2, hi2, zp;
 };
-inline RqVec rq_vec(const Rq& rq, int64_t c) {
+LOWBIT_VNNI_INLINE RqVec rq_vec(const Rq& rq, int64_t c) {
   return {ldq(rq, kM0, c),  ldq(rq, kM0odd, c), ldq(rq, kRnd, c), ldq(rq, kRight, c),
           ldq(rq, kLo2, c), ldq(rq, kHi2, c),   ldq(rq, kZp, c)};
 }
@@ -659,7 +674,7 @@ inline RqVec rq_vec(const Rq& rq, int64_t c) {
 //   (2^(right-1) - 1) + s, gemmlowp's test (remainder > threshold); |x| + 2^30 stays in int32.
 //   x < 0 exactly when acc < 0, except x == 0 for acc = -1 and m0 = 2^30, where the result is 0
 //   with either s (right >= 1): s comes from a compare of acc.
-inline __m512i rq_lean(__m512i acc, const RqVec& v) {
+LOWBIT_VNNI_INLINE __m512i rq_lean(__m512i acc, const RqVec& v) {
   const __m512i r31 = _mm512_set1_epi64(int64_t{1} << 31);
   const __m512i hi = _mm512_set_epi32(31, 15, 29, 13, 27, 11, 25, 9, 23, 7, 21, 5, 19, 3, 17, 1);
   const __m512i a2 = _mm512_add_epi32(acc, acc);
@@ -675,14 +690,14 @@ inline __m512i rq_lean(__m512i acc, const RqVec& v) {
 
 // kMode: 0 double rounding, 1 single, 2 lean (double rounding where set_lean holds).
 template <int kMode>
-inline __m512i rq_mode(__m512i acc, const Rq& rq, const RqVec& v, int64_t c) {
+LOWBIT_VNNI_INLINE __m512i rq_mode(__m512i acc, const Rq& rq, const RqVec& v, int64_t c) {
   if constexpr (kMode == 2)
     return rq_lean(acc, v);
   else
     return requant<kMode == 1>(acc, rq, c);
 }
 template <int kMode>
-inline RqVec rq_vec_for(const Rq& rq, int64_t c) {
+LOWBIT_VNNI_INLINE RqVec rq_vec_for(const Rq& rq, int64_t c) {
   if constexpr (kMode == 2) return rq_vec(rq, c);
   return RqVec{};
 }
@@ -707,6 +722,7 @@ void tile(const uint8_t* a, int64_t as, const uint8_t* b, int64_t kq, const QWor
   const Rq rq = rq_of(ws);
   __m512i acc0[MR], acc1[MR];
   const __m512i bias0 = ld(ws.bias_eff, col), bias1 = ld(ws.bias_eff, col + 16);
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
     acc0[r] = bias0;
     acc1[r] = bias1;
@@ -714,6 +730,7 @@ void tile(const uint8_t* a, int64_t as, const uint8_t* b, int64_t kq, const QWor
   for (int64_t q = 0; q < kq; ++q) {
     const __m512i w0 = _mm512_loadu_si512(b + q * 128);
     const __m512i w1 = _mm512_loadu_si512(b + q * 128 + 64);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       int32_t quad;
       std::memcpy(&quad, a + r * as + q * 4, 4);
@@ -724,9 +741,11 @@ void tile(const uint8_t* a, int64_t as, const uint8_t* b, int64_t kq, const QWor
   }
   const __mmask16 k0 = lanes_mask(nvalid), k1 = lanes_mask(nvalid - 16);
   const RqVec v0 = rq_vec_for<kMode>(rq, col);
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) store(y + r * ldy, k0, rq_mode<kMode>(acc0[r], rq, v0, col));
   if (k1) {
     const RqVec v1 = rq_vec_for<kMode>(rq, col + 16);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
       store(y + r * ldy + 16, k1, rq_mode<kMode>(acc1[r], rq, v1, col + 16));
   }
@@ -1190,6 +1209,7 @@ void run_fewc(const QConvParams& q, const int8_t* x, const int8_t* w, const int3
 #ifdef __clang__
 #pragma clang attribute pop
 #endif
+#undef LOWBIT_VNNI_INLINE
 #pragma GCC pop_options
 #pragma GCC diagnostic pop
 
