@@ -91,8 +91,17 @@ struct SafetensorsFile;
 
 namespace lowbit::quant {
 
+// How the converted model stores its activation codes (docs/integer-inference.md "The uint8
+// scheme"). Weights are int8 symmetric (per channel) and biases int32 in both.
+enum class ActivationScheme {
+  kInt8,   // TFLite's current scheme: s8 codes, zero points in [-128, 127]
+  kUint8,  // the legacy uint8 scheme (TFLite's old uint8 models, gemmlowp): u8 codes, zero
+           // points in [0, 255]; the same grids and arithmetic, every code the s8 one + 128
+};
+
 struct ConvertOptions {
-  Rounding rounding = Rounding::kDouble;  // of every output stage (spec 3.4)
+  Rounding rounding = Rounding::kDouble;                // of every output stage (spec 3.4)
+  ActivationScheme activations = ActivationScheme::kInt8;  // s8 or u8 activation codes
 };
 
 // One tensor of an integer model: an activation (data undefined) or a constant (weights,
