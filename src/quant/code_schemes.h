@@ -24,9 +24,12 @@ struct CodeAttribute {
 };
 std::vector<CodeAttribute> code_attributes(const std::string& op);
 
-// The tensor index a code attribute refers to.
+// The tensor index a code attribute refers to, or -1 when the op lacks that input (its shape
+// rule refuses it).
 inline int code_attribute_tensor(const IntegerOp& op, const CodeAttribute& a) {
-  return a.tensor < 0 ? op.output : op.inputs.at(static_cast<size_t>(a.tensor));
+  if (a.tensor < 0) return op.output;
+  const size_t k = static_cast<size_t>(a.tensor);
+  return k < op.inputs.size() ? op.inputs[k] : -1;
 }
 
 // The uint8 scheme of an s8 model (what convert_to_integer does with

@@ -67,7 +67,8 @@ void to_uint8_scheme(IntegerModel& m) {
       shift[op.inputs[0]] = true;
   for (IntegerOp& op : m.ops)
     for (const CodeAttribute& a : code_attributes(op.op)) {
-      if (!shift.at(code_attribute_tensor(op, a))) continue;
+      const int t = code_attribute_tensor(op, a);
+      if (t < 0 || !shift.at(t)) continue;
       if (op.attrs.has(a.name))
         op.attrs.set(a.name, op.attrs.i(a.name) + 128);
       else if (a.required)
@@ -173,8 +174,9 @@ IntegerModel::Runtime& IntegerModel::runtime() {
       LOWBIT_THROW(ValueError, "IntegerModel: op '", op.op, "' (", op.layer, "): ", why);
     Attrs attrs = op.attrs;
     for (const detail::CodeAttribute& a : detail::code_attributes(op.op)) {
-      const IntegerTensor& t = tensors.at(detail::code_attribute_tensor(op, a));
-      if (t.dtype != DType::kU8) continue;
+      const int ti = detail::code_attribute_tensor(op, a);
+      if (ti < 0 || tensors.at(ti).dtype != DType::kU8) continue;
+      const IntegerTensor& t = tensors[ti];
       if (!attrs.has(a.name)) {
         if (a.required)
           LOWBIT_THROW(ValueError, "IntegerModel: op '", op.op, "' (", op.layer, "): attribute '",
@@ -957,8 +959,9 @@ Json inspect_op(const IntegerModel& m, const IntegerOp& op) {
   // The dtype of the codes each set of parameters describes (u8 in the uint8 scheme): the
   // output's, or the input's for a dequantize.
   const auto dtype_of = [&](int input) {
-    const int t = input < 0 ? op.output : op.inputs.at(static_cast<size_t>(input));
-    return std::string(dtype_name(m.tensors.at(t).dtype));
+    const size_t k = static_cast<size_t>(input);
+    const int t = input < 0 ? op.output : k < op.inputs.size() ? op.inputs[k] : -1;
+    return t < 0 ? std::string("?") : std::string(dtype_name(m.tensors.at(t).dtype));
   };
   const DType out_dtype = m.tensors.at(op.output).dtype;
   const QuantRange out_range = code_range(out_dtype);

@@ -29,7 +29,7 @@ namespace {
 using quant::ActivationScheme;
 using testing::expect_throws_with;
 
-// The first 1,024 training images and 500 test images (enough to set ranges; speed matters).
+// The first 512 training images and 500 test images (enough to set ranges; speed matters).
 struct Mnist {
   Tensor train_x, train_y, test_x;
 };
@@ -38,8 +38,8 @@ const Mnist& mnist() {
     const MnistSplit train = load_mnist(testing::shared_dir() + "/data", true);
     const MnistSplit test = load_mnist(testing::shared_dir() + "/data", false);
     Mnist r;
-    r.train_x = Tensor::wrap(train.images.raw(), {1024, 28, 28, 1}, DType::kF32).clone();
-    r.train_y = Tensor::wrap(train.labels.raw(), {1024}, train.labels.dtype()).clone();
+    r.train_x = Tensor::wrap(train.images.raw(), {512, 28, 28, 1}, DType::kF32).clone();
+    r.train_y = Tensor::wrap(train.labels.raw(), {512}, train.labels.dtype()).clone();
     r.test_x = Tensor::wrap(test.images.raw(), {500, 28, 28, 1}, DType::kF32).clone();
     return r;
   }();
