@@ -108,8 +108,7 @@ std::string scheme_mismatch(const IntegerModel& m, const IntegerOp& op) {
     if (x.data.defined() && !table) continue;  // weights, biases
     if (is_code(x.dtype) && is_code(y.dtype) && x.dtype != y.dtype)
       return std::string(table ? "table '" : "input tensor '") + x.name + "' is " +
-             dtype_name(x.dtype) + " but output tensor '" + y.name + "' is " +
-             dtype_name(y.dtype) +
+             dtype_name(x.dtype) + " but output tensor '" + y.name + "' is " + dtype_name(y.dtype) +
              ": an op reads and writes the activation codes of one scheme (s8, or u8 in the "
              "uint8 scheme)";
   }
@@ -164,10 +163,10 @@ IntegerModel::Runtime& IntegerModel::runtime() {
     std::vector<Value> ins;
     for (int t : op.inputs) {
       if (t < 0 || t >= static_cast<int>(tensors.size()) || !rt->values.at(t).defined())
-        LOWBIT_THROW(ValueError, "IntegerModel: op '", op.op, "' (", op.layer, ") reads tensor '",
-                     t < 0 || t >= static_cast<int>(tensors.size()) ? std::to_string(t)
-                                                                    : tensors.at(t).name,
-                     "' before any op writes it");
+        LOWBIT_THROW(
+            ValueError, "IntegerModel: op '", op.op, "' (", op.layer, ") reads tensor '",
+            t < 0 || t >= static_cast<int>(tensors.size()) ? std::to_string(t) : tensors.at(t).name,
+            "' before any op writes it");
       ins.push_back(rt->values[t]);
     }
     if (const std::string why = detail::scheme_mismatch(*this, op); !why.empty())
@@ -833,8 +832,8 @@ IntegerModel IntegerModel::from_safetensors(const io::SafetensorsFile& f, const 
           const int q = t.dtype == DType::kS8 ? int{t.data.data<int8_t>()[k]}
                                               : int{t.data.data<uint8_t>()[k]};
           if (q < t.qmin || q > t.qmax)
-            bad(path, where + ": code " + std::to_string(q) + " at element " +
-                          std::to_string(k) + " is outside the tensor's fields 'qmin', 'qmax' [" +
+            bad(path, where + ": code " + std::to_string(q) + " at element " + std::to_string(k) +
+                          " is outside the tensor's fields 'qmin', 'qmax' [" +
                           std::to_string(t.qmin) + ", " + std::to_string(t.qmax) + "]");
         }
       }
@@ -949,7 +948,9 @@ IntegerModel IntegerModel::from_safetensors(const io::SafetensorsFile& f, const 
 namespace {
 
 // The code range of a tensor's dtype: [0, 255] for u8 (the uint8 scheme), else int8's.
-QuantRange code_range(DType d) { return d == DType::kU8 ? QuantRange{0, 255} : QuantRange{-128, 127}; }
+QuantRange code_range(DType d) {
+  return d == DType::kU8 ? QuantRange{0, 255} : QuantRange{-128, 127};
+}
 
 Json inspect_op(const IntegerModel& m, const IntegerOp& op) {
   Json e;
@@ -1274,11 +1275,10 @@ std::string IntegerModel::inspect_table() const {
       }
       continue;
     }
-    std::snprintf(line, sizeof line,
-                  "  input  scale %.9g %s | output scale %.9g %s | activation %s\n",
-                  e["input"]["scale"].get<double>(), zp(e["input"]).c_str(),
-                  e["output"]["scale"].get<double>(), zp(e["output"]).c_str(),
-                  op.activation.c_str());
+    std::snprintf(
+        line, sizeof line, "  input  scale %.9g %s | output scale %.9g %s | activation %s\n",
+        e["input"]["scale"].get<double>(), zp(e["input"]).c_str(),
+        e["output"]["scale"].get<double>(), zp(e["output"]).c_str(), op.activation.c_str());
     os << line;
     const Json& w = e["weights"];
     const int wbits = w["bits"].get<int>();

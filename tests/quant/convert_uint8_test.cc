@@ -60,8 +60,8 @@ nn::ModelPtr image_qat() {
   h = (*nn::Conv2D(8, 1))(h);
   x = (*nn::ReLU({.max_value = 6.0}))((*nn::Add())({x, h}));
   nn::KTensor c = (*nn::Conv2D(4, 1, {.activation = "relu"}))(x);
-  x = (*nn::Concatenate())({x, c});      // 7x7x12
-  x = (*nn::AveragePooling2D(2))(x);     // 3x3x12
+  x = (*nn::Concatenate())({x, c});   // 7x7x12
+  x = (*nn::AveragePooling2D(2))(x);  // 3x3x12
   x = (*nn::Flatten())(x);
   x = (*nn::Dense(16, {.activation = "tanh"}))(x);
   x = (*nn::Dense(16, {.activation = "sigmoid"}))(x);
@@ -214,9 +214,9 @@ TEST(ConvertUint8, ImageOpsComputeTheInt8CodesPlus128) {
     quant::IntegerModel u8;
     expect_u8_is_s8_plus_128(q, mnist().test_x, r, &u8);
     const std::map<std::string, int> n = op_counts(u8);
-    for (const char* op : {"quantize", "qconv2d", "qmax_pool2d", "qadd", "requantize", "concat",
-                           "qavg_pool2d", "reshape", "qfully_connected", "qtanh", "qlogistic",
-                           "qsoftmax", "dequantize"})
+    for (const char* op :
+         {"quantize", "qconv2d", "qmax_pool2d", "qadd", "requantize", "concat", "qavg_pool2d",
+          "reshape", "qfully_connected", "qtanh", "qlogistic", "qsoftmax", "dequantize"})
       EXPECT_GE(n.count(op) ? n.at(op) : 0, 1) << op;
     // The fixed output grids in u8: sigmoid and softmax 1/256 with zero point 0 (code q is the
     // probability q / 256), tanh 1/128 with 128.
@@ -297,7 +297,8 @@ TEST(ConvertUint8, GoldenRangesAndOutputStagesAreTheInt8OnesShifted) {
     if (c.at("kind") == "activation_range" && p.at("dtype") == "uint8") {
       const float scale = p.at("scale").get<float>();
       const int32_t zp = p.at("zero_point").get<int32_t>();
-      const quant::FusedActivation act = quant::fused_activation_from_name(p.at("activation").get<std::string>());
+      const quant::FusedActivation act =
+          quant::fused_activation_from_name(p.at("activation").get<std::string>());
       const quant::QuantRange u = quant::activation_range(scale, zp, act, DType::kU8);
       const quant::QuantRange s = quant::activation_range(scale, zp - 128, act, DType::kS8);
       EXPECT_EQ(u.min, c.at("expected").at("act_min").get<int32_t>()) << c.at("id");
@@ -308,22 +309,21 @@ TEST(ConvertUint8, GoldenRangesAndOutputStagesAreTheInt8OnesShifted) {
     }
     if (c.at("kind") == "conv_output_stage" && p.at("dtype") == "int8") {
       for (const quant::Rounding r : {quant::Rounding::kDouble, quant::Rounding::kSingle}) {
-        quant::ConvOutputStageConfig cfg{.input_scale = p.at("input_scale").get<float>(),
-                                  .weight_scale = p.at("weight_scale").get<float>(),
-                                  .output_scale = p.at("output_scale").get<float>(),
-                                  .output_zero_point = p.at("output_zero_point").get<int32_t>(),
-                                  .activation = quant::fused_activation_from_name(
-                                      p.at("activation").get<std::string>()),
-                                  .dtype = DType::kS8,
-                                  .rounding = r};
+        quant::ConvOutputStageConfig cfg{
+            .input_scale = p.at("input_scale").get<float>(),
+            .weight_scale = p.at("weight_scale").get<float>(),
+            .output_scale = p.at("output_scale").get<float>(),
+            .output_zero_point = p.at("output_zero_point").get<int32_t>(),
+            .activation = quant::fused_activation_from_name(p.at("activation").get<std::string>()),
+            .dtype = DType::kS8,
+            .rounding = r};
         const quant::ConvOutputStage s = quant::make_conv_output_stage(cfg);
         cfg.output_zero_point += 128;
         cfg.dtype = DType::kU8;
         const quant::ConvOutputStage u = quant::make_conv_output_stage(cfg);
         for (const nn::Json& a : c.at("inputs").at("acc")) {
           const int32_t acc = a.get<int32_t>();
-          EXPECT_EQ(u.apply(acc), s.apply(acc) + 128)
-              << c.at("id") << " acc " << acc;
+          EXPECT_EQ(u.apply(acc), s.apply(acc) + 128) << c.at("id") << " acc " << acc;
         }
       }
       ++stages;
@@ -368,8 +368,7 @@ TEST(ConvertUint8, FileRoundTripAndLoaderRefusesInconsistentU8) {
     edit(g);
     file.metadata["lowbit.integer_model"] = g.dump();
     io::write_safetensors(dir + "/bad_u8.lbi", file);
-    expect_throws_with<ValueError>([&] { quant::IntegerModel::load(dir + "/bad_u8.lbi"); },
-                                   needle);
+    expect_throws_with<ValueError>([&] { quant::IntegerModel::load(dir + "/bad_u8.lbi"); }, needle);
   };
   ASSERT_EQ(u8.ops[0].op, "quantize");
   ASSERT_EQ(u8.ops[1].op, "qconv2d");
@@ -386,7 +385,8 @@ TEST(ConvertUint8, FileRoundTripAndLoaderRefusesInconsistentU8) {
   rewrite(
       [&](nn::Json& g) {
         g["tensors"][c_out]["dtype"] = "s8";
-        g["tensors"][c_out]["zero_point"][0] = g["tensors"][c_out]["zero_point"][0].get<int>() - 128;
+        g["tensors"][c_out]["zero_point"][0] =
+            g["tensors"][c_out]["zero_point"][0].get<int>() - 128;
         g["tensors"][c_out]["qmin"] = -128;
         g["tensors"][c_out]["qmax"] = 127;
       },
@@ -419,8 +419,7 @@ TEST(ConvertUint8, FileRoundTripAndLoaderRefusesInconsistentU8) {
 TEST(ConvertUint8, InspectAndWalkShowU8Codes) {
   nn::Model& q = image_model();
   quant::IntegerModel s8 = quant::convert_to_integer(q);
-  quant::IntegerModel u8 =
-      quant::convert_to_integer(q, {.activations = ActivationScheme::kUint8});
+  quant::IntegerModel u8 = quant::convert_to_integer(q, {.activations = ActivationScheme::kUint8});
   const nn::Json js = nn::Json::parse(s8.inspect_json()), ju = nn::Json::parse(u8.inspect_json());
   ASSERT_EQ(js.size(), ju.size());
   int convs = 0;
