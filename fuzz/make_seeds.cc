@@ -37,13 +37,15 @@ Tensor random_images(const std::vector<int64_t>& example, int64_t n) {
 
 void write_seed(const std::string& dir, const std::string& name, const std::vector<int64_t>& in,
                 std::vector<nn::LayerPtr> layers, const std::string& preset,
-                quant::Rounding rounding) {
+                quant::Rounding rounding,
+                quant::ActivationScheme activations = quant::ActivationScheme::kInt8) {
   nn::set_random_seed(3);
   layers.insert(layers.begin(), nn::InputSpec(Shape(in)));
   auto f = nn::Sequential::create(layers, name);
   nn::ModelPtr q = quant::quantize_model(*f, quant::QuantizeConfig::preset(preset));
   q->calibrate(data::Dataset::from_tensors({random_images(in, 16)}), 8);
-  const quant::IntegerModel im = quant::convert_to_integer(*q, {.rounding = rounding});
+  const quant::IntegerModel im =
+      quant::convert_to_integer(*q, {.rounding = rounding, .activations = activations});
   const std::string path = dir + "/" + name + ".lbi";
   im.save(path);
   std::printf("integer_model_seeds: %s (%ju bytes, %zu ops)\n", path.c_str(),
@@ -82,6 +84,11 @@ int main(int argc, char** argv) {
         "w8a8", quant::Rounding::kDouble);
     write_seed(dir, "gru", {3, 2}, {nn::GRU(2, {.reset_after = false}), nn::Dense(2)}, "w8a8",
                quant::Rounding::kDouble);
+    // The uint8 activation scheme (u8 codes and zero points; ActivationScheme::kUint8).
+    write_seed(dir, "conv_pool_dense_uint8", {6, 6, 1},
+               {nn::Conv2D(2, 3, {.padding = "same", .activation = "relu"}), nn::MaxPooling2D(2),
+                nn::Flatten(), nn::Dense(3, {.activation = "softmax"})},
+               "w8a8", quant::Rounding::kDouble, quant::ActivationScheme::kUint8);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "integer_model_seeds: %s\n", e.what());
     return 1;

@@ -15,6 +15,7 @@
 #include "lowbit/ops/fake_quant.h"
 #include "lowbit/quant/quantizer.h"
 #include "lowbit/quant/recurrent.h"
+#include "quant/code_schemes.h"
 
 namespace lowbit::quant {
 
@@ -163,6 +164,12 @@ class Converter {
     emit("dequantize", {v.tensor}, im_.output,
          {{"scale", src.scale[0]}, {"zero_point", static_cast<int64_t>(src.zero_point[0])}},
          out.node->layer->name(), "");
+    // The uint8 scheme: the same grids, every activation code + 128 (a shift of the records;
+    // the runtime runs the s8 view of them).
+    if (opt_.activations == ActivationScheme::kUint8) {
+      detail::to_uint8_scheme(im_);
+      im_.name = model_.name() + "_uint8";
+    }
     return std::move(im_);
   }
 

@@ -14,10 +14,108 @@
 #include "lowbit/nn/layer.h"
 #include "lowbit/ops.h"
 #include "lowbit/quant/convert.h"
+#include "quant/code_schemes.h"
 
 namespace lowbit::quant {
 
 using nn::Json;
+
+// ---- the two activation schemes (quant/code_schemes.h) ------------------------------------------
+
+namespace detail {
+
+std::vector<CodeAttribute> code_attributes(const std::string& op) {
+  if (op == "qconv2d" || op == "qfully_connected")
+    return {{"input_zero_point", 0, true},
+            {"output_zero_point", -1, true},
+            {"act_min", -1, false},
+            {"act_max", -1, false}};
+  if (op == "qmax_pool2d") return {{"act_min", -1, false}, {"act_max", -1, false}};
+  // Required: without its parameters the pool rounds the mean of the codes themselves half away
+  // from zero (TFLite's int8 rounding), which in u8 codes would not be the s8 result + 128.
+  if (op == "qavg_pool2d")
+    return {{"input_zero_point", 0, true},
+            {"output_zero_point", -1, true},
+            {"act_min", -1, false},
+            {"act_max", -1, false}};
+  if (op == "qadd")
+    return {{"input1_zero_point", 0, true},
+            {"input2_zero_point", 1, true},
+            {"output_zero_point", -1, true},
+            {"act_min", -1, false},
+            {"act_max", -1, false}};
+  if (op == "requantize")
+    return {{"input_zero_point", 0, true},
+            {"output_zero_point", -1, true},
+            {"act_min", -1, false},
+            {"act_max", -1, false}};
+  if (op == "quantize") return {{"zero_point", -1, true}};
+  if (op == "dequantize") return {{"zero_point", 0, true}};
+  if (op == "qlogistic" || op == "qtanh" || op == "qsoftmax")
+    return {{"input_zero_point", 0, true}, {"output_zero_point", -1, false}};
+  if (op == "qlstm" || op == "qgru")
+    return {{"input_zero_point", 0, true}, {"hidden_zero_point", -1, true}};
+  return {};  // concat, reshape, gather copy codes; cast, timestep_mask read no codes
+}
+
+void to_uint8_scheme(IntegerModel& m) {
+  std::vector<bool> shift(m.tensors.size(), false);
+  for (size_t i = 0; i < m.tensors.size(); ++i)
+    shift[i] = m.tensors[i].dtype == DType::kS8 && !m.tensors[i].data.defined();
+  for (const IntegerOp& op : m.ops)
+    if (op.op == "gather" && !op.inputs.empty() && m.tensors.at(op.inputs[0]).dtype == DType::kS8)
+      shift[op.inputs[0]] = true;
+  for (IntegerOp& op : m.ops)
+    for (const CodeAttribute& a : code_attributes(op.op)) {
+      const int t = code_attribute_tensor(op, a);
+      if (t < 0 || !shift.at(t)) continue;
+      if (op.attrs.has(a.name))
+        op.attrs.set(a.name, op.attrs.i(a.name) + 128);
+      else if (a.required)
+        op.attrs.set(a.name, int64_t{128});  // the s8 default 0, given
+    }
+  for (size_t i = 0; i < m.tensors.size(); ++i) {
+    if (!shift[i]) continue;
+    IntegerTensor& t = m.tensors[i];
+    t.dtype = DType::kU8;
+    for (int32_t& z : t.zero_point) z += 128;
+    t.qmin += 128;
+    t.qmax += 128;
+    if (t.data.defined()) {
+      Tensor u(t.data.shape(), DType::kU8);
+      const int8_t* src = t.data.data<int8_t>();
+      uint8_t* dst = u.data<uint8_t>();
+      for (int64_t k = 0; k < u.numel(); ++k) dst[k] = static_cast<uint8_t>(src[k] + 128);
+      t.data = std::move(u);
+    }
+  }
+}
+
+std::string scheme_mismatch(const IntegerModel& m, const IntegerOp& op) {
+  const auto is_code = [](DType d) { return d == DType::kS8 || d == DType::kU8; };
+  const IntegerTensor& y = m.tensors.at(op.output);
+  for (size_t k = 0; k < op.inputs.size(); ++k) {
+    const IntegerTensor& x = m.tensors.at(op.inputs[k]);
+    if (x.data.defined() && x.dtype == DType::kU8 && !(op.op == "gather" && k == 0))
+      return "constant '" + x.name + "' is u8, but only a gather's table may be (weights are s8 " +
+             "in both activation schemes)";
+  }
+  if (op.op == "quantize" || op.op == "dequantize" || op.op == "cast" || op.op == "timestep_mask")
+    return "";
+  for (size_t k = 0; k < op.inputs.size(); ++k) {
+    const IntegerTensor& x = m.tensors.at(op.inputs[k]);
+    const bool table = op.op == "gather" && k == 0;
+    if (x.data.defined() && !table) continue;  // weights, biases
+    if (is_code(x.dtype) && is_code(y.dtype) && x.dtype != y.dtype)
+      return std::string(table ? "table '" : "input tensor '") + x.name + "' is " +
+             dtype_name(x.dtype) + " but output tensor '" + y.name + "' is " + dtype_name(y.dtype) +
+             ": an op reads and writes the activation codes of one scheme (s8, or u8 in the "
+             "uint8 scheme)";
+  }
+  return "";
+}
+
+}  // namespace detail
 
 // ---- runtime ---------------------------------------------------------------------------------
 
@@ -41,21 +139,62 @@ IntegerModel::Runtime& IntegerModel::runtime() {
   const IntegerTensor& in = tensors.at(input);
   rt->x = rt->g.placeholder(in.name, in.dtype, in.shape);
   rt->values[input] = rt->x;
-  for (size_t i = 0; i < tensors.size(); ++i)
-    if (tensors[i].data.defined()) rt->values[i] = rt->g.constant(tensors[i].data, tensors[i].name);
+  // The uint8 scheme runs on the s8 kernels (docs/integer-inference.md "The uint8 scheme"): a u8
+  // code c is the s8 code c - 128 (the byte c ^ 0x80) on the same grid, with every zero point
+  // and clamp - 128. Here, once: the u8 constants (gather tables) as s8, and the code
+  // attributes of the ops on u8 tensors; the graph then holds s8 values for u8 tensors.
+  const auto exec_dtype = [&](int t) {
+    return tensors.at(t).dtype == DType::kU8 ? DType::kS8 : tensors.at(t).dtype;
+  };
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const IntegerTensor& t = tensors[i];
+    if (!t.data.defined()) continue;
+    if (t.dtype == DType::kU8) {
+      Tensor s8(t.data.shape(), DType::kS8);
+      const uint8_t* src = t.data.data<uint8_t>();
+      int8_t* dst = s8.data<int8_t>();
+      for (int64_t k = 0; k < s8.numel(); ++k) dst[k] = static_cast<int8_t>(src[k] ^ 0x80u);
+      rt->values[i] = rt->g.constant(s8, t.name);
+    } else {
+      rt->values[i] = rt->g.constant(t.data, t.name);
+    }
+  }
   for (const IntegerOp& op : ops) {
     std::vector<Value> ins;
     for (int t : op.inputs) {
-      if (!rt->values.at(t).defined())
-        LOWBIT_THROW(ValueError, "IntegerModel: op '", op.op, "' (", op.layer, ") reads tensor '",
-                     tensors.at(t).name, "' before any op writes it");
+      if (t < 0 || t >= static_cast<int>(tensors.size()) || !rt->values.at(t).defined())
+        LOWBIT_THROW(
+            ValueError, "IntegerModel: op '", op.op, "' (", op.layer, ") reads tensor '",
+            t < 0 || t >= static_cast<int>(tensors.size()) ? std::to_string(t) : tensors.at(t).name,
+            "' before any op writes it");
       ins.push_back(rt->values[t]);
     }
-    const Value y = ops::apply(op.op, ins, op.attrs).at(0);
+    if (const std::string why = detail::scheme_mismatch(*this, op); !why.empty())
+      LOWBIT_THROW(ValueError, "IntegerModel: op '", op.op, "' (", op.layer, "): ", why);
+    Attrs attrs = op.attrs;
+    for (const detail::CodeAttribute& a : detail::code_attributes(op.op)) {
+      const int ti = detail::code_attribute_tensor(op, a);
+      if (ti < 0 || tensors.at(ti).dtype != DType::kU8) continue;
+      const IntegerTensor& t = tensors[ti];
+      if (!attrs.has(a.name)) {
+        if (a.required)
+          LOWBIT_THROW(ValueError, "IntegerModel: op '", op.op, "' (", op.layer, "): attribute '",
+                       a.name, "' is required: tensor '", t.name,
+                       "' is u8 (the uint8 scheme gives every zero point)");
+        continue;
+      }
+      const int64_t v = attrs.i(a.name);
+      if (v < 0 || v > 255)
+        LOWBIT_THROW(ValueError, "IntegerModel: op '", op.op, "' (", op.layer, "): attribute '",
+                     a.name, "' is ", v, " but tensor '", t.name,
+                     "' is u8: expected a code in [0, 255]");
+      attrs.set(a.name, v - 128);
+    }
+    const Value y = ops::apply(op.op, ins, attrs).at(0);
     // What the op computes must be what the tensor declares: predict sizes its output from the
     // declared shape and reads it as f32.
     const IntegerTensor& t = tensors.at(op.output);
-    if (y.dtype() != t.dtype || y.shape() != t.shape)
+    if (y.dtype() != exec_dtype(op.output) || y.shape() != t.shape)
       LOWBIT_THROW(ValueError, "IntegerModel: op '", op.op, "' (", op.layer, ") computes ",
                    dtype_name(y.dtype()), y.shape().str(), " but its output tensor '", t.name,
                    "' is declared ", dtype_name(t.dtype), t.shape.str());
@@ -129,7 +268,20 @@ std::vector<Tensor> IntegerModel::run_all(const Tensor& x) {
   if (!rt.all) rt.all = std::make_unique<Executor>(rt.g, fetches);
   const std::vector<Tensor> r = rt.all->run({{rt.x, x}});
   std::vector<Tensor> out(tensors.size());
-  for (size_t i = 0; i < rt.produced.size(); ++i) out[rt.produced[i]] = r[i];
+  for (size_t i = 0; i < rt.produced.size(); ++i) {
+    const int t = rt.produced[i];
+    if (tensors[t].dtype != DType::kU8) {
+      out[t] = r[i];
+      continue;
+    }
+    // A u8 tensor ran as its s8 view: the user sees the u8 codes (c = s8 code + 128).
+    Tensor u(r[i].shape(), DType::kU8);
+    const int8_t* src = r[i].data<int8_t>();
+    uint8_t* dst = u.data<uint8_t>();
+    for (int64_t k = 0; k < u.numel(); ++k)
+      dst[k] = static_cast<uint8_t>(static_cast<uint8_t>(src[k]) ^ 0x80u);
+    out[t] = std::move(u);
+  }
   return out;
 }
 
@@ -526,13 +678,17 @@ void check_op_params(const std::string& path, const std::string& where, const In
     const IntegerTensor& x = m.tensors[op.inputs[0]];
     const IntegerTensor& y = m.tensors[op.output];
     const double fixed_scale = op.op == "qtanh" ? 1.0 / 128 : 1.0 / 256;
-    const int32_t fixed_zp = op.op == "qtanh" ? 0 : -128;
-    if (y.dtype != DType::kS8 || y.scale.size() != 1 || y.scale[0] != fixed_scale ||
-        y.zero_point[0] != fixed_zp || y.qmin != -128 || y.qmax != 127)
-      bad(path, where + ": output tensor '" + y.name + "' must be s8 at the fixed scale " +
-                    std::to_string(fixed_scale) + ", zero point " + std::to_string(fixed_zp) +
-                    ", codes [-128, 127]");
-    if (x.dtype != DType::kS8 || x.scale.size() != 1 || !op.attrs.has("input_scale") ||
+    // The fixed output parameters in the output's scheme: u8 codes are the s8 ones + 128.
+    const bool u8 = y.dtype == DType::kU8;
+    const int32_t off = u8 ? 128 : 0;
+    const int32_t fixed_zp = (op.op == "qtanh" ? 0 : -128) + off;
+    if ((y.dtype != DType::kS8 && !u8) || y.scale.size() != 1 || y.scale[0] != fixed_scale ||
+        y.zero_point[0] != fixed_zp || y.qmin != -128 + off || y.qmax != 127 + off)
+      bad(path, where + ": output tensor '" + y.name + "' must be " + (u8 ? "u8" : "s8") +
+                    " at the fixed scale " + std::to_string(fixed_scale) + ", zero point " +
+                    std::to_string(fixed_zp) + ", codes [" + std::to_string(-128 + off) + ", " +
+                    std::to_string(127 + off) + "]");
+    if (x.dtype != y.dtype || x.scale.size() != 1 || !op.attrs.has("input_scale") ||
         op.attrs.f("input_scale") != x.scale[0] ||
         op.attrs.i("input_zero_point", 0) != x.zero_point[0])
       bad(path, where +
@@ -544,8 +700,10 @@ void check_op_params(const std::string& path, const std::string& where, const In
     if (op.inputs.size() != 2) bad(path, where + ": expected 2 inputs (table, ids)");
     const IntegerTensor& t = m.tensors[op.inputs[0]];
     const IntegerTensor& y = m.tensors[op.output];
-    if (!t.data.defined() || t.dtype != DType::kS8 || t.scale.size() != 1)
-      bad(path, where + ": the table '" + t.name + "' must be an s8 constant with one scale");
+    if (!t.data.defined() || (t.dtype != DType::kS8 && t.dtype != DType::kU8) ||
+        t.scale.size() != 1)
+      bad(path, where + ": the table '" + t.name +
+                    "' must be an s8 (or, in the uint8 scheme, u8) constant with one scale");
     if (t.shape.rank() < 1 || t.shape[0] < 1)
       bad(path, where + ": the table '" + t.name + "' must have at least one row");
     if (y.scale != t.scale || y.zero_point != t.zero_point)
@@ -622,6 +780,14 @@ IntegerModel IntegerModel::from_safetensors(const io::SafetensorsFile& f, const 
       for (int32_t zp : t.zero_point)
         if (zp < -128 || zp > 127) bad(path, where + ": field 'zero_point' is outside int8");
     }
+    if (t.dtype == DType::kU8) {  // the uint8 scheme: an activation or a gather table
+      if (t.qmin < 0 || t.qmax > 255 || t.qmin > t.qmax)
+        bad(path, where + ": fields 'qmin', 'qmax' must satisfy 0 <= qmin <= qmax <= 255 (u8)");
+      for (int32_t zp : t.zero_point)
+        if (zp < 0 || zp > 255)
+          bad(path, where + ": field 'zero_point' is " + std::to_string(zp) +
+                        ", outside [0, 255] (a u8 tensor)");
+    }
     const bool constant = field<bool>(path, e, "constant", where);
     int bits = 0;  // packed: 2 or 4
     if (e.contains("bits")) {
@@ -661,13 +827,15 @@ IntegerModel IntegerModel::from_safetensors(const io::SafetensorsFile& f, const 
                         " but the graph says " + dtype_name(t.dtype) + t.shape.str());
         t.data = *d;
       }
-      if (t.dtype == DType::kS8) {
-        const int8_t* q = t.data.data<int8_t>();
-        for (int64_t k = 0; k < t.data.numel(); ++k)
-          if (q[k] < t.qmin || q[k] > t.qmax)
-            bad(path, where + ": code " + std::to_string(q[k]) + " at element " +
-                          std::to_string(k) + " is outside the tensor's fields 'qmin', 'qmax' [" +
+      if (t.dtype == DType::kS8 || t.dtype == DType::kU8) {
+        for (int64_t k = 0; k < t.data.numel(); ++k) {
+          const int q = t.dtype == DType::kS8 ? int{t.data.data<int8_t>()[k]}
+                                              : int{t.data.data<uint8_t>()[k]};
+          if (q < t.qmin || q > t.qmax)
+            bad(path, where + ": code " + std::to_string(q) + " at element " + std::to_string(k) +
+                          " is outside the tensor's fields 'qmin', 'qmax' [" +
                           std::to_string(t.qmin) + ", " + std::to_string(t.qmax) + "]");
+        }
       }
       used.insert(t.name);
     }
@@ -743,6 +911,8 @@ IntegerModel IntegerModel::from_safetensors(const io::SafetensorsFile& f, const 
               where + ": bias tensor '" + b.name + "' must be s32 but is " + dtype_name(b.dtype));
       }
     }
+    if (const std::string why = detail::scheme_mismatch(m, op); !why.empty())
+      bad(path, where + ": " + why);
     check_op_params(path, where, m, op);
     if ((op.op == "qconv2d" || op.op == "qfully_connected") && op.inputs.size() == 3) {
       const IntegerTensor& b = m.tensors[op.inputs[2]];
@@ -777,23 +947,48 @@ IntegerModel IntegerModel::from_safetensors(const io::SafetensorsFile& f, const 
 
 namespace {
 
+// The code range of a tensor's dtype: [0, 255] for u8 (the uint8 scheme), else int8's.
+QuantRange code_range(DType d) {
+  return d == DType::kU8 ? QuantRange{0, 255} : QuantRange{-128, 127};
+}
+
 Json inspect_op(const IntegerModel& m, const IntegerOp& op) {
   Json e;
   e["op"] = op.op;
   e["layer"] = op.layer;
   const Attrs& a = op.attrs;
+  // The dtype of the codes each set of parameters describes (u8 in the uint8 scheme): the
+  // output's, or the input's for a dequantize.
+  const auto dtype_of = [&](int input) {
+    const size_t k = static_cast<size_t>(input);
+    const int t = input < 0 ? op.output : k < op.inputs.size() ? op.inputs[k] : -1;
+    return t < 0 ? std::string("?") : std::string(dtype_name(m.tensors.at(t).dtype));
+  };
+  const DType out_dtype = m.tensors.at(op.output).dtype;
+  const QuantRange out_range = code_range(out_dtype);
   if (op.op != "qconv2d" && op.op != "qfully_connected") {
     // The parameters the other ops read: quantize/dequantize one grid, requantize and a
     // requantizing average pool two; pools and reshapes keep their input's.
-    if (a.has("scale")) e["grid"] = {{"scale", a.f("scale")}, {"zero_point", a.i("zero_point")}};
+    if (a.has("scale"))
+      e["grid"] = {{"scale", a.f("scale")},
+                   {"zero_point", a.i("zero_point")},
+                   {"dtype", dtype_of(op.op == "dequantize" ? 0 : -1)}};
     if (a.has("input_scale"))
-      e["input"] = {{"scale", a.f("input_scale")}, {"zero_point", a.i("input_zero_point")}};
-    for (const char* k : {"input1", "input2"})  // qadd
+      e["input"] = {{"scale", a.f("input_scale")},
+                    {"zero_point", a.i("input_zero_point")},
+                    {"dtype", dtype_of(0)}};
+    int k_in = 0;
+    for (const char* k : {"input1", "input2"}) {  // qadd
       if (a.has(std::string(k) + "_scale"))
         e[k] = {{"scale", a.f(std::string(k) + "_scale")},
-                {"zero_point", a.i(std::string(k) + "_zero_point")}};
+                {"zero_point", a.i(std::string(k) + "_zero_point")},
+                {"dtype", dtype_of(k_in)}};
+      ++k_in;
+    }
     if (a.has("output_scale"))
-      e["output"] = {{"scale", a.f("output_scale")}, {"zero_point", a.i("output_zero_point")}};
+      e["output"] = {{"scale", a.f("output_scale")},
+                     {"zero_point", a.i("output_zero_point")},
+                     {"dtype", dtype_of(-1)}};
     if (a.has("output_scale") && a.has("input_scale")) {
       const double m = a.f("input_scale") / a.f("output_scale");
       const QuantizedMultiplier qm = quantize_multiplier(m);
@@ -801,15 +996,15 @@ Json inspect_op(const IntegerModel& m, const IntegerOp& op) {
       e["M0"] = qm.multiplier;
       e["shift"] = qm.shift;
     }
-    if (a.has("act_min")) e["clamp"] = {a.i("act_min"), a.i("act_max", 127)};
+    if (a.has("act_min")) e["clamp"] = {a.i("act_min"), a.i("act_max", out_range.max)};
     return e;
   }
   const double s_in = a.f("input_scale"), s_out = a.f("output_scale");
   const int64_t zp_in = a.i("input_zero_point"), zp_out = a.i("output_zero_point");
   const std::vector<double>& sw = a.floats("weight_scales");
   const IntegerTensor& bias = m.tensors.at(op.inputs.at(2));
-  e["input"] = {{"scale", s_in}, {"zero_point", zp_in}};
-  e["output"] = {{"scale", s_out}, {"zero_point", zp_out}};
+  e["input"] = {{"scale", s_in}, {"zero_point", zp_in}, {"dtype", dtype_of(0)}};
+  e["output"] = {{"scale", s_out}, {"zero_point", zp_out}, {"dtype", dtype_of(-1)}};
   e["activation"] = op.activation;
   {
     const IntegerTensor& w = m.tensors.at(op.inputs.at(1));
@@ -832,12 +1027,15 @@ Json inspect_op(const IntegerModel& m, const IntegerOp& op) {
                                 .output_scale = static_cast<float>(s_out),
                                 .output_zero_point = static_cast<int32_t>(zp_out),
                                 .activation = act,
+                                .dtype = out_dtype == DType::kU8 ? DType::kU8 : DType::kS8,
                                 .rounding = r});
     const float want_bias_scale = bias_scale(static_cast<float>(s_in), static_cast<float>(sw[c]));
     const double stored_bias_scale = bias.scale.size() > c ? bias.scale[c] : 0.0;
     const double rec = quantized_multiplier_value(st.multiplier);
-    const int32_t lo = std::max<int32_t>(st.act_min, static_cast<int32_t>(a.i("act_min", -128)));
-    const int32_t hi = std::min<int32_t>(st.act_max, static_cast<int32_t>(a.i("act_max", 127)));
+    const int32_t lo =
+        std::max<int32_t>(st.act_min, static_cast<int32_t>(a.i("act_min", out_range.min)));
+    const int32_t hi =
+        std::min<int32_t>(st.act_max, static_cast<int32_t>(a.i("act_max", out_range.max)));
     ch.push_back({{"channel", c},
                   {"weight_scale", sw[c]},
                   {"bias_scale", stored_bias_scale},
@@ -884,7 +1082,12 @@ std::string IntegerModel::walk_element(const Tensor& x, size_t op_index, int64_t
   const int64_t cout = ys[ys.rank() - 1];
   const int64_t c = element % cout;
   const int32_t zp_in = static_cast<int32_t>(a.i("input_zero_point"));
-  const int8_t* xp = xin.data<int8_t>();
+  // The input codes as the model holds them: s8, or u8 in the uint8 scheme (run_all gives them,
+  // with the zero points of the attributes, in the tensor's own codes).
+  const bool u8_in = xin.dtype() == DType::kU8;
+  const auto xp = [&](int64_t k) -> int32_t {
+    return u8_in ? int32_t{xin.data<uint8_t>()[k]} : int32_t{xin.data<int8_t>()[k]};
+  };
   const int8_t* wp = w.data<int8_t>();
   struct Tap {
     std::string where;
@@ -895,7 +1098,7 @@ std::string IntegerModel::walk_element(const Tensor& x, size_t op_index, int64_t
     const int64_t depth = ws[0];
     const int64_t row = element / cout;
     for (int64_t k = 0; k < depth; ++k)
-      taps.push_back({"k=" + std::to_string(k), xp[row * depth + k], wp[k * cout + c]});
+      taps.push_back({"k=" + std::to_string(k), xp(row * depth + k), wp[k * cout + c]});
   } else {
     const auto ints = [&](const char* k, int64_t d) {
       std::vector<int64_t> v = a.has(k) ? a.ints(k) : std::vector<int64_t>{d, d};
@@ -924,7 +1127,7 @@ std::string IntegerModel::walk_element(const Tensor& x, size_t op_index, int64_t
                         static_cast<long long>(cin), static_cast<long long>(kh),
                         static_cast<long long>(kw), static_cast<long long>(ci),
                         static_cast<long long>(c));
-          taps.push_back({where, xp[(ih * xs[2] + iw) * xs[3] + cin],
+          taps.push_back({where, xp((ih * xs[2] + iw) * xs[3] + cin),
                           wp[((kh * ws[1] + kw) * ws[2] + ci) * ws[3] + c]});
         }
       }
@@ -941,13 +1144,18 @@ std::string IntegerModel::walk_element(const Tensor& x, size_t op_index, int64_t
                               .output_scale = s_out,
                               .output_zero_point = zp_out,
                               .activation = fused_activation_from_name(a.s("activation", "none")),
+                              .dtype = yout.dtype() == DType::kU8 ? DType::kU8 : DType::kS8,
                               .rounding = r});
-  const int32_t lo = std::max<int32_t>(stage.act_min, static_cast<int32_t>(a.i("act_min", -128)));
-  const int32_t hi = std::min<int32_t>(stage.act_max, static_cast<int32_t>(a.i("act_max", 127)));
+  const QuantRange out_range = code_range(yout.dtype());
+  const int32_t lo =
+      std::max<int32_t>(stage.act_min, static_cast<int32_t>(a.i("act_min", out_range.min)));
+  const int32_t hi =
+      std::min<int32_t>(stage.act_max, static_cast<int32_t>(a.i("act_max", out_range.max)));
   std::ostringstream os;
   char line[512];
   os << "op " << op_index << " " << op.op << " (" << op.layer << "), output element " << element
-     << " of " << ys.str() << ", channel " << c << "\n";
+     << " of " << ys.str() << ", channel " << c
+     << (u8_in ? "; u8 codes (the uint8 scheme: each the s8 code + 128)" : "") << "\n";
   std::snprintf(line, sizeof line,
                 "  input s_in = %.9g, zp_in = %d; weight s_w[%lld] = %.9g, zp 0; output s_out = "
                 "%.9g, zp_out = %d\n",
@@ -1005,7 +1213,8 @@ std::string IntegerModel::walk_element(const Tensor& x, size_t op_index, int64_t
   std::snprintf(line, sizeof line, "  + zp_out %d = %d; clamp [%d, %d] (%s) = %d\n", zp_out,
                 with_zp, lo, hi, op.activation.c_str(), code);
   os << line;
-  const int32_t stored = yout.data<int8_t>()[element];
+  const int32_t stored = yout.dtype() == DType::kU8 ? int32_t{yout.data<uint8_t>()[element]}
+                                                    : int32_t{yout.data<int8_t>()[element]};
   std::snprintf(line, sizeof line,
                 "  stored code %d%s; real value s_out * (q - zp_out) = %.6g (float: s_in * s_w "
                 "* acc = %.6g)\n",
@@ -1024,32 +1233,38 @@ std::string IntegerModel::inspect_json() const {
 std::string IntegerModel::inspect_table() const {
   std::ostringstream os;
   char line[512];
+  // "zp -21", or "zp 107 (u8)" for the codes of the uint8 scheme.
+  const auto zp = [](const Json& g) {
+    std::string z = "zp " + std::to_string(g["zero_point"].get<int>());
+    if (g.contains("dtype") && g["dtype"].get<std::string>() == "u8") z += " (u8)";
+    return z;
+  };
   for (size_t i = 0; i < ops.size(); ++i) {
     const IntegerOp& op = ops[i];
     const Json e = inspect_op(*this, op);
     os << "op " << i << ": " << op.op << "  " << op.layer << "\n";
     if (!e.contains("channels")) {
       if (e.contains("grid")) {
-        std::snprintf(line, sizeof line, "  scale %.9g zp %d\n", e["grid"]["scale"].get<double>(),
-                      e["grid"]["zero_point"].get<int>());
+        std::snprintf(line, sizeof line, "  scale %.9g %s\n", e["grid"]["scale"].get<double>(),
+                      zp(e["grid"]).c_str());
         os << line;
       }
       if (e.contains("input1")) {  // qadd
         std::snprintf(line, sizeof line,
-                      "  input1 scale %.9g zp %d | input2 scale %.9g zp %d | output scale %.9g "
-                      "zp %d | activation %s\n",
-                      e["input1"]["scale"].get<double>(), e["input1"]["zero_point"].get<int>(),
-                      e["input2"]["scale"].get<double>(), e["input2"]["zero_point"].get<int>(),
-                      e["output"]["scale"].get<double>(), e["output"]["zero_point"].get<int>(),
+                      "  input1 scale %.9g %s | input2 scale %.9g %s | output scale %.9g "
+                      "%s | activation %s\n",
+                      e["input1"]["scale"].get<double>(), zp(e["input1"]).c_str(),
+                      e["input2"]["scale"].get<double>(), zp(e["input2"]).c_str(),
+                      e["output"]["scale"].get<double>(), zp(e["output"]).c_str(),
                       op.activation.c_str());
         os << line;
       }
       if (e.contains("M")) {
         std::snprintf(line, sizeof line,
-                      "  input  scale %.9g zp %d | output scale %.9g zp %d | M %.9g = M0 %d, "
+                      "  input  scale %.9g %s | output scale %.9g %s | M %.9g = M0 %d, "
                       "shift %d\n",
-                      e["input"]["scale"].get<double>(), e["input"]["zero_point"].get<int>(),
-                      e["output"]["scale"].get<double>(), e["output"]["zero_point"].get<int>(),
+                      e["input"]["scale"].get<double>(), zp(e["input"]).c_str(),
+                      e["output"]["scale"].get<double>(), zp(e["output"]).c_str(),
                       e["M"].get<double>(), e["M0"].get<int>(), e["shift"].get<int>());
         os << line;
       }
@@ -1060,11 +1275,10 @@ std::string IntegerModel::inspect_table() const {
       }
       continue;
     }
-    std::snprintf(line, sizeof line,
-                  "  input  scale %.9g zp %d | output scale %.9g zp %d | activation %s\n",
-                  e["input"]["scale"].get<double>(), e["input"]["zero_point"].get<int>(),
-                  e["output"]["scale"].get<double>(), e["output"]["zero_point"].get<int>(),
-                  op.activation.c_str());
+    std::snprintf(
+        line, sizeof line, "  input  scale %.9g %s | output scale %.9g %s | activation %s\n",
+        e["input"]["scale"].get<double>(), zp(e["input"]).c_str(),
+        e["output"]["scale"].get<double>(), zp(e["output"]).c_str(), op.activation.c_str());
     os << line;
     const Json& w = e["weights"];
     const int wbits = w["bits"].get<int>();

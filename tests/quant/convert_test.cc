@@ -208,6 +208,13 @@ TEST(ConvertToInteger, W8A8CodesAgreeWithTheQatModelLayerByLayer) {
   expect_agreement(*q, im);
   quant::IntegerModel gemmlowp = quant::convert_to_integer(*q);  // double rounding
   expect_agreement(*q, gemmlowp, 0.99, 0.995);
+  // The uint8 scheme (tests/quant/convert_uint8_test.cc checks every code): on the whole test
+  // split the same dequantized logits, so the same top-1 classes.
+  quant::IntegerModel u8 = quant::convert_to_integer(
+      *q, {.rounding = quant::Rounding::kSingle, .activations = quant::ActivationScheme::kUint8});
+  EXPECT_EQ(u8.tensors[u8.ops[0].output].dtype, DType::kU8);
+  EXPECT_TRUE(testing::tensors_equal(u8.predict(mnist().test.images, 500),
+                                     im.predict(mnist().test.images, 500)));
 }
 
 TEST(ConvertToInteger, DepthwiseAveragePoolingAndFourBitWeights) {

@@ -6,7 +6,11 @@
 //
 // Codes and their parameters: real = scale * (q - zero_point). Activations s8 with a zero
 // point; weights s8 symmetric (zero point 0), one scale per output channel or one per tensor;
-// biases s32 at scale f32(s_in * s_w[c]) with zero point 0.
+// biases s32 at scale f32(s_in * s_w[c]) with zero point 0. The uint8 scheme of an integer model
+// (u8 activations, lowbit/quant/convert.h ActivationScheme::kUint8) runs on these s8 ops: its
+// codes and zero points - 128, made once when the model's graph is built (every op here reads
+// codes only as q - zp, by order, or through a table built from q - zp, so its codes come out
+// the u8 ones - 128; docs/integer-inference.md "The uint8 scheme").
 //
 // Attributes (quantization):
 //   input_scale, input_zero_point     of x (qconv2d, qfully_connected)

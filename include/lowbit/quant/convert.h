@@ -22,7 +22,12 @@
 //   point) of its range, so the integer model rounds to the grid the QAT model trained on. A
 //   grid of codes [qmin, qmax] (e.g. uint8 [0, 255], 4-bit [0, 15]) is stored as int8 codes
 //   shifted by -128 - qmin, and its clamp keeps the grid's own range (a 4-bit activation stays
-//   16 codes wide).
+//   16 codes wide). With ConvertOptions::activations = ActivationScheme::kUint8 (the legacy
+//   uint8 scheme) it is stored as u8 codes shifted by -qmin instead: every activation tensor u8
+//   with its codes, zero point, qmin/qmax and every op's zero points and clamps the int8 ones +
+//   128 (a ReLU output is [z, 255]; sigmoid/softmax zero point 0, tanh 128); weights and biases
+//   as in int8. The same arithmetic: every code is the int8 model's + 128, the dequantized
+//   outputs are equal (docs/integer-inference.md "The uint8 scheme").
 //   Conv2D, DepthwiseConv2D (groups = channels) and Dense on inputs of any rank (rank 3: one
 //   qfully_connected over the last axis, [?, T, K] -> [?, T, U]). Conv1D: a qconv2d on the
 //   input reshaped to [?, 1, T, C] (kernel [1, K, C/groups, F], strides and dilation on the
@@ -91,13 +96,24 @@ struct SafetensorsFile;
 
 namespace lowbit::quant {
 
+// How the converted model stores its activation codes (docs/integer-inference.md "The uint8
+// scheme"). Weights are int8 symmetric (per channel) and biases int32 in both.
+enum class ActivationScheme {
+  kInt8,   // TFLite's current scheme: s8 codes, zero points in [-128, 127]
+  kUint8,  // the legacy uint8 scheme (TFLite's old uint8 models, gemmlowp): u8 codes, zero
+           // points in [0, 255]; the same grids and arithmetic, every code the s8 one + 128
+};
+
 struct ConvertOptions {
-  Rounding rounding = Rounding::kDouble;  // of every output stage (spec 3.4)
+  Rounding rounding = Rounding::kDouble;                   // of every output stage (spec 3.4)
+  ActivationScheme activations = ActivationScheme::kInt8;  // s8 or u8 activation codes
 };
 
 // One tensor of an integer model: an activation (data undefined) or a constant (weights,
 // biases). Codes: real = scale[c] * (q - zero_point[c]) (one entry, or one per channel of the
-// last axis); f32 tensors (the model's input and output) have none.
+// last axis); f32 tensors (the model's input and output) have none. Activations (and an
+// Embedding's gather table) are s8, or u8 in the uint8 scheme (zero point, qmin, qmax in
+// [0, 255]); weights are always s8, biases s32.
 struct IntegerTensor {
   std::string name;
   DType dtype = DType::kS8;
@@ -162,7 +178,10 @@ class IntegerModel {
   // dequantized output). Plans are made once per batch shape and reused.
   Tensor predict(const Tensor& x, int64_t batch_size = 256);
   // Runs one batch and returns the codes of every tensor the ops produce, by tensor index
-  // (undefined for constants and the input): what the per-layer agreement test compares.
+  // (undefined for constants and the input): what the per-layer agreement test compares. u8
+  // tensors (the uint8 scheme) are returned as their u8 codes: the runtime runs them on the s8
+  // kernels as codes - 128 (a view made once when the graph is built, zero points and clamps
+  // - 128), and converts back only here.
   std::vector<Tensor> run_all(const Tensor& x);
 
   // Writes one safetensors file (format version 2, docs/integer-inference.md "Formats and
@@ -179,8 +198,11 @@ class IntegerModel {
   // and > 0, a shape that does not match the graph, a multiplier out of range; a packed tensor
   // with an unknown 'bits', a byte count other than ceil(numel * bits / 8), nonzero padding, a
   // code range 'qmin'/'qmax' that does not fit its bits; an s8 constant with a code outside its
-  // [qmin, qmax]). Packed weights are unpacked here, once: the model runs the same s8 codes as
-  // before it was saved.
+  // [qmin, qmax]; for the uint8 scheme: a u8 zero point, qmin or qmax outside [0, 255], a u8
+  // constant other than a gather table, an op whose activation input and output are of
+  // different schemes (s8 and u8), a code attribute of a u8 tensor outside [0, 255] or a
+  // required one missing). Packed weights are unpacked here, once: the model runs the same s8
+  // codes as before it was saved.
   static IntegerModel load(const std::string& path);
   // The same from a whole file's bytes in memory (the same checks: load reads the file and
   // shares this code); `name` stands for the path in the messages.
@@ -196,17 +218,20 @@ class IntegerModel {
   // Per conv/dense op: input, weight and output scale and zero point, the bias scale and
   // whether it equals f32(s_in * s_w), the real multiplier M, (M0, shift), the value M0 * 2^(shift
   // - 31) and its relative error, the clamp and the activation it came from. JSON: a list of
-  // objects, one per op; table: fixed-width text.
+  // objects, one per op (each set of parameters with the "dtype" of its codes, s8 or u8); table:
+  // fixed-width text (zero points of u8 codes as "zp 107 (u8)"). Zero points and clamps are in
+  // the model's own codes (u8 in the uint8 scheme).
   std::string inspect_json() const;
   std::string inspect_table() const;
 
   // One output element of conv/dense op `op` (an index into ops) on input x (one or more
-  // examples, f32), walked through the integer arithmetic as text: the int8 input and weight
-  // codes of every tap (the first `max_taps` listed), the int32 accumulator, the bias, the
-  // requantization (M, M0, shift, each rounding step), the zero point, the clamp, and the code
-  // the runtime stored (they must agree; "MISMATCH" otherwise), with the real values.
-  // `element`: a flat index into the op's output for the first example. ValueError for an op
-  // that is not qconv2d/qfully_connected or an element out of range.
+  // examples, f32), walked through the integer arithmetic as text: the input codes (s8, or u8
+  // in the uint8 scheme, with its u8 zero point) and int8 weight codes of every tap (the first
+  // `max_taps` listed), the int32 accumulator, the bias, the requantization (M, M0, shift, each
+  // rounding step), the zero point, the clamp, and the code the runtime stored (they must agree;
+  // "MISMATCH" otherwise), with the real values. `element`: a flat index into the op's output for
+  // the first example. ValueError for an op that is not qconv2d/qfully_connected or an element out
+  // of range.
   std::string walk_element(const Tensor& x, size_t op, int64_t element, int max_taps = 6);
 
  private:
