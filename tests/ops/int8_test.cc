@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <string>
@@ -868,6 +869,96 @@ TEST(QuantizeFast, MatchesTheReferenceOnTiesSaturationAndNonFiniteValues) {
                 rows)
           << "n " << n << " scale " << scale << " zp " << zp;
   }
+}
+
+// n codes running through all 256 from `start`, every 7th replaced by a random one.
+Tensor cycling_codes(int64_t n, int start, Rng& rng) {
+  Tensor x({n}, DType::kS8);
+  for (int64_t i = 0; i < n; ++i)
+    x.data<int8_t>()[i] = static_cast<int8_t>(
+        i % 7 == 6 ? static_cast<int>(rng.next_u32() % 256) - 128 : (start + i) % 256 - 128);
+  return x;
+}
+
+// Sizes around the vector widths (8, 16, 32 and 64 elements), past the 256 codes and past the
+// threads' blocks (2^14, parallel above 2^16).
+const int64_t kElementwiseSizes[] = {1,  2,  7,  8,  9,   15,  16,  17,   31,    32,
+                                     33, 63, 64, 65, 127, 256, 257, 1000, 16385, 70001};
+
+// requantize's rows look up a table of the reference's 256 codes: every code, both roundings,
+// scale ratios from 1/1000 to 1000 (saturating), zero points at the int8 ends, narrow clamps.
+TEST(RequantizeFast, MatchesTheReferenceOnEveryCodeAndStage) {
+  const int rows = runnable_rows("requantize");
+  Rng rng(71);
+  std::vector<Attrs> stages;
+  for (const char* rounding : {"double", "single"})
+    for (const auto& [s_in, s_out] :
+         std::vector<std::pair<double, double>>{{0.2, 0.1},
+                                                {0.1, 0.2},
+                                                {0.031, 0.047},
+                                                {1.0, 1.0},
+                                                {1.0, 2.0},
+                                                {1.0, 4.0},
+                                                {0.001, 1.0},
+                                                {1000.0, 1.0},
+                                                {0.0235294122, 0.0470588244},
+                                                {0.3, 0.7}})
+      for (const auto& [zp_in, zp_out] :
+           std::vector<std::pair<int64_t, int64_t>>{{0, 0}, {-128, 127}, {127, -128}, {5, -3}})
+        stages.push_back({{"input_scale", s_in},
+                          {"input_zero_point", zp_in},
+                          {"output_scale", s_out},
+                          {"output_zero_point", zp_out},
+                          {"rounding", rounding}});
+  stages.push_back({{"input_scale", 0.2},
+                    {"input_zero_point", 0},
+                    {"output_scale", 0.1},
+                    {"output_zero_point", -120},
+                    {"act_min", -128},
+                    {"act_max", -113}});  // a 4-bit output grid stored as int8
+  for (const Attrs& at : stages)
+    EXPECT_EQ(
+        expect_fast_matches_reference("requantize", {cycling_codes(256, 0, rng)}, at, 0.0, 0.0),
+        rows)
+        << at.str();
+  for (const int64_t n : kElementwiseSizes) {
+    const Attrs& at = stages[rng.next_u32() % stages.size()];
+    EXPECT_EQ(expect_fast_matches_reference(
+                  "requantize", {cycling_codes(n, static_cast<int>(n % 256), rng)}, at, 0.0, 0.0),
+              rows)
+        << "n " << n << " " << at.str();
+  }
+}
+
+// dequantize's rows compute f32(f64(scale) * (q - zp)) as the reference does: the same bits
+// (compared as bytes: -0 and +0 differ) for every code, on scales whose products round
+// (0.1, 1/3), reach subnormals (1e-40) and overflow to infinity (1e37 * 255).
+TEST(DequantizeFast, MatchesTheReferenceBitForBit) {
+  const OpDef& def = find_op("dequantize");
+  const int rows = runnable_rows("dequantize");
+  Rng rng(73);
+  for (const double scale : {0.1, 1.0 / 3.0, 0.0235294122, 1e-40, 3e-39, 1e37, 7.0})
+    for (const int64_t zp : {int64_t{0}, int64_t{-128}, int64_t{127}, int64_t{-7}})
+      for (const int64_t n : kElementwiseSizes) {
+        const Attrs at{{"scale", scale}, {"zero_point", zp}};
+        const Tensor q = cycling_codes(n, static_cast<int>(n % 256), rng);
+        const Tensor want = run_op(def, {q}, at, KernelChoice::kReference)[0];
+        int ran = 0;
+        for (const FastKernel& fk : def.fast) {
+          std::vector<Tensor> got;
+          if (!testing::run_listed_kernel(def, fk, {q}, at, got)) continue;
+          ++ran;
+          testing::note_kernel_checked(fk, {q});
+          EXPECT_EQ(std::memcmp(got[0].data<float>(), want.data<float>(),
+                                static_cast<size_t>(n) * sizeof(float)),
+                    0)
+              << fk.name << " n " << n << " " << at.str();
+        }
+        EXPECT_EQ(ran, rows);
+        if (n == 257) {
+          EXPECT_EQ(expect_fast_matches_reference("dequantize", {q}, at, 0.0, 0.0), rows);
+        }
+      }
 }
 
 TEST(Int8Ops, RefuseBadInputsNamingTheArgument) {
