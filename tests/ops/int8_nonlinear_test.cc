@@ -248,7 +248,8 @@ Tensor cycling_codes(const Shape& shape, int start, Rng& rng) {
 }
 
 // Sizes around every vector width (16 and 32 bytes for AVX2's int32 and byte steps, 64 for
-// AVX-512), past the 256 codes, and past the threads' blocks (2^14, parallel above 2^16).
+// AVX-512), past the 256 codes, and past the threads' blocks (2^14; parallel above 2^22: one
+// size below).
 const int64_t kLutSizes[] = {1,  2,   15,  16,  17,  31,  32,  33,   63,    64,
                              65, 127, 128, 129, 255, 256, 257, 1000, 16385, 70001};
 
@@ -277,6 +278,11 @@ TEST(QLogisticTanhFast, MatchEveryCodeOfTheReferenceTable) {
                 rows)
           << op << " n " << n << " " << a.str();
     }
+    // Threads (above 2^22 codes), once.
+    EXPECT_EQ(
+        expect_fast_matches_reference(op, {cycling_codes({(int64_t{1} << 22) + 17}, 5, rng)},
+                                      {{"input_scale", 0.05}, {"input_zero_point", 1}}, 0.0, 0.0),
+        rows);
     // A 4-D activation with a channel tail.
     const Attrs a = {{"input_scale", 0.05}, {"input_zero_point", int64_t{-3}}};
     EXPECT_EQ(
@@ -334,13 +340,18 @@ TEST(QSoftmaxFast, MatchesTheReferenceOnEveryRowKind) {
     }
   // Every parameter set on the same rows, and a tensor large enough for the threads.
   for (const auto& [s_in, beta] : params)
-    for (const Shape& shape : {Shape{40, 10}, Shape{3, 5, 65}, Shape{2, 1001}, Shape{70, 1001}}) {
+    for (const Shape& shape : {Shape{40, 10}, Shape{3, 5, 65}, Shape{2, 1001}}) {
       Tensor x(shape, DType::kS8);
       fill(x, static_cast<int>(rng.next_u32() % 2));
       const Attrs a = {{"input_scale", s_in}, {"input_zero_point", int64_t{127}}, {"beta", beta}};
       EXPECT_EQ(expect_fast_matches_reference("qsoftmax", {x}, a, 0.0, 0.0), rows)
           << shape.str() << " " << a.str();
     }
+  // Threads: more than 2^22 codes (rows of 1024 in blocks of 16 rows).
+  Tensor big({4100, 1024}, DType::kS8);
+  fill(big, 0);
+  EXPECT_EQ(expect_fast_matches_reference("qsoftmax", {big}, {{"input_scale", 0.05}}, 0.0, 0.0),
+            rows);
   // One row of 2^16 + 8 equal codes: 2^13 + 1 values of 2^19 in each of 8 int32 lanes would
   // wrap to 2^19 (AVX2 sums lanes into int64 every 2^14 elements); the reference saturates the
   // sum and gives -128 everywhere.

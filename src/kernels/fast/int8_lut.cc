@@ -11,12 +11,15 @@ namespace lowbit::kernels {
 
 namespace {
 
-[[maybe_unused]] constexpr int64_t kParallelElements = int64_t{1} << 16;
+// These loops run at 1-2 G codes/s on one core: a parallel region pays only for tensors of a
+// few MB (and costs milliseconds per call when another process holds a core).
+[[maybe_unused]] constexpr int64_t kParallelElements = int64_t{1} << 22;
 constexpr int64_t kBlock = int64_t{1} << 14;  // a multiple of every vector width
 
 // Splits [0, n) into blocks for the threads; body(begin, end) runs each.
 template <class F>
 void for_blocks(int64_t n, F&& body) {
+  if (n <= kParallelElements) return body(0, n);  // no parallel region (~0.5 us a call)
   const int64_t blocks = (n + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(static) if (n > kParallelElements)
   for (int64_t k = 0; k < blocks; ++k) body(k * kBlock, std::min(n, (k + 1) * kBlock));
@@ -25,6 +28,7 @@ void for_blocks(int64_t n, F&& body) {
 // Splits the rows of a softmax into blocks of about kBlock elements for the threads.
 template <class F>
 void for_row_blocks(int64_t rows, int64_t depth, F&& body) {
+  if (rows * depth <= kParallelElements) return body(0, rows);
   const int64_t per = std::max<int64_t>(1, kBlock / std::max<int64_t>(depth, 1));
   const int64_t blocks = (rows + per - 1) / per;
 #pragma omp parallel for schedule(static) if (rows * depth > kParallelElements)
@@ -239,17 +243,19 @@ void softmax_rows_avx2(const QSoftmaxParams& p, int64_t r0, int64_t r1, int64_t 
   }
 }
 
-void dequantize_avx2(quant::QuantParams qp, int64_t begin, int64_t end, const int8_t* x, float* y) {
-  const __m256d s = _mm256_set1_pd(static_cast<double>(qp.scale));
+void dequantize_avx2(quant::QuantParams qp, int64_t begin, int64_t end, const int8_t* x,
+                     float* y) {
+  // f32(scale) * f32(q - zp): the exact product rounded once, as the reference's f64 product
+  // (exact) converted to f32 (int8_lut.h).
+  const __m256 s = _mm256_set1_ps(qp.scale);
   const __m256i zp = _mm256_set1_epi32(qp.zero_point);
   int64_t i = begin;
-  for (; i + 8 <= end; i += 8) {
-    const __m256i v = _mm256_sub_epi32(
-        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x + i))), zp);
-    const __m256d lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(v));
-    const __m256d hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1));
-    _mm_storeu_ps(y + i, _mm256_cvtpd_ps(_mm256_mul_pd(s, lo)));
-    _mm_storeu_ps(y + i + 4, _mm256_cvtpd_ps(_mm256_mul_pd(s, hi)));
+  for (; i + 16 <= end; i += 16) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i));
+    const __m256i lo = _mm256_sub_epi32(_mm256_cvtepi8_epi32(b), zp);
+    const __m256i hi = _mm256_sub_epi32(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)), zp);
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(s, _mm256_cvtepi32_ps(lo)));
+    _mm256_storeu_ps(y + i + 8, _mm256_mul_ps(s, _mm256_cvtepi32_ps(hi)));
   }
   dequantize_s8_reference(qp, end - i, x + i, y + i);
 }
@@ -299,18 +305,18 @@ inline __mmask64 mask64(int64_t n) { return n >= 64 ? ~__mmask64{0} : (__mmask64
 
 void dequantize_avx512(quant::QuantParams qp, int64_t begin, int64_t end, const int8_t* x,
                        float* y) {
-  const __m512d s = _mm512_set1_pd(static_cast<double>(qp.scale));
+  // f32(scale) * f32(q - zp): the exact product rounded once (int8_lut.h).
+  const __m512 s = _mm512_set1_ps(qp.scale);
   const __m512i zp = _mm512_set1_epi32(qp.zero_point);
-  for (int64_t i = begin; i < end; i += 16) {
-    const int64_t left = end - i;
-    const __mmask16 k =
-        left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-    const __m512i v = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, x + i)), zp);
-    const __m256 lo =
-        _mm512_cvtpd_ps(_mm512_mul_pd(s, _mm512_cvtepi32_pd(_mm512_castsi512_si256(v))));
-    const __m256 hi =
-        _mm512_cvtpd_ps(_mm512_mul_pd(s, _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1))));
-    _mm512_mask_storeu_ps(y + i, k, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1));
+  auto codes = [&](__m128i b) {
+    return _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepi8_epi32(b), zp)));
+  };
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16)
+    _mm512_storeu_ps(y + i, codes(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
+  if (i < end) {
+    const __mmask16 k = static_cast<__mmask16>((1u << (end - i)) - 1);
+    _mm512_mask_storeu_ps(y + i, k, codes(_mm_maskz_loadu_epi8(k, x + i)));
   }
 }
 

@@ -36,10 +36,17 @@
 //      range of indices [min - max + 255, 255], the codes of that range are computed into a
 //      256-byte table and the row is looked up as above; a shorter row computes each element
 //      from e gathered from the table (vpgatherdd).
-// dequantize: f32(f64(scale) * f64(q - zp)) as the reference writes it: vcvtdq2pd, vmulpd,
-// vcvtpd2ps (each step the same IEEE operation as the scalar one; q - zp is exact in int32).
-// Threads split blocks of 2^14 elements (rows for qsoftmax) above 2^16 elements; every element
-// is computed alone, so the result does not depend on them.
+// dequantize: the reference computes f32(f64(scale) * f64(q - zp)). The f64 product of a 24-bit
+// significand and an integer |q - zp| <= 255 (8 bits) is exact (32 bits < 53, and far inside
+// f64's exponent range), so the reference rounds the exact product once to f32. An IEEE f32
+// multiply scale * f32(q - zp) (q - zp exact in f32) also rounds the exact product once, in the
+// same rounding mode, to the same f32 (subnormal and infinite results included; with FTZ set
+// both flush the same tiny values, as tests/ops/int8_test.cc checks). So the rows run
+// vpmovsxbd, vpsubd, vcvtdq2ps, vmulps: four times the f64 route's speed (two conversions
+// per 8 lanes there), bit for bit the same.
+// Threads split blocks of 2^14 elements (rows for qsoftmax) above 2^22 elements (below, one
+// core is as fast: the loops are bound by memory); every element and every row is computed
+// alone, so the result does not depend on them.
 #pragma once
 
 #include <cstdint>
