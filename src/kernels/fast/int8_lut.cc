@@ -174,77 +174,97 @@ inline __m256i index8(const int8_t* x, __m128i bias) {
 void softmax_rows_avx2(const QSoftmaxParams& p, int64_t r0, int64_t r1, int64_t depth,
                        const int8_t* x, int8_t* y) {
   alignas(32) uint8_t out[256] = {};  // the row's codes by index (entries below lo: stale)
-  for (int64_t r = r0; r < r1; ++r) {
-    const int8_t* xr = x + r * depth;
-    int8_t* yr = y + r * depth;
-    // 1. max and min.
-    __m256i vmax = _mm256_set1_epi8(-128), vmin = _mm256_set1_epi8(127);
-    int64_t j = 0;
-    for (; j + 32 <= depth; j += 32) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + j));
-      vmax = _mm256_max_epi8(vmax, v);
-      vmin = _mm256_min_epi8(vmin, v);
-    }
-    int32_t mx = hmax_epi8(vmax), mn = hmin_epi8(vmin);
-    for (; j < depth; ++j) {
-      mx = std::max<int32_t>(mx, xr[j]);
-      mn = std::min<int32_t>(mn, xr[j]);
-    }
-    const uint8_t bias = static_cast<uint8_t>(255 - mx);
-    const __m128i bias16 = _mm_set1_epi8(static_cast<char>(bias));
-    auto index = [&](int8_t v) { return static_cast<uint8_t>(static_cast<uint8_t>(v) + bias); };
-    // 2. the sum of RDPOT(e, 12).
-    int64_t sum = 0;
-    j = 0;
-    while (j + 8 <= depth) {
-      const int64_t stop = std::min(depth - 8, j + kBlock - 8);
-      __m256i acc = _mm256_setzero_si256();  // at most 2^11 values <= 2^19 per lane
-      for (; j <= stop; j += 8)
-        acc = _mm256_add_epi32(acc, _mm256_i32gather_epi32(p.exp12, index8(xr + j, bias16), 4));
-      alignas(32) int32_t lanes[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
-      for (const int32_t v : lanes) sum += v;
-    }
-    for (; j < depth; ++j) sum += p.exp12[index(xr[j])];
-    // 3. the codes.
-    const quant::SoftmaxRowScale rs = quant::softmax_row_scale(sum);
-    if (!vector_row_ok(rs)) {
-      quant::softmax_row_s8(p.stage, depth, xr, yr);
-      continue;
-    }
-    if (rs.exponent > 31) {
-      std::memset(yr, -128, static_cast<size_t>(depth));
-      continue;
-    }
-    const Avx2Code c{_mm256_set1_epi32(rs.reciprocal), _mm256_set1_epi64x(int64_t{1} << 30),
-                     _mm256_set1_epi32(int32_t{1} << (rs.exponent - 1)),
-                     _mm_cvtsi32_si128(rs.exponent)};
-    const int lo = mn - mx + 255;  // the smallest index of the row
-    if (2 * depth <= 256 - lo) {
-      // A short row: each element from its gathered e.
+  // Rows in groups of kGroup, the reciprocals back to back (as softmax_rows_vbmi).
+  constexpr int kGroup = 8;
+  for (int64_t g = r0; g < r1; g += kGroup) {
+    const int64_t g1 = std::min(r1, g + kGroup);
+    int32_t mxs[kGroup], mns[kGroup];
+    int64_t sums[kGroup];
+    for (int64_t r = g; r < g1; ++r) {
+      const int8_t* xr = x + r * depth;
+      // 1. max and min.
+      __m256i vmax = _mm256_set1_epi8(-128), vmin = _mm256_set1_epi8(127);
+      int64_t j = 0;
+      for (; j + 32 <= depth; j += 32) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + j));
+        vmax = _mm256_max_epi8(vmax, v);
+        vmin = _mm256_min_epi8(vmin, v);
+      }
+      int32_t mx = hmax_epi8(vmax), mn = hmin_epi8(vmin);
+      for (; j < depth; ++j) {
+        mx = std::max<int32_t>(mx, xr[j]);
+        mn = std::min<int32_t>(mn, xr[j]);
+      }
+      const uint8_t bias = static_cast<uint8_t>(255 - mx);
+      const __m128i bias16 = _mm_set1_epi8(static_cast<char>(bias));
+      auto index = [&](int8_t v) { return static_cast<uint8_t>(static_cast<uint8_t>(v) + bias); };
+      // 2. the sum of RDPOT(e, 12).
+      int64_t sum = 0;
       j = 0;
-      for (; j + 8 <= depth; j += 8)
-        store8(yr + j, codes8(_mm256_i32gather_epi32(p.exp, index8(xr + j, bias16), 4), c));
-      for (; j < depth; ++j)
-        yr[j] = static_cast<int8_t>(quant::softmax_code(rs, p.exp[index(xr[j])]));
-      continue;
+      while (j + 8 <= depth) {
+        const int64_t stop = std::min(depth - 8, j + kBlock - 8);
+        __m256i acc = _mm256_setzero_si256();  // at most 2^11 values <= 2^19 per lane
+        for (; j <= stop; j += 8)
+          acc = _mm256_add_epi32(acc, _mm256_i32gather_epi32(p.exp12, index8(xr + j, bias16), 4));
+        alignas(32) int32_t lanes[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+        for (const int32_t v : lanes) sum += v;
+      }
+      for (; j < depth; ++j) sum += p.exp12[index(xr[j])];
+      mxs[r - g] = mx;
+      mns[r - g] = mn;
+      sums[r - g] = sum;
     }
-    for (int b = lo / 8 * 8; b < 256; b += 8)
-      store8(reinterpret_cast<int8_t*>(out + b),
-             codes8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.exp + b)), c));
-    const Avx2Lut l = avx2_lut(out);
-    const __m256i bias32 = _mm256_set1_epi8(static_cast<char>(bias));
-    j = 0;
-    for (; j + 32 <= depth; j += 32) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + j));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(yr + j), lut32(l, _mm256_add_epi8(v, bias32)));
+    quant::SoftmaxRowScale rss[kGroup];
+    for (int64_t r = g; r < g1; ++r) rss[r - g] = quant::softmax_row_scale(sums[r - g]);
+    for (int64_t r = g; r < g1; ++r) {
+      const int8_t* xr = x + r * depth;
+      int8_t* yr = y + r * depth;
+      const int32_t mx = mxs[r - g], mn = mns[r - g];
+      const uint8_t bias = static_cast<uint8_t>(255 - mx);
+      const __m128i bias16 = _mm_set1_epi8(static_cast<char>(bias));
+      auto index = [&](int8_t v) { return static_cast<uint8_t>(static_cast<uint8_t>(v) + bias); };
+      int64_t j = 0;
+      // 3. the codes.
+      const quant::SoftmaxRowScale& rs = rss[r - g];
+      if (!vector_row_ok(rs)) {
+        quant::softmax_row_s8(p.stage, depth, xr, yr);
+        continue;
+      }
+      if (rs.exponent > 31) {
+        std::memset(yr, -128, static_cast<size_t>(depth));
+        continue;
+      }
+      const Avx2Code c{_mm256_set1_epi32(rs.reciprocal), _mm256_set1_epi64x(int64_t{1} << 30),
+                       _mm256_set1_epi32(int32_t{1} << (rs.exponent - 1)),
+                       _mm_cvtsi32_si128(rs.exponent)};
+      const int lo = mn - mx + 255;  // the smallest index of the row
+      if (2 * depth <= 256 - lo) {
+        // A short row: each element from its gathered e.
+        j = 0;
+        for (; j + 8 <= depth; j += 8)
+          store8(yr + j, codes8(_mm256_i32gather_epi32(p.exp, index8(xr + j, bias16), 4), c));
+        for (; j < depth; ++j)
+          yr[j] = static_cast<int8_t>(quant::softmax_code(rs, p.exp[index(xr[j])]));
+        continue;
+      }
+      for (int b = lo / 8 * 8; b < 256; b += 8)
+        store8(reinterpret_cast<int8_t*>(out + b),
+               codes8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.exp + b)), c));
+      const Avx2Lut l = avx2_lut(out);
+      const __m256i bias32 = _mm256_set1_epi8(static_cast<char>(bias));
+      j = 0;
+      for (; j + 32 <= depth; j += 32) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + j));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(yr + j),
+                            lut32(l, _mm256_add_epi8(v, bias32)));
+      }
+      for (; j < depth; ++j) yr[j] = static_cast<int8_t>(out[index(xr[j])]);
     }
-    for (; j < depth; ++j) yr[j] = static_cast<int8_t>(out[index(xr[j])]);
   }
 }
 
-void dequantize_avx2(quant::QuantParams qp, int64_t begin, int64_t end, const int8_t* x,
-                     float* y) {
+void dequantize_avx2(quant::QuantParams qp, int64_t begin, int64_t end, const int8_t* x, float* y) {
   // f32(scale) * f32(q - zp): the exact product rounded once, as the reference's f64 product
   // (exact) converted to f32 (int8_lut.h).
   const __m256 s = _mm256_set1_ps(qp.scale);
@@ -404,81 +424,98 @@ void softmax_rows_vbmi(const QSoftmaxParams& p, int64_t r0, int64_t r1, int64_t 
   const Vbmi256 pl[3] = {vbmi_table(p.planes[0]), vbmi_table(p.planes[1]), vbmi_table(p.planes[2])};
   const int64_t full = depth / 64 * 64;
   const __mmask64 tail = mask64(depth - full);
-  for (int64_t r = r0; r < r1; ++r) {
-    const int8_t* xr = x + r * depth;
-    int8_t* yr = y + r * depth;
-    // 1. max and min.
-    __m512i vmax = _mm512_set1_epi8(-128), vmin = _mm512_set1_epi8(127);
-    for (int64_t j = 0; j < full; j += 64) {
-      const __m512i v = _mm512_loadu_si512(xr + j);
-      vmax = _mm512_max_epi8(vmax, v);
-      vmin = _mm512_min_epi8(vmin, v);
-    }
-    if (tail) {
-      const __m512i v = _mm512_maskz_loadu_epi8(tail, xr + full);
-      vmax = _mm512_mask_max_epi8(vmax, tail, vmax, v);
-      vmin = _mm512_mask_min_epi8(vmin, tail, vmin, v);
-    }
-    const int32_t mx = hmax_epi8(vmax), mn = hmin_epi8(vmin);
-    const __m512i bias = _mm512_set1_epi8(static_cast<char>(static_cast<uint8_t>(255 - mx)));
-    // 2. the sum of RDPOT(e, 12): its three bytes looked up and summed by vpsadbw.
-    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0;
-    const __m512i zero = _mm512_setzero_si512();
-    auto add64 = [&](__m512i idx, __mmask64 k) {
-      const __mmask64 top = _mm512_movepi8_mask(idx);
-      auto plane = [&](const Vbmi256& t) {
-        return _mm512_maskz_mov_epi8(
-            k, _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(t.t0, idx, t.t1),
-                                      _mm512_permutex2var_epi8(t.t2, idx, t.t3)));
-      };
-      s0 = _mm512_add_epi64(s0, _mm512_sad_epu8(plane(pl[0]), zero));
-      s1 = _mm512_add_epi64(s1, _mm512_sad_epu8(plane(pl[1]), zero));
-      s2 = _mm512_add_epi64(s2, _mm512_sad_epu8(plane(pl[2]), zero));
-    };
-    for (int64_t j = 0; j < full; j += 64)
-      add64(_mm512_add_epi8(_mm512_loadu_si512(xr + j), bias), ~__mmask64{0});
-    if (tail) add64(_mm512_add_epi8(_mm512_maskz_loadu_epi8(tail, xr + full), bias), tail);
-    const int64_t sum = _mm512_reduce_add_epi64(s0) + (_mm512_reduce_add_epi64(s1) << 8) +
-                        (_mm512_reduce_add_epi64(s2) << 16);
-    // 3. the codes.
-    const quant::SoftmaxRowScale rs = quant::softmax_row_scale(sum);
-    if (!vector_row_ok(rs)) {
-      quant::softmax_row_s8(p.stage, depth, xr, yr);
-      continue;
-    }
-    if (rs.exponent > 31) {
-      std::memset(yr, -128, static_cast<size_t>(depth));
-      continue;
-    }
-    const Avx512Code c{_mm512_set1_epi32(rs.reciprocal), _mm512_set1_epi64(int64_t{1} << 30),
-                       _mm512_set1_epi32(int32_t{1} << (rs.exponent - 1)),
-                       _mm_cvtsi32_si128(rs.exponent)};
-    const int lo = mn - mx + 255;  // the smallest index of the row
-    if (2 * depth <= 256 - lo) {
-      // A short row: each element from its gathered e, 16 at a time.
-      const __m128i bias16 = _mm512_castsi512_si128(bias);
-      for (int64_t j = 0; j < depth; j += 16) {
-        const int64_t left = depth - j;
-        const __mmask16 k =
-            left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-        // Lanes past the row index bias itself: inside the table, never stored.
-        const __m512i idx =
-            _mm512_cvtepu8_epi32(_mm_add_epi8(_mm_maskz_loadu_epi8(k, xr + j), bias16));
-        const __m512i e = _mm512_i32gather_epi32(idx, p.exp, 4);
-        _mm_mask_storeu_epi8(yr + j, k, _mm512_cvtepi32_epi8(codes16(e, c)));
+  // Rows in groups of kGroup: the reciprocals of a group's sums (a chain of ~10 dependent
+  // scalar products each) are computed back to back, so that the CPU overlaps them.
+  constexpr int kGroup = 8;
+  for (int64_t g = r0; g < r1; g += kGroup) {
+    const int64_t g1 = std::min(r1, g + kGroup);
+    int32_t mxs[kGroup], mns[kGroup];
+    int64_t sums[kGroup];
+    for (int64_t r = g; r < g1; ++r) {
+      const int8_t* xr = x + r * depth;
+      // 1. max and min.
+      __m512i vmax = _mm512_set1_epi8(-128), vmin = _mm512_set1_epi8(127);
+      for (int64_t j = 0; j < full; j += 64) {
+        const __m512i v = _mm512_loadu_si512(xr + j);
+        vmax = _mm512_max_epi8(vmax, v);
+        vmin = _mm512_min_epi8(vmin, v);
       }
-      continue;
+      if (tail) {
+        const __m512i v = _mm512_maskz_loadu_epi8(tail, xr + full);
+        vmax = _mm512_mask_max_epi8(vmax, tail, vmax, v);
+        vmin = _mm512_mask_min_epi8(vmin, tail, vmin, v);
+      }
+      const int32_t mx = hmax_epi8(vmax), mn = hmin_epi8(vmin);
+      const __m512i bias = _mm512_set1_epi8(static_cast<char>(static_cast<uint8_t>(255 - mx)));
+      // 2. the sum of RDPOT(e, 12): its three bytes looked up and summed by vpsadbw.
+      __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0;
+      const __m512i zero = _mm512_setzero_si512();
+      auto add64 = [&](__m512i idx, __mmask64 k) {
+        const __mmask64 top = _mm512_movepi8_mask(idx);
+        auto plane = [&](const Vbmi256& t) {
+          return _mm512_maskz_mov_epi8(
+              k, _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(t.t0, idx, t.t1),
+                                        _mm512_permutex2var_epi8(t.t2, idx, t.t3)));
+        };
+        s0 = _mm512_add_epi64(s0, _mm512_sad_epu8(plane(pl[0]), zero));
+        s1 = _mm512_add_epi64(s1, _mm512_sad_epu8(plane(pl[1]), zero));
+        s2 = _mm512_add_epi64(s2, _mm512_sad_epu8(plane(pl[2]), zero));
+      };
+      for (int64_t j = 0; j < full; j += 64)
+        add64(_mm512_add_epi8(_mm512_loadu_si512(xr + j), bias), ~__mmask64{0});
+      if (tail) add64(_mm512_add_epi8(_mm512_maskz_loadu_epi8(tail, xr + full), bias), tail);
+      mxs[r - g] = mx;
+      mns[r - g] = mn;
+      sums[r - g] = _mm512_reduce_add_epi64(s0) + (_mm512_reduce_add_epi64(s1) << 8) +
+                    (_mm512_reduce_add_epi64(s2) << 16);
     }
-    for (int b = lo / 16 * 16; b < 256; b += 16)
-      _mm_store_si128(reinterpret_cast<__m128i*>(out + b),
-                      _mm512_cvtepi32_epi8(codes16(_mm512_loadu_si512(p.exp + b), c)));
-    const Vbmi256 t = vbmi_table(out);
-    for (int64_t j = 0; j < full; j += 64)
-      _mm512_storeu_si512(yr + j, lut64(t, _mm512_add_epi8(_mm512_loadu_si512(xr + j), bias)));
-    if (tail)
-      _mm512_mask_storeu_epi8(
-          yr + full, tail,
-          lut64(t, _mm512_add_epi8(_mm512_maskz_loadu_epi8(tail, xr + full), bias)));
+    quant::SoftmaxRowScale rss[kGroup];
+    for (int64_t r = g; r < g1; ++r) rss[r - g] = quant::softmax_row_scale(sums[r - g]);
+    for (int64_t r = g; r < g1; ++r) {
+      const int8_t* xr = x + r * depth;
+      int8_t* yr = y + r * depth;
+      const int32_t mx = mxs[r - g], mn = mns[r - g];
+      const __m512i bias = _mm512_set1_epi8(static_cast<char>(static_cast<uint8_t>(255 - mx)));
+      // 3. the codes.
+      const quant::SoftmaxRowScale& rs = rss[r - g];
+      if (!vector_row_ok(rs)) {
+        quant::softmax_row_s8(p.stage, depth, xr, yr);
+        continue;
+      }
+      if (rs.exponent > 31) {
+        std::memset(yr, -128, static_cast<size_t>(depth));
+        continue;
+      }
+      const Avx512Code c{_mm512_set1_epi32(rs.reciprocal), _mm512_set1_epi64(int64_t{1} << 30),
+                         _mm512_set1_epi32(int32_t{1} << (rs.exponent - 1)),
+                         _mm_cvtsi32_si128(rs.exponent)};
+      const int lo = mn - mx + 255;  // the smallest index of the row
+      if (2 * depth <= 256 - lo) {
+        // A short row: each element from its gathered e, 16 at a time.
+        const __m128i bias16 = _mm512_castsi512_si128(bias);
+        for (int64_t j = 0; j < depth; j += 16) {
+          const int64_t left = depth - j;
+          const __mmask16 k = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                         : static_cast<__mmask16>((1u << left) - 1);
+          // Lanes past the row index bias itself: inside the table, never stored.
+          const __m512i idx =
+              _mm512_cvtepu8_epi32(_mm_add_epi8(_mm_maskz_loadu_epi8(k, xr + j), bias16));
+          const __m512i e = _mm512_i32gather_epi32(idx, p.exp, 4);
+          _mm_mask_storeu_epi8(yr + j, k, _mm512_cvtepi32_epi8(codes16(e, c)));
+        }
+        continue;
+      }
+      for (int b = lo / 16 * 16; b < 256; b += 16)
+        _mm_store_si128(reinterpret_cast<__m128i*>(out + b),
+                        _mm512_cvtepi32_epi8(codes16(_mm512_loadu_si512(p.exp + b), c)));
+      const Vbmi256 t = vbmi_table(out);
+      for (int64_t j = 0; j < full; j += 64)
+        _mm512_storeu_si512(yr + j, lut64(t, _mm512_add_epi8(_mm512_loadu_si512(xr + j), bias)));
+      if (tail)
+        _mm512_mask_storeu_epi8(
+            yr + full, tail,
+            lut64(t, _mm512_add_epi8(_mm512_maskz_loadu_epi8(tail, xr + full), bias)));
+    }
   }
 }
 
