@@ -1,7 +1,9 @@
 // The integer-only inference ops (include/lowbit/ops/int8.h): shape rules that also validate
 // the quantization attributes (so a bad scale fails when the graph is built), prepare steps
 // that turn them into fixed-point output stages once per plan (TFLite's Prepare), and the
-// kernel tables. Loops: kernels/reference/int8.cc.
+// kernel tables. Loops: kernels/reference/int8.cc; fast rows: kernels/fast/int8.h (conv, fully
+// connected), int8_pool.h, int8_add.h, int8_quantize.h, int8_lut.h (the table ops qlogistic,
+// qtanh, requantize, qsoftmax, and dequantize).
 #include <algorithm>
 #include <cmath>
 #include <optional>
