@@ -10,6 +10,9 @@
 //     mbv2_dw_b<i>: the 3x3 depthwise conv of block i (every distinct shape of the 17 blocks)
 //   BM_QAdd: qadd on MobileNetV2's first and last residual shapes, each fast row and the
 //     reference, in elements/s.
+//   BM_Elementwise: requantize, qlogistic, qtanh, dequantize on 10^3 and 10^5 codes, and
+//   BM_QSoftmax: qsoftmax on [256, 10] and [8, 1001]; each fast row and the reference, in
+//     elements/s (kernels/fast/int8_lut.h).
 // GB/s counts the activation bytes read and written. Arguments: batch, threads. Codes are
 // uniform random; per-channel weight scales, double rounding, ReLU.
 //
@@ -143,6 +146,91 @@ BENCHMARK_CAPTURE(BM_QAdd, mbv2_56x56x24_reference, 56, 56, 24, "")->UseRealTime
 BENCHMARK_CAPTURE(BM_QAdd, mbv2_7x7x160_avx512, 7, 7, 160, "qadd_s8__avx512")->UseRealTime();
 BENCHMARK_CAPTURE(BM_QAdd, mbv2_7x7x160_avx2, 7, 7, 160, "qadd_s8__avx2")->UseRealTime();
 BENCHMARK_CAPTURE(BM_QAdd, mbv2_7x7x160_reference, 7, 7, 160, "")->UseRealTime();
+
+// One listed row of `op` (or the reference, row "") on `in`, in elements/s of input 0.
+void run_row(benchmark::State& state, const std::string& op, const std::vector<Tensor>& in,
+             const Attrs& attrs, const std::string& row) {
+  const OpDef& def = find_op(op);
+  std::vector<ValueType> types;
+  for (const Tensor& t : in) types.push_back({t.dtype(), t.shape()});
+  const std::vector<ValueType> out_types = infer_op(def, types, attrs);
+  std::vector<Tensor> out{Tensor(out_types[0].shape, out_types[0].dtype)};
+  const std::any params = prepare_op(def, types, out_types, attrs);
+  const KernelCtx ctx{in, out, &params};
+  const KernelFn* run = &def.reference;
+  for (const FastKernel& fk : def.fast)
+    if (fk.name == row) {
+      if (!cpu_has(fk.isa)) {
+        state.SkipWithError("this CPU lacks the row's ISA");
+        return;
+      }
+      run = &fk.run;
+    }
+  if (!row.empty() && run == &def.reference) {
+    state.SkipWithError("no such row");
+    return;
+  }
+  for (auto _ : state) {
+    (*run)(ctx);
+    benchmark::ClobberMemory();
+  }
+  state.counters["elements/s"] =
+      benchmark::Counter(static_cast<double>(in[0].numel() * state.iterations()),
+                         benchmark::Counter::kIsRate, benchmark::Counter::OneK::kIs1000);
+}
+
+// The table ops and dequantize on n codes (a MobileNetV2 activation is 10^4..10^6 codes).
+void BM_Elementwise(benchmark::State& state, std::string op, std::string row) {
+  const int64_t n = state.range(0);
+  Attrs attrs;
+  if (op == "requantize")
+    attrs = {{"input_scale", 0.031},
+             {"input_zero_point", -3},
+             {"output_scale", 0.047},
+             {"output_zero_point", 9}};
+  else if (op == "dequantize")
+    attrs = {{"scale", 0.031}, {"zero_point", -3}};
+  else
+    attrs = {{"input_scale", 0.05}, {"input_zero_point", -3}};
+  run_row(state, op, {random_codes({n}, 6, -128, 127, DType::kS8)}, attrs, row);
+}
+#define LOWBIT_ELEMENTWISE(op)                                                \
+  BENCHMARK_CAPTURE(BM_Elementwise, op##_avx512, #op, #op "_s8__avx512_vbmi") \
+      ->Arg(1000)                                                             \
+      ->Arg(100000)                                                           \
+      ->UseRealTime();                                                        \
+  BENCHMARK_CAPTURE(BM_Elementwise, op##_avx2, #op, #op "_s8__avx2")          \
+      ->Arg(1000)                                                             \
+      ->Arg(100000)                                                           \
+      ->UseRealTime();                                                        \
+  BENCHMARK_CAPTURE(BM_Elementwise, op##_reference, #op, "")->Arg(1000)->Arg(100000)->UseRealTime()
+LOWBIT_ELEMENTWISE(requantize);
+LOWBIT_ELEMENTWISE(qlogistic);
+LOWBIT_ELEMENTWISE(qtanh);
+BENCHMARK_CAPTURE(BM_Elementwise, dequantize_avx512, "dequantize", "dequantize_s8_f32__avx512")
+    ->Arg(1000)
+    ->Arg(100000)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Elementwise, dequantize_avx2, "dequantize", "dequantize_s8_f32__avx2")
+    ->Arg(1000)
+    ->Arg(100000)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Elementwise, dequantize_reference, "dequantize", "")
+    ->Arg(1000)
+    ->Arg(100000)
+    ->UseRealTime();
+
+// qsoftmax on [rows, depth]: a classifier's 10 or 1000 classes, and a wide row.
+void BM_QSoftmax(benchmark::State& state, std::string row) {
+  const int64_t rows = state.range(0), depth = state.range(1);
+  run_row(state, "qsoftmax", {random_codes({rows, depth}, 7, -128, 127, DType::kS8)},
+          {{"input_scale", 0.1}, {"input_zero_point", -3}}, row);
+}
+#define LOWBIT_SOFTMAX(label, row) \
+  BENCHMARK_CAPTURE(BM_QSoftmax, label, row)->Args({256, 10})->Args({8, 1001})->UseRealTime()
+LOWBIT_SOFTMAX(avx512, "qsoftmax_s8__avx512_vbmi");
+LOWBIT_SOFTMAX(avx2, "qsoftmax_s8__avx2");
+LOWBIT_SOFTMAX(reference, "");
 
 #define LOWBIT_X16(M) \
   M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15)

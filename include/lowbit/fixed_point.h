@@ -269,6 +269,21 @@ struct SoftmaxStage {
 };
 SoftmaxStage make_softmax_stage(float input_scale, double beta);
 void softmax_row_s8(const SoftmaxStage& s, int64_t depth, const int8_t* x, int8_t* y);
+// The steps of softmax_row_s8, for kernels that take them in another order (the fast rows of
+// kernels/fast/int8_lut.h tabulate softmax_exp for the 256 differences at prepare):
+//   softmax_exp(s, d)        e = exp_on_negative_values_int32(SRDHM(d * 2^left, M), 5), Q0.31,
+//                            for diff_min <= d <= 0 (DCHECK)
+//   softmax_row_scale(sum)   the row's (r, exponent = b + 23) from S = the sum of RDPOT(e, 12),
+//                            saturated at INT32_MAX (precondition: S > 0)
+//   softmax_code(rs, e)      clamp((exponent <= 31 ? RDPOT(SRDHM(r, e), exponent) : 0) - 128);
+//                            an element below diff_min gives -128 (as softmax_code(rs, 0) does)
+struct SoftmaxRowScale {
+  int32_t reciprocal = 0;
+  int exponent = 0;
+};
+int32_t softmax_exp(const SoftmaxStage& s, int32_t d);
+SoftmaxRowScale softmax_row_scale(int64_t sum);
+int32_t softmax_code(const SoftmaxRowScale& rs, int32_t e);
 
 // ---- quantize / dequantize (spec 3.6) --------------------------------------------------------
 

@@ -9,6 +9,9 @@
 //   kAvx2         AVX2 + FMA
 //   kAvx512       AVX-512 F, BW, DQ, VL (Skylake-X and later, Zen 4, Zen 5)
 //   kAvx512Vnni   kAvx512 plus AVX-512 VNNI (int8 dot products: vpdpbusd)
+//   kAvx512Vbmi   kAvx512 plus AVX-512 VBMI (byte permutes across a zmm pair: vpermi2b; Ice
+//                 Lake and later, Zen 4, Zen 5; not Skylake-X or Cascade Lake). Independent of
+//                 VNNI: a CPU may have either.
 //   kDnnl         oneDNN; it dispatches on the CPU itself, so it is always available
 #pragma once
 
@@ -16,15 +19,17 @@
 
 namespace lowbit {
 
-enum class Isa { kPortable, kAvx2, kAvx512, kAvx512Vnni, kDnnl };
+enum class Isa { kPortable, kAvx2, kAvx512, kAvx512Vnni, kAvx512Vbmi, kDnnl };
 
 // Whether this CPU (and this build) can run kernels of that ISA. Detected once; cheap.
 bool cpu_has(Isa isa);
-// "portable", "avx2", "avx512", "avx512_vnni", "dnnl": the suffix of kernel names.
+// "portable", "avx2", "avx512", "avx512_vnni", "avx512_vbmi", "dnnl": the suffix of kernel
+// names.
 const char* isa_name(Isa isa);
 // The inverse of isa_name; throws ValueError listing the names.
 Isa isa_from_name(const std::string& name);
-// The best of kPortable/kAvx2/kAvx512/kAvx512Vnni this CPU has, e.g. for a report.
+// The best of kPortable/kAvx2/kAvx512/kAvx512Vnni this CPU has, e.g. for a report (VBMI is
+// not on that ladder: cpu_has(Isa::kAvx512Vbmi) answers it).
 Isa best_cpu_isa();
 
 }  // namespace lowbit

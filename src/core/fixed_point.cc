@@ -501,35 +501,43 @@ SoftmaxStage make_softmax_stage(float input_scale, double beta) {
   return s;
 }
 
+int32_t softmax_exp(const SoftmaxStage& s, int32_t d) {
+  LOWBIT_DCHECK(d >= s.diff_min && d <= 0, "softmax_exp: d must be in [diff_min, 0] but is ", d);
+  // |d| * 2^left <= 31 * 2^26 for d >= diff_min: no overflow.
+  const int32_t rescaled = saturating_rounding_doubling_high_mul(
+      static_cast<int32_t>(int64_t{d} * (int64_t{1} << s.input_left_shift)), s.input_multiplier);
+  return exp_on_negative_values_int32(rescaled, 5);  // Q5.26 in, Q0.31 out
+}
+
+SoftmaxRowScale softmax_row_scale(int64_t sum) {
+  const int32_t sum32 = static_cast<int32_t>(std::min<int64_t>(sum, fx32::kMax32));
+  int bits_over_unit = 0;
+  SoftmaxRowScale rs;
+  rs.reciprocal = reciprocal_int32(sum32, 12, &bits_over_unit);
+  rs.exponent = bits_over_unit + 31 - 8;
+  return rs;
+}
+
+int32_t softmax_code(const SoftmaxRowScale& rs, int32_t e) {
+  const int32_t p = saturating_rounding_doubling_high_mul(rs.reciprocal, e);  // in [0, 2^31)
+  // TFLite checks exponent <= 31 (a row summing to < 2^28: fewer than 512 near-maximal
+  // codes); beyond, p / 2^exponent < 1/2 rounds to 0.
+  const int32_t unsat = rs.exponent <= 31 ? rounding_divide_by_pot(p, rs.exponent) : 0;
+  return std::clamp(unsat - 128, -128, 127);
+}
+
 void softmax_row_s8(const SoftmaxStage& s, int64_t depth, const int8_t* x, int8_t* y) {
   int32_t mx = -128;
   for (int64_t j = 0; j < depth; ++j) mx = std::max<int32_t>(mx, x[j]);
-  auto exp_of = [&](int32_t d) {
-    // |d| * 2^left <= 31 * 2^26 for d >= diff_min: no overflow.
-    const int32_t rescaled = saturating_rounding_doubling_high_mul(
-        static_cast<int32_t>(int64_t{d} * (int64_t{1} << s.input_left_shift)), s.input_multiplier);
-    return exp_on_negative_values_int32(rescaled, 5);  // Q5.26 in, Q0.31 out
-  };
   int64_t sum = 0;  // Q12.19
   for (int64_t j = 0; j < depth; ++j) {
     const int32_t d = int32_t{x[j]} - mx;
-    if (d >= s.diff_min) sum += rounding_divide_by_pot(exp_of(d), 12);
+    if (d >= s.diff_min) sum += rounding_divide_by_pot(softmax_exp(s, d), 12);
   }
-  const int32_t sum32 = static_cast<int32_t>(std::min<int64_t>(sum, fx32::kMax32));
-  int bits_over_unit = 0;
-  const int32_t scale = reciprocal_int32(sum32, 12, &bits_over_unit);
-  const int exponent = bits_over_unit + 31 - 8;
+  const SoftmaxRowScale rs = softmax_row_scale(sum);
   for (int64_t j = 0; j < depth; ++j) {
     const int32_t d = int32_t{x[j]} - mx;
-    int32_t code = -128;
-    if (d >= s.diff_min) {
-      const int32_t p = saturating_rounding_doubling_high_mul(scale, exp_of(d));  // in [0, 2^31)
-      // TFLite checks exponent <= 31 (a row summing to < 2^28: fewer than 512 near-maximal
-      // codes); beyond, p / 2^exponent < 1/2 rounds to 0.
-      const int32_t unsat = exponent <= 31 ? rounding_divide_by_pot(p, exponent) : 0;
-      code = std::clamp(unsat - 128, -128, 127);
-    }
-    y[j] = static_cast<int8_t>(code);
+    y[j] = static_cast<int8_t>(d >= s.diff_min ? softmax_code(rs, softmax_exp(s, d)) : -128);
   }
 }
 

@@ -1,13 +1,16 @@
 // The integer-only inference ops (include/lowbit/ops/int8.h): shape rules that also validate
 // the quantization attributes (so a bad scale fails when the graph is built), prepare steps
 // that turn them into fixed-point output stages once per plan (TFLite's Prepare), and the
-// kernel tables. Loops: kernels/reference/int8.cc.
+// kernel tables. Loops: kernels/reference/int8.cc; fast rows: kernels/fast/int8.h (conv, fully
+// connected), int8_pool.h, int8_add.h, int8_quantize.h, int8_lut.h (the table ops qlogistic,
+// qtanh, requantize, qsoftmax, and dequantize).
 #include <algorithm>
 #include <cmath>
 #include <optional>
 
 #include "kernels/fast/int8.h"
 #include "kernels/fast/int8_add.h"
+#include "kernels/fast/int8_lut.h"
 #include "kernels/fast/int8_pool.h"
 #include "kernels/fast/int8_quantize.h"
 #include "kernels/reference/int8.h"
@@ -364,6 +367,13 @@ kernels::RequantizeStage requantize_stage(const std::string& op, const Attrs& a)
   return s;
 }
 
+// requantize's prepared parameters: the stage (the reference) and the table of its 256 codes
+// (the fast rows, kernels/fast/int8_lut.h).
+struct RequantizeParams {
+  kernels::RequantizeStage stage;
+  kernels::QLutStage table;
+};
+
 std::vector<ValueType> infer_requantize(const InferCtx& c) {
   require_dtype(c, 0, DType::kS8, "x");
   requantize_stage(c.op, c.attrs);
@@ -500,6 +510,45 @@ FastKernel fc_row(const std::string& name, Isa isa, FcKernelFn fn) {
               }};
 }
 
+using LutKernelFn = void (*)(const kernels::QLutStage&, int64_t, const int8_t*, int8_t*);
+
+// The fast rows of the table ops (kernels/fast/int8_lut.h): AVX-512 VBMI, then AVX2. `table`
+// reads the 256-entry table from the op's params.
+template <class Params>
+FastKernel lut_row(const std::string& name, Isa isa, LutKernelFn fn,
+                   const kernels::QLutStage& (*table)(const Params&)) {
+  return {.name = name, .isa = isa, .run = [fn, table](const KernelCtx& k) {
+            fn(table(k.params<Params>()), k.out[0].numel(), in_s8(k, 0), out_s8(k));
+          }};
+}
+const kernels::QLutStage& lut_of(const kernels::QLutStage& s) { return s; }
+const kernels::QLutStage& requantize_lut_of(const RequantizeParams& p) { return p.table; }
+
+using SoftmaxKernelFn = void (*)(const kernels::QSoftmaxParams&, int64_t, int64_t, const int8_t*,
+                                 int8_t*);
+
+// The rows and depth of a softmax over the last axis.
+std::pair<int64_t, int64_t> softmax_rows(const KernelCtx& k) {
+  const int64_t depth = k.in[0].shape()[k.in[0].rank() - 1];
+  return {depth > 0 ? k.in[0].numel() / depth : 0, depth};
+}
+
+FastKernel softmax_row(const std::string& name, Isa isa, SoftmaxKernelFn fn) {
+  return {.name = name, .isa = isa, .run = [fn](const KernelCtx& k) {
+            const auto [rows, depth] = softmax_rows(k);
+            fn(k.params<kernels::QSoftmaxParams>(), rows, depth, in_s8(k, 0), out_s8(k));
+          }};
+}
+
+using DequantizeKernelFn = void (*)(quant::QuantParams, int64_t, const int8_t*, float*);
+
+FastKernel dequantize_row(const std::string& name, Isa isa, DequantizeKernelFn fn) {
+  return {.name = name, .isa = isa, .run = [fn](const KernelCtx& k) {
+            fn(k.params<quant::QuantParams>(), k.out[0].numel(), in_s8(k, 0),
+               k.out[0].data<float>());
+          }};
+}
+
 }  // namespace
 
 void register_int8_ops() {
@@ -592,17 +641,26 @@ void register_int8_ops() {
                .fast = {add_row("qadd_s8__avx512", Isa::kAvx512, kernels::qadd_s8__avx512),
                         add_row("qadd_s8__avx2", Isa::kAvx2, kernels::qadd_s8__avx2)},
                .doc = "int8 elementwise add (TFLite's quantized Add)"});
-  register_op(
-      {.name = "requantize",
-       .num_inputs = 1,
-       .infer = infer_requantize,
-       .prepare = [](const PrepareCtx& c) -> std::any { return requantize_stage(c.op, c.attrs); },
-       .reference =
-           [](const KernelCtx& k) {
-             kernels::requantize_s8_reference(k.params<kernels::RequantizeStage>(),
-                                              k.out[0].numel(), in_s8(k, 0), out_s8(k));
-           },
-       .doc = "int8 codes to other (scale, zero point)"});
+  register_op({.name = "requantize",
+               .num_inputs = 1,
+               .infer = infer_requantize,
+               .prepare = [](const PrepareCtx& c) -> std::any {
+                 RequantizeParams p;
+                 p.stage = requantize_stage(c.op, c.attrs);
+                 p.table = kernels::requantize_table(p.stage);
+                 return p;
+               },
+               .reference =
+                   [](const KernelCtx& k) {
+                     kernels::requantize_s8_reference(k.params<RequantizeParams>().stage,
+                                                      k.out[0].numel(), in_s8(k, 0), out_s8(k));
+                   },
+               // A table of the reference's 256 codes, looked up (kernels/fast/int8_lut.h).
+               .fast = {lut_row<RequantizeParams>("requantize_s8__avx512_vbmi", Isa::kAvx512Vbmi,
+                                                  kernels::qlut_s8__avx512_vbmi, requantize_lut_of),
+                        lut_row<RequantizeParams>("requantize_s8__avx2", Isa::kAvx2,
+                                                  kernels::qlut_s8__avx2, requantize_lut_of)},
+               .doc = "int8 codes to other (scale, zero point)"});
   // qlogistic and qtanh: the same 256-entry table op, built at prepare for each function.
   for (const auto& [name, doc] :
        {std::pair<const char*, const char*>{"qlogistic",
@@ -619,19 +677,29 @@ void register_int8_ops() {
                kernels::qlut_s8_reference(k.params<kernels::QLutStage>(), k.out[0].numel(),
                                           in_s8(k, 0), out_s8(k));
              },
+         .fast = {lut_row<kernels::QLutStage>(std::string(name) + "_s8__avx512_vbmi",
+                                              Isa::kAvx512Vbmi, kernels::qlut_s8__avx512_vbmi,
+                                              lut_of),
+                  lut_row<kernels::QLutStage>(std::string(name) + "_s8__avx2", Isa::kAvx2,
+                                              kernels::qlut_s8__avx2, lut_of)},
          .doc = doc});
   register_op(
       {.name = "qsoftmax",
        .num_inputs = 1,
        .infer = infer_qnonlinear,
-       .prepare = [](const PrepareCtx& c) -> std::any { return softmax_stage(c.op, c.attrs); },
+       .prepare = [](const PrepareCtx& c) -> std::any {
+         return kernels::make_qsoftmax_params(softmax_stage(c.op, c.attrs));
+       },
        .reference =
            [](const KernelCtx& k) {
-             const int64_t depth = k.in[0].shape()[k.in[0].rank() - 1];
-             const int64_t rows = depth > 0 ? k.in[0].numel() / depth : 0;
-             kernels::qsoftmax_s8_reference(k.params<quant::SoftmaxStage>(), rows, depth,
+             const auto [rows, depth] = softmax_rows(k);
+             kernels::qsoftmax_s8_reference(k.params<kernels::QSoftmaxParams>().stage, rows, depth,
                                             in_s8(k, 0), out_s8(k));
            },
+       // The exp of every difference tabulated at prepare (kernels/fast/int8_lut.h).
+       .fast = {softmax_row("qsoftmax_s8__avx512_vbmi", Isa::kAvx512Vbmi,
+                            kernels::qsoftmax_s8__avx512_vbmi),
+                softmax_row("qsoftmax_s8__avx2", Isa::kAvx2, kernels::qsoftmax_s8__avx2)},
        .doc = "int8 softmax over the last axis (TFLite SOFTMAX; output scale 1/256, zero point "
               "-128): TFLite's reference, gemmlowp fixed point"});
   register_op({.name = "quantize",
@@ -663,6 +731,10 @@ void register_int8_ops() {
                                                       k.out[0].numel(), in_s8(k, 0),
                                                       k.out[0].data<float>());
                    },
+               .fast = {dequantize_row("dequantize_s8_f32__avx512", Isa::kAvx512,
+                                       kernels::dequantize_s8_f32__avx512),
+                        dequantize_row("dequantize_s8_f32__avx2", Isa::kAvx2,
+                                       kernels::dequantize_s8_f32__avx2)},
                .doc = "int8 codes to f32 (TFLite Dequantize)"});
 }
 

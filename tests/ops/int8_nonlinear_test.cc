@@ -4,13 +4,19 @@
 // fixed point, so a code may differ from the f64 rounding by one where the real value lies
 // within a rounding error of a half step; elsewhere the codes must be equal. No int8 golden
 // vectors for these ops exist in ../shared/testdata (its Keras vectors are float), so the
-// hand-checked values below are derived here, in the comments.
+// hand-checked values below are derived here, in the comments. The fast rows
+// (kernels/fast/int8_lut.h) are compared with the reference bit for bit at the end: every code,
+// edge sizes, every softmax path.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "lowbit/fixed_point.h"
+#include "lowbit/isa.h"
+#include "lowbit/op.h"
 #include "lowbit/ops.h"
 #include "lowbit/ops/int8.h"
 #include "lowbit/rng.h"
@@ -214,6 +220,160 @@ TEST(QNonlinear, RefuseOtherOutputParametersAndBadAttributes) {
   expect_throws_with<DTypeError>([&] { ops::qlogistic(Tensor::zeros({3}), in); }, "'x'");
   expect_throws_with<ShapeError>([&] { ops::qsoftmax(Tensor::zeros({}, DType::kS8), in); },
                                  "scalar");
+}
+
+}  // namespace
+}  // namespace lowbit
+
+// ---- fast rows (kernels/fast/int8_lut.h) against the reference, bit for bit ------------------
+
+namespace lowbit {
+namespace {
+
+using testing::expect_fast_matches_reference;
+
+int runnable_rows(const std::string& op) {
+  int n = 0;
+  for (const FastKernel& fk : find_op(op).fast) n += cpu_has(fk.isa) ? 1 : 0;
+  return n;
+}
+
+// n codes running through all 256 from `start` (every code at every offset modulo 256 once
+// n >= 256), every 7th replaced by a random one.
+Tensor cycling_codes(const Shape& shape, int start, Rng& rng) {
+  Tensor x(shape, DType::kS8);
+  int8_t* p = x.data<int8_t>();
+  for (int64_t i = 0; i < x.numel(); ++i)
+    p[i] = static_cast<int8_t>(i % 7 == 6 ? static_cast<int>(rng.next_u32() % 256) - 128
+                                          : (start + i) % 256 - 128);
+  return x;
+}
+
+// Sizes around every vector width (16 and 32 bytes for AVX2's int32 and byte steps, 64 for
+// AVX-512), past the 256 codes, and past the threads' blocks (2^14; parallel above 2^22: one
+// size below).
+const int64_t kLutSizes[] = {1,  2,   15,  16,  17,  31,  32,  33,   63,    64,
+                             65, 127, 128, 129, 255, 256, 257, 1000, 16385, 70001};
+
+TEST(QLogisticTanhFast, MatchEveryCodeOfTheReferenceTable) {
+  for (const char* op : {"qlogistic", "qtanh"}) {
+    const int rows = runnable_rows(op);
+    Rng rng(83);
+    // The table itself: all 256 codes in order, then shifted by 1 and 37 so each code meets
+    // other lanes; scales from steep to flat, zero points at both int8 ends.
+    const std::vector<std::pair<double, int64_t>> params = {
+        {0.0625, 0}, {0.1, -20}, {0.0235294122, 17}, {0.5, 127}, {0.004, -128}, {1.7, -128}};
+    for (const auto& [s_in, zp] : params) {
+      const Attrs a = {{"input_scale", s_in}, {"input_zero_point", zp}};
+      for (int start : {0, 1, 37})
+        EXPECT_EQ(
+            expect_fast_matches_reference(op, {cycling_codes({256}, start, rng)}, a, 0.0, 0.0),
+            rows)
+            << op << " " << a.str();
+    }
+    for (const int64_t n : kLutSizes) {
+      const double s_in = rng.uniform(0.002, 0.3);
+      const int64_t zp = static_cast<int64_t>(rng.next_u32() % 256) - 128;
+      const Attrs a = {{"input_scale", s_in}, {"input_zero_point", zp}};
+      EXPECT_EQ(expect_fast_matches_reference(
+                    op, {cycling_codes({n}, static_cast<int>(n % 256), rng)}, a, 0.0, 0.0),
+                rows)
+          << op << " n " << n << " " << a.str();
+    }
+    // Threads (above 2^22 codes), once.
+    EXPECT_EQ(
+        expect_fast_matches_reference(op, {cycling_codes({(int64_t{1} << 22) + 17}, 5, rng)},
+                                      {{"input_scale", 0.05}, {"input_zero_point", 1}}, 0.0, 0.0),
+        rows);
+    // A 4-D activation with a channel tail.
+    const Attrs a = {{"input_scale", 0.05}, {"input_zero_point", int64_t{-3}}};
+    EXPECT_EQ(
+        expect_fast_matches_reference(op, {cycling_codes({2, 5, 7, 24}, 9, rng)}, a, 0.0, 0.0),
+        rows);
+  }
+}
+
+// Softmax rows of every kind the fast rows distinguish: depths 1, 2, 10, the vector widths
+// +-1, 1001, 5000 (a sum past INT32_MAX saturates: 5000 equal codes); rows of random codes
+// over the whole range (the short-row path: each element computed), narrow rows (the per-row
+// table), constant rows (exponent > 31 for 512 or more codes: all -128), rows holding -128 and
+// 127; input scales and betas from gentle (diff_min below -255: no cut) to steep (diff_min
+// of a few codes: most of a row cut to -128).
+TEST(QSoftmaxFast, MatchesTheReferenceOnEveryRowKind) {
+  const int rows = runnable_rows("qsoftmax");
+  Rng rng(97);
+  const std::vector<std::pair<double, double>> params = {
+      {0.1, 1.0},  {0.0235294122, 1.0}, {0.004, 1.0}, {1e-6, 1.0}, {0.3, 1.0},
+      {1.0, 10.0}, {0.05, 2.0},         {16.0, 1.0},  {0.25, 0.7}};
+  auto fill = [&](Tensor& x, int kind) {
+    int8_t* p = x.data<int8_t>();
+    const int64_t depth = x.dim(-1);
+    const int base = static_cast<int>(rng.next_u32() % 256) - 128;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      int v = 0;
+      switch (kind) {
+        case 0:  // the whole range
+          v = static_cast<int>(rng.next_u32() % 256) - 128;
+          break;
+        case 1:  // a narrow range of 9 codes
+          v = std::clamp(base + static_cast<int>(rng.next_u32() % 9) - 4, -128, 127);
+          break;
+        case 2:  // constant
+          v = base;
+          break;
+        default: {  // the ends and their neighbours
+          const int64_t j = (i % depth) % 4;
+          v = j == 0 ? 127 : j == 1 ? -128 : j == 2 ? 126 : -127;
+        }
+      }
+      p[i] = static_cast<int8_t>(v);
+    }
+  };
+  for (const int64_t depth : {1,  2,  3,   10,  15,  16,  17,  31,  32,  33,   63,
+                              64, 65, 100, 127, 128, 129, 255, 256, 257, 1001, 5000})
+    for (int kind = 0; kind < 4; ++kind) {
+      const auto& [s_in, beta] = params[rng.next_u32() % params.size()];
+      const int64_t n_rows = depth >= 1000 ? 3 : 7;
+      Tensor x({n_rows, depth}, DType::kS8);
+      fill(x, kind);
+      const Attrs a = {{"input_scale", s_in}, {"input_zero_point", int64_t{-128}}, {"beta", beta}};
+      EXPECT_EQ(expect_fast_matches_reference("qsoftmax", {x}, a, 0.0, 0.0), rows)
+          << "depth " << depth << " kind " << kind << " " << a.str();
+    }
+  // Every parameter set on the same rows, and a tensor large enough for the threads.
+  for (const auto& [s_in, beta] : params)
+    for (const Shape& shape : {Shape{40, 10}, Shape{3, 5, 65}, Shape{2, 1001}}) {
+      Tensor x(shape, DType::kS8);
+      fill(x, static_cast<int>(rng.next_u32() % 2));
+      const Attrs a = {{"input_scale", s_in}, {"input_zero_point", int64_t{127}}, {"beta", beta}};
+      EXPECT_EQ(expect_fast_matches_reference("qsoftmax", {x}, a, 0.0, 0.0), rows)
+          << shape.str() << " " << a.str();
+    }
+  // Threads: more than 2^22 codes (rows of 1024 in blocks of 16 rows).
+  Tensor big({4100, 1024}, DType::kS8);
+  fill(big, 0);
+  EXPECT_EQ(expect_fast_matches_reference("qsoftmax", {big}, {{"input_scale", 0.05}}, 0.0, 0.0),
+            rows);
+  // One row of 2^16 + 8 equal codes: 2^13 + 1 values of 2^19 in each of 8 int32 lanes would
+  // wrap to 2^19 (AVX2 sums lanes into int64 every 2^14 elements); the reference saturates the
+  // sum and gives -128 everywhere.
+  Tensor wide({1, (int64_t{1} << 16) + 8}, DType::kS8);
+  std::fill(wide.data<int8_t>(), wide.data<int8_t>() + wide.numel(), int8_t{3});
+  EXPECT_EQ(expect_fast_matches_reference("qsoftmax", {wide}, {{"input_scale", 0.1}}, 0.0, 0.0),
+            rows);
+  // Every pair (max, other code): a row [max, q] for each of the 256 x 256 pairs is too many;
+  // the 256 rows [127, q] and [q, -128] reach every difference in [-255, 0] from both ends.
+  Tensor x({512, 2}, DType::kS8);
+  for (int q = 0; q < 256; ++q) {
+    x.data<int8_t>()[2 * q] = 127;
+    x.data<int8_t>()[2 * q + 1] = static_cast<int8_t>(q - 128);
+    x.data<int8_t>()[512 + 2 * q] = static_cast<int8_t>(q - 128);
+    x.data<int8_t>()[512 + 2 * q + 1] = -128;
+  }
+  for (const auto& [s_in, beta] : params)
+    EXPECT_EQ(expect_fast_matches_reference("qsoftmax", {x},
+                                            {{"input_scale", s_in}, {"beta", beta}}, 0.0, 0.0),
+              rows);
 }
 
 }  // namespace

@@ -7,8 +7,12 @@
 #include "lowbit/ops/int8.h"
 
 #include <gtest/gtest.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <string>
@@ -868,6 +872,147 @@ TEST(QuantizeFast, MatchesTheReferenceOnTiesSaturationAndNonFiniteValues) {
                 rows)
           << "n " << n << " scale " << scale << " zp " << zp;
   }
+}
+
+// n codes running through all 256 from `start`, every 7th replaced by a random one.
+Tensor cycling_codes(int64_t n, int start, Rng& rng) {
+  Tensor x({n}, DType::kS8);
+  for (int64_t i = 0; i < n; ++i)
+    x.data<int8_t>()[i] = static_cast<int8_t>(
+        i % 7 == 6 ? static_cast<int>(rng.next_u32() % 256) - 128 : (start + i) % 256 - 128);
+  return x;
+}
+
+// Sizes around the vector widths (8, 16, 32 and 64 elements), past the 256 codes and past the
+// threads' blocks (2^14; parallel above 2^22: kThreadedSize, once per op).
+const int64_t kElementwiseSizes[] = {1,  2,  7,  8,  9,   15,  16,  17,   31,    32,
+                                     33, 63, 64, 65, 127, 256, 257, 1000, 16385, 70001};
+constexpr int64_t kThreadedSize = (int64_t{1} << 22) + 17;
+
+// requantize's rows look up a table of the reference's 256 codes: every code, both roundings,
+// scale ratios from 1/1000 to 1000 (saturating), zero points at the int8 ends, narrow clamps.
+TEST(RequantizeFast, MatchesTheReferenceOnEveryCodeAndStage) {
+  const int rows = runnable_rows("requantize");
+  Rng rng(71);
+  std::vector<Attrs> stages;
+  for (const char* rounding : {"double", "single"})
+    for (const auto& [s_in, s_out] :
+         std::vector<std::pair<double, double>>{{0.2, 0.1},
+                                                {0.1, 0.2},
+                                                {0.031, 0.047},
+                                                {1.0, 1.0},
+                                                {1.0, 2.0},
+                                                {1.0, 4.0},
+                                                {0.001, 1.0},
+                                                {1000.0, 1.0},
+                                                {0.0235294122, 0.0470588244},
+                                                {0.3, 0.7}})
+      for (const auto& [zp_in, zp_out] :
+           std::vector<std::pair<int64_t, int64_t>>{{0, 0}, {-128, 127}, {127, -128}, {5, -3}})
+        stages.push_back({{"input_scale", s_in},
+                          {"input_zero_point", zp_in},
+                          {"output_scale", s_out},
+                          {"output_zero_point", zp_out},
+                          {"rounding", rounding}});
+  stages.push_back({{"input_scale", 0.2},
+                    {"input_zero_point", 0},
+                    {"output_scale", 0.1},
+                    {"output_zero_point", -120},
+                    {"act_min", -128},
+                    {"act_max", -113}});  // a 4-bit output grid stored as int8
+  for (const Attrs& at : stages)
+    EXPECT_EQ(
+        expect_fast_matches_reference("requantize", {cycling_codes(256, 0, rng)}, at, 0.0, 0.0),
+        rows)
+        << at.str();
+  EXPECT_EQ(expect_fast_matches_reference("requantize", {cycling_codes(kThreadedSize, 3, rng)},
+                                          stages[1], 0.0, 0.0),
+            rows);
+  for (const int64_t n : kElementwiseSizes) {
+    const Attrs& at = stages[rng.next_u32() % stages.size()];
+    EXPECT_EQ(expect_fast_matches_reference(
+                  "requantize", {cycling_codes(n, static_cast<int>(n % 256), rng)}, at, 0.0, 0.0),
+              rows)
+        << "n " << n << " " << at.str();
+  }
+}
+
+// dequantize's rows multiply in f32 where the reference rounds the exact f64 product to f32
+// (kernels/fast/int8_lut.h: the same value): the same bits (compared as bytes: -0 and +0
+// differ) for every code, on scales whose products round (0.1, 1/3, random significands at
+// every exponent), reach subnormals (1e-40) and overflow to infinity (1e37 * 255), also with
+// flush-to-zero set.
+TEST(DequantizeFast, MatchesTheReferenceBitForBit) {
+  const OpDef& def = find_op("dequantize");
+  const int rows = runnable_rows("dequantize");
+  Rng rng(73);
+  std::vector<double> scales = {0.1, 1.0 / 3.0, 0.0235294122, 1e-40, 3e-39, 1e37, 7.0};
+  for (int k = 0; k < 64; ++k)
+    scales.push_back(
+        std::ldexp(rng.uniform(1.0, 2.0), static_cast<int>(rng.next_u32() % 250) - 145));
+  const Tensor all = cycling_codes(256, 0, rng);
+  auto bits_equal = [&](const Tensor& q, const Attrs& at, const char* what) {
+    const Tensor want = run_op(def, {q}, at, KernelChoice::kReference)[0];
+    int ran = 0;
+    for (const FastKernel& fk : def.fast) {
+      std::vector<Tensor> got;
+      if (!testing::run_listed_kernel(def, fk, {q}, at, got)) continue;
+      ++ran;
+      testing::note_kernel_checked(fk, {q});
+      EXPECT_EQ(std::memcmp(got[0].data<float>(), want.data<float>(),
+                            static_cast<size_t>(q.numel()) * sizeof(float)),
+                0)
+          << fk.name << " n " << q.numel() << " " << at.str() << what;
+    }
+    EXPECT_EQ(ran, rows);
+  };
+  for (const double scale : scales) bits_equal(all, {{"scale", scale}, {"zero_point", 3}}, "");
+#if defined(__x86_64__)
+  // Flush-to-zero set after the plan was prepared (a subnormal scale is refused under FTZ):
+  // the reference's conversion and the rows' product flush the same tiny values to 0.
+  for (const double scale : {1e-40, 3e-39, 1e-39, 1.1e-38}) {
+    const Attrs at{{"scale", scale}, {"zero_point", -128}};
+    const std::vector<ValueType> in_t{{DType::kS8, all.shape()}};
+    const std::vector<ValueType> out_t = infer_op(def, in_t, at);
+    const std::any params = prepare_op(def, in_t, out_t, at);
+    std::vector<Tensor> in{all}, want{Tensor(all.shape(), DType::kF32)};
+    const unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8000);
+    def.reference(KernelCtx{in, want, &params});
+    for (const FastKernel& fk : def.fast) {
+      if (!cpu_has(fk.isa)) continue;
+      std::vector<Tensor> got{Tensor(all.shape(), DType::kF32)};
+      fk.run(KernelCtx{in, got, &params});
+      EXPECT_EQ(std::memcmp(got[0].data<float>(), want[0].data<float>(), 256 * sizeof(float)), 0)
+          << fk.name << " scale " << scale << " (FTZ)";
+    }
+    _mm_setcsr(csr);
+    EXPECT_EQ(want[0].data<float>()[1], 0.0f) << "FTZ flushed q - zp = 1 times " << scale;
+  }
+#endif
+  for (const double scale : {0.1, 1.0 / 3.0, 0.0235294122, 1e-40, 3e-39, 1e37, 7.0})
+    for (const int64_t zp : {int64_t{0}, int64_t{-128}, int64_t{127}, int64_t{-7}})
+      for (int64_t n : kElementwiseSizes) {
+        if (n == 16385 && scale == 7.0 && zp == -7) n = kThreadedSize;  // threads, once
+        const Attrs at{{"scale", scale}, {"zero_point", zp}};
+        const Tensor q = cycling_codes(n, static_cast<int>(n % 256), rng);
+        const Tensor want = run_op(def, {q}, at, KernelChoice::kReference)[0];
+        int ran = 0;
+        for (const FastKernel& fk : def.fast) {
+          std::vector<Tensor> got;
+          if (!testing::run_listed_kernel(def, fk, {q}, at, got)) continue;
+          ++ran;
+          testing::note_kernel_checked(fk, {q});
+          EXPECT_EQ(std::memcmp(got[0].data<float>(), want.data<float>(),
+                                static_cast<size_t>(n) * sizeof(float)),
+                    0)
+              << fk.name << " n " << n << " " << at.str();
+        }
+        EXPECT_EQ(ran, rows);
+        if (n == 257) {
+          EXPECT_EQ(expect_fast_matches_reference("dequantize", {q}, at, 0.0, 0.0), rows);
+        }
+      }
 }
 
 TEST(Int8Ops, RefuseBadInputsNamingTheArgument) {

@@ -268,7 +268,8 @@ TEST(Registry, PrepareSeesWhichInputsAreConstants) {
 }
 
 TEST(Isa, NamesRoundTripAndTheCpuAnswersConsistently) {
-  for (Isa i : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Vnni, Isa::kDnnl})
+  for (Isa i :
+       {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Vnni, Isa::kAvx512Vbmi, Isa::kDnnl})
     EXPECT_EQ(isa_from_name(isa_name(i)), i);
   testing::expect_throws_with<ValueError>([] { isa_from_name("sse9"); },
                                           "unknown ISA 'sse9' (expected one of portable");
@@ -277,6 +278,8 @@ TEST(Isa, NamesRoundTripAndTheCpuAnswersConsistently) {
   if (cpu_has(Isa::kAvx512Vnni)) {
     EXPECT_TRUE(cpu_has(Isa::kAvx512));
   }
+  EXPECT_EQ(cpu_has(Isa::kAvx512Vbmi),
+            cpu_has(Isa::kAvx512) && __builtin_cpu_supports("avx512vbmi"));
   EXPECT_EQ(cpu_has(Isa::kAvx512),
             __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"));

@@ -1,7 +1,8 @@
 // Reference (plain-loop) int8 kernels of integer-only inference: TFLite's reference semantics
 // written as the specification (docs/spec/quantization-semantics.md 3.2, 3.5, 3.6), on codes
 // and the prepared output stages of include/lowbit/fixed_point.h. The fast kernels
-// (kernels/fast/int8.h) are checked bit for bit against these.
+// (kernels/fast/int8.h, int8_pool.h, int8_add.h, int8_quantize.h, int8_lut.h) are checked bit
+// for bit against these.
 //
 // Codes: activations int8 with a zero point; weights int8 symmetric (zero point 0); biases int32
 // at scale s_in * s_w[c] with zero point 0. A convolution output channel c is
