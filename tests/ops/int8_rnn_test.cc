@@ -6,6 +6,7 @@
 // fixed_point.h's logistic_int16 / tanh_int16 on every int16 input.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <set>
 #include <string>
 #include <vector>
@@ -67,6 +68,9 @@ struct Case {
   int64_t units, depth, steps, batch;
   int mask;  // 0 none, 1 gaps, 2 gaps and an all-false row (the last)
   bool sequences;
+  // Wide ranges: gate multipliers up to 2^10 and biases near 2^31, so that x 2^left and the
+  // gate sums saturate (the clamps before the int32 sums); hidden scales down to 2e-5.
+  bool extreme = false;
 };
 
 // Random quantization attributes: weight scales such that the gate multipliers fall on both
@@ -74,13 +78,16 @@ struct Case {
 Attrs random_attrs(const Case& c, Rng& rng) {
   const int gates = c.cell == Cell::kLstm ? 4 : 3;
   std::vector<double> swx, swh;
+  const float wmax = c.extreme ? 0.5f : 0.02f;
   for (int g = 0; g < gates; ++g) {
-    swx.push_back(rng.uniform(0.0005f, 0.02f));
-    swh.push_back(rng.uniform(0.0005f, 0.03f));
+    swx.push_back(rng.uniform(0.0005f, wmax));
+    swh.push_back(rng.uniform(0.0005f, wmax * 1.5f));
   }
-  Attrs a{{"input_scale", static_cast<double>(rng.uniform(0.01f, 0.08f))},
+  // GRU: 2^15 / s_h must stay below 2^31 - 2^23 (the reference's int32 update sum).
+  const float sh_min = !c.extreme ? 0.004f : c.cell == Cell::kLstm ? 2e-5f : 1e-4f;
+  Attrs a{{"input_scale", static_cast<double>(rng.uniform(0.01f, c.extreme ? 0.5f : 0.08f))},
           {"input_zero_point", static_cast<int64_t>(rng.next_u32() % 256) - 128},
-          {"hidden_scale", static_cast<double>(rng.uniform(0.004f, 0.03f))},
+          {"hidden_scale", static_cast<double>(rng.uniform(sh_min, c.extreme ? 0.001f : 0.03f))},
           {"hidden_zero_point", static_cast<int64_t>(rng.next_u32() % 200) - 100},
           {"input_weight_scales", swx},
           {"recurrent_weight_scales", swh},
@@ -90,6 +97,13 @@ Attrs random_attrs(const Case& c, Rng& rng) {
   a.set("go_backwards", backwards);
   if (c.mask) a.set("zero_output_for_mask", (flags & 2) != 0);
   if (c.sequences && backwards) a.set("reverse_output", (flags & 4) != 0);
+  if (c.extreme && c.cell == Cell::kGruAfter && (flags & 8)) {
+    // M_h = 2 (1 - 2^-24): m = 2^31 - 128 after a saturated left shift of a recurrent sum near
+    // the bias's 2^31, so that MBQM is within 2^8 of INT32_MAX and px + MBQM leaves int32.
+    a.set("hidden_scale", std::ldexp(1.0, -10));
+    a.set("recurrent_weight_scales",
+          std::vector<double>(3, static_cast<double>(std::nextafter(0.5f, 0.0f))));
+  }
   if (c.cell == Cell::kLstm)
     a.set("cell_int_bits", static_cast<int64_t>(rng.next_u32() % 7));
   else
@@ -113,12 +127,15 @@ Tensor make_mask(const Case& c, Rng& rng) {
 
 std::vector<Tensor> make_inputs(const Case& c, Rng& rng) {
   const int64_t gu = (c.cell == Cell::kLstm ? 4 : 3) * c.units;
+  // Extreme: up to 2^31 - 2^23, which leaves room for the zero-point terms and the sums of
+  // these shapes in the reference's int32 accumulator.
+  const int64_t bmax = c.extreme ? (int64_t{1} << 31) - (int64_t{1} << 23) : 30000;
   std::vector<Tensor> in = {
       random_int_tensor({c.batch, c.steps, c.depth}, rng, -128, 127, DType::kS8),
       random_int_tensor({c.depth, gu}, rng, -127, 127, DType::kS8),
       random_int_tensor({c.units, gu}, rng, -127, 127, DType::kS8),
-      random_int_tensor({gu}, rng, -30000, 30000, DType::kS32)};
-  if (c.cell != Cell::kLstm) in.push_back(random_int_tensor({gu}, rng, -30000, 30000, DType::kS32));
+      random_int_tensor({gu}, rng, -bmax, bmax, DType::kS32)};
+  if (c.cell != Cell::kLstm) in.push_back(random_int_tensor({gu}, rng, -bmax, bmax, DType::kS32));
   if (c.mask) in.push_back(make_mask(c, rng));
   return in;
 }
@@ -158,6 +175,27 @@ void sweep(Cell cell, uint64_t seed) {
 TEST(QRnnFast, LstmRowsEqualTheReferenceOnEdgeShapes) { sweep(Cell::kLstm, 1); }
 TEST(QRnnFast, GruResetAfterRowsEqualTheReferenceOnEdgeShapes) { sweep(Cell::kGruAfter, 2); }
 TEST(QRnnFast, GruResetBeforeRowsEqualTheReferenceOnEdgeShapes) { sweep(Cell::kGruBefore, 3); }
+
+// Saturating regimes: every row equals the reference where MBQM's left shift saturates and the
+// gate sums leave int16 by far.
+TEST(QRnnFast, RowsEqualTheReferenceWhereTheArithmeticSaturates) {
+  Rng rng(11);
+  for (Cell cell : {Cell::kLstm, Cell::kGruAfter, Cell::kGruBefore}) {
+    const std::string op = op_of(cell);
+    if (rows_on_this_cpu(op) == 0) GTEST_SKIP() << "no row runs on this CPU";
+    for (int64_t units : {1, 17, 33})
+      for (int64_t depth : {3, 65})
+        for (int mask : {0, 2})
+          for (bool sequences : {false, true}) {
+            const Case c{cell, units, depth, 9, 3, mask, sequences, true};
+            const Attrs a = random_attrs(c, rng);
+            SCOPED_TRACE(op + " units " + std::to_string(units) + " depth " +
+                         std::to_string(depth) + " " + a.str());
+            EXPECT_EQ(expect_fast_matches_reference(op, make_inputs(c, rng), a, 0.0, 0.0),
+                      rows_on_this_cpu(op));
+          }
+  }
+}
 
 // A longer sequence with a larger state (many vector blocks, tiles of 4 rows), both cells.
 TEST(QRnnFast, RowsEqualTheReferenceOnALargerBatch) {
