@@ -56,6 +56,29 @@ void pack(const DotLayout& l, const Geo& g, const int8_t* w, int64_t K, const in
     }
 }
 
+// Whether the workspace holds the packing of exactly these weights and biases for `tag`; if
+// not, records them (into buffers sized at prepare) and the caller packs.
+bool same_weights(QRnnWorkspace& ws, int tag, const int8_t* wx, const int8_t* wh,
+                  const int32_t* bx, const int32_t* bh, int64_t gu, int64_t D, int64_t U) {
+  const size_t nx = static_cast<size_t>(D * gu), nh = static_cast<size_t>(U * gu);
+  const size_t nb = static_cast<size_t>(gu) * sizeof(int32_t);
+  const bool same = ws.packed_for == tag && ws.had_bx == (bx != nullptr) &&
+                    ws.had_bh == (bh != nullptr) &&
+                    (nx == 0 || std::memcmp(ws.wx_copy.data(), wx, nx) == 0) &&
+                    (nh == 0 || std::memcmp(ws.wh_copy.data(), wh, nh) == 0) &&
+                    (!bx || std::memcmp(ws.bx_copy.data(), bx, nb) == 0) &&
+                    (!bh || std::memcmp(ws.bh_copy.data(), bh, nb) == 0);
+  if (same) return true;
+  ws.packed_for = tag;
+  ws.had_bx = bx != nullptr;
+  ws.had_bh = bh != nullptr;
+  if (nx) std::memcpy(ws.wx_copy.data(), wx, nx);
+  if (nh) std::memcpy(ws.wh_copy.data(), wh, nh);
+  if (bx) std::memcpy(ws.bx_copy.data(), bx, nb);
+  if (bh) std::memcpy(ws.bh_copy.data(), bh, nb);
+  return false;
+}
+
 // ---- AVX2: the vector steps (used by both rows) -----------------------------------------------
 
 #pragma GCC push_options
@@ -309,8 +332,10 @@ void run_qrnn(const DotLayout& l, MatmulFn mm, const QRnnConfig& q, QRnnWorkspac
   const int64_t kqx = round_up(D, l.kg) / l.kg, kqh = round_up(U, l.kg) / l.kg;
   const int64_t xs = kqx * l.kg * l.esize;  // bytes per input row
   const int64_t hs = Up * l.esize;          // bytes per h row (>= kqh * kg * esize)
-  pack(l, g, wx, D, bx, q.zp_x, ws.wx.data(), ws.ebx.data());
-  pack(l, g, wh, U, bh, q.zp_h, ws.wh.data(), ws.ebh.data());
+  if (!same_weights(ws, l.u8 ? 1 : 2, wx, wh, bx, bh, q.gates * U, D, U)) {
+    pack(l, g, wx, D, bx, q.zp_x, ws.wx.data(), ws.ebx.data());
+    pack(l, g, wh, U, bh, q.zp_h, ws.wh.data(), ws.ebh.data());
+  }
 
   // 1. The input rows in the dot product's layout, then one GEMM over every (b, t).
   const int64_t rows = B * T;
@@ -571,6 +596,11 @@ std::shared_ptr<QRnnWorkspace> make_qrnn_workspace(const QRnnConfig& cfg) {
   ws->ha.resize(static_cast<size_t>(B * g.Up * 2));
   ws->rha.resize(static_cast<size_t>(B * g.Up * 2));
   for (auto* v : {&ws->h, &ws->c, &ws->last, &ws->z}) v->resize(static_cast<size_t>(B * g.Up));
+  const int64_t gu = cfg.gates * cfg.units;
+  ws->wx_copy.resize(static_cast<size_t>(cfg.depth * gu));
+  ws->wh_copy.resize(static_cast<size_t>(cfg.units * gu));
+  ws->bx_copy.resize(static_cast<size_t>(gu));
+  ws->bh_copy.resize(static_cast<size_t>(gu));
   return ws;
 }
 

@@ -24,7 +24,8 @@
 //      first clamps the MBQM term to a range that cannot change the saturated result, then adds
 //      in int32.
 // The workspace is sized when the plan is prepared (make_qrnn_workspace): a run allocates
-// nothing. Its mutex serialises concurrent runs of one plan. One thread.
+// nothing; it keeps a copy of the weights and biases it packed and packs again only when they
+// differ. Its mutex serialises concurrent runs of one plan. One thread.
 #pragma once
 
 #include <array>
@@ -58,6 +59,12 @@ struct QRnnWorkspace {
   std::vector<int32_t> hacc;     // [batch][G*Up] recurrent accumulators
   std::vector<uint8_t> ha, rha;  // h (and GRU r h) rows in the dot product's layout
   std::vector<int16_t> h, c, last, z;  // [batch][Up] codes
+  // What `wx`, `wh`, `ebx`, `ebh` were packed from (the packing is reused while they are equal,
+  // memcmp: a plan's constant weights are packed once). packed_for: 0 none, 1 VNNI, 2 AVX2.
+  int packed_for = 0;
+  std::vector<int8_t> wx_copy, wh_copy;
+  std::vector<int32_t> bx_copy, bh_copy;
+  bool had_bx = false, had_bh = false;
 };
 
 // A workspace large enough for both rows and these shapes.
