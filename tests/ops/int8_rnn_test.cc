@@ -209,34 +209,44 @@ TEST(QRnnFast, RowsEqualTheReferenceOnALargerBatch) {
   }
 }
 
-// One prepared plan (one workspace) run by every row in turn on new weights each time: the
-// packing kept from an earlier run must not be reused for other weights, biases or rows.
+// One prepared plan (one workspace) run by one row on new weights round after round, then the
+// rows in turn: the packing kept from an earlier run must not be reused for other weights,
+// biases or rows.
 TEST(QRnnFast, APreparedWorkspaceRepacksWhenTheWeightsChange) {
   for (Cell cell : {Cell::kLstm, Cell::kGruAfter}) {
     const std::string op = op_of(cell);
     if (rows_on_this_cpu(op) == 0) GTEST_SKIP() << "no row runs on this CPU";
-    Rng rng(21);
-    const Case c{cell, 17, 5, 4, 3, 1, true};
-    const Attrs a = random_attrs(c, rng);
     const OpDef& def = find_op(op);
-    std::vector<Tensor> in = make_inputs(c, rng);
-    std::vector<ValueType> types;
-    for (const Tensor& t : in) types.push_back({t.dtype(), t.shape()});
-    const std::vector<ValueType> out_types = infer_op(def, types, a);
-    const std::any params = prepare_op(def, types, out_types, a);
-    for (int round = 0; round < 6; ++round) {
-      // Rounds 0-1 keep the weights (the packing is reused), later rounds change one of them.
-      if (round >= 2) {
-        const int which = 1 + round % 3;  // w_x, w_h, bias
-        in[which] = random_int_tensor(in[which].shape(), rng, -127, 127, in[which].dtype());
-      }
-      std::vector<Tensor> want{Tensor(out_types[0].shape, out_types[0].dtype)};
-      def.reference(KernelCtx{in, want, &params});
-      for (const FastKernel& fk : def.fast) {
-        if (!cpu_has(fk.isa)) continue;
-        std::vector<Tensor> got{Tensor(out_types[0].shape, out_types[0].dtype)};
-        fk.run(KernelCtx{in, got, &params});
-        EXPECT_TRUE(testing::tensors_equal(got[0], want[0])) << fk.name << " round " << round;
+    std::vector<const FastKernel*> rows;
+    for (const FastKernel& fk : def.fast)
+      if (cpu_has(fk.isa)) rows.push_back(&fk);
+    // Each row alone, then all rows alternating (the last schedule).
+    std::vector<std::vector<const FastKernel*>> schedules;
+    for (const FastKernel* fk : rows) schedules.push_back({fk});
+    schedules.push_back(rows);
+    for (const auto& schedule : schedules) {
+      Rng rng(21);
+      const Case c{cell, 17, 5, 4, 3, 1, true};
+      const Attrs a = random_attrs(c, rng);
+      std::vector<Tensor> in = make_inputs(c, rng);
+      std::vector<ValueType> types;
+      for (const Tensor& t : in) types.push_back({t.dtype(), t.shape()});
+      const std::vector<ValueType> out_types = infer_op(def, types, a);
+      const std::any params = prepare_op(def, types, out_types, a);
+      for (int round = 0; round < 8; ++round) {
+        // Rounds 0-1 keep the weights (the packing is reused), later rounds change w_x, w_h or
+        // the bias.
+        if (round >= 2) {
+          const int which = 1 + round % 3;
+          in[which] = random_int_tensor(in[which].shape(), rng, -127, 127, in[which].dtype());
+        }
+        std::vector<Tensor> want{Tensor(out_types[0].shape, out_types[0].dtype)};
+        def.reference(KernelCtx{in, want, &params});
+        for (const FastKernel* fk : schedule) {
+          std::vector<Tensor> got{Tensor(out_types[0].shape, out_types[0].dtype)};
+          fk->run(KernelCtx{in, got, &params});
+          EXPECT_TRUE(testing::tensors_equal(got[0], want[0])) << fk->name << " round " << round;
+        }
       }
     }
   }
