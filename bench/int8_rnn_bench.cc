@@ -44,9 +44,9 @@ void BM_QRnn(benchmark::State& state, std::string op, int64_t batch, std::string
   for (int64_t i = 0; i < mask.numel(); ++i) mask.data<bool>()[i] = rng.next_u32() % 8 != 0;
   in.push_back(mask);
   const std::vector<double> sw(lstm ? 4 : 3, 0.004);
-  Attrs attrs{{"input_scale", 0.03},          {"input_zero_point", -5},
-              {"hidden_scale", 0.008},        {"hidden_zero_point", 3},
-              {"input_weight_scales", sw},    {"recurrent_weight_scales", sw},
+  Attrs attrs{{"input_scale", 0.03},       {"input_zero_point", -5},
+              {"hidden_scale", 0.008},     {"hidden_zero_point", 3},
+              {"input_weight_scales", sw}, {"recurrent_weight_scales", sw},
               {"return_sequences", true}};
   if (lstm) attrs.set("cell_int_bits", int64_t{2});
   const OpDef& def = find_op(op);
@@ -75,15 +75,15 @@ void BM_QRnn(benchmark::State& state, std::string op, int64_t batch, std::string
                          benchmark::Counter::kIsRate, benchmark::Counter::OneK::kIs1000);
 }
 
-#define LOWBIT_QRNN(op, batch)                                                               \
-  BENCHMARK_CAPTURE(BM_QRnn, op##_b##batch##_avx512_vnni, #op, batch, "avx512_vnni")        \
-      ->UseRealTime()                                                                        \
-      ->Unit(benchmark::kMicrosecond);                                                       \
-  BENCHMARK_CAPTURE(BM_QRnn, op##_b##batch##_avx2, #op, batch, "avx2")                      \
-      ->UseRealTime()                                                                        \
-      ->Unit(benchmark::kMicrosecond);                                                       \
-  BENCHMARK_CAPTURE(BM_QRnn, op##_b##batch##_reference, #op, batch, "")                     \
-      ->UseRealTime()                                                                        \
+#define LOWBIT_QRNN(op, batch)                                                       \
+  BENCHMARK_CAPTURE(BM_QRnn, op##_b##batch##_avx512_vnni, #op, batch, "avx512_vnni") \
+      ->UseRealTime()                                                                \
+      ->Unit(benchmark::kMicrosecond);                                               \
+  BENCHMARK_CAPTURE(BM_QRnn, op##_b##batch##_avx2, #op, batch, "avx2")               \
+      ->UseRealTime()                                                                \
+      ->Unit(benchmark::kMicrosecond);                                               \
+  BENCHMARK_CAPTURE(BM_QRnn, op##_b##batch##_reference, #op, batch, "")              \
+      ->UseRealTime()                                                                \
       ->Unit(benchmark::kMicrosecond)
 
 LOWBIT_QRNN(qlstm, 32);

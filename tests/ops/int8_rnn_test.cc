@@ -4,6 +4,8 @@
 // all-false rows), return_sequences both ways, random quantization parameters, go_backwards,
 // zero_output_for_mask and reverse_output; and the vector logistic / tanh of the rows against
 // fixed_point.h's logistic_int16 / tanh_int16 on every int16 input.
+#include "kernels/fast/int8_rnn.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,7 +13,6 @@
 #include <string>
 #include <vector>
 
-#include "kernels/fast/int8_rnn.h"
 #include "lowbit/fixed_point.h"
 #include "lowbit/isa.h"
 #include "lowbit/op.h"

@@ -1,7 +1,8 @@
 // Quantization-aware training of LSTM and GRU (lowbit/quant/recurrent.h; semantics 3.7): the
 // structure quantize_model builds, the forward against a by-hand computation of the integer
-// step on the codes (LSTM and GRU, spec 3.7's formulas), the grids of weights, gates and cell, masks (bit-exact carries, garbage at
-// padded steps, trackers from valid steps only), training, and save/load.
+// step on the codes (LSTM and GRU, spec 3.7's formulas), the grids of weights, gates and cell,
+// masks (bit-exact carries, garbage at padded steps, trackers from valid steps only), training, and
+// save/load.
 #include "lowbit/quant/recurrent.h"
 
 #include <gtest/gtest.h>
@@ -285,7 +286,8 @@ TEST(QuantizedRecurrent, GRUForwardIsTheIntegerStepComputedByHand) {
       }
       std::vector<int32_t> hn(4);
       for (int64_t j = 0; j < 4; ++j) {
-        const int32_t z = quant::logistic_int16(static_cast<int16_t>(s16(int64_t{px[j]} + acc_h[j])));
+        const int32_t z =
+            quant::logistic_int16(static_cast<int16_t>(s16(int64_t{px[j]} + acc_h[j])));
         const int32_t r =
             quant::logistic_int16(static_cast<int16_t>(s16(int64_t{px[4 + j]} + acc_h[4 + j])));
         // hh = tanh(sat16(p_x + RDPOT(r sat16(p_h), 15)))   (Q3.12 in, Q0.15 out)
@@ -295,8 +297,8 @@ TEST(QuantizedRecurrent, GRUForwardIsTheIntegerStepComputedByHand) {
         // acc = z (q_h - zp_h) + MBQM((32767 - z) hh, 2^-15 / s_h); h' = clamp8(RDPOT(acc, 15))
         const int64_t acc = int64_t{z} * h[j] +
                             mbqm(int64_t{32767 - z} * hh, std::ldexp(1.0, -15) / double(nh.scale));
-        hn[j] = std::clamp(rdpot(acc, 15), nh.quant_min - nh.zero_point,
-                           nh.quant_max - nh.zero_point);
+        hn[j] =
+            std::clamp(rdpot(acc, 15), nh.quant_min - nh.zero_point, nh.quant_max - nh.zero_point);
         EXPECT_EQ(code(got[0].get_as_double((n * 2 + t) * 4 + j), nh.scale), hn[j])
             << n << " " << t << " " << j;
       }

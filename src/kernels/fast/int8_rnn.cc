@@ -52,14 +52,16 @@ void pack(const DotLayout& l, const Geo& g, const int8_t* w, int64_t K, const in
         else
           reinterpret_cast<int16_t*>(packed)[idx] = v;
       }
-      eb[pc] = (bias ? bias[col] : 0) - zp * sum - (l.u8 ? 128 * sum : 0);
+      // Modulo 2^32 (the vector sums wrap alike): exact whenever the reference's sum fits.
+      const int64_t e = int64_t{bias ? bias[col] : 0} - int64_t{zp} * sum - (l.u8 ? 128 * sum : 0);
+      eb[pc] = static_cast<int32_t>(static_cast<uint32_t>(e));
     }
 }
 
 // Whether the workspace holds the packing of exactly these weights and biases for `tag`; if
 // not, records them (into buffers sized at prepare) and the caller packs.
-bool same_weights(QRnnWorkspace& ws, int tag, const int8_t* wx, const int8_t* wh,
-                  const int32_t* bx, const int32_t* bh, int64_t gu, int64_t D, int64_t U) {
+bool same_weights(QRnnWorkspace& ws, int tag, const int8_t* wx, const int8_t* wh, const int32_t* bx,
+                  const int32_t* bh, int64_t gu, int64_t D, int64_t U) {
   const size_t nx = static_cast<size_t>(D * gu), nh = static_cast<size_t>(U * gu);
   const size_t nb = static_cast<size_t>(gu) * sizeof(int32_t);
   const bool same = ws.packed_for == tag && ws.had_bx == (bx != nullptr) &&
@@ -169,6 +171,8 @@ inline vi mul16(vi a, vi b) {
   const vi both = _mm256_and_si256(_mm256_cmpeq_epi16(a, mn), _mm256_cmpeq_epi16(b, mn));
   return _mm256_xor_si256(_mm256_mulhrs_epi16(a, b), both);
 }
+// fx16::mul by a constant other than -32768: the overflow cannot occur, vpmulhrsw alone.
+inline vi mul16c(vi a, vi constant) { return _mm256_mulhrs_epi16(a, constant); }
 template <int E>
 inline vi rdpot16(vi x) {  // fx16::rdpot
   constexpr int16_t mask = static_cast<int16_t>((1 << E) - 1);
@@ -181,7 +185,8 @@ inline vi sls16(vi x, int e) {
   const int16_t thr = static_cast<int16_t>((1 << (15 - e)) - 1);
   vi r = _mm256_sll_epi16(x, _mm_cvtsi32_si128(e));
   r = _mm256_blendv_epi8(r, set16(kMax16), _mm256_cmpgt_epi16(x, set16(thr)));
-  return _mm256_blendv_epi8(r, set16(kMin16), _mm256_cmpgt_epi16(set16(static_cast<int16_t>(-thr)), x));
+  return _mm256_blendv_epi8(r, set16(kMin16),
+                            _mm256_cmpgt_epi16(set16(static_cast<int16_t>(-thr)), x));
 }
 // fx16::rounding_half_sum(e, 32767): s = e + 32767; (s + sign(s)) / 2 truncated. For e >=
 // -32767, s >= 0 and that is (e + 32768) >> 1 (e ^ 0x8000 read unsigned); e = -32768 gives -1.
@@ -194,9 +199,9 @@ inline vi exp_quarter16(vi a) {
   const vi e8 = set16(c16(1895147668)), third = set16(c16(715827883));
   const vi x = _mm256_add_epi16(a, set16(1 << 12));
   const vi x2 = mul16(x, x), x3 = mul16(x2, x), x4 = mul16(x2, x2);
-  const vi tail = rdpot16<1>(
-      _mm256_add_epi16(mul16(_mm256_add_epi16(rdpot16<2>(x4), x3), third), x2));
-  return _mm256_adds_epi16(e8, mul16(e8, _mm256_add_epi16(x, tail)));
+  const vi tail =
+      rdpot16<1>(_mm256_add_epi16(mul16c(_mm256_add_epi16(rdpot16<2>(x4), x3), third), x2));
+  return _mm256_adds_epi16(e8, mul16c(_mm256_add_epi16(x, tail), e8));
 }
 // fx16::exp_negative, m in [0, 7].
 inline vi exp_negative16(vi a, int m) {
@@ -212,18 +217,17 @@ inline vi exp_negative16(vi a, int m) {
     if (m > k) {
       const vi bit = set16(static_cast<int16_t>(1 << (f + k)));
       const vi sel = _mm256_cmpeq_epi16(_mm256_and_si256(rem, bit), bit);
-      result = _mm256_blendv_epi8(result, mul16(result, set16(c16(kExpNegPow2[k + 2]))), sel);
+      result = _mm256_blendv_epi8(result, mul16c(result, set16(c16(kExpNegPow2[k + 2]))), sel);
     }
   if (m > 5)
     result = _mm256_andnot_si256(
         _mm256_cmpgt_epi16(set16(static_cast<int16_t>(-(1 << (20 - m)))), a), result);
-  return _mm256_blendv_epi8(result, set16(kMax16),
-                            _mm256_cmpeq_epi16(a, _mm256_setzero_si256()));
+  return _mm256_blendv_epi8(result, set16(kMax16), _mm256_cmpeq_epi16(a, _mm256_setzero_si256()));
 }
 // fx16::reciprocal_q2.
 inline vi reciprocal_q2_16(vi hd) {
   const vi c48 = set16(c16(1515870810)), cm32 = set16(c16(-1010580540)), one = set16(1 << 13);
-  vi x = _mm256_add_epi16(c48, mul16(hd, cm32));
+  vi x = _mm256_add_epi16(c48, mul16c(hd, cm32));
   for (int i = 0; i < 3; ++i) {
     const vi e = _mm256_sub_epi16(one, mul16(hd, x));
     x = _mm256_add_epi16(x, sls16(mul16(x, e), 2));
@@ -282,10 +286,18 @@ void matmul_avx2(const uint8_t* A, int64_t a_stride, int64_t rows, const uint8_t
     const uint8_t* a = A + r0 * a_stride;
     int32_t* cr = C + r0 * ldc;
     for (int64_t c = c0; c < c0 + nc; c += 16) switch (std::min<int64_t>(4, rows - r0)) {
-        case 4: mm_avx2_tile<4>(a, a_stride, B, kq, Np, c, init, cr, ldc); break;
-        case 3: mm_avx2_tile<3>(a, a_stride, B, kq, Np, c, init, cr, ldc); break;
-        case 2: mm_avx2_tile<2>(a, a_stride, B, kq, Np, c, init, cr, ldc); break;
-        default: mm_avx2_tile<1>(a, a_stride, B, kq, Np, c, init, cr, ldc); break;
+        case 4:
+          mm_avx2_tile<4>(a, a_stride, B, kq, Np, c, init, cr, ldc);
+          break;
+        case 3:
+          mm_avx2_tile<3>(a, a_stride, B, kq, Np, c, init, cr, ldc);
+          break;
+        case 2:
+          mm_avx2_tile<2>(a, a_stride, B, kq, Np, c, init, cr, ldc);
+          break;
+        default:
+          mm_avx2_tile<1>(a, a_stride, B, kq, Np, c, init, cr, ldc);
+          break;
       }
   }
 }
@@ -401,10 +413,8 @@ void run_qrnn(const DotLayout& l, MatmulFn mm, const QRnnConfig& q, QRnnWorkspac
   // (the int32 sum wraps where the reference's would overflow, which a valid model never does).
   auto gru_update = [&](vi z, vi hh, vi hv) {
     const vi hd = _mm256_sub_epi16(hv, zp_h), zc = _mm256_sub_epi16(set16(kMax16), z);
-    const vi a =
-        _mm256_add_epi32(mul32(lo32(z), lo32(hd)), mbqm(mul32(lo32(zc), lo32(hh)), mout));
-    const vi b =
-        _mm256_add_epi32(mul32(hi32(z), hi32(hd)), mbqm(mul32(hi32(zc), hi32(hh)), mout));
+    const vi a = _mm256_add_epi32(mul32(lo32(z), lo32(hd)), mbqm(mul32(lo32(zc), lo32(hh)), mout));
+    const vi b = _mm256_add_epi32(mul32(hi32(z), hi32(hd)), mbqm(mul32(hi32(zc), hi32(hh)), mout));
     return codes(rdpot_c<15>(a), rdpot_c<15>(b));
   };
   const bool gru_split = !q.lstm && !q.reset_after;
@@ -444,8 +454,8 @@ void run_qrnn(const DotLayout& l, MatmulFn mm, const QRnnConfig& q, QRnnWorkspac
           if (gru_split) {
             // r h requantized to h's parameters: clamp8(RDPOT(r (q_h - zp_h), 15) + zp_h).
             const vi hd = _mm256_sub_epi16(load(hb + j), zp_h);
-            const vi rh = codes(rdpot_c<15>(mul32(lo32(r), lo32(hd))),
-                                rdpot_c<15>(mul32(hi32(r), hi32(hd))));
+            const vi rh =
+                codes(rdpot_c<15>(mul32(lo32(r), lo32(hd))), rdpot_c<15>(mul32(hi32(r), hi32(hd))));
             put_codes(l, rh, rha + b * hs + j * l.esize);
             store(zb + j, z);
             continue;
@@ -454,9 +464,9 @@ void run_qrnn(const DotLayout& l, MatmulFn mm, const QRnnConfig& q, QRnnWorkspac
           const int32_t* ah = ar + 2 * Up + j;
           const vi ph = pack16(mbqm(load(ah), mh[2]), mbqm(load(ah + 8), mh[2]));
           const int32_t* ph_x = pr + 2 * Up + j;
-          const vi pre = pack16(_mm256_add_epi32(load(ph_x), rdpot_c<15>(mul32(lo32(r), lo32(ph)))),
-                                _mm256_add_epi32(load(ph_x + 8),
-                                                 rdpot_c<15>(mul32(hi32(r), hi32(ph)))));
+          const vi pre =
+              pack16(_mm256_add_epi32(load(ph_x), rdpot_c<15>(mul32(lo32(r), lo32(ph)))),
+                     _mm256_add_epi32(load(ph_x + 8), rdpot_c<15>(mul32(hi32(r), hi32(ph)))));
           const vi hh = tanh16(pre, 3);
           const vi hn = gru_update(z, hh, load(hb + j));
           store(hb + j, hn);
@@ -476,8 +486,8 @@ void run_qrnn(const DotLayout& l, MatmulFn mm, const QRnnConfig& q, QRnnWorkspac
           // pre = sat16(p_x + sat16(MBQM(acc, M_h)))
           const vi ma = clamp32(mbqm(load(ar + j), mh[2]), -32768, 32767);
           const vi mb = clamp32(mbqm(load(ar + j + 8), mh[2]), -32768, 32767);
-          const vi pre = pack16(_mm256_add_epi32(load(pr + j), ma),
-                                _mm256_add_epi32(load(pr + j + 8), mb));
+          const vi pre =
+              pack16(_mm256_add_epi32(load(pr + j), ma), _mm256_add_epi32(load(pr + j + 8), mb));
           const vi hn = gru_update(load(zb + j), tanh16(pre, 3), load(hb + j));
           store(hb + j, hn);
           store(lb + j, hn);
@@ -492,7 +502,8 @@ void run_qrnn(const DotLayout& l, MatmulFn mm, const QRnnConfig& q, QRnnWorkspac
       if (!valid && q.zero_output)
         for (int64_t j = 0; j < Up; j += 16) store(lb + j, zp_h);
       if (valid)
-        for (int64_t j = 0; j < Up; j += 16) put_codes(l, load(h + b * Up + j), ha + b * hs + j * l.esize);
+        for (int64_t j = 0; j < Up; j += 16)
+          put_codes(l, load(h + b * Up + j), ha + b * hs + j * l.esize);
       if (q.sequences) {
         int8_t* out = y + (b * T + ot) * U;
         for (int64_t j = 0; j < U; j += 16) store_s8(out + j, load(lb + j), U - j);
@@ -552,10 +563,17 @@ void mm_vnni_rows(const uint8_t* A, int64_t a_stride, const int8_t* B, int64_t k
   int64_t c = c0;
   for (; c + 64 <= c0 + nc; c += 64) mm_vnni_tile<MR, 4>(A, a_stride, B, kq, Np, c, init, C, ldc);
   switch ((c0 + nc - c) / 16) {
-    case 3: mm_vnni_tile<MR, 3>(A, a_stride, B, kq, Np, c, init, C, ldc); break;
-    case 2: mm_vnni_tile<MR, 2>(A, a_stride, B, kq, Np, c, init, C, ldc); break;
-    case 1: mm_vnni_tile<MR, 1>(A, a_stride, B, kq, Np, c, init, C, ldc); break;
-    default: break;
+    case 3:
+      mm_vnni_tile<MR, 3>(A, a_stride, B, kq, Np, c, init, C, ldc);
+      break;
+    case 2:
+      mm_vnni_tile<MR, 2>(A, a_stride, B, kq, Np, c, init, C, ldc);
+      break;
+    case 1:
+      mm_vnni_tile<MR, 1>(A, a_stride, B, kq, Np, c, init, C, ldc);
+      break;
+    default:
+      break;
   }
 }
 void matmul_vnni(const uint8_t* A, int64_t a_stride, int64_t rows, const uint8_t* Bp, int64_t kq,
@@ -565,10 +583,18 @@ void matmul_vnni(const uint8_t* A, int64_t a_stride, int64_t rows, const uint8_t
     const uint8_t* a = A + r0 * a_stride;
     int32_t* cr = C + r0 * ldc;
     switch (std::min<int64_t>(4, rows - r0)) {
-      case 4: mm_vnni_rows<4>(a, a_stride, B, kq, Np, c0, nc, init, cr, ldc); break;
-      case 3: mm_vnni_rows<3>(a, a_stride, B, kq, Np, c0, nc, init, cr, ldc); break;
-      case 2: mm_vnni_rows<2>(a, a_stride, B, kq, Np, c0, nc, init, cr, ldc); break;
-      default: mm_vnni_rows<1>(a, a_stride, B, kq, Np, c0, nc, init, cr, ldc); break;
+      case 4:
+        mm_vnni_rows<4>(a, a_stride, B, kq, Np, c0, nc, init, cr, ldc);
+        break;
+      case 3:
+        mm_vnni_rows<3>(a, a_stride, B, kq, Np, c0, nc, init, cr, ldc);
+        break;
+      case 2:
+        mm_vnni_rows<2>(a, a_stride, B, kq, Np, c0, nc, init, cr, ldc);
+        break;
+      default:
+        mm_vnni_rows<1>(a, a_stride, B, kq, Np, c0, nc, init, cr, ldc);
+        break;
     }
   }
 }
@@ -605,8 +631,8 @@ std::shared_ptr<QRnnWorkspace> make_qrnn_workspace(const QRnnConfig& cfg) {
 }
 
 void qrnn_s8__avx512_vnni(const QRnnConfig& cfg, QRnnWorkspace& ws, const int8_t* x,
-                          const int8_t* wx, const int8_t* wh, const int32_t* bx,
-                          const int32_t* bh, const bool* mask, int8_t* y) {
+                          const int8_t* wx, const int8_t* wh, const int32_t* bx, const int32_t* bh,
+                          const bool* mask, int8_t* y) {
   run_qrnn(kVnni, matmul_vnni, cfg, ws, x, wx, wh, bx, bh, mask, y);
 }
 

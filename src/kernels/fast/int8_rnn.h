@@ -52,12 +52,12 @@ struct QRnnConfig {
 
 struct QRnnWorkspace {
   std::mutex mu;
-  std::vector<uint8_t> wx, wh;   // packed weights
-  std::vector<int32_t> ebx, ebh; // effective biases per packed column
-  std::vector<uint8_t> xa;       // the input rows in the dot product's layout
-  std::vector<int32_t> px;       // [batch*T][G*Up] input projections, sat16(MBQM(.))
-  std::vector<int32_t> hacc;     // [batch][G*Up] recurrent accumulators
-  std::vector<uint8_t> ha, rha;  // h (and GRU r h) rows in the dot product's layout
+  std::vector<uint8_t> wx, wh;         // packed weights
+  std::vector<int32_t> ebx, ebh;       // effective biases per packed column
+  std::vector<uint8_t> xa;             // the input rows in the dot product's layout
+  std::vector<int32_t> px;             // [batch*T][G*Up] input projections, sat16(MBQM(.))
+  std::vector<int32_t> hacc;           // [batch][G*Up] recurrent accumulators
+  std::vector<uint8_t> ha, rha;        // h (and GRU r h) rows in the dot product's layout
   std::vector<int16_t> h, c, last, z;  // [batch][Up] codes
   // What `wx`, `wh`, `ebx`, `ebh` were packed from (the packing is reused while they are equal,
   // memcmp: a plan's constant weights are packed once). packed_for: 0 none, 1 VNNI, 2 AVX2.
@@ -73,8 +73,8 @@ std::shared_ptr<QRnnWorkspace> make_qrnn_workspace(const QRnnConfig& cfg);
 // bx: the input-side bias (nullptr: zeros); bh: the recurrent-side bias (GRU reset_after only,
 // nullptr: zeros); mask [batch, T] or nullptr; y [batch, T, U] or [batch, U].
 void qrnn_s8__avx512_vnni(const QRnnConfig& cfg, QRnnWorkspace& ws, const int8_t* x,
-                          const int8_t* wx, const int8_t* wh, const int32_t* bx,
-                          const int32_t* bh, const bool* mask, int8_t* y);
+                          const int8_t* wx, const int8_t* wh, const int32_t* bx, const int32_t* bh,
+                          const bool* mask, int8_t* y);
 void qrnn_s8__avx2(const QRnnConfig& cfg, QRnnWorkspace& ws, const int8_t* x, const int8_t* wx,
                    const int8_t* wh, const int32_t* bx, const int32_t* bh, const bool* mask,
                    int8_t* y);
