@@ -2,13 +2,19 @@
 // the timestep mask of a Masking layer (timestep_mask): shape rules that validate the
 // quantization attributes, a prepare step that turns them into multipliers once per plan, and
 // reference kernels written as the specification (quantization-semantics.md 3.7, "8x8_16"):
-// plain loops, one batch row at a time.
+// plain loops, one batch row at a time. qlstm and qgru also have fast rows, AVX-512 VNNI then
+// AVX2 (src/kernels/fast/int8_rnn.h: one GEMM for the input projection of every step, the
+// recurrent matmul and the gate arithmetic vectorised), bit-identical to the reference
+// (tests/ops/int8_rnn_test.cc).
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <mutex>
 #include <vector>
 
+#include "kernels/fast/int8_rnn.h"
 #include "lowbit/fixed_point.h"
+#include "lowbit/isa.h"
 #include "lowbit/ops/int8.h"
 #include "ops/families.h"
 #include "ops/op_util.h"
@@ -65,6 +71,9 @@ struct QRnnParams {
   QuantizedMultiplier m_out;                // LSTM: 2^-30 / s_h; GRU: 2^-15 / s_h
   // Scratch, sized here so that the kernel does not allocate (one plan runs one batch at a time).
   std::shared_ptr<std::vector<int32_t>> scratch;
+  // The fast rows' view of the same parameters and their workspace (sized at prepare).
+  kernels::QRnnConfig fast_cfg;
+  std::shared_ptr<kernels::QRnnWorkspace> fast_ws;
 };
 
 struct RnnArgs {
@@ -196,6 +205,27 @@ std::any prepare_qrnn(const PrepareCtx& c) {
   // eb_x, eb_h [G*U]; h, h', c, last, r h [U]; gate codes [G*U]
   const int64_t gu = q.gates * q.units;
   q.scratch = std::make_shared<std::vector<int32_t>>(static_cast<size_t>(3 * gu + 5 * q.units));
+  kernels::QRnnConfig& f = q.fast_cfg;
+  f.lstm = q.lstm;
+  f.batch = q.batch;
+  f.steps = q.steps;
+  f.depth = q.depth;
+  f.units = q.units;
+  f.gates = q.gates;
+  f.zp_x = q.zp_x;
+  f.zp_h = q.zp_h;
+  f.cell_bits = q.cell_bits;
+  f.reset_after = q.reset_after;
+  f.sequences = q.sequences;
+  f.backwards = q.backwards;
+  f.zero_output = q.zero_output;
+  f.reverse_output = q.reverse_output;
+  for (int g = 0; g < q.gates; ++g) {
+    f.mx[g] = q.mx[g];
+    f.mh[g] = q.mh[g];
+  }
+  f.m_out = q.m_out;
+  q.fast_ws = kernels::make_qrnn_workspace(f);
   return q;
 }
 
@@ -308,17 +338,45 @@ void qrnn_reference(const QRnnParams& q, const int8_t* x, const int8_t* wx, cons
   }
 }
 
-void run_qrnn(const KernelCtx& k) {
-  const auto& q = k.params<QRnnParams>();
+// The arguments as the kernels read them.
+struct QRnnArgs {
+  const int32_t *bx = nullptr, *bh = nullptr;
+  const bool* mask = nullptr;
+};
+QRnnArgs qrnn_args(const KernelCtx& k, const QRnnParams& q) {
   const int nin = q.lstm ? 4 : 5;
-  const int32_t* bx = k.in[3].numel() > 0 ? k.in[3].data<int32_t>() : nullptr;
+  QRnnArgs a;
+  a.bx = k.in[3].numel() > 0 ? k.in[3].data<int32_t>() : nullptr;
   // A GRU with reset_after = false has its biases on the input side only (spec 3.7): the
   // recurrent_bias argument is not read.
-  const int32_t* bh =
-      !q.lstm && q.reset_after && k.in[4].numel() > 0 ? k.in[4].data<int32_t>() : nullptr;
-  const bool* mask = q.has_mask ? k.in[nin].data<bool>() : nullptr;
-  qrnn_reference(q, k.in[0].data<int8_t>(), k.in[1].data<int8_t>(), k.in[2].data<int8_t>(), bx, bh,
-                 mask, k.out[0].data<int8_t>());
+  a.bh = !q.lstm && q.reset_after && k.in[4].numel() > 0 ? k.in[4].data<int32_t>() : nullptr;
+  a.mask = q.has_mask ? k.in[nin].data<bool>() : nullptr;
+  return a;
+}
+
+void run_qrnn(const KernelCtx& k) {
+  const auto& q = k.params<QRnnParams>();
+  const QRnnArgs a = qrnn_args(k, q);
+  qrnn_reference(q, k.in[0].data<int8_t>(), k.in[1].data<int8_t>(), k.in[2].data<int8_t>(), a.bx,
+                 a.bh, a.mask, k.out[0].data<int8_t>());
+}
+
+using QRnnFastFn = void (*)(const kernels::QRnnConfig&, kernels::QRnnWorkspace&, const int8_t*,
+                            const int8_t*, const int8_t*, const int32_t*, const int32_t*,
+                            const bool*, int8_t*);
+
+// A fast row of qlstm / qgru (kernels/fast/int8_rnn.h); every shape is supported.
+FastKernel qrnn_row(const std::string& op, Isa isa, QRnnFastFn fn) {
+  return {.name = op + "_s8__" + isa_name(isa),
+          .isa = isa,
+          .supports = {},
+          .run = [fn](const KernelCtx& k) {
+            const auto& q = k.params<QRnnParams>();
+            const QRnnArgs a = qrnn_args(k, q);
+            std::lock_guard<std::mutex> lock(q.fast_ws->mu);
+            fn(q.fast_cfg, *q.fast_ws, k.in[0].data<int8_t>(), k.in[1].data<int8_t>(),
+               k.in[2].data<int8_t>(), a.bx, a.bh, a.mask, k.out[0].data<int8_t>());
+          }};
 }
 
 // ---- timestep_mask -----------------------------------------------------------------------------
@@ -344,6 +402,8 @@ void register_int8_recurrent_ops() {
                  .infer = infer_qrnn,
                  .prepare = prepare_qrnn,
                  .reference = run_qrnn,
+                 .fast = {qrnn_row(name, Isa::kAvx512Vnni, kernels::qrnn_s8__avx512_vnni),
+                          qrnn_row(name, Isa::kAvx2, kernels::qrnn_s8__avx2)},
                  .doc = std::string("integer ") + (name[1] == 'l' ? "LSTM" : "GRU") +
                         " over a sequence (8x8_16: int8 x, weights and h, int16 gates" +
                         (name[1] == 'l' ? " and cell" : "") + "), optional timestep mask"});

@@ -1,7 +1,8 @@
 // Quantization-aware training of LSTM and GRU (lowbit/quant/recurrent.h; semantics 3.7): the
 // structure quantize_model builds, the forward against a by-hand computation of the integer
-// step in float, the grids of weights, gates and cell, masks (bit-exact carries, garbage at
-// padded steps, trackers from valid steps only), training, and save/load.
+// step on the codes (LSTM and GRU, spec 3.7's formulas), the grids of weights, gates and cell,
+// masks (bit-exact carries, garbage at padded steps, trackers from valid steps only), training, and
+// save/load.
 #include "lowbit/quant/recurrent.h"
 
 #include <gtest/gtest.h>
@@ -229,29 +230,83 @@ TEST(QuantizedRecurrent, GRUForwardIsTheIntegerStepComputedByHand) {
   Rng rng(19);
   Tensor x = random_tensor({3, 2, 3}, rng, -1.5f, 2.0f), h0 = random_tensor({3, 4}, rng, -1, 1);
   std::vector<Tensor> got = s.q->predict_on_batch({x, h0});
+
+  // By hand, from the GRU's integer step (spec 3.7 "GRU", reset_after = true) on the codes: what
+  // qgru computes. h codes are kept as q_h - zp_h, x codes as q_x - zp_x (the zero-point terms
+  // of the accumulators are then implicit).
   const Tensor xmin = state(l, "x_min"), xmax = state(l, "x_max");
   const Tensor hmin = state(l, "h_min"), hmax = state(l, "h_max");
-  auto FQh = [&](const Tensor& v) { return ops::fake_quant_with_min_max_vars(v, hmin, hmax); };
-  auto P = [](const Tensor& v) { return ops::fake_quant_pot(v, -12); };
+  const ops::FakeQuantNudge nx =
+      ops::fake_quant_nudge(xmin.get_as_double(0), xmax.get_as_double(0));
+  const ops::FakeQuantNudge nh =
+      ops::fake_quant_nudge(hmin.get_as_double(0), hmax.get_as_double(0));
   const Tensor K = l.quantized_kernel(), R = l.quantized_recurrent_kernel();
   const Tensor b = inner(l, "bias");  // [2, 12]: input row, recurrent row
-  const Tensor bx = ops::reshape(ops::slice(b, {0, 0}, {1, 12}), {12});
-  const Tensor bh = ops::reshape(ops::slice(b, {1, 0}, {2, 12}), {12});
-  auto blk = [](const Tensor& v, int k0, int k1) {
-    return ops::slice(v, {0, 4 * k0}, {3, 4 * k1});
-  };
-  Tensor h = FQh(h0);
-  for (int64_t t = 0; t < 2; ++t) {
-    Tensor xt = ops::reshape(ops::slice(x, {0, t, 0}, {3, t + 1, 3}), {3, 3});
-    Tensor ax = P(ops::matmul(ops::fake_quant_with_min_max_vars(xt, xmin, xmax), K) + bx);
-    Tensor ah = P(ops::matmul(h, R) + bh);
-    Tensor zr = ops::fixed_logistic(P(blk(ax, 0, 2) + blk(ah, 0, 2)));
-    Tensor z = blk(zr, 0, 1), r = blk(zr, 1, 2);
-    Tensor hh = ops::fixed_tanh(P(blk(ax, 2, 3) + P(r * blk(ah, 2, 3))), 3);
-    h = FQh(z * h + ((1.0 - std::ldexp(1.0, -15)) - z) * hh);
+  std::vector<float> swx, swh;
+  for (int64_t k = 0; k < 3; ++k) {
+    swx.push_back(ops::fake_quant_nudge(state(l, "kernel_min").get_as_double(k),
+                                        state(l, "kernel_max").get_as_double(k), 8, true)
+                      .scale);
+    swh.push_back(ops::fake_quant_nudge(state(l, "recurrent_kernel_min").get_as_double(k),
+                                        state(l, "recurrent_kernel_max").get_as_double(k), 8, true)
+                      .scale);
   }
-  EXPECT_TRUE(tensors_equal(got[1], h));
-  EXPECT_TRUE(tensors_equal(ops::reshape(ops::slice(got[0], {0, 1, 0}, {3, 2, 4}), {3, 4}), h));
+  auto code = [](double v, double s) { return static_cast<int32_t>(std::lround(v / s)); };
+  auto mbqm = [](int64_t acc, double m) {
+    return quant::multiply_by_quantized_multiplier(static_cast<int32_t>(acc),
+                                                   quant::quantize_multiplier(m));
+  };
+  auto s16 = [](int64_t v) { return static_cast<int32_t>(std::clamp<int64_t>(v, -32768, 32767)); };
+  auto rdpot = [](int64_t v, int e) {
+    return quant::rounding_divide_by_pot(static_cast<int32_t>(v), e);
+  };
+  const Tensor hq0 = ops::fake_quant_with_min_max_vars(h0, hmin, hmax);
+  for (int64_t n = 0; n < 3; ++n) {
+    std::vector<int32_t> h(4);
+    for (int64_t j = 0; j < 4; ++j) h[j] = code(hq0.get_as_double(n * 4 + j), nh.scale);
+    for (int64_t t = 0; t < 2; ++t) {
+      // px[col] = sat16(MBQM(q_bx + sum W_x (q_x - zp_x), M_x,g)), and likewise ph[col] on the
+      // recurrent side with its own bias; a_z, a_r = sat16(px + MBQM(., M_h,g)) unsaturated.
+      std::vector<int32_t> px(12), acc_h(12);
+      for (int64_t col = 0; col < 12; ++col) {
+        const int64_t g = col / 4;
+        const float bsx = swx[g] * nx.scale, bsh = swh[g] * nh.scale;
+        int64_t ax = quant::quantize_bias(b.data<float>()[col], bsx);
+        int64_t ah = quant::quantize_bias(b.data<float>()[12 + col], bsh);
+        for (int64_t d = 0; d < 3; ++d) {
+          const Tensor xq = ops::fake_quant_with_min_max_vars(
+              Tensor::scalar(x.data<float>()[(n * 2 + t) * 3 + d]), xmin, xmax);
+          ax += int64_t{code(xq.get_as_double(0), nx.scale)} *
+                code(K.get_as_double(d * 12 + col), swx[g]);
+        }
+        for (int64_t k = 0; k < 4; ++k)
+          ah += int64_t{h[k]} * code(R.get_as_double(k * 12 + col), swh[g]);
+        px[col] = s16(mbqm(ax, std::ldexp(double(bsx), 12)));
+        acc_h[col] = mbqm(ah, std::ldexp(double(bsh), 12));
+      }
+      std::vector<int32_t> hn(4);
+      for (int64_t j = 0; j < 4; ++j) {
+        const int32_t z =
+            quant::logistic_int16(static_cast<int16_t>(s16(int64_t{px[j]} + acc_h[j])));
+        const int32_t r =
+            quant::logistic_int16(static_cast<int16_t>(s16(int64_t{px[4 + j]} + acc_h[4 + j])));
+        // hh = tanh(sat16(p_x + RDPOT(r sat16(p_h), 15)))   (Q3.12 in, Q0.15 out)
+        const int32_t ph = s16(acc_h[8 + j]);
+        const int32_t hh = quant::tanh_int16(
+            static_cast<int16_t>(s16(int64_t{px[8 + j]} + rdpot(int64_t{r} * ph, 15))), 3);
+        // acc = z (q_h - zp_h) + MBQM((32767 - z) hh, 2^-15 / s_h); h' = clamp8(RDPOT(acc, 15))
+        const int64_t acc = int64_t{z} * h[j] +
+                            mbqm(int64_t{32767 - z} * hh, std::ldexp(1.0, -15) / double(nh.scale));
+        hn[j] =
+            std::clamp(rdpot(acc, 15), nh.quant_min - nh.zero_point, nh.quant_max - nh.zero_point);
+        EXPECT_EQ(code(got[0].get_as_double((n * 2 + t) * 4 + j), nh.scale), hn[j])
+            << n << " " << t << " " << j;
+      }
+      h = hn;
+    }
+    for (int64_t j = 0; j < 4; ++j)
+      EXPECT_EQ(code(got[1].get_as_double(n * 4 + j), nh.scale), h[j]) << n << " " << j;
+  }
 }
 
 // x [2, 5, 3] with a mask: row 0 valid at 1, 2, 4; row 1 valid at 0 only.

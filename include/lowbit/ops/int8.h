@@ -78,6 +78,8 @@
 //     Gate sums Q3.12 (int16), gates Q0.15 by gemmlowp's logistic_int16/tanh_int16. At a step
 //     with mask false h and c keep their codes and the output repeats the last valid output
 //     (hidden_zero_point before the first valid step, or always with zero_output_for_mask).
+//     Kernels: the reference, and fast rows qlstm_s8__avx512_vnni / __avx2, qgru_s8__... (one
+//     GEMM for every step's input projection; src/kernels/fast/int8_rnn.h), bit-identical.
 //   timestep_mask(x f32 [B,T,D]) -> bool [B,T]: any(x[b,t,:] != mask_value) (Keras Masking).
 // None is differentiable (integer outputs). Errors when applied: DTypeError for an argument of
 // another dtype, ShapeError for mismatched shapes (naming the argument), ValueError for a
