@@ -287,10 +287,10 @@ const Shape4 kDw14s2{14, 14, 576, 3, 576, 2, 576, false};  // block 13
 const Shape4 kDw7{7, 7, 960, 3, 960, 1, 960, false};       // blocks 14-16
 // Its 1x1 convs other than mbv2_expand / mbv2_last: expands (few input channels, output-stage
 // bound) and projections (deep, few output channels).
-const Shape4 kExpand56{56, 56, 24, 1, 144, 1, 1, false};   // blocks 2 (and 3)
-const Shape4 kProj112{112, 112, 32, 1, 16, 1, 1, false};   // block 0
-const Shape4 kProj14{14, 14, 384, 1, 64, 1, 1, false};     // blocks 7-9
-const Shape4 kProj7{7, 7, 960, 1, 160, 1, 1, false};       // blocks 14, 15
+const Shape4 kExpand56{56, 56, 24, 1, 144, 1, 1, false};  // blocks 2 (and 3)
+const Shape4 kProj112{112, 112, 32, 1, 16, 1, 1, false};  // block 0
+const Shape4 kProj14{14, 14, 384, 1, 64, 1, 1, false};    // blocks 7-9
+const Shape4 kProj7{7, 7, 960, 1, 160, 1, 1, false};      // blocks 14, 15
 
 #define LOWBIT_INT8_CNN(label, shape)                         \
   BENCHMARK_CAPTURE(BM_Int8, label##_fast, shape, true)       \

@@ -318,7 +318,7 @@ void run_gemm(const GemmIsa& isa, const GemmShape& s, const int8_t* x, const int
   if (static_cast<int64_t>(ws.a.size()) < nt * a_tile + 64)
     ws.a.resize(static_cast<size_t>(nt * a_tile + 64));
   uint8_t* const a_base = ws.a.data() + ((64 - reinterpret_cast<uintptr_t>(ws.a.data()) % 64) % 64);
-  const TileFn* fns = ws.rq.single                     ? isa.tiles_single
+  const TileFn* fns = ws.rq.single                   ? isa.tiles_single
                       : ws.rq.lean && isa.tiles_lean ? isa.tiles_lean
                                                      : isa.tiles;
   const int64_t panel_bytes = kq * isa.nr * isa.kg * static_cast<int64_t>(sizeof(E));
@@ -580,7 +580,6 @@ LOWBIT_VNNI_INLINE void store(int8_t* y, __mmask16 k, __m512i v) {
     _mm_mask_storeu_epi8(y, k, b);
 }
 
-
 template <bool kSingle>
 void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int32_t zp, int8_t* y,
              int64_t row_begin, int64_t row_end) {
@@ -711,7 +710,8 @@ void put_u8(uint8_t* dst, const int8_t* src, int64_t n) {
     _mm512_storeu_si512(dst + i, _mm512_xor_si512(_mm512_loadu_si512(src + i), flip));
   if (i < n) {
     const __mmask64 k = (__mmask64{1} << (n - i)) - 1;
-    _mm512_mask_storeu_epi8(dst + i, k, _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src + i), flip));
+    _mm512_mask_storeu_epi8(dst + i, k,
+                            _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src + i), flip));
   }
 }
 
@@ -892,7 +892,7 @@ void dwq_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, co
         for (int64_t g = 0; g < groups4; ++g)
           for (int64_t kw = 0; kw < kw_n; ++kw)
             acc = dpbusd(acc, _mm512_loadu_si512(s0 + (g * wp + kw * dw) * cs),
-                                      _mm512_loadu_si512(wq + ((g * kw_n + kw) * ocp + c) * 4));
+                         _mm512_loadu_si512(wq + ((g * kw_n + kw) * ocp + c) * 4));
         return acc;
       };
       if (wide && groups4 == 1 && kw_n == 3) {
@@ -1328,8 +1328,7 @@ template <bool kSingle>
 constexpr TileFn kTiles[kMr] = {tile<1, kSingle>, tile<2, kSingle>, tile<3, kSingle>,
                                 tile<4, kSingle>};
 
-const GemmIsa kIsa{kTagGemmAvx2, 2, kMr, kNr, false, kTiles<false>, kTiles<true>, nullptr,
-                   nullptr};
+const GemmIsa kIsa{kTagGemmAvx2, 2, kMr, kNr, false, kTiles<false>, kTiles<true>, nullptr, nullptr};
 
 template <bool kSingle>
 void dw_rows(const Conv2DParams& geo, const int8_t* x, const QWorkspace& ws, int32_t zp, int8_t* y,
