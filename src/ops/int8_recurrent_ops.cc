@@ -226,6 +226,10 @@ std::any prepare_qrnn(const PrepareCtx& c) {
   }
   f.m_out = q.m_out;
   q.fast_ws = kernels::make_qrnn_workspace(f);
+  // wx, wh and the bias(es): inputs 1 .. nin - 1 (the mask, if any, comes after them).
+  bool constant = true;
+  for (int i = 1; i < rnn_args(c.op, c.attrs).nin; ++i) constant = constant && c.is_constant(i);
+  q.fast_ws->constant_weights = constant;
   return q;
 }
 

@@ -62,6 +62,7 @@ void pack(const DotLayout& l, const Geo& g, const int8_t* w, int64_t K, const in
 // not, records them (into buffers sized at prepare) and the caller packs.
 bool same_weights(QRnnWorkspace& ws, int tag, const int8_t* wx, const int8_t* wh, const int32_t* bx,
                   const int32_t* bh, int64_t gu, int64_t D, int64_t U) {
+  if (ws.constant_weights && ws.packed_for == tag) return true;
   const size_t nx = static_cast<size_t>(D * gu), nh = static_cast<size_t>(U * gu);
   const size_t nb = static_cast<size_t>(gu) * sizeof(int32_t);
   const bool same = ws.packed_for == tag && ws.had_bx == (bx != nullptr) &&

@@ -60,8 +60,11 @@ struct QRnnWorkspace {
   std::vector<uint8_t> ha, rha;        // h (and GRU r h) rows in the dot product's layout
   std::vector<int16_t> h, c, last, z;  // [batch][Up] codes
   // What `wx`, `wh`, `ebx`, `ebh` were packed from (the packing is reused while they are equal,
-  // memcmp: a plan's constant weights are packed once). packed_for: 0 none, 1 VNNI, 2 AVX2.
+  // memcmp). packed_for: 0 none, 1 VNNI, 2 AVX2.
   int packed_for = 0;
+  // Set at prepare when the weights and biases are constants of the plan (PrepareCtx::constants):
+  // packed once, never compared again.
+  bool constant_weights = false;
   std::vector<int8_t> wx_copy, wh_copy;
   std::vector<int32_t> bx_copy, bh_copy;
   bool had_bx = false, had_bh = false;
