@@ -22,30 +22,19 @@
 #include "lowbit/ops.h"
 #include "lowbit/quant/convert.h"
 #include "lowbit/quant/quantize_model.h"
+#include "testing/convert_testing.h"
 #include "testing/op_testing.h"
 
 namespace lowbit {
 namespace {
 
+using testing::argmax_row;
 using testing::expect_throws_with;
-
-// The MNIST training and test splits (a second or two per epoch for these MLPs).
-struct Mnist {
-  MnistSplit train, test;
-  Tensor train_x, train_y;  // the whole training split (8,000 images in ../shared/data)
-};
-const Mnist& mnist() {
-  static const Mnist m = [] {
-    Mnist r{load_mnist(testing::shared_dir() + "/data", true),
-            load_mnist(testing::shared_dir() + "/data", false),
-            {},
-            {}};
-    r.train_x = r.train.images;
-    r.train_y = r.train.labels;
-    return r;
-  }();
-  return m;
-}
+using testing::find_layer;
+using testing::find_output;
+using testing::mnist;
+using testing::op_kinds;
+using testing::qat_codes;
 
 nn::ModelPtr trained(std::vector<nn::LayerPtr> layers, const std::string& name, bool logits,
                      int epochs = 1) {
@@ -54,7 +43,8 @@ nn::ModelPtr trained(std::vector<nn::LayerPtr> layers, const std::string& name, 
   m->compile({.optimizer = nn::Adam({.learning_rate = 2e-3}),
               .loss = nn::SparseCategoricalCrossentropy({.from_logits = logits}),
               .metrics = {"accuracy"}});
-  m->fit(mnist().train_x, mnist().train_y, {.epochs = epochs, .batch_size = 64, .verbose = 0});
+  m->fit(mnist().train.images, mnist().train.labels,
+         {.epochs = epochs, .batch_size = 64, .verbose = 0});
   return m;
 }
 
@@ -63,38 +53,8 @@ nn::ModelPtr qat_of(const nn::Model& f, bool logits) {
   q->compile({.optimizer = nn::Adam({.learning_rate = 5e-4}),
               .loss = nn::SparseCategoricalCrossentropy({.from_logits = logits}),
               .metrics = {"accuracy"}});
-  q->fit(mnist().train_x, mnist().train_y, {.epochs = 1, .batch_size = 64, .verbose = 0});
+  q->fit(mnist().train.images, mnist().train.labels, {.epochs = 1, .batch_size = 64, .verbose = 0});
   return q;
-}
-
-nn::KTensor find_output(const nn::Model& m, const std::string& name) {
-  std::function<nn::KTensor(const nn::KTensor&)> walk = [&](const nn::KTensor& k) -> nn::KTensor {
-    if (k.node->layer->name() == name) return k;
-    for (const nn::KTensor& i : k.node->inputs)
-      if (nn::KTensor r = walk(i); r.defined()) return r;
-    return {};
-  };
-  return walk(m.outputs()[0]);
-}
-
-const nn::Layer* find_layer(const nn::Model& m, const std::string& name) {
-  const nn::KTensor k = find_output(m, name);
-  return k.defined() ? k.node->layer.get() : nullptr;
-}
-
-// The QAT model's values as codes of the integer tensor t's grid.
-Tensor qat_codes(const Tensor& out, const quant::IntegerTensor& t) {
-  Tensor c(out.shape(), DType::kS8);
-  for (int64_t e = 0; e < out.numel(); ++e)
-    c.data<int8_t>()[e] = static_cast<int8_t>(std::clamp<double>(
-        std::round(out.data<float>()[e] / t.scale[0]) + t.zero_point[0], -128.0, 127.0));
-  return c;
-}
-
-int64_t argmax_row(const Tensor& t, int64_t r) {
-  const int64_t c = t.shape()[1];
-  const float* p = t.data<float>() + r * c;
-  return std::max_element(p, p + c) - p;
 }
 
 // Per op: fed the QAT model's codes of its inputs (or x, or constants), the integer op's codes
@@ -172,12 +132,6 @@ void expect_top1(nn::Model& qat, quant::IntegerModel& im, double min_agree = 0.9
   }
   EXPECT_GE(static_cast<double>(agree) / static_cast<double>(n), min_agree);
   EXPECT_GE(static_cast<double>(right) / static_cast<double>(n), min_accuracy);
-}
-
-std::vector<std::string> op_kinds(const quant::IntegerModel& im) {
-  std::vector<std::string> k;
-  for (const auto& op : im.ops) k.push_back(op.op);
-  return k;
 }
 
 nn::ModelPtr softmax_classifier() {

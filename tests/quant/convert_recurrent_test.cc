@@ -30,12 +30,14 @@
 #include "lowbit/quant/convert.h"
 #include "lowbit/quant/quantize_model.h"
 #include "lowbit/quant/recurrent.h"
+#include "testing/convert_testing.h"
 #include "testing/op_testing.h"
 
 namespace lowbit {
 namespace {
 
 using testing::expect_throws_with;
+using testing::find_output;
 using testing::random_tensor;
 
 constexpr int64_t kT = 8, kF = 3;
@@ -98,16 +100,6 @@ nn::ModelPtr trained_qat(const Rnn& r) {
   const Tensor ys = random_tensor(with_batch(y.shape(), 384), rng, -1.0f, 1.0f);
   q->fit(xs, ys, {.epochs = 1, .batch_size = 64, .verbose = 0});
   return q;
-}
-
-nn::KTensor find_output(const nn::Model& m, const std::string& name) {
-  std::function<nn::KTensor(const nn::KTensor&)> walk = [&](const nn::KTensor& k) -> nn::KTensor {
-    if (k.node->layer->name() == name) return k;
-    for (const nn::KTensor& i : k.node->inputs)
-      if (nn::KTensor r = walk(i); r.defined()) return r;
-    return {};
-  };
-  return walk(m.outputs()[0]);
 }
 
 // Codes of `out` on t's grid.

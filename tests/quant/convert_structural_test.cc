@@ -26,21 +26,19 @@
 #include "lowbit/quant/convert.h"
 #include "lowbit/quant/quantize_model.h"
 #include "lowbit/rng.h"
+#include "testing/convert_testing.h"
 #include "testing/op_testing.h"
 
 namespace lowbit {
 namespace {
 
+using testing::argmax_row;
+using testing::count_of;
 using testing::expect_throws_with;
-
-struct Mnist {
-  MnistSplit train, test;
-};
-const Mnist& mnist() {
-  static const Mnist m{load_mnist(testing::shared_dir() + "/data", true),
-                       load_mnist(testing::shared_dir() + "/data", false)};
-  return m;
-}
+using testing::find_output;
+using testing::mnist;
+using testing::op_kinds;
+using testing::qat_codes;
 
 void compile_classifier(nn::Model& m, double lr) {
   m.compile({.optimizer = nn::Adam({.learning_rate = lr}),
@@ -87,42 +85,6 @@ nn::ModelPtr regression_qat(nn::Model& f, const Sequences& s) {
   q->compile({.optimizer = nn::Adam({.learning_rate = 1e-3}), .loss = nn::MeanSquaredError()});
   q->fit(s.x, s.y, {.epochs = 1, .batch_size = 32, .verbose = 0});
   return q;
-}
-
-// The QAT model's symbolic tensor produced by the layer named `name`.
-nn::KTensor find_output(const nn::Model& m, const std::string& name) {
-  std::function<nn::KTensor(const nn::KTensor&)> walk = [&](const nn::KTensor& k) -> nn::KTensor {
-    if (k.node->layer->name() == name) return k;
-    for (const nn::KTensor& i : k.node->inputs)
-      if (nn::KTensor r = walk(i); r.defined()) return r;
-    return {};
-  };
-  return walk(m.outputs()[0]);
-}
-
-// The QAT model's output on the integer tensor t's grid (q / s + z, rounded), as codes.
-Tensor qat_codes(const Tensor& out, const quant::IntegerTensor& t) {
-  Tensor c(out.shape(), DType::kS8);
-  for (int64_t e = 0; e < out.numel(); ++e)
-    c.data<int8_t>()[e] = static_cast<int8_t>(std::clamp<double>(
-        std::round(out.data<float>()[e] / t.scale[0]) + t.zero_point[0], -128.0, 127.0));
-  return c;
-}
-
-int64_t argmax_row(const Tensor& t, int64_t r) {
-  const int64_t c = t.shape()[1];
-  const float* p = t.data<float>() + r * c;
-  return std::max_element(p, p + c) - p;
-}
-
-std::vector<std::string> op_kinds(const quant::IntegerModel& im) {
-  std::vector<std::string> k;
-  for (const auto& op : im.ops) k.push_back(op.op);
-  return k;
-}
-int64_t count_of(const quant::IntegerModel& im, const std::string& op) {
-  const auto k = op_kinds(im);
-  return std::count(k.begin(), k.end(), op);
 }
 
 struct Agreement {

@@ -23,21 +23,17 @@
 #include "lowbit/nn/optimizers.h"
 #include "lowbit/ops.h"
 #include "lowbit/quant/quantize_model.h"
+#include "testing/convert_testing.h"
 #include "testing/op_testing.h"
 
 namespace lowbit {
 namespace {
 
+using testing::argmax_row;
 using testing::expect_throws_with;
-
-struct Mnist {
-  MnistSplit train, test;
-};
-const Mnist& mnist() {
-  static const Mnist m{load_mnist(testing::shared_dir() + "/data", true),
-                       load_mnist(testing::shared_dir() + "/data", false)};
-  return m;
-}
+using testing::find_output;
+using testing::mnist;
+using testing::qat_codes;
 
 // The first `n` training images and labels (0: all 8,000). The file and inspect tests need a
 // trained, calibrated model but not its accuracy: they train on 1,024 (a fifth of the time,
@@ -88,32 +84,6 @@ nn::ModelPtr qat_of(const nn::Model& f, const std::string& preset, int64_t image
   const auto [x, y] = train_split(images);
   q->fit(x, y, {.epochs = 1, .batch_size = 64, .verbose = 0});
   return q;
-}
-
-// The QAT model's symbolic tensor produced by the layer named `name`.
-nn::KTensor find_output(const nn::Model& m, const std::string& name) {
-  std::function<nn::KTensor(const nn::KTensor&)> walk = [&](const nn::KTensor& k) -> nn::KTensor {
-    if (k.node->layer->name() == name) return k;
-    for (const nn::KTensor& i : k.node->inputs)
-      if (nn::KTensor r = walk(i); r.defined()) return r;
-    return {};
-  };
-  return walk(m.outputs()[0]);
-}
-
-int64_t argmax_row(const Tensor& t, int64_t r) {
-  const int64_t c = t.shape()[1];
-  const float* p = t.data<float>() + r * c;
-  return std::max_element(p, p + c) - p;
-}
-
-// The QAT model's codes on the integer tensor t's grid (its output q / s + z, rounded).
-Tensor qat_codes(const Tensor& out, const quant::IntegerTensor& t) {
-  Tensor c(out.shape(), DType::kS8);
-  for (int64_t e = 0; e < out.numel(); ++e)
-    c.data<int8_t>()[e] = static_cast<int8_t>(std::clamp<double>(
-        std::round(out.data<float>()[e] / t.scale[0]) + t.zero_point[0], -128.0, 127.0));
-  return c;
 }
 
 // Per-layer code agreement and top-1 agreement of the integer model with the QAT model. Each
