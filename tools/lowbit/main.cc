@@ -84,13 +84,6 @@ data::LoadedData load(const data::DataSpec& s, const Common& common) {
 
 void print_json(const Json& j) { std::cout << j.dump(2) << "\n"; }
 
-// The model's input shape (batch dim first, unknown) of a .lbm or .lbi file.
-Shape input_shape_of(const std::string& path, nn::Model* m, quant::IntegerModel* im) {
-  (void)path;
-  if (im) return im->tensors[static_cast<size_t>(im->input)].shape;
-  return m->inputs().at(0).shape();
-}
-
 // Inference outputs in chunks of `batch`, with a progress line for many batches.
 template <class Predict>
 Tensor predict_with_progress(Predict&& predict, const Tensor& x, int64_t batch,
@@ -253,7 +246,8 @@ int run_convert(const ConvertArgs& a, const Common& common) {
   if (a.single_rounding) o.rounding = quant::Rounding::kSingle;
   quant::IntegerModel im = quant::convert_to_integer(*m, o);
   im.save(a.output);
-  const int64_t float_bytes = 4 * (m->count_params_total(true) + m->count_params_total(false));
+  // The float model's trainable weights in f32 (the QAT model's quantizer state not counted).
+  const int64_t float_bytes = 4 * m->count_params_total(true);
   Json j = {{"model", a.output},
             {"ops", im.ops.size()},
             {"float_weight_bytes", float_bytes},
@@ -278,31 +272,37 @@ struct EvalArgs {
   int64_t batch = 256;
 };
 
-// Outputs of a .lbm or .lbi model on x; the Logs of Model::evaluate for a compiled .lbm.
-Tensor outputs_of(const std::string& path, const data::LoadedData& d, int64_t batch,
-                  const Common& common, Json* logs) {
-  if (is_integer_model(path)) {
-    quant::IntegerModel im = quant::IntegerModel::load(path);
-    return predict_with_progress([&](const Tensor& x) { return im.predict(x, batch); }, d.x, batch,
-                                 common, path);
+// A .lbm (float or QAT) or .lbi (integer) model, loaded by the file's suffix.
+struct AnyModel {
+  std::string path;
+  nn::ModelPtr m;
+  std::unique_ptr<quant::IntegerModel> im;
+  explicit AnyModel(const std::string& p) : path(p) {
+    if (is_integer_model(p))
+      im = std::make_unique<quant::IntegerModel>(quant::IntegerModel::load(p));
+    else
+      m = nn::load_model(p);
   }
-  nn::ModelPtr m = nn::load_model(path);
-  if (logs && m->compiled()) {
-    const nn::Logs l = m->evaluate(d.x, d.y, {.batch_size = batch});
-    for (const auto& [k, v] : l) (*logs)[k] = v;
+  Tensor predict(const Tensor& x, int64_t batch) {
+    return im ? im->predict(x, batch) : m->predict(x, batch);
   }
-  return predict_with_progress([&](const Tensor& x) { return m->predict(x, batch); }, d.x, batch,
-                               common, path);
-}
+};
 
 int run_eval(EvalArgs a, const Common& common) {
+  AnyModel model(a.model);
+  std::unique_ptr<AnyModel> against;
+  if (!a.against.empty()) against = std::make_unique<AnyModel>(a.against);
   const data::LoadedData d = load(a.data, common);
-  Json logs = Json::object();
-  const Tensor y = outputs_of(a.model, d, a.batch, common, &logs);
+  auto outputs = [&](AnyModel& am) {
+    return predict_with_progress([&](const Tensor& x) { return am.predict(x, a.batch); }, d.x,
+                                 a.batch, common, am.path);
+  };
+  const Tensor y = outputs(model);
   Json j = {{"model", a.model}, {"samples", d.x.dim(0)}, {"accuracy", nn::top1_accuracy(y, d.y)}};
-  if (logs.contains("loss")) j["loss"] = logs["loss"];
-  if (!a.against.empty()) {
-    const Tensor other = outputs_of(a.against, d, a.batch, common, nullptr);
+  if (model.m && model.m->compiled())
+    j["loss"] = model.m->evaluate(d.x, d.y, {.batch_size = a.batch}).at("loss");
+  if (against) {
+    const Tensor other = outputs(*against);
     j["against"] = a.against;
     j["against_accuracy"] = nn::top1_accuracy(other, d.y);
     j["agreement"] = nn::top1_agreement(y, other);
@@ -315,7 +315,7 @@ int run_eval(EvalArgs a, const Common& common) {
               100 * j["accuracy"].get<double>(), static_cast<long long>(d.x.dim(0)));
   if (j.contains("loss")) std::printf(", loss %.4f", j["loss"].get<double>());
   std::printf("\n");
-  if (!a.against.empty())
+  if (against)
     std::printf("%s: accuracy %.2f%%; top-1 agreement %.2f%%\n", a.against.c_str(),
                 100 * j["against_accuracy"].get<double>(), 100 * j["agreement"].get<double>());
   return 0;
@@ -343,10 +343,8 @@ int run_inspect(const std::string& path, const Common& common) {
   }
   Json layers = Json::array();
   for (const nn::LayerPtr& l : m->layers())
-    layers.push_back({{"name", l->name()},
-                      {"class_name", l->class_name()},
-                      {"params", l->count_params(true) + l->count_params(false)},
-                      {"quantizers", l->summary_note()}});
+    layers.push_back(
+        {{"name", l->name()}, {"class_name", l->class_name()}, {"quantizers", l->summary_note()}});
   print_json({{"model", path},
               {"name", m->name()},
               {"params", m->count_params_total(true) + m->count_params_total(false)},
@@ -371,13 +369,9 @@ double median(std::vector<double> v) {
 }
 
 int run_bench(const BenchArgs& a, const Common& common) {
-  std::unique_ptr<quant::IntegerModel> im;
-  nn::ModelPtr m;
-  if (is_integer_model(a.model))
-    im = std::make_unique<quant::IntegerModel>(quant::IntegerModel::load(a.model));
-  else
-    m = nn::load_model(a.model);
-  const Shape in = input_shape_of(a.model, m.get(), im.get());
+  AnyModel model(a.model);
+  const Shape in = model.im ? model.im->tensors[static_cast<size_t>(model.im->input)].shape
+                            : model.m->inputs().at(0).shape();
   const int64_t max_batch = *std::max_element(a.batches.begin(), a.batches.end());
   Tensor pool;  // max_batch samples: --data's first rows (repeated) or uniform [0, 1)
   std::vector<int64_t> d = in.dims();
@@ -407,10 +401,7 @@ int run_bench(const BenchArgs& a, const Common& common) {
       const Tensor x = Tensor::wrap(pool.raw(), Shape(d), DType::kF32);
       auto once = [&] {
         const auto t0 = std::chrono::steady_clock::now();
-        if (im)
-          im->predict(x, b);
-        else
-          m->predict(x, b);
+        model.predict(x, b);
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       };
       once();  // warm-up: plans and buffers
