@@ -380,7 +380,7 @@ int run_bench(const BenchArgs& a, const Common& common) {
   if (!a.data.data.empty()) {
     const data::LoadedData ld = load(a.data, common);
     if (ld.x.dtype() != DType::kF32 || ld.x.numel() / ld.x.dim(0) != pool.numel() / max_batch)
-      throw ShapeError("bench: --data samples are " + std::string(dtype_name(ld.x.dtype())) + " " +
+      throw ShapeError("--data samples are " + std::string(dtype_name(ld.x.dtype())) + " " +
                        ld.x.shape().str() + " but the model takes f32 " + in.str());
     const int64_t row = pool.numel() / max_batch;
     for (int64_t i = 0; i < max_batch; ++i)
@@ -438,7 +438,7 @@ int run_bench(const BenchArgs& a, const Common& common) {
 int run_graph(const std::string& model, const std::string& output, bool training,
               const Common& common) {
   if (is_integer_model(model))
-    throw UnsupportedError("graph: '" + model +
+    throw UnsupportedError("'" + model +
                            "' is an integer model; graph draws .lbm models (float or QAT)");
   nn::ModelPtr m = nn::load_model(model);
   const std::string dot = m->to_dot(training);
@@ -450,24 +450,24 @@ int run_graph(const std::string& model, const std::string& output, bool training
   else if (ends_with(output, ".png"))
     format = "png";
   else
-    throw ValueError("graph: -o '" + output + "' must end in .dot, .svg or .png");
+    throw ValueError("-o '" + output + "' must end in .dot, .svg or .png");
   const std::string dot_path = format == "dot" ? output : output + ".dot.tmp";
   {
     std::ofstream f(dot_path, std::ios::binary);
     f << dot;
-    if (!f) throw IoError("graph: cannot write '" + dot_path + "'");
+    if (!f) throw IoError("cannot write '" + dot_path + "'");
   }
   if (format != "dot") {
     if (std::system("command -v dot >/dev/null 2>&1") != 0) {
       std::filesystem::remove(dot_path);
-      throw IoError("graph: writing " + format +
+      throw IoError("writing " + format +
                     " needs Graphviz's 'dot' program, which is not installed (Debian: apt-get "
                     "install graphviz); or write -o graph.dot");
     }
     const std::string cmd = "dot -T" + format + " '" + dot_path + "' -o '" + output + "'";
     const int rc = std::system(cmd.c_str());
     std::filesystem::remove(dot_path);
-    if (rc != 0) throw IoError("graph: '" + cmd + "' failed");
+    if (rc != 0) throw IoError("'" + cmd + "' failed");
   }
   if (common.json)
     print_json({{"model", model},
