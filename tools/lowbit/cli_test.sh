@@ -53,6 +53,11 @@ check eval.json "j.samples === 2000 && j.accuracy > 0.6 && j.agreement > 0.97"
 check eval_float.json "j.accuracy > 0.6 && j.loss > 0 && j.loss < 2"
 "$LOWBIT" eval calibrated_u8.lbi --data "$DATA" --against float.lbm --json >eval_u8.json
 check eval_u8.json "j.agreement > 0.95"
+# The same test images named as IDX files: the same accuracy as through the directory.
+"$LOWBIT" eval int.lbi --data "$DATA/test-images-idx3-ubyte" \
+  --labels "$DATA/test-labels-idx1-ubyte" --json >eval_idx.json
+node -e "const r = f => JSON.parse(require('fs').readFileSync(f, 'utf8')).accuracy;
+  process.exit(r('eval_idx.json') === r('eval.json') ? 0 : 1)" || fail "IDX files vs directory"
 
 echo "== inspect"
 "$LOWBIT" inspect int.lbi >inspect.txt
@@ -92,6 +97,7 @@ echo "== runtime errors (exit 1, naming the file or key)"
 expect_rc 1 "lowbit eval: " "$LOWBIT" eval no-such.lbi --data "$DATA"
 grep -qF "no-such.lbi" err.txt || fail "missing model: $(cat err.txt)"
 expect_rc 1 "no-such-dir" "$LOWBIT" eval int.lbi --data no-such-dir/images.idx --labels l.idx
+expect_rc 1 "--labels" "$LOWBIT" eval int.lbi --data "$DATA/test-images-idx3-ubyte"
 echo '{"model": ' >broken.json
 expect_rc 1 "'broken.json' is not valid JSON" "$LOWBIT" train broken.json -o x.lbm --data "$DATA"
 echo '{"model": {"class_name": "Sequential", "config": {"layers": []}}, "fitt": {}}' >typo.json
