@@ -138,6 +138,16 @@ struct QuantizeConfig {
   static QuantizeConfig preset(const std::string& name);
 };
 
+// Reads the settings of a JSON file (what `lowbit quantize --config` takes) into `base`:
+//   {"overrides": {"conv2d": {"weight_bits": 4, "activation_bits": 8, "scheme": "lsq",
+//                             "per_channel": true, "skip": false}, ...},
+//    "quant_delay": 100, "fold_batch_norm": true, "first_last_weight_bits": 8}
+// Every key is optional; an override replaces base's entry for that layer. Throws ValueError
+// naming the key for an unknown key ("quantize config: unknown key 'overides'; known: ...") or
+// a value of the wrong type ("overrides.conv2d.weight_bits: expected an integer but found
+// \"4\""). Layer names are checked later, by quantize_model.
+QuantizeConfig quantize_config_from_json(const nn::Json& j, QuantizeConfig base);
+
 // Checks every quantizer config (validate()), quant_delay >= 0, freeze_bn_delay >= -1; throws
 // ValueError naming the field.
 void validate(const QuantizeConfig& cfg);
