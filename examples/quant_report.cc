@@ -41,11 +41,16 @@ int main(int argc, char** argv) {
     const std::string k = argv[i];
     if (i + 1 >= argc) usage("missing the value of " + k);
     const std::string v = argv[++i];
-    if (k == "--data") data = v;
-    else if (k == "--out") out = v;
-    else if (k == "--scheme") scheme = v;
-    else if (k == "--images") images = std::stoll(v);
-    else usage("unknown flag " + k);
+    if (k == "--data")
+      data = v;
+    else if (k == "--out")
+      out = v;
+    else if (k == "--scheme")
+      scheme = v;
+    else if (k == "--images")
+      images = std::stoll(v);
+    else
+      usage("unknown flag " + k);
   }
   if (data.empty() || out.empty()) usage("--data and --out are required");
   try {

@@ -4,6 +4,8 @@
 // model, and renders it with the SVG helpers of report/svg.h.
 #include "lowbit/report/report.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -12,7 +14,6 @@
 #include <functional>
 #include <map>
 #include <set>
-#include <unistd.h>
 
 #include "lowbit/error.h"
 #include "lowbit/quant/convert.h"
@@ -157,9 +158,8 @@ std::string curves_section(const ReportInputs& in) {
   std::string phases;
   for (const auto& [phase, h] : in.histories)
     phases += (phases.empty() ? "" : ", ") + html_escape(phase) + " (" +
-              std::to_string(h.history.empty() ? 0 : h.history.begin()->second.size()) +
-              " epochs" + (h.stop_reason.empty() ? "" : ", stopped: " + html_escape(h.stop_reason)) +
-              ")";
+              std::to_string(h.history.empty() ? 0 : h.history.begin()->second.size()) + " epochs" +
+              (h.stop_reason.empty() ? "" : ", stopped: " + html_escape(h.stop_reason)) + ")";
   return section("curves", "Training curves", intro + " Phases: " + phases + ".", cards(cs),
                  static_cast<int>(cs.size()));
 }
@@ -199,7 +199,8 @@ std::string weight_card_body(const WeightEntry& e, int bins) {
     levels = grid_levels(g.scale[0], g.zero_point[0], g.qmin, g.qmax);
   } else {
     for (size_t i = 0; i < v.size(); ++i)
-      v[i] = w[i] / g.scale[i % g.scale.size()] + static_cast<float>(g.zero_point[i % g.scale.size()]);
+      v[i] =
+          w[i] / g.scale[i % g.scale.size()] + static_cast<float>(g.zero_point[i % g.scale.size()]);
     levels = grid_levels(1.0, 0, g.qmin, g.qmax);
   }
   lvl_lo = levels.front(), lvl_hi = levels.back();
@@ -215,10 +216,10 @@ std::string weight_card_body(const WeightEntry& e, int bins) {
     marks.push_back({lvl_lo, "clip " + g4(lvl_lo), kGridColor, true});
     marks.push_back({lvl_hi, "clip " + g4(lvl_hi), kGridColor, true});
   }
-  const std::string x_title =
-      per_tensor ? "weight"
-                 : "weight / scale + zero point (" + std::to_string(g.scale.size()) +
-                       " channels, in codes)";
+  const std::string x_title = per_tensor
+                                  ? "weight"
+                                  : "weight / scale + zero point (" +
+                                        std::to_string(g.scale.size()) + " channels, in codes)";
   float smin = *std::min_element(g.scale.begin(), g.scale.end());
   float smax = *std::max_element(g.scale.begin(), g.scale.end());
   caption += "<p class=\"meta\">codes [" + std::to_string(g.qmin) + ", " + std::to_string(g.qmax) +
@@ -227,8 +228,8 @@ std::string weight_card_body(const WeightEntry& e, int bins) {
              (clipped ? " class=\"warn\"" : "") + ">" + std::to_string(clipped) + " clip</b> (" +
              fmt("%.2f", 100.0 * static_cast<double>(clipped) / static_cast<double>(w.size())) +
              "%)</p>";
-  return histogram_chart(e.name, histogram(v, lo, hi, bins), lo, hi, marks, lvl_lo, lvl_hi,
-                         x_title, "weights") +
+  return histogram_chart(e.name, histogram(v, lo, hi, bins), lo, hi, marks, lvl_lo, lvl_hi, x_title,
+                         "weights") +
          caption;
 }
 
@@ -244,9 +245,9 @@ std::string weights_section(const ReportInputs& in, const std::vector<NodePtr>& 
         for (const nn::Weight& w : qw->layer()->weights())
           if (w.name == wname) es.push_back({l->name() + "/" + wname, &q, l, w.value});
     } else if (auto* fb = dynamic_cast<const quant::FoldedConvBatchNormLayer*>(l)) {
-      es.push_back({l->name() + "/" + fb->kernel_name() + " (folded with " +
-                        fb->batch_norm()->name() + ")",
-                    &fb->quantizer(), l, fb->folded_kernel()});
+      es.push_back(
+          {l->name() + "/" + fb->kernel_name() + " (folded with " + fb->batch_norm()->name() + ")",
+           &fb->quantizer(), l, fb->folded_kernel()});
     } else if (l->has_quantizer_state() && !dynamic_cast<const quant::FakeQuantLayer*>(l)) {
       skipped.push_back(l->name() + " (" + l->class_name() + ")");
     }
@@ -304,9 +305,10 @@ std::string activations_section(const ReportInputs& in, const std::vector<ActEnt
     const double pad = (hi - lo) * 0.02;
     std::vector<Marker> marks{{r_lo, "min " + g4(r_lo), kGridColor, true},
                               {r_hi, "max " + g4(r_hi), kGridColor, true}};
-    body = histogram_chart(fq.name() + " input", histogram(v, lo - pad, hi + pad, in.histogram_bins),
-                           lo - pad, hi + pad, marks, r_lo, r_hi,
-                           "value of " + acts[i].input.node->layer->name(), "activations", true);
+    body =
+        histogram_chart(fq.name() + " input", histogram(v, lo - pad, hi + pad, in.histogram_bins),
+                        lo - pad, hi + pad, marks, r_lo, r_hi,
+                        "value of " + acts[i].input.node->layer->name(), "activations", true);
     body += "<p class=\"meta\">" + html_escape(quant::describe(fq.quantizer().config())) +
             " &middot; range [" + g4(r_lo) + ", " + g4(r_hi) + "] (" + range_note +
             ") &middot; observed [" + g4(lo) + ", " + g4(hi) + "] &middot; <b" +
@@ -329,8 +331,8 @@ double top1(const Tensor& out, const Tensor& labels) {
   const int64_t n = out.shape()[0], c = out.shape()[1];
   int64_t ok = 0;
   for (int64_t r = 0; r < n; ++r) {
-    const int64_t a = std::max_element(o.begin() + r * c, o.begin() + (r + 1) * c) -
-                      (o.begin() + r * c);
+    const int64_t a =
+        std::max_element(o.begin() + r * c, o.begin() + (r + 1) * c) - (o.begin() + r * c);
     if (a == static_cast<int64_t>(labels.get_as_double(r))) ++ok;
   }
   return static_cast<double>(ok) / static_cast<double>(n);
@@ -339,9 +341,11 @@ double top1(const Tensor& out, const Tensor& labels) {
 }  // namespace
 
 std::string render_html(const ReportInputs& in) {
-  if (!in.qat) LOWBIT_THROW(ValueError, "render_html: ReportInputs::qat is null (the QAT model is required)");
+  if (!in.qat)
+    LOWBIT_THROW(ValueError, "render_html: ReportInputs::qat is null (the QAT model is required)");
   if (!in.x.defined() || in.x.dtype() != DType::kF32 || in.x.rank() < 1 || in.x.shape()[0] < 1)
-    LOWBIT_THROW(ValueError, "render_html: ReportInputs::x must be a non-empty f32 batch of inputs");
+    LOWBIT_THROW(ValueError,
+                 "render_html: ReportInputs::x must be a non-empty f32 batch of inputs");
   nn::Model& qat = *in.qat;
   const std::vector<NodePtr> nodes = nodes_of(qat);
 
@@ -430,9 +434,11 @@ std::string render_html(const ReportInputs& in) {
     stat("activation quantizers", std::to_string(acts.size()));
     stat("sample inputs", std::to_string(in.x.shape()[0]));
     if (in.labels.defined()) {
-      if (float_out.defined()) stat("float accuracy", fmt("%.1f%%", 100 * top1(float_out, in.labels)));
+      if (float_out.defined())
+        stat("float accuracy", fmt("%.1f%%", 100 * top1(float_out, in.labels)));
       stat("QAT accuracy", fmt("%.1f%%", 100 * top1(qat_out, in.labels)));
-      if (int_out.defined()) stat("integer accuracy", fmt("%.1f%%", 100 * top1(int_out, in.labels)));
+      if (int_out.defined())
+        stat("integer accuracy", fmt("%.1f%%", 100 * top1(int_out, in.labels)));
     }
     html += s + "</div>";
   }
@@ -450,7 +456,6 @@ std::string render_html(const ReportInputs& in) {
     std::string rows;
     std::vector<std::string> labels, value_labels, colors;
     std::vector<double> values;
-    double best = 0;
     struct Row {
       std::string name;
       double f_fq, f_int, fq_int;
@@ -460,7 +465,8 @@ std::string render_html(const ReportInputs& in) {
       const std::vector<float> q = floats(act_out[i]);
       Row r{acts[i].fq->name(), NAN, NAN, NAN};
       std::vector<float> deq;
-      if (auto it = tensor_of.find(r.name); it != tensor_of.end() && codes.at(it->second).defined()) {
+      if (auto it = tensor_of.find(r.name);
+          it != tensor_of.end() && codes.at(it->second).defined()) {
         const quant::IntegerTensor& t = im->tensors[it->second];
         const std::vector<float> c = floats(codes[it->second]);
         if (c.size() == q.size()) {
@@ -484,10 +490,9 @@ std::string render_html(const ReportInputs& in) {
       const double v = with_float ? r.f_fq : r.fq_int;
       if (std::isfinite(v)) {
         labels.push_back(r.name.size() > 14 ? r.name.substr(0, 13) + "…" : r.name);
-        values.push_back(std::max(0.0, v));
+        values.push_back(std::clamp(v, 0.0, 60.0));  // bars end at 60 dB; the label is exact
         value_labels.push_back(fmt("%.1f dB", v));
         colors.push_back(v >= 30 ? "#16a34a" : v >= 20 ? "#ca8a04" : "#dc2626");
-        best = std::max(best, v);
       }
     }
     std::string body;
@@ -500,15 +505,18 @@ std::string render_html(const ReportInputs& in) {
               "</div>";
       plots = 1;
     }
-    body += "<div class=\"card wide\"><table class=\"data\"><thead><tr><th>tensor</th><th>float vs "
-            "fake-quant</th><th>float vs integer</th><th>fake-quant vs integer</th></tr></thead>"
-            "<tbody>" + rows + "</tbody></table></div>";
+    body +=
+        "<div class=\"card wide\"><table class=\"data\"><thead><tr><th>tensor</th><th>float vs "
+        "fake-quant</th><th>float vs integer</th><th>fake-quant vs integer</th></tr></thead>"
+        "<tbody>" +
+        rows + "</tbody></table></div>";
     std::string intro =
         "Signal-to-quantization-noise ratio of each quantized tensor, 10&nbsp;log<sub>10</sub>("
         "&Sigma;f&sup2;/&Sigma;(f&minus;q)&sup2;), on the sample inputs: the float model's tensor "
         "against the QAT (fake-quant) model's and the integer model's (its codes dequantized); "
         "each model runs from the input, so the noise of earlier layers adds up. Green &ge; 30 dB, "
-        "amber &ge; 20 dB. Tensors without a float counterpart (a split-off activation) have "
+        "amber &ge; 20 dB (bars end at 60 dB). Tensors without a float counterpart (a split-off "
+        "activation) have "
         "none.";
     if (!float_note.empty()) intro += " <span class=\"note\">" + float_note + "</span>";
     if (!int_error.empty())
@@ -536,10 +544,10 @@ std::string render_html(const ReportInputs& in) {
       };
       for (const nn::Json& e : ops) {
         std::string w = "&ndash;", ws = "&ndash;", m = "&ndash;", sh = "&ndash;", cl = "&ndash;";
-        std::string in_s = sz(e.value("input", nn::Json())), out_s = sz(e.value("output", nn::Json()));
+        std::string in_s = sz(e.value("input", nn::Json())),
+                    out_s = sz(e.value("output", nn::Json()));
         if (e.contains("grid")) out_s = sz(e["grid"]);
-        if (e.contains("input1"))
-          in_s = sz(e["input1"]) + "<br>" + sz(e["input2"]);
+        if (e.contains("input1")) in_s = sz(e["input1"]) + "<br>" + sz(e["input2"]);
         if (e.contains("weights")) {
           const nn::Json& wj = e["weights"];
           w = html_escape(Shape(wj["shape"].get<std::vector<int64_t>>()).str()) + " " +
@@ -550,7 +558,8 @@ std::string render_html(const ReportInputs& in) {
           m = span(e["channels"], "M");
           sh = span(e["channels"], "shift");
           const nn::Json& c0 = e["channels"][0]["clamp"];
-          cl = "[" + std::to_string(c0[0].get<int>()) + ", " + std::to_string(c0[1].get<int>()) + "]";
+          cl = "[" + std::to_string(c0[0].get<int>()) + ", " + std::to_string(c0[1].get<int>()) +
+               "]";
         } else {
           if (e.contains("M")) m = g4(e["M"].get<double>());
           if (e.contains("shift")) sh = std::to_string(e["shift"].get<int>());
@@ -563,10 +572,12 @@ std::string render_html(const ReportInputs& in) {
                 "</td><td>" + in_s + "</td><td>" + w + "</td><td>" + ws + "</td><td>" + out_s +
                 "</td><td>" + m + "</td><td>" + sh + "</td><td>" + cl + "</td></tr>";
       }
-      body = "<div class=\"card wide scroll\"><table class=\"data\" id=\"scale-table\"><thead><tr>"
-             "<th>op</th><th>layers</th><th>input scale / zp</th><th>weights</th><th>weight "
-             "scale</th><th>output scale / zp</th><th>M</th><th>shift</th><th>clamp</th></tr>"
-             "</thead><tbody>" + rows + "</tbody></table></div>";
+      body =
+          "<div class=\"card wide scroll\"><table class=\"data\" id=\"scale-table\"><thead><tr>"
+          "<th>op</th><th>layers</th><th>input scale / zp</th><th>weights</th><th>weight "
+          "scale</th><th>output scale / zp</th><th>M</th><th>shift</th><th>clamp</th></tr>"
+          "</thead><tbody>" +
+          rows + "</tbody></table></div>";
     } else {
       body = "<p class=\"note\">The model does not convert to an integer model: " +
              html_escape(int_error) + "</p>";
@@ -645,7 +656,7 @@ svg .bar-label,svg .bar-value{fill:#374151;font-size:12px}
 .note{color:#92400e;background:#fef3c7;border-radius:6px;padding:2px 6px}
 table.data{border-collapse:collapse;width:100%;font-size:13px;font-variant-numeric:tabular-nums}
 table.data th{text-align:left;color:var(--muted);font-weight:600;border-bottom:2px solid var(--line);padding:6px 8px;white-space:nowrap}
-table.data td{border-bottom:1px solid var(--line);padding:5px 8px;vertical-align:top}
+table.data td{border-bottom:1px solid var(--line);padding:5px 8px;vertical-align:top;white-space:nowrap}
 table.data td.name{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:12px}
 table.data td.op{font-weight:600}
 table.data tr:hover td{background:#f9fafb}
@@ -661,11 +672,16 @@ parts.push(s.id+'='+n);if(n!==Number(s.dataset.plots))ok=false;});
 document.getElementById('dom-check').textContent=(ok?'plots-ok ':'plots-mismatch ')+parts.join(' ');});
 )JS";
   std::string doc = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" +
-                    html_escape(in.title) + "</title><meta name=\"viewport\" content=\"width=device-width\">"
-                    "<style>" + kStyle + "</style><script>" + kScript + "</script></head><body>"
-                    "<header><h1>" + html_escape(in.title) + "</h1><p>" +
-                    html_escape(qat.name()) + " &middot; lowbit quantization report</p></header>"
-                    "<main>" + html + "<pre id=\"dom-check\"></pre></main></body></html>\n";
+                    html_escape(in.title) +
+                    "</title><meta name=\"viewport\" content=\"width=device-width\">"
+                    "<style>" +
+                    kStyle + "</style><script>" + kScript +
+                    "</script></head><body>"
+                    "<header><h1>" +
+                    html_escape(in.title) + "</h1><p>" + html_escape(qat.name()) +
+                    " &middot; lowbit quantization report</p></header>"
+                    "<main>" +
+                    html + "<pre id=\"dom-check\"></pre></main></body></html>\n";
   return doc;
 }
 
@@ -688,8 +704,8 @@ void write_report(const std::string& path, const ReportInputs& in) {
   std::filesystem::rename(tmp, path, ec);
   if (ec) {
     std::remove(tmp.c_str());
-    LOWBIT_THROW(IoError, "write_report: cannot rename '", tmp, "' to '", path, "': ",
-                 ec.message());
+    LOWBIT_THROW(IoError, "write_report: cannot rename '", tmp, "' to '", path,
+                 "': ", ec.message());
   }
 }
 

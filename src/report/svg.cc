@@ -50,11 +50,20 @@ std::string html_escape(const std::string& s) {
   std::string o;
   for (char c : s) {
     switch (c) {
-      case '&': o += "&amp;"; break;
-      case '<': o += "&lt;"; break;
-      case '>': o += "&gt;"; break;
-      case '"': o += "&quot;"; break;
-      default: o += c;
+      case '&':
+        o += "&amp;";
+        break;
+      case '<':
+        o += "&lt;";
+        break;
+      case '>':
+        o += "&gt;";
+        break;
+      case '"':
+        o += "&quot;";
+        break;
+      default:
+        o += c;
     }
   }
   return o;
@@ -141,8 +150,8 @@ std::string axes(const Frame& f, const std::string& x_title, const std::string& 
   s += "<line class=\"axisline\" x1=\"" + num(x0) + "\" x2=\"" + num(x0) + "\" y1=\"" + num(y0) +
        "\" y2=\"" + num(y1) + "\"/>";
   if (!x_title.empty())
-    s += "<text class=\"axis-title\" x=\"" + num((x0 + x1) / 2) + "\" y=\"" +
-         num(f.height - 4) + "\" text-anchor=\"middle\">" + html_escape(x_title) + "</text>";
+    s += "<text class=\"axis-title\" x=\"" + num((x0 + x1) / 2) + "\" y=\"" + num(f.height - 4) +
+         "\" text-anchor=\"middle\">" + html_escape(x_title) + "</text>";
   if (!y_title.empty())
     s += "<text class=\"axis-title\" transform=\"translate(12," + num((y0 + y1) / 2) +
          ") rotate(-90)\" text-anchor=\"middle\">" + html_escape(y_title) + "</text>";
@@ -243,7 +252,8 @@ std::string histogram_chart(const std::string& title, const std::vector<int64_t>
 }
 
 std::string bar_chart(const std::string& title, const std::vector<std::string>& labels,
-                      const std::vector<double>& values, const std::vector<std::string>& value_labels,
+                      const std::vector<double>& values,
+                      const std::vector<std::string>& value_labels,
                       const std::vector<std::string>& colors, const std::string& cls) {
   Frame f;
   f.left = 110, f.right = 130, f.bottom = 10;
@@ -258,8 +268,8 @@ std::string bar_chart(const std::string& title, const std::vector<std::string>& 
     s += "<text class=\"bar-label\" x=\"" + num(f.left - 8) + "\" y=\"" + num(y + 17) +
          "\" text-anchor=\"end\">" + html_escape(labels[i]) + "</text>";
     s += "<rect class=\"hbar\" x=\"" + num(f.left) + "\" y=\"" + num(y) + "\" width=\"" +
-         num(std::max(1.0, w)) + "\" height=\"24\" rx=\"3\" fill=\"" +
-         colors[i % colors.size()] + "\"/>";
+         num(std::max(1.0, w)) + "\" height=\"24\" rx=\"3\" fill=\"" + colors[i % colors.size()] +
+         "\"/>";
     s += "<text class=\"bar-value\" x=\"" + num(f.left + std::max(1.0, w) + 6) + "\" y=\"" +
          num(y + 17) + "\">" + html_escape(value_labels[i]) + "</text>";
   }

@@ -24,8 +24,9 @@ std::vector<int64_t> histogram(const std::vector<float>& values, double lo, doub
 std::vector<double> grid_levels(double scale, int32_t zero_point, int32_t qmin, int32_t qmax);
 
 // Weights that clip: values[e] of channel e % scale.size() (the quantized axis is the last one)
-// with values[e] / scale + zero_point outside [qmin, qmax] (by more than 1e-3 codes, above f32 rounding), i.e. outside the grid's range
-// [scale * (qmin - zero_point), scale * (qmax - zero_point)], where fake quantization clamps.
+// with values[e] / scale + zero_point outside [qmin, qmax] (by more than 1e-3 codes, above f32
+// rounding), i.e. outside the grid's range [scale * (qmin - zero_point), scale * (qmax -
+// zero_point)], where fake quantization clamps.
 int64_t clip_count(const std::vector<float>& values, const std::vector<float>& scale,
                    const std::vector<int32_t>& zero_point, int32_t qmin, int32_t qmax);
 
@@ -69,7 +70,8 @@ std::string histogram_chart(const std::string& title, const std::vector<int64_t>
                             bool log_y = false);
 // Horizontal bars, one per (label, value), values labelled with value_labels.
 std::string bar_chart(const std::string& title, const std::vector<std::string>& labels,
-                      const std::vector<double>& values, const std::vector<std::string>& value_labels,
+                      const std::vector<double>& values,
+                      const std::vector<std::string>& value_labels,
                       const std::vector<std::string>& colors, const std::string& cls);
 
 }  // namespace lowbit::report

@@ -61,7 +61,8 @@ const Fixture& fixture() {
     r.qat->compile({.optimizer = nn::Adam({.learning_rate = 5e-4}),
                     .loss = nn::SparseCategoricalCrossentropy({.from_logits = true}),
                     .metrics = {"accuracy"}});
-    r.qh = r.qat->fit(x, y, {.epochs = 1, .batch_size = 64, .validation_split = 0.25, .verbose = 0});
+    r.qh =
+        r.qat->fit(x, y, {.epochs = 1, .batch_size = 64, .validation_split = 0.25, .verbose = 0});
     r.x = first_rows(test.images, 128);
     r.labels = first_rows(test.labels, 128);
     return r;
@@ -103,9 +104,9 @@ std::vector<double> sqnr_row(const std::string& sec, const std::string& name) {
   for (int i = 0; i < 3; ++i) {
     at = sec.find("<td>", at) + 4;
     const std::string cell = sec.substr(at, sec.find("</td>", at) - at);
-    r.push_back(cell == "exact"                       ? INFINITY
+    r.push_back(cell == "exact"                        ? INFINITY
                 : cell.find("dB") != std::string::npos ? std::stod(cell)
-                                                        : NAN);
+                                                       : NAN);
   }
   return r;
 }
