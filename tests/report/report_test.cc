@@ -243,6 +243,18 @@ TEST(Report, WithoutFloatModelOrHistory) {
   EXPECT_EQ(count(sqnr, "<svg class=\"plot sqnr\""), 1);
 }
 
+// What the CLI does: the QAT model from its file (nn::load_model), the same report.
+TEST(Report, OfALoadedModel) {
+  const std::string path = ::testing::TempDir() + "/report_test_qat.lbm";
+  fixture().qat->save(path);
+  nn::ModelPtr loaded = nn::load_model(path);
+  report::ReportInputs in = inputs();
+  const std::string want = report::render_html(in);
+  in.qat = loaded.get();
+  EXPECT_EQ(report::render_html(in), want);
+  std::remove(path.c_str());
+}
+
 TEST(Report, RefusesBadInputs) {
   report::ReportInputs in = inputs();
   in.qat = nullptr;
