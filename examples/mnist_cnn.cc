@@ -18,6 +18,10 @@
 // "int8_file_bytes"). --no-int8 skips it; --inspect FILE writes
 // the first scheme's per-layer scales (IntegerModel::inspect_table) there.
 //
+// Files beside --save: the float model and its History (<save>.history.json), each scheme's QAT
+// model <stem>_<scheme>.lbm with <stem>_<scheme>.lbm.history.json, and its integer model
+// <stem>_<scheme>.lbi: what `lowbit report <stem>_w4a8.lbm --against <save>` reads.
+//
 // --check-qat-targets: exit with status 3 unless w8a8 is within 0.5 points of the float model's
 // test accuracy, w4a8 within 1.0 and w2a8 within 3.0 (issue 4's targets).
 //
@@ -34,6 +38,7 @@
 #include <sstream>
 
 #include "lowbit/data/idx.h"
+#include "lowbit/nn/history.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/model.h"
 #include "lowbit/quant/convert.h"
@@ -213,6 +218,7 @@ int main(int argc, char** argv) try {
   std::printf("\ntest: loss %.4f, accuracy %.2f%%\n", test_logs["loss"],
               100 * test_logs["accuracy"]);
   model->save(save);
+  nn::save_history(save + ".history.json", h, "float");  // for `lowbit report`
   auto reloaded = nn::load_model(save);
   nn::Logs again = reloaded->evaluate(test.images, test.labels, {.batch_size = 256});
   std::printf("saved to %s and reloaded: test accuracy %.2f%% (identical: %s)\n", save.c_str(),
@@ -236,6 +242,13 @@ int main(int argc, char** argv) try {
                {.epochs = qat_epochs, .batch_size = batch, .seed = 2, .validation_split = 0.1});
     double qs = std::chrono::duration<double>(std::chrono::steady_clock::now() - q0).count();
     if (!qh.stop_reason.empty()) throw Error(scheme + " training stopped: " + qh.stop_reason);
+    {  // the QAT model and its History beside the float model (what `lowbit report` reads)
+      const std::filesystem::path base(save);
+      const std::string qpath =
+          (base.parent_path() / (base.stem().string() + "_" + scheme + ".lbm")).string();
+      q->save(qpath);
+      nn::save_history(qpath + ".history.json", qh, "qat");
+    }
     if (scheme == schemes.front())  // the quantizers with the ranges they learned
       std::cout << "\n" << q->summary() << "\n";
     nn::Logs ql = q->evaluate(test.images, test.labels, {.batch_size = 256});

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end test of the `lowbit` command line (ctest lowbit_cli_chain; tools/CMakeLists.txt):
-# train -> quantize -> convert -> eval -> inspect -> bench -> graph on the small MNIST split,
+# train -> quantize -> convert -> eval -> inspect -> bench -> graph -> report on the small MNIST split,
 # asserting on the --json output and the exit codes, then bad flags (2) and bad files (1).
 #   cli_test.sh LOWBIT_BINARY EXAMPLE_CONFIG MNIST_DIR WORK_DIR
 set -euo pipefail
@@ -85,6 +85,16 @@ if command -v dot >/dev/null; then
 else
   expect_rc 1 "needs Graphviz's 'dot' program" "$LOWBIT" graph float.lbm -o graph.svg
 fi
+
+echo "== report"
+"$LOWBIT" report qat.lbm --against float.lbm --data "$DATA" --limit 128 -o report.html --json >report.json
+check report.json "j.samples === 128 && j.bytes > 10000 && j.histories.join() === 'float,qat'"
+grep -q "<svg" report.html || fail "report.html has no SVG plot"
+grep -q "SQNR" report.html || fail "report.html has no SQNR section"
+if grep -qE '<script[^>]+src=|<link[^>]+href="https?:' report.html; then fail "report.html loads something"; fi
+expect_rc 1 "integer model" "$LOWBIT" report int.lbi --data "$DATA" -o r.html
+expect_rc 1 "no-such-history.json" "$LOWBIT" report qat.lbm --data "$DATA" -o r.html \
+  --history no-such-history.json
 
 echo "== usage errors (exit 2)"
 expect_rc 2 "--bogus" "$LOWBIT" train "$CONFIG" -o x.lbm --data "$DATA" --bogus

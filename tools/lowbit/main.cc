@@ -9,6 +9,7 @@
 //   lowbit inspect model.lbi
 //   lowbit bench model.lbi --batch 1,256 --threads 1,2
 //   lowbit graph model.lbm -o graph.svg
+//   lowbit report qat.lbm --against model.lbm --data ../shared/data -o report.html
 //
 // Exit codes: 0 ok, 1 runtime error ("lowbit <command>: <message>" on stderr), 2 usage error.
 #include <unistd.h>
@@ -35,6 +36,7 @@
 #include "lowbit/nn/train_config.h"
 #include "lowbit/quant/convert.h"
 #include "lowbit/quant/quantize_model.h"
+#include "lowbit/report/report.h"
 #include "lowbit/rng.h"
 #include "lowbit/threads.h"
 
@@ -479,11 +481,71 @@ int run_graph(const std::string& model, const std::string& output, bool training
   return 0;
 }
 
+// ---- report ----
+struct ReportArgs {
+  std::string model, against, output, title;
+  std::vector<std::string> histories;
+  data::DataSpec data;
+};
+
+// The History files next to a model that `lowbit train` / `lowbit quantize` wrote, if present.
+void add_history_beside(const std::string& model, const std::string& fallback_phase,
+                        std::vector<std::pair<std::string, nn::History>>& out) {
+  const std::string h = model + ".history.json";
+  if (!std::filesystem::exists(h)) return;
+  nn::PhaseHistory p = nn::load_history(h);
+  out.emplace_back(p.phase.empty() ? fallback_phase : p.phase, std::move(p.history));
+}
+
+int run_report(ReportArgs a, const Common& common) {
+  if (is_integer_model(a.model))
+    throw UnsupportedError("'" + a.model +
+                           "' is an integer model; report reads the QAT model (.lbm from lowbit "
+                           "quantize) and converts it itself");
+  nn::ModelPtr qat = nn::load_model(a.model);
+  nn::ModelPtr flt = a.against.empty() ? nullptr : nn::load_model(a.against);
+  if (a.data.limit <= 0) a.data.limit = 256;
+  const data::LoadedData d = load(a.data, common);
+  report::ReportInputs in;
+  in.qat = qat.get();
+  in.float_model = flt.get();
+  in.x = d.x;
+  in.labels = d.y;
+  if (!a.title.empty()) in.title = a.title;
+  if (a.histories.empty()) {
+    if (!a.against.empty()) add_history_beside(a.against, "float", in.histories);
+    add_history_beside(a.model, "qat", in.histories);
+  } else {
+    for (const std::string& h : a.histories) {
+      nn::PhaseHistory p = nn::load_history(h);
+      in.histories.emplace_back(p.phase.empty() ? h : p.phase, std::move(p.history));
+    }
+  }
+  if (!common.quiet && !common.json)
+    common.progress() << "rendering the report of " << a.model << " on " << d.x.dim(0)
+                      << " samples...\n";
+  report::write_report(a.output, in);
+  const auto bytes = std::filesystem::file_size(a.output);
+  if (common.json) {
+    Json phases = Json::array();
+    for (const auto& [name, h] : in.histories) phases.push_back(name);
+    print_json({{"model", a.model},
+                {"against", a.against},
+                {"output", a.output},
+                {"bytes", bytes},
+                {"samples", d.x.dim(0)},
+                {"histories", phases}});
+  } else if (!common.quiet) {
+    std::cout << "wrote " << a.output << " (" << bytes << " bytes): open it in a browser\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "lowbit: train, quantize, convert, evaluate, inspect, benchmark and draw models.\n"
+      "lowbit: train, quantize, convert, evaluate, inspect, benchmark, draw and report on models.\n"
       "Run `lowbit COMMAND --help` for a command's options; docs/cli.md has examples.",
       "lowbit"};
   app.require_subcommand(1);
@@ -607,6 +669,22 @@ int main(int argc, char** argv) {
   graph->footer(
       "svg and png need Graphviz's dot.\nExample:\n  lowbit graph model.lbm -o graph.svg");
 
+  ReportArgs ra;
+  ra.data.split = "test";
+  CLI::App* rep = app.add_subcommand("report", "an HTML report of what quantization did");
+  rep->add_option("MODEL", ra.model, "QAT model (.lbm from lowbit quantize)")->required();
+  rep->add_option("--against", ra.against, "the float model it came from (SQNR vs float)");
+  rep->add_option("-o,--output", ra.output, "HTML file to write")->required();
+  add_data(rep, ra.data, true);
+  rep->add_option("--history", ra.histories,
+                  "History files to plot, in phase order (default: MODEL.history.json and "
+                  "FLOAT_MODEL.history.json when present)");
+  rep->add_option("--title", ra.title, "the report's title");
+  add_common(rep, common);
+  rep->footer(
+      "Uses the first 256 samples of --data unless --limit says otherwise (docs/report.md).\n"
+      "Example:\n  lowbit report qat.lbm --against model.lbm --data ../shared/data -o report.html");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -622,6 +700,7 @@ int main(int argc, char** argv) {
     if (cmd == inspect) return run_inspect(inspect_model, common);
     if (cmd == bench) return run_bench(ba, common);
     if (cmd == graph) return run_graph(graph_model, graph_output, graph_training, common);
+    if (cmd == rep) return run_report(ra, common);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lowbit %s: %s\n", cmd->get_name().c_str(), e.what());
     return 1;
