@@ -10,6 +10,7 @@
 #include <set>
 
 #include "lowbit/error.h"
+#include "lowbit/fixed_point.h"
 #include "lowbit/quant/quantizer.h"
 
 namespace lowbit::onnx {
@@ -103,6 +104,9 @@ struct Val {
   std::string cl, cf;
   int rank = 0;
   Shape shape;  // lowbit's (channels-last) shape, batch unknown
+  // The grid step of a value on an activation grid (a FakeQuant's output, possibly moved by
+  // ops that keep the grid: max pooling, reshapes, padding); 0 otherwise.
+  float act_scale = 0;
 };
 
 class Exporter {
@@ -231,6 +235,38 @@ class Exporter {
     std::vector<AttributeProto> a;
     if (nch != 1) a.push_back(attr_i("axis", axis));
     return emit("DequantizeLinear", {q, s, z}, std::move(a), base + "_dequantized");
+  }
+
+  // A bias [C]: when the layer's weight `kernel` is quantized and its input x on an activation
+  // grid, int32 codes at scale s_x * s_w[c] (quant::quantize_bias, as lowbit's integer runtime
+  // stores it and ONNX Runtime's static quantizer writes it: what lets ORT fuse the QDQ group
+  // into QLinearConv / QGemm), else a float initializer. "" without a bias.
+  std::string bias(const Weights& w, const std::string& kernel, const Val& x,
+                   const std::string& base) {
+    const Tensor b = w.get("bias");
+    if (!b.defined()) return "";
+    const Tensor bf = b.to(DType::kF32).clone();
+    auto g = w.grid.find(kernel);
+    if (g == w.grid.end() || x.act_scale <= 0) return constant(base, bf);
+    const std::vector<float>& sw = g->second.scale;
+    const int64_t n = bf.numel();
+    if (sw.size() != 1 && static_cast<int64_t>(sw.size()) != n) return constant(base, bf);
+    std::vector<float> scales;
+    Tensor codes({n}, DType::kS32);
+    for (int64_t c = 0; c < n; ++c) {
+      const float bs = quant::bias_scale(x.act_scale, sw[sw.size() == 1 ? 0 : c]);
+      if (c < static_cast<int64_t>(sw.size())) scales.push_back(bs);
+      codes.data<int32_t>()[c] = quant::quantize_bias(bf.data<float>()[c], bs);
+    }
+    const Shape qs = scales.size() == 1 ? Shape{} : Shape{static_cast<int64_t>(scales.size())};
+    const std::string q = constant(base + "_quantized", codes);
+    const std::string sc = constant(base + "_scale", Tensor::from_vector<float>(scales, qs));
+    const std::string z =
+        constant(base + "_zero_point",
+                 Tensor::from_vector<int32_t>(std::vector<int32_t>(scales.size(), 0), qs));
+    std::vector<AttributeProto> a;
+    if (scales.size() != 1) a.push_back(attr_i("axis", 0));
+    return emit("DequantizeLinear", {q, sc, z}, std::move(a), base + "_dequantized");
   }
 
   // The value in a layout, with the Transpose made once.
@@ -397,16 +433,15 @@ class Exporter {
       Val& x = *in.at(0);
       const Tensor kernel = w.get("kernel").to(DType::kF32);
       const std::string kn = weight(w, "kernel", kernel, 1, name + "_kernel");
-      const Tensor bias = w.get("bias");
+      const std::string bn = bias(w, "kernel", x, name + "_bias");
       Val y;
       if (x.rank == 2) {
         std::vector<std::string> args = {cl(x), kn};
-        if (bias.defined()) args.push_back(constant(name + "_bias", bias.to(DType::kF32)));
+        if (!bn.empty()) args.push_back(bn);
         y = like(x, emit("Gemm", args, {}, pre), false);
       } else {
-        std::string mm = emit("MatMul", {cl(x), kn}, {}, bias.defined() ? name + "_matmul" : pre);
-        if (bias.defined())
-          mm = emit("Add", {mm, constant(name + "_bias", bias.to(DType::kF32))}, {}, pre);
+        std::string mm = emit("MatMul", {cl(x), kn}, {}, !bn.empty() ? name + "_matmul" : pre);
+        if (!bn.empty()) mm = emit("Add", {mm, bn}, {}, pre);
         y = like(x, mm, false);
       }
       y.shape = out_shape;
@@ -419,8 +454,7 @@ class Exporter {
       std::vector<int64_t> ks;
       for (int i = 0; i < r - 2; ++i) perm.push_back(i), ks.push_back(k.dim(i));
       const std::string kn = weight(w, "kernel", permute(k, perm), 0, name + "_kernel");
-      const Tensor bias = w.get("bias");
-      const std::string bn = bias.defined() ? constant(name + "_bias", bias.to(DType::kF32)) : "";
+      const std::string bn = bias(w, "kernel", *in.at(0), name + "_bias");
       const Val y =
           cf_val(out_shape, conv(l, *in.at(0), kn, bn, c, ks, c.value("groups", int64_t{1}), pre));
       return one(activation(l, act, y, name));
@@ -430,8 +464,9 @@ class Exporter {
       const int64_t ch = k.dim(2), mult = k.dim(3);
       const Tensor kw = permute(k.reshape({k.dim(0), k.dim(1), 1, ch * mult}), {3, 2, 0, 1});
       const std::string kn = weight(w, "depthwise_kernel", kw, 0, name + "_depthwise_kernel");
-      const Tensor bias = w.get("bias");
-      const std::string bn = bias.defined() ? constant(name + "_bias", bias.to(DType::kF32)) : "";
+      const std::string bn = cls == "DepthwiseConv2D"
+                                 ? bias(w, "depthwise_kernel", *in.at(0), name + "_bias")
+                                 : bias(w, "", Val{}, name + "_bias");
       const std::vector<int64_t> ks = {k.dim(0), k.dim(1)};
       std::string y;
       if (cls == "DepthwiseConv2D") {
@@ -485,10 +520,13 @@ class Exporter {
       const std::vector<int64_t> p =
           pads(l, x.shape, c.value("padding", "valid"), k, s, std::vector<int64_t>(sp, 1));
       const bool mx = cls.rfind("Max", 0) == 0;
-      return one(cf_val(out_shape, emit(mx ? "MaxPool" : "AveragePool", {cf(x)},
-                                        {attr_ints("kernel_shape", k), attr_ints("strides", s),
-                                         attr_ints("pads", p)},
-                                        name)));
+      Val y =
+          cf_val(out_shape,
+                 emit(mx ? "MaxPool" : "AveragePool", {cf(x)},
+                      {attr_ints("kernel_shape", k), attr_ints("strides", s), attr_ints("pads", p)},
+                      name));
+      if (mx) y.act_scale = x.act_scale;
+      return one(y);
     }
     if (cls == "GlobalAveragePooling1D" || cls == "GlobalAveragePooling2D" ||
         cls == "GlobalMaxPooling1D" || cls == "GlobalMaxPooling2D") {
@@ -504,6 +542,7 @@ class Exporter {
       Val y = like(*in.at(0), emit("Flatten", {cl(*in.at(0))}, {attr_i("axis", 1)}, name), false);
       y.rank = out_shape.rank();
       y.shape = out_shape;
+      y.act_scale = in.at(0)->act_scale;
       return one(y);
     }
     if (cls == "Reshape") {
@@ -516,13 +555,16 @@ class Exporter {
       y.rank = out_shape.rank();
       y.shape = out_shape;
       y.cl = emit("Reshape", {cl(*in.at(0)), ints(name + "_shape", target)}, {}, name);
+      y.act_scale = in.at(0)->act_scale;
       return one(y);
     }
     if (cls == "ZeroPadding2D") {
       const auto pd = c.at("padding").get<std::vector<std::vector<int64_t>>>();  // [[t,b],[l,r]]
       const std::string pn =
           ints(name + "_pads", {0, 0, pd[0][0], pd[1][0], 0, 0, pd[0][1], pd[1][1]});
-      return one(cf_val(out_shape, emit("Pad", {cf(*in.at(0)), pn}, {}, name)));
+      Val y = cf_val(out_shape, emit("Pad", {cf(*in.at(0)), pn}, {}, name));
+      y.act_scale = in.at(0)->act_scale;  // zeros lie on every grid (integer zero points)
+      return one(y);
     }
     if (cls == "Add" || cls == "Multiply") {
       for (const Val* v : in)
@@ -577,7 +619,9 @@ class Exporter {
     const std::string zn =
         constant(name + "_zero_point", Tensor::from_vector<int8_t>({static_cast<int8_t>(zp)}, {}));
     const std::string q = emit("QuantizeLinear", {v, sn, zn}, {}, name + "_quantized");
-    return like(x, emit("DequantizeLinear", {q, sn, zn}, {}, name), c);
+    Val y = like(x, emit("DequantizeLinear", {q, sn, zn}, {}, name), c);
+    y.act_scale = s;
+    return y;
   }
 
   const nn::Model& m_;

@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 #include "lowbit/fixed_point.h"
@@ -47,7 +49,11 @@ Tensor run_exported(const nn::Model& m, const Tensor& x, const std::string& stem
   onnx::export_onnx(m, path);
   if (proto) *proto = onnx::to_onnx(m);
   std::vector<Tensor> out = testing::run_onnxruntime(path, {x}, dir);
-  std::filesystem::remove_all(dir);
+  // LOWBIT_KEEP_ONNX=1 keeps the exported file (and ORT's inputs and outputs) for inspection.
+  if (std::getenv("LOWBIT_KEEP_ONNX"))
+    std::printf("kept %s\n", path.c_str());
+  else
+    std::filesystem::remove_all(dir);
   EXPECT_EQ(out.size(), m.outputs().size());
   return out.at(0);
 }
@@ -205,7 +211,7 @@ double output_step(const quant::IntegerModel& im) {
 }
 
 struct Agreement {
-  double within_one = 0, top1 = 0, max_steps = 0;
+  double equal = 0, within_one = 0, top1 = 0, max_steps = 0;
 };
 
 Agreement compare_qdq(nn::Model& qat, const std::string& stem, onnx::ModelProto* proto,
@@ -221,22 +227,26 @@ Agreement compare_qdq(nn::Model& qat, const std::string& stem, onnx::ModelProto*
   const Tensor got = run_exported(qat, x, stem, proto);
   const double step = output_step(im);
   Agreement a;
-  int64_t ok = 0, same = 0;
+  int64_t ok = 0, same = 0, eq = 0;
   for (int64_t e = 0; e < want.numel(); ++e) {
     const double d = std::abs(got.data<float>()[e] - want.data<float>()[e]) / step;
     a.max_steps = std::max(a.max_steps, d);
     ok += d <= 1.0 + 1e-3;
+    eq += d <= 1e-3;
   }
   for (int64_t r = 0; r < n; ++r)
     same += testing::argmax_row(got, r) == testing::argmax_row(want, r);
   a.within_one = static_cast<double>(ok) / want.numel();
+  a.equal = static_cast<double>(eq) / want.numel();
   a.top1 = static_cast<double>(same) / n;
   std::printf(
-      "%s (%s rounding): %.4f%% of %lld outputs within 1 step of lowbit's integer runtime (max "
+      "%s (%s rounding): %.2f%% equal, %.4f%% of %lld outputs within 1 step of lowbit's integer "
+      "runtime (max "
       "%.2f "
       "steps), top-1 agreement %.2f%% of %lld images\n",
-      stem.c_str(), rounding == Rounding::kSingle ? "single" : "double", 100 * a.within_one,
-      static_cast<long long>(want.numel()), a.max_steps, 100 * a.top1, static_cast<long long>(n));
+      stem.c_str(), rounding == Rounding::kSingle ? "single" : "double", 100 * a.equal,
+      100 * a.within_one, static_cast<long long>(want.numel()), a.max_steps, 100 * a.top1,
+      static_cast<long long>(n));
   return a;
 }
 
@@ -246,16 +256,24 @@ TEST(OnnxExportQdq, CnnW8a8AgreesWithIntegerRuntime) {
   const Agreement a = compare_qdq(*q, "onnx_export_qdq_cnn", &p);
   EXPECT_GE(a.within_one, 0.999);
   EXPECT_GE(a.top1, 0.999);
-  // Weights: int8 codes with per-channel DequantizeLinear on the output-channel axis.
-  int64_t per_axis = 0;
+  // Weights: int8 codes with per-channel DequantizeLinear on the output-channel axis (0 of
+  // OIHW, 1 of Gemm's [K, N]); biases int32 codes on axis 0.
+  int64_t kernels = 0, biases = 0;
   for (const onnx::NodeProto& n : p.graph.node)
     if (n.op_type == "DequantizeLinear")
       for (const onnx::AttributeProto& at : n.attribute)
         if (at.name == "axis") {
-          per_axis++;
-          EXPECT_EQ(at.i, n.name.find("dense") != std::string::npos ? 1 : 0) << n.name;
+          const bool kernel = n.name.find("kernel") != std::string::npos;
+          const bool dense = n.name.find("dense") != std::string::npos;
+          (kernel ? kernels : biases)++;
+          EXPECT_EQ(at.i, kernel && dense ? 1 : 0) << n.name;
         }
-  EXPECT_EQ(per_axis, 4);  // two convs, two denses
+  EXPECT_EQ(kernels, 4);  // two convs, two denses
+  EXPECT_EQ(biases, 4);
+  for (const onnx::TensorProto& t : p.graph.initializer)
+    if (t.name.find("bias_quantized") != std::string::npos) {
+      EXPECT_EQ(t.data_type, onnx::kInt32) << t.name;
+    }
   EXPECT_GE(count_ops(p, "QuantizeLinear"), 5);
   // lowbit's default (gemmlowp double rounding) differs from ORT's float requantization by one
   // step a little more often.
