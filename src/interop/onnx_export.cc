@@ -5,6 +5,7 @@
 #include "lowbit/interop/onnx_export.h"
 
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <numeric>
 #include <set>
@@ -143,10 +144,58 @@ class Exporter {
       if (is_input) name = emit("Identity", {name}, {}, k.node->layer->name() + "_output");
       p_.graph.output.push_back(value_info(name, k.shape()));
     }
+    drop_redundant_clamps();
     return std::move(p_);
   }
 
  private:
+  // A Relu (or Clip(0, 6)) read only by QuantizeLinear nodes whose grid starts at real 0
+  // (zero point -128) and, for the Clip, ends at or below 6, changes no code: QuantizeLinear
+  // saturates there anyway. Removing it is exact and lets ONNX Runtime fuse DQ -> Conv -> Q into
+  // QLinearConv (it does not look through the Relu).
+  void drop_redundant_clamps() {
+    auto init = [&](const std::string& name) -> const TensorProto* {
+      for (const TensorProto& t : p_.graph.initializer)
+        if (t.name == name) return &t;
+      return nullptr;
+    };
+    auto scalar_f32 = [&](const std::string& name, float& v) {
+      const TensorProto* t = init(name);
+      if (!t || t->data_type != kFloat || t->raw_data.size() != 4) return false;
+      std::memcpy(&v, t->raw_data.data(), 4);
+      return true;
+    };
+    std::vector<NodeProto>& nodes = p_.graph.node;
+    for (size_t i = 0; i < nodes.size();) {
+      const NodeProto& n = nodes[i];
+      float lo = 0, hi = 0;
+      const bool relu = n.op_type == "Relu";
+      const bool clip = n.op_type == "Clip" && n.input.size() == 3 && !n.input[1].empty() &&
+                        scalar_f32(n.input[1], lo) && scalar_f32(n.input[2], hi) && lo == 0;
+      bool ok = relu || clip;
+      std::vector<size_t> readers;
+      for (size_t j = 0; ok && j < nodes.size(); ++j)
+        for (size_t k = 0; ok && k < nodes[j].input.size(); ++k) {
+          if (nodes[j].input[k] != n.output[0]) continue;
+          const NodeProto& q = nodes[j];
+          const TensorProto* zp = q.input.size() == 3 ? init(q.input[2]) : nullptr;
+          float sc = 0;
+          ok = q.op_type == "QuantizeLinear" && k == 0 && zp && zp->data_type == kInt8 &&
+               zp->raw_data.size() == 1 && static_cast<int8_t>(zp->raw_data[0]) == -128 &&
+               scalar_f32(q.input[1], sc) && (!clip || 255.0 * sc <= hi);
+          readers.push_back(j);
+        }
+      for (const ValueInfoProto& o : p_.graph.output) ok &= o.name != n.output[0];
+      if (!ok || readers.empty()) {
+        ++i;
+        continue;
+      }
+      const std::string from = n.input[0];
+      for (size_t j : readers) nodes[j].input[0] = from;
+      nodes.erase(nodes.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+  }
+
   ValueInfoProto value_info(const std::string& name, const Shape& s) const {
     ValueInfoProto v;
     v.name = name;

@@ -298,6 +298,29 @@ TEST(OnnxExportQdq, DepthwiseW4a8AgreesWithIntegerRuntime) {
     }
 }
 
+// A ReLU before a FakeQuant whose grid starts at real 0 changes no code: the export drops it so
+// that ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv. The short training here leaves the
+// post-ReLU ranges below 0 (they start at the preset's initial range), so the test moves their
+// minimum to 0 (the integer model is converted from the same ranges).
+TEST(OnnxExportQdq, ReluBeforeZeroBasedGridDropped) {
+  nn::ModelPtr q = trained_qat(false, "w8a8");
+  int moved = 0;
+  for (const nn::LayerPtr& l : q->layers())
+    if (l->class_name() == "FakeQuant" && l->name() != "input_layer_quant")
+      for (nn::Weight& w : l->weights())
+        if (w.name.size() >= 3 && w.name.compare(w.name.size() - 3, 3, "min") == 0) {
+          w.value.fill(0.0);
+          ++moved;
+        }
+  ASSERT_GE(moved, 3);
+  onnx::ModelProto p;
+  const Agreement a = compare_qdq(*q, "onnx_export_qdq_relu", &p);
+  EXPECT_GE(a.within_one, 0.999);
+  EXPECT_GE(a.top1, 0.999);
+  EXPECT_EQ(count_ops(p, "Relu"), 0);
+  EXPECT_EQ(count_ops(p, "Conv"), 2);
+}
+
 // ---- Refusals ---------------------------------------------------------------------------------
 
 TEST(OnnxExportErrors, UnsupportedLayerNamed) {
