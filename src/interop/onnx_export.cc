@@ -640,11 +640,112 @@ class Exporter {
       y.shape = out_shape;
       return one(y);
     }
-    if (cls == "LSTM" || cls == "GRU" || cls == "SimpleRNN" || cls == "Bidirectional" ||
-        cls.rfind("Quantized", 0) == 0)
-      refuse(l, "recurrent layers are not exported yet");
+    if (cls == "LSTM" || cls == "GRU" || cls == "SimpleRNN") return recurrent(n, l, w, in);
+    if (cls == "Bidirectional" || cls.rfind("Quantized", 0) == 0)
+      refuse(l, "this recurrent layer is not exported yet (float LSTM, GRU and SimpleRNN are)");
     if (cls == "Functional") refuse(l, "nested models are not exported: flatten the model first");
     refuse(l, "no ONNX export for this layer class");
+  }
+
+  // LSTM, GRU, SimpleRNN -> ONNX LSTM, GRU, RNN (one direction, sequence-major: the input is
+  // transposed to [T, B, D] and back). Keras' kernel [D, G*U] becomes W [1, G*U, D] with the gate
+  // blocks reordered: LSTM Keras i, f, c, o -> ONNX i, o, f, c; GRU z, r, h is ONNX's order
+  // (reset_after = linear_before_reset). B = [input bias, recurrent bias] ([2, 3U] for a
+  // reset_after GRU, else [bias, 0]).
+  std::vector<Val> recurrent(const nn::LayerNode& n, const nn::Layer& l, const Weights& w,
+                             const std::vector<Val*>& in) {
+    const std::string cls = l.class_name();
+    const Json c = l.get_config();
+    const std::string name = l.name();
+    if (in.size() != 1) refuse(l, "initial states (extra inputs) are not exported");
+    if (c.value("go_backwards", false)) refuse(l, "go_backwards is not exported");
+    const bool lstm = cls == "LSTM", gru = cls == "GRU";
+    const int64_t G = lstm ? 4 : gru ? 3 : 1;
+    const std::vector<int64_t> block = lstm  ? std::vector<int64_t>{0, 3, 1, 2}
+                                       : gru ? std::vector<int64_t>{0, 1, 2}
+                                             : std::vector<int64_t>{0};
+    auto onnx_act = [&](const std::string& a) -> std::string {
+      if (a == "sigmoid") return "Sigmoid";
+      if (a == "tanh") return "Tanh";
+      if (a == "relu") return "Relu";
+      refuse(l,
+             "activation '" + a + "' is not exported for recurrent layers (sigmoid, tanh, relu)");
+    };
+    const std::string act = onnx_act(c.value("activation", "tanh"));
+    const std::string ract =
+        lstm || gru ? onnx_act(c.value("recurrent_activation", "sigmoid")) : "";
+    const Tensor k = w.get("kernel").to(DType::kF32),
+                 rk = w.get("recurrent_kernel").to(DType::kF32);
+    const int64_t D = k.dim(0), U = rk.dim(0);
+    // [rows, G*U] (Keras) -> [1, G*U, rows] with ONNX's gate order.
+    auto gates = [&](const Tensor& t, int64_t rows) {
+      Tensor o({1, G * U, rows}, DType::kF32);
+      const float* src = t.data<float>();
+      float* dst = o.data<float>();
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t u = 0; u < U; ++u)
+          for (int64_t r = 0; r < rows; ++r)
+            dst[(g * U + u) * rows + r] = src[r * G * U + block[g] * U + u];
+      return o;
+    };
+    const std::string wn = constant(name + "_W", gates(k, D));
+    const std::string rn = constant(name + "_R", gates(rk, U));
+    std::vector<std::string> args = {"", wn, rn};
+    const Tensor b = w.get("bias");
+    if (b.defined()) {
+      const Tensor bf = b.to(DType::kF32).clone();
+      Tensor bo = Tensor::zeros({1, 2 * G * U}, DType::kF32);
+      const bool two = bf.numel() == 2 * G * U;  // GRU reset_after: [input; recurrent]
+      for (int half = 0; half < (two ? 2 : 1); ++half)
+        for (int64_t g = 0; g < G; ++g)
+          for (int64_t u = 0; u < U; ++u)
+            bo.data<float>()[half * G * U + g * U + u] =
+                bf.data<float>()[half * G * U + block[g] * U + u];
+      args.push_back(constant(name + "_B", bo));
+    }
+    args[0] =
+        emit("Transpose", {cl(*in.at(0))}, {attr_ints("perm", {1, 0, 2})}, name + "_time_major");
+    std::vector<AttributeProto> attrs = {attr_i("hidden_size", U)};
+    const bool default_acts = act == "Tanh" && (ract.empty() || ract == "Sigmoid");
+    if (!default_acts) {
+      AttributeProto a;
+      a.name = "activations";
+      a.type = kAttrStrings;
+      a.strings = lstm  ? std::vector<std::string>{ract, act, act}
+                  : gru ? std::vector<std::string>{ract, act}
+                        : std::vector<std::string>{act};
+      attrs.push_back(a);
+    }
+    if (gru) attrs.push_back(attr_i("linear_before_reset", c.value("reset_after", true) ? 1 : 0));
+    NodeProto node;
+    node.op_type = lstm ? "LSTM" : gru ? "GRU" : "RNN";
+    node.input = args;
+    node.output = {unique(name + "_Y"), unique(name + "_Y_h")};
+    if (lstm) node.output.push_back(unique(name + "_Y_c"));
+    node.name = unique(name);
+    node.attribute = attrs;
+    p_.graph.node.push_back(node);
+    const std::string axes0 = ints(name + "_axes0", {0}), axes1 = ints(name + "_axes1", {1});
+    auto out_val = [&](const std::string& v, int index) {
+      Val o;
+      o.shape = n.outputs.at(index).shape;
+      o.rank = o.shape.rank();
+      o.cl = v;
+      return o;
+    };
+    std::vector<Val> outs;
+    if (c.value("return_sequences", false)) {
+      const std::string y = emit("Squeeze", {node.output[0], axes1}, {}, name + "_Y_squeezed");
+      outs.push_back(out_val(emit("Transpose", {y}, {attr_ints("perm", {1, 0, 2})}, name), 0));
+    } else {
+      outs.push_back(out_val(emit("Squeeze", {node.output[1], axes0}, {}, name), 0));
+    }
+    if (c.value("return_state", false)) {
+      outs.push_back(out_val(emit("Squeeze", {node.output[1], axes0}, {}, name + "_h"), 1));
+      if (lstm)
+        outs.push_back(out_val(emit("Squeeze", {node.output[2], axes0}, {}, name + "_c"), 2));
+    }
+    return outs;
   }
 
   Val fake_quant(const quant::FakeQuantLayer& l, Val& x) {

@@ -159,6 +159,30 @@ TEST(OnnxExportFloat, Conv1DAndReshape) {
   EXPECT_EQ(count_ops(p, "MatMul"), 1);
 }
 
+// LSTM (Keras gates i, f, c, o reordered to ONNX's i, o, f, c), GRU with and without
+// reset_after (linear_before_reset), SimpleRNN with its state.
+TEST(OnnxExportFloat, Recurrent) {
+  nn::set_random_seed(6);
+  nn::KTensor x = nn::Input({7, 5});
+  nn::KTensor a = (*nn::LSTM(6, {.return_sequences = true}))(x);
+  nn::KTensor b = (*nn::GRU(4, {.return_sequences = true}))(a);
+  nn::KTensor c = (*nn::GRU(3, {.reset_after = false}))(b);
+  std::vector<nn::KTensor> r =
+      (*nn::SimpleRNN(3, {.return_state = true}))(std::vector<nn::KTensor>{b});
+  nn::KTensor o = (*nn::Concatenate())({c, r.at(0), r.at(1)});
+  auto m = nn::Model::create({x}, {o}, "recurrent");
+  // Non-zero biases (the initializer leaves them at zero, the LSTM's forget block at one).
+  Rng rng(9);
+  for (const nn::LayerPtr& l : m->layers())
+    for (nn::Weight& w : l->weights())
+      if (w.name == "bias") w.value.copy_from(random_tensor(w.value.shape(), rng, -0.5f, 0.5f));
+  onnx::ModelProto p;
+  expect_float_export(*m, {7, 5}, "onnx_export_rnn", &p);
+  EXPECT_EQ(count_ops(p, "LSTM"), 1);
+  EXPECT_EQ(count_ops(p, "GRU"), 2);
+  EXPECT_EQ(count_ops(p, "RNN"), 1);
+}
+
 // ---- QAT -> QDQ ---------------------------------------------------------------------------
 
 std::pair<Tensor, Tensor> few_mnist(int64_t n) {
@@ -325,9 +349,13 @@ TEST(OnnxExportQdq, ReluBeforeZeroBasedGridDropped) {
 
 TEST(OnnxExportErrors, UnsupportedLayerNamed) {
   nn::KTensor x = nn::Input({5, 3});
-  nn::KTensor h = (*nn::LSTM(4, {.name = "encoder"}))(x);
+  nn::KTensor h = (*nn::LSTM(4, {.go_backwards = true, .name = "encoder"}))(x);
   auto m = nn::Model::create({x}, {h});
-  expect_throws_with<UnsupportedError>([&] { onnx::to_onnx(*m); }, "layer 'encoder' (LSTM)");
+  expect_throws_with<UnsupportedError>([&] { onnx::to_onnx(*m); },
+                                       "layer 'encoder' (LSTM): go_backwards");
+  nn::KTensor e = (*nn::Embedding(10, 4, {.name = "tokens"}))(nn::Input({5}));
+  auto me = nn::Model::create({e.node->inputs[0]}, {e});
+  expect_throws_with<UnsupportedError>([&] { onnx::to_onnx(*me); }, "layer 'tokens' (Embedding)");
   nn::KTensor y = (*nn::Dense(2, {.activation = "gelu", .name = "head"}))(nn::Input({3}));
   auto m2 = nn::Model::create({y.node->inputs[0]}, {y});
   expect_throws_with<UnsupportedError>([&] { onnx::to_onnx(*m2); },

@@ -21,15 +21,21 @@
 // as x * Sigmoid(x), elu, selu, softplus, softsign, exponential, leaky_relu), ReLU (max_value,
 // negative_slope; threshold 0), Dropout (dropped), Max/AveragePooling 1D/2D (same: TF pads,
 // AveragePool count_include_pad = 0), GlobalAverage/MaxPooling 1D/2D, Flatten, Reshape,
-// ZeroPadding2D (Pad), Add, Multiply, Concatenate.
+// ZeroPadding2D (Pad), Add, Multiply, Concatenate; LSTM, GRU, SimpleRNN -> ONNX LSTM, GRU, RNN
+// (Keras LSTM gates i, f, c, o reordered to ONNX's i, o, f, c; GRU reset_after =
+// linear_before_reset; return_sequences / return_state; activations sigmoid, tanh, relu).
 // QAT layers: FakeQuant -> QuantizeLinear + DequantizeLinear (int8 per tensor; a uint8 grid is
 // shifted by -128, the same reals; a grid narrower than int8 gets a Clip to its range first);
 // QuantizeWrapper and FoldedConvBatchNorm -> the layer above with each quantized weight as int8
 // codes on its grid + DequantizeLinear (per channel: axis 0 of OIHW conv weights, axis 1 of
 // Gemm/MatMul [K, N] weights; 4- and 2-bit grids are int8 codes in their range), bias float.
 //
-// Throws UnsupportedError naming the layer, its class and why for anything else (LSTM, GRU,
-// Embedding, masks, gelu, ...), ValueError for opset < 13 (per-axis DequantizeLinear).
+// A Relu / Clip(0, 6) read only by QuantizeLinear nodes whose grid starts at 0 is dropped (it
+// changes no code), so that ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv.
+//
+// Throws UnsupportedError naming the layer, its class and why for anything else (Embedding,
+// masks, go_backwards, initial states, Bidirectional, QAT recurrent layers, gelu, ...),
+// ValueError for opset < 13 (per-axis DequantizeLinear).
 #pragma once
 
 #include <cstdint>
