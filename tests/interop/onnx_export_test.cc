@@ -322,6 +322,32 @@ TEST(OnnxExportQdq, DepthwiseW4a8AgreesWithIntegerRuntime) {
     }
 }
 
+// A residual CNN (Add of two conv branches, global average pooling) as QDQ.
+TEST(OnnxExportQdq, ResidualW8a8AgreesWithIntegerRuntime) {
+  nn::set_random_seed(8);
+  nn::KTensor x = nn::Input({28, 28, 1});
+  nn::KTensor a = (*nn::Conv2D(8, 3, {.strides = 2, .padding = "same", .activation = "relu"}))(x);
+  nn::KTensor b = (*nn::Conv2D(8, 3, {.padding = "same", .activation = "relu"}))(a);
+  nn::KTensor s = (*nn::Add())({a, b});
+  s = (*nn::Conv2D(16, 3, {.strides = 2, .padding = "same", .activation = "relu"}))(s);
+  s = (*nn::GlobalAveragePooling2D())(s);
+  s = (*nn::Dense(10))(s);
+  auto m = nn::Model::create({x}, {s}, "residual");
+  const auto [xs, ys] = few_mnist(kTrainImages);
+  m->compile({.optimizer = nn::Adam({.learning_rate = 3e-3}),
+              .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
+  m->fit(xs, ys, {.epochs = 2, .batch_size = 64, .verbose = 0});
+  nn::ModelPtr q = quant::quantize_model(*m, quant::QuantizeConfig::preset("w8a8"));
+  q->compile({.optimizer = nn::Adam({.learning_rate = 5e-4}),
+              .loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
+  q->fit(xs, ys, {.epochs = 1, .batch_size = 64, .verbose = 0});
+  onnx::ModelProto p;
+  const Agreement ag = compare_qdq(*q, "onnx_export_qdq_residual", &p);
+  EXPECT_GE(ag.within_one, 0.999);
+  EXPECT_GE(ag.top1, 0.999);
+  EXPECT_EQ(count_ops(p, "Add"), 1);
+}
+
 // A ReLU before a FakeQuant whose grid starts at real 0 changes no code: the export drops it so
 // that ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv. The short training here leaves the
 // post-ReLU ranges below 0 (they start at the preset's initial range), so the test moves their
