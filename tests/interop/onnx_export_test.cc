@@ -322,6 +322,22 @@ TEST(OnnxExportQdq, DepthwiseW4a8AgreesWithIntegerRuntime) {
     }
 }
 
+// 2-bit LSQ weights (codes [-2, 1], int8 in the file) and 4-bit activations (a Clip to the
+// grid's range before each QuantizeLinear).
+TEST(OnnxExportQdq, LowBitPresetsAgreeWithIntegerRuntime) {
+  for (const char* preset : {"w2a8", "w4a4"}) {
+    SCOPED_TRACE(preset);
+    nn::ModelPtr q = trained_qat(false, preset);
+    onnx::ModelProto p;
+    const Agreement a = compare_qdq(*q, std::string("onnx_export_qdq_") + preset, &p);
+    EXPECT_GE(a.within_one, 0.999);
+    EXPECT_GE(a.top1, 0.999);
+    if (std::string(preset) == "w4a4") {
+      EXPECT_GE(count_ops(p, "Clip"), 4);
+    }
+  }
+}
+
 // A residual CNN (Add of two conv branches, global average pooling) as QDQ.
 TEST(OnnxExportQdq, ResidualW8a8AgreesWithIntegerRuntime) {
   nn::set_random_seed(8);
