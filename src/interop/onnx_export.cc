@@ -658,7 +658,11 @@ class Exporter {
     const Json c = l.get_config();
     const std::string name = l.name();
     if (in.size() != 1) refuse(l, "initial states (extra inputs) are not exported");
-    if (c.value("go_backwards", false)) refuse(l, "go_backwards is not exported");
+    // go_backwards = ONNX's "reverse" direction, whose Y is in input order while Keras returns
+    // the steps in processing order: only the last output and the states are exported.
+    const bool backwards = c.value("go_backwards", false);
+    if (backwards && c.value("return_sequences", false))
+      refuse(l, "go_backwards with return_sequences is not exported (only the last output)");
     const bool lstm = cls == "LSTM", gru = cls == "GRU";
     const int64_t G = lstm ? 4 : gru ? 3 : 1;
     const std::vector<int64_t> block = lstm  ? std::vector<int64_t>{0, 3, 1, 2}
@@ -717,6 +721,13 @@ class Exporter {
       attrs.push_back(a);
     }
     if (gru) attrs.push_back(attr_i("linear_before_reset", c.value("reset_after", true) ? 1 : 0));
+    if (backwards) {
+      AttributeProto d;
+      d.name = "direction";
+      d.type = kAttrString;
+      d.s = "reverse";
+      attrs.push_back(d);
+    }
     NodeProto node;
     node.op_type = lstm ? "LSTM" : gru ? "GRU" : "RNN";
     node.input = args;

@@ -167,9 +167,10 @@ TEST(OnnxExportFloat, Recurrent) {
   nn::KTensor a = (*nn::LSTM(6, {.return_sequences = true}))(x);
   nn::KTensor b = (*nn::GRU(4, {.return_sequences = true}))(a);
   nn::KTensor c = (*nn::GRU(3, {.reset_after = false}))(b);
+  nn::KTensor back = (*nn::LSTM(3, {.go_backwards = true}))(a);
   std::vector<nn::KTensor> r =
       (*nn::SimpleRNN(3, {.return_state = true}))(std::vector<nn::KTensor>{b});
-  nn::KTensor o = (*nn::Concatenate())({c, r.at(0), r.at(1)});
+  nn::KTensor o = (*nn::Concatenate())({c, r.at(0), r.at(1), back});
   auto m = nn::Model::create({x}, {o}, "recurrent");
   // Non-zero biases (the initializer leaves them at zero, the LSTM's forget block at one).
   Rng rng(9);
@@ -178,7 +179,7 @@ TEST(OnnxExportFloat, Recurrent) {
       if (w.name == "bias") w.value.copy_from(random_tensor(w.value.shape(), rng, -0.5f, 0.5f));
   onnx::ModelProto p;
   expect_float_export(*m, {7, 5}, "onnx_export_rnn", &p);
-  EXPECT_EQ(count_ops(p, "LSTM"), 1);
+  EXPECT_EQ(count_ops(p, "LSTM"), 2);
   EXPECT_EQ(count_ops(p, "GRU"), 2);
   EXPECT_EQ(count_ops(p, "RNN"), 1);
 }
@@ -391,10 +392,11 @@ TEST(OnnxExportQdq, ReluBeforeZeroBasedGridDropped) {
 
 TEST(OnnxExportErrors, UnsupportedLayerNamed) {
   nn::KTensor x = nn::Input({5, 3});
-  nn::KTensor h = (*nn::LSTM(4, {.go_backwards = true, .name = "encoder"}))(x);
+  nn::KTensor h =
+      (*nn::LSTM(4, {.return_sequences = true, .go_backwards = true, .name = "encoder"}))(x);
   auto m = nn::Model::create({x}, {h});
-  expect_throws_with<UnsupportedError>([&] { onnx::to_onnx(*m); },
-                                       "layer 'encoder' (LSTM): go_backwards");
+  expect_throws_with<UnsupportedError>(
+      [&] { onnx::to_onnx(*m); }, "layer 'encoder' (LSTM): go_backwards with return_sequences");
   nn::KTensor e = (*nn::Embedding(10, 4, {.name = "tokens"}))(nn::Input({5}));
   auto me = nn::Model::create({e.node->inputs[0]}, {e});
   expect_throws_with<UnsupportedError>([&] { onnx::to_onnx(*me); }, "layer 'tokens' (Embedding)");

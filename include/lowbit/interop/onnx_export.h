@@ -34,7 +34,7 @@
 // changes no code), so that ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv.
 //
 // Throws UnsupportedError naming the layer, its class and why for anything else (Embedding,
-// masks, go_backwards, initial states, Bidirectional, QAT recurrent layers, gelu, ...),
+// masks, go_backwards with return_sequences, initial states, Bidirectional, QAT recurrent layers, gelu, ...),
 // ValueError for opset < 13 (per-axis DequantizeLinear).
 #pragma once
 
