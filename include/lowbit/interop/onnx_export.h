@@ -34,8 +34,8 @@
 // changes no code), so that ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv.
 //
 // Throws UnsupportedError naming the layer, its class and why for anything else (Embedding,
-// masks, go_backwards with return_sequences, initial states, Bidirectional, QAT recurrent layers, gelu, ...),
-// ValueError for opset < 13 (per-axis DequantizeLinear).
+// masks, go_backwards with return_sequences, initial states, Bidirectional, QAT recurrent layers,
+// gelu, ...), ValueError for opset < 13 (per-axis DequantizeLinear).
 #pragma once
 
 #include <cstdint>
