@@ -28,7 +28,9 @@
 // shifted by -128, the same reals; a grid narrower than int8 gets a Clip to its range first);
 // QuantizeWrapper and FoldedConvBatchNorm -> the layer above with each quantized weight as int8
 // codes on its grid + DequantizeLinear (per channel: axis 0 of OIHW conv weights, axis 1 of
-// Gemm/MatMul [K, N] weights; 4- and 2-bit grids are int8 codes in their range), bias float.
+// Gemm/MatMul [K, N] weights; 4- and 2-bit grids are int8 codes in their range); the bias, when
+// the input is on an activation grid, as int32 codes at s_in * s_w[c] (quant::quantize_bias, as
+// the integer runtime stores it) + DequantizeLinear, else float.
 //
 // A Relu / Clip(0, 6) read only by QuantizeLinear nodes whose grid starts at 0 is dropped (it
 // changes no code), so that ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv.
