@@ -35,7 +35,7 @@ std::vector<Tensor> run_onnxruntime(const std::string& model, const std::vector<
                     shell_quote(std::string(LOWBIT_SOURCE_DIR) + "/tools/interop/ort_run.mjs") +
                     " " + shell_quote(model) + " " + shell_quote(work_dir + "/ort_out");
   for (size_t i = 0; i < inputs.size(); ++i) {
-    std::string f = work_dir + "/ort_in" + std::to_string(i) + ".npy";
+    const std::string f = work_dir + "/ort_in" + std::to_string(i) + ".npy";
     data::write_npy(f, inputs[i]);
     cmd += " " + shell_quote(f);
   }
