@@ -25,28 +25,6 @@ using nn::Json;
                "): ", why);
 }
 
-AttributeProto attr_i(const std::string& name, int64_t v) {
-  AttributeProto a;
-  a.name = name;
-  a.type = kAttrInt;
-  a.i = v;
-  return a;
-}
-AttributeProto attr_f(const std::string& name, float v) {
-  AttributeProto a;
-  a.name = name;
-  a.type = kAttrFloat;
-  a.f = v;
-  return a;
-}
-AttributeProto attr_ints(const std::string& name, std::vector<int64_t> v) {
-  AttributeProto a;
-  a.name = name;
-  a.type = kAttrInts;
-  a.ints = std::move(v);
-  return a;
-}
-
 // Permutations between channels-last [N, d1.., C] and channels-first [N, C, d1..] of rank r.
 std::vector<int64_t> perm_to_cf(int r) {
   std::vector<int64_t> p = {0, r - 1};
@@ -282,7 +260,7 @@ class Exporter {
     const std::string s = constant(base + "_scale", Tensor::from_vector<float>(grid.scale, qs));
     const std::string z = constant(base + "_zero_point", Tensor::from_vector<int8_t>(zp, qs));
     std::vector<AttributeProto> a;
-    if (nch != 1) a.push_back(attr_i("axis", axis));
+    if (nch != 1) a.push_back(attr_int("axis", axis));
     return emit("DequantizeLinear", {q, s, z}, std::move(a), base + "_dequantized");
   }
 
@@ -314,7 +292,7 @@ class Exporter {
         constant(base + "_zero_point",
                  Tensor::from_vector<int32_t>(std::vector<int32_t>(scales.size(), 0), qs));
     std::vector<AttributeProto> a;
-    if (scales.size() != 1) a.push_back(attr_i("axis", 0));
+    if (scales.size() != 1) a.push_back(attr_int("axis", 0));
     return emit("DequantizeLinear", {q, sc, z}, std::move(a), base + "_dequantized");
   }
 
@@ -371,15 +349,16 @@ class Exporter {
       return unary(v, "Clip", {}, out, {scalar(out + "_min", 0), scalar(out + "_max", 6)});
     if (act == "sigmoid") return unary(v, "Sigmoid", {}, out);
     if (act == "tanh") return unary(v, "Tanh", {}, out);
-    if (act == "elu") return unary(v, "Elu", {attr_f("alpha", 1.0f)}, out);
+    if (act == "elu") return unary(v, "Elu", {attr_float("alpha", 1.0f)}, out);
     if (act == "selu") return unary(v, "Selu", {}, out);
     if (act == "softplus") return unary(v, "Softplus", {}, out);
     if (act == "softsign") return unary(v, "Softsign", {}, out);
     if (act == "exponential") return unary(v, "Exp", {}, out);
-    if (act == "leaky_relu") return unary(v, "LeakyRelu", {attr_f("alpha", 0.2f)}, out);
+    if (act == "leaky_relu") return unary(v, "LeakyRelu", {attr_float("alpha", 0.2f)}, out);
     // Keras 3: relu6(x + 3) / 6.
     if (act == "hard_sigmoid")
-      return unary(v, "HardSigmoid", {attr_f("alpha", 1.0f / 6), attr_f("beta", 0.5f)}, out);
+      return unary(v, "HardSigmoid", {attr_float("alpha", 1.0f / 6), attr_float("beta", 0.5f)},
+                   out);
     if (act == "swish" || act == "silu") {
       const bool c = prefers_cf(v);
       const std::string x = c ? cf(v) : cl(v);
@@ -388,7 +367,8 @@ class Exporter {
     }
     if (act == "softmax" || act == "log_softmax")
       return like(
-          v, emit(act == "softmax" ? "Softmax" : "LogSoftmax", {cl(v)}, {attr_i("axis", -1)}, out),
+          v,
+          emit(act == "softmax" ? "Softmax" : "LogSoftmax", {cl(v)}, {attr_int("axis", -1)}, out),
           false);
     refuse(l, "activation '" + act + "' has no ONNX export here");
   }
@@ -436,7 +416,7 @@ class Exporter {
     if (!b.empty()) in.push_back(b);
     return emit("Conv", in,
                 {attr_ints("kernel_shape", k), attr_ints("strides", s), attr_ints("dilations", d),
-                 attr_ints("pads", p), attr_i("group", group)},
+                 attr_ints("pads", p), attr_int("group", group)},
                 out);
   }
 
@@ -537,7 +517,7 @@ class Exporter {
       const std::string y =
           emit("BatchNormalization",
                {cf(x), f("gamma"), f("beta"), f("moving_mean"), f("moving_variance")},
-               {attr_f("epsilon", static_cast<float>(c.value("epsilon", 1e-3)))}, name);
+               {attr_float("epsilon", static_cast<float>(c.value("epsilon", 1e-3)))}, name);
       return one(cf_val(out_shape, y));
     }
     if (cls == "Activation") return one(activation(l, act, *in.at(0), name));
@@ -546,7 +526,7 @@ class Exporter {
       const double slope = c.value("negative_slope", 0.0);
       const bool cap = c.contains("max_value") && !c.at("max_value").is_null();
       Val y = slope != 0.0
-                  ? unary(*in.at(0), "LeakyRelu", {attr_f("alpha", static_cast<float>(slope))},
+                  ? unary(*in.at(0), "LeakyRelu", {attr_float("alpha", static_cast<float>(slope))},
                           cap ? name + "_leaky" : name)
                   : (cap ? *in.at(0) : unary(*in.at(0), "Relu", {}, name));
       if (cap) {
@@ -585,10 +565,10 @@ class Exporter {
       const std::string g = emit(mx ? "GlobalMaxPool" : "GlobalAveragePool", {cf(x)}, {},
                                  keep ? name : name + "_keepdims");
       if (keep) return one(cf_val(out_shape, g));
-      return one(cf_val(out_shape, emit("Flatten", {g}, {attr_i("axis", 1)}, name)));
+      return one(cf_val(out_shape, emit("Flatten", {g}, {attr_int("axis", 1)}, name)));
     }
     if (cls == "Flatten") {
-      Val y = like(*in.at(0), emit("Flatten", {cl(*in.at(0))}, {attr_i("axis", 1)}, name), false);
+      Val y = like(*in.at(0), emit("Flatten", {cl(*in.at(0))}, {attr_int("axis", 1)}, name), false);
       y.rank = out_shape.rank();
       y.shape = out_shape;
       y.act_scale = in.at(0)->act_scale;
@@ -636,7 +616,7 @@ class Exporter {
       std::vector<std::string> args;
       for (Val* v : in) args.push_back(cfl ? cf(*v) : cl(*v));
       const int64_t a = !cfl ? axis : axis == 0 ? 0 : axis == r - 1 ? 1 : axis + 1;
-      Val y = like(*in[0], emit("Concat", args, {attr_i("axis", a)}, name), cfl);
+      Val y = like(*in[0], emit("Concat", args, {attr_int("axis", a)}, name), cfl);
       y.shape = out_shape;
       return one(y);
     }
@@ -709,7 +689,7 @@ class Exporter {
     }
     args[0] =
         emit("Transpose", {cl(*in.at(0))}, {attr_ints("perm", {1, 0, 2})}, name + "_time_major");
-    std::vector<AttributeProto> attrs = {attr_i("hidden_size", U)};
+    std::vector<AttributeProto> attrs = {attr_int("hidden_size", U)};
     const bool default_acts = act == "Tanh" && (ract.empty() || ract == "Sigmoid");
     if (!default_acts) {
       AttributeProto a;
@@ -720,7 +700,7 @@ class Exporter {
                         : std::vector<std::string>{act};
       attrs.push_back(a);
     }
-    if (gru) attrs.push_back(attr_i("linear_before_reset", c.value("reset_after", true) ? 1 : 0));
+    if (gru) attrs.push_back(attr_int("linear_before_reset", c.value("reset_after", true) ? 1 : 0));
     if (backwards) {
       AttributeProto d;
       d.name = "direction";

@@ -2,15 +2,11 @@
 // is written into its own string and then embedded with its length (messages are small next to
 // the tensor bytes, which are written once into their TensorProto and copied once more per
 // nesting level: three levels for an initializer).
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 
 #include "lowbit/error.h"
 #include "lowbit/interop/onnx_proto.h"
+#include "lowbit/io/atomic_file.h"
 
 namespace lowbit::onnx {
 
@@ -198,25 +194,9 @@ std::string encode_model(const ModelProto& m) {
 
 void write_model(const std::string& path, const ModelProto& m) {
   const std::string bytes = encode_model(m);
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out)
-      LOWBIT_THROW(IoError, "write_model: cannot write '", tmp, "': ", std::strerror(errno),
-                   " (does the directory exist and is it writable?)");
+  io::write_atomically(path, "write_model", [&](std::ostream& out) {
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      LOWBIT_THROW(IoError, "write_model: writing '", tmp, "' failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    LOWBIT_THROW(IoError, "write_model: cannot rename '", tmp, "' to '", path, "': ", ec.message());
-  }
+  });
 }
 
 TensorProto from_tensor(const std::string& name, const Tensor& t) {
@@ -249,6 +229,30 @@ TensorProto from_tensor(const std::string& name, const Tensor& t) {
   // lowbit tensors are little-endian in memory on every platform we build for (x86-64).
   p.raw_data.assign(static_cast<const char*>(t.raw()), t.nbytes());
   return p;
+}
+
+AttributeProto attr_int(const std::string& name, int64_t v) {
+  AttributeProto a;
+  a.name = name;
+  a.type = kAttrInt;
+  a.i = v;
+  return a;
+}
+
+AttributeProto attr_float(const std::string& name, float v) {
+  AttributeProto a;
+  a.name = name;
+  a.type = kAttrFloat;
+  a.f = v;
+  return a;
+}
+
+AttributeProto attr_ints(const std::string& name, std::vector<int64_t> v) {
+  AttributeProto a;
+  a.name = name;
+  a.type = kAttrInts;
+  a.ints = std::move(v);
+  return a;
 }
 
 int64_t default_opset(const ModelProto& m) {

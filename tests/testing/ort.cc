@@ -47,12 +47,13 @@ std::vector<Tensor> run_onnxruntime(const std::string& model, const std::vector<
   while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
   int rc = pclose(p);
   if (rc != 0) throw std::runtime_error("run_onnxruntime: " + cmd + " failed:\n" + out);
-  // The JSON line is the last line of the output.
-  size_t start = out.rfind('{');
-  while (start != std::string::npos && start > 0 && out[start - 1] != '\n')
-    start = out.rfind('{', start - 1);
-  if (start == std::string::npos) throw std::runtime_error("run_onnxruntime: no JSON in: " + out);
-  nlohmann::json j = nlohmann::json::parse(out.substr(start));
+  // ort_run prints one JSON line, last.
+  const size_t end = out.find_last_not_of('\n');
+  const size_t start = end == std::string::npos ? 0 : out.rfind('\n', end) + 1;
+  const std::string last = end == std::string::npos ? "" : out.substr(start, end + 1 - start);
+  if (last.empty() || last[0] != '{')
+    throw std::runtime_error("run_onnxruntime: no JSON line at the end of: " + out);
+  nlohmann::json j = nlohmann::json::parse(last);
   std::vector<Tensor> result;
   for (const auto& o : j.at("outputs"))
     result.push_back(data::read_npy(o.at("file").get<std::string>()));

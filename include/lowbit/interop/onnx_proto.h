@@ -173,6 +173,11 @@ Tensor to_tensor(const TensorProto& t);
 // The inverse: a TensorProto named `name` holding t's elements in raw_data (encode side).
 TensorProto from_tensor(const std::string& name, const Tensor& t);
 
+// Attributes of one value, typed (AttributeProto.type set): what node builders write.
+AttributeProto attr_int(const std::string& name, int64_t v);
+AttributeProto attr_float(const std::string& name, float v);
+AttributeProto attr_ints(const std::string& name, std::vector<int64_t> v);
+
 // The opset version of the default domain ("" / "ai.onnx"), or 0 if none is imported.
 int64_t default_opset(const ModelProto& m);
 
