@@ -15,9 +15,14 @@ using detail::attr_float;
 using detail::attr_int;
 using detail::attr_ints;
 using detail::pair_attr;
+using quant::bias_scale;
 using quant::IntegerModel;
 using quant::IntegerOp;
 using quant::IntegerTensor;
+using quant::activation_range;
+using quant::fused_activation_from_name;
+using quant::quant_range;
+using quant::QuantRange;
 
 namespace {
 
@@ -77,6 +82,7 @@ class Exporter {
       used.insert(n);
       names_[i] = n;
     }
+    names_[m_.output] += "__value";  // the graph output itself is an Identity of it
     // The graph input as lowbit has it (f32 NHWC or ids), transposed once if rank 4.
     const IntegerTensor& in = m_.tensors[m_.input];
     out_.graph.input.push_back(value_info(names_[m_.input], in));

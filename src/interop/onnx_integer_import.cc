@@ -18,6 +18,7 @@
 
 namespace lowbit::onnx {
 
+using quant::bias_scale;
 using quant::IntegerModel;
 using quant::IntegerOp;
 using quant::IntegerTensor;
@@ -84,7 +85,7 @@ class Importer {
       LOWBIT_THROW(UnsupportedError, name_, ": graph output '", out,
                    "' is not the DequantizeLinear of quantized codes (the IntegerModel's output is "
                    "its dequantized last tensor)");
-    const IntegerTensor& t = im_.tensors.at(v.tensor);
+    const IntegerTensor t = im_.tensors.at(v.tensor);
     IntegerTensor o;
     o.name = out;
     o.dtype = DType::kF32;
@@ -284,7 +285,7 @@ class Importer {
   }
 
   bool same_grid(int t, const Grid& g) const {
-    const IntegerTensor& x = im_.tensors.at(t);
+    const IntegerTensor x = im_.tensors.at(t);
     return static_cast<float>(x.scale[0]) == static_cast<float>(g.scale) && x.zero_point[0] == g.zp;
   }
 
@@ -372,7 +373,7 @@ class Importer {
     Val v;
     v.kind = Val::kCodes;
     if (x.kind == Val::kInput) {
-      const IntegerTensor& xt = im_.tensors.at(x.tensor);
+      const IntegerTensor xt = im_.tensors.at(x.tensor);
       if (xt.dtype != DType::kF32) refuse(n, "quantizes an integer input");
       v.tensor = codes_tensor(out, xt.shape, g.scale, g.zp);
       emit("quantize", {x.tensor}, v.tensor, {{"scale", g.scale}, {"zero_point", int64_t{g.zp}}}, n.name);
@@ -398,7 +399,7 @@ class Importer {
 
   int requantize(int x, const Grid& g, const std::string& name, int64_t lo, int64_t hi,
                  const std::string& layer) {
-    const IntegerTensor& xt = im_.tensors.at(x);
+    const IntegerTensor xt = im_.tensors.at(x);
     const int y = codes_tensor(name, xt.shape, g.scale, g.zp);
     emit("requantize", {x}, y,
          {{"input_scale", xt.scale[0]}, {"input_zero_point", int64_t{xt.zero_point[0]}},
@@ -517,7 +518,7 @@ class Importer {
             wl.data<int8_t>()[((a * kw + b) * ci + i) * co + o] =
                 w.codes.data<int8_t>()[((o * ci + i) * kh + a) * kw + b];
     p.w = wl;
-    const IntegerTensor& xt = im_.tensors.at(x);
+    const IntegerTensor xt = im_.tensors.at(x);
     p.b = bias_codes(n, has_in(n, 2) ? &dq_const(n, 2, "bias") : nullptr, xt.scale[0], p.w_scales, co);
     const int64_t group = attr_i(n, "group", 1);
     if (xt.shape[3] != ci * group) refuse(n, "input channels do not match the weight and 'group'");
@@ -566,7 +567,7 @@ class Importer {
       for (int64_t j = 0; j < u; ++j)
         wl.data<int8_t>()[i * u + j] = w.codes.data<int8_t>()[tb ? j * k + i : i * u + j];
     p.w = wl;
-    const IntegerTensor& xt = im_.tensors.at(x);
+    const IntegerTensor xt = im_.tensors.at(x);
     if (xt.shape[-1] != k) refuse(n, "the input's last dim does not match the weight");
     if (gemm && xt.shape.rank() != 2) refuse(n, "Gemm of a tensor of rank " + std::to_string(xt.shape.rank()));
     const bool bias = gemm && has_in(n, 2);
@@ -598,7 +599,7 @@ class Importer {
       if (mm.kind == Val::kPending && pending_.at(mm.index).kind == "dense" &&
           !pending_.at(mm.index).has_bias && c.kind == Val::kDqConst) {
         Pending p = pending_.at(mm.index);
-        const IntegerTensor& xt = im_.tensors.at(p.in[0]);
+        const IntegerTensor xt = im_.tensors.at(p.in[0]);
         p.b = bias_codes(n, &dq_consts_.at(c.index), xt.scale[0], p.w_scales, p.shape[-1]);
         p.has_bias = true;
         p.layer += "+" + n.name;
@@ -705,7 +706,7 @@ class Importer {
     if (!xv.nchw) refuse(n, "input '" + n.input[0] + "' is not a rank-4 NCHW tensor");
     const bool codes = xv.kind == Val::kCodes;
     const int x = codes ? xv.tensor : dq_input(n, 0);
-    const IntegerTensor& xt = im_.tensors.at(x);
+    const IntegerTensor xt = im_.tensors.at(x);
     Attrs a = pool_window(n, xt.shape, n.op_type == "GlobalAveragePool");
     const Shape shape = pool_shape(xt.shape, a);
     if (codes) {
@@ -813,7 +814,7 @@ class Importer {
     }
     if (dims.size() == 4) refuse(n, "a reshape to rank 4 is not imported");
     int src_t = x;
-    const IntegerTensor& xt = im_.tensors.at(x);
+    const IntegerTensor xt = im_.tensors.at(x);
     if (xv.nchw && xt.shape[1] * xt.shape[2] > 1) {
       // ONNX flattens NCHW: gather the NHWC codes in that order.
       const int64_t h = xt.shape[1], w = xt.shape[2], c = xt.shape[3];
@@ -831,7 +832,7 @@ class Importer {
       emit("gather", {flat, it}, g, {{"axis", int64_t{1}}}, n.name);
       src_t = g;
     }
-    const IntegerTensor& st = im_.tensors.at(src_t);
+    const IntegerTensor st = im_.tensors.at(src_t);
     const int y = codes_tensor(n.output[0], Shape(dims), st.scale[0], st.zero_point[0]);
     std::vector<int64_t> attr = dims;
     attr[0] = -1;
@@ -873,7 +874,7 @@ class Importer {
     p.attrs.set("axis", axis);
     if (codes) {
       // Concat of codes: one grid for all.
-      const IntegerTensor& t0 = im_.tensors.at(ts[0]);
+      const IntegerTensor t0 = im_.tensors.at(ts[0]);
       for (int t : ts)
         if (!same_grid(t, Grid{t0.scale[0], t0.zero_point[0], false}))
           refuse(n, "a Concat of codes on different grids (dequantize them first)");
@@ -905,7 +906,7 @@ class Importer {
     const auto [lo, hi] = clamp_codes(p, g);
     Attrs a = p.attrs;
     if (p.kind == "conv" || p.kind == "dense") {
-      const IntegerTensor& xt = im_.tensors.at(p.in[0]);
+      const IntegerTensor xt = im_.tensors.at(p.in[0]);
       const int w = constant_tensor(name + "/kernel", p.w, p.w_scales);
       std::vector<double> bs;
       for (int64_t c = 0; c < p.b.numel(); ++c)
@@ -921,7 +922,7 @@ class Importer {
       return y;
     }
     if (p.kind == "add") {
-      const IntegerTensor &x1 = im_.tensors.at(p.in[0]), &x2 = im_.tensors.at(p.in[1]);
+      const IntegerTensor x1 = im_.tensors.at(p.in[0]), x2 = im_.tensors.at(p.in[1]);
       const int y = codes_tensor(name, p.shape, g.scale, g.zp);
       emit("qadd", {p.in[0], p.in[1]}, y,
            {{"input1_scale", x1.scale[0]}, {"input1_zero_point", int64_t{x1.zero_point[0]}},
@@ -933,7 +934,7 @@ class Importer {
     }
     if (p.kind == "clamp") return requantize(p.in[0], g, name, lo, hi, layer);
     if (p.kind == "maxpool") {
-      const IntegerTensor& xt = im_.tensors.at(p.in[0]);
+      const IntegerTensor xt = im_.tensors.at(p.in[0]);
       const bool same = same_grid(p.in[0], g);
       const Grid xg{xt.scale[0], xt.zero_point[0], false};
       const auto [xlo, xhi] = clamp_codes(p, xg);
@@ -943,7 +944,7 @@ class Importer {
       return same ? y : requantize(y, g, name, lo, hi, layer);
     }
     if (p.kind == "avgpool") {
-      const IntegerTensor& xt = im_.tensors.at(p.in[0]);
+      const IntegerTensor xt = im_.tensors.at(p.in[0]);
       const int y = codes_tensor(name, p.shape, g.scale, g.zp);
       a.set("input_scale", xt.scale[0]).set("input_zero_point", int64_t{xt.zero_point[0]});
       a.set("output_scale", g.scale).set("output_zero_point", int64_t{g.zp});
@@ -952,7 +953,7 @@ class Importer {
       return y;
     }
     if (p.kind == "Sigmoid" || p.kind == "Tanh" || p.kind == "Softmax") {
-      const IntegerTensor& xt = im_.tensors.at(p.in[0]);
+      const IntegerTensor xt = im_.tensors.at(p.in[0]);
       const bool tanh = p.kind == "Tanh";
       const Grid fixed{tanh ? 1.0 / 128 : 1.0 / 256, tanh ? 0 : -128, false};
       const bool same = static_cast<float>(fixed.scale) == static_cast<float>(g.scale) && fixed.zp == g.zp;
