@@ -3,9 +3,9 @@
 #pragma once
 
 #include <array>
-#include <variant>
 #include <cstdint>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "lowbit/attrs.h"

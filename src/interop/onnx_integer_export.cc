@@ -15,12 +15,12 @@ using detail::attr_float;
 using detail::attr_int;
 using detail::attr_ints;
 using detail::pair_attr;
+using quant::activation_range;
 using quant::bias_scale;
+using quant::fused_activation_from_name;
 using quant::IntegerModel;
 using quant::IntegerOp;
 using quant::IntegerTensor;
-using quant::activation_range;
-using quant::fused_activation_from_name;
 using quant::quant_range;
 using quant::QuantRange;
 
@@ -28,12 +28,18 @@ namespace {
 
 int32_t onnx_type(DType d) {
   switch (d) {
-    case DType::kF32: return kFloat;
-    case DType::kS8: return kInt8;
-    case DType::kU8: return kUint8;
-    case DType::kS32: return kInt32;
-    case DType::kS64: return kInt64;
-    default: return kUndefined;
+    case DType::kF32:
+      return kFloat;
+    case DType::kS8:
+      return kInt8;
+    case DType::kU8:
+      return kUint8;
+    case DType::kS32:
+      return kInt32;
+    case DType::kS64:
+      return kInt64;
+    default:
+      return kUndefined;
   }
 }
 
@@ -71,8 +77,8 @@ class Exporter {
       LOWBIT_THROW(ValueError, "export_onnx: the IntegerModel has no input or output tensor");
     for (const IntegerOp& op : m_.ops) check_supported(op);
     out_.producer_name = "lowbit";
-    out_.graph.name = opt_.graph_name.empty() ? (m_.name.empty() ? "lowbit" : m_.name)
-                                              : opt_.graph_name;
+    out_.graph.name =
+        opt_.graph_name.empty() ? (m_.name.empty() ? "lowbit" : m_.name) : opt_.graph_name;
     names_.resize(m_.tensors.size());
     nchw_.assign(m_.tensors.size(), false);
     std::set<std::string> used;
@@ -108,15 +114,25 @@ class Exporter {
     if (microsoft_) out_.opset_import.push_back({"com.microsoft", 1});
     out_.metadata_props.push_back(
         {"lowbit.format", opt_.format == IntegerFormat::kQdq ? "qdq" : "qoperator"});
+    // The rounding of the output stages, for import_onnx_qdq (ONNX Runtime rounds once, in
+    // float, whatever it says).
+    bool single = false, all_single = true;
+    for (const IntegerOp& op : m_.ops)
+      if (op.op == "qconv2d" || op.op == "qfully_connected" || op.op == "qadd") {
+        const bool s = op.attrs.s("rounding", "double") == "single";
+        single = single || s;
+        all_single = all_single && s;
+      }
+    if (single && all_single) out_.metadata_props.push_back({"lowbit.rounding", "single"});
     return std::move(out_);
   }
 
  private:
   static void check_supported(const IntegerOp& op) {
     static const std::set<std::string> kOk = {
-        "quantize",  "dequantize",  "requantize", "qconv2d", "qfully_connected", "qadd",
-        "qavg_pool2d", "qmax_pool2d", "concat",   "reshape", "qlogistic",        "qtanh",
-        "qsoftmax",  "gather",      "cast"};
+        "quantize",  "dequantize",  "requantize",  "qconv2d", "qfully_connected",
+        "qadd",      "qavg_pool2d", "qmax_pool2d", "concat",  "reshape",
+        "qlogistic", "qtanh",       "qsoftmax",    "gather",  "cast"};
     if (op.op == "qlstm" || op.op == "qgru")
       LOWBIT_THROW(UnsupportedError, "export_onnx: op '", op.op, "' (layer '", op.layer,
                    "') has no ONNX integer form: ONNX's LSTM/GRU are float (com.microsoft "
@@ -337,9 +353,9 @@ class Exporter {
   std::vector<AttributeProto> pool_attrs(const IntegerOp& op, const Shape& x, bool avg) {
     const auto k = pair_attr(op.attrs, "ksize", {1, 1});
     const auto s = pair_attr(op.attrs, "strides", k);
-    std::vector<AttributeProto> a = {attr_ints("kernel_shape", {k[0], k[1]}),
-                                     attr_ints("strides", {s[0], s[1]}),
-                                     attr_ints("pads", onnx_pads(op.attrs, x[1], x[2], k, s, {1, 1}))};
+    std::vector<AttributeProto> a = {
+        attr_ints("kernel_shape", {k[0], k[1]}), attr_ints("strides", {s[0], s[1]}),
+        attr_ints("pads", onnx_pads(op.attrs, x[1], x[2], k, s, {1, 1}))};
     if (avg) a.push_back(attr_int("count_include_pad", 0));
     return a;
   }
@@ -404,7 +420,8 @@ class Exporter {
         // A 1x1 QLinearConv on [-1, K, 1, 1]: per-channel weights and the int32 bias in one op.
         Tensor w4(Shape{u, k, 1, 1}, DType::kS8);
         for (int64_t i = 0; i < k; ++i)
-          for (int64_t j = 0; j < u; ++j) w4.data<int8_t>()[j * k + i] = w.data<int8_t>()[i * u + j];
+          for (int64_t j = 0; j < u; ++j)
+            w4.data<int8_t>()[j * k + i] = w.data<int8_t>()[i * u + j];
         const WeightParams p = weights(op, w4, u);
         const std::string r4 = fresh(o + "_4d"), raw4 = fresh(o + "_raw4"), raw = fresh(o + "_raw");
         node("Reshape", {xp, init(o + "_shape4", Tensor::from_vector<int64_t>({-1, k, 1, 1}, {4}))},
@@ -416,8 +433,8 @@ class Exporter {
         std::vector<int64_t> back = y.shape.dims();
         back[0] = -1;
         node("Reshape",
-             {raw4, init(o + "_shape", Tensor::from_vector<int64_t>(
-                                           back, {static_cast<int64_t>(back.size())}))},
+             {raw4, init(o + "_shape",
+                         Tensor::from_vector<int64_t>(back, {static_cast<int64_t>(back.size())}))},
              {raw});
         finish_codes(raw, op, false);
       } else {
@@ -490,8 +507,8 @@ class Exporter {
       const std::string f = fresh(o + "_f");
       if (op.op == "qsoftmax") {
         if (op.attrs.f("beta", 1.0) != 1.0)
-          LOWBIT_THROW(UnsupportedError, "export_onnx: op 'qsoftmax' (", op.layer,
-                       "): beta ", op.attrs.f("beta", 1.0), " != 1 has no ONNX Softmax form");
+          LOWBIT_THROW(UnsupportedError, "export_onnx: op 'qsoftmax' (", op.layer, "): beta ",
+                       op.attrs.f("beta", 1.0), " != 1 has no ONNX Softmax form");
         const int rank = m_.tensors.at(x).shape.rank();
         node("Softmax", {dq(x)}, {f}, {attr_int("axis", layout && rank == 4 ? 1 : -1)});
       } else {
@@ -515,8 +532,8 @@ class Exporter {
       std::vector<int64_t> dims = op.attrs.ints("shape");
       const std::string r = y.shape.rank() == 4 ? fresh(o + "_nhwc") : o;
       node("Reshape",
-           {plain(x),
-            init(o + "_shape", Tensor::from_vector<int64_t>(dims, {static_cast<int64_t>(dims.size())}))},
+           {plain(x), init(o + "_shape", Tensor::from_vector<int64_t>(
+                                             dims, {static_cast<int64_t>(dims.size())}))},
            {r});
       if (y.shape.rank() == 4) {
         node("Transpose", {r}, {o}, {attr_ints("perm", {0, 3, 1, 2})});

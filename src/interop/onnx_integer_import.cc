@@ -36,9 +36,9 @@ struct Pending {  // a float op on dequantized codes, waiting for its QuantizeLi
   std::string kind;
   std::vector<int> in;  // code tensors read
   Attrs attrs;
-  Tensor w, b;          // conv/dense: lowbit layout weights, s32 bias codes (undefined: none)
+  Tensor w, b;  // conv/dense: lowbit layout weights, s32 bias codes (undefined: none)
   std::vector<double> w_scales;
-  Shape shape;          // the output's lowbit (NHWC) shape
+  Shape shape;  // the output's lowbit (NHWC) shape
   bool nchw = false;
   bool relu = false;
   bool has_bias = false;
@@ -120,10 +120,13 @@ class Importer {
     return it->second;
   }
   const Val& in(const NodeProto& n, size_t k) const {
-    if (k >= n.input.size() || n.input[k].empty()) refuse(n, "input " + std::to_string(k) + " is missing");
+    if (k >= n.input.size() || n.input[k].empty())
+      refuse(n, "input " + std::to_string(k) + " is missing");
     return get(n.input[k], "node '" + n.name + "'");
   }
-  bool has_in(const NodeProto& n, size_t k) const { return k < n.input.size() && !n.input[k].empty(); }
+  bool has_in(const NodeProto& n, size_t k) const {
+    return k < n.input.size() && !n.input[k].empty();
+  }
 
   const AttributeProto* attr(const NodeProto& n, const std::string& k) const {
     for (const AttributeProto& a : n.attribute)
@@ -228,12 +231,15 @@ class Importer {
         if (i == v.name) {
           ++consumers;
           const AttributeProto* p = attr(n, "perm");
-          nhwc = nhwc && n.op_type == "Transpose" && p && p->ints == std::vector<int64_t>{0, 3, 1, 2};
+          nhwc =
+              nhwc && n.op_type == "Transpose" && p && p->ints == std::vector<int64_t>{0, 3, 1, 2};
         }
     nhwc = nhwc && consumers > 0;
     IntegerTensor t;
     t.name = v.name;
-    t.dtype = v.elem_type == kFloat ? DType::kF32 : v.elem_type == kInt32 ? DType::kS32 : DType::kS64;
+    t.dtype = v.elem_type == kFloat   ? DType::kF32
+              : v.elem_type == kInt32 ? DType::kS32
+                                      : DType::kS64;
     Val val;
     val.kind = Val::kInput;
     if (d.size() == 4 && !nhwc) {
@@ -250,7 +256,8 @@ class Importer {
   // A scalar (or 1-element) constant input of a Q/DQ node as f64 / int.
   const Tensor& const_in(const NodeProto& n, size_t k, const char* what) const {
     const Val& v = in(n, k);
-    if (v.kind != Val::kConst) refuse(n, std::string(what) + " '" + n.input[k] + "' is not a constant");
+    if (v.kind != Val::kConst)
+      refuse(n, std::string(what) + " '" + n.input[k] + "' is not a constant");
     return v.constant;
   }
 
@@ -295,7 +302,8 @@ class Importer {
   }
 
   void node(const NodeProto& n) {
-    if (!n.domain.empty() && n.domain != "ai.onnx") refuse(n, "domain '" + n.domain + "' is not imported");
+    if (!n.domain.empty() && n.domain != "ai.onnx")
+      refuse(n, "domain '" + n.domain + "' is not imported");
     const std::string& op = n.op_type;
     if (op == "Constant") {
       const AttributeProto* a = attr(n, "value");
@@ -339,9 +347,10 @@ class Importer {
     } else if (op == "Concat") {
       concat(n);
     } else {
-      refuse(n, "op type not imported (QDQ import covers QuantizeLinear/DequantizeLinear around "
-                "Conv, Gemm, MatMul, Add, MaxPool, AveragePool, GlobalAveragePool, Sigmoid, "
-                "Tanh, Softmax, Relu, Clip, Flatten, Reshape, Transpose, Concat)");
+      refuse(n,
+             "op type not imported (QDQ import covers QuantizeLinear/DequantizeLinear around "
+             "Conv, Gemm, MatMul, Add, MaxPool, AveragePool, GlobalAveragePool, Sigmoid, "
+             "Tanh, Softmax, Relu, Clip, Flatten, Reshape, Transpose, Concat)");
     }
   }
 
@@ -349,16 +358,22 @@ class Importer {
     const Val& x = in(n, 0);
     const int64_t to = attr_i(n, "to", 0);
     if (x.kind == Val::kConst) {
-      const DType d = to == kFloat ? DType::kF32 : to == kInt32 ? DType::kS32 : to == kInt64 ? DType::kS64
-                      : to == kInt8 ? DType::kS8 : to == kUint8 ? DType::kU8 : DType::kBool;
-      if (d == DType::kBool) refuse(n, "attribute 'to' = " + std::to_string(to) + " is not supported");
+      const DType d = to == kFloat   ? DType::kF32
+                      : to == kInt32 ? DType::kS32
+                      : to == kInt64 ? DType::kS64
+                      : to == kInt8  ? DType::kS8
+                      : to == kUint8 ? DType::kU8
+                                     : DType::kBool;
+      if (d == DType::kBool)
+        refuse(n, "attribute 'to' = " + std::to_string(to) + " is not supported");
       set(n, constant(x.constant.to(d)));
       return;
     }
     if (x.kind == Val::kCodes) {
       // PyTorch casts codes to their own type (uint8 -> uint8): a no-op.
       if (to != (u8_.count(x.tensor) ? kUint8 : kInt8))
-        refuse(n, "attribute 'to' = " + std::to_string(to) + ": a Cast of quantized codes to another type");
+        refuse(n, "attribute 'to' = " + std::to_string(to) +
+                      ": a Cast of quantized codes to another type");
       set(n, x);
       return;
     }
@@ -376,7 +391,8 @@ class Importer {
       const IntegerTensor xt = im_.tensors.at(x.tensor);
       if (xt.dtype != DType::kF32) refuse(n, "quantizes an integer input");
       v.tensor = codes_tensor(out, xt.shape, g.scale, g.zp);
-      emit("quantize", {x.tensor}, v.tensor, {{"scale", g.scale}, {"zero_point", int64_t{g.zp}}}, n.name);
+      emit("quantize", {x.tensor}, v.tensor, {{"scale", g.scale}, {"zero_point", int64_t{g.zp}}},
+           n.name);
       v.nchw = x.nchw;
     } else if (x.kind == Val::kDq) {
       if (same_grid(x.tensor, g)) {
@@ -390,8 +406,9 @@ class Importer {
       v.tensor = finish(pending_.at(x.index), g, out, n.name);
       v.nchw = pending_.at(x.index).nchw;
     } else {
-      refuse(n, "input '" + n.input[0] + "' is not the graph input, a dequantized tensor or a "
-                "float op on dequantized tensors (constants must be given as int8 codes)");
+      refuse(n, "input '" + n.input[0] +
+                    "' is not the graph input, a dequantized tensor or a "
+                    "float op on dequantized tensors (constants must be given as int8 codes)");
     }
     if (g.u8) u8_[v.tensor] = true;
     vals_[out] = v;
@@ -402,9 +419,13 @@ class Importer {
     const IntegerTensor xt = im_.tensors.at(x);
     const int y = codes_tensor(name, xt.shape, g.scale, g.zp);
     emit("requantize", {x}, y,
-         {{"input_scale", xt.scale[0]}, {"input_zero_point", int64_t{xt.zero_point[0]}},
-          {"output_scale", g.scale}, {"output_zero_point", int64_t{g.zp}}, {"rounding", "single"},
-          {"act_min", std::max<int64_t>(-128, lo)}, {"act_max", std::min<int64_t>(127, hi)}},
+         {{"input_scale", xt.scale[0]},
+          {"input_zero_point", int64_t{xt.zero_point[0]}},
+          {"output_scale", g.scale},
+          {"output_zero_point", int64_t{g.zp}},
+          {"rounding", "single"},
+          {"act_min", std::max<int64_t>(-128, lo)},
+          {"act_max", std::min<int64_t>(127, hi)}},
          layer);
     return y;
   }
@@ -416,10 +437,12 @@ class Importer {
       DqConst c;
       c.codes = x.constant;
       const Tensor& s = const_in(n, 1, "scale");
-      for (int64_t i = 0; i < s.numel(); ++i) c.scale.push_back(static_cast<float>(s.get_as_double(i)));
+      for (int64_t i = 0; i < s.numel(); ++i)
+        c.scale.push_back(static_cast<float>(s.get_as_double(i)));
       if (has_in(n, 2)) {
         const Tensor& z = const_in(n, 2, "zero point");
-        for (int64_t i = 0; i < z.numel(); ++i) c.zero_point.push_back(static_cast<int64_t>(z.get_as_double(i)));
+        for (int64_t i = 0; i < z.numel(); ++i)
+          c.zero_point.push_back(static_cast<int64_t>(z.get_as_double(i)));
       } else {
         c.zero_point.assign(c.scale.size(), 0);
       }
@@ -432,11 +455,13 @@ class Importer {
       set(n, v);
       return;
     }
-    if (x.kind != Val::kCodes) refuse(n, "input '" + n.input[0] + "' is not quantized codes or a constant");
+    if (x.kind != Val::kCodes)
+      refuse(n, "input '" + n.input[0] + "' is not quantized codes or a constant");
     const Grid g = act_grid(n);
     if (!same_grid(x.tensor, g))
-      refuse(n, "dequantizes '" + n.input[0] + "' with another scale or zero point than it was "
-                "quantized with");
+      refuse(n, "dequantizes '" + n.input[0] +
+                    "' with another scale or zero point than it was "
+                    "quantized with");
     Val v = x;
     v.kind = Val::kDq;
     set(n, v);
@@ -445,7 +470,8 @@ class Importer {
   const DqConst& dq_const(const NodeProto& n, size_t k, const char* what) const {
     const Val& v = in(n, k);
     if (v.kind != Val::kDqConst)
-      refuse(n, std::string(what) + " '" + n.input[k] + "' is not a DequantizeLinear of a constant");
+      refuse(n,
+             std::string(what) + " '" + n.input[k] + "' is not a DequantizeLinear of a constant");
     return dq_consts_.at(v.index);
   }
   int dq_input(const NodeProto& n, size_t k) const {
@@ -457,13 +483,16 @@ class Importer {
 
   // Weight scales (one per output channel, or one) of a dequantized int8 weight.
   std::vector<double> weight_scales(const NodeProto& n, const DqConst& w, int64_t out_axis) const {
-    if (w.codes.dtype() != DType::kS8) refuse(n, "weights must be int8 codes (symmetric, zero point 0)");
+    if (w.codes.dtype() != DType::kS8)
+      refuse(n, "weights must be int8 codes (symmetric, zero point 0)");
     for (int64_t z : w.zero_point)
-      if (z != 0) refuse(n, "weight zero point " + std::to_string(z) + " (weights must be symmetric)");
+      if (z != 0)
+        refuse(n, "weight zero point " + std::to_string(z) + " (weights must be symmetric)");
     if (w.scale.size() > 1 && w.axis != out_axis)
-      refuse(n, "attribute 'axis' = " + std::to_string(w.axis) + " of the weight's DequantizeLinear: "
-                "per-channel weights must be quantized along the output channels (axis " +
-                std::to_string(out_axis) + ")");
+      refuse(n, "attribute 'axis' = " + std::to_string(w.axis) +
+                    " of the weight's DequantizeLinear: "
+                    "per-channel weights must be quantized along the output channels (axis " +
+                    std::to_string(out_axis) + ")");
     std::vector<double> s;
     for (float v : w.scale) {
       if (!(v > 0)) refuse(n, "weight scale must be > 0");
@@ -473,11 +502,12 @@ class Importer {
   }
 
   // The s32 bias codes at f32(s_in) * f32(s_w[c]) (rescaled if the file used another scale).
-  Tensor bias_codes(const NodeProto& n, const DqConst* b, double s_in, const std::vector<double>& ws,
-                    int64_t channels) const {
+  Tensor bias_codes(const NodeProto& n, const DqConst* b, double s_in,
+                    const std::vector<double>& ws, int64_t channels) const {
     Tensor r(Shape{channels}, DType::kS32);
     for (int64_t c = 0; c < channels; ++c) {
-      const float want = bias_scale(static_cast<float>(s_in), static_cast<float>(ws[ws.size() > 1 ? c : 0]));
+      const float want =
+          bias_scale(static_cast<float>(s_in), static_cast<float>(ws[ws.size() > 1 ? c : 0]));
       int32_t q = 0;
       if (b) {
         if (b->codes.dtype() != DType::kS32 || b->codes.numel() != channels)
@@ -487,7 +517,8 @@ class Importer {
         const double bs = b->scale.at(b->scale.size() > 1 ? c : 0);
         q = b->codes.data<int32_t>()[c];
         if (std::abs(bs - want) > 1e-6 * want)
-          q = static_cast<int32_t>(std::clamp<double>(std::round(q * bs / want), -2147483647.0, 2147483647.0));
+          q = static_cast<int32_t>(
+              std::clamp<double>(std::round(q * bs / want), -2147483647.0, 2147483647.0));
       }
       r.data<int32_t>()[c] = q;
     }
@@ -519,14 +550,17 @@ class Importer {
                 w.codes.data<int8_t>()[((o * ci + i) * kh + a) * kw + b];
     p.w = wl;
     const IntegerTensor xt = im_.tensors.at(x);
-    p.b = bias_codes(n, has_in(n, 2) ? &dq_const(n, 2, "bias") : nullptr, xt.scale[0], p.w_scales, co);
+    p.b = bias_codes(n, has_in(n, 2) ? &dq_const(n, 2, "bias") : nullptr, xt.scale[0], p.w_scales,
+                     co);
     const int64_t group = attr_i(n, "group", 1);
     if (xt.shape[3] != ci * group) refuse(n, "input channels do not match the weight and 'group'");
     const auto s = attr_ints(n, "strides", {1, 1}), d = attr_ints(n, "dilations", {1, 1});
     const auto pads = attr_ints(n, "pads", {0, 0, 0, 0});
     const auto ks = attr_ints(n, "kernel_shape", {kh, kw});
     if (s.size() != 2 || d.size() != 2 || pads.size() != 4 || ks != std::vector<int64_t>{kh, kw})
-      refuse(n, "attributes 'strides', 'dilations', 'pads', 'kernel_shape' must describe a 2-D window");
+      refuse(
+          n,
+          "attributes 'strides', 'dilations', 'pads', 'kernel_shape' must describe a 2-D window");
     p.attrs = {{"strides", std::vector<int64_t>{s[0], s[1]}},
                {"dilations", std::vector<int64_t>{d[0], d[1]}},
                {"groups", group}};
@@ -548,7 +582,8 @@ class Importer {
     if (gemm) only_attrs(n, {"alpha", "beta", "transA", "transB"});
     const AttributeProto* al = attr(n, "alpha");
     const AttributeProto* be = attr(n, "beta");
-    if ((al && al->f != 1.0f) || (be && be->f != 1.0f)) refuse(n, "attributes 'alpha'/'beta' must be 1");
+    if ((al && al->f != 1.0f) || (be && be->f != 1.0f))
+      refuse(n, "attributes 'alpha'/'beta' must be 1");
     if (attr_i(n, "transA", 0) != 0) refuse(n, "attribute 'transA' must be 0");
     const bool tb = attr_i(n, "transB", 0) != 0;
     const int x = dq_input(n, 0);
@@ -569,7 +604,8 @@ class Importer {
     p.w = wl;
     const IntegerTensor xt = im_.tensors.at(x);
     if (xt.shape[-1] != k) refuse(n, "the input's last dim does not match the weight");
-    if (gemm && xt.shape.rank() != 2) refuse(n, "Gemm of a tensor of rank " + std::to_string(xt.shape.rank()));
+    if (gemm && xt.shape.rank() != 2)
+      refuse(n, "Gemm of a tensor of rank " + std::to_string(xt.shape.rank()));
     const bool bias = gemm && has_in(n, 2);
     p.b = bias_codes(n, bias ? &dq_const(n, 2, "bias") : nullptr, xt.scale[0], p.w_scales, u);
     p.has_bias = bias;
@@ -658,19 +694,23 @@ class Importer {
   // Pool window attributes in lowbit form (padding "valid" or "same": lowbit pools have no
   // explicit pads).
   Attrs pool_window(const NodeProto& n, const Shape& x, bool global) {
-    if (global) return {{"ksize", std::vector<int64_t>{x[1], x[2]}}, {"strides", std::vector<int64_t>{1, 1}},
-                        {"padding", "valid"}};
+    if (global)
+      return {{"ksize", std::vector<int64_t>{x[1], x[2]}},
+              {"strides", std::vector<int64_t>{1, 1}},
+              {"padding", "valid"}};
     only_attrs(n, {"kernel_shape", "strides", "pads", "auto_pad", "ceil_mode", "count_include_pad",
                    "dilations", "storage_order"});
     if (attr_i(n, "ceil_mode", 0) != 0) refuse(n, "attribute 'ceil_mode' = 1");
     if (attr_i(n, "storage_order", 0) != 0) refuse(n, "attribute 'storage_order' = 1");
-    if (attr_ints(n, "dilations", {1, 1}) != std::vector<int64_t>{1, 1}) refuse(n, "attribute 'dilations' != 1");
+    if (attr_ints(n, "dilations", {1, 1}) != std::vector<int64_t>{1, 1})
+      refuse(n, "attribute 'dilations' != 1");
     const AttributeProto* ap = attr(n, "auto_pad");
     if (ap && ap->s != "NOTSET" && ap->s != "VALID") refuse(n, "attribute 'auto_pad' = " + ap->s);
     const auto k = attr_ints(n, "kernel_shape", {});
     const auto s = attr_ints(n, "strides", {1, 1});
     const auto pads = attr_ints(n, "pads", {0, 0, 0, 0});
-    if (k.size() != 2 || s.size() != 2 || pads.size() != 4) refuse(n, "only 2-D pools are imported");
+    if (k.size() != 2 || s.size() != 2 || pads.size() != 4)
+      refuse(n, "only 2-D pools are imported");
     Attrs a = {{"ksize", k}, {"strides", s}};
     if (pads == std::vector<int64_t>{0, 0, 0, 0}) {
       a.set("padding", "valid");
@@ -687,7 +727,8 @@ class Importer {
       same[i + 2] = total - total / 2;
     }
     if (pads != same)
-      refuse(n, "attribute 'pads': pools are imported with no padding or TensorFlow 'same' padding");
+      refuse(n,
+             "attribute 'pads': pools are imported with no padding or TensorFlow 'same' padding");
     a.set("padding", "same");
     return a;
   }
@@ -710,7 +751,8 @@ class Importer {
     Attrs a = pool_window(n, xt.shape, n.op_type == "GlobalAveragePool");
     const Shape shape = pool_shape(xt.shape, a);
     if (codes) {
-      if (n.op_type != "MaxPool") refuse(n, "an average pool of quantized codes (needs DequantizeLinear before)");
+      if (n.op_type != "MaxPool")
+        refuse(n, "an average pool of quantized codes (needs DequantizeLinear before)");
       const int y = codes_tensor(n.output.at(0), shape, xt.scale[0], xt.zero_point[0]);
       a.set("act_min", int64_t{-128}).set("act_max", int64_t{127});
       emit("qmax_pool2d", {x}, y, a, n.name);
@@ -797,12 +839,15 @@ class Importer {
         }
         dims.push_back(v);
         if (i == 0) continue;
-        if (v == -1) minus = i;
-        else known *= v;
+        if (v == -1)
+          minus = i;
+        else
+          known *= v;
       }
       if (dims.empty()) refuse(n, "an empty target shape");
       if (dims[0] != kUnknown) {
-        if (dims[0] != -1 || minus >= 0) refuse(n, "the reshape must keep the batch dim first (0 or -1)");
+        if (dims[0] != -1 || minus >= 0)
+          refuse(n, "the reshape must keep the batch dim first (0 or -1)");
         dims[0] = kUnknown;
       } else if (minus >= 0) {
         dims[minus] = numel_row / known;
@@ -810,7 +855,8 @@ class Importer {
       dims[0] = kUnknown;
       int64_t row = 1;
       for (size_t i = 1; i < dims.size(); ++i) row *= dims[i];
-      if (row != numel_row) refuse(n, "the target shape does not keep the element count per example");
+      if (row != numel_row)
+        refuse(n, "the target shape does not keep the element count per example");
     }
     if (dims.size() == 4) refuse(n, "a reshape to rank 4 is not imported");
     int src_t = x;
@@ -818,17 +864,18 @@ class Importer {
     if (xv.nchw && xt.shape[1] * xt.shape[2] > 1) {
       // ONNX flattens NCHW: gather the NHWC codes in that order.
       const int64_t h = xt.shape[1], w = xt.shape[2], c = xt.shape[3];
-      const int flat = codes_tensor(n.output[0] + "_nhwc_flat", Shape{kUnknown, h * w * c}, xt.scale[0],
-                                    xt.zero_point[0]);
+      const int flat = codes_tensor(n.output[0] + "_nhwc_flat", Shape{kUnknown, h * w * c},
+                                    xt.scale[0], xt.zero_point[0]);
       emit("reshape", {x}, flat, {{"shape", std::vector<int64_t>{-1, h * w * c}}}, n.name);
       Tensor idx(Shape{h * w * c}, DType::kS32);
       for (int64_t ci = 0; ci < c; ++ci)
         for (int64_t hi = 0; hi < h; ++hi)
           for (int64_t wi = 0; wi < w; ++wi)
-            idx.data<int32_t>()[(ci * h + hi) * w + wi] = static_cast<int32_t>((hi * w + wi) * c + ci);
+            idx.data<int32_t>()[(ci * h + hi) * w + wi] =
+                static_cast<int32_t>((hi * w + wi) * c + ci);
       const int it = constant_tensor(n.output[0] + "_nchw_order", idx, {});
-      const int g = codes_tensor(n.output[0] + "_nchw_flat", Shape{kUnknown, h * w * c}, xt.scale[0],
-                                 xt.zero_point[0]);
+      const int g = codes_tensor(n.output[0] + "_nchw_flat", Shape{kUnknown, h * w * c},
+                                 xt.scale[0], xt.zero_point[0]);
       emit("gather", {flat, it}, g, {{"axis", int64_t{1}}}, n.name);
       src_t = g;
     }
@@ -893,7 +940,8 @@ class Importer {
   std::pair<int64_t, int64_t> clamp_codes(const Pending& p, const Grid& g) const {
     int64_t lo = -128, hi = 127;
     const auto code = [&](float v) {
-      return static_cast<int64_t>(std::clamp<double>(std::nearbyint(v / g.scale) + g.zp, -128, 127));
+      return static_cast<int64_t>(
+          std::clamp<double>(std::nearbyint(v / g.scale) + g.zp, -128, 127));
     };
     if (p.relu) lo = std::max<int64_t>(lo, g.zp);
     if (p.clip_min) lo = std::max(lo, code(*p.clip_min));
@@ -925,10 +973,16 @@ class Importer {
       const IntegerTensor x1 = im_.tensors.at(p.in[0]), x2 = im_.tensors.at(p.in[1]);
       const int y = codes_tensor(name, p.shape, g.scale, g.zp);
       emit("qadd", {p.in[0], p.in[1]}, y,
-           {{"input1_scale", x1.scale[0]}, {"input1_zero_point", int64_t{x1.zero_point[0]}},
-            {"input2_scale", x2.scale[0]}, {"input2_zero_point", int64_t{x2.zero_point[0]}},
-            {"output_scale", g.scale}, {"output_zero_point", int64_t{g.zp}}, {"activation", "none"},
-            {"act_min", lo}, {"act_max", hi}, {"rounding", rounding_}},
+           {{"input1_scale", x1.scale[0]},
+            {"input1_zero_point", int64_t{x1.zero_point[0]}},
+            {"input2_scale", x2.scale[0]},
+            {"input2_zero_point", int64_t{x2.zero_point[0]}},
+            {"output_scale", g.scale},
+            {"output_zero_point", int64_t{g.zp}},
+            {"activation", "none"},
+            {"act_min", lo},
+            {"act_max", hi},
+            {"rounding", rounding_}},
            layer);
       return y;
     }
@@ -938,7 +992,8 @@ class Importer {
       const bool same = same_grid(p.in[0], g);
       const Grid xg{xt.scale[0], xt.zero_point[0], false};
       const auto [xlo, xhi] = clamp_codes(p, xg);
-      const int y = codes_tensor(same ? name : name + "_pooled", p.shape, xt.scale[0], xt.zero_point[0]);
+      const int y =
+          codes_tensor(same ? name : name + "_pooled", p.shape, xt.scale[0], xt.zero_point[0]);
       a.set("act_min", xlo).set("act_max", xhi);
       emit("qmax_pool2d", {p.in[0]}, y, a, layer);
       return same ? y : requantize(y, g, name, lo, hi, layer);
@@ -956,10 +1011,14 @@ class Importer {
       const IntegerTensor xt = im_.tensors.at(p.in[0]);
       const bool tanh = p.kind == "Tanh";
       const Grid fixed{tanh ? 1.0 / 128 : 1.0 / 256, tanh ? 0 : -128, false};
-      const bool same = static_cast<float>(fixed.scale) == static_cast<float>(g.scale) && fixed.zp == g.zp;
+      const bool same =
+          static_cast<float>(fixed.scale) == static_cast<float>(g.scale) && fixed.zp == g.zp;
       const int y = codes_tensor(same ? name : name + "_fixed", p.shape, fixed.scale, fixed.zp);
       Attrs na = {{"input_scale", xt.scale[0]}, {"input_zero_point", int64_t{xt.zero_point[0]}}};
-      emit(p.kind == "Sigmoid" ? "qlogistic" : tanh ? "qtanh" : "qsoftmax", {p.in[0]}, y, na, layer);
+      emit(p.kind == "Sigmoid" ? "qlogistic"
+           : tanh              ? "qtanh"
+                               : "qsoftmax",
+           {p.in[0]}, y, na, layer);
       return same ? y : requantize(y, g, name, -128, 127, layer);
     }
     if (p.kind == "concat") {

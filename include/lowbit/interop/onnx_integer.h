@@ -90,7 +90,8 @@ void export_onnx(const quant::IntegerModel& im, const std::string& path,
 // The IntegerModel of a QDQ int8 ONNX model (described above); `name` stands for the file in
 // messages. UnsupportedError naming the node, op type, opset and attribute for anything outside
 // the recognized forms; ValueError for inconsistent quantization parameters.
-quant::IntegerModel integer_from_onnx_qdq(const ModelProto& m, const std::string& name = "<memory>");
+quant::IntegerModel integer_from_onnx_qdq(const ModelProto& m,
+                                          const std::string& name = "<memory>");
 // read_model(path), then integer_from_onnx_qdq. IoError if the file cannot be read or decoded.
 quant::IntegerModel import_onnx_qdq(const std::string& path);
 
