@@ -12,7 +12,7 @@
 namespace lowbit::testing {
 
 namespace {
-std::string quoted(const std::string& s) {
+std::string shell_quoted(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return q + "'";
@@ -32,14 +32,14 @@ std::vector<Tensor> run_onnxruntime(const std::string& model, const std::vector<
                                     const std::string& work_dir, const std::string& optimization) {
   namespace fs = std::filesystem;
   fs::create_directories(work_dir);
-  std::string cmd = "node " + quoted(std::string(LOWBIT_SOURCE_DIR) + "/tools/interop/ort_run.mjs") +
-                    " " + quoted(model) + " " + quoted(work_dir + "/ort_out");
+  std::string cmd = "node " + shell_quoted(std::string(LOWBIT_SOURCE_DIR) + "/tools/interop/ort_run.mjs") +
+                    " " + shell_quoted(model) + " " + shell_quoted(work_dir + "/ort_out");
   for (size_t i = 0; i < inputs.size(); ++i) {
     std::string f = work_dir + "/ort_in" + std::to_string(i) + ".npy";
     data::write_npy(f, inputs[i]);
-    cmd += " " + quoted(f);
+    cmd += " " + shell_quoted(f);
   }
-  cmd += " --opt " + quoted(optimization) + " 2>&1";
+  cmd += " --opt " + shell_quoted(optimization) + " 2>&1";
   std::string out;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) throw std::runtime_error("run_onnxruntime: cannot run: " + cmd);
