@@ -2,10 +2,9 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <stdexcept>
-
-#include <nlohmann/json.hpp>
 
 #include "lowbit/data/npy.h"
 
@@ -32,7 +31,8 @@ std::vector<Tensor> run_onnxruntime(const std::string& model, const std::vector<
                                     const std::string& work_dir, const std::string& optimization) {
   namespace fs = std::filesystem;
   fs::create_directories(work_dir);
-  std::string cmd = "node " + shell_quoted(std::string(LOWBIT_SOURCE_DIR) + "/tools/interop/ort_run.mjs") +
+  std::string cmd = "node " +
+                    shell_quoted(std::string(LOWBIT_SOURCE_DIR) + "/tools/interop/ort_run.mjs") +
                     " " + shell_quoted(model) + " " + shell_quoted(work_dir + "/ort_out");
   for (size_t i = 0; i < inputs.size(); ++i) {
     std::string f = work_dir + "/ort_in" + std::to_string(i) + ".npy";
@@ -54,7 +54,8 @@ std::vector<Tensor> run_onnxruntime(const std::string& model, const std::vector<
   if (start == std::string::npos) throw std::runtime_error("run_onnxruntime: no JSON in: " + out);
   nlohmann::json j = nlohmann::json::parse(out.substr(start));
   std::vector<Tensor> result;
-  for (const auto& o : j.at("outputs")) result.push_back(data::read_npy(o.at("file").get<std::string>()));
+  for (const auto& o : j.at("outputs"))
+    result.push_back(data::read_npy(o.at("file").get<std::string>()));
   return result;
 }
 

@@ -35,6 +35,18 @@ struct TfliteExportOptions {
   // Further int8 tensors of the integer model (by index into IntegerModel::tensors) to list as
   // subgraph outputs after the model output, as their int8 codes: per-layer comparisons.
   std::vector<int> extra_outputs;
+  // Feed every filter through a RESHAPE to its own shape (the same codes, no longer a constant
+  // tensor), so that delegates wanting constant filters (XNNPACK, which TFLite applies by default
+  // in many builds and which requantizes int8 in f32, not bit-exact with TFLite's reference
+  // kernels) leave conv / dense to TFLite's builtin int8 kernels. For verification; off for
+  // deployment.
+  bool weights_at_run_time = false;
+  // How the target TFLite build rounds its multipliers (MultiplyByQuantizedMultiplier):
+  // kDouble, gemmlowp's (TFLite's default build); kSingle, a build with TFLITE_SINGLE_ROUNDING
+  // (as @tensorflow/tfjs-tflite's wasm interpreter is, measured: docs/interop-tflite.md). Every
+  // op's codes are checked against this rounding; the model must have been converted with the
+  // same ConvertOptions::rounding.
+  quant::Rounding rounding = quant::Rounding::kDouble;
   // The model's description field.
   std::string description = "lowbit integer model";
 };
