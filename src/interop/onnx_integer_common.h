@@ -1,5 +1,6 @@
 // Shared by the integer model's ONNX export and import (src/interop/onnx_integer_*.cc): the
-// window geometry of lowbit's conv/pool attributes in ONNX terms and small builders.
+// window geometry of lowbit's conv/pool attributes in ONNX terms (the attribute builders are in
+// onnx_proto.h).
 #pragma once
 
 #include <array>
@@ -24,28 +25,6 @@ inline std::array<int64_t, 2> pair_attr(const Attrs& a, const std::string& k,
   const std::vector<int64_t>& v = a.ints(k);
   if (v.size() == 1) return {v[0], v[0]};
   return {v.at(0), v.at(1)};
-}
-
-inline AttributeProto attr_int(const std::string& name, int64_t v) {
-  AttributeProto a;
-  a.name = name;
-  a.type = kAttrInt;
-  a.i = v;
-  return a;
-}
-inline AttributeProto attr_ints(const std::string& name, std::vector<int64_t> v) {
-  AttributeProto a;
-  a.name = name;
-  a.type = kAttrInts;
-  a.ints = std::move(v);
-  return a;
-}
-inline AttributeProto attr_float(const std::string& name, float v) {
-  AttributeProto a;
-  a.name = name;
-  a.type = kAttrFloat;
-  a.f = v;
-  return a;
 }
 
 }  // namespace lowbit::onnx::detail

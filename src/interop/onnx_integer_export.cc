@@ -11,9 +11,6 @@
 
 namespace lowbit::onnx {
 
-using detail::attr_float;
-using detail::attr_int;
-using detail::attr_ints;
 using detail::pair_attr;
 using quant::activation_range;
 using quant::bias_scale;
