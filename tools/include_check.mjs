@@ -68,9 +68,13 @@ function walk(dir, out) {
   return out;
 }
 
+// A header flatc generates at build time ("X_generated.h", build/generated/) stands for its
+// schema "X.fbs" beside the including file: it belongs to that file's module.
 function resolve(fromRel, inc) {
+  const gen = inc.match(/^([\w-]+)_generated\.h$/);
   const candidates = [path.join('include', inc), path.join('src', inc),
                       path.join(path.dirname(fromRel), inc)];
+  if (gen) candidates.push(path.join(path.dirname(fromRel), `${gen[1]}.fbs`));
   return candidates.find((c) => fs.existsSync(path.join(root, c))) ?? null;
 }
 
