@@ -27,37 +27,43 @@ std::string fresh_temp_dir(const std::string& stem) {
   return p.string();
 }
 
-std::vector<Tensor> run_onnxruntime(const std::string& model, const std::vector<Tensor>& inputs,
-                                    const std::string& work_dir, const std::string& optimization) {
-  namespace fs = std::filesystem;
-  fs::create_directories(work_dir);
+std::vector<Tensor> run_interop_script(const std::string& who, const std::string& script,
+                                       const std::string& model, const std::vector<Tensor>& inputs,
+                                       const std::string& work_dir,
+                                       const std::vector<std::string>& extra_args) {
+  std::filesystem::create_directories(work_dir);
   std::string cmd = "node " +
-                    shell_quote(std::string(LOWBIT_SOURCE_DIR) + "/tools/interop/ort_run.mjs") +
-                    " " + shell_quote(model) + " " + shell_quote(work_dir + "/ort_out");
+                    shell_quote(std::string(LOWBIT_SOURCE_DIR) + "/tools/interop/" + script) + " " +
+                    shell_quote(model) + " " + shell_quote(work_dir + "/" + who + "_out");
   for (size_t i = 0; i < inputs.size(); ++i) {
-    const std::string f = work_dir + "/ort_in" + std::to_string(i) + ".npy";
+    const std::string f = work_dir + "/" + who + "_in" + std::to_string(i) + ".npy";
     data::write_npy(f, inputs[i]);
     cmd += " " + shell_quote(f);
   }
-  cmd += " --opt " + shell_quote(optimization) + " 2>&1";
+  for (const std::string& a : extra_args) cmd += " " + shell_quote(a);
+  cmd += " 2>&1";
   std::string out;
   FILE* p = popen(cmd.c_str(), "r");
-  if (!p) throw std::runtime_error("run_onnxruntime: cannot run: " + cmd);
+  if (!p) throw std::runtime_error(who + ": cannot run: " + cmd);
   char buf[4096];
   while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  int rc = pclose(p);
-  if (rc != 0) throw std::runtime_error("run_onnxruntime: " + cmd + " failed:\n" + out);
-  // ort_run prints one JSON line, last.
+  if (pclose(p) != 0) throw std::runtime_error(who + ": " + cmd + " failed:\n" + out);
+  // The runners print one JSON line, last.
   const size_t end = out.find_last_not_of('\n');
   const size_t start = end == std::string::npos ? 0 : out.rfind('\n', end) + 1;
   const std::string last = end == std::string::npos ? "" : out.substr(start, end + 1 - start);
   if (last.empty() || last[0] != '{')
-    throw std::runtime_error("run_onnxruntime: no JSON line at the end of: " + out);
+    throw std::runtime_error(who + ": no JSON line at the end of: " + out);
   nlohmann::json j = nlohmann::json::parse(last);
   std::vector<Tensor> result;
   for (const auto& o : j.at("outputs"))
     result.push_back(data::read_npy(o.at("file").get<std::string>()));
   return result;
+}
+
+std::vector<Tensor> run_onnxruntime(const std::string& model, const std::vector<Tensor>& inputs,
+                                    const std::string& work_dir, const std::string& optimization) {
+  return run_interop_script("ort", "ort_run.mjs", model, inputs, work_dir, {"--opt", optimization});
 }
 
 }  // namespace lowbit::testing

@@ -18,6 +18,15 @@ std::vector<Tensor> run_onnxruntime(const std::string& model, const std::vector<
                                     const std::string& work_dir,
                                     const std::string& optimization = "all");
 
+// What run_onnxruntime and run_tflite (tflite_run.h) share: runs
+// `node tools/interop/SCRIPT MODEL WORK_DIR/WHO_out WORK_DIR/WHO_in<i>.npy... EXTRA_ARGS...` and
+// reads the .npy outputs listed by the JSON line the runner prints last. `who` prefixes the file
+// names and the messages of the std::runtime_error thrown when the runner fails.
+std::vector<Tensor> run_interop_script(const std::string& who, const std::string& script,
+                                       const std::string& model, const std::vector<Tensor>& inputs,
+                                       const std::string& work_dir,
+                                       const std::vector<std::string>& extra_args = {});
+
 // A fresh empty directory under the system temp dir for one test (removed by the caller, or left
 // for inspection on failure).
 std::string fresh_temp_dir(const std::string& stem);
