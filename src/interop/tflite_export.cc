@@ -242,16 +242,21 @@ class Exporter {
     return op.attrs.s("rounding", "double") == "single" ? Rounding::kSingle : Rounding::kDouble;
   }
 
-  // The rounding of the target TFLite build (options.rounding) must be the op's.
-  void require_double_rounding(const IntegerOp& op) const {
-    if (rounding_of(op) != o_.rounding)
-      refuse(op, std::string("it rounds its output stage ") +
-                     (rounding_of(op) == Rounding::kSingle ? "once" : "twice") +
-                     " (ConvertOptions::rounding), the target TFLite build (options.rounding) " +
-                     (o_.rounding == Rounding::kSingle ? "once (TFLITE_SINGLE_ROUNDING)"
-                                                       : "twice (gemmlowp, the default build)") +
-                     ", so its codes would differ: convert with ConvertOptions::rounding = "
-                     "options.rounding (Rounding::kDouble for the default build)");
+  // The rounding of the target TFLite kernel for `op` (options.gemm_rounding for CONV_2D and
+  // FULLY_CONNECTED, options.rounding for TFLite's own kernels) must be the op's.
+  void require_rounding(const IntegerOp& op, bool gemm) const {
+    const Rounding want = gemm ? o_.gemm_rounding : o_.rounding;
+    if (rounding_of(op) == want) return;
+    auto times = [](Rounding r) { return r == Rounding::kSingle ? "once" : "twice"; };
+    refuse(op, std::string("it rounds its output stage ") + times(rounding_of(op)) +
+                   ", the target TFLite build's " +
+                   (gemm ? "CONV_2D / FULLY_CONNECTED kernels (options.gemm_rounding)"
+                         : "own int8 kernels (options.rounding)") +
+                   " " + times(want) +
+                   ", so its codes would differ: call tflite::use_target_rounding(model, "
+                   "options) before running or exporting it, or convert with "
+                   "ConvertOptions::rounding = Rounding::" +
+                   (want == Rounding::kSingle ? "kSingle" : "kDouble"));
   }
 
   // The fused activation whose TFLite clamp on the output's (scale, zero point) equals lowbit's
@@ -383,15 +388,16 @@ class Exporter {
   // FULLY_CONNECTED, which multiplies the two scales in f32 first) are lowbit's. Returns the
   // first channel where they differ, or -1.
   int64_t multiplier_mismatch(const IntegerOp& op, bool float_product, std::string* detail) const {
+    const Rounding r = rounding_of(op);
     const float s_in = static_cast<float>(op.attrs.f("input_scale"));
     const float s_out = static_cast<float>(op.attrs.f("output_scale"));
     const std::vector<double>& sw = op.attrs.floats("weight_scales");
     for (size_t c = 0; c < sw.size(); ++c) {
       const float w = static_cast<float>(sw[c]);
-      const QuantizedMultiplier ours = quant::quantize_multiplier(
-          quant::conv_effective_multiplier(s_in, w, s_out, false), o_.rounding);
+      const QuantizedMultiplier ours =
+          quant::quantize_multiplier(quant::conv_effective_multiplier(s_in, w, s_out, false), r);
       const QuantizedMultiplier theirs = quant::quantize_multiplier(
-          quant::conv_effective_multiplier(s_in, w, s_out, float_product), o_.rounding);
+          quant::conv_effective_multiplier(s_in, w, s_out, float_product), r);
       if (!(ours == theirs)) {
         std::ostringstream d;
         d << "channel " << c << ": lowbit's multiplier " << ours << ", TFLite's " << theirs;
@@ -411,7 +417,8 @@ class Exporter {
   }
 
   void conv(const IntegerOp& op) {
-    require_double_rounding(op);
+    // CONV_2D goes through TFLite's GEMM (ruy), DEPTHWISE_CONV_2D is TFLite's own kernel.
+    require_rounding(op, op.attrs.i("groups", 1) == 1);
     const IntegerTensor& x = m_.tensors.at(op.inputs.at(0));
     const IntegerTensor& wt = m_.tensors.at(op.inputs.at(1));
     const IntegerTensor& y = m_.tensors.at(op.output);
@@ -483,7 +490,7 @@ class Exporter {
   }
 
   void dense(const IntegerOp& op) {
-    require_double_rounding(op);
+    require_rounding(op, true);
     const IntegerTensor& x = m_.tensors.at(op.inputs.at(0));
     const IntegerTensor& wt = m_.tensors.at(op.inputs.at(1));
     const IntegerTensor& y = m_.tensors.at(op.output);
@@ -607,7 +614,7 @@ class Exporter {
   }
 
   void add(const IntegerOp& op) {
-    require_double_rounding(op);
+    require_rounding(op, false);
     const IntegerTensor& y = m_.tensors.at(op.output);
     const FusedActivation act = fused(op, y);
     auto stage = [&](FusedActivation a) {
@@ -714,6 +721,27 @@ class Exporter {
 
 std::string to_tflite(const quant::IntegerModel& model, const TfliteExportOptions& options) {
   return Exporter(model, options).run();
+}
+
+void use_target_rounding(quant::IntegerModel& model, const TfliteExportOptions& options) {
+  auto name = [](Rounding r) { return r == Rounding::kSingle ? "single" : "double"; };
+  for (IntegerOp& op : model.ops) {
+    if (op.op == "qconv2d")
+      op.attrs.set("rounding",
+                   name(op.attrs.i("groups", 1) == 1 ? options.gemm_rounding : options.rounding));
+    else if (op.op == "qfully_connected")
+      op.attrs.set("rounding", name(options.gemm_rounding));
+    else if (op.op == "qadd")
+      op.attrs.set("rounding", name(options.rounding));
+  }
+  // The runtime prepares its output stages once, on the first run: a new model drops them.
+  quant::IntegerModel fresh;
+  fresh.tensors = std::move(model.tensors);
+  fresh.ops = std::move(model.ops);
+  fresh.input = model.input;
+  fresh.output = model.output;
+  fresh.name = std::move(model.name);
+  model = std::move(fresh);
 }
 
 void export_tflite(const quant::IntegerModel& model, const std::string& path,

@@ -3,6 +3,7 @@
 // microcontrollers. docs/interop-tflite.md has the op table and the commands.
 //
 //   quant::IntegerModel im = quant::convert_to_integer(*qat);
+//   tflite::use_target_rounding(im);                         // round as TFLite's kernels do
 //   tflite::export_tflite(im, "model.tflite");              // atomic
 //   std::string bytes = tflite::to_tflite(im, {.batch = 8});
 //
@@ -41,12 +42,18 @@ struct TfliteExportOptions {
   // kernels) leave conv / dense to TFLite's builtin int8 kernels. For verification; off for
   // deployment.
   bool weights_at_run_time = false;
-  // How the target TFLite build rounds its multipliers (MultiplyByQuantizedMultiplier):
-  // kDouble, gemmlowp's (TFLite's default build); kSingle, a build with TFLITE_SINGLE_ROUNDING
-  // (as @tensorflow/tfjs-tflite's wasm interpreter is, measured: docs/interop-tflite.md). Every
-  // op's codes are checked against this rounding; the model must have been converted with the
-  // same ConvertOptions::rounding.
+  // How the target TFLite build rounds its output multipliers, per kernel (both measured in
+  // @tensorflow/tfjs-tflite's wasm interpreter: docs/interop-tflite.md):
+  //   gemm_rounding: CONV_2D and FULLY_CONNECTED, whose optimized int8 kernels run through
+  //     TFLite's GEMM backend, ruy, which rounds once (ruy's MultiplyByQuantizedMultiplier);
+  //   rounding: TFLite's own int8 kernels (DEPTHWISE_CONV_2D, ADD, QUANTIZE int8 -> int8):
+  //     MultiplyByQuantizedMultiplier, gemmlowp's double rounding unless the build defines
+  //     TFLITE_SINGLE_ROUNDING.
+  // TFLite's reference kernels (and a build whose GEMM is gemmlowp) round twice everywhere:
+  // gemm_rounding = kDouble. Every op's codes are checked against its kernel's rounding; the
+  // model's ops must round so (use_target_rounding sets them).
   quant::Rounding rounding = quant::Rounding::kDouble;
+  quant::Rounding gemm_rounding = quant::Rounding::kSingle;
   // The model's description field.
   std::string description = "lowbit integer model";
 };
@@ -58,6 +65,14 @@ struct TfliteExportOptions {
 // differently, single rounding where TFLite's double rounding gives other codes, a softmax or
 // nonlinearity on parameters other than TFLite's fixed ones. ValueError for bad options.
 std::string to_tflite(const quant::IntegerModel& model, const TfliteExportOptions& options = {});
+
+// Sets the rounding of each conv / dense / add op of `model` to the one its TFLite kernel uses
+// in the target build (options.gemm_rounding for a qconv2d with groups 1 and qfully_connected,
+// options.rounding for a depthwise qconv2d and qadd), so that lowbit's integer runtime computes
+// the codes that build's interpreter does (a per-op "rounding" attribute, as the converter
+// writes it). Requantize and average-pool ops keep their single rounding (to_tflite checks
+// their codes). Drops the model's prepared runtime (it is rebuilt on the next run).
+void use_target_rounding(quant::IntegerModel& model, const TfliteExportOptions& options = {});
 
 // to_tflite written to `path` atomically (a temporary file renamed over it); IoError on failure.
 void export_tflite(const quant::IntegerModel& model, const std::string& path,
