@@ -573,42 +573,114 @@ class Exporter {
                   2, {in}, {tensor_of(op.output)}, fbs::BuiltinOptions::Pool2DOptions, pool_opt());
     }
     // A requantizing average: lowbit computes MBQM(sum - n * zp_in, s_in / (s_out * n)) + zp_out,
-    // clamped. TFLite writes it exactly in one of two ways, checked on every reachable sum:
-    //   AVERAGE_POOL_2D when input and output share parameters (mean rounded half away);
-    //   else, for a window without padding (every mean over n = kh * kw taps), a
-    //   DEPTHWISE_CONV_2D with all-one weights at scale f32(1 / n).
+    // clamped, rounding once. TFLite writes it in one of three ways, each only where it gives
+    // those codes on every reachable sum (below): AVERAGE_POOL_2D when input and output share
+    // parameters; AVERAGE_POOL_2D then QUANTIZE; a DEPTHWISE_CONV_2D of equal weights.
     const float s_in = static_cast<float>(op.attrs.f("input_scale"));
     const float s_out = static_cast<float>(op.attrs.f("output_scale"));
     const int32_t zp_in = static_cast<int32_t>(op.attrs.i("input_zero_point"));
     const int32_t zp_out = static_cast<int32_t>(op.attrs.i("output_zero_point"));
     const Rounding r = rounding_of(op);
     const double m = static_cast<double>(s_in) / static_cast<double>(s_out);
+    std::vector<QuantizedMultiplier> per_count(static_cast<size_t>(kh * kw) + 1);
+    for (int32_t n = 1; n <= kh * kw; ++n) per_count[n] = quant::quantize_multiplier(m / n, r);
     auto ours = [&](int32_t sum, int32_t n) {
-      const QuantizedMultiplier qm = quant::quantize_multiplier(m / n, r);
-      return std::clamp(quant::multiply_by_quantized_multiplier(sum - n * zp_in, qm, r) + zp_out,
-                        lo, hi);
+      return std::clamp(
+          quant::multiply_by_quantized_multiplier(sum - n * zp_in, per_count[n], r) + zp_out, lo,
+          hi);
     };
+    // Padding: SAME pads where the windows overhang (TFLite's and lowbit's rule); a window
+    // without padding always holds n = kh * kw taps.
     const int64_t h = x.shape[1], wd = x.shape[2];
-    const bool no_padding =
-        w.padding == fbs::Padding::VALID || (kh == 1 && kw == 1) || (kh == h && kw == wd);
+    auto overhang = [&](int64_t in, int64_t k, int64_t s) {
+      if (w.padding == fbs::Padding::VALID) return int64_t{0};
+      const int64_t out = (in + s - 1) / s;
+      return std::max<int64_t>((out - 1) * s + k - in, 0);
+    };
+    const bool no_padding = overhang(h, kh, w.stride_h) == 0 && overhang(wd, kw, w.stride_w) == 0;
+    const int32_t full = kh * kw;
+    // Every reachable (sum of codes, taps n) of a window: a sum of n codes of the input grid.
+    auto for_each_sum = [&](auto&& f) {
+      for (int32_t n = no_padding ? full : 1; n <= full; ++n)
+        for (int32_t sum = x.qmin * n; sum <= x.qmax * n; ++sum)
+          if (!f(sum, n)) return false;
+      return true;
+    };
     std::string why;
     if (same_params(x, y)) {
-      bool exact = true;
-      for (int32_t n = 1; n <= kh * kw && exact; ++n) {
-        if (no_padding && n != kh * kw) continue;
-        for (int32_t sum = -128 * n; sum <= 127 * n && exact; ++sum)
-          exact = ours(sum, n) == std::clamp(quant::average_pool_mean(sum, n), -128, 127);
-      }
-      if (exact)
+      if (for_each_sum([&](int32_t sum, int32_t n) {
+            return ours(sum, n) == std::clamp(quant::average_pool_mean(sum, n), -128, 127);
+          }))
         return emit(fbs::BuiltinOperator::AVERAGE_POOL_2D, 2, {in}, {tensor_of(op.output)},
                     fbs::BuiltinOptions::Pool2DOptions, pool_opt());
-      why = "AVERAGE_POOL_2D rounds the mean of the codes differently";
+      why = "AVERAGE_POOL_2D on the same grid rounds the mean differently";
     }
-    // A DEPTHWISE_CONV_2D of ones at scale 1/n would express the requantizing mean on paper,
-    // but TFLite's depthwise kernels round on their own (measured in the wasm interpreter:
-    // about a quarter of the codes differ), so it is not written.
+    // (1) AVERAGE_POOL_2D on the input's grid, then QUANTIZE (int8 -> int8) to the output's:
+    //     two roundings, written where they give lowbit's one on every reachable sum.
+    const QuantizedMultiplier mq = quant::quantize_multiplier(m, o_.rounding);
+    if (for_each_sum([&](int32_t sum, int32_t n) {
+          const int32_t mean = std::clamp(quant::average_pool_mean(sum, n), -128, 127);
+          const int32_t q = std::clamp(
+              quant::multiply_by_quantized_multiplier(mean - zp_in, mq, o_.rounding) + zp_out, -128,
+              127);
+          return q == ours(sum, n);
+        })) {
+      const int mid = add_tensor(y.name + "/mean", fbs::TensorType::INT8, activation_shape(y.shape),
+                                 0, x.scale, x.zero_point, 0, true);
+      emit(fbs::BuiltinOperator::AVERAGE_POOL_2D, 2, {in}, {mid},
+           fbs::BuiltinOptions::Pool2DOptions, pool_opt());
+      return emit(fbs::BuiltinOperator::QUANTIZE, 2, {mid}, {tensor_of(op.output)});
+    }
+    // (2) Without padding (every window n = kh * kw taps): a DEPTHWISE_CONV_2D whose weights
+    //     are all k with scale s_w ~ 1 / (n k) (per channel, bias 0): TFLite computes
+    //     MBQM(k * (sum - n * zp_in), s_in * s_w / s_out) + zp_out with its own rounding
+    //     (options.rounding) and a fused activation's clamp. Written with the first (k, s_w,
+    //     activation) whose codes are lowbit's on every reachable sum.
+    if (no_padding) {
+      const int64_t c = y.shape[y.shape.rank() - 1];
+      for (int32_t k = 1; k <= 127; ++k) {
+        const float sw = static_cast<float>(1.0 / (static_cast<double>(full) * k));
+        for (float s : {sw, std::nextafter(sw, 0.0f), std::nextafter(sw, 1.0f)}) {
+          const QuantizedMultiplier md = quant::quantize_multiplier(
+              quant::conv_effective_multiplier(s_in, s, s_out, false), o_.rounding);
+          for (FusedActivation a : {FusedActivation::kNone, FusedActivation::kRelu,
+                                    FusedActivation::kRelu6, FusedActivation::kReluN1To1}) {
+            const QuantRange cl = quant::activation_range(s_out, zp_out, a, DType::kS8);
+            const bool exact = for_each_sum([&](int32_t sum, int32_t n) {
+              const int32_t acc = k * (sum - n * zp_in);
+              return std::clamp(
+                         quant::multiply_by_quantized_multiplier(acc, md, o_.rounding) + zp_out,
+                         cl.min, cl.max) == ours(sum, n);
+            });
+            if (!exact) continue;
+            const std::vector<int8_t> ones(static_cast<size_t>(full * c), static_cast<int8_t>(k));
+            const std::vector<double> scales(static_cast<size_t>(c), s);
+            const std::vector<int32_t> zeros(static_cast<size_t>(c), 0);
+            const int wi = weights(y.name + "/mean_weights", fbs::TensorType::INT8,
+                                   {1, kh, kw, static_cast<int32_t>(c)}, ones.data(), ones.size(),
+                                   scales, zeros, 3);
+            std::vector<double> bs;
+            for (double v : scales) bs.push_back(static_cast<float>(s_in) * static_cast<float>(v));
+            const std::vector<int32_t> bias(static_cast<size_t>(c), 0);
+            const int bi = const_tensor(y.name + "/mean_bias", fbs::TensorType::INT32,
+                                        {static_cast<int32_t>(c)}, bias.data(),
+                                        bias.size() * sizeof(int32_t), bs, zeros, 0);
+            auto opt = fbs::CreateDepthwiseConv2DOptions(b_, w.padding, w.stride_w, w.stride_h, 1,
+                                                         to_fb(a), 1, 1);
+            return emit(fbs::BuiltinOperator::DEPTHWISE_CONV_2D, 3, {in, wi, bi},
+                        {tensor_of(op.output)}, fbs::BuiltinOptions::DepthwiseConv2DOptions,
+                        opt.Union());
+          }
+        }
+      }
+    }
     refuse(op, "it requantizes the mean (s_in " + str(s_in) + " -> s_out " + str(s_out) +
-                   ") in one step; TFLite's AVERAGE_POOL_2D keeps its input's parameters" +
+                   ") in one step, and none of TFLite's forms gives its codes on every reachable "
+                   "sum: AVERAGE_POOL_2D then QUANTIZE rounds twice" +
+                   (no_padding ? ", a DEPTHWISE_CONV_2D of equal weights k = 1..127 rounds "
+                                 "differently for each k"
+                               : "; a DEPTHWISE_CONV_2D of equal weights needs windows without "
+                                 "padding (the count of taps varies at SAME padding's edges)") +
                    (why.empty() ? "" : " (and " + why + ")") +
                    ": put no quantizer of its own after the pooling, or pool with a max");
   }

@@ -220,6 +220,41 @@ TEST(TfliteExport, WasmDepthwiseKernelRoundsTwice) {
               static_cast<long long>(ag[1].equal), static_cast<long long>(ag[1].total));
 }
 
+// Average pools whose output has a quantizer of its own (lowbit rounds the mean to the new grid
+// once): a 2x2 pool (20 -> 10), a 3x3 stride-2 VALID pool (8 -> 3) and a global pool over 3x3,
+// each exported in whichever TFLite form gives lowbit's codes on every reachable sum.
+TEST(TfliteExport, RequantizingAveragePoolsAreBitExact) {
+  nn::set_random_seed(8);
+  nn::KTensor in = nn::Input({20, 20, 3});
+  nn::KTensor x = (*nn::Conv2D(6, 3, {.padding = "same", .activation = "relu"}))(in);
+  x = (*nn::AveragePooling2D(2))(x);
+  x = (*nn::Conv2D(6, 3, {.activation = "relu"}))(x);
+  x = (*nn::Conv2D(8, 1))(x);
+  x = (*nn::AveragePooling2D(3, {.strides = 2}))(x);
+  x = (*nn::Conv2D(8, 1))(x);
+  x = (*nn::GlobalAveragePooling2D())(x);
+  x = (*nn::Dense(4))(x);
+  auto f = nn::Model::create({in}, {x}, "tflite_avg");
+  quant::IntegerModel im =
+      integer_model(*f, Shape{-1, 20, 20, 3}, 4, quant::QuantizeConfig::preset("w8a8"), 6);
+  std::vector<int> extra;
+  std::vector<std::string> names{"output"};
+  for (const auto& op : im.ops)
+    if (op.op == "qavg_pool2d") {
+      EXPECT_TRUE(op.attrs.has("output_scale")) << op.layer;
+      extra.push_back(op.output);
+      names.push_back(op.layer);
+    }
+  ASSERT_EQ(extra.size(), 3u);
+  const auto ag = check_in_tflite(im, Shape{-1, 20, 20, 3}, extra, "tflite_avg");
+  ASSERT_EQ(ag.size(), names.size());
+  for (size_t i = 0; i < ag.size(); ++i) {
+    EXPECT_EQ(ag[i].equal, ag[i].total) << names[i];
+    std::printf("[tflite avg pools] %s: %lld / %lld codes equal\n", names[i].c_str(),
+                static_cast<long long>(ag[i].equal), static_cast<long long>(ag[i].total));
+  }
+}
+
 nn::ModelPtr mlp() {
   nn::KTensor in = nn::Input({20});
   nn::KTensor x = (*nn::Dense(32, {.activation = "relu"}))(in);
@@ -309,13 +344,16 @@ TEST(TfliteExport, RefusesWhatTfliteCannotComputeExactly) {
   }
   {
     nn::KTensor in = nn::Input({8, 8, 2});
+    // A requantizing SAME-padded pool: windows of 4, 6 and 9 taps.
     nn::KTensor x = (*nn::Conv2D(4, 3, {.activation = "relu"}))(in);
-    x = (*nn::GlobalAveragePooling2D())(x);
+    x = (*nn::AveragePooling2D(3, {.strides = 1, .padding = "same"}))(x);
+    x = (*nn::Flatten())(x);
     x = (*nn::Dense(3))(x);
-    auto f = nn::Model::create({in}, {x}, "tflite_gap");
+    auto f = nn::Model::create({in}, {x}, "tflite_avg_same");
     quant::IntegerModel im =
         integer_model(*f, Shape{-1, 8, 8, 2}, 3, quant::QuantizeConfig::preset("w8a8"), 4);
     expect_throws_with<UnsupportedError>([&] { tflite::to_tflite(im, {}); }, "op 'qavg_pool2d'");
+    expect_throws_with<UnsupportedError>([&] { tflite::to_tflite(im, {}); }, "without padding");
   }
   quant::IntegerModel im;
   expect_throws_with<ValueError>([&] { tflite::to_tflite(im); }, "no input or output");

@@ -62,8 +62,11 @@ struct TfliteExportOptions {
 // for what TFLite cannot compute exactly as lowbit does: the uint8 scheme, qlstm / qgru /
 // timestep_mask, a grouped conv other than depthwise, explicit padding, a clamp narrower than
 // TFLite's fused activations give (a low-bit activation grid), a multiplier TFLite derives
-// differently, single rounding where TFLite's double rounding gives other codes, a softmax or
-// nonlinearity on parameters other than TFLite's fixed ones. ValueError for bad options.
+// differently, an op rounding otherwise than its target kernel (use_target_rounding), a
+// requantizing average pool none of TFLite's forms computes exactly (AVERAGE_POOL_2D +
+// QUANTIZE, or without padding a DEPTHWISE_CONV_2D of equal weights; docs/interop-tflite.md),
+// a softmax or nonlinearity on parameters other than TFLite's fixed ones. ValueError for bad
+// options.
 std::string to_tflite(const quant::IntegerModel& model, const TfliteExportOptions& options = {});
 
 // Sets the rounding of each conv / dense / add op of `model` to the one its TFLite kernel uses
