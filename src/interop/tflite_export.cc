@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -231,9 +232,10 @@ class Exporter {
 
   void emit(fbs::BuiltinOperator code, int version, const std::vector<int32_t>& in,
             const std::vector<int32_t>& out, fbs::BuiltinOptions type = fbs::BuiltinOptions::NONE,
-            flatbuffers::Offset<void> options = 0) {
-    operators_.push_back(fbs::CreateOperator(b_, opcode(code, version), b_.CreateVector(in),
-                                             b_.CreateVector(out), type, options));
+            flatbuffers::Offset<void> options = 0, const std::vector<int32_t>& intermediates = {}) {
+    operators_.push_back(fbs::CreateOperator(
+        b_, opcode(code, version), b_.CreateVector(in), b_.CreateVector(out), type, options,
+        intermediates.empty() ? 0 : b_.CreateVector(intermediates)));
   }
 
   // ---- exactness checks -------------------------------------------------------------------
@@ -311,11 +313,11 @@ class Exporter {
       return emit(fbs::BuiltinOperator::CAST, 1, {tensor_of(op.inputs.at(0))},
                   {tensor_of(op.output)});
     }
-    if (k == "qlstm" || k == "qgru")
-      refuse(op, "the integer " + std::string(k == "qlstm" ? "LSTM" : "GRU") +
-                     " is not exported to TFLite yet (UNIDIRECTIONAL_SEQUENCE_LSTM's int8 form "
-                     "needs its 20-odd tensors and intermediate scales mapped; TFLite has no "
-                     "GRU builtin)");
+    if (k == "qlstm") return lstm(op);
+    if (k == "qgru")
+      refuse(op,
+             "TFLite has no GRU builtin (its integer recurrent kernel is "
+             "UNIDIRECTIONAL_SEQUENCE_LSTM only)");
     if (k == "timestep_mask") refuse(op, "TFLite has no masking of time steps");
     refuse(op, "no TFLite form for this op");
   }
@@ -769,6 +771,139 @@ class Exporter {
           fbs::BuiltinOperator::SOFTMAX, 2, {in}, {out}, fbs::BuiltinOptions::SoftmaxOptions,
           fbs::CreateSoftmaxOptions(b_, static_cast<float>(op.attrs.f("beta", 1.0))).Union());
     emit(tanh ? fbs::BuiltinOperator::TANH : fbs::BuiltinOperator::LOGISTIC, 2, {in}, {out});
+  }
+
+  // qlstm -> UNIDIRECTIONAL_SEQUENCE_LSTM in TFLite's integer "8x8_16" form (no CIFG, peephole,
+  // projection or layer norm): 24 inputs (x; input-to-gate weights [U, D] and recurrent weights
+  // [U, U] per gate i, f, c, o, each int8 with its gate block's scale; the gate biases int32 at
+  // f32(s_x s_W,g); the variable output state int8 [B, U] on h's grid and cell state int16
+  // [B, U] at 2^(p-15)), and 5 intermediates whose scales TFLite reads: 2^-12 for the four
+  // gate sums (Q3.12, what lowbit's gates are) and the hidden grid. TFLite's step is lowbit's
+  // (spec 3.7, which follows TFLite's integer LSTM): the same zero-point folding, int16 gate
+  // sums saturated after each partial sum, gemmlowp's int16 logistic/tanh, cell products
+  // rounded by RDPOT, MBQM with double rounding. The one quantity derived otherwise is the
+  // hidden multiplier (below). Sequences out; the last step by a GATHER otherwise.
+  void lstm(const IntegerOp& op) {
+    if (op.inputs.size() != 4)
+      refuse(op, "it reads a timestep mask; TFLite's LSTM has no masking of time steps");
+    if (op.attrs.b("go_backwards", false))
+      refuse(op,
+             "go_backwards (a backward or Bidirectional LSTM) is not written (TFLite would "
+             "need a REVERSE_V2 around the LSTM)");
+    if (o_.rounding != Rounding::kDouble)
+      refuse(op,
+             "lowbit's qlstm rounds its multipliers twice; the target's own kernels "
+             "(options.rounding) round once");
+    const IntegerTensor& x = m_.tensors.at(op.inputs[0]);
+    const IntegerTensor& wx = m_.tensors.at(op.inputs[1]);
+    const IntegerTensor& wh = m_.tensors.at(op.inputs[2]);
+    const IntegerTensor& bias = m_.tensors.at(op.inputs[3]);
+    const IntegerTensor& y = m_.tensors.at(op.output);
+    const int64_t d = wx.data.shape()[0], gu = wx.data.shape()[1], u = gu / 4;
+    const int64_t steps = x.shape[1];
+    const float s_x = static_cast<float>(op.attrs.f("input_scale"));
+    const float s_h = static_cast<float>(op.attrs.f("hidden_scale"));
+    const int32_t zp_x = static_cast<int32_t>(op.attrs.i("input_zero_point"));
+    const int32_t zp_h = static_cast<int32_t>(op.attrs.i("hidden_zero_point"));
+    const int p = static_cast<int>(op.attrs.i("cell_int_bits"));
+    if (static_cast<float>(x.scale.at(0)) != s_x || x.zero_point.at(0) != zp_x ||
+        static_cast<float>(y.scale.at(0)) != s_h || y.zero_point.at(0) != zp_h)
+      refuse(op, "its input or output tensor is on other parameters than its attributes");
+    const std::vector<double>& swx = op.attrs.floats("input_weight_scales");
+    const std::vector<double>& swh = op.attrs.floats("recurrent_weight_scales");
+    // The hidden multiplier: lowbit's is 2^-30 / s_h in f64; TFLite's is the f32
+    // 2^-15 / s_4 * 2^-15, s_4 the fifth intermediate's (f32) scale, read for nothing else.
+    // The f32 quotient keeps 24 bits, the multiplier 31, so they are equal only by chance:
+    // s_4 is the f32 near s_h whose multiplier is closest to lowbit's.
+    const QuantizedMultiplier ours =
+        quant::quantize_multiplier(std::ldexp(1.0, -30) / static_cast<double>(s_h));
+    auto theirs = [](float s4) {
+      const float e = std::pow(2.0f, -15.0f) / s4 * std::pow(2.0f, -15.0f);
+      return quant::quantize_multiplier(static_cast<double>(e));
+    };
+    float s4 = s_h, below = s_h, above = s_h;
+    int64_t best = -1;
+    for (int k = 0; k <= 128; ++k) {
+      for (float cand : {below, above}) {
+        const QuantizedMultiplier t = theirs(cand);
+        const int64_t dist = t.shift == ours.shift
+                                 ? std::llabs(static_cast<int64_t>(t.multiplier) - ours.multiplier)
+                                 : std::numeric_limits<int64_t>::max();
+        if (best < 0 || dist < best) {
+          best = dist;
+          s4 = cand;
+        }
+      }
+      below = std::nextafter(below, 0.0f);
+      above = std::nextafter(above, std::numeric_limits<float>::infinity());
+    }
+    const QuantizedMultiplier t4 = theirs(s4);
+    if (!(t4 == ours) && !o_.lstm_hidden_multiplier_f32) {
+      std::ostringstream w;
+      w << "TFLite derives its hidden-state multiplier from the f32 value 2^-15 / s * 2^-15 "
+           "(s: the hidden intermediate's scale), lowbit's qlstm from 2^-30 / s_h in f64: "
+           "lowbit "
+        << ours << ", TFLite's nearest " << t4
+        << " (no f32 scale gives lowbit's), so a hidden code can differ where o * tanh(c) * M "
+           "lies within 2^-24 relative of a rounding tie; set "
+           "TfliteExportOptions::lstm_hidden_multiplier_f32 to write it anyway";
+      refuse(op, w.str());
+    }
+    const int32_t B = static_cast<int32_t>(o_.batch), U = static_cast<int32_t>(u),
+                  D = static_cast<int32_t>(d);
+    const int8_t* px = wx.data.data<int8_t>();
+    const int8_t* ph = wh.data.data<int8_t>();
+    std::vector<int32_t> in(24, -1);
+    in[0] = tensor_of(op.inputs[0]);
+    for (int g = 0; g < 4; ++g) {
+      std::vector<int8_t> a(static_cast<size_t>(u * d)), r(static_cast<size_t>(u * u));
+      for (int64_t j = 0; j < u; ++j) {
+        for (int64_t k = 0; k < d; ++k) a[j * d + k] = px[k * gu + g * u + j];
+        for (int64_t k = 0; k < u; ++k) r[j * u + k] = ph[k * gu + g * u + j];
+      }
+      const std::string gn = std::string("ifco").substr(g, 1);
+      in[1 + g] = const_tensor(wx.name + "/" + gn, fbs::TensorType::INT8, {U, D}, a.data(),
+                               a.size(), {swx.at(g)}, {0});
+      in[5 + g] = const_tensor(wh.name + "/" + gn, fbs::TensorType::INT8, {U, U}, r.data(),
+                               r.size(), {swh.at(g)}, {0});
+      in[12 + g] = const_tensor(bias.name + "/" + gn, fbs::TensorType::INT32, {U},
+                                bias.data.data<int32_t>() + g * u, u * sizeof(int32_t),
+                                {static_cast<float>(s_x) * static_cast<float>(swx.at(g))}, {0});
+    }
+    auto variable = [&](const std::string& name, fbs::TensorType type, double scale, int32_t zp) {
+      auto q = fbs::CreateQuantizationParameters(
+          b_, 0, 0, b_.CreateVector(std::vector<float>{static_cast<float>(scale)}),
+          b_.CreateVector(std::vector<int64_t>{zp}), 0);
+      tensors_.push_back(fbs::CreateTensor(b_, b_.CreateVector(std::vector<int32_t>{B, U}), type, 0,
+                                           b_.CreateString(name), q, true));
+      return static_cast<int>(tensors_.size()) - 1;
+    };
+    in[18] = variable(y.name + "/output_state", fbs::TensorType::INT8, s_h, zp_h);
+    in[19] = variable(y.name + "/cell_state", fbs::TensorType::INT16, std::ldexp(1.0, p - 15), 0);
+    std::vector<int32_t> inter;
+    for (int g = 0; g < 4; ++g)
+      inter.push_back(add_tensor(y.name + "/gate_" + std::string("ifco").substr(g, 1),
+                                 fbs::TensorType::INT16, {}, 0, {std::ldexp(1.0, -12)}, {0}, 0,
+                                 false));
+    // TFLite's int8 CwiseMul of the hidden step subtracts this zero point (value -= zp;
+    // measured: with zp_h written every hidden code was lowbit's - 2 zp_h): written negated.
+    inter.push_back(
+        add_tensor(y.name + "/hidden", fbs::TensorType::INT8, {}, 0, {s4}, {-zp_h}, 0, false));
+    const bool sequences = op.attrs.b("return_sequences", false);
+    const int seq = sequences ? tensor_of(op.output)
+                              : add_tensor(y.name + "/sequence", fbs::TensorType::INT8,
+                                           {B, static_cast<int32_t>(steps), U}, 0, y.scale,
+                                           y.zero_point, 0, true);
+    auto opt = fbs::CreateUnidirectionalSequenceLSTMOptions(b_, fbs::ActivationFunctionType::TANH,
+                                                            0.0f, 0.0f, false, false);
+    emit(fbs::BuiltinOperator::UNIDIRECTIONAL_SEQUENCE_LSTM, 1, in, {seq},
+         fbs::BuiltinOptions::UnidirectionalSequenceLSTMOptions, opt.Union(), inter);
+    if (sequences) return;
+    const int32_t last = static_cast<int32_t>(steps - 1);
+    const int idx =
+        const_tensor(y.name + "/last_step", fbs::TensorType::INT32, {}, &last, sizeof(last));
+    emit(fbs::BuiltinOperator::GATHER, 1, {seq, idx}, {tensor_of(op.output)},
+         fbs::BuiltinOptions::GatherOptions, fbs::CreateGatherOptions(b_, 1, 0).Union());
   }
 
   void gather(const IntegerOp& op) {

@@ -255,6 +255,44 @@ TEST(TfliteExport, RequantizingAveragePoolsAreBitExact) {
   }
 }
 
+// LSTM(8) over 6 steps of 4 features (return_sequences: the whole sequence, then Flatten), then
+// Dense: UNIDIRECTIONAL_SEQUENCE_LSTM's integer form. Exported with lstm_hidden_multiplier_f32
+// (TFLite's hidden multiplier is an f32 rounding of lowbit's, so equality is not guaranteed by
+// construction: a hidden code can differ where o * tanh(c) * M is within ~2^-24 of a tie); on
+// these inputs every code is equal (measured), which the test asserts.
+std::vector<Agreement> lstm_agreement(bool sequences) {
+  nn::set_random_seed(9);
+  nn::KTensor in = nn::Input({6, 4});
+  nn::KTensor x = (*nn::LSTM(8, {.return_sequences = sequences}))(in);
+  if (sequences) x = (*nn::Flatten())(x);
+  x = (*nn::Dense(3))(x);
+  auto f = nn::Model::create({in}, {x}, "tflite_lstm");
+  // Ranges that follow the data within the few training steps (h on a grid of its own range,
+  // not the initial [-6, 6]): many hidden codes, many rounding boundaries.
+  quant::QuantizeConfig config = quant::QuantizeConfig::preset("w8a8");
+  config.activations.ema_decay = 0.5;
+  quant::IntegerModel im = integer_model(*f, Shape{-1, 6, 4}, 3, config, 10);
+  int h = -1;
+  for (const auto& op : im.ops)
+    if (op.op == "qlstm") h = op.output;
+  EXPECT_GE(h, 0);
+  return check_in_tflite(im, Shape{-1, 6, 4}, {h}, "tflite_lstm", true,
+                         {.lstm_hidden_multiplier_f32 = true});
+}
+
+TEST(TfliteExport, LstmAgreesInTfliteInterpreter) {
+  for (bool sequences : {false, true}) {
+    const auto ag = lstm_agreement(sequences);
+    ASSERT_EQ(ag.size(), 2u);
+    for (size_t i = 0; i < ag.size(); ++i) {
+      EXPECT_EQ(ag[i].equal, ag[i].total) << (i == 0 ? "output" : "lstm") << " " << sequences;
+      std::printf("[tflite lstm%s] %s: %lld / %lld codes equal\n", sequences ? " sequences" : "",
+                  i == 0 ? "output" : "lstm", static_cast<long long>(ag[i].equal),
+                  static_cast<long long>(ag[i].total));
+    }
+  }
+}
+
 nn::ModelPtr mlp() {
   nn::KTensor in = nn::Input({20});
   nn::KTensor x = (*nn::Dense(32, {.activation = "relu"}))(in);
@@ -340,7 +378,20 @@ TEST(TfliteExport, RefusesWhatTfliteCannotComputeExactly) {
     auto f = nn::Model::create({in}, {x}, "tflite_lstm");
     quant::IntegerModel im =
         integer_model(*f, Shape{-1, 6, 4}, 3, quant::QuantizeConfig::preset("w8a8"), 4);
+    // TFLite's hidden multiplier is an f32 rounding of lowbit's: refused unless accepted.
     expect_throws_with<UnsupportedError>([&] { tflite::to_tflite(im, {}); }, "op 'qlstm'");
+    expect_throws_with<UnsupportedError>([&] { tflite::to_tflite(im, {}); },
+                                         "lstm_hidden_multiplier_f32");
+    EXPECT_NO_THROW(tflite::to_tflite(im, {.lstm_hidden_multiplier_f32 = true}));
+  }
+  {
+    nn::KTensor in = nn::Input({6, 4});
+    nn::KTensor x = (*nn::GRU(8))(in);
+    x = (*nn::Dense(3))(x);
+    auto f = nn::Model::create({in}, {x}, "tflite_gru");
+    quant::IntegerModel im =
+        integer_model(*f, Shape{-1, 6, 4}, 3, quant::QuantizeConfig::preset("w8a8"), 4);
+    expect_throws_with<UnsupportedError>([&] { tflite::to_tflite(im, {}); }, "no GRU builtin");
   }
   {
     nn::KTensor in = nn::Input({8, 8, 2});

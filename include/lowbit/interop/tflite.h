@@ -54,6 +54,11 @@ struct TfliteExportOptions {
   // model's ops must round so (use_target_rounding sets them).
   quant::Rounding rounding = quant::Rounding::kDouble;
   quant::Rounding gemm_rounding = quant::Rounding::kSingle;
+  // Write a qlstm although TFLite derives its hidden-state multiplier otherwise than lowbit
+  // (the f32 2^-15 / s * 2^-15 against lowbit's f64 2^-30 / s_h: equal to 24 bits, so a hidden
+  // code can differ where o * tanh(c) * M lies that close to a rounding tie; the exporter
+  // picks the f32 scale s nearest lowbit's multiplier). Off: such an LSTM is refused.
+  bool lstm_hidden_multiplier_f32 = false;
   // The model's description field.
   std::string description = "lowbit integer model";
 };
