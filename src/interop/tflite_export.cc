@@ -335,8 +335,8 @@ class Exporter {
                        "clamps to [-128, 127]; use 8-bit activations");
       return emit(fbs::BuiltinOperator::QUANTIZE, 1, {tensor_of(in_i)}, {tensor_of(op.output)});
     }
-    // requantize: TFLite's QUANTIZE int8 -> int8, clamp(MBQM(q - zp_in, s_in / s_out) + zp_out),
-    // double rounding; lowbit's with its own rounding and clamp. Both on all 256 codes.
+    // requantize: lowbit's clamp(MBQM(q - zp_in, s_in / s_out) + zp_out) with its own rounding
+    // and clamp, written in a TFLite form that gives the same code for all 256 input codes.
     const float s_in = static_cast<float>(op.attrs.f("input_scale"));
     const float s_out = static_cast<float>(op.attrs.f("output_scale"));
     const int32_t zp_in = static_cast<int32_t>(op.attrs.i("input_zero_point"));
@@ -346,22 +346,114 @@ class Exporter {
     const double m = static_cast<double>(s_in) / static_cast<double>(s_out);
     const Rounding r = rounding_of(op);
     const QuantizedMultiplier ml = quant::quantize_multiplier(m, r);
-    const QuantizedMultiplier mt = quant::quantize_multiplier(m, o_.rounding);
-    for (int32_t q = -128; q <= 127; ++q) {
-      const int32_t a =
-          std::clamp(quant::multiply_by_quantized_multiplier(q - zp_in, ml, r) + zp_out, lo, hi);
-      const int32_t b = std::clamp(
-          quant::multiply_by_quantized_multiplier(q - zp_in, mt, o_.rounding) + zp_out, -128, 127);
-      if (a != b)
-        refuse(op, "TFLite's int8 QUANTIZE (requantize, s_in/s_out = " + str(m) + ", " +
-                       (o_.rounding == Rounding::kSingle ? "single" : "double") +
-                       " rounding, clamp [-128, 127]) maps code " + std::to_string(q) + " to " +
-                       std::to_string(b) + " where lowbit's requantize (" +
-                       (r == Rounding::kSingle ? "single" : "double") + " rounding, clamp [" +
-                       std::to_string(lo) + ", " + std::to_string(hi) + "]) gives " +
-                       std::to_string(a));
+    auto ours = [&](int32_t q) {
+      return std::clamp(quant::multiply_by_quantized_multiplier(q - zp_in, ml, r) + zp_out, lo, hi);
+    };
+    const std::optional<RequantForm> f =
+        find_requant(s_in, s_out, zp_out, [&](const RequantForm& g) {
+          for (int32_t q = -128; q <= 127; ++q)
+            if (g.apply(q, zp_in, zp_out) != ours(q)) return false;
+          return true;
+        });
+    if (!f)
+      refuse(op, "no TFLite form gives its codes on all 256 inputs (s_in/s_out = " + str(m) + ", " +
+                     (r == Rounding::kSingle ? "single" : "double") + " rounding, clamp [" +
+                     std::to_string(lo) + ", " + std::to_string(hi) +
+                     "]): neither QUANTIZE int8 -> int8 nor a 1x1 DEPTHWISE_CONV_2D of weight "
+                     "k = 1..127");
+    emit_requant(*f, tensor_of(in_i), x, y, op.output, y.name);
+  }
+
+  // An int8 -> int8 requantization as TFLite computes it: QUANTIZE (k = 1, M = s_in / s_out,
+  // clamp [-128, 127], rounding options.rounding), or a 1x1 DEPTHWISE_CONV_2D with every
+  // weight k at scale s_w, bias 0 (M = s_in s_w / s_out, a fused activation's clamp). With
+  // options.weights_at_run_time (verification) the depthwise form is preferred: XNNPACK takes
+  // QUANTIZE int8 -> int8 and requantizes with an 8-bit multiplier (measured in the wasm
+  // interpreter: s_in/s_out = 0.9544 computed as 244/256).
+  struct RequantForm {
+    bool depthwise = false;
+    int32_t k = 1;
+    float s_w = 1.0f;
+    FusedActivation act = FusedActivation::kNone;
+    QuantizedMultiplier m;
+    QuantRange clamp{-128, 127};
+    Rounding rounding = Rounding::kDouble;
+    int32_t apply(int32_t q, int32_t zp_in, int32_t zp_out) const {
+      return std::clamp(
+          quant::multiply_by_quantized_multiplier(k * (q - zp_in), m, rounding) + zp_out, clamp.min,
+          clamp.max);
     }
-    emit(fbs::BuiltinOperator::QUANTIZE, 2, {tensor_of(in_i)}, {tensor_of(op.output)});
+  };
+
+  template <class Pred>
+  std::optional<RequantForm> find_requant(float s_in, float s_out, int32_t zp_out,
+                                          Pred&& exact) const {
+    RequantForm qz;
+    qz.m = quant::quantize_multiplier(static_cast<double>(s_in) / static_cast<double>(s_out),
+                                      o_.rounding);
+    qz.rounding = o_.rounding;
+    const bool quantize_ok = qz.m.shift <= 30 && exact(qz);
+    if (quantize_ok && !o_.weights_at_run_time) return qz;
+    for (int32_t k = 1; k <= 127; ++k) {
+      const float sw = static_cast<float>(1.0 / k);
+      for (float sv : {sw, std::nextafter(sw, 0.0f), std::nextafter(sw, 1.0f)}) {
+        RequantForm g;
+        g.depthwise = true;
+        g.k = k;
+        g.s_w = sv;
+        g.rounding = o_.rounding;
+        g.m = quant::quantize_multiplier(quant::conv_effective_multiplier(s_in, sv, s_out, false),
+                                         o_.rounding);
+        if (g.m.shift > 30) continue;
+        for (FusedActivation a : {FusedActivation::kNone, FusedActivation::kRelu,
+                                  FusedActivation::kRelu6, FusedActivation::kReluN1To1}) {
+          g.act = a;
+          g.clamp = quant::activation_range(s_out, zp_out, a, DType::kS8);
+          if (exact(g)) return g;
+        }
+      }
+    }
+    if (quantize_ok) return qz;
+    return std::nullopt;
+  }
+
+  // Writes `f` from TFLite tensor `src` (int8, on lowbit tensor `x`'s grid and y's shape) to
+  // lowbit tensor `dst` (y).
+  void emit_requant(const RequantForm& f, int src, const IntegerTensor& x, const IntegerTensor& y,
+                    int dst, const std::string& name) {
+    const float s_in = static_cast<float>(x.scale.at(0));
+    if (!f.depthwise) return emit(fbs::BuiltinOperator::QUANTIZE, 2, {src}, {tensor_of(dst)});
+    const std::vector<int32_t> shape = activation_shape(y.shape);
+    const int32_t c = shape.back();
+    int32_t rows = 1;
+    for (size_t i = 1; i + 1 < shape.size(); ++i) rows *= shape[i];
+    const bool nhwc = shape.size() == 4;
+    const int x4 = nhwc ? src : reshape_to(src, x, name + "/in_as_nhwc", {shape[0], 1, rows, c});
+    const std::vector<int8_t> w(static_cast<size_t>(c), static_cast<int8_t>(f.k));
+    const std::vector<double> scales(static_cast<size_t>(c), f.s_w);
+    const std::vector<int32_t> zeros(static_cast<size_t>(c), 0);
+    const int wi = weights(name + "/requant_weights", fbs::TensorType::INT8, {1, 1, 1, c}, w.data(),
+                           w.size(), scales, zeros, 3);
+    const std::vector<int32_t> bias(static_cast<size_t>(c), 0);
+    const std::vector<double> bs(static_cast<size_t>(c), static_cast<double>(s_in * f.s_w));
+    const int bi = const_tensor(name + "/requant_bias", fbs::TensorType::INT32, {c}, bias.data(),
+                                bias.size() * sizeof(int32_t), bs, zeros, 0);
+    const int y4 =
+        nhwc ? tensor_of(dst) : activation_like(y, name + "/as_nhwc", {shape[0], 1, rows, c});
+    auto opt =
+        fbs::CreateDepthwiseConv2DOptions(b_, fbs::Padding::VALID, 1, 1, 1, to_fb(f.act), 1, 1);
+    emit(fbs::BuiltinOperator::DEPTHWISE_CONV_2D, 3, {x4, wi, bi}, {y4},
+         fbs::BuiltinOptions::DepthwiseConv2DOptions, opt.Union());
+    if (!nhwc) {
+      std::vector<int32_t> target = shape;
+      target[0] = -1;
+      const int st = const_tensor(name + "/shape", fbs::TensorType::INT32,
+                                  {static_cast<int32_t>(target.size())}, target.data(),
+                                  target.size() * sizeof(int32_t));
+      emit(fbs::BuiltinOperator::RESHAPE, 1, {y4, st}, {tensor_of(dst)},
+           fbs::BuiltinOptions::ReshapeOptions,
+           fbs::CreateReshapeOptions(b_, b_.CreateVector(target)).Union());
+    }
   }
 
   struct Window {
@@ -617,21 +709,22 @@ class Exporter {
                     fbs::BuiltinOptions::Pool2DOptions, pool_opt());
       why = "AVERAGE_POOL_2D on the same grid rounds the mean differently";
     }
-    // (1) AVERAGE_POOL_2D on the input's grid, then QUANTIZE (int8 -> int8) to the output's:
-    //     two roundings, written where they give lowbit's one on every reachable sum.
-    const QuantizedMultiplier mq = quant::quantize_multiplier(m, o_.rounding);
-    if (for_each_sum([&](int32_t sum, int32_t n) {
-          const int32_t mean = std::clamp(quant::average_pool_mean(sum, n), -128, 127);
-          const int32_t q = std::clamp(
-              quant::multiply_by_quantized_multiplier(mean - zp_in, mq, o_.rounding) + zp_out, -128,
-              127);
-          return q == ours(sum, n);
-        })) {
+    // (1) AVERAGE_POOL_2D on the input's grid, then a requantization to the output's
+    //     (find_requant: QUANTIZE or a 1x1 DEPTHWISE_CONV_2D): two roundings, written where
+    //     they give lowbit's one on every reachable sum.
+    const std::optional<RequantForm> f2 =
+        find_requant(s_in, s_out, zp_out, [&](const RequantForm& g) {
+          return for_each_sum([&](int32_t sum, int32_t n) {
+            const int32_t mean = std::clamp(quant::average_pool_mean(sum, n), -128, 127);
+            return g.apply(mean, zp_in, zp_out) == ours(sum, n);
+          });
+        });
+    if (f2) {
       const int mid = add_tensor(y.name + "/mean", fbs::TensorType::INT8, activation_shape(y.shape),
                                  0, x.scale, x.zero_point, 0, true);
       emit(fbs::BuiltinOperator::AVERAGE_POOL_2D, 2, {in}, {mid},
            fbs::BuiltinOptions::Pool2DOptions, pool_opt());
-      return emit(fbs::BuiltinOperator::QUANTIZE, 2, {mid}, {tensor_of(op.output)});
+      return emit_requant(*f2, mid, x, y, op.output, y.name);
     }
     // (2) Without padding (every window n = kh * kw taps): a DEPTHWISE_CONV_2D whose weights
     //     are all k with scale s_w ~ 1 / (n k) (per channel, bias 0): TFLite computes
@@ -782,14 +875,11 @@ class Exporter {
   // (spec 3.7, which follows TFLite's integer LSTM): the same zero-point folding, int16 gate
   // sums saturated after each partial sum, gemmlowp's int16 logistic/tanh, cell products
   // rounded by RDPOT, MBQM with double rounding. The one quantity derived otherwise is the
-  // hidden multiplier (below). Sequences out; the last step by a GATHER otherwise.
+  // hidden multiplier (below). Sequences out; the last step by a GATHER otherwise; go_backwards
+  // and reverse_output by REVERSE_V2 in time.
   void lstm(const IntegerOp& op) {
     if (op.inputs.size() != 4)
       refuse(op, "it reads a timestep mask; TFLite's LSTM has no masking of time steps");
-    if (op.attrs.b("go_backwards", false))
-      refuse(op,
-             "go_backwards (a backward or Bidirectional LSTM) is not written (TFLite would "
-             "need a REVERSE_V2 around the LSTM)");
     if (o_.rounding != Rounding::kDouble)
       refuse(op,
              "lowbit's qlstm rounds its multipliers twice; the target's own kernels "
@@ -854,7 +944,21 @@ class Exporter {
     const int8_t* px = wx.data.data<int8_t>();
     const int8_t* ph = wh.data.data<int8_t>();
     std::vector<int32_t> in(24, -1);
+    // go_backwards: the LSTM reads x reversed in time (a REVERSE_V2 on axis 1); its output
+    // sequence is in processing order, reversed back with reverse_output (Bidirectional).
+    const bool backwards = op.attrs.b("go_backwards", false);
+    const int32_t time_axis = 1;
+    auto reverse = [&](int src, const IntegerTensor& like, const std::string& name,
+                       const std::vector<int32_t>& shape, int dst) {
+      const int ax =
+          const_tensor(name + "/axis", fbs::TensorType::INT32, {1}, &time_axis, sizeof(time_axis));
+      if (dst < 0) dst = activation_like(like, name, shape);
+      emit(fbs::BuiltinOperator::REVERSE_V2, 2, {src, ax}, {dst},
+           fbs::BuiltinOptions::ReverseV2Options, fbs::CreateReverseV2Options(b_).Union());
+      return dst;
+    };
     in[0] = tensor_of(op.inputs[0]);
+    if (backwards) in[0] = reverse(in[0], x, x.name + "/reversed", activation_shape(x.shape), -1);
     for (int g = 0; g < 4; ++g) {
       std::vector<int8_t> a(static_cast<size_t>(u * d)), r(static_cast<size_t>(u * u));
       for (int64_t j = 0; j < u; ++j) {
@@ -890,15 +994,19 @@ class Exporter {
     inter.push_back(
         add_tensor(y.name + "/hidden", fbs::TensorType::INT8, {}, 0, {s4}, {-zp_h}, 0, false));
     const bool sequences = op.attrs.b("return_sequences", false);
-    const int seq = sequences ? tensor_of(op.output)
-                              : add_tensor(y.name + "/sequence", fbs::TensorType::INT8,
-                                           {B, static_cast<int32_t>(steps), U}, 0, y.scale,
-                                           y.zero_point, 0, true);
+    const bool reverse_output = op.attrs.b("reverse_output", false);
+    const std::vector<int32_t> seq_shape{B, static_cast<int32_t>(steps), U};
+    const int seq = sequences && !reverse_output
+                        ? tensor_of(op.output)
+                        : activation_like(y, y.name + "/sequence", seq_shape);
     auto opt = fbs::CreateUnidirectionalSequenceLSTMOptions(b_, fbs::ActivationFunctionType::TANH,
                                                             0.0f, 0.0f, false, false);
     emit(fbs::BuiltinOperator::UNIDIRECTIONAL_SEQUENCE_LSTM, 1, in, {seq},
          fbs::BuiltinOptions::UnidirectionalSequenceLSTMOptions, opt.Union(), inter);
-    if (sequences) return;
+    if (sequences) {
+      if (reverse_output) reverse(seq, y, y.name + "/unreversed", seq_shape, tensor_of(op.output));
+      return;
+    }
     const int32_t last = static_cast<int32_t>(steps - 1);
     const int idx =
         const_tensor(y.name + "/last_step", fbs::TensorType::INT32, {}, &last, sizeof(last));

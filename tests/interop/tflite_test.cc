@@ -260,11 +260,18 @@ TEST(TfliteExport, RequantizingAveragePoolsAreBitExact) {
 // (TFLite's hidden multiplier is an f32 rounding of lowbit's, so equality is not guaranteed by
 // construction: a hidden code can differ where o * tanh(c) * M is within ~2^-24 of a tie); on
 // these inputs every code is equal (measured), which the test asserts.
-std::vector<Agreement> lstm_agreement(bool sequences) {
+enum class Rnn { kLast, kSequences, kBackwards, kBidirectional };
+
+std::vector<Agreement> lstm_agreement(Rnn kind, std::vector<std::string>* names) {
   nn::set_random_seed(9);
   nn::KTensor in = nn::Input({6, 4});
-  nn::KTensor x = (*nn::LSTM(8, {.return_sequences = sequences}))(in);
-  if (sequences) x = (*nn::Flatten())(x);
+  nn::KTensor x;
+  if (kind == Rnn::kBidirectional)
+    x = (*nn::Bidirectional(nn::LSTM(8, {.return_sequences = true})))(in);
+  else
+    x = (*nn::LSTM(8, {.return_sequences = kind == Rnn::kSequences,
+                       .go_backwards = kind == Rnn::kBackwards}))(in);
+  if (kind == Rnn::kSequences || kind == Rnn::kBidirectional) x = (*nn::Flatten())(x);
   x = (*nn::Dense(3))(x);
   auto f = nn::Model::create({in}, {x}, "tflite_lstm");
   // Ranges that follow the data within the few training steps (h on a grid of its own range,
@@ -272,22 +279,29 @@ std::vector<Agreement> lstm_agreement(bool sequences) {
   quant::QuantizeConfig config = quant::QuantizeConfig::preset("w8a8");
   config.activations.ema_decay = 0.5;
   quant::IntegerModel im = integer_model(*f, Shape{-1, 6, 4}, 3, config, 10);
-  int h = -1;
+  // Every int8 tensor (the LSTM outputs; the Bidirectional's requantized halves and concat).
+  std::vector<int> extra;
+  names->assign(1, "output");
   for (const auto& op : im.ops)
-    if (op.op == "qlstm") h = op.output;
-  EXPECT_GE(h, 0);
-  return check_in_tflite(im, Shape{-1, 6, 4}, {h}, "tflite_lstm", true,
+    if (im.tensors[op.output].dtype == DType::kS8 && op.output != output_codes_tensor(im) &&
+        op.op != "quantize") {
+      extra.push_back(op.output);
+      names->push_back(op.op + " " + im.tensors[op.output].name);
+    }
+  return check_in_tflite(im, Shape{-1, 6, 4}, extra, "tflite_lstm", true,
                          {.lstm_hidden_multiplier_f32 = true});
 }
 
 TEST(TfliteExport, LstmAgreesInTfliteInterpreter) {
-  for (bool sequences : {false, true}) {
-    const auto ag = lstm_agreement(sequences);
-    ASSERT_EQ(ag.size(), 2u);
+  const char* names[] = {"last step", "sequences", "go_backwards", "bidirectional"};
+  for (Rnn kind : {Rnn::kLast, Rnn::kSequences, Rnn::kBackwards, Rnn::kBidirectional}) {
+    std::vector<std::string> tensors;
+    const auto ag = lstm_agreement(kind, &tensors);
+    ASSERT_EQ(ag.size(), tensors.size());
     for (size_t i = 0; i < ag.size(); ++i) {
-      EXPECT_EQ(ag[i].equal, ag[i].total) << (i == 0 ? "output" : "lstm") << " " << sequences;
-      std::printf("[tflite lstm%s] %s: %lld / %lld codes equal\n", sequences ? " sequences" : "",
-                  i == 0 ? "output" : "lstm", static_cast<long long>(ag[i].equal),
+      EXPECT_EQ(ag[i].equal, ag[i].total) << names[static_cast<int>(kind)] << " " << tensors[i];
+      std::printf("[tflite lstm %s] %s: %lld / %lld codes equal\n", names[static_cast<int>(kind)],
+                  tensors[i].c_str(), static_cast<long long>(ag[i].equal),
                   static_cast<long long>(ag[i].total));
     }
   }
