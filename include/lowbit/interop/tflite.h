@@ -39,8 +39,11 @@ struct TfliteExportOptions {
   // Feed every filter through a RESHAPE to its own shape (the same codes, no longer a constant
   // tensor), so that delegates wanting constant filters (XNNPACK, which TFLite applies by default
   // in many builds and which requantizes int8 in f32, not bit-exact with TFLite's reference
-  // kernels) leave conv / dense to TFLite's builtin int8 kernels. For verification; off for
-  // deployment.
+  // kernels) leave conv / dense to TFLite's builtin int8 kernels; and write an int8
+  // requantization as a 1x1 DEPTHWISE_CONV_2D (so fed) where one is exact, since XNNPACK also
+  // takes QUANTIZE int8 -> int8 (with an 8-bit multiplier). For verification; off for
+  // deployment. (The LSTM's weights stay constants: TFLite's integer LSTM needs them at
+  // prepare time, and XNNPACK does not take it.)
   bool weights_at_run_time = false;
   // How the target TFLite build rounds its output multipliers, per kernel (both measured in
   // @tensorflow/tfjs-tflite's wasm interpreter: docs/interop-tflite.md):
@@ -64,14 +67,15 @@ struct TfliteExportOptions {
 };
 
 // The .tflite flatbuffer bytes of `model`. UnsupportedError (naming the op, the tensor and why)
-// for what TFLite cannot compute exactly as lowbit does: the uint8 scheme, qlstm / qgru /
-// timestep_mask, a grouped conv other than depthwise, explicit padding, a clamp narrower than
-// TFLite's fused activations give (a low-bit activation grid), a multiplier TFLite derives
-// differently, an op rounding otherwise than its target kernel (use_target_rounding), a
-// requantizing average pool none of TFLite's forms computes exactly (AVERAGE_POOL_2D +
-// QUANTIZE, or without padding a DEPTHWISE_CONV_2D of equal weights; docs/interop-tflite.md),
-// a softmax or nonlinearity on parameters other than TFLite's fixed ones. ValueError for bad
-// options.
+// for what TFLite cannot compute exactly as lowbit does: the uint8 scheme, qgru (no TFLite
+// builtin), timestep_mask and a masked qlstm, a qlstm whose hidden multiplier TFLite derives
+// otherwise (unless options.lstm_hidden_multiplier_f32), a grouped conv other than depthwise,
+// explicit padding, a clamp narrower than TFLite's fused activations give (a low-bit activation
+// grid), a multiplier TFLite derives differently, an op rounding otherwise than its target kernel
+// (use_target_rounding), a requantize or requantizing average pool none of TFLite's forms computes
+// exactly (QUANTIZE or a 1x1 DEPTHWISE_CONV_2D, after an AVERAGE_POOL_2D; or without padding a
+// DEPTHWISE_CONV_2D of equal weights; docs/interop-tflite.md), a softmax or nonlinearity on
+// parameters other than TFLite's fixed ones. ValueError for bad options.
 std::string to_tflite(const quant::IntegerModel& model, const TfliteExportOptions& options = {});
 
 // Sets the rounding of each conv / dense / add op of `model` to the one its TFLite kernel uses
