@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -231,9 +232,10 @@ class Exporter {
 
   void emit(fbs::BuiltinOperator code, int version, const std::vector<int32_t>& in,
             const std::vector<int32_t>& out, fbs::BuiltinOptions type = fbs::BuiltinOptions::NONE,
-            flatbuffers::Offset<void> options = 0) {
-    operators_.push_back(fbs::CreateOperator(b_, opcode(code, version), b_.CreateVector(in),
-                                             b_.CreateVector(out), type, options));
+            flatbuffers::Offset<void> options = 0, const std::vector<int32_t>& intermediates = {}) {
+    operators_.push_back(fbs::CreateOperator(
+        b_, opcode(code, version), b_.CreateVector(in), b_.CreateVector(out), type, options,
+        intermediates.empty() ? 0 : b_.CreateVector(intermediates)));
   }
 
   // ---- exactness checks -------------------------------------------------------------------
@@ -242,16 +244,21 @@ class Exporter {
     return op.attrs.s("rounding", "double") == "single" ? Rounding::kSingle : Rounding::kDouble;
   }
 
-  // The rounding of the target TFLite build (options.rounding) must be the op's.
-  void require_double_rounding(const IntegerOp& op) const {
-    if (rounding_of(op) != o_.rounding)
-      refuse(op, std::string("it rounds its output stage ") +
-                     (rounding_of(op) == Rounding::kSingle ? "once" : "twice") +
-                     " (ConvertOptions::rounding), the target TFLite build (options.rounding) " +
-                     (o_.rounding == Rounding::kSingle ? "once (TFLITE_SINGLE_ROUNDING)"
-                                                       : "twice (gemmlowp, the default build)") +
-                     ", so its codes would differ: convert with ConvertOptions::rounding = "
-                     "options.rounding (Rounding::kDouble for the default build)");
+  // The rounding of the target TFLite kernel for `op` (options.gemm_rounding for CONV_2D and
+  // FULLY_CONNECTED, options.rounding for TFLite's own kernels) must be the op's.
+  void require_rounding(const IntegerOp& op, bool gemm) const {
+    const Rounding want = gemm ? o_.gemm_rounding : o_.rounding;
+    if (rounding_of(op) == want) return;
+    auto times = [](Rounding r) { return r == Rounding::kSingle ? "once" : "twice"; };
+    refuse(op, std::string("it rounds its output stage ") + times(rounding_of(op)) +
+                   ", the target TFLite build's " +
+                   (gemm ? "CONV_2D / FULLY_CONNECTED kernels (options.gemm_rounding)"
+                         : "own int8 kernels (options.rounding)") +
+                   " " + times(want) +
+                   ", so its codes would differ: call tflite::use_target_rounding(model, "
+                   "options) before running or exporting it, or convert with "
+                   "ConvertOptions::rounding = Rounding::" +
+                   (want == Rounding::kSingle ? "kSingle" : "kDouble"));
   }
 
   // The fused activation whose TFLite clamp on the output's (scale, zero point) equals lowbit's
@@ -306,11 +313,11 @@ class Exporter {
       return emit(fbs::BuiltinOperator::CAST, 1, {tensor_of(op.inputs.at(0))},
                   {tensor_of(op.output)});
     }
-    if (k == "qlstm" || k == "qgru")
-      refuse(op, "the integer " + std::string(k == "qlstm" ? "LSTM" : "GRU") +
-                     " is not exported to TFLite yet (UNIDIRECTIONAL_SEQUENCE_LSTM's int8 form "
-                     "needs its 20-odd tensors and intermediate scales mapped; TFLite has no "
-                     "GRU builtin)");
+    if (k == "qlstm") return lstm(op);
+    if (k == "qgru")
+      refuse(op,
+             "TFLite has no GRU builtin (its integer recurrent kernel is "
+             "UNIDIRECTIONAL_SEQUENCE_LSTM only)");
     if (k == "timestep_mask") refuse(op, "TFLite has no masking of time steps");
     refuse(op, "no TFLite form for this op");
   }
@@ -328,8 +335,8 @@ class Exporter {
                        "clamps to [-128, 127]; use 8-bit activations");
       return emit(fbs::BuiltinOperator::QUANTIZE, 1, {tensor_of(in_i)}, {tensor_of(op.output)});
     }
-    // requantize: TFLite's QUANTIZE int8 -> int8, clamp(MBQM(q - zp_in, s_in / s_out) + zp_out),
-    // double rounding; lowbit's with its own rounding and clamp. Both on all 256 codes.
+    // requantize: lowbit's clamp(MBQM(q - zp_in, s_in / s_out) + zp_out) with its own rounding
+    // and clamp, written in a TFLite form that gives the same code for all 256 input codes.
     const float s_in = static_cast<float>(op.attrs.f("input_scale"));
     const float s_out = static_cast<float>(op.attrs.f("output_scale"));
     const int32_t zp_in = static_cast<int32_t>(op.attrs.i("input_zero_point"));
@@ -339,22 +346,114 @@ class Exporter {
     const double m = static_cast<double>(s_in) / static_cast<double>(s_out);
     const Rounding r = rounding_of(op);
     const QuantizedMultiplier ml = quant::quantize_multiplier(m, r);
-    const QuantizedMultiplier mt = quant::quantize_multiplier(m, o_.rounding);
-    for (int32_t q = -128; q <= 127; ++q) {
-      const int32_t a =
-          std::clamp(quant::multiply_by_quantized_multiplier(q - zp_in, ml, r) + zp_out, lo, hi);
-      const int32_t b = std::clamp(
-          quant::multiply_by_quantized_multiplier(q - zp_in, mt, o_.rounding) + zp_out, -128, 127);
-      if (a != b)
-        refuse(op, "TFLite's int8 QUANTIZE (requantize, s_in/s_out = " + str(m) + ", " +
-                       (o_.rounding == Rounding::kSingle ? "single" : "double") +
-                       " rounding, clamp [-128, 127]) maps code " + std::to_string(q) + " to " +
-                       std::to_string(b) + " where lowbit's requantize (" +
-                       (r == Rounding::kSingle ? "single" : "double") + " rounding, clamp [" +
-                       std::to_string(lo) + ", " + std::to_string(hi) + "]) gives " +
-                       std::to_string(a));
+    auto ours = [&](int32_t q) {
+      return std::clamp(quant::multiply_by_quantized_multiplier(q - zp_in, ml, r) + zp_out, lo, hi);
+    };
+    const std::optional<RequantForm> f =
+        find_requant(s_in, s_out, zp_out, [&](const RequantForm& g) {
+          for (int32_t q = -128; q <= 127; ++q)
+            if (g.apply(q, zp_in, zp_out) != ours(q)) return false;
+          return true;
+        });
+    if (!f)
+      refuse(op, "no TFLite form gives its codes on all 256 inputs (s_in/s_out = " + str(m) + ", " +
+                     (r == Rounding::kSingle ? "single" : "double") + " rounding, clamp [" +
+                     std::to_string(lo) + ", " + std::to_string(hi) +
+                     "]): neither QUANTIZE int8 -> int8 nor a 1x1 DEPTHWISE_CONV_2D of weight "
+                     "k = 1..127");
+    emit_requant(*f, tensor_of(in_i), x, y, op.output, y.name);
+  }
+
+  // An int8 -> int8 requantization as TFLite computes it: QUANTIZE (k = 1, M = s_in / s_out,
+  // clamp [-128, 127], rounding options.rounding), or a 1x1 DEPTHWISE_CONV_2D with every
+  // weight k at scale s_w, bias 0 (M = s_in s_w / s_out, a fused activation's clamp). With
+  // options.weights_at_run_time (verification) the depthwise form is preferred: XNNPACK takes
+  // QUANTIZE int8 -> int8 and requantizes with an 8-bit multiplier (measured in the wasm
+  // interpreter: s_in/s_out = 0.9544 computed as 244/256).
+  struct RequantForm {
+    bool depthwise = false;
+    int32_t k = 1;
+    float s_w = 1.0f;
+    FusedActivation act = FusedActivation::kNone;
+    QuantizedMultiplier m;
+    QuantRange clamp{-128, 127};
+    Rounding rounding = Rounding::kDouble;
+    int32_t apply(int32_t q, int32_t zp_in, int32_t zp_out) const {
+      return std::clamp(
+          quant::multiply_by_quantized_multiplier(k * (q - zp_in), m, rounding) + zp_out, clamp.min,
+          clamp.max);
     }
-    emit(fbs::BuiltinOperator::QUANTIZE, 2, {tensor_of(in_i)}, {tensor_of(op.output)});
+  };
+
+  template <class Pred>
+  std::optional<RequantForm> find_requant(float s_in, float s_out, int32_t zp_out,
+                                          Pred&& exact) const {
+    RequantForm qz;
+    qz.m = quant::quantize_multiplier(static_cast<double>(s_in) / static_cast<double>(s_out),
+                                      o_.rounding);
+    qz.rounding = o_.rounding;
+    const bool quantize_ok = qz.m.shift <= 30 && exact(qz);
+    if (quantize_ok && !o_.weights_at_run_time) return qz;
+    for (int32_t k = 1; k <= 127; ++k) {
+      const float sw = static_cast<float>(1.0 / k);
+      for (float sv : {sw, std::nextafter(sw, 0.0f), std::nextafter(sw, 1.0f)}) {
+        RequantForm g;
+        g.depthwise = true;
+        g.k = k;
+        g.s_w = sv;
+        g.rounding = o_.rounding;
+        g.m = quant::quantize_multiplier(quant::conv_effective_multiplier(s_in, sv, s_out, false),
+                                         o_.rounding);
+        if (g.m.shift > 30) continue;
+        for (FusedActivation a : {FusedActivation::kNone, FusedActivation::kRelu,
+                                  FusedActivation::kRelu6, FusedActivation::kReluN1To1}) {
+          g.act = a;
+          g.clamp = quant::activation_range(s_out, zp_out, a, DType::kS8);
+          if (exact(g)) return g;
+        }
+      }
+    }
+    if (quantize_ok) return qz;
+    return std::nullopt;
+  }
+
+  // Writes `f` from TFLite tensor `src` (int8, on lowbit tensor `x`'s grid and y's shape) to
+  // lowbit tensor `dst` (y).
+  void emit_requant(const RequantForm& f, int src, const IntegerTensor& x, const IntegerTensor& y,
+                    int dst, const std::string& name) {
+    const float s_in = static_cast<float>(x.scale.at(0));
+    if (!f.depthwise) return emit(fbs::BuiltinOperator::QUANTIZE, 2, {src}, {tensor_of(dst)});
+    const std::vector<int32_t> shape = activation_shape(y.shape);
+    const int32_t c = shape.back();
+    int32_t rows = 1;
+    for (size_t i = 1; i + 1 < shape.size(); ++i) rows *= shape[i];
+    const bool nhwc = shape.size() == 4;
+    const int x4 = nhwc ? src : reshape_to(src, x, name + "/in_as_nhwc", {shape[0], 1, rows, c});
+    const std::vector<int8_t> w(static_cast<size_t>(c), static_cast<int8_t>(f.k));
+    const std::vector<double> scales(static_cast<size_t>(c), f.s_w);
+    const std::vector<int32_t> zeros(static_cast<size_t>(c), 0);
+    const int wi = weights(name + "/requant_weights", fbs::TensorType::INT8, {1, 1, 1, c}, w.data(),
+                           w.size(), scales, zeros, 3);
+    const std::vector<int32_t> bias(static_cast<size_t>(c), 0);
+    const std::vector<double> bs(static_cast<size_t>(c), static_cast<double>(s_in * f.s_w));
+    const int bi = const_tensor(name + "/requant_bias", fbs::TensorType::INT32, {c}, bias.data(),
+                                bias.size() * sizeof(int32_t), bs, zeros, 0);
+    const int y4 =
+        nhwc ? tensor_of(dst) : activation_like(y, name + "/as_nhwc", {shape[0], 1, rows, c});
+    auto opt =
+        fbs::CreateDepthwiseConv2DOptions(b_, fbs::Padding::VALID, 1, 1, 1, to_fb(f.act), 1, 1);
+    emit(fbs::BuiltinOperator::DEPTHWISE_CONV_2D, 3, {x4, wi, bi}, {y4},
+         fbs::BuiltinOptions::DepthwiseConv2DOptions, opt.Union());
+    if (!nhwc) {
+      std::vector<int32_t> target = shape;
+      target[0] = -1;
+      const int st = const_tensor(name + "/shape", fbs::TensorType::INT32,
+                                  {static_cast<int32_t>(target.size())}, target.data(),
+                                  target.size() * sizeof(int32_t));
+      emit(fbs::BuiltinOperator::RESHAPE, 1, {y4, st}, {tensor_of(dst)},
+           fbs::BuiltinOptions::ReshapeOptions,
+           fbs::CreateReshapeOptions(b_, b_.CreateVector(target)).Union());
+    }
   }
 
   struct Window {
@@ -383,15 +482,16 @@ class Exporter {
   // FULLY_CONNECTED, which multiplies the two scales in f32 first) are lowbit's. Returns the
   // first channel where they differ, or -1.
   int64_t multiplier_mismatch(const IntegerOp& op, bool float_product, std::string* detail) const {
+    const Rounding r = rounding_of(op);
     const float s_in = static_cast<float>(op.attrs.f("input_scale"));
     const float s_out = static_cast<float>(op.attrs.f("output_scale"));
     const std::vector<double>& sw = op.attrs.floats("weight_scales");
     for (size_t c = 0; c < sw.size(); ++c) {
       const float w = static_cast<float>(sw[c]);
-      const QuantizedMultiplier ours = quant::quantize_multiplier(
-          quant::conv_effective_multiplier(s_in, w, s_out, false), o_.rounding);
+      const QuantizedMultiplier ours =
+          quant::quantize_multiplier(quant::conv_effective_multiplier(s_in, w, s_out, false), r);
       const QuantizedMultiplier theirs = quant::quantize_multiplier(
-          quant::conv_effective_multiplier(s_in, w, s_out, float_product), o_.rounding);
+          quant::conv_effective_multiplier(s_in, w, s_out, float_product), r);
       if (!(ours == theirs)) {
         std::ostringstream d;
         d << "channel " << c << ": lowbit's multiplier " << ours << ", TFLite's " << theirs;
@@ -411,7 +511,8 @@ class Exporter {
   }
 
   void conv(const IntegerOp& op) {
-    require_double_rounding(op);
+    // CONV_2D goes through TFLite's GEMM (ruy), DEPTHWISE_CONV_2D is TFLite's own kernel.
+    require_rounding(op, op.attrs.i("groups", 1) == 1);
     const IntegerTensor& x = m_.tensors.at(op.inputs.at(0));
     const IntegerTensor& wt = m_.tensors.at(op.inputs.at(1));
     const IntegerTensor& y = m_.tensors.at(op.output);
@@ -483,7 +584,7 @@ class Exporter {
   }
 
   void dense(const IntegerOp& op) {
-    require_double_rounding(op);
+    require_rounding(op, true);
     const IntegerTensor& x = m_.tensors.at(op.inputs.at(0));
     const IntegerTensor& wt = m_.tensors.at(op.inputs.at(1));
     const IntegerTensor& y = m_.tensors.at(op.output);
@@ -566,48 +667,121 @@ class Exporter {
                   2, {in}, {tensor_of(op.output)}, fbs::BuiltinOptions::Pool2DOptions, pool_opt());
     }
     // A requantizing average: lowbit computes MBQM(sum - n * zp_in, s_in / (s_out * n)) + zp_out,
-    // clamped. TFLite writes it exactly in one of two ways, checked on every reachable sum:
-    //   AVERAGE_POOL_2D when input and output share parameters (mean rounded half away);
-    //   else, for a window without padding (every mean over n = kh * kw taps), a
-    //   DEPTHWISE_CONV_2D with all-one weights at scale f32(1 / n).
+    // clamped, rounding once. TFLite writes it in one of three ways, each only where it gives
+    // those codes on every reachable sum (below): AVERAGE_POOL_2D when input and output share
+    // parameters; AVERAGE_POOL_2D then QUANTIZE; a DEPTHWISE_CONV_2D of equal weights.
     const float s_in = static_cast<float>(op.attrs.f("input_scale"));
     const float s_out = static_cast<float>(op.attrs.f("output_scale"));
     const int32_t zp_in = static_cast<int32_t>(op.attrs.i("input_zero_point"));
     const int32_t zp_out = static_cast<int32_t>(op.attrs.i("output_zero_point"));
     const Rounding r = rounding_of(op);
     const double m = static_cast<double>(s_in) / static_cast<double>(s_out);
+    std::vector<QuantizedMultiplier> per_count(static_cast<size_t>(kh * kw) + 1);
+    for (int32_t n = 1; n <= kh * kw; ++n) per_count[n] = quant::quantize_multiplier(m / n, r);
     auto ours = [&](int32_t sum, int32_t n) {
-      const QuantizedMultiplier qm = quant::quantize_multiplier(m / n, r);
-      return std::clamp(quant::multiply_by_quantized_multiplier(sum - n * zp_in, qm, r) + zp_out,
-                        lo, hi);
+      return std::clamp(
+          quant::multiply_by_quantized_multiplier(sum - n * zp_in, per_count[n], r) + zp_out, lo,
+          hi);
     };
+    // Padding: SAME pads where the windows overhang (TFLite's and lowbit's rule); a window
+    // without padding always holds n = kh * kw taps.
     const int64_t h = x.shape[1], wd = x.shape[2];
-    const bool no_padding =
-        w.padding == fbs::Padding::VALID || (kh == 1 && kw == 1) || (kh == h && kw == wd);
+    auto overhang = [&](int64_t in, int64_t k, int64_t s) {
+      if (w.padding == fbs::Padding::VALID) return int64_t{0};
+      const int64_t out = (in + s - 1) / s;
+      return std::max<int64_t>((out - 1) * s + k - in, 0);
+    };
+    const bool no_padding = overhang(h, kh, w.stride_h) == 0 && overhang(wd, kw, w.stride_w) == 0;
+    const int32_t full = kh * kw;
+    // Every reachable (sum of codes, taps n) of a window: a sum of n codes of the input grid.
+    auto for_each_sum = [&](auto&& f) {
+      for (int32_t n = no_padding ? full : 1; n <= full; ++n)
+        for (int32_t sum = x.qmin * n; sum <= x.qmax * n; ++sum)
+          if (!f(sum, n)) return false;
+      return true;
+    };
     std::string why;
     if (same_params(x, y)) {
-      bool exact = true;
-      for (int32_t n = 1; n <= kh * kw && exact; ++n) {
-        if (no_padding && n != kh * kw) continue;
-        for (int32_t sum = -128 * n; sum <= 127 * n && exact; ++sum)
-          exact = ours(sum, n) == std::clamp(quant::average_pool_mean(sum, n), -128, 127);
-      }
-      if (exact)
+      if (for_each_sum([&](int32_t sum, int32_t n) {
+            return ours(sum, n) == std::clamp(quant::average_pool_mean(sum, n), -128, 127);
+          }))
         return emit(fbs::BuiltinOperator::AVERAGE_POOL_2D, 2, {in}, {tensor_of(op.output)},
                     fbs::BuiltinOptions::Pool2DOptions, pool_opt());
-      why = "AVERAGE_POOL_2D rounds the mean of the codes differently";
+      why = "AVERAGE_POOL_2D on the same grid rounds the mean differently";
     }
-    // A DEPTHWISE_CONV_2D of ones at scale 1/n would express the requantizing mean on paper,
-    // but TFLite's depthwise kernels round on their own (measured in the wasm interpreter:
-    // about a quarter of the codes differ), so it is not written.
+    // (1) AVERAGE_POOL_2D on the input's grid, then a requantization to the output's
+    //     (find_requant: QUANTIZE or a 1x1 DEPTHWISE_CONV_2D): two roundings, written where
+    //     they give lowbit's one on every reachable sum.
+    const std::optional<RequantForm> f2 =
+        find_requant(s_in, s_out, zp_out, [&](const RequantForm& g) {
+          return for_each_sum([&](int32_t sum, int32_t n) {
+            const int32_t mean = std::clamp(quant::average_pool_mean(sum, n), -128, 127);
+            return g.apply(mean, zp_in, zp_out) == ours(sum, n);
+          });
+        });
+    if (f2) {
+      const int mid = add_tensor(y.name + "/mean", fbs::TensorType::INT8, activation_shape(y.shape),
+                                 0, x.scale, x.zero_point, 0, true);
+      emit(fbs::BuiltinOperator::AVERAGE_POOL_2D, 2, {in}, {mid},
+           fbs::BuiltinOptions::Pool2DOptions, pool_opt());
+      return emit_requant(*f2, mid, x, y, op.output, y.name);
+    }
+    // (2) Without padding (every window n = kh * kw taps): a DEPTHWISE_CONV_2D whose weights
+    //     are all k with scale s_w ~ 1 / (n k) (per channel, bias 0): TFLite computes
+    //     MBQM(k * (sum - n * zp_in), s_in * s_w / s_out) + zp_out with its own rounding
+    //     (options.rounding) and a fused activation's clamp. Written with the first (k, s_w,
+    //     activation) whose codes are lowbit's on every reachable sum.
+    if (no_padding) {
+      const int64_t c = y.shape[y.shape.rank() - 1];
+      for (int32_t k = 1; k <= 127; ++k) {
+        const float sw = static_cast<float>(1.0 / (static_cast<double>(full) * k));
+        for (float s : {sw, std::nextafter(sw, 0.0f), std::nextafter(sw, 1.0f)}) {
+          const QuantizedMultiplier md = quant::quantize_multiplier(
+              quant::conv_effective_multiplier(s_in, s, s_out, false), o_.rounding);
+          for (FusedActivation a : {FusedActivation::kNone, FusedActivation::kRelu,
+                                    FusedActivation::kRelu6, FusedActivation::kReluN1To1}) {
+            const QuantRange cl = quant::activation_range(s_out, zp_out, a, DType::kS8);
+            const bool exact = for_each_sum([&](int32_t sum, int32_t n) {
+              const int32_t acc = k * (sum - n * zp_in);
+              return std::clamp(
+                         quant::multiply_by_quantized_multiplier(acc, md, o_.rounding) + zp_out,
+                         cl.min, cl.max) == ours(sum, n);
+            });
+            if (!exact) continue;
+            const std::vector<int8_t> ones(static_cast<size_t>(full * c), static_cast<int8_t>(k));
+            const std::vector<double> scales(static_cast<size_t>(c), s);
+            const std::vector<int32_t> zeros(static_cast<size_t>(c), 0);
+            const int wi = weights(y.name + "/mean_weights", fbs::TensorType::INT8,
+                                   {1, kh, kw, static_cast<int32_t>(c)}, ones.data(), ones.size(),
+                                   scales, zeros, 3);
+            std::vector<double> bs;
+            for (double v : scales) bs.push_back(static_cast<float>(s_in) * static_cast<float>(v));
+            const std::vector<int32_t> bias(static_cast<size_t>(c), 0);
+            const int bi = const_tensor(y.name + "/mean_bias", fbs::TensorType::INT32,
+                                        {static_cast<int32_t>(c)}, bias.data(),
+                                        bias.size() * sizeof(int32_t), bs, zeros, 0);
+            auto opt = fbs::CreateDepthwiseConv2DOptions(b_, w.padding, w.stride_w, w.stride_h, 1,
+                                                         to_fb(a), 1, 1);
+            return emit(fbs::BuiltinOperator::DEPTHWISE_CONV_2D, 3, {in, wi, bi},
+                        {tensor_of(op.output)}, fbs::BuiltinOptions::DepthwiseConv2DOptions,
+                        opt.Union());
+          }
+        }
+      }
+    }
     refuse(op, "it requantizes the mean (s_in " + str(s_in) + " -> s_out " + str(s_out) +
-                   ") in one step; TFLite's AVERAGE_POOL_2D keeps its input's parameters" +
+                   ") in one step, and none of TFLite's forms gives its codes on every reachable "
+                   "sum: AVERAGE_POOL_2D then QUANTIZE rounds twice" +
+                   (no_padding ? ", a DEPTHWISE_CONV_2D of equal weights k = 1..127 rounds "
+                                 "differently for each k"
+                               : "; a DEPTHWISE_CONV_2D of equal weights needs windows without "
+                                 "padding (the count of taps varies at SAME padding's edges)") +
                    (why.empty() ? "" : " (and " + why + ")") +
                    ": put no quantizer of its own after the pooling, or pool with a max");
   }
 
   void add(const IntegerOp& op) {
-    require_double_rounding(op);
+    require_rounding(op, false);
     const IntegerTensor& y = m_.tensors.at(op.output);
     const FusedActivation act = fused(op, y);
     auto stage = [&](FusedActivation a) {
@@ -692,6 +866,154 @@ class Exporter {
     emit(tanh ? fbs::BuiltinOperator::TANH : fbs::BuiltinOperator::LOGISTIC, 2, {in}, {out});
   }
 
+  // qlstm -> UNIDIRECTIONAL_SEQUENCE_LSTM in TFLite's integer "8x8_16" form (no CIFG, peephole,
+  // projection or layer norm): 24 inputs (x; input-to-gate weights [U, D] and recurrent weights
+  // [U, U] per gate i, f, c, o, each int8 with its gate block's scale; the gate biases int32 at
+  // f32(s_x s_W,g); the variable output state int8 [B, U] on h's grid and cell state int16
+  // [B, U] at 2^(p-15)), and 5 intermediates whose scales TFLite reads: 2^-12 for the four
+  // gate sums (Q3.12, what lowbit's gates are) and the hidden grid. TFLite's step is lowbit's
+  // (spec 3.7, which follows TFLite's integer LSTM): the same zero-point folding, int16 gate
+  // sums saturated after each partial sum, gemmlowp's int16 logistic/tanh, cell products
+  // rounded by RDPOT, MBQM with double rounding. The one quantity derived otherwise is the
+  // hidden multiplier (below). Sequences out; the last step by a GATHER otherwise; go_backwards
+  // and reverse_output by REVERSE_V2 in time.
+  void lstm(const IntegerOp& op) {
+    if (op.inputs.size() != 4)
+      refuse(op, "it reads a timestep mask; TFLite's LSTM has no masking of time steps");
+    if (o_.rounding != Rounding::kDouble)
+      refuse(op,
+             "lowbit's qlstm rounds its multipliers twice; the target's own kernels "
+             "(options.rounding) round once");
+    const IntegerTensor& x = m_.tensors.at(op.inputs[0]);
+    const IntegerTensor& wx = m_.tensors.at(op.inputs[1]);
+    const IntegerTensor& wh = m_.tensors.at(op.inputs[2]);
+    const IntegerTensor& bias = m_.tensors.at(op.inputs[3]);
+    const IntegerTensor& y = m_.tensors.at(op.output);
+    const int64_t d = wx.data.shape()[0], gu = wx.data.shape()[1], u = gu / 4;
+    const int64_t steps = x.shape[1];
+    const float s_x = static_cast<float>(op.attrs.f("input_scale"));
+    const float s_h = static_cast<float>(op.attrs.f("hidden_scale"));
+    const int32_t zp_x = static_cast<int32_t>(op.attrs.i("input_zero_point"));
+    const int32_t zp_h = static_cast<int32_t>(op.attrs.i("hidden_zero_point"));
+    const int p = static_cast<int>(op.attrs.i("cell_int_bits"));
+    if (static_cast<float>(x.scale.at(0)) != s_x || x.zero_point.at(0) != zp_x ||
+        static_cast<float>(y.scale.at(0)) != s_h || y.zero_point.at(0) != zp_h)
+      refuse(op, "its input or output tensor is on other parameters than its attributes");
+    const std::vector<double>& swx = op.attrs.floats("input_weight_scales");
+    const std::vector<double>& swh = op.attrs.floats("recurrent_weight_scales");
+    // The hidden multiplier: lowbit's is 2^-30 / s_h in f64; TFLite's is the f32
+    // 2^-15 / s_4 * 2^-15, s_4 the fifth intermediate's (f32) scale, read for nothing else.
+    // The f32 quotient keeps 24 bits, the multiplier 31, so they are equal only by chance:
+    // s_4 is the f32 near s_h whose multiplier is closest to lowbit's.
+    const QuantizedMultiplier ours =
+        quant::quantize_multiplier(std::ldexp(1.0, -30) / static_cast<double>(s_h));
+    auto theirs = [](float s4) {
+      const float e = std::pow(2.0f, -15.0f) / s4 * std::pow(2.0f, -15.0f);
+      return quant::quantize_multiplier(static_cast<double>(e));
+    };
+    float s4 = s_h, below = s_h, above = s_h;
+    int64_t best = -1;
+    for (int k = 0; k <= 128; ++k) {
+      for (float cand : {below, above}) {
+        const QuantizedMultiplier t = theirs(cand);
+        const int64_t dist = t.shift == ours.shift
+                                 ? std::llabs(static_cast<int64_t>(t.multiplier) - ours.multiplier)
+                                 : std::numeric_limits<int64_t>::max();
+        if (best < 0 || dist < best) {
+          best = dist;
+          s4 = cand;
+        }
+      }
+      below = std::nextafter(below, 0.0f);
+      above = std::nextafter(above, std::numeric_limits<float>::infinity());
+    }
+    const QuantizedMultiplier t4 = theirs(s4);
+    if (!(t4 == ours) && !o_.lstm_hidden_multiplier_f32) {
+      std::ostringstream w;
+      w << "TFLite derives its hidden-state multiplier from the f32 value 2^-15 / s * 2^-15 "
+           "(s: the hidden intermediate's scale), lowbit's qlstm from 2^-30 / s_h in f64: "
+           "lowbit "
+        << ours << ", TFLite's nearest " << t4
+        << " (no f32 scale gives lowbit's), so a hidden code can differ where o * tanh(c) * M "
+           "lies within 2^-24 relative of a rounding tie; set "
+           "TfliteExportOptions::lstm_hidden_multiplier_f32 to write it anyway";
+      refuse(op, w.str());
+    }
+    const int32_t B = static_cast<int32_t>(o_.batch), U = static_cast<int32_t>(u),
+                  D = static_cast<int32_t>(d);
+    const int8_t* px = wx.data.data<int8_t>();
+    const int8_t* ph = wh.data.data<int8_t>();
+    std::vector<int32_t> in(24, -1);
+    // go_backwards: the LSTM reads x reversed in time (a REVERSE_V2 on axis 1); its output
+    // sequence is in processing order, reversed back with reverse_output (Bidirectional).
+    const bool backwards = op.attrs.b("go_backwards", false);
+    const int32_t time_axis = 1;
+    auto reverse = [&](int src, const IntegerTensor& like, const std::string& name,
+                       const std::vector<int32_t>& shape, int dst) {
+      const int ax =
+          const_tensor(name + "/axis", fbs::TensorType::INT32, {1}, &time_axis, sizeof(time_axis));
+      if (dst < 0) dst = activation_like(like, name, shape);
+      emit(fbs::BuiltinOperator::REVERSE_V2, 2, {src, ax}, {dst},
+           fbs::BuiltinOptions::ReverseV2Options, fbs::CreateReverseV2Options(b_).Union());
+      return dst;
+    };
+    in[0] = tensor_of(op.inputs[0]);
+    if (backwards) in[0] = reverse(in[0], x, x.name + "/reversed", activation_shape(x.shape), -1);
+    for (int g = 0; g < 4; ++g) {
+      std::vector<int8_t> a(static_cast<size_t>(u * d)), r(static_cast<size_t>(u * u));
+      for (int64_t j = 0; j < u; ++j) {
+        for (int64_t k = 0; k < d; ++k) a[j * d + k] = px[k * gu + g * u + j];
+        for (int64_t k = 0; k < u; ++k) r[j * u + k] = ph[k * gu + g * u + j];
+      }
+      const std::string gn = std::string("ifco").substr(g, 1);
+      in[1 + g] = const_tensor(wx.name + "/" + gn, fbs::TensorType::INT8, {U, D}, a.data(),
+                               a.size(), {swx.at(g)}, {0});
+      in[5 + g] = const_tensor(wh.name + "/" + gn, fbs::TensorType::INT8, {U, U}, r.data(),
+                               r.size(), {swh.at(g)}, {0});
+      in[12 + g] = const_tensor(bias.name + "/" + gn, fbs::TensorType::INT32, {U},
+                                bias.data.data<int32_t>() + g * u, u * sizeof(int32_t),
+                                {static_cast<float>(s_x) * static_cast<float>(swx.at(g))}, {0});
+    }
+    auto variable = [&](const std::string& name, fbs::TensorType type, double scale, int32_t zp) {
+      auto q = fbs::CreateQuantizationParameters(
+          b_, 0, 0, b_.CreateVector(std::vector<float>{static_cast<float>(scale)}),
+          b_.CreateVector(std::vector<int64_t>{zp}), 0);
+      tensors_.push_back(fbs::CreateTensor(b_, b_.CreateVector(std::vector<int32_t>{B, U}), type, 0,
+                                           b_.CreateString(name), q, true));
+      return static_cast<int>(tensors_.size()) - 1;
+    };
+    in[18] = variable(y.name + "/output_state", fbs::TensorType::INT8, s_h, zp_h);
+    in[19] = variable(y.name + "/cell_state", fbs::TensorType::INT16, std::ldexp(1.0, p - 15), 0);
+    std::vector<int32_t> inter;
+    for (int g = 0; g < 4; ++g)
+      inter.push_back(add_tensor(y.name + "/gate_" + std::string("ifco").substr(g, 1),
+                                 fbs::TensorType::INT16, {}, 0, {std::ldexp(1.0, -12)}, {0}, 0,
+                                 false));
+    // TFLite's int8 CwiseMul of the hidden step subtracts this zero point (value -= zp;
+    // measured: with zp_h written every hidden code was lowbit's - 2 zp_h): written negated.
+    inter.push_back(
+        add_tensor(y.name + "/hidden", fbs::TensorType::INT8, {}, 0, {s4}, {-zp_h}, 0, false));
+    const bool sequences = op.attrs.b("return_sequences", false);
+    const bool reverse_output = op.attrs.b("reverse_output", false);
+    const std::vector<int32_t> seq_shape{B, static_cast<int32_t>(steps), U};
+    const int seq = sequences && !reverse_output
+                        ? tensor_of(op.output)
+                        : activation_like(y, y.name + "/sequence", seq_shape);
+    auto opt = fbs::CreateUnidirectionalSequenceLSTMOptions(b_, fbs::ActivationFunctionType::TANH,
+                                                            0.0f, 0.0f, false, false);
+    emit(fbs::BuiltinOperator::UNIDIRECTIONAL_SEQUENCE_LSTM, 1, in, {seq},
+         fbs::BuiltinOptions::UnidirectionalSequenceLSTMOptions, opt.Union(), inter);
+    if (sequences) {
+      if (reverse_output) reverse(seq, y, y.name + "/unreversed", seq_shape, tensor_of(op.output));
+      return;
+    }
+    const int32_t last = static_cast<int32_t>(steps - 1);
+    const int idx =
+        const_tensor(y.name + "/last_step", fbs::TensorType::INT32, {}, &last, sizeof(last));
+    emit(fbs::BuiltinOperator::GATHER, 1, {seq, idx}, {tensor_of(op.output)},
+         fbs::BuiltinOptions::GatherOptions, fbs::CreateGatherOptions(b_, 1, 0).Union());
+  }
+
   void gather(const IntegerOp& op) {
     const int64_t axis = op.attrs.i("axis", 0);
     emit(fbs::BuiltinOperator::GATHER, 2, {tensor_of(op.inputs.at(0)), tensor_of(op.inputs.at(1))},
@@ -714,6 +1036,27 @@ class Exporter {
 
 std::string to_tflite(const quant::IntegerModel& model, const TfliteExportOptions& options) {
   return Exporter(model, options).run();
+}
+
+void use_target_rounding(quant::IntegerModel& model, const TfliteExportOptions& options) {
+  auto name = [](Rounding r) { return r == Rounding::kSingle ? "single" : "double"; };
+  for (IntegerOp& op : model.ops) {
+    if (op.op == "qconv2d")
+      op.attrs.set("rounding",
+                   name(op.attrs.i("groups", 1) == 1 ? options.gemm_rounding : options.rounding));
+    else if (op.op == "qfully_connected")
+      op.attrs.set("rounding", name(options.gemm_rounding));
+    else if (op.op == "qadd")
+      op.attrs.set("rounding", name(options.rounding));
+  }
+  // The runtime prepares its output stages once, on the first run: a new model drops them.
+  quant::IntegerModel fresh;
+  fresh.tensors = std::move(model.tensors);
+  fresh.ops = std::move(model.ops);
+  fresh.input = model.input;
+  fresh.output = model.output;
+  fresh.name = std::move(model.name);
+  model = std::move(fresh);
 }
 
 void export_tflite(const quant::IntegerModel& model, const std::string& path,

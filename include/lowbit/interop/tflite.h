@@ -3,6 +3,7 @@
 // microcontrollers. docs/interop-tflite.md has the op table and the commands.
 //
 //   quant::IntegerModel im = quant::convert_to_integer(*qat);
+//   tflite::use_target_rounding(im);                         // round as TFLite's kernels do
 //   tflite::export_tflite(im, "model.tflite");              // atomic
 //   std::string bytes = tflite::to_tflite(im, {.batch = 8});
 //
@@ -38,26 +39,52 @@ struct TfliteExportOptions {
   // Feed every filter through a RESHAPE to its own shape (the same codes, no longer a constant
   // tensor), so that delegates wanting constant filters (XNNPACK, which TFLite applies by default
   // in many builds and which requantizes int8 in f32, not bit-exact with TFLite's reference
-  // kernels) leave conv / dense to TFLite's builtin int8 kernels. For verification; off for
-  // deployment.
+  // kernels) leave conv / dense to TFLite's builtin int8 kernels; and write an int8
+  // requantization as a 1x1 DEPTHWISE_CONV_2D (so fed) where one is exact, since XNNPACK also
+  // takes QUANTIZE int8 -> int8 (with an 8-bit multiplier). For verification; off for
+  // deployment. (The LSTM's weights stay constants: TFLite's integer LSTM needs them at
+  // prepare time, and XNNPACK does not take it.)
   bool weights_at_run_time = false;
-  // How the target TFLite build rounds its multipliers (MultiplyByQuantizedMultiplier):
-  // kDouble, gemmlowp's (TFLite's default build); kSingle, a build with TFLITE_SINGLE_ROUNDING
-  // (as @tensorflow/tfjs-tflite's wasm interpreter is, measured: docs/interop-tflite.md). Every
-  // op's codes are checked against this rounding; the model must have been converted with the
-  // same ConvertOptions::rounding.
+  // How the target TFLite build rounds its output multipliers, per kernel (both measured in
+  // @tensorflow/tfjs-tflite's wasm interpreter: docs/interop-tflite.md):
+  //   gemm_rounding: CONV_2D and FULLY_CONNECTED, whose optimized int8 kernels run through
+  //     TFLite's GEMM backend, ruy, which rounds once (ruy's MultiplyByQuantizedMultiplier);
+  //   rounding: TFLite's own int8 kernels (DEPTHWISE_CONV_2D, ADD, QUANTIZE int8 -> int8):
+  //     MultiplyByQuantizedMultiplier, gemmlowp's double rounding unless the build defines
+  //     TFLITE_SINGLE_ROUNDING.
+  // TFLite's reference kernels (and a build whose GEMM is gemmlowp) round twice everywhere:
+  // gemm_rounding = kDouble. Every op's codes are checked against its kernel's rounding; the
+  // model's ops must round so (use_target_rounding sets them).
   quant::Rounding rounding = quant::Rounding::kDouble;
+  quant::Rounding gemm_rounding = quant::Rounding::kSingle;
+  // Write a qlstm although TFLite derives its hidden-state multiplier otherwise than lowbit
+  // (the f32 2^-15 / s * 2^-15 against lowbit's f64 2^-30 / s_h: equal to 24 bits, so a hidden
+  // code can differ where o * tanh(c) * M lies that close to a rounding tie; the exporter
+  // picks the f32 scale s nearest lowbit's multiplier). Off: such an LSTM is refused.
+  bool lstm_hidden_multiplier_f32 = false;
   // The model's description field.
   std::string description = "lowbit integer model";
 };
 
 // The .tflite flatbuffer bytes of `model`. UnsupportedError (naming the op, the tensor and why)
-// for what TFLite cannot compute exactly as lowbit does: the uint8 scheme, qlstm / qgru /
-// timestep_mask, a grouped conv other than depthwise, explicit padding, a clamp narrower than
-// TFLite's fused activations give (a low-bit activation grid), a multiplier TFLite derives
-// differently, single rounding where TFLite's double rounding gives other codes, a softmax or
-// nonlinearity on parameters other than TFLite's fixed ones. ValueError for bad options.
+// for what TFLite cannot compute exactly as lowbit does: the uint8 scheme, qgru (no TFLite
+// builtin), timestep_mask and a masked qlstm, a qlstm whose hidden multiplier TFLite derives
+// otherwise (unless options.lstm_hidden_multiplier_f32), a grouped conv other than depthwise,
+// explicit padding, a clamp narrower than TFLite's fused activations give (a low-bit activation
+// grid), a multiplier TFLite derives differently, an op rounding otherwise than its target kernel
+// (use_target_rounding), a requantize or requantizing average pool none of TFLite's forms computes
+// exactly (QUANTIZE or a 1x1 DEPTHWISE_CONV_2D, after an AVERAGE_POOL_2D; or without padding a
+// DEPTHWISE_CONV_2D of equal weights; docs/interop-tflite.md), a softmax or nonlinearity on
+// parameters other than TFLite's fixed ones. ValueError for bad options.
 std::string to_tflite(const quant::IntegerModel& model, const TfliteExportOptions& options = {});
+
+// Sets the rounding of each conv / dense / add op of `model` to the one its TFLite kernel uses
+// in the target build (options.gemm_rounding for a qconv2d with groups 1 and qfully_connected,
+// options.rounding for a depthwise qconv2d and qadd), so that lowbit's integer runtime computes
+// the codes that build's interpreter does (a per-op "rounding" attribute, as the converter
+// writes it). Requantize and average-pool ops keep their single rounding (to_tflite checks
+// their codes). Drops the model's prepared runtime (it is rebuilt on the next run).
+void use_target_rounding(quant::IntegerModel& model, const TfliteExportOptions& options = {});
 
 // to_tflite written to `path` atomically (a temporary file renamed over it); IoError on failure.
 void export_tflite(const quant::IntegerModel& model, const std::string& path,
