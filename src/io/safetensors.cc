@@ -12,6 +12,8 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "lowbit/io/atomic_file.h"
+
 namespace lowbit::io {
 
 namespace {
@@ -67,10 +69,7 @@ void write_safetensors(const std::string& path, const SafetensorsFile& file) {
   if (!file.metadata.empty()) header["__metadata__"] = file.metadata;
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');  // align the data to 8 bytes, as the reference writer does
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) LOWBIT_THROW(IoError, "save: cannot write '", tmp, "': ", std::strerror(errno));
+  write_atomically(path, "save", [&](std::ostream& out) {
     uint64_t n = h.size();
     unsigned char len[8];
     for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
@@ -78,18 +77,7 @@ void write_safetensors(const std::string& path, const SafetensorsFile& file) {
     out.write(h.data(), static_cast<std::streamsize>(h.size()));
     for (const auto& [name, t] : file.tensors)
       out.write(static_cast<const char*>(t.raw()), static_cast<std::streamsize>(t.nbytes()));
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      LOWBIT_THROW(IoError, "save: writing '", tmp, "' failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    LOWBIT_THROW(IoError, "save: cannot rename '", tmp, "' to '", path, "': ", ec.message());
-  }
+  });
 }
 
 namespace {

@@ -4,8 +4,6 @@
 // model, and renders it with the SVG helpers of report/svg.h.
 #include "lowbit/report/report.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -16,6 +14,7 @@
 #include <set>
 
 #include "lowbit/error.h"
+#include "lowbit/io/atomic_file.h"
 #include "lowbit/quant/convert.h"
 #include "lowbit/quant/quantizer.h"
 #include "report/svg.h"
@@ -687,26 +686,9 @@ document.getElementById('dom-check').textContent=(ok?'plots-ok ':'plots-mismatch
 
 void write_report(const std::string& path, const ReportInputs& in) {
   const std::string html = render_html(in);
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out)
-      LOWBIT_THROW(IoError, "write_report: cannot write '", tmp, "' (for '", path,
-                   "'): check that the directory exists and is writable");
+  io::write_atomically(path, "write_report", [&](std::ostream& out) {
     out.write(html.data(), static_cast<std::streamsize>(html.size()));
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      LOWBIT_THROW(IoError, "write_report: writing '", tmp, "' failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    LOWBIT_THROW(IoError, "write_report: cannot rename '", tmp, "' to '", path,
-                 "': ", ec.message());
-  }
+  });
 }
 
 }  // namespace lowbit::report

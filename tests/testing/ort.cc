@@ -2,17 +2,16 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <stdexcept>
-
-#include <nlohmann/json.hpp>
 
 #include "lowbit/data/npy.h"
 
 namespace lowbit::testing {
 
 namespace {
-std::string quoted(const std::string& s) {
+std::string shell_quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return q + "'";
@@ -32,14 +31,15 @@ std::vector<Tensor> run_onnxruntime(const std::string& model, const std::vector<
                                     const std::string& work_dir, const std::string& optimization) {
   namespace fs = std::filesystem;
   fs::create_directories(work_dir);
-  std::string cmd = "node " + quoted(std::string(LOWBIT_SOURCE_DIR) + "/tools/interop/ort_run.mjs") +
-                    " " + quoted(model) + " " + quoted(work_dir + "/ort_out");
+  std::string cmd = "node " +
+                    shell_quote(std::string(LOWBIT_SOURCE_DIR) + "/tools/interop/ort_run.mjs") +
+                    " " + shell_quote(model) + " " + shell_quote(work_dir + "/ort_out");
   for (size_t i = 0; i < inputs.size(); ++i) {
-    std::string f = work_dir + "/ort_in" + std::to_string(i) + ".npy";
+    const std::string f = work_dir + "/ort_in" + std::to_string(i) + ".npy";
     data::write_npy(f, inputs[i]);
-    cmd += " " + quoted(f);
+    cmd += " " + shell_quote(f);
   }
-  cmd += " --opt " + quoted(optimization) + " 2>&1";
+  cmd += " --opt " + shell_quote(optimization) + " 2>&1";
   std::string out;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) throw std::runtime_error("run_onnxruntime: cannot run: " + cmd);
@@ -47,14 +47,16 @@ std::vector<Tensor> run_onnxruntime(const std::string& model, const std::vector<
   while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
   int rc = pclose(p);
   if (rc != 0) throw std::runtime_error("run_onnxruntime: " + cmd + " failed:\n" + out);
-  // The JSON line is the last line of the output.
-  size_t start = out.rfind('{');
-  while (start != std::string::npos && start > 0 && out[start - 1] != '\n')
-    start = out.rfind('{', start - 1);
-  if (start == std::string::npos) throw std::runtime_error("run_onnxruntime: no JSON in: " + out);
-  nlohmann::json j = nlohmann::json::parse(out.substr(start));
+  // ort_run prints one JSON line, last.
+  const size_t end = out.find_last_not_of('\n');
+  const size_t start = end == std::string::npos ? 0 : out.rfind('\n', end) + 1;
+  const std::string last = end == std::string::npos ? "" : out.substr(start, end + 1 - start);
+  if (last.empty() || last[0] != '{')
+    throw std::runtime_error("run_onnxruntime: no JSON line at the end of: " + out);
+  nlohmann::json j = nlohmann::json::parse(last);
   std::vector<Tensor> result;
-  for (const auto& o : j.at("outputs")) result.push_back(data::read_npy(o.at("file").get<std::string>()));
+  for (const auto& o : j.at("outputs"))
+    result.push_back(data::read_npy(o.at("file").get<std::string>()));
   return result;
 }
 

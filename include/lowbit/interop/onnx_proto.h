@@ -110,30 +110,30 @@ struct ValueInfoProto {
   std::string doc_string;
 };
 
-struct NodeProto {                       // field numbers:
-  std::vector<std::string> input;        // 1 ("" = an omitted optional input)
-  std::vector<std::string> output;       // 2
-  std::string name;                      // 3
-  std::string op_type;                   // 4
-  std::string domain;                    // 7 ("" and "ai.onnx" are the default domain)
-  std::vector<AttributeProto> attribute; // 5
-  std::string doc_string;                // 6
+struct NodeProto {                        // field numbers:
+  std::vector<std::string> input;         // 1 ("" = an omitted optional input)
+  std::vector<std::string> output;        // 2
+  std::string name;                       // 3
+  std::string op_type;                    // 4
+  std::string domain;                     // 7 ("" and "ai.onnx" are the default domain)
+  std::vector<AttributeProto> attribute;  // 5
+  std::string doc_string;                 // 6
 };
 
-struct GraphProto {                         // field numbers:
-  std::vector<NodeProto> node;              // 1
-  std::string name;                         // 2
-  std::vector<TensorProto> initializer;     // 5
-  std::string doc_string;                   // 10
-  std::vector<ValueInfoProto> input;        // 11
-  std::vector<ValueInfoProto> output;       // 12
-  std::vector<ValueInfoProto> value_info;   // 13
+struct GraphProto {                        // field numbers:
+  std::vector<NodeProto> node;             // 1
+  std::string name;                        // 2
+  std::vector<TensorProto> initializer;    // 5
+  std::string doc_string;                  // 10
+  std::vector<ValueInfoProto> input;       // 11
+  std::vector<ValueInfoProto> output;      // 12
+  std::vector<ValueInfoProto> value_info;  // 13
   // 15 sparse_initializer: refused when reading.
 };
 
 struct OperatorSetId {
-  std::string domain;  // 1
-  int64_t version = 0; // 2
+  std::string domain;   // 1
+  int64_t version = 0;  // 2
 };
 
 struct StringStringEntry {
@@ -141,16 +141,16 @@ struct StringStringEntry {
   std::string value;  // 2
 };
 
-struct ModelProto {                              // field numbers:
-  int64_t ir_version = 8;                        // 1
-  std::vector<OperatorSetId> opset_import;       // 8
-  std::string producer_name;                     // 2
-  std::string producer_version;                  // 3
-  std::string domain;                            // 4
-  int64_t model_version = 0;                     // 5
-  std::string doc_string;                        // 6
-  GraphProto graph;                              // 7
-  std::vector<StringStringEntry> metadata_props; // 14
+struct ModelProto {                               // field numbers:
+  int64_t ir_version = 8;                         // 1
+  std::vector<OperatorSetId> opset_import;        // 8
+  std::string producer_name;                      // 2
+  std::string producer_version;                   // 3
+  std::string domain;                             // 4
+  int64_t model_version = 0;                      // 5
+  std::string doc_string;                         // 6
+  GraphProto graph;                               // 7
+  std::vector<StringStringEntry> metadata_props;  // 14
 };
 
 // Serializes m (src/interop/onnx_proto_encode.cc).
@@ -172,6 +172,11 @@ ModelProto read_model(const std::string& path);
 Tensor to_tensor(const TensorProto& t);
 // The inverse: a TensorProto named `name` holding t's elements in raw_data (encode side).
 TensorProto from_tensor(const std::string& name, const Tensor& t);
+
+// Attributes of one value, typed (AttributeProto.type set): what node builders write.
+AttributeProto attr_int(const std::string& name, int64_t v);
+AttributeProto attr_float(const std::string& name, float v);
+AttributeProto attr_ints(const std::string& name, std::vector<int64_t> v);
 
 // The opset version of the default domain ("" / "ai.onnx"), or 0 if none is imported.
 int64_t default_opset(const ModelProto& m);
