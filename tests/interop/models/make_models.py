@@ -127,7 +127,7 @@ class RNN(nn.Module):
 
     def forward(self, x, lengths):
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
-                                                   enforce_sorted=False)
+                                                   enforce_sorted=True)
         out, state = self.rnn(packed)
         h = state[0] if isinstance(state, tuple) else state
         y, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
