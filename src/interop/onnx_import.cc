@@ -379,6 +379,7 @@ class Importer {
     if (!n.domain.empty() && n.domain != "ai.onnx")
       fail("domain '" + n.domain + "' is not supported (only the default ONNX domain)");
     const std::string& op = n.op_type;
+    if (n.output.empty() || n.output[0].empty()) fail("the node has no output");
     // Constant folding: every given input constant (or Shape of a tensor).
     bool all_const = true;
     for (size_t i = 0; i < n.input.size(); ++i)
@@ -1021,6 +1022,9 @@ class Importer {
       if (a < 0) a += sq ? x.rank : out_rank;
       if (a < 0 || a >= (sq ? x.rank : out_rank)) fail("axes " + ints_str(axes) + " out of range");
     }
+    for (size_t i = 0; i < axes.size(); ++i)
+      for (size_t j = 0; j < i; ++j)
+        if (axes[i] == axes[j]) fail("axes " + ints_str(axes) + " repeat an axis");
     Val v = x;
     if (sq) {
       for (int64_t a : axes)

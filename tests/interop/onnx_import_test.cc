@@ -254,8 +254,6 @@ TEST(OnnxImport, ImportedCnnTrainsAndQuantizes) {
   qat->fit(x, y, {.epochs = 1, .batch_size = 8, .verbose = 0});
 }
 
-// ---- refusals ----
-
 onnx::ValueInfoProto value(const std::string& name, std::vector<int64_t> dims) {
   onnx::ValueInfoProto v;
   v.name = name;
@@ -265,6 +263,113 @@ onnx::ValueInfoProto value(const std::string& name, std::vector<int64_t> dims) {
     v.dims.push_back(i == 0 ? onnx::Dimension{-1, "N"} : onnx::Dimension{dims[i], ""});
   return v;
 }
+
+// ---- hand-written graphs: the ops PyTorch's exports above do not use ----
+
+struct GraphBuilder {
+  onnx::ModelProto p;
+  Rng rng{21};
+  explicit GraphBuilder(int64_t opset) { p.opset_import.push_back({"", opset}); p.graph.name = "hand"; }
+  std::string init(const std::string& name, const Shape& s, float lo = -0.5f, float hi = 0.5f) {
+    p.graph.initializer.push_back(onnx::from_tensor(name, random_tensor(s, rng, lo, hi)));
+    return name;
+  }
+  std::string ints(const std::string& name, std::vector<int64_t> v) {
+    const auto n = static_cast<int64_t>(v.size());
+    p.graph.initializer.push_back(onnx::from_tensor(name, Tensor::from_vector<int64_t>(v, Shape{n})));
+    return name;
+  }
+  std::string scalar(const std::string& name, float v) {
+    p.graph.initializer.push_back(onnx::from_tensor(name, Tensor::full({}, v)));
+    return name;
+  }
+  std::string node(const std::string& op, std::vector<std::string> in, const std::string& out,
+                   std::vector<onnx::AttributeProto> attrs = {}) {
+    onnx::NodeProto n;
+    n.op_type = op;
+    n.name = out + "_node";
+    n.input = std::move(in);
+    n.output = {out};
+    n.attribute = std::move(attrs);
+    p.graph.node.push_back(n);
+    return out;
+  }
+};
+
+onnx::AttributeProto attr_string(const std::string& name, const std::string& v) {
+  onnx::AttributeProto a;
+  a.name = name;
+  a.type = onnx::kAttrString;
+  a.s = v;
+  return a;
+}
+
+// Runs the hand-written model in lowbit (imported) and ORT on x; expects agreement.
+void expect_hand_model_matches(const onnx::ModelProto& p, const Tensor& x, const std::string& stem) {
+  const std::string dir = testing::fresh_temp_dir(stem);
+  const std::string path = dir + "/model.onnx";
+  onnx::write_model(path, p);
+  nn::ModelPtr m = onnx::import_onnx(path);
+  const Tensor got = m->predict(to_lowbit(x, m->inputs()[0].shape()));
+  const std::vector<Tensor> want = testing::run_onnxruntime(path, {x}, dir);
+  std::filesystem::remove_all(dir);
+  const Tensor w = ort_as_lowbit(want.at(0), got);
+  EXPECT_TRUE(tensors_near(got, w, kAtol, kRtol));
+  std::printf("[agreement] %s %s: max |lowbit - ORT| / max |ORT| = %.2e\n", stem.c_str(),
+              got.shape().str().c_str(), max_rel_err(got, w));
+}
+
+TEST(OnnxImport, HandWrittenConvGraphMatchesOnnxRuntime) {
+  // auto_pad, per-channel Add / Div by constants, AveragePool counting pads, Sub of two tensors,
+  // GlobalMaxPool, broadcast Mul, Concat, a Transpose to NHWC and a Reshape with the batch as
+  // -1, Unsqueeze / Softmax / Squeeze, Clip(0, m).
+  GraphBuilder b(13);
+  b.p.graph.input.push_back(value("x", {-1, 3, 8, 8}));
+  b.node("Conv", {"x", b.init("w1", {4, 3, 3, 3}), b.init("b1", {4})}, "c1",
+         {attr_string("auto_pad", "SAME_UPPER"), onnx::attr_ints("strides", {2, 2})});
+  b.node("Add", {"c1", b.init("k", {4, 1, 1})}, "c2");
+  b.node("Div", {"c2", b.scalar("two", 2.0f)}, "c3");
+  b.node("AveragePool", {"c3"}, "a",
+         {onnx::attr_ints("kernel_shape", {3, 3}), onnx::attr_ints("pads", {1, 1, 1, 1}),
+          onnx::attr_int("count_include_pad", 1)});
+  b.node("Sigmoid", {"a"}, "s");
+  b.node("Sub", {"a", "s"}, "d");
+  b.node("AveragePool", {"d"}, "m",
+         {onnx::attr_ints("kernel_shape", {2, 2}), onnx::attr_ints("strides", {2, 2})});
+  b.node("GlobalMaxPool", {"d"}, "g");
+  b.node("Mul", {"m", "g"}, "t");
+  b.node("Concat", {"t", "m"}, "cat", {onnx::attr_int("axis", 1)});
+  b.node("Transpose", {"cat"}, "tr", {onnx::attr_ints("perm", {0, 2, 3, 1})});
+  b.node("Reshape", {"tr", b.ints("shape", {-1, 32})}, "r");
+  b.node("Unsqueeze", {"r", b.ints("axes", {1})}, "u");
+  b.node("Softmax", {"u"}, "sm", {onnx::attr_int("axis", -1)});
+  b.node("Squeeze", {"sm", "axes"}, "sq");
+  b.node("Clip", {"sq", b.scalar("zero", 0.0f), b.scalar("cap", 0.05f)}, "y");
+  b.p.graph.output.push_back(value("y", {-1, 32}));
+  Rng rng(3);
+  expect_hand_model_matches(b.p, random_tensor(Shape{3, 3, 8, 8}, rng, -2.0f, 2.0f), "hand_conv");
+}
+
+TEST(OnnxImport, HandWrittenConv1DGraphMatchesOnnxRuntime) {
+  // Conv1D (explicit same pads) on an [N, C, L] input, MaxPool 1-D, Flatten of a channels-first
+  // map (one Permute), Gemm with alpha / beta, HardSigmoid with ONNX's own alpha / beta.
+  GraphBuilder b(11);
+  b.p.graph.input.push_back(value("x", {-1, 4, 10}));
+  b.node("Conv", {"x", b.init("w", {6, 4, 3}), b.init("bias", {6})}, "c",
+         {onnx::attr_ints("pads", {1, 1}), onnx::attr_ints("kernel_shape", {3})});
+  b.node("Relu", {"c"}, "r");
+  b.node("MaxPool", {"r"}, "p", {onnx::attr_ints("kernel_shape", {2}), onnx::attr_ints("strides", {2})});
+  b.node("Flatten", {"p"}, "f", {onnx::attr_int("axis", 1)});
+  b.node("Gemm", {"f", b.init("fw", {5, 30}), b.init("fb", {5})}, "fc",
+         {onnx::attr_int("transB", 1), onnx::attr_float("alpha", 0.5f), onnx::attr_float("beta", 2.0f)});
+  b.node("HardSigmoid", {"fc"}, "y", {onnx::attr_float("alpha", 0.3f), onnx::attr_float("beta", 0.4f)});
+  b.p.graph.output.push_back(value("y", {-1, 5}));
+  Rng rng(4);
+  expect_hand_model_matches(b.p, random_tensor(Shape{3, 4, 10}, rng, -2.0f, 2.0f), "hand_conv1d");
+}
+
+// ---- refusals ----
+
 
 // x [N, 4] -> node -> y.
 onnx::ModelProto one_node(onnx::NodeProto n, int64_t opset = 13,
