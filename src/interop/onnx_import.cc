@@ -34,6 +34,9 @@ struct Val {
   Perm perm;      // kDyn
   int rank = 0;   // kDyn: the ONNX rank
   Const c;        // kConst
+  // kDyn of rank 2 only: a flatten kept in lowbit's order: lowbit feature i is ONNX feature
+  // rows[i] (empty: the same). Only Gemm / MatMul read such a value (they permute their rows).
+  std::vector<int64_t> rows;
 };
 
 const AttributeProto* find_attr(const NodeProto& n, const std::string& name) {
@@ -195,6 +198,8 @@ class Importer {
     if (v.kind != Val::kDyn)
       fail("input " + std::to_string(i) + " ('" + cur_->input[i] +
            "') must be a tensor computed from the graph inputs here");
+    if (!v.rows.empty() && cur_->op_type != "Gemm" && cur_->op_type != "MatMul")
+      fail("internal: a flatten in lowbit order reaches a " + cur_->op_type);
     return v;
   }
   const Const& cst(size_t i, const std::string& what) const {
@@ -594,12 +599,21 @@ class Importer {
     if (v.perm.back() != v.rank - 1)
       fail(what + ": the contracted dim must be held by lowbit (size > 1)");
     const int64_t K = kernel.dim(0), N = kernel.dim(1);
+    Tensor kern = kernel;
+    if (!v.rows.empty()) {
+      if (static_cast<int64_t>(v.rows.size()) != K)
+        fail(what + ": the weight has " + std::to_string(K) + " rows for " +
+             std::to_string(v.rows.size()) + " features");
+      kern = Tensor({K, N}, DType::kF32);
+      for (int64_t i = 0; i < K; ++i)
+        std::copy_n(kernel.data<float>() + v.rows[i] * N, N, kern.data<float>() + i * N);
+    }
     if (v.t.shape()[-1] != K)
       fail(what + ": input's last dim is " + std::to_string(v.t.shape()[-1]) + " but the weight has " +
            std::to_string(K) + " rows");
     auto l = nn::Dense(N, {.use_bias = bias.defined(), .name = layer_name()});
     nn::KTensor y = call1(l, v.t);
-    set_weight(*l, "kernel", kernel);
+    set_weight(*l, "kernel", kern);
     if (bias.defined()) set_weight(*l, "bias", bias);
     set_out(0, dyn_val(y, v.perm, v.rank));
   }
@@ -944,6 +958,26 @@ class Importer {
     for (int j = 0; j < bo; ++j) pre_out *= target[j];
     if (pre_in != pre_out)
       fail("the shape " + ints_str(target) + " mixes the batch dim with others");
+    if (!in_onnx_order(x) && target.size() == 2 && bo == 0 && bi == 0 && only_dense_users()) {
+      // Flatten in lowbit's order; the Gemm / MatMul after it permutes its weight rows instead
+      // of a Permute here.
+      const Shape& ls = x.t.shape();
+      std::vector<int64_t> ost(x.rank, 1);
+      for (int j = x.rank - 2; j >= 0; --j) ost[j] = ost[j + 1] * (j + 1 == bi ? 1 : d[j + 1]);
+      Val y = dyn_val(call1(nn::Reshape({P}, {.name = layer_name()}), x.t), {0, 1}, 2);
+      y.rows.resize(static_cast<size_t>(P));
+      std::vector<int64_t> idx(x.perm.size(), 0);
+      for (int64_t f = 0; f < P; ++f) {
+        int64_t o = 0;
+        for (size_t i = 1; i < x.perm.size(); ++i) o += idx[i] * ost[x.perm[i]];
+        y.rows[f] = o;
+        for (size_t i = x.perm.size() - 1; i >= 1; --i) {
+          if (++idx[i] < ls[static_cast<int>(i)]) break;
+          idx[i] = 0;
+        }
+      }
+      return y;
+    }
     Val v = in_onnx_order(x) ? x : onnx_order(x, "_order");
     std::vector<int64_t> lb;
     Perm np = {bo};
@@ -956,6 +990,26 @@ class Importer {
     nn::KTensor t = v.t;
     if (cur != lb) t = call1(nn::Reshape(lb, {.name = layer_name()}), v.t);
     return dyn_val(t, np, static_cast<int>(target.size()));
+  }
+
+  // Whether every reader of the current node's output is a Gemm (A = it, not transposed) or a
+  // MatMul (A = it) by a constant matrix, and it is not a graph output.
+  bool only_dense_users() const {
+    const std::string& o = cur_->output[0];
+    for (const ValueInfoProto& g : m_.graph.output)
+      if (g.name == o) return false;
+    auto it = users_.find(o);
+    if (it == users_.end()) return false;
+    for (const NodeProto* u : it->second) {
+      if (u->op_type != "Gemm" && u->op_type != "MatMul") return false;
+      if (u->input.size() < 2 || u->input[0] != o || u->input[1] == o) return false;
+      const AttributeProto* ta = find_attr(*u, "transA");
+      if (ta && ta->i != 0) return false;
+      auto w = vals_.find(u->input[1]);
+      if (w == vals_.end() || w->second.kind != Val::kConst || w->second.c.dims.size() != 2)
+        return false;
+    }
+    return true;
   }
 
   void flatten() {
