@@ -272,9 +272,8 @@ class Importer {
   // dims both hold, then a Reshape when the sets of held dims differ (only size-1 dims).
   nn::KTensor as_layout(const Val& v, const Perm& tp, const std::string& suffix) {
     if (tp.size() > 0 && v.perm[0] != tp[0])
-      fail("needs the batch dim (ONNX dim " + std::to_string(v.perm[0]) +
-           ") moved to ONNX dim " + std::to_string(tp[0]) +
-           ": lowbit tensors keep the batch dim first");
+      fail("needs the batch dim (ONNX dim " + std::to_string(v.perm[0]) + ") moved to ONNX dim " +
+           std::to_string(tp[0]) + ": lowbit tensors keep the batch dim first");
     if (v.perm == tp) return v.t;
     const std::vector<int64_t> d = onnx_dims(v);
     // The held dims that tp also lists, in tp's order.
@@ -465,8 +464,8 @@ class Importer {
   // Spatial padding: "valid", "same" (TensorFlow's, odd cell at the end) or explicit pads that
   // need a ZeroPadding2D first. pads = [begin..., end...] over the spatial dims.
   struct Padding {
-    std::string mode;                 // valid | same
-    std::vector<int64_t> zero_pads;   // non-empty: ZeroPadding2D {t, b, l, r} first
+    std::string mode;                // valid | same
+    std::vector<int64_t> zero_pads;  // non-empty: ZeroPadding2D {t, b, l, r} first
   };
   Padding padding(const std::vector<int64_t>& in_sp, const std::vector<int64_t>& k,
                   const std::vector<int64_t>& s, const std::vector<int64_t>& dil, bool allow_zero,
@@ -500,8 +499,8 @@ class Importer {
     if (zero) return {"valid", {}};
     if (same) return {"same", {}};
     if (!allow_zero)
-      fail_attr("pads", "= " + ints_str(pads) + " is neither 0 nor TensorFlow's 'same' pads, " +
-                            zero_why);
+      fail_attr("pads",
+                "= " + ints_str(pads) + " is neither 0 nor TensorFlow's 'same' pads, " + zero_why);
     if (n != 2) fail_attr("pads", "= " + ints_str(pads) + ": explicit pads only for 2-D ops");
     return {"valid", {pads[0], pads[2], pads[1], pads[3]}};
   }
@@ -509,8 +508,8 @@ class Importer {
   // The [N, C, spatial...] input as a channels-last lowbit tensor, and its ONNX dims.
   nn::KTensor channels_last_in(const Val& x, int min_rank, int max_rank, std::vector<int64_t>& d) {
     if (x.rank < min_rank || x.rank > max_rank)
-      fail("input 0 has rank " + std::to_string(x.rank) + "; expected " +
-           std::to_string(min_rank) + ".." + std::to_string(max_rank));
+      fail("input 0 has rank " + std::to_string(x.rank) + "; expected " + std::to_string(min_rank) +
+           ".." + std::to_string(max_rank));
     if (x.perm[0] != 0) fail("input 0's dim 0 must be the batch dim");
     d = onnx_dims(x);
     return as_layout(x, channels_last(x.rank), "_nhwc");
@@ -587,8 +586,8 @@ class Importer {
 
   Tensor vec(const Const& c, int64_t n, const std::string& what) const {
     if (c.numel() != n || c.has_batch_dim())
-      fail("input " + what + " has dims " + ints_str(c.dims) + "; expected " +
-           std::to_string(n) + " elements");
+      fail("input " + what + " has dims " + ints_str(c.dims) + "; expected " + std::to_string(n) +
+           " elements");
     return c.to_f32().reshape(Shape{n});
   }
 
@@ -609,8 +608,8 @@ class Importer {
         std::copy_n(kernel.data<float>() + v.rows[i] * N, N, kern.data<float>() + i * N);
     }
     if (v.t.shape()[-1] != K)
-      fail(what + ": input's last dim is " + std::to_string(v.t.shape()[-1]) + " but the weight has " +
-           std::to_string(K) + " rows");
+      fail(what + ": input's last dim is " + std::to_string(v.t.shape()[-1]) +
+           " but the weight has " + std::to_string(K) + " rows");
     auto l = nn::Dense(N, {.use_bias = bias.defined(), .name = layer_name()});
     nn::KTensor y = call1(l, v.t);
     set_weight(*l, "kernel", kern);
@@ -694,8 +693,10 @@ class Importer {
     for (int j = 0; j < x.rank; ++j) {
       const bool held = std::find(x.perm.begin(), x.perm.end(), j) != x.perm.end();
       if (cd[j] != 1 && (j == x.perm[0] || !held || cd[j] != xd[j]))
-        fail("constant operand of dims " + ints_str(c.dims) + " does not broadcast to the tensor "
-             "operand's dims " + ints_str(xd) + " without growing it");
+        fail("constant operand of dims " + ints_str(c.dims) +
+             " does not broadcast to the tensor "
+             "operand's dims " +
+             ints_str(xd) + " without growing it");
     }
     Tensor ct = c.to_f32().reshape(Shape(cd));
     Perm order(x.perm.begin() + 1, x.perm.end());
@@ -796,10 +797,10 @@ class Importer {
     nn::KTensor y;
     if (op == "Relu" || op == "Sigmoid" || op == "Tanh") {
       check_attrs({});
-      y = op == "Relu" ? call1(nn::ReLU({.name = layer_name()}), x.t)
-                       : call1(nn::Activation(op == "Sigmoid" ? "sigmoid" : "tanh",
-                                              {.name = layer_name()}),
-                               x.t);
+      y = op == "Relu"
+              ? call1(nn::ReLU({.name = layer_name()}), x.t)
+              : call1(nn::Activation(op == "Sigmoid" ? "sigmoid" : "tanh", {.name = layer_name()}),
+                      x.t);
     } else if (op == "Clip") {
       check_attrs({});
       const double lo = has_in(1) ? cst(1, "min").v.at(0) : -INFINITY;
@@ -853,7 +854,8 @@ class Importer {
       check_attrs({"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order",
                    "strides"});
     else
-      check_attrs({"auto_pad", "ceil_mode", "count_include_pad", "kernel_shape", "pads", "strides"});
+      check_attrs(
+          {"auto_pad", "ceil_mode", "count_include_pad", "kernel_shape", "pads", "strides"});
     if (max && out_used(1)) fail("output 1 (Indices) is used: not supported");
     const Val& x = dyn(0);
     std::vector<int64_t> d;
@@ -864,17 +866,20 @@ class Importer {
     const std::vector<int64_t> s = attr_is("strides", std::vector<int64_t>(n, 1));
     const std::vector<int64_t> dil = attr_is("dilations", std::vector<int64_t>(n, 1));
     for (int64_t v : dil)
-      if (v != 1) fail_attr("dilations", "= " + ints_str(dil) + ": dilated pooling is not supported");
+      if (v != 1)
+        fail_attr("dilations", "= " + ints_str(dil) + ": dilated pooling is not supported");
     if (s.size() != n) fail_attr("strides", "must have " + std::to_string(n) + " values");
     const bool include_pad = !max && attr_i("count_include_pad", 0) != 0;
     std::vector<int64_t> sp(d.begin() + 2, d.end());
-    Padding p = padding(sp, k, s, dil, include_pad,
-                        max ? "which MaxPool cannot take (it ignores padded cells)"
-                            : "with count_include_pad = 0");
+    Padding p = padding(
+        sp, k, s, dil, include_pad,
+        max ? "which MaxPool cannot take (it ignores padded cells)" : "with count_include_pad = 0");
     if (include_pad && p.mode == "same") {  // "same" pads, counted: explicit zeros
       std::vector<int64_t> pads = attr_is("pads", {});
-      if (pads.size() == 4) p = {"valid", {pads[0], pads[2], pads[1], pads[3]}};
-      else fail_attr("auto_pad", "with count_include_pad = 1 is not supported");
+      if (pads.size() == 4)
+        p = {"valid", {pads[0], pads[2], pads[1], pads[3]}};
+      else
+        fail_attr("auto_pad", "with count_include_pad = 1 is not supported");
     }
     if (attr_i("ceil_mode", 0) != 0 && p.mode == "valid") {
       // ceil_mode changes nothing when the windows fit exactly.
@@ -890,10 +895,9 @@ class Importer {
     if (!p.zero_pads.empty())
       t = call1(nn::ZeroPadding2D(p.zero_pads, {.name = layer_name("_pad")}), t);
     nn::PoolingOptions po{.strides = nn::Ints(s), .padding = p.mode, .name = layer_name()};
-    nn::LayerPtr l = n == 2 ? (max ? nn::MaxPooling2D(nn::Ints(k), po)
-                                   : nn::AveragePooling2D(nn::Ints(k), po))
-                            : (max ? nn::MaxPooling1D(nn::Ints(k), po)
-                                   : nn::AveragePooling1D(nn::Ints(k), po));
+    nn::LayerPtr l =
+        n == 2 ? (max ? nn::MaxPooling2D(nn::Ints(k), po) : nn::AveragePooling2D(nn::Ints(k), po))
+               : (max ? nn::MaxPooling1D(nn::Ints(k), po) : nn::AveragePooling1D(nn::Ints(k), po));
     set_out(0, dyn_val(call1(l, t), channels_last(x.rank), x.rank));
   }
 
@@ -904,8 +908,9 @@ class Importer {
     std::vector<int64_t> d;
     nn::KTensor t = channels_last_in(x, 3, 4, d);
     nn::GlobalPoolingOptions go{.keepdims = true, .name = layer_name()};
-    nn::LayerPtr l = x.rank == 4 ? (max ? nn::GlobalMaxPooling2D(go) : nn::GlobalAveragePooling2D(go))
-                                 : (max ? nn::GlobalMaxPooling1D(go) : nn::GlobalAveragePooling1D(go));
+    nn::LayerPtr l = x.rank == 4
+                         ? (max ? nn::GlobalMaxPooling2D(go) : nn::GlobalAveragePooling2D(go))
+                         : (max ? nn::GlobalMaxPooling1D(go) : nn::GlobalAveragePooling1D(go));
     set_out(0, dyn_val(call1(l, t), channels_last(x.rank), x.rank));
   }
 
@@ -947,7 +952,8 @@ class Importer {
     }
     target[bo] = kBatch;
     if (infer >= 0) {
-      if (known == 0 || P % known) fail("the shape " + ints_str(target) + " does not divide the input");
+      if (known == 0 || P % known)
+        fail("the shape " + ints_str(target) + " does not divide the input");
       target[infer] = P / known;
     } else if (known != P) {
       fail("the shape " + ints_str(target) + " does not hold the input's " + std::to_string(P) +
@@ -1021,11 +1027,14 @@ class Importer {
     int64_t pre = 1;
     bool batch_pre = false;
     for (int64_t j = 0; j < axis; ++j) {
-      if (d[j] == kBatch) batch_pre = true;
-      else pre *= d[j];
+      if (d[j] == kBatch)
+        batch_pre = true;
+      else
+        pre *= d[j];
     }
     if (!batch_pre || pre != 1)
-      fail_attr("axis", "= " + std::to_string(axis) + ": the first output dim must be the batch dim");
+      fail_attr("axis",
+                "= " + std::to_string(axis) + ": the first output dim must be the batch dim");
     set_out(0, reshape(x, {kBatch, -1}, false));
   }
 
@@ -1068,7 +1077,8 @@ class Importer {
       axes = attr_is("axes", {});
     }
     const std::vector<int64_t> d = onnx_dims(x);
-    const int out_rank = sq ? x.rank - static_cast<int>(axes.size()) : x.rank + static_cast<int>(axes.size());
+    const int out_rank =
+        sq ? x.rank - static_cast<int>(axes.size()) : x.rank + static_cast<int>(axes.size());
     if (sq && axes.empty())
       for (int j = 0; j < x.rank; ++j)
         if (d[j] == 1) axes.push_back(j);
@@ -1082,7 +1092,9 @@ class Importer {
     Val v = x;
     if (sq) {
       for (int64_t a : axes)
-        if (d[a] != 1) fail("squeezes dim " + std::to_string(a) + " of size " + (d[a] == kBatch ? std::string("batch") : std::to_string(d[a])));
+        if (d[a] != 1)
+          fail("squeezes dim " + std::to_string(a) + " of size " +
+               (d[a] == kBatch ? std::string("batch") : std::to_string(d[a])));
       // drop held size-1 dims first
       Perm tp;
       for (int p : x.perm)
@@ -1113,14 +1125,17 @@ class Importer {
     std::vector<nn::KTensor> ts;
     Val v0 = x0;
     if (std::find(v0.perm.begin(), v0.perm.end(), axis) == v0.perm.end())
-      v0 = onnx_order(dyn_val(as_layout(x0, identity(x0.rank), "_layout"), identity(x0.rank), x0.rank), "_o");
+      v0 = onnx_order(
+          dyn_val(as_layout(x0, identity(x0.rank), "_layout"), identity(x0.rank), x0.rank), "_o");
     for (size_t i = 0; i < cur_->input.size(); ++i) {
       const Val& xi = dyn(i);
       if (xi.rank != x0.rank) fail("inputs of different ranks");
       ts.push_back(as_layout(xi, v0.perm, "_layout" + std::to_string(i)));
     }
-    const int la = static_cast<int>(std::find(v0.perm.begin(), v0.perm.end(), axis) - v0.perm.begin());
-    set_out(0, dyn_val(call(nn::Concatenate({.axis = la, .name = layer_name()}), ts), v0.perm, v0.rank));
+    const int la =
+        static_cast<int>(std::find(v0.perm.begin(), v0.perm.end(), axis) - v0.perm.begin());
+    set_out(0, dyn_val(call(nn::Concatenate({.axis = la, .name = layer_name()}), ts), v0.perm,
+                       v0.rank));
   }
 
   void pad() {
@@ -1138,7 +1153,8 @@ class Importer {
     if (static_cast<int>(pads.size()) != 2 * x.rank) fail("input 1 (pads) has the wrong length");
     const int r = x.rank;
     for (int j = 0; j < r; ++j) {
-      if (pads[j] < 0 || pads[r + j] < 0) fail("input 1 (pads) = " + ints_str(pads) + " is negative");
+      if (pads[j] < 0 || pads[r + j] < 0)
+        fail("input 1 (pads) = " + ints_str(pads) + " is negative");
       if ((j < 2 || r != 4) && (pads[j] || pads[r + j]))
         fail("input 1 (pads) = " + ints_str(pads) +
              ": only the spatial dims of an [N, C, H, W] tensor are padded");
@@ -1201,17 +1217,21 @@ class Importer {
         if (s == "Sigmoid") return "sigmoid";
         if (s == "Tanh") return "tanh";
         if (s == "Relu") return "relu";
-        if (s == "HardSigmoid") fail_attr("activations", "HardSigmoid (ONNX alpha 0.2) is not supported");
+        if (s == "HardSigmoid")
+          fail_attr("activations", "HardSigmoid (ONNX alpha 0.2) is not supported");
         fail_attr("activations", "holds '" + s + "': sigmoid, tanh or relu only");
       };
       const size_t per = lstm ? 3 : 2;
-      if (a->strings.size() != per * static_cast<size_t>(D)) fail_attr("activations", "has the wrong count");
+      if (a->strings.size() != per * static_cast<size_t>(D))
+        fail_attr("activations", "has the wrong count");
       for (int64_t k = 0; k < D; ++k) {
         const std::string f = keras(a->strings[k * per]), g = keras(a->strings[k * per + 1]);
         if (lstm && keras(a->strings[k * per + 2]) != g)
           fail_attr("activations", "with h != g is not supported (Keras uses one activation)");
-        if (k == 0) ract = f, act = g;
-        else if (f != ract || g != act) fail_attr("activations", "that differ per direction");
+        if (k == 0)
+          ract = f, act = g;
+        else if (f != ract || g != act)
+          fail_attr("activations", "that differ per direction");
       }
     }
     const bool lbr = !lstm && attr_i("linear_before_reset", 0) != 0;
@@ -1241,20 +1261,28 @@ class Importer {
     }
     const bool seqs = out_used(0), state = out_used(1) || (lstm && out_used(2));
     if (dir == "reverse" && seqs)
-      fail_attr("direction", "= 'reverse' with output Y used: only Y_h / Y_c of a reverse "
-                             "recurrence are imported");
+      fail_attr("direction",
+                "= 'reverse' with output Y used: only Y_h / Y_c of a reverse "
+                "recurrence are imported");
     const bool backwards = dir == "reverse";
     const std::string nm = layer_name();
     nn::LayerPtr l;
     if (lstm) {
-      l = nn::LSTM(H, {.activation = act, .recurrent_activation = ract,
-                       .return_sequences = seqs, .return_state = state,
-                       .go_backwards = backwards, .zero_output_for_mask = mask.defined(),
+      l = nn::LSTM(H, {.activation = act,
+                       .recurrent_activation = ract,
+                       .return_sequences = seqs,
+                       .return_state = state,
+                       .go_backwards = backwards,
+                       .zero_output_for_mask = mask.defined(),
                        .name = D == 2 ? nm + "_cell" : nm});
     } else {
-      l = nn::GRU(H, {.activation = act, .recurrent_activation = ract, .reset_after = lbr,
-                      .return_sequences = seqs, .return_state = state,
-                      .go_backwards = backwards, .zero_output_for_mask = mask.defined(),
+      l = nn::GRU(H, {.activation = act,
+                      .recurrent_activation = ract,
+                      .reset_after = lbr,
+                      .return_sequences = seqs,
+                      .return_state = state,
+                      .go_backwards = backwards,
+                      .zero_output_for_mask = mask.defined(),
                       .name = D == 2 ? nm + "_cell" : nm});
     }
     if (D == 2) l = nn::Bidirectional(l, {.merge_mode = "concat", .name = nm});
@@ -1262,8 +1290,8 @@ class Importer {
     if (mask.defined()) co.masks = {mask};
     std::vector<nn::KTensor> outs = (*l)(std::vector<nn::KTensor>{xt}, co);
     // weights, per direction
-    const std::vector<int64_t> block = lstm ? std::vector<int64_t>{0, 3, 1, 2}
-                                            : std::vector<int64_t>{0, 1, 2};
+    const std::vector<int64_t> block =
+        lstm ? std::vector<int64_t>{0, 3, 1, 2} : std::vector<int64_t>{0, 1, 2};
     auto gates = [&](const std::vector<double>& src, int64_t dd, int64_t rows) {
       Tensor o({rows, G * H}, DType::kF32);
       float* dst = o.data<float>();
@@ -1288,9 +1316,8 @@ class Importer {
       Tensor o({G * H}, DType::kF32);
       for (int64_t g = 0; g < G; ++g)
         for (int64_t u = 0; u < H; ++u)
-          o.data<float>()[block[g] * H + u] =
-              static_cast<float>(static_cast<float>(b[g * H + u]) +
-                                 static_cast<float>(b[G * H + g * H + u]));
+          o.data<float>()[block[g] * H + u] = static_cast<float>(
+              static_cast<float>(b[g * H + u]) + static_cast<float>(b[G * H + g * H + u]));
       return o;
     };
     std::vector<nn::Weight*> ks, rks, bs;
@@ -1299,16 +1326,20 @@ class Importer {
       auto ends = [&](const std::string& s) {
         return n.size() >= s.size() && n.compare(n.size() - s.size(), s.size(), s) == 0;
       };
-      if (ends("recurrent_kernel")) rks.push_back(&w);
-      else if (ends("kernel")) ks.push_back(&w);
-      else if (ends("bias")) bs.push_back(&w);
+      if (ends("recurrent_kernel"))
+        rks.push_back(&w);
+      else if (ends("kernel"))
+        ks.push_back(&w);
+      else if (ends("bias"))
+        bs.push_back(&w);
     }
     if (ks.size() != static_cast<size_t>(D) || rks.size() != ks.size() || bs.size() != ks.size())
       fail("internal: unexpected recurrent layer weights");
     for (int64_t dd = 0; dd < D; ++dd) {
       auto put = [&](nn::Weight* w, const Tensor& v) {
         if (w->value.shape() != v.shape())
-          fail("internal: weight " + w->name + " is " + w->value.shape().str() + ", not " + v.shape().str());
+          fail("internal: weight " + w->name + " is " + w->value.shape().str() + ", not " +
+               v.shape().str());
         w->value.copy_from(v);
       };
       put(ks[dd], gates(W.v, dd, I));
@@ -1337,7 +1368,8 @@ class Importer {
         set_out(1 + s, dyn_val(outs[k + s], layout ? Perm{0, 2} : Perm{1, 2}, 3));
       } else {
         nn::KTensor f = call1(nn::Reshape({1, H}, {.name = layer_name("_fwd_state")}), outs[k + s]);
-        nn::KTensor b = call1(nn::Reshape({1, H}, {.name = layer_name("_bwd_state")}), outs[k + per + s]);
+        nn::KTensor b =
+            call1(nn::Reshape({1, H}, {.name = layer_name("_bwd_state")}), outs[k + per + s]);
         nn::KTensor both = call(nn::Concatenate({.axis = 1, .name = layer_name("_state")}), {f, b});
         set_out(1 + s, dyn_val(both, p, 3));
       }

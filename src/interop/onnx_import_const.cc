@@ -179,8 +179,9 @@ bool eval_const(const NodeProto& n, const std::vector<const Const*>& in, const C
     } else if (const AttributeProto* is = find_attr(n, "value_ints")) {
       c = ints_const(is->ints, {static_cast<int64_t>(is->ints.size())});
     } else {
-      env.fail("attribute 'value' (a tensor; or value_float(s)/value_int(s)) is missing; "
-               "sparse_value and value_string(s) are not supported");
+      env.fail(
+          "attribute 'value' (a tensor; or value_float(s)/value_int(s)) is missing; "
+          "sparse_value and value_string(s) are not supported");
     }
     out.push_back(std::move(c));
     return true;
@@ -441,9 +442,8 @@ bool eval_const(const NodeProto& n, const std::vector<const Const*>& in, const C
       dims = input(1).ints();
       // A constant of one value (PyTorch's zero initial states, traced at one batch size) fills
       // any shape, a batch-sized one too.
-      const bool uniform =
-          !fill.v.empty() && std::all_of(fill.v.begin(), fill.v.end(),
-                                         [&](double x) { return x == fill.v[0]; });
+      const bool uniform = !fill.v.empty() && std::all_of(fill.v.begin(), fill.v.end(),
+                                                          [&](double x) { return x == fill.v[0]; });
       if (uniform && fill.dims.size() <= dims.size()) {
         fill.v.resize(1);
         fill.dims = {};
@@ -460,8 +460,8 @@ bool eval_const(const NodeProto& n, const std::vector<const Const*>& in, const C
     out.push_back(std::move(c));
     return true;
   }
-  if (op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Equal" ||
-      op == "Less" || op == "Greater" || op == "Max" || op == "Min") {
+  if (op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Equal" || op == "Less" ||
+      op == "Greater" || op == "Max" || op == "Min") {
     const Const& a = input(0);
     const Const& b = input(1);
     no_batch_math(a);

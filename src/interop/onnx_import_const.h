@@ -26,11 +26,11 @@ struct Const {
   std::vector<double> v;      // row-major elements
   int64_t numel() const;      // kBatch dims count 1
   bool has_batch_dim() const;
-  bool holds_batch() const;   // some element is kBatch
+  bool holds_batch() const;  // some element is kBatch
   bool is_int() const { return dtype != kFloat; }
   // The elements as int64 (checked: integral values).
   std::vector<int64_t> ints() const;
-  Tensor to_f32() const;      // refuses (via `fail`) nothing: callers check has_batch_dim first
+  Tensor to_f32() const;  // refuses (via `fail`) nothing: callers check has_batch_dim first
 };
 
 Const const_from_tensor(const TensorProto& t);

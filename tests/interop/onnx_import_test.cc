@@ -77,9 +77,11 @@ Tensor ort_as_lowbit(const Tensor& ort, const Tensor& lb) {
 
 double max_rel_err(const Tensor& got, const Tensor& want) {
   double worst = 0, scale = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) scale = std::max(scale, std::fabs(static_cast<double>(want.data<float>()[i])));
   for (int64_t i = 0; i < want.numel(); ++i)
-    worst = std::max(worst, std::fabs(static_cast<double>(got.data<float>()[i]) - want.data<float>()[i]));
+    scale = std::max(scale, std::fabs(static_cast<double>(want.data<float>()[i])));
+  for (int64_t i = 0; i < want.numel(); ++i)
+    worst = std::max(worst,
+                     std::fabs(static_cast<double>(got.data<float>()[i]) - want.data<float>()[i]));
   return scale > 0 ? worst / scale : worst;
 }
 
@@ -197,8 +199,8 @@ TEST(OnnxImport, RoundTripThroughExport) {
   nn::KTensor d = (*nn::DepthwiseConv2D(3, {.strides = 2, .padding = "same"}))(h);
   d = (*nn::MaxPooling2D(2))(d);
   nn::KTensor f = (*nn::Flatten())(d);
-  nn::KTensor out = (*nn::Dense(4, {.activation = "softmax"}))(
-      (*nn::Dense(8, {.activation = "tanh"}))(f));
+  nn::KTensor out =
+      (*nn::Dense(4, {.activation = "softmax"}))((*nn::Dense(8, {.activation = "tanh"}))(f));
   nn::ModelPtr m = nn::Model::create({in}, {out});
   for (const nn::LayerPtr& l : m->layers())
     if (l->class_name() == "BatchNormalization") {
@@ -249,7 +251,8 @@ TEST(OnnxImport, ImportedCnnTrainsAndQuantizes) {
   // 8-bit fake quantization stays near the float model (logits of order 1).
   double worst = 0;
   for (int64_t i = 0; i < fl.numel(); ++i)
-    worst = std::max(worst, std::fabs(static_cast<double>(fq.data<float>()[i]) - fl.data<float>()[i]));
+    worst =
+        std::max(worst, std::fabs(static_cast<double>(fq.data<float>()[i]) - fl.data<float>()[i]));
   EXPECT_LT(worst, 0.25);
   qat->compile({.loss = nn::SparseCategoricalCrossentropy({.from_logits = true})});
   qat->fit(x, y, {.epochs = 1, .batch_size = 8, .verbose = 0});
@@ -270,14 +273,18 @@ onnx::ValueInfoProto value(const std::string& name, std::vector<int64_t> dims) {
 struct GraphBuilder {
   onnx::ModelProto p;
   Rng rng{21};
-  explicit GraphBuilder(int64_t opset) { p.opset_import.push_back({"", opset}); p.graph.name = "hand"; }
+  explicit GraphBuilder(int64_t opset) {
+    p.opset_import.push_back({"", opset});
+    p.graph.name = "hand";
+  }
   std::string init(const std::string& name, const Shape& s, float lo = -0.5f, float hi = 0.5f) {
     p.graph.initializer.push_back(onnx::from_tensor(name, random_tensor(s, rng, lo, hi)));
     return name;
   }
   std::string ints(const std::string& name, std::vector<int64_t> v) {
     const auto n = static_cast<int64_t>(v.size());
-    p.graph.initializer.push_back(onnx::from_tensor(name, Tensor::from_vector<int64_t>(v, Shape{n})));
+    p.graph.initializer.push_back(
+        onnx::from_tensor(name, Tensor::from_vector<int64_t>(v, Shape{n})));
     return name;
   }
   std::string scalar(const std::string& name, float v) {
@@ -306,7 +313,8 @@ onnx::AttributeProto attr_string(const std::string& name, const std::string& v) 
 }
 
 // Runs the hand-written model in lowbit (imported) and ORT on x; expects agreement.
-void expect_hand_model_matches(const onnx::ModelProto& p, const Tensor& x, const std::string& stem) {
+void expect_hand_model_matches(const onnx::ModelProto& p, const Tensor& x,
+                               const std::string& stem) {
   const std::string dir = testing::fresh_temp_dir(stem);
   const std::string path = dir + "/model.onnx";
   onnx::write_model(path, p);
@@ -359,18 +367,20 @@ TEST(OnnxImport, HandWrittenConv1DGraphMatchesOnnxRuntime) {
   b.node("Conv", {"x", b.init("w", {6, 4, 3}), b.init("bias", {6})}, "c",
          {onnx::attr_ints("pads", {1, 1}), onnx::attr_ints("kernel_shape", {3})});
   b.node("Relu", {"c"}, "r");
-  b.node("MaxPool", {"r"}, "p", {onnx::attr_ints("kernel_shape", {2}), onnx::attr_ints("strides", {2})});
+  b.node("MaxPool", {"r"}, "p",
+         {onnx::attr_ints("kernel_shape", {2}), onnx::attr_ints("strides", {2})});
   b.node("Flatten", {"p"}, "f", {onnx::attr_int("axis", 1)});
   b.node("Gemm", {"f", b.init("fw", {5, 30}), b.init("fb", {5})}, "fc",
-         {onnx::attr_int("transB", 1), onnx::attr_float("alpha", 0.5f), onnx::attr_float("beta", 2.0f)});
-  b.node("HardSigmoid", {"fc"}, "y", {onnx::attr_float("alpha", 0.3f), onnx::attr_float("beta", 0.4f)});
+         {onnx::attr_int("transB", 1), onnx::attr_float("alpha", 0.5f),
+          onnx::attr_float("beta", 2.0f)});
+  b.node("HardSigmoid", {"fc"}, "y",
+         {onnx::attr_float("alpha", 0.3f), onnx::attr_float("beta", 0.4f)});
   b.p.graph.output.push_back(value("y", {-1, 5}));
   Rng rng(4);
   expect_hand_model_matches(b.p, random_tensor(Shape{3, 4, 10}, rng, -2.0f, 2.0f), "hand_conv1d");
 }
 
 // ---- refusals ----
-
 
 // x [N, 4] -> node -> y.
 onnx::ModelProto one_node(onnx::NodeProto n, int64_t opset = 13,
@@ -422,7 +432,9 @@ TEST(OnnxImportRefusal, ClipOtherThanReluIsRefused) {
   const onnx::TensorProto lo = onnx::from_tensor("lo", Tensor::full({}, -1.0));
   const onnx::TensorProto hi = onnx::from_tensor("hi", Tensor::full({}, 1.0));
   expect_throws_with<UnsupportedError>(
-      [&] { onnx::import_onnx(one_node(clip, 13, {lo, hi})); },
+      [&] {
+        onnx::import_onnx(one_node(clip, 13, {lo, hi}));
+      },
       "node 'clip' (Clip, opset 13): input 1 (min)");
 }
 
@@ -450,7 +462,8 @@ TEST(OnnxImportRefusal, OpsetOutOfRangeAndOtherDomains) {
 
 TEST(OnnxImportRefusal, ReshapeThatFixesTheBatch) {
   onnx::NodeProto n = make_node("Reshape", "rs", {"x", "s"});
-  const onnx::TensorProto s = onnx::from_tensor("s", Tensor::from_vector<int64_t>({2, 2, 2}, Shape{3}));
+  const onnx::TensorProto s =
+      onnx::from_tensor("s", Tensor::from_vector<int64_t>({2, 2, 2}, Shape{3}));
   expect_throws_with<UnsupportedError>([&] { onnx::import_onnx(one_node(n, 13, {s})); },
                                        "fixes the batch size");
 }
