@@ -383,7 +383,11 @@ class Importer {
     if (!n.domain.empty() && n.domain != "ai.onnx")
       fail("domain '" + n.domain + "' is not supported (only the default ONNX domain)");
     const std::string& op = n.op_type;
-    if (n.output.empty() || n.output[0].empty()) fail("the node has no output");
+    if (std::all_of(n.output.begin(), n.output.end(),
+                    [](const std::string& o) { return o.empty(); }))
+      fail("the node has no output");
+    if (n.output[0].empty() && op != "LSTM" && op != "GRU")
+      fail("output 0 is omitted (only LSTM / GRU may omit it)");
     // Constant folding: every given input constant (or Shape of a tensor).
     bool all_const = true;
     for (size_t i = 0; i < n.input.size(); ++i)
@@ -1180,6 +1184,10 @@ class Importer {
     if (find_attr(*cur_, "clip")) fail_attr("clip", "(cell clipping) is not supported");
     if (attr_i("input_forget", 0)) fail_attr("input_forget", "= 1 is not supported");
     const int64_t layout = attr_i("layout", 0);
+    // ONNX Runtime's CPU kernels refuse layout = 1, so nothing could check ours against it.
+    if (layout != 0)
+      fail_attr("layout",
+                "= " + std::to_string(layout) + ": only the sequence-major layout 0 is imported");
     const std::string dir = attr_s("direction", "forward");
     if (dir != "forward" && dir != "bidirectional" && dir != "reverse")
       fail_attr("direction", "= '" + dir + "' is not valid");

@@ -380,6 +380,48 @@ TEST(OnnxImport, HandWrittenConv1DGraphMatchesOnnxRuntime) {
   expect_hand_model_matches(b.p, random_tensor(Shape{3, 4, 10}, rng, -2.0f, 2.0f), "hand_conv1d");
 }
 
+TEST(OnnxImport, HandWrittenRecurrentGraphsMatchOnnxRuntime) {
+  {  // Bidirectional GRU without linear_before_reset (reset_after = false), Y_h [2, B, H].
+    GraphBuilder b(13);
+    b.p.graph.input.push_back(value("x", {-1, 6, 3}));
+    b.node("Transpose", {"x"}, "xt", {onnx::attr_ints("perm", {1, 0, 2})});
+    onnx::NodeProto& n = b.p.graph.node.emplace_back();
+    n.op_type = "GRU";
+    n.name = "gru";
+    n.input = {"xt", b.init("W", {2, 12, 3}), b.init("R", {2, 12, 4}), b.init("B", {2, 24})};
+    n.output = {"", "h"};
+    n.attribute = {onnx::attr_int("hidden_size", 4), attr_string("direction", "bidirectional")};
+    b.p.graph.output.push_back(value("h", {2, -1, 4}));
+    const std::string dir = testing::fresh_temp_dir("hand_gru");
+    onnx::write_model(dir + "/m.onnx", b.p);
+    nn::ModelPtr m = onnx::import_onnx(dir + "/m.onnx");
+    Rng rng(5);
+    const Tensor x = random_tensor(Shape{3, 6, 3}, rng, -2.0f, 2.0f);
+    const Tensor got = m->predict(x);  // [B, 2, H]: the batch first
+    const Tensor want =
+        transpose(testing::run_onnxruntime(dir + "/m.onnx", {x}, dir).at(0), {1, 0, 2});
+    std::filesystem::remove_all(dir);
+    EXPECT_TRUE(tensors_near(got, want, kAtol, kRtol));
+    std::printf("[agreement] hand_bigru Y_h %s: %.2e\n", got.shape().str().c_str(),
+                max_rel_err(got, want));
+  }
+  {  // Reverse LSTM, only Y_h used.
+    GraphBuilder b(13);
+    b.p.graph.input.push_back(value("x", {-1, 5, 3}));
+    b.node("Transpose", {"x"}, "xt", {onnx::attr_ints("perm", {1, 0, 2})});
+    onnx::NodeProto& n = b.p.graph.node.emplace_back();
+    n.op_type = "LSTM";
+    n.name = "lstm";
+    n.input = {"xt", b.init("W", {1, 16, 3}), b.init("R", {1, 16, 4}), b.init("B", {1, 32})};
+    n.output = {"", "h"};
+    n.attribute = {onnx::attr_int("hidden_size", 4), attr_string("direction", "reverse")};
+    b.p.graph.output.push_back(value("h", {-1, 1, 4}));
+    Rng rng(6);
+    expect_hand_model_matches(b.p, random_tensor(Shape{3, 5, 3}, rng, -2.0f, 2.0f),
+                              "hand_rev_lstm");
+  }
+}
+
 // ---- refusals ----
 
 // x [N, 4] -> node -> y.
