@@ -347,6 +347,15 @@ class Importer {
                      "'): only the batch dim (dim 0) may be; export with fixed sizes");
       rest.push_back(vi.dims[i].dim_value);
     }
+    int64_t row = 1;
+    for (int64_t d : rest) {
+      if (d < 1 || d > (int64_t{1} << 24) || row > (int64_t{1} << 31) / d)
+        LOWBIT_THROW(UnsupportedError, "ONNX import: graph input '", vi.name, "' has dims ",
+                     ints_str(rest),
+                     " (batch excluded): each dim must be in [1, 2^24] and a "
+                     "batch row at most 2^31 elements");
+      row *= d;
+    }
     const int r = static_cast<int>(vi.dims.size());
     if (vi.elem_type == kInt64 || vi.elem_type == kInt32) {
       if (r != 1)

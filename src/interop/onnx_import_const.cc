@@ -13,6 +13,8 @@ namespace lowbit::onnx::detail {
 
 namespace {
 
+constexpr int64_t kMaxElements = int64_t{1} << 24;
+
 bool is_batch(double x) { return x == static_cast<double>(kBatch); }
 
 const AttributeProto* find_attr(const NodeProto& n, const std::string& name) {
@@ -73,8 +75,14 @@ Const ints_const(std::vector<int64_t> v, std::vector<int64_t> dims) {
 }  // namespace
 
 int64_t Const::numel() const {
+  // Saturates (a fuzzed shape must not overflow): callers refuse anything above kMaxElements.
   int64_t n = 1;
-  for (int64_t d : dims) n *= dim_count(d);
+  for (int64_t d : dims) {
+    const int64_t c = dim_count(d);
+    if (c < 0) return -1;
+    if (c != 0 && n > (int64_t{1} << 40) / c) return int64_t{1} << 40;
+    n *= c;
+  }
   return n;
 }
 bool Const::has_batch_dim() const {
@@ -455,6 +463,9 @@ bool eval_const(const NodeProto& n, const std::vector<const Const*>& in, const C
     Const c;
     c.dtype = fill.dtype;
     c.dims = od;
+    if (c.numel() < 0 || c.numel() > kMaxElements)
+      env.fail("a constant of dims " + std::to_string(c.dims.size()) + "-D holding more than " +
+               std::to_string(kMaxElements) + " elements");
     c.v.resize(static_cast<size_t>(c.numel()));
     for_broadcast(od, fill.dims, [&](int64_t o, int64_t s) { c.v[o] = fill.v[s]; });
     out.push_back(std::move(c));
@@ -471,6 +482,8 @@ bool eval_const(const NodeProto& n, const std::vector<const Const*>& in, const C
     Const c;
     c.dtype = (op == "Equal" || op == "Less" || op == "Greater") ? kBool : a.dtype;
     c.dims = od;
+    if (c.numel() < 0 || c.numel() > kMaxElements)
+      env.fail("a broadcast constant of more than " + std::to_string(kMaxElements) + " elements");
     c.v.assign(static_cast<size_t>(c.numel()), 0.0);
     std::vector<double> av(c.v.size()), bv(c.v.size());
     for_broadcast(od, a.dims, [&](int64_t o, int64_t s) { av[o] = a.v[s]; });
@@ -520,7 +533,7 @@ bool eval_const(const NodeProto& n, const std::vector<const Const*>& in, const C
     if (s.numel() != 1 || l.numel() != 1 || d.numel() != 1) env.fail("non-scalar inputs");
     if (d.v[0] == 0) env.fail("a delta of 0");
     const double n_el = std::max(std::ceil((l.v[0] - s.v[0]) / d.v[0]), 0.0);
-    if (n_el > 1e7) env.fail("a range of more than 10^7 elements");
+    if (!std::isfinite(n_el) || n_el > 1e7) env.fail("a range of more than 10^7 elements");
     Const c;
     c.dtype = s.dtype;
     c.dims = {static_cast<int64_t>(n_el)};

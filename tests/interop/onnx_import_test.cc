@@ -235,6 +235,21 @@ TEST(OnnxImport, RoundTripRecurrent) {
   EXPECT_TRUE(tensors_near(back->predict(x), m->predict(x), 1e-6, 1e-5));
 }
 
+// PyTorch's CNN imported, then exported by lowbit: ONNX Runtime runs the re-exported file (which
+// takes lowbit's NHWC input) to the same outputs as the original file on NCHW input.
+TEST(OnnxImport, ImportedCnnReExports) {
+  nn::ModelPtr m = onnx::import_onnx(model_path("cnn_op13"));
+  Rng rng(12);
+  const Tensor x = random_tensor(Shape{3, 3, 16, 16}, rng, -2.0f, 2.0f);
+  const std::string dir = testing::fresh_temp_dir("onnx_reexport");
+  onnx::export_onnx(*m, dir + "/re.onnx");
+  const Tensor want = testing::run_onnxruntime(model_path("cnn_op13"), {x}, dir).at(0);
+  const Tensor got =
+      testing::run_onnxruntime(dir + "/re.onnx", {to_lowbit(x, m->inputs()[0].shape())}, dir).at(0);
+  std::filesystem::remove_all(dir);
+  EXPECT_TRUE(tensors_near(got, want, kAtol, kRtol));
+}
+
 // The imported model is a normal lowbit model: it trains and goes through QAT.
 TEST(OnnxImport, ImportedCnnTrainsAndQuantizes) {
   nn::ModelPtr m = onnx::import_onnx(model_path("mobile_block_op13"));
