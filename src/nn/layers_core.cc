@@ -87,6 +87,57 @@ class DenseLayer : public Layer {
   DenseOptions o_;
 };
 
+// y = x * scale + offset (Keras' Rescaling), with scale and offset non-trainable weights of
+// shape param_shape that broadcast against the input's non-batch dims (numpy rules, aligned to
+// the right): {} for scalars (Keras), {C} per channel, {H, W, C}, ... (ONNX import's Mul/Add by a
+// constant that no neighbouring layer absorbs).
+class RescalingLayer : public Layer {
+ public:
+  RescalingLayer(double scale, double offset, RescalingOptions o)
+      : Layer("rescaling", o.name), scale_(scale), offset_(offset), o_(std::move(o)) {
+    for (int64_t d : o_.param_shape)
+      if (d < 1)
+        LOWBIT_THROW(ValueError, "Rescaling: argument 'param_shape': expected dims >= 1 but found ",
+                     detail::ints_json(o_.param_shape).dump());
+  }
+  std::string class_name() const override { return "Rescaling"; }
+  void build(const std::vector<Shape>& s) override {
+    const Shape& x = s[0];
+    const int n = static_cast<int>(o_.param_shape.size());
+    bool ok = x.rank() >= 1 && n <= x.rank() - 1;
+    for (int i = 0; ok && i < n; ++i) {
+      const int64_t d = o_.param_shape[n - 1 - i], xd = x[x.rank() - 1 - i];
+      ok = d == 1 || xd == kUnknown || d == xd;
+    }
+    check_input(ok,
+                "non-batch dims that param_shape " + detail::ints_json(o_.param_shape).dump() +
+                    " broadcasts against",
+                x);
+    add_weight("scale", Shape(o_.param_shape), "ones", false).value =
+        Tensor::full(Shape(o_.param_shape), scale_);
+    add_weight("offset", Shape(o_.param_shape), "zeros", false).value =
+        Tensor::full(Shape(o_.param_shape), offset_);
+  }
+  std::vector<Value> call(const std::vector<Value>& in, CallContext& ctx) override {
+    return {in[0] * ctx.var(*this, weights_[0]) + ctx.var(*this, weights_[1])};
+  }
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    return detail::pass_mask(out, ctx);
+  }
+  Json get_config() const override {
+    Json j = Layer::get_config();
+    j["scale"] = scale_;
+    j["offset"] = offset_;
+    j["param_shape"] = detail::ints_json(o_.param_shape);
+    return j;
+  }
+
+ private:
+  double scale_, offset_;
+  RescalingOptions o_;
+};
+
 class ActivationLayer : public Layer {
  public:
   ActivationLayer(std::string act, ActivationOptions o)
@@ -265,6 +316,9 @@ LayerPtr Dense(int64_t units, DenseOptions o) {
 LayerPtr Activation(const std::string& a, ActivationOptions o) {
   return std::make_shared<ActivationLayer>(a, std::move(o));
 }
+LayerPtr Rescaling(double scale, double offset, RescalingOptions o) {
+  return std::make_shared<RescalingLayer>(scale, offset, std::move(o));
+}
 LayerPtr ReLU(ReLUOptions o) { return std::make_shared<ReLULayer>(std::move(o)); }
 LayerPtr Dropout(double rate, DropoutOptions o) {
   return std::make_shared<DropoutLayer>(rate, std::move(o));
@@ -283,6 +337,12 @@ void register_core_layers() {
     o.bias_initializer = c.value("bias_initializer", "zeros");
     o.name = c.value("name", "");
     return Dense(c.at("units").get<int64_t>(), o);
+  });
+  register_layer("Rescaling", [](const Json& c) {
+    RescalingOptions o;
+    if (c.contains("param_shape")) o.param_shape = c.at("param_shape").get<std::vector<int64_t>>();
+    o.name = c.value("name", "");
+    return Rescaling(c.value("scale", 1.0), c.value("offset", 0.0), o);
   });
   register_layer("Activation", [](const Json& c) {
     return Activation(c.at("activation").get<std::string>(), {.name = c.value("name", "")});

@@ -12,6 +12,36 @@ namespace lowbit::nn {
 
 namespace {
 
+// lengths [B] (any integer type, or f32) -> bool [B, maxlen]: mask[b, t] = t < lengths[b].
+class SequenceMaskLayer : public Layer {
+ public:
+  SequenceMaskLayer(int64_t maxlen, SequenceMaskOptions o)
+      : Layer("sequence_mask", o.name), maxlen_(maxlen) {
+    if (maxlen < 1)
+      LOWBIT_THROW(ValueError, "SequenceMask: argument 'maxlen': expected >= 1 but found ", maxlen);
+  }
+  std::string class_name() const override { return "SequenceMask"; }
+  void build(const std::vector<Shape>& s) override {
+    check_input(s[0].rank() == 1, "rank 1 [batch] (one length per sequence)", s[0]);
+  }
+  std::vector<Value> call(const std::vector<Value>& in, CallContext&) override {
+    Value n = in[0].dtype() == DType::kS32 ? in[0] : ops::cast(in[0], DType::kS32);
+    return {ops::sequence_mask(n, maxlen_)};
+  }
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext&) override {
+    return detail::no_mask(out);
+  }
+  Json get_config() const override {
+    Json j = Layer::get_config();
+    j["maxlen"] = maxlen_;
+    return j;
+  }
+
+ private:
+  int64_t maxlen_;
+};
+
 class MaskingLayer : public Layer {
  public:
   MaskingLayer(double mask_value, MaskingOptions o)
@@ -206,6 +236,9 @@ std::vector<Value> wrapper_rule(const Layer& l, const std::vector<Value>& inputs
 
 }  // namespace
 
+LayerPtr SequenceMask(int64_t maxlen, SequenceMaskOptions o) {
+  return std::make_shared<SequenceMaskLayer>(maxlen, std::move(o));
+}
 LayerPtr Masking(double mask_value, MaskingOptions o) {
   return std::make_shared<MaskingLayer>(mask_value, std::move(o));
 }
@@ -218,6 +251,9 @@ LayerPtr FeatureDropout(double rate, FeatureDropoutOptions o) {
 
 namespace detail {
 void register_masking_layers() {
+  register_layer("SequenceMask", [](const Json& c) {
+    return SequenceMask(c.at("maxlen").get<int64_t>(), {.name = json_name(c)});
+  });
   register_layer("Masking", [](const Json& c) {
     return Masking(c.value("mask_value", 0.0), {.name = json_name(c)});
   });

@@ -1,4 +1,6 @@
-// Reshaping layers: Flatten, Reshape, ZeroPadding2D.
+// Reshaping layers: Flatten, Reshape, Permute, ZeroPadding2D.
+#include <algorithm>
+
 #include "lowbit/nn/layers.h"
 #include "lowbit/ops.h"
 #include "nn/layer_registry.h"
@@ -109,6 +111,47 @@ class ReshapeLayer : public Layer {
   std::vector<int64_t> target_, resolved_;
 };
 
+// Keras' Permute: dims (1-based, the batch axis excluded) is a permutation of 1..rank-1; output
+// dim i+1 is input dim dims[i].
+class PermuteLayer : public Layer {
+ public:
+  PermuteLayer(std::vector<int64_t> dims, PermuteOptions o)
+      : Layer("permute", o.name), dims_(std::move(dims)) {
+    std::vector<int64_t> sorted = dims_;
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t i = 0; i < sorted.size(); ++i)
+      if (sorted[i] != static_cast<int64_t>(i) + 1)
+        LOWBIT_THROW(ValueError, "Permute: argument 'dims': expected a permutation of 1..",
+                     dims_.size(), " but found ", ints_json(dims_).dump());
+  }
+  std::string class_name() const override { return "Permute"; }
+  bool keeps_grid(const CallContext&) const override { return true; }
+  void build(const std::vector<Shape>& s) override {
+    check_input(s[0].rank() == static_cast<int>(dims_.size()) + 1,
+                "rank " + std::to_string(dims_.size() + 1) + " (dims " + ints_json(dims_).dump() +
+                    " and the batch)",
+                s[0]);
+  }
+  std::vector<Value> call(const std::vector<Value>& in, CallContext&) override {
+    std::vector<int64_t> perm{0};
+    perm.insert(perm.end(), dims_.begin(), dims_.end());
+    return {ops::transpose(in[0], perm)};
+  }
+  // The mask survives when the time axis stays in place (dims[0] == 1).
+  std::vector<Value> compute_mask(const std::vector<Value>&, const std::vector<Value>& out,
+                                  CallContext& ctx) override {
+    return !dims_.empty() && dims_[0] == 1 ? detail::pass_mask(out, ctx) : detail::no_mask(out);
+  }
+  Json get_config() const override {
+    Json j = Layer::get_config();
+    j["dims"] = ints_json(dims_);
+    return j;
+  }
+
+ private:
+  std::vector<int64_t> dims_;
+};
+
 class ZeroPadding2DLayer : public Layer {
  public:
   ZeroPadding2DLayer(const Ints& padding, ZeroPadding2DOptions o)
@@ -161,6 +204,9 @@ LayerPtr Flatten(FlattenOptions o) { return std::make_shared<FlattenLayer>(std::
 LayerPtr Reshape(std::vector<int64_t> target_shape, ReshapeOptions o) {
   return std::make_shared<ReshapeLayer>(std::move(target_shape), std::move(o));
 }
+LayerPtr Permute(std::vector<int64_t> dims, PermuteOptions o) {
+  return std::make_shared<PermuteLayer>(std::move(dims), std::move(o));
+}
 LayerPtr ZeroPadding2D(Ints padding, ZeroPadding2DOptions o) {
   return std::make_shared<ZeroPadding2DLayer>(padding, std::move(o));
 }
@@ -173,6 +219,9 @@ void register_reshape_layers() {
   });
   register_layer("Reshape", [](const Json& c) {
     return Reshape(c.at("target_shape").get<std::vector<int64_t>>(), {.name = json_name(c)});
+  });
+  register_layer("Permute", [](const Json& c) {
+    return Permute(c.at("dims").get<std::vector<int64_t>>(), {.name = json_name(c)});
   });
   register_layer("ZeroPadding2D", [](const Json& c) {
     check_data_format(c, "ZeroPadding2D");

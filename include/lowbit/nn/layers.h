@@ -35,6 +35,17 @@ struct ActivationOptions {
 };
 LayerPtr Activation(const std::string& activation, ActivationOptions o = {});
 
+struct RescalingOptions {
+  std::vector<int64_t> param_shape;  // {}: scalar scale and offset (Keras)
+  std::string name;
+};
+// y = x * scale + offset (Keras' Rescaling). scale and offset are non-trainable weights of
+// shape param_shape, initialised to the given numbers, that broadcast against the input's
+// non-batch dims aligned to the right ({C}: per channel); set their values to vary them per
+// element (the ONNX importer does for Mul/Add by a constant). ShapeError when first called on
+// dims param_shape does not broadcast against.
+LayerPtr Rescaling(double scale, double offset = 0.0, RescalingOptions o = {});
+
 struct ReLUOptions {
   std::optional<double> max_value;
   double negative_slope = 0.0;
@@ -198,6 +209,14 @@ struct ReshapeOptions {
 // resolved from the input's (known) size. ValueError for a bad target (zero, several -1),
 // ShapeError when the sizes cannot match.
 LayerPtr Reshape(std::vector<int64_t> target_shape, ReshapeOptions o = {});
+
+struct PermuteOptions {
+  std::string name;
+};
+// [B, d1, ..., dn] -> [B, d_dims[0], ..., d_dims[n-1]] (Keras' Permute): dims is a permutation
+// of 1..n (1-based, the batch axis stays first). ValueError otherwise; ShapeError for an input
+// of another rank.
+LayerPtr Permute(std::vector<int64_t> dims, PermuteOptions o = {});
 
 struct ZeroPadding2DOptions {
   std::string name;

@@ -33,6 +33,14 @@
 
 namespace lowbit::nn {
 
+struct SequenceMaskOptions {
+  std::string name;
+};
+// lengths [B] (integer, or f32 truncated) -> bool mask [B, maxlen], mask[b, t] = t < lengths[b]:
+// a model input of sequence lengths turned into the timestep mask a recurrent layer takes
+// (CallOptions::masks), as ONNX's sequence_lens. ShapeError for lengths not of rank 1.
+LayerPtr SequenceMask(int64_t maxlen, SequenceMaskOptions o = {});
+
 struct MaskingOptions {
   std::string name;
 };
