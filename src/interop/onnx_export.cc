@@ -12,6 +12,7 @@
 
 #include "lowbit/error.h"
 #include "lowbit/fixed_point.h"
+#include "lowbit/ops/shape_ops.h"
 #include "lowbit/quant/quantizer.h"
 
 namespace lowbit::onnx {
@@ -40,25 +41,7 @@ std::vector<int64_t> perm_to_cl(int r) {
 
 // out[i_perm...] = t[...]: out dim k is t's dim perm[k] (numpy.transpose), f32.
 Tensor permute(const Tensor& t, const std::vector<int64_t>& perm) {
-  const Tensor src = t.to(DType::kF32).clone();
-  const int r = src.rank();
-  std::vector<int64_t> od(r), istride(r, 1);
-  for (int i = r - 2; i >= 0; --i) istride[i] = istride[i + 1] * src.dim(i + 1);
-  for (int k = 0; k < r; ++k) od[k] = src.dim(static_cast<int>(perm[k]));
-  Tensor out(Shape(od), DType::kF32);
-  const float* s = src.data<float>();
-  float* o = out.data<float>();
-  std::vector<int64_t> idx(r, 0);
-  for (int64_t n = 0; n < out.numel(); ++n) {
-    int64_t off = 0;
-    for (int k = 0; k < r; ++k) off += idx[k] * istride[perm[k]];
-    o[n] = s[off];
-    for (int k = r - 1; k >= 0; --k) {
-      if (++idx[k] < od[k]) break;
-      idx[k] = 0;
-    }
-  }
-  return out;
+  return ops::transpose(t.to(DType::kF32), perm);
 }
 
 // A layer's weights as the export reads them: float values in lowbit's layout (for a QAT layer

@@ -19,6 +19,7 @@
 #include "lowbit/error.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/masking.h"
+#include "lowbit/ops/shape_ops.h"
 
 namespace lowbit::onnx {
 
@@ -56,24 +57,8 @@ std::string ints_str(const std::vector<int64_t>& v) {
 
 // x (row-major dims `dims`) with its axes in the order `order` (a permutation of 0..rank-1).
 Tensor transpose_host(const Tensor& x, const std::vector<int64_t>& dims, const Perm& order) {
-  const int r = static_cast<int>(dims.size());
-  std::vector<int64_t> od(r), st(r, 1);
-  for (int i = r - 2; i >= 0; --i) st[i] = st[i + 1] * dims[i + 1];
-  for (int i = 0; i < r; ++i) od[i] = dims[order[i]];
-  Tensor y(Shape(od), DType::kF32);
-  const float* src = x.data<float>();
-  float* dst = y.data<float>();
-  std::vector<int64_t> idx(r, 0);
-  for (int64_t o = 0; o < y.numel(); ++o) {
-    int64_t s = 0;
-    for (int i = 0; i < r; ++i) s += idx[i] * st[order[i]];
-    dst[o] = src[s];
-    for (int i = r - 1; i >= 0; --i) {
-      if (++idx[i] < od[i]) break;
-      idx[i] = 0;
-    }
-  }
-  return y;
+  return ops::transpose(ops::reshape(x.to(DType::kF32), dims),
+                        std::vector<int64_t>(order.begin(), order.end()));
 }
 
 class Importer {
